@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the release worker (build/worker/shim.mjs + wasm) with worker-build, using locally
+# installed tools only: worker-build would otherwise try to download wasm-bindgen and wasm-opt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PATH="$HOME/.cargo/bin:$PATH"
+export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen || true)}"
+export WASM_OPT_BIN="${WASM_OPT_BIN:-$PWD/node_modules/.bin/wasm-opt}"
+export ESBUILD_BIN="${ESBUILD_BIN:-$PWD/node_modules/.bin/esbuild}"
+
+for tool in worker-build "$WASM_BINDGEN_BIN" "$WASM_OPT_BIN" "$ESBUILD_BIN"; do
+  if [ -z "$tool" ] || ! command -v "$tool" >/dev/null 2>&1; then
+    echo "build-worker: missing tool '${tool:-wasm-bindgen}'; run: bash scripts/setup.sh" >&2
+    exit 1
+  fi
+done
+exec worker-build --release "$@"

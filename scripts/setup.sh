@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything the build, the local run and the tests need, pinned, on a machine that has
+# Rust (rustup) and Node.js 20 and nothing else. Each step is a quick no-op once done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+WORKER_BUILD_VERSION=0.8.7
+# wasm-bindgen-cli must be exactly the wasm-bindgen version that Cargo.lock resolved.
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Rust target wasm32-unknown-unknown"
+rustup target add wasm32-unknown-unknown
+
+step "worker-build $WORKER_BUILD_VERSION"
+if [ "$(worker-build --version 2>/dev/null | awk "{print \$NF}")" != "$WORKER_BUILD_VERSION" ]; then
+  cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked
+else
+  echo "already installed"
+fi
+
+step "wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  # No --locked: its lock file pins a webpki-roots that no longer builds.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+else
+  echo "already installed"
+fi
+
+step "JS tools (wrangler, binaryen) from package-lock.json"
+if [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ]; then
+  echo "node_modules is up to date"
+else
+  npm ci --no-audit --no-fund
+fi
+echo
+echo "setup done"

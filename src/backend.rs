@@ -1,0 +1,108 @@
+//! The lab backend client: the engine's `LabBackend` over HTTP with the Workers `fetch`, each call bounded by a timeout.
+
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use serde_json::json;
+use wasm_bindgen::JsValue;
+use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+
+use crate::cleanup::{BackendError, BackendReply, LabBackend};
+use crate::config::Config;
+
+/// Path of the exposed-services deletion (`DELETE`, body `{"lab_request_id"}`).
+pub const EXPOSE_PATH: &str = "/api/v1/expose/";
+/// Path of the VM deletion (`POST`, body `{"lab_request_id", "user_id"}`).
+pub const DELETE_VM_PATH: &str = "/api/v1/labs/delete";
+
+/// Talks to the lab backend at `BACKEND_URL`.
+pub struct HttpLabBackend {
+    base_url: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl HttpLabBackend {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            base_url: config.backend_url.clone(),
+            token: config.backend_api_token.clone(),
+            timeout: Duration::from_secs(config.backend_timeout_seconds),
+        }
+    }
+
+    /// Sends one JSON request and reads the whole answer, or gives up after the timeout and
+    /// aborts the request.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<BackendReply, BackendError> {
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let url = format!("{}{path}", self.base_url);
+        let exchange = async {
+            let headers = Headers::new();
+            headers
+                .set("Content-Type", "application/json")
+                .map_err(network)?;
+            headers.set("Accept", "application/json").map_err(network)?;
+            if let Some(token) = &self.token {
+                headers
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .map_err(network)?;
+            }
+            let mut init = RequestInit::new();
+            init.with_method(method)
+                .with_headers(headers)
+                .with_body(Some(JsValue::from_str(&body.to_string())));
+            let request = Request::new_with_init(&url, &init).map_err(network)?;
+            let mut response = Fetch::Request(request)
+                .send_with_signal(&signal)
+                .await
+                .map_err(network)?;
+            let status = response.status_code();
+            // The body only feeds error messages; an unreadable one is not a failure by itself.
+            let body = response.text().await.unwrap_or_default();
+            Ok(BackendReply { status, body })
+        };
+        let timeout = Delay::from(self.timeout);
+        futures::pin_mut!(exchange);
+        match select(exchange, timeout).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => {
+                controller.abort();
+                Err(BackendError::Timeout(self.timeout.as_secs()))
+            }
+        }
+    }
+}
+
+fn network(e: worker::Error) -> BackendError {
+    BackendError::Network(e.to_string())
+}
+
+impl LabBackend for HttpLabBackend {
+    async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError> {
+        self.call(
+            Method::Delete,
+            EXPOSE_PATH,
+            json!({ "lab_request_id": master_id }),
+        )
+        .await
+    }
+
+    async fn delete_vm(
+        &self,
+        lab_request_id: &str,
+        user_id: &str,
+    ) -> Result<BackendReply, BackendError> {
+        self.call(
+            Method::Post,
+            DELETE_VM_PATH,
+            json!({ "lab_request_id": lab_request_id, "user_id": user_id }),
+        )
+        .await
+    }
+}

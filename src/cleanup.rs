@@ -1,0 +1,574 @@
+//! The cleanup engine: one attempt at deleting a lab's exposed services and its undeleted VMs.
+//!
+//! It knows nothing of the Workers runtime: the lab backend and the log sink come in as traits,
+//! so the same code runs on workerd and in native unit tests.
+
+use futures::stream::{self, StreamExt};
+use thiserror::Error;
+
+use crate::session::{rfc3339, DeletionError, LabType, Outcome, Role, Session, Vm};
+
+/// Prefix of every log line, so the lines of this object are easy to filter in the dashboard.
+pub const LOG_PREFIX: &str = "[SessionManager]";
+/// How much of a backend's error body goes into a log line or a stored error.
+const MAX_BODY_SNIPPET: usize = 200;
+
+/// An HTTP answer from the lab backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendReply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A backend call that got no HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    #[error("no answer within {0} s (timed out)")]
+    Timeout(u64),
+    #[error("network error: {0}")]
+    Network(String),
+}
+
+/// The two calls the cleanup makes on the lab backend.
+#[allow(async_fn_in_trait)] // single-threaded wasm: no Send bound wanted
+pub trait LabBackend {
+    /// `DELETE /api/v1/expose/` with `{"lab_request_id": master_id}`.
+    async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError>;
+    /// `POST /api/v1/labs/delete` with `{"lab_request_id": ..., "user_id": ...}`.
+    async fn delete_vm(
+        &self,
+        lab_request_id: &str,
+        user_id: &str,
+    ) -> Result<BackendReply, BackendError>;
+}
+
+/// Severity of a log line (maps to `console.log` / `console.warn` / `console.error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where log lines go. Lines are passed without `LOG_PREFIX`; implementations add it.
+pub trait Logger {
+    fn log(&self, level: Level, message: &str);
+}
+
+/// What an attempt did: the VM ids now confirmed deleted, and the outcome to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptResult {
+    pub deleted: Vec<String>,
+    pub outcome: Outcome,
+}
+
+/// Whether one VM deletion counts as done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmDeletion {
+    /// The backend answered 2xx.
+    Deleted,
+    /// The backend answered 404: the VM was already gone.
+    AlreadyGone,
+    /// Anything else: to be retried.
+    Failed(String),
+}
+
+/// Classifies a `POST /api/v1/labs/delete` result: 2xx and 404 are done, all else failed.
+pub fn classify_vm_deletion(result: Result<BackendReply, BackendError>) -> VmDeletion {
+    match result {
+        Ok(reply) if (200..300).contains(&reply.status) => VmDeletion::Deleted,
+        Ok(reply) if reply.status == 404 => VmDeletion::AlreadyGone,
+        Ok(reply) => VmDeletion::Failed(describe_reply(&reply)),
+        Err(e) => VmDeletion::Failed(e.to_string()),
+    }
+}
+
+/// `backend answered 500: <first 200 characters of the body, on one line>`.
+fn describe_reply(reply: &BackendReply) -> String {
+    let snippet: String = reply
+        .body
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_BODY_SNIPPET)
+        .collect();
+    let snippet = snippet.trim();
+    if snippet.is_empty() {
+        format!("backend answered {}", reply.status)
+    } else {
+        format!("backend answered {}: {snippet}", reply.status)
+    }
+}
+
+/// Runs one cleanup attempt for `session`, which `Session::begin_attempt` has just marked.
+///
+/// 1. While the master VM is undeleted: delete its exposed services, best effort (a failure is
+///    logged and never by itself causes a retry).
+/// 2. Then delete every undeleted VM, at most `concurrency` at once.
+///
+/// Never fails: every backend fault is reported in the result and the log.
+pub async fn run_attempt(
+    session: &Session,
+    backend: &impl LabBackend,
+    log: &impl Logger,
+    concurrency: usize,
+) -> AttemptResult {
+    let info = |m: String| log.log(Level::Info, &m);
+    let master = session.lab_request_id.as_str();
+    let total = session.vm_count();
+    let pending = session.pending();
+
+    info(format!(
+        "Alarm triggered for user {}, lab {master}",
+        session.user_id
+    ));
+    match session.lab_type() {
+        LabType::MultiNode => {
+            let workers = session.worker_lab_request_ids.len();
+            info(format!(
+                "Worker nodes detected: {workers} worker{}",
+                plural(workers)
+            ));
+            info("Cleaning up multi-node Kubernetes lab".into());
+        }
+        LabType::SingleVm => info("Cleaning up single VM lab".into()),
+    }
+    info(format!("Total VMs to delete: {total}"));
+    if session.attempts > 1 {
+        info(format!(
+            "Attempt {}: {} of {total} VM{} still to delete",
+            session.attempts,
+            pending.len(),
+            plural(total)
+        ));
+    }
+
+    if pending.iter().any(|vm| vm.role == Role::Master) {
+        delete_services(master, backend, log).await;
+    }
+
+    let results: Vec<(Vm<'_>, VmDeletion)> = stream::iter(pending.iter().copied())
+        .map(|vm| async move {
+            info(format!(
+                "Deleting {} VM for lab {}",
+                vm.role.as_str(),
+                vm.id
+            ));
+            let result = classify_vm_deletion(backend.delete_vm(vm.id, &session.user_id).await);
+            match &result {
+                VmDeletion::Deleted => info(format!(
+                    "✅ {} VM deleted successfully ({})",
+                    vm.role.as_str(),
+                    vm.id
+                )),
+                VmDeletion::AlreadyGone => info(format!(
+                    "✅ {} VM already deleted, backend answered 404 ({})",
+                    vm.role.as_str(),
+                    vm.id
+                )),
+                VmDeletion::Failed(error) => log.log(
+                    Level::Error,
+                    &format!(
+                        "❌ Failed to delete {} VM {} (attempt {}): {error}",
+                        vm.role.as_str(),
+                        vm.id,
+                        session.attempts
+                    ),
+                ),
+            }
+            (vm, result)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for (vm, result) in results {
+        match result {
+            VmDeletion::Deleted | VmDeletion::AlreadyGone => deleted.push(vm.id.to_string()),
+            VmDeletion::Failed(error) => errors.push(DeletionError {
+                lab_request_id: vm.id.to_string(),
+                error,
+            }),
+        }
+    }
+    let outcome = Outcome {
+        successful_deletions: deleted.len(),
+        failed_deletions: errors.len(),
+        errors,
+    };
+
+    if outcome.failed_deletions == 0 {
+        if total == 1 {
+            info(format!("✅ Successfully deleted the lab's VM ({master})"));
+        } else {
+            info(format!("✅ Successfully deleted all {total} VMs"));
+        }
+    } else {
+        let mut still: Vec<&str> = outcome
+            .errors
+            .iter()
+            .map(|e| e.lab_request_id.as_str())
+            .collect();
+        still.sort_unstable();
+        let next = session
+            .next_attempt_at_ms
+            .map(rfc3339)
+            .unwrap_or_else(|| "the next alarm".into());
+        log.log(
+            Level::Warn,
+            &format!(
+                "⚠️ {} of {total} VM{} not deleted after attempt {} ({}); attempt {} at {next}",
+                outcome.failed_deletions,
+                plural(total),
+                session.attempts,
+                still.join(", "),
+                session.attempts + 1
+            ),
+        );
+    }
+
+    AttemptResult { deleted, outcome }
+}
+
+async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Logger) {
+    log.log(
+        Level::Info,
+        &format!("Deleting exposed services for master lab {master}"),
+    );
+    match backend.delete_exposed_services(master).await {
+        Ok(reply) if (200..300).contains(&reply.status) => {
+            log.log(Level::Info, "✅ Exposed services deleted")
+        }
+        Ok(reply) if reply.status == 404 => log.log(
+            Level::Info,
+            "✅ Exposed services deleted (backend answered 404: none were exposed)",
+        ),
+        Ok(reply) => log.log(
+            Level::Warn,
+            &format!(
+                "⚠️ Could not delete exposed services for master lab {master}: {} (best effort, VM deletion goes on)",
+                describe_reply(&reply)
+            ),
+        ),
+        Err(e) => log.log(
+            Level::Warn,
+            &format!(
+                "⚠️ Could not delete exposed services for master lab {master}: {e} (best effort, VM deletion goes on)"
+            ),
+        ),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::NewSession;
+    use futures::executor::block_on;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    /// An in-memory backend: records calls in order, answers from per-id scripts.
+    #[derive(Default)]
+    struct FakeBackend {
+        calls: RefCell<Vec<String>>,
+        services: RefCell<Vec<Result<BackendReply, BackendError>>>,
+        vm_scripts: RefCell<HashMap<String, Vec<Result<BackendReply, BackendError>>>>,
+        in_flight: Cell<usize>,
+        max_in_flight: Cell<usize>,
+    }
+
+    fn reply(status: u16) -> Result<BackendReply, BackendError> {
+        Ok(BackendReply {
+            status,
+            body: format!("{{\"status\":{status}}}"),
+        })
+    }
+
+    impl FakeBackend {
+        fn script(&self, id: &str, answers: Vec<Result<BackendReply, BackendError>>) {
+            self.vm_scripts.borrow_mut().insert(id.into(), answers);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    /// Yields once to the executor so concurrently started deletions overlap.
+    async fn yield_now() {
+        let mut yielded = false;
+        futures::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    impl LabBackend for FakeBackend {
+        async fn delete_exposed_services(
+            &self,
+            master: &str,
+        ) -> Result<BackendReply, BackendError> {
+            self.calls.borrow_mut().push(format!("expose {master}"));
+            let mut s = self.services.borrow_mut();
+            if s.is_empty() {
+                reply(200)
+            } else {
+                s.remove(0)
+            }
+        }
+        async fn delete_vm(&self, id: &str, user: &str) -> Result<BackendReply, BackendError> {
+            self.calls.borrow_mut().push(format!("delete {id} {user}"));
+            self.in_flight.set(self.in_flight.get() + 1);
+            self.max_in_flight
+                .set(self.max_in_flight.get().max(self.in_flight.get()));
+            yield_now().await;
+            self.in_flight.set(self.in_flight.get() - 1);
+            let mut scripts = self.vm_scripts.borrow_mut();
+            match scripts.get_mut(id) {
+                Some(answers) if !answers.is_empty() => answers.remove(0),
+                _ => reply(200),
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Lines(RefCell<Vec<(Level, String)>>);
+
+    impl Logger for Lines {
+        fn log(&self, level: Level, message: &str) {
+            self.0.borrow_mut().push((level, message.to_string()));
+        }
+    }
+
+    impl Lines {
+        fn texts(&self) -> Vec<String> {
+            self.0.borrow().iter().map(|(_, m)| m.clone()).collect()
+        }
+    }
+
+    fn session(workers: &[&str]) -> Session {
+        let mut s = Session::schedule(
+            NewSession {
+                lab_request_id: "k8s-master-abc-123".into(),
+                user_id: "user-456".into(),
+                worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
+                duration: 60,
+                vm_name: None,
+            },
+            0,
+            60_000,
+        );
+        s.begin_attempt(60_000, 300_000);
+        s
+    }
+
+    #[test]
+    fn multi_node_lab_makes_four_calls_and_the_documented_logs() {
+        let s = session(&["k8s-worker-1-def-456", "k8s-worker-2-ghi-789"]);
+        let backend = FakeBackend::default();
+        let log = Lines::default();
+        let r = block_on(run_attempt(&s, &backend, &log, 1));
+        assert_eq!(
+            backend.calls(),
+            vec![
+                "expose k8s-master-abc-123",
+                "delete k8s-master-abc-123 user-456",
+                "delete k8s-worker-1-def-456 user-456",
+                "delete k8s-worker-2-ghi-789 user-456",
+            ]
+        );
+        assert_eq!(r.outcome.successful_deletions, 3);
+        assert_eq!(r.outcome.failed_deletions, 0);
+        assert_eq!(
+            log.texts(),
+            vec![
+                "Alarm triggered for user user-456, lab k8s-master-abc-123",
+                "Worker nodes detected: 2 workers",
+                "Cleaning up multi-node Kubernetes lab",
+                "Total VMs to delete: 3",
+                "Deleting exposed services for master lab k8s-master-abc-123",
+                "✅ Exposed services deleted",
+                "Deleting master VM for lab k8s-master-abc-123",
+                "✅ master VM deleted successfully (k8s-master-abc-123)",
+                "Deleting worker VM for lab k8s-worker-1-def-456",
+                "✅ worker VM deleted successfully (k8s-worker-1-def-456)",
+                "Deleting worker VM for lab k8s-worker-2-ghi-789",
+                "✅ worker VM deleted successfully (k8s-worker-2-ghi-789)",
+                "✅ Successfully deleted all 3 VMs",
+            ]
+        );
+    }
+
+    #[test]
+    fn single_vm_lab_makes_two_calls() {
+        let s = session(&[]);
+        let backend = FakeBackend::default();
+        let log = Lines::default();
+        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        assert_eq!(
+            backend.calls(),
+            vec![
+                "expose k8s-master-abc-123",
+                "delete k8s-master-abc-123 user-456"
+            ]
+        );
+        assert_eq!(r.deleted, vec!["k8s-master-abc-123"]);
+        let texts = log.texts();
+        assert!(texts.contains(&"Cleaning up single VM lab".to_string()));
+        assert!(!texts.iter().any(|l| l.starts_with("Worker nodes detected")));
+        assert_eq!(
+            texts.last().unwrap(),
+            "✅ Successfully deleted the lab's VM (k8s-master-abc-123)"
+        );
+    }
+
+    #[test]
+    fn concurrency_is_bounded() {
+        let workers: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+        let refs: Vec<&str> = workers.iter().map(String::as_str).collect();
+        let s = session(&refs);
+        for limit in [1, 3, 6] {
+            let backend = FakeBackend::default();
+            block_on(run_attempt(&s, &backend, &Lines::default(), limit));
+            assert_eq!(backend.calls().len(), 22);
+            assert_eq!(backend.max_in_flight.get(), limit, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn services_come_before_any_vm_and_their_failure_is_not_a_vm_failure() {
+        let s = session(&["w1"]);
+        let backend = FakeBackend::default();
+        backend.services.borrow_mut().push(reply(500));
+        let log = Lines::default();
+        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        assert_eq!(backend.calls()[0], "expose k8s-master-abc-123");
+        assert_eq!(r.outcome.failed_deletions, 0);
+        assert_eq!(r.deleted.len(), 2);
+        assert!(log.0.borrow().iter().any(|(level, m)| *level == Level::Warn
+            && m.starts_with("⚠️ Could not delete exposed services for master lab k8s-master-abc-123: backend answered 500")));
+    }
+
+    #[test]
+    fn failures_are_reported_with_reasons_and_404_counts_as_deleted() {
+        let s = session(&["w1", "w2", "w3"]);
+        let backend = FakeBackend::default();
+        backend.script("w1", vec![reply(500)]);
+        backend.script("w2", vec![Err(BackendError::Timeout(15))]);
+        backend.script("w3", vec![reply(404)]);
+        backend.script(
+            "k8s-master-abc-123",
+            vec![Err(BackendError::Network("connection refused".into()))],
+        );
+        let log = Lines::default();
+        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        assert_eq!(r.deleted, vec!["w3"]);
+        assert_eq!(r.outcome.successful_deletions, 1);
+        assert_eq!(r.outcome.failed_deletions, 3);
+        let mut errors: Vec<_> = r
+            .outcome
+            .errors
+            .iter()
+            .map(|e| (e.lab_request_id.as_str(), e.error.as_str()))
+            .collect();
+        errors.sort();
+        assert_eq!(
+            errors,
+            vec![
+                ("k8s-master-abc-123", "network error: connection refused"),
+                ("w1", "backend answered 500: {\"status\":500}"),
+                ("w2", "no answer within 15 s (timed out)"),
+            ]
+        );
+        let texts = log.texts();
+        assert!(texts.contains(&"✅ worker VM already deleted, backend answered 404 (w3)".into()));
+        assert!(texts.contains(
+            &"❌ Failed to delete worker VM w2 (attempt 1): no answer within 15 s (timed out)"
+                .into()
+        ));
+        assert_eq!(
+            texts.last().unwrap(),
+            "⚠️ 3 of 4 VMs not deleted after attempt 1 (k8s-master-abc-123, w1, w2); attempt 2 at 1970-01-01T00:06:00.000Z"
+        );
+    }
+
+    #[test]
+    fn a_retry_touches_only_undeleted_vms_and_skips_services_once_master_is_gone() {
+        let mut s = session(&["w1", "w2"]);
+        s.finish_attempt(
+            &["k8s-master-abc-123".into(), "w2".into()],
+            Outcome::default(),
+            60_001,
+        );
+        s.begin_attempt(360_000, 300_000);
+        let backend = FakeBackend::default();
+        let log = Lines::default();
+        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        assert_eq!(backend.calls(), vec!["delete w1 user-456"]);
+        assert_eq!(r.deleted, vec!["w1"]);
+        assert!(log
+            .texts()
+            .contains(&"Attempt 2: 1 of 3 VMs still to delete".to_string()));
+    }
+
+    #[test]
+    fn a_retry_with_the_master_pending_repeats_the_services_call() {
+        let mut s = session(&["w1"]);
+        s.finish_attempt(&["w1".into()], Outcome::default(), 60_001);
+        s.begin_attempt(360_000, 300_000);
+        let backend = FakeBackend::default();
+        block_on(run_attempt(&s, &backend, &Lines::default(), 6));
+        assert_eq!(
+            backend.calls(),
+            vec![
+                "expose k8s-master-abc-123",
+                "delete k8s-master-abc-123 user-456"
+            ]
+        );
+    }
+
+    #[test]
+    fn classification_of_answers() {
+        assert_eq!(classify_vm_deletion(reply(200)), VmDeletion::Deleted);
+        assert_eq!(classify_vm_deletion(reply(204)), VmDeletion::Deleted);
+        assert_eq!(classify_vm_deletion(reply(404)), VmDeletion::AlreadyGone);
+        for status in [301, 400, 401, 409, 429, 500, 502, 503] {
+            assert!(matches!(
+                classify_vm_deletion(reply(status)),
+                VmDeletion::Failed(_)
+            ));
+        }
+        let long = BackendReply {
+            status: 502,
+            body: format!("line1\nline2{}", "x".repeat(500)),
+        };
+        let VmDeletion::Failed(text) = classify_vm_deletion(Ok(long)) else {
+            panic!()
+        };
+        assert!(text.starts_with("backend answered 502: line1 line2x"));
+        assert!(!text.contains('\n'));
+        assert!(text.len() < 260);
+        let empty = BackendReply {
+            status: 503,
+            body: "  ".into(),
+        };
+        assert_eq!(
+            classify_vm_deletion(Ok(empty)),
+            VmDeletion::Failed("backend answered 503".into())
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! Typed API errors, and the one place where they become JSON error responses.
+
+use serde_json::json;
+use thiserror::Error;
+
+/// Everything the HTTP API can answer with other than success.
+///
+/// Each variant has a stable machine-readable `code` and an HTTP status; the message is for
+/// people and says which field or setting is wrong and why. Messages never contain secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json (got {0})")]
+    UnsupportedMediaType(String),
+    #[error("server configuration error: {0}")]
+    NotConfigured(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable error code clients can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::NotConfigured(_) => "not_configured",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest(_) => 400,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::NotConfigured(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The JSON body: `{"error": {"code": "...", "message": "..."}}`.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    }
+
+    /// Headers that belong with this error (e.g. `Allow` on a 405).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => vec![("Allow", allow.clone())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_code_and_message() {
+        let e = ApiError::InvalidRequest("duration must be at least 1".into());
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.body(),
+            json!({"error": {"code": "invalid_request", "message": "duration must be at least 1"}})
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow_header() {
+        let e = ApiError::MethodNotAllowed {
+            method: "GET".into(),
+            path: "/api/v1/labs/sessions".into(),
+            allow: "POST".into(),
+        };
+        assert_eq!(e.status(), 405);
+        assert_eq!(e.code(), "method_not_allowed");
+        assert_eq!(e.headers(), vec![("Allow", "POST".to_string())]);
+        assert!(e.to_string().contains("allowed: POST"));
+    }
+
+    #[test]
+    fn every_variant_maps_to_a_4xx_or_5xx() {
+        let all = [
+            ApiError::InvalidRequest(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::Conflict(String::new()),
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::NotConfigured(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        for e in all {
+            assert!((400..600).contains(&e.status()), "{e:?}");
+            assert!(!e.code().is_empty());
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! JSON responses: the one place where bodies and `ApiError`s become `worker::Response`s.
+
+use serde::Serialize;
+use worker::{Headers, Response};
+
+use crate::error::ApiError;
+
+/// A JSON response with `status`; answers are per-session state, so never cached.
+pub fn json<T: Serialize>(status: u16, body: &T) -> worker::Result<Response> {
+    json_with_headers(status, body, &[])
+}
+
+/// The JSON error response for `error`, with its status and headers.
+pub fn error(error: &ApiError) -> worker::Result<Response> {
+    json_with_headers(error.status(), &error.body(), &error.headers())
+}
+
+fn json_with_headers<T: Serialize>(
+    status: u16,
+    body: &T,
+    extra: &[(&str, String)],
+) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/json; charset=utf-8")?;
+    headers.set("Cache-Control", "no-store")?;
+    for (name, value) in extra {
+        headers.set(name, value)?;
+    }
+    let text = serde_json::to_string(body).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    Ok(Response::ok(text)?
+        .with_status(status)
+        .with_headers(headers))
+}

@@ -1,0 +1,368 @@
+//! The stored session record of one lab, its state transitions and its JSON status view.
+//!
+//! Times are milliseconds since the Unix epoch, passed in by the caller: nothing here reads a clock.
+
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::validation::NewSession;
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the lab to expire.
+    Scheduled,
+    /// A cleanup attempt is running (or was interrupted and will be resumed by the alarm).
+    CleaningUp,
+    /// An attempt left VMs undeleted; the next attempt is scheduled.
+    Retrying,
+    /// Every VM is deleted.
+    Completed,
+}
+
+/// A single-VM lab, or a multi-node Kubernetes lab (a master and its workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabType {
+    SingleVm,
+    MultiNode,
+}
+
+/// Whether a VM is the lab's master (the `lab_request_id`) or one of its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// One VM to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vm<'a> {
+    pub id: &'a str,
+    pub role: Role,
+}
+
+/// One VM that failed to delete in an attempt, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionError {
+    pub lab_request_id: String,
+    pub error: String,
+}
+
+/// What one cleanup attempt achieved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub successful_deletions: usize,
+    pub failed_deletions: usize,
+    pub errors: Vec<DeletionError>,
+}
+
+/// The durable record of one lab's cleanup, stored as one JSON value by its `SessionManager`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub lab_request_id: String,
+    pub user_id: String,
+    pub vm_name: Option<String>,
+    pub worker_lab_request_ids: Vec<String>,
+    /// As requested, in `duration` units (minutes).
+    pub duration: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub status: Status,
+    /// Cleanup attempts started so far.
+    pub attempts: u32,
+    /// VM ids confirmed deleted (2xx or 404), never deleted again.
+    pub deleted: Vec<String>,
+    pub next_attempt_at_ms: Option<i64>,
+    pub last_outcome: Option<Outcome>,
+    pub completed_at_ms: Option<i64>,
+}
+
+impl Session {
+    /// A newly scheduled session expiring `lifetime_ms` after `now_ms`.
+    pub fn schedule(new: NewSession, now_ms: i64, lifetime_ms: i64) -> Session {
+        Session {
+            lab_request_id: new.lab_request_id,
+            user_id: new.user_id,
+            vm_name: new.vm_name,
+            worker_lab_request_ids: new.worker_lab_request_ids,
+            duration: new.duration,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(lifetime_ms),
+            status: Status::Scheduled,
+            attempts: 0,
+            deleted: Vec::new(),
+            next_attempt_at_ms: None,
+            last_outcome: None,
+            completed_at_ms: None,
+        }
+    }
+
+    pub fn lab_type(&self) -> LabType {
+        if self.worker_lab_request_ids.is_empty() {
+            LabType::SingleVm
+        } else {
+            LabType::MultiNode
+        }
+    }
+
+    /// Every VM of the lab: the master first, then the workers in request order.
+    pub fn vms(&self) -> impl Iterator<Item = Vm<'_>> {
+        std::iter::once(Vm {
+            id: self.lab_request_id.as_str(),
+            role: Role::Master,
+        })
+        .chain(self.worker_lab_request_ids.iter().map(|id| Vm {
+            id: id.as_str(),
+            role: Role::Worker,
+        }))
+    }
+
+    pub fn vm_count(&self) -> usize {
+        1 + self.worker_lab_request_ids.len()
+    }
+
+    /// The VMs not yet confirmed deleted, master first.
+    pub fn pending(&self) -> Vec<Vm<'_>> {
+        self.vms()
+            .filter(|vm| !self.deleted.iter().any(|d| d == vm.id))
+            .collect()
+    }
+
+    /// Whether the lab's time is up at `now_ms`: no VM may be deleted before this.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+
+    /// Marks the start of a cleanup attempt. The next attempt is planned `retry_ms` later right
+    /// away, so that an attempt cut short (eviction, crash) is resumed by that alarm.
+    pub fn begin_attempt(&mut self, now_ms: i64, retry_ms: i64) {
+        self.status = Status::CleaningUp;
+        self.attempts += 1;
+        self.next_attempt_at_ms = Some(now_ms.saturating_add(retry_ms));
+    }
+
+    /// Records what an attempt deleted and how it went, and moves to `Completed` when no VM is
+    /// left or to `Retrying` otherwise (keeping the next attempt time set by `begin_attempt`).
+    pub fn finish_attempt(&mut self, deleted_now: &[String], outcome: Outcome, now_ms: i64) {
+        for id in deleted_now {
+            if !self.deleted.contains(id) && self.vms().any(|vm| vm.id == id) {
+                self.deleted.push(id.clone());
+            }
+        }
+        self.last_outcome = Some(outcome);
+        if self.pending().is_empty() {
+            self.status = Status::Completed;
+            self.completed_at_ms = Some(now_ms);
+            self.next_attempt_at_ms = None;
+        } else {
+            self.status = Status::Retrying;
+        }
+    }
+
+    /// Whether `new` asks for exactly this session (a retried create), ignoring the VM name.
+    pub fn same_request(&self, new: &NewSession) -> bool {
+        self.lab_request_id == new.lab_request_id
+            && self.user_id == new.user_id
+            && self.worker_lab_request_ids == new.worker_lab_request_ids
+            && self.duration == new.duration
+    }
+
+    /// The JSON status body the API answers with.
+    pub fn view(&self) -> SessionView<'_> {
+        let pending = self.pending().into_iter().map(|vm| vm.id).collect();
+        SessionView {
+            lab_request_id: &self.lab_request_id,
+            user_id: &self.user_id,
+            vm_name: self.vm_name.as_deref(),
+            lab_type: self.lab_type(),
+            worker_lab_request_ids: &self.worker_lab_request_ids,
+            status: self.status,
+            created_at: rfc3339(self.created_at_ms),
+            expires_at: rfc3339(self.expires_at_ms),
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at_ms.map(rfc3339),
+            deleted: &self.deleted,
+            pending,
+            last_outcome: self.last_outcome.as_ref(),
+            completed_at: self.completed_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// The status body of a session, as answered by the API.
+#[derive(Debug, Serialize)]
+pub struct SessionView<'a> {
+    pub lab_request_id: &'a str,
+    pub user_id: &'a str,
+    pub vm_name: Option<&'a str>,
+    pub lab_type: LabType,
+    pub worker_lab_request_ids: &'a [String],
+    pub status: Status,
+    pub created_at: String,
+    pub expires_at: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub deleted: &'a [String],
+    pub pending: Vec<&'a str>,
+    pub last_outcome: Option<&'a Outcome>,
+    pub completed_at: Option<String>,
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision, e.g.
+/// `2026-11-26T12:00:00.000Z`.
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("invalid-time({ms})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T0: i64 = 1_795_000_000_000; // 2026-11-18T...Z
+
+    fn new_session(workers: &[&str]) -> NewSession {
+        NewSession {
+            lab_request_id: "m".into(),
+            user_id: "u".into(),
+            worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
+            duration: 60,
+            vm_name: Some("k8s-master-1".into()),
+        }
+    }
+
+    #[test]
+    fn schedule_sets_expiry_from_duration() {
+        let s = Session::schedule(new_session(&[]), T0, 3_600_000);
+        assert_eq!(s.expires_at_ms, T0 + 3_600_000);
+        assert_eq!(s.status, Status::Scheduled);
+        assert_eq!(s.lab_type(), LabType::SingleVm);
+        assert!(!s.is_expired(T0 + 3_599_999));
+        assert!(s.is_expired(T0 + 3_600_000));
+    }
+
+    #[test]
+    fn vms_are_master_first_then_workers() {
+        let s = Session::schedule(new_session(&["w1", "w2"]), T0, 1);
+        let vms: Vec<_> = s.vms().map(|v| (v.id, v.role)).collect();
+        assert_eq!(
+            vms,
+            vec![
+                ("m", Role::Master),
+                ("w1", Role::Worker),
+                ("w2", Role::Worker)
+            ]
+        );
+        assert_eq!(s.lab_type(), LabType::MultiNode);
+        assert_eq!(s.vm_count(), 3);
+    }
+
+    #[test]
+    fn failed_attempt_retries_only_what_is_left() {
+        let mut s = Session::schedule(new_session(&["w1", "w2"]), T0, 1);
+        s.begin_attempt(T0 + 10, 300_000);
+        assert_eq!(s.status, Status::CleaningUp);
+        assert_eq!(s.attempts, 1);
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 300_010));
+        let outcome = Outcome {
+            successful_deletions: 2,
+            failed_deletions: 1,
+            errors: vec![DeletionError {
+                lab_request_id: "w1".into(),
+                error: "backend answered 500".into(),
+            }],
+        };
+        s.finish_attempt(&["m".into(), "w2".into()], outcome.clone(), T0 + 20);
+        assert_eq!(s.status, Status::Retrying);
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 300_010));
+        assert_eq!(
+            s.pending().iter().map(|v| v.id).collect::<Vec<_>>(),
+            vec!["w1"]
+        );
+        assert_eq!(s.last_outcome, Some(outcome));
+
+        s.begin_attempt(T0 + 300_010, 300_000);
+        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 300_020);
+        assert_eq!(s.status, Status::Completed);
+        assert_eq!(s.attempts, 2);
+        assert_eq!(s.completed_at_ms, Some(T0 + 300_020));
+        assert_eq!(s.next_attempt_at_ms, None);
+        assert_eq!(s.deleted, vec!["m", "w2", "w1"]);
+    }
+
+    #[test]
+    fn finish_ignores_unknown_and_repeated_ids() {
+        let mut s = Session::schedule(new_session(&["w1"]), T0, 1);
+        s.begin_attempt(T0, 1);
+        s.finish_attempt(
+            &["m".into(), "m".into(), "zzz".into()],
+            Outcome::default(),
+            T0,
+        );
+        assert_eq!(s.deleted, vec!["m"]);
+        assert_eq!(s.status, Status::Retrying);
+    }
+
+    #[test]
+    fn same_request_compares_what_matters() {
+        let s = Session::schedule(new_session(&["w1"]), T0, 1);
+        assert!(s.same_request(&new_session(&["w1"])));
+        let mut renamed = new_session(&["w1"]);
+        renamed.vm_name = None;
+        assert!(s.same_request(&renamed));
+        assert!(!s.same_request(&new_session(&["w2"])));
+        let mut longer = new_session(&["w1"]);
+        longer.duration = 61;
+        assert!(!s.same_request(&longer));
+    }
+
+    #[test]
+    fn view_is_the_documented_json() {
+        let mut s = Session::schedule(new_session(&["w1"]), 0, 60_000);
+        let v = serde_json::to_value(s.view()).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "lab_request_id": "m",
+                "user_id": "u",
+                "vm_name": "k8s-master-1",
+                "lab_type": "multi_node",
+                "worker_lab_request_ids": ["w1"],
+                "status": "scheduled",
+                "created_at": "1970-01-01T00:00:00.000Z",
+                "expires_at": "1970-01-01T00:01:00.000Z",
+                "attempts": 0,
+                "next_attempt_at": null,
+                "deleted": [],
+                "pending": ["m", "w1"],
+                "last_outcome": null,
+                "completed_at": null
+            })
+        );
+        s.begin_attempt(60_000, 1_000);
+        let v = serde_json::to_value(s.view()).unwrap();
+        assert_eq!(v["status"], "cleaning_up");
+        assert_eq!(v["next_attempt_at"], "1970-01-01T00:01:01.000Z");
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let mut s = Session::schedule(new_session(&["w1"]), T0, 1);
+        s.begin_attempt(T0, 5);
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), s);
+    }
+}

@@ -1,0 +1,519 @@
+//! Request validation: turns a create-session body into a checked `NewSession`, or says which field is wrong.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Longest accepted id (`lab_request_id`, `user_id`, `worker_lab_request_id`).
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted `vm.name` (kept for logs only).
+pub const MAX_VM_NAME_LEN: usize = 256;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Accepts `application/json` and `application/<anything>+json`, with parameters such as
+/// `charset`, in any letter case; anything else (or no `Content-Type`) is a 415.
+pub fn check_content_type(value: Option<&str>) -> Result<(), ApiError> {
+    let raw = value.unwrap_or("");
+    let media = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else if raw.trim().is_empty() {
+        Err(ApiError::UnsupportedMediaType("no Content-Type".into()))
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "{:?}",
+            truncate(raw, 100)
+        )))
+    }
+}
+
+/// Refuses a body whose declared or actual size is over `MAX_BODY_BYTES`.
+pub fn check_body_size(len: usize) -> Result<(), ApiError> {
+    if len > MAX_BODY_BYTES {
+        Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// A validated request to schedule a lab's cleanup: what the router forwards to the
+/// `SessionManager` object named by `lab_request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSession {
+    pub lab_request_id: String,
+    pub user_id: String,
+    /// Worker VM ids of a multi-node lab, in request order; empty for a single-VM lab.
+    pub worker_lab_request_ids: Vec<String>,
+    /// Lifetime in whole minutes (one unit of `DURATION_UNIT_SECONDS`).
+    pub duration: u64,
+    pub vm_name: Option<String>,
+}
+
+/// The bounds a request is checked against (from the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_duration_minutes: u64,
+    pub max_worker_nodes: usize,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(message.into())
+}
+
+/// Parses and validates the JSON body of `POST /api/v1/labs/sessions`.
+pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(invalid("request body must be a JSON object"));
+    };
+
+    let lab_request_id = required_id(&obj, "lab_request_id")?;
+    let user_id = required_id(&obj, "user_id")?;
+    let duration = duration(obj.get("duration"), "duration", limits.max_duration_minutes)?;
+    let vm_name = vm_name(obj.get("vm"))?;
+    let worker_lab_request_ids = worker_ids(
+        obj.get("worker_nodes"),
+        &lab_request_id,
+        limits.max_worker_nodes,
+    )?;
+
+    Ok(NewSession {
+        lab_request_id,
+        user_id,
+        worker_lab_request_ids,
+        duration,
+        vm_name,
+    })
+}
+
+fn required_id(obj: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(invalid(format!("{field} is required"))),
+        Some(Value::String(s)) => check_id(s, field).map(|()| s.clone()),
+        Some(other) => Err(invalid(format!(
+            "{field} must be a string, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// Checks an id: 1 to 128 characters from `A-Z a-z 0-9 . _ : @ + -`.
+pub fn check_id(id: &str, field: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(invalid(format!("{field} must not be empty")));
+    }
+    if id.chars().count() > MAX_ID_LEN {
+        return Err(invalid(format!(
+            "{field} must be at most {MAX_ID_LEN} characters"
+        )));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '-')))
+    {
+        return Err(invalid(format!(
+            "{field} contains {}; allowed are A-Z a-z 0-9 . _ : @ + -",
+            describe_char(bad)
+        )));
+    }
+    Ok(())
+}
+
+fn describe_char(c: char) -> String {
+    if c.is_control() || c.is_whitespace() || !c.is_ascii() {
+        format!("the character U+{:04X}", c as u32)
+    } else {
+        format!("the character '{c}'")
+    }
+}
+
+/// Checks a whole number of minutes from 1 to `max`. Floats (even `60.0`), strings and booleans
+/// are refused, so that a client's unit or type mistake is caught rather than guessed at.
+pub fn duration(value: Option<&Value>, field: &str, max: u64) -> Result<u64, ApiError> {
+    let n = match value {
+        None | Some(Value::Null) => return Err(invalid(format!("{field} is required"))),
+        Some(Value::Number(n)) => n,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{field} must be a whole number of minutes, got {}",
+                type_name(other)
+            )))
+        }
+    };
+    if let Some(m) = n.as_u64() {
+        if m == 0 {
+            Err(invalid(format!("{field} must be at least 1 minute")))
+        } else if m > max {
+            Err(invalid(format!("{field} must be at most {max} minutes")))
+        } else {
+            Ok(m)
+        }
+    } else if n.is_i64() {
+        Err(invalid(format!("{field} must be at least 1 minute")))
+    } else {
+        Err(invalid(format!(
+            "{field} must be a whole number of minutes, got {n}"
+        )))
+    }
+}
+
+fn vm_name(value: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(vm)) => match vm.get("name") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(name)) if name.chars().count() > MAX_VM_NAME_LEN => Err(invalid(
+                format!("vm.name must be at most {MAX_VM_NAME_LEN} characters"),
+            )),
+            Some(Value::String(name)) if name.chars().any(char::is_control) => {
+                Err(invalid("vm.name must not contain control characters"))
+            }
+            Some(Value::String(name)) => Ok(Some(name.clone())),
+            Some(other) => Err(invalid(format!(
+                "vm.name must be a string, got {}",
+                type_name(other)
+            ))),
+        },
+        Some(other) => Err(invalid(format!(
+            "vm must be an object, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+fn worker_ids(
+    value: Option<&Value>,
+    master: &str,
+    max_workers: usize,
+) -> Result<Vec<String>, ApiError> {
+    let entries = match value {
+        // Missing, null and [] all mean a single-VM lab (backward compatibility).
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            return Err(invalid(format!(
+                "worker_nodes must be an array, got {}",
+                type_name(other)
+            )))
+        }
+    };
+    if entries.len() > max_workers {
+        return Err(invalid(format!(
+            "worker_nodes has {} entries; at most {max_workers} are allowed",
+            entries.len()
+        )));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let field = format!("worker_nodes[{i}].worker_lab_request_id");
+        let Value::Object(node) = entry else {
+            return Err(invalid(format!(
+                "worker_nodes[{i}] must be an object with worker_lab_request_id, got {}",
+                type_name(entry)
+            )));
+        };
+        let id = required_id(node, "worker_lab_request_id")
+            .map_err(|e| invalid(e.to_string().replacen("worker_lab_request_id", &field, 1)))?;
+        if id == master {
+            return Err(invalid(format!(
+                "{field} must differ from lab_request_id (the master VM)"
+            )));
+        }
+        if let Some(j) = ids.iter().position(|seen| *seen == id) {
+            return Err(invalid(format!(
+                "{field} repeats worker_nodes[{j}].worker_lab_request_id"
+            )));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        max_duration_minutes: 10_080,
+        max_worker_nodes: 48,
+    };
+
+    fn parse(v: Value) -> Result<NewSession, ApiError> {
+        parse_new_session(v.to_string().as_bytes(), LIMITS)
+    }
+
+    fn message(v: Value) -> String {
+        match parse(v) {
+            Err(ApiError::InvalidRequest(m)) => m,
+            other => panic!("expected invalid_request, got {other:?}"),
+        }
+    }
+
+    fn base() -> Value {
+        json!({"lab_request_id": "lab-1", "user_id": "user-1", "duration": 60})
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = base();
+        v[key] = value;
+        v
+    }
+
+    #[test]
+    fn multi_node_example_is_parsed() {
+        let s = parse(json!({
+            "lab_request_id": "k8s-master-abc-123",
+            "user_id": "user-456",
+            "duration": 60,
+            "vm": {"name": "k8s-master-1", "image": "ignored"},
+            "worker_nodes": [
+                {"worker_lab_request_id": "k8s-worker-1-def-456"},
+                {"worker_lab_request_id": "k8s-worker-2-ghi-789", "extra": true}
+            ],
+            "unknown_field": 1
+        }))
+        .unwrap();
+        assert_eq!(
+            s,
+            NewSession {
+                lab_request_id: "k8s-master-abc-123".into(),
+                user_id: "user-456".into(),
+                worker_lab_request_ids: vec![
+                    "k8s-worker-1-def-456".into(),
+                    "k8s-worker-2-ghi-789".into()
+                ],
+                duration: 60,
+                vm_name: Some("k8s-master-1".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn missing_null_and_empty_worker_nodes_mean_single_vm() {
+        for v in [
+            base(),
+            with("worker_nodes", Value::Null),
+            with("worker_nodes", json!([])),
+        ] {
+            let s = parse(v).unwrap();
+            assert!(s.worker_lab_request_ids.is_empty());
+            assert_eq!(s.vm_name, None);
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_rejected() {
+        for body in ["", "{", "nul", "[1]", "\"x\"", "42"] {
+            let e = parse_new_session(body.as_bytes(), LIMITS).unwrap_err();
+            assert_eq!(e.code(), "invalid_request", "{body}");
+        }
+    }
+
+    #[test]
+    fn required_fields_name_themselves() {
+        for field in ["lab_request_id", "user_id", "duration"] {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove(field);
+            assert_eq!(message(v), format!("{field} is required"));
+        }
+        assert_eq!(message(with("user_id", Value::Null)), "user_id is required");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        assert_eq!(
+            message(with("lab_request_id", json!(12))),
+            "lab_request_id must be a string, got a number"
+        );
+        assert_eq!(
+            message(with("duration", json!("60"))),
+            "duration must be a whole number of minutes, got a string"
+        );
+        assert!(message(with("duration", json!(true))).contains("got a boolean"));
+        assert_eq!(
+            message(with("vm", json!("k8s"))),
+            "vm must be an object, got a string"
+        );
+        assert_eq!(
+            message(with("vm", json!({"name": 3}))),
+            "vm.name must be a string, got a number"
+        );
+        assert_eq!(
+            message(with("worker_nodes", json!({}))),
+            "worker_nodes must be an array, got an object"
+        );
+        assert!(message(with("worker_nodes", json!(["w1"])))
+            .starts_with("worker_nodes[0] must be an object"));
+    }
+
+    #[test]
+    fn durations_must_be_whole_positive_and_capped() {
+        assert_eq!(
+            message(with("duration", json!(0))),
+            "duration must be at least 1 minute"
+        );
+        assert_eq!(
+            message(with("duration", json!(-5))),
+            "duration must be at least 1 minute"
+        );
+        assert_eq!(
+            message(with("duration", json!(1.5))),
+            "duration must be a whole number of minutes, got 1.5"
+        );
+        assert!(message(with("duration", json!(60.0))).contains("whole number"));
+        assert!(message(with("duration", json!(1e300))).contains("whole number"));
+        assert_eq!(
+            message(with("duration", json!(10_081))),
+            "duration must be at most 10080 minutes"
+        );
+        assert_eq!(
+            message(with("duration", json!(u64::MAX))),
+            "duration must be at most 10080 minutes"
+        );
+        assert_eq!(parse(with("duration", json!(1))).unwrap().duration, 1);
+        assert_eq!(
+            parse(with("duration", json!(10_080))).unwrap().duration,
+            10_080
+        );
+    }
+
+    #[test]
+    fn ids_must_be_non_empty_short_and_plain() {
+        assert_eq!(
+            message(with("lab_request_id", json!(""))),
+            "lab_request_id must not be empty"
+        );
+        assert!(message(with("user_id", json!(" "))).contains("U+0020"));
+        assert!(message(with("user_id", json!("a/b"))).contains("'/'"));
+        assert!(message(with("user_id", json!("a\u{0}b"))).contains("U+0000"));
+        assert!(message(with("user_id", json!("\u{202e}abc"))).contains("U+202E"));
+        assert!(message(with("lab_request_id", json!("x".repeat(129)))).contains("at most 128"));
+        assert!(parse(with("lab_request_id", json!("x".repeat(128)))).is_ok());
+        assert!(parse(with("user_id", json!("user@example.com+tag:1_a.b-c"))).is_ok());
+    }
+
+    #[test]
+    fn worker_entries_need_distinct_valid_ids() {
+        assert_eq!(
+            message(with(
+                "worker_nodes",
+                json!([{"worker_lab_request_id": "w1"}, {}])
+            )),
+            "worker_nodes[1].worker_lab_request_id is required"
+        );
+        assert_eq!(
+            message(with("worker_nodes", json!([{"worker_lab_request_id": ""}]))),
+            "worker_nodes[0].worker_lab_request_id must not be empty"
+        );
+        assert_eq!(
+            message(with("worker_nodes", json!([{"worker_lab_request_id": 7}]))),
+            "worker_nodes[0].worker_lab_request_id must be a string, got a number"
+        );
+        assert_eq!(
+            message(with(
+                "worker_nodes",
+                json!([{"worker_lab_request_id": "w1"}, {"worker_lab_request_id": "w1"}])
+            )),
+            "worker_nodes[1].worker_lab_request_id repeats worker_nodes[0].worker_lab_request_id"
+        );
+        assert_eq!(
+            message(with(
+                "worker_nodes",
+                json!([{"worker_lab_request_id": "lab-1"}])
+            )),
+            "worker_nodes[0].worker_lab_request_id must differ from lab_request_id (the master VM)"
+        );
+    }
+
+    #[test]
+    fn worker_count_is_capped() {
+        let nodes = |n: usize| {
+            Value::Array(
+                (0..n)
+                    .map(|i| json!({"worker_lab_request_id": format!("w{i}")}))
+                    .collect(),
+            )
+        };
+        assert_eq!(
+            parse(with("worker_nodes", nodes(48)))
+                .unwrap()
+                .worker_lab_request_ids
+                .len(),
+            48
+        );
+        assert_eq!(
+            message(with("worker_nodes", nodes(49))),
+            "worker_nodes has 49 entries; at most 48 are allowed"
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert_eq!(check_content_type(Some(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            None,
+            Some(""),
+            Some("text/plain"),
+            Some("application/jsonx"),
+            Some("json"),
+        ] {
+            assert_eq!(
+                check_content_type(bad).unwrap_err().status(),
+                415,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn body_size_limit() {
+        assert!(check_body_size(MAX_BODY_BYTES).is_ok());
+        assert_eq!(
+            check_body_size(MAX_BODY_BYTES + 1).unwrap_err().status(),
+            413
+        );
+    }
+
+    #[test]
+    fn vm_name_is_optional_and_bounded() {
+        assert_eq!(parse(with("vm", json!({}))).unwrap().vm_name, None);
+        assert_eq!(parse(with("vm", Value::Null)).unwrap().vm_name, None);
+        assert!(message(with("vm", json!({"name": "x".repeat(257)}))).contains("at most 256"));
+        assert!(message(with("vm", json!({"name": "a\nb"}))).contains("control"));
+    }
+}
