@@ -211,19 +211,14 @@ pub async fn run_attempt(
             .map(|e| e.lab_request_id.as_str())
             .collect();
         still.sort_unstable();
-        let next = session
-            .next_attempt_at_ms
-            .map(rfc3339)
-            .unwrap_or_else(|| "the next alarm".into());
         log.log(
             Level::Warn,
             &format!(
-                "⚠️ {} of {total} VM{} not deleted after attempt {} ({}); attempt {} at {next}",
+                "⚠️ {} of {total} VM{} not deleted after attempt {} ({})",
                 outcome.failed_deletions,
                 plural(total),
                 session.attempts,
                 still.join(", "),
-                session.attempts + 1
             ),
         );
     }
@@ -258,6 +253,24 @@ async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Log
             ),
         ),
     }
+}
+
+/// The line that says when the next attempt is, for a session that `finish_attempt` has just
+/// moved to `Retrying`.
+pub fn retry_line(session: &Session, retry_seconds: u64) -> String {
+    let pending: Vec<&str> = session.pending().iter().map(|vm| vm.id).collect();
+    format!(
+        "🔁 Retry scheduled for lab {}: attempt {} at {} (in {retry_seconds} s); {} VM{} pending: {}",
+        session.lab_request_id,
+        session.attempts + 1,
+        session
+            .next_attempt_at_ms
+            .map(rfc3339)
+            .unwrap_or_else(|| "the next alarm".into()),
+        pending.len(),
+        plural(pending.len()),
+        pending.join(", ")
+    )
 }
 
 fn plural(n: usize) -> &'static str {
@@ -502,7 +515,7 @@ mod tests {
         ));
         assert_eq!(
             texts.last().unwrap(),
-            "⚠️ 3 of 4 VMs not deleted after attempt 1 (k8s-master-abc-123, w1, w2); attempt 2 at 1970-01-01T00:06:00.000Z"
+            "⚠️ 3 of 4 VMs not deleted after attempt 1 (k8s-master-abc-123, w1, w2)"
         );
     }
 
@@ -513,6 +526,7 @@ mod tests {
             &["k8s-master-abc-123".into(), "w2".into()],
             Outcome::default(),
             60_001,
+            300_000,
         );
         s.begin_attempt(360_000, 300_000);
         let backend = FakeBackend::default();
@@ -528,7 +542,7 @@ mod tests {
     #[test]
     fn a_retry_with_the_master_pending_repeats_the_services_call() {
         let mut s = session(&["w1"]);
-        s.finish_attempt(&["w1".into()], Outcome::default(), 60_001);
+        s.finish_attempt(&["w1".into()], Outcome::default(), 60_001, 300_000);
         s.begin_attempt(360_000, 300_000);
         let backend = FakeBackend::default();
         block_on(run_attempt(&s, &backend, &Lines::default(), 6));
@@ -538,6 +552,21 @@ mod tests {
                 "expose k8s-master-abc-123",
                 "delete k8s-master-abc-123 user-456"
             ]
+        );
+    }
+
+    #[test]
+    fn retry_line_names_time_attempt_and_pending_vms() {
+        let mut s = session(&["w1", "w2"]);
+        s.finish_attempt(
+            &["k8s-master-abc-123".into()],
+            Outcome::default(),
+            61_000,
+            300_000,
+        );
+        assert_eq!(
+            retry_line(&s, 300),
+            "🔁 Retry scheduled for lab k8s-master-abc-123: attempt 2 at 1970-01-01T00:06:01.000Z (in 300 s); 2 VMs pending: w1, w2"
         );
     }
 

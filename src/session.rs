@@ -153,8 +153,15 @@ impl Session {
     }
 
     /// Records what an attempt deleted and how it went, and moves to `Completed` when no VM is
-    /// left or to `Retrying` otherwise (keeping the next attempt time set by `begin_attempt`).
-    pub fn finish_attempt(&mut self, deleted_now: &[String], outcome: Outcome, now_ms: i64) {
+    /// left, or to `Retrying` with the next attempt `retry_ms` after `now_ms` (the attempt's end,
+    /// so a slow attempt does not eat into the pause between attempts).
+    pub fn finish_attempt(
+        &mut self,
+        deleted_now: &[String],
+        outcome: Outcome,
+        now_ms: i64,
+        retry_ms: i64,
+    ) {
         for id in deleted_now {
             if !self.deleted.contains(id) && self.vms().any(|vm| vm.id == id) {
                 self.deleted.push(id.clone());
@@ -167,6 +174,7 @@ impl Session {
             self.next_attempt_at_ms = None;
         } else {
             self.status = Status::Retrying;
+            self.next_attempt_at_ms = Some(now_ms.saturating_add(retry_ms));
         }
     }
 
@@ -285,9 +293,14 @@ mod tests {
                 error: "backend answered 500".into(),
             }],
         };
-        s.finish_attempt(&["m".into(), "w2".into()], outcome.clone(), T0 + 20);
+        s.finish_attempt(
+            &["m".into(), "w2".into()],
+            outcome.clone(),
+            T0 + 20,
+            300_000,
+        );
         assert_eq!(s.status, Status::Retrying);
-        assert_eq!(s.next_attempt_at_ms, Some(T0 + 300_010));
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 300_020));
         assert_eq!(
             s.pending().iter().map(|v| v.id).collect::<Vec<_>>(),
             vec!["w1"]
@@ -295,7 +308,7 @@ mod tests {
         assert_eq!(s.last_outcome, Some(outcome));
 
         s.begin_attempt(T0 + 300_010, 300_000);
-        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 300_020);
+        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 300_020, 300_000);
         assert_eq!(s.status, Status::Completed);
         assert_eq!(s.attempts, 2);
         assert_eq!(s.completed_at_ms, Some(T0 + 300_020));
@@ -311,6 +324,7 @@ mod tests {
             &["m".into(), "m".into(), "zzz".into()],
             Outcome::default(),
             T0,
+            1,
         );
         assert_eq!(s.deleted, vec!["m"]);
         assert_eq!(s.status, Status::Retrying);

@@ -191,14 +191,17 @@ impl SessionManager {
             config.cleanup_concurrency,
         )
         .await;
-        session.finish_attempt(&result.deleted, result.outcome, now_ms());
+        session.finish_attempt(&result.deleted, result.outcome, now_ms(), config.retry_ms());
 
-        if session.status == Status::Completed {
-            self.save_without_alarm(&session).await
-        } else {
-            // The alarm for the next attempt was set when this one began.
-            let text = serde_json::to_string(&session)?;
-            self.storage().put(SESSION_KEY, text).await
+        match session.next_attempt_at_ms {
+            Some(next) if session.status == Status::Retrying => {
+                ConsoleLogger.log(
+                    Level::Warn,
+                    &cleanup::retry_line(&session, config.cleanup_retry_seconds),
+                );
+                self.save_with_alarm(&session, next).await
+            }
+            _ => self.save_without_alarm(&session).await,
         }
     }
 }

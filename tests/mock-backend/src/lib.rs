@@ -1,1 +1,653 @@
+//! A mock lab backend: serves the two cleanup endpoints, records every call, and injects faults per lab id.
+//!
+//! Used in-process by the integration tests and the benchmark, and as a standalone server
+//! (`mock-backend` binary) by the local run command. Control endpoints under `/__mock/` let a
+//! person or a script read the calls and add faults over HTTP.
 
+pub mod http;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Path of the exposed-services deletion.
+pub const EXPOSE_PATH: &str = "/api/v1/expose/";
+/// Path of the VM deletion.
+pub const DELETE_VM_PATH: &str = "/api/v1/labs/delete";
+
+/// Which backend endpoint a call or a fault is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `DELETE /api/v1/expose/`
+    Expose,
+    /// `POST /api/v1/labs/delete`
+    DeleteVm,
+}
+
+/// What the mock does instead of answering 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Answer with this status and a JSON error body.
+    Status { status: u16 },
+    /// Wait, then answer 200 (a slow but successful backend).
+    Delay { ms: u64 },
+    /// Hold the connection open without answering for `ms`, then close it.
+    Hang { ms: u64 },
+    /// Send a response head promising a body, part of it, then close the connection.
+    Reset,
+}
+
+/// A fault for one lab id: applied to its next `times` calls (forever if `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    pub lab_request_id: String,
+    /// `None`: both endpoints.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    pub action: Action,
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+/// One call the mock received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// Order of arrival, from 1.
+    pub seq: u64,
+    /// Arrival time, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// When the mock finished with the call (answered, closed, or gave up), same clock.
+    pub done_ms: u64,
+    pub method: String,
+    pub path: String,
+    /// `Some` for calls to the two backend endpoints.
+    pub endpoint: Option<Endpoint>,
+    pub lab_request_id: Option<String>,
+    pub user_id: Option<String>,
+    /// The `Authorization` header as received.
+    pub authorization: Option<String>,
+    /// The status answered; `None` for a hang or reset (no complete answer).
+    pub status: Option<u16>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    faults: Vec<Fault>,
+    latency_ms: u64,
+    expected_token: Option<String>,
+    log_calls: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Options of a mock server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Added to every backend call before it is answered (simulated network + backend time).
+    pub latency: Duration,
+    /// When set, backend calls without `Authorization: Bearer <token>` get a 401.
+    pub expected_token: Option<String>,
+    /// Print one line per call to stdout.
+    pub log_calls: bool,
+}
+
+/// A running mock backend. Stops when dropped.
+pub struct MockBackend {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl MockBackend {
+    /// Starts a mock on `addr` (e.g. `127.0.0.1:0` for any free port).
+    pub fn start(addr: &str, options: Options) -> std::io::Result<MockBackend> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                latency_ms: options.latency.as_millis() as u64,
+                expected_token: options.expected_token,
+                log_calls: options.log_calls,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("mock-backend-accept".into())
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if shared.stopping.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if let Ok(stream) = stream {
+                            let shared = shared.clone();
+                            let _ = thread::Builder::new()
+                                .name("mock-backend-conn".into())
+                                .spawn(move || serve_connection(stream, &shared));
+                        }
+                    }
+                })?
+        };
+        Ok(MockBackend {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL to give the worker as `BACKEND_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every call received so far, in arrival order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// The backend-endpoint calls that name `lab_request_id`, in arrival order.
+    pub fn calls_for(&self, lab_request_id: &str) -> Vec<Call> {
+        calls_naming(&self.shared.lock().calls, &[lab_request_id])
+    }
+
+    /// The backend-endpoint calls naming any of `ids`, in arrival order.
+    pub fn calls_for_any(&self, ids: &[&str]) -> Vec<Call> {
+        calls_naming(&self.shared.lock().calls, ids)
+    }
+
+    /// Waits until `done(calls naming ids)` holds or `timeout` passes; returns the last calls seen
+    /// and whether the condition held.
+    pub fn wait_for(
+        &self,
+        ids: &[&str],
+        timeout: Duration,
+        done: impl Fn(&[Call]) -> bool,
+    ) -> (Vec<Call>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            let calls = calls_naming(&state.calls, ids);
+            if done(&calls) {
+                return (calls, true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (calls, false);
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub fn add_fault(&self, fault: Fault) {
+        self.shared.lock().faults.push(fault);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency_ms = latency.as_millis() as u64;
+    }
+
+    /// Forgets all calls and faults.
+    pub fn reset(&self) {
+        let mut state = self.shared.lock();
+        state.calls.clear();
+        state.faults.clear();
+    }
+
+    /// Stops accepting connections and waits for the acceptor thread.
+    pub fn stop(&mut self) {
+        if let Some(acceptor) = self.acceptor.take() {
+            self.shared.stopping.store(true, Ordering::SeqCst);
+            // Wake the blocking accept.
+            let _ = TcpStream::connect(self.addr);
+            let _ = acceptor.join();
+        }
+    }
+}
+
+impl Drop for MockBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn calls_naming(calls: &[Call], ids: &[&str]) -> Vec<Call> {
+    calls
+        .iter()
+        .filter(|c| {
+            c.endpoint.is_some()
+                && c.lab_request_id
+                    .as_deref()
+                    .is_some_and(|id| ids.contains(&id))
+        })
+        .cloned()
+        .collect()
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut writer = write_half;
+    // Keep-alive: serve requests until the peer closes or a fault ends the connection.
+    while let Ok(Some(request)) = http::read_message(&mut reader, false) {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if !handle_request(&request, &mut writer, shared) {
+            return;
+        }
+        if request
+            .header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            return;
+        }
+    }
+}
+
+/// What to do with one backend call, decided under the lock.
+enum Plan {
+    Answer {
+        status: u16,
+        body: Value,
+        wait_ms: u64,
+    },
+    Hang {
+        ms: u64,
+    },
+    Reset {
+        wait_ms: u64,
+    },
+}
+
+/// Serves one request; returns whether the connection may be reused.
+fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shared) -> bool {
+    let mut parts = request.start_line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+
+    if let Some(control) = path.strip_prefix("/__mock/") {
+        let (status, body) = control_request(&method, control, &request.body, shared);
+        return write_json(writer, status, &body).is_ok();
+    }
+
+    let endpoint = match (method.as_str(), path.as_str()) {
+        ("DELETE", EXPOSE_PATH) => Some(Endpoint::Expose),
+        ("POST", DELETE_VM_PATH) => Some(Endpoint::DeleteVm),
+        _ => None,
+    };
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_string);
+    let lab_request_id = field("lab_request_id");
+    let user_id = field("user_id");
+    let authorization = request.header("Authorization").map(str::to_string);
+
+    let (seq, plan, log_calls) = {
+        let mut state = shared.lock();
+        let seq = state.calls.len() as u64 + 1;
+        let latency = state.latency_ms;
+        let plan = match endpoint {
+            None => Plan::Answer {
+                status: 404,
+                body: json!({"error": format!("mock backend: no route {method} {path}")}),
+                wait_ms: 0,
+            },
+            Some(_) if !token_ok(&state.expected_token, authorization.as_deref()) => Plan::Answer {
+                status: 401,
+                body: json!({"error": "missing or wrong bearer token"}),
+                wait_ms: latency,
+            },
+            Some(_)
+                if lab_request_id.is_none()
+                    || (endpoint == Some(Endpoint::DeleteVm) && user_id.is_none()) =>
+            {
+                Plan::Answer {
+                    status: 400,
+                    body: json!({"error": "lab_request_id and user_id are required"}),
+                    wait_ms: latency,
+                }
+            }
+            Some(ep) => match take_fault(&mut state.faults, lab_request_id.as_deref(), ep) {
+                None => ok_plan(ep, lab_request_id.as_deref(), latency),
+                Some(Action::Status { status }) => Plan::Answer {
+                    status,
+                    body: json!({"error": format!("mock backend: injected {status}")}),
+                    wait_ms: latency,
+                },
+                Some(Action::Delay { ms }) => {
+                    let mut plan = ok_plan(ep, lab_request_id.as_deref(), latency);
+                    if let Plan::Answer { wait_ms, .. } = &mut plan {
+                        *wait_ms += ms;
+                    }
+                    plan
+                }
+                Some(Action::Hang { ms }) => Plan::Hang { ms },
+                Some(Action::Reset) => Plan::Reset { wait_ms: latency },
+            },
+        };
+        let status = match &plan {
+            Plan::Answer { status, .. } => Some(*status),
+            _ => None,
+        };
+        state.calls.push(Call {
+            seq,
+            at_ms: now_ms(),
+            done_ms: 0,
+            method: method.clone(),
+            path: path.clone(),
+            endpoint,
+            lab_request_id: lab_request_id.clone(),
+            user_id: user_id.clone(),
+            authorization: authorization.clone(),
+            status,
+        });
+        shared.changed.notify_all();
+        (seq, plan, state.log_calls)
+    };
+
+    let keep_alive = match plan {
+        Plan::Answer {
+            status,
+            body,
+            wait_ms,
+        } => {
+            thread::sleep(Duration::from_millis(wait_ms));
+            write_json(writer, status, &body).is_ok()
+        }
+        Plan::Hang { ms } => {
+            thread::sleep(Duration::from_millis(ms));
+            false
+        }
+        Plan::Reset { wait_ms } => {
+            thread::sleep(Duration::from_millis(wait_ms));
+            let _ = writer.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"stat",
+            );
+            let _ = writer.flush();
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            false
+        }
+    };
+
+    let mut state = shared.lock();
+    if let Some(call) = state.calls.iter_mut().find(|c| c.seq == seq) {
+        call.done_ms = now_ms();
+        if log_calls {
+            println!(
+                "mock-backend: #{seq} {method} {path} lab_request_id={} user_id={} -> {}",
+                call.lab_request_id.as_deref().unwrap_or("-"),
+                call.user_id.as_deref().unwrap_or("-"),
+                call.status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no answer (fault)".into())
+            );
+        }
+    }
+    shared.changed.notify_all();
+    keep_alive
+}
+
+fn ok_plan(endpoint: Endpoint, id: Option<&str>, latency: u64) -> Plan {
+    let body = match endpoint {
+        Endpoint::Expose => {
+            json!({"status": "ok", "message": "exposed services deleted", "lab_request_id": id})
+        }
+        Endpoint::DeleteVm => {
+            json!({"status": "ok", "message": "lab deleted", "lab_request_id": id})
+        }
+    };
+    Plan::Answer {
+        status: 200,
+        body,
+        wait_ms: latency,
+    }
+}
+
+fn token_ok(expected: &Option<String>, authorization: Option<&str>) -> bool {
+    match expected {
+        None => true,
+        Some(token) => authorization == Some(format!("Bearer {token}").as_str()),
+    }
+}
+
+/// Takes the first matching fault, counting down its `times`.
+fn take_fault(faults: &mut Vec<Fault>, id: Option<&str>, endpoint: Endpoint) -> Option<Action> {
+    let index = faults.iter().position(|f| {
+        Some(f.lab_request_id.as_str()) == id && f.endpoint.is_none_or(|e| e == endpoint)
+    })?;
+    let action = faults[index].action.clone();
+    match &mut faults[index].times {
+        Some(1) | Some(0) => {
+            faults.remove(index);
+        }
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    Some(action)
+}
+
+fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u16, Value) {
+    match (method, path) {
+        ("GET", "calls") => (200, json!(shared.lock().calls)),
+        ("POST", "faults") => match serde_json::from_slice::<Fault>(body) {
+            Ok(fault) => {
+                shared.lock().faults.push(fault.clone());
+                (201, json!(fault))
+            }
+            Err(e) => (400, json!({"error": format!("bad fault: {e}")})),
+        },
+        ("GET", "faults") => (200, json!(shared.lock().faults)),
+        ("POST", "reset") => {
+            let mut state = shared.lock();
+            state.calls.clear();
+            state.faults.clear();
+            (200, json!({"status": "reset"}))
+        }
+        _ => (
+            404,
+            json!({"error": "control endpoints: GET calls, GET faults, POST faults, POST reset"}),
+        ),
+    }
+}
+
+fn write_json(writer: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
+    let text = body.to_string();
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    write!(
+        writer,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    )?;
+    writer.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::json_request;
+
+    fn delete(mock: &MockBackend, id: &str) -> u16 {
+        let addr = mock.addr().to_string();
+        json_request(
+            &addr,
+            "POST",
+            DELETE_VM_PATH,
+            &json!({"lab_request_id": id, "user_id": "u"}),
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    }
+
+    #[test]
+    fn records_calls_and_answers_200() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        assert_eq!(delete(&mock, "a"), 200);
+        let r = json_request(
+            &mock.addr().to_string(),
+            "DELETE",
+            EXPOSE_PATH,
+            &json!({"lab_request_id": "a"}),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        let calls = mock.calls_for("a");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].endpoint, Some(Endpoint::DeleteVm));
+        assert_eq!(calls[0].user_id.as_deref(), Some("u"));
+        assert_eq!(calls[1].endpoint, Some(Endpoint::Expose));
+        assert_eq!(calls[1].status, Some(200));
+        assert!(calls[1].done_ms >= calls[1].at_ms);
+    }
+
+    #[test]
+    fn faults_apply_per_id_and_count_down() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        mock.add_fault(Fault {
+            lab_request_id: "w1".into(),
+            endpoint: Some(Endpoint::DeleteVm),
+            action: Action::Status { status: 500 },
+            times: Some(2),
+        });
+        mock.add_fault(Fault {
+            lab_request_id: "gone".into(),
+            endpoint: None,
+            action: Action::Status { status: 404 },
+            times: None,
+        });
+        assert_eq!(delete(&mock, "w1"), 500);
+        assert_eq!(delete(&mock, "other"), 200);
+        assert_eq!(delete(&mock, "w1"), 500);
+        assert_eq!(delete(&mock, "w1"), 200);
+        assert_eq!(delete(&mock, "gone"), 404);
+        assert_eq!(delete(&mock, "gone"), 404);
+    }
+
+    #[test]
+    fn reset_and_hang_give_no_complete_answer() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        mock.add_fault(Fault {
+            lab_request_id: "r".into(),
+            endpoint: None,
+            action: Action::Reset,
+            times: Some(1),
+        });
+        mock.add_fault(Fault {
+            lab_request_id: "h".into(),
+            endpoint: None,
+            action: Action::Hang { ms: 300 },
+            times: Some(1),
+        });
+        assert_eq!(delete(&mock, "r"), 0);
+        let started = Instant::now();
+        assert_eq!(delete(&mock, "h"), 0);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(mock.calls_for("r")[0].status, None);
+    }
+
+    #[test]
+    fn token_is_checked_when_expected() {
+        let mock = MockBackend::start(
+            "127.0.0.1:0",
+            Options {
+                expected_token: Some("t0k".into()),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(delete(&mock, "a"), 401);
+        let r = http::request(
+            &mock.addr().to_string(),
+            "POST",
+            DELETE_VM_PATH,
+            &[("Authorization", "Bearer t0k")],
+            br#"{"lab_request_id":"a","user_id":"u"}"#,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+    }
+
+    #[test]
+    fn control_endpoints_work_over_http() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        let addr = mock.addr().to_string();
+        let r = json_request(
+            &addr,
+            "POST",
+            "/__mock/faults",
+            &json!({"lab_request_id": "x", "action": {"kind": "status", "status": 503}, "times": 1}),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201);
+        assert_eq!(delete(&mock, "x"), 503);
+        let calls = json_request(&addr, "GET", "/__mock/calls", &json!(null))
+            .unwrap()
+            .json();
+        assert_eq!(calls.as_array().unwrap().len(), 1);
+        assert_eq!(calls[0]["status"], 503);
+        json_request(&addr, "POST", "/__mock/reset", &json!(null)).unwrap();
+        assert!(mock.calls().is_empty());
+    }
+
+    #[test]
+    fn wait_for_returns_when_condition_holds() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        let (calls, ok) = mock.wait_for(&["z"], Duration::from_millis(100), |c| !c.is_empty());
+        assert!(!ok && calls.is_empty());
+        delete(&mock, "z");
+        let (calls, ok) = mock.wait_for(&["z"], Duration::from_secs(5), |c| c.len() == 1);
+        assert!(ok);
+        assert_eq!(calls.len(), 1);
+    }
+}

@@ -1,0 +1,70 @@
+//! `mock-backend`: runs the mock lab backend as a standalone server for local runs and benchmarks.
+
+use std::time::Duration;
+
+use mock_backend::{MockBackend, Options};
+
+const USAGE: &str =
+    "usage: mock-backend [--listen 127.0.0.1:8788] [--latency-ms N] [--token T] [--quiet]
+
+Serves DELETE /api/v1/expose/ and POST /api/v1/labs/delete, answering 200 unless a fault says
+otherwise, and prints one line per call. Control endpoints:
+  GET  /__mock/calls    every call received, as JSON
+  GET  /__mock/faults   the faults still pending
+  POST /__mock/faults   add a fault, e.g.
+       {\"lab_request_id\": \"k8s-worker-1-def-456\", \"endpoint\": \"delete_vm\",
+        \"action\": {\"kind\": \"status\", \"status\": 500}, \"times\": 2}
+       kinds: status{status}, delay{ms}, hang{ms}, reset; endpoint: expose | delete_vm | null (both)
+  POST /__mock/reset    forget calls and faults";
+
+fn main() {
+    let mut listen = "127.0.0.1:8788".to_string();
+    let mut options = Options {
+        log_calls: true,
+        ..Options::default()
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next().unwrap_or_else(|| {
+                eprintln!("mock-backend: {name} needs a value\n\n{USAGE}");
+                std::process::exit(2)
+            })
+        };
+        match arg.as_str() {
+            "--listen" => listen = value("--listen"),
+            "--latency-ms" => {
+                let ms = value("--latency-ms").parse().unwrap_or_else(|_| {
+                    eprintln!("mock-backend: --latency-ms takes a whole number");
+                    std::process::exit(2)
+                });
+                options.latency = Duration::from_millis(ms);
+            }
+            "--token" => options.expected_token = Some(value("--token")),
+            "--quiet" => options.log_calls = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("mock-backend: unknown argument {other}\n\n{USAGE}");
+                std::process::exit(2)
+            }
+        }
+    }
+    if !listen.starts_with("127.")
+        && !listen.starts_with("localhost:")
+        && !listen.starts_with("[::1]:")
+    {
+        eprintln!("mock-backend: refusing to listen on {listen}: loopback addresses only");
+        std::process::exit(2)
+    }
+    let mock = MockBackend::start(&listen, options).unwrap_or_else(|e| {
+        eprintln!("mock-backend: cannot listen on {listen}: {e}");
+        std::process::exit(1)
+    });
+    println!("mock-backend: listening on {}", mock.url());
+    loop {
+        std::thread::park();
+    }
+}
