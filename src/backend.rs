@@ -63,8 +63,12 @@ impl HttpLabBackend {
                 .await
                 .map_err(network)?;
             let status = response.status_code();
-            // The body only feeds error messages; an unreadable one is not a failure by itself.
-            let body = response.text().await.unwrap_or_default();
+            // A body cut short (connection reset mid-response) is no trustworthy answer, even
+            // after a 2xx head: count it as a network error, so the VM is tried again.
+            let body = response
+                .text()
+                .await
+                .map_err(|e| BackendError::Network(format!("answer {status} cut short: {e}")))?;
             Ok(BackendReply { status, body })
         };
         let timeout = Delay::from(self.timeout);

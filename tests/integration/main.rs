@@ -1,1 +1,142 @@
-fn main() {}
+//! Integration tests: the real worker on workerd (`wrangler dev`) against the mock lab backend.
+//!
+//! A custom harness (`harness = false`): it starts the mock backend and one `wrangler dev`, runs
+//! the serial tests (those that read the shared log) one by one, then the rest in parallel (each
+//! uses its own lab ids), stops every process it started, and prints `N passed, M failed`.
+//! Arguments that do not start with `-` filter tests by name.
+
+mod api;
+mod cleanup;
+mod support;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Instant;
+
+use support::Ctx;
+
+type TestFn = fn(&Ctx);
+type MutTestFn = fn(&mut Ctx);
+
+/// Tests that read the worker's log as a whole run alone, before the parallel ones.
+const SERIAL: &[(&str, TestFn)] = &[
+    ("single_vm_example", cleanup::single_vm_example),
+    ("multi_node_example", cleanup::multi_node_example),
+];
+
+/// Tests that restart the worker run last, alone.
+const LAST: &[(&str, MutTestFn)] = &[(
+    "restart_resumes_a_pending_retry",
+    cleanup::restart_resumes_a_pending_retry,
+)];
+
+const PARALLEL: &[(&str, TestFn)] = &[
+    (
+        "worker_nodes_missing_null_or_empty",
+        cleanup::worker_nodes_missing_null_or_empty,
+    ),
+    (
+        "failing_worker_is_retried_alone",
+        cleanup::failing_worker_is_retried_alone,
+    ),
+    (
+        "services_failure_alone_causes_no_retry",
+        cleanup::services_failure_alone_causes_no_retry,
+    ),
+    (
+        "not_found_counts_as_deleted",
+        cleanup::not_found_counts_as_deleted,
+    ),
+    (
+        "mixed_faults_all_end_deleted",
+        cleanup::mixed_faults_all_end_deleted,
+    ),
+    (
+        "bad_inputs_are_rejected_and_store_nothing",
+        api::bad_inputs_are_rejected_and_store_nothing,
+    ),
+    (
+        "unknown_paths_and_wrong_methods",
+        api::unknown_paths_and_wrong_methods,
+    ),
+    (
+        "repeated_create_is_idempotent",
+        api::repeated_create_is_idempotent,
+    ),
+];
+
+fn run_one(name: &str, test: impl FnOnce()) -> bool {
+    let started = Instant::now();
+    let ok = panic::catch_unwind(AssertUnwindSafe(test)).is_ok();
+    println!(
+        "test {name} ... {} ({:.1} s)",
+        if ok { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    ok
+}
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let serial: Vec<_> = SERIAL.iter().filter(|(n, _)| wanted(n)).collect();
+    let parallel: Vec<_> = PARALLEL.iter().filter(|(n, _)| wanted(n)).collect();
+    let last: Vec<_> = LAST.iter().filter(|(n, _)| wanted(n)).collect();
+    let total = serial.len() + parallel.len() + last.len();
+    if total == 0 {
+        println!("integration: 0 passed, 0 failed (no test matches {filters:?})");
+        return;
+    }
+
+    println!("running {total} integration tests on wrangler dev");
+    let mut ctx = Ctx::start();
+    let mut failed: Vec<&str> = Vec::new();
+    for (name, test) in serial {
+        if !run_one(name, || test(&ctx)) {
+            failed.push(name);
+        }
+    }
+    let shared = &ctx;
+    let results: Vec<(&str, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parallel
+            .iter()
+            .map(|(name, test)| (*name, scope.spawn(move || run_one(name, || test(shared)))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, h)| (name, h.join().unwrap_or(false)))
+            .collect()
+    });
+    failed.extend(results.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name));
+    for (name, test) in last {
+        if !run_one(name, || test(&mut ctx)) {
+            failed.push(name);
+        }
+    }
+
+    if !failed.is_empty() {
+        println!(
+            "\nworker log tail ({}):\n{}",
+            ctx.worker.log_path.display(),
+            support::tail(&ctx.worker.log(), 80)
+        );
+    }
+    let work_dir = ctx.work_dir.clone();
+    drop(ctx);
+    if failed.is_empty() {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    } else {
+        println!("\nfailed: {}", failed.join(", "));
+    }
+    println!(
+        "\nintegration: {} passed, {} failed",
+        total - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}

@@ -22,7 +22,7 @@ pub const EXPOSE_PATH: &str = "/api/v1/expose/";
 pub const DELETE_VM_PATH: &str = "/api/v1/labs/delete";
 
 /// Which backend endpoint a call or a fault is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     /// `DELETE /api/v1/expose/`

@@ -1,0 +1,375 @@
+//! Test support: starts the mock backend and the real worker (`wrangler dev` on workerd), and helpers to talk to them.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mock_backend::http::{self, Response};
+use mock_backend::{Call, Endpoint, MockBackend, Options};
+use serde_json::Value;
+
+/// Seconds in one `duration` unit for the tests: a `duration: 2` lab expires in 2 s.
+pub const DURATION_UNIT_SECONDS: u64 = 1;
+/// Seconds between cleanup attempts in the tests.
+pub const RETRY_SECONDS: u64 = 2;
+/// Timeout of one backend call in the tests.
+pub const BACKEND_TIMEOUT_SECONDS: u64 = 2;
+/// The backend token the worker is given (as a secret) and the mock expects.
+pub const BACKEND_TOKEN: &str = "itest-backend-token-5f1c";
+/// Longest wait for `wrangler dev` to build and start.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// `wrangler dev` running the worker, in its own process group so it can be stopped whole.
+pub struct Worker {
+    child: Option<Child>,
+    pub addr: String,
+    pub log_path: PathBuf,
+    state_dir: PathBuf,
+    env_file: PathBuf,
+    port: u16,
+    backend_url: String,
+    extra_vars: Vec<(String, String)>,
+}
+
+impl Worker {
+    /// Starts `wrangler dev` on a free port, talking to `backend_url`, with state in `work_dir`.
+    pub fn start(work_dir: &Path, backend_url: &str, extra_vars: &[(&str, &str)]) -> Worker {
+        fs::create_dir_all(work_dir).expect("work dir");
+        let env_file = work_dir.join("secrets.env");
+        fs::write(&env_file, format!("BACKEND_API_TOKEN={BACKEND_TOKEN}\n")).expect("env file");
+        let mut worker = Worker {
+            child: None,
+            addr: String::new(),
+            log_path: work_dir.join("wrangler.log"),
+            state_dir: work_dir.join("state"),
+            env_file,
+            port: free_port(),
+            backend_url: backend_url.to_string(),
+            extra_vars: extra_vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        worker.spawn();
+        worker
+    }
+
+    fn spawn(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut vars = vec![
+            ("BACKEND_URL".to_string(), self.backend_url.clone()),
+            (
+                "DURATION_UNIT_SECONDS".to_string(),
+                DURATION_UNIT_SECONDS.to_string(),
+            ),
+            (
+                "CLEANUP_RETRY_SECONDS".to_string(),
+                RETRY_SECONDS.to_string(),
+            ),
+            (
+                "BACKEND_TIMEOUT_SECONDS".to_string(),
+                BACKEND_TIMEOUT_SECONDS.to_string(),
+            ),
+        ];
+        vars.extend(self.extra_vars.iter().cloned());
+        let mut command = Command::new(root.join("node_modules/.bin/wrangler"));
+        command
+            .current_dir(root)
+            .args(["dev", "--ip", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--inspector-port")
+            .arg(free_port().to_string())
+            .arg("--persist-to")
+            .arg(&self.state_dir)
+            .arg("--env-file")
+            .arg(&self.env_file)
+            .arg("--show-interactive-dev-session=false")
+            .env("CI", "true")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("FORCE_COLOR", "0")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .process_group(0);
+        for (k, v) in &vars {
+            command.arg("--var").arg(format!("{k}:{v}"));
+        }
+        let child = command
+            .spawn()
+            .expect("cannot start wrangler dev; run scripts/setup.sh");
+        self.addr = format!("127.0.0.1:{}", self.port);
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http::request(&self.addr, "GET", "/", &[], b"", Duration::from_secs(5)) {
+                if r.status == 404 {
+                    eprintln!(
+                        "worker ready on {} after {:.1} s",
+                        self.addr,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "wrangler dev exited ({status}) before it was ready:\n{}",
+                    tail(&self.log(), 60)
+                );
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                self.stop();
+                panic!(
+                    "wrangler dev not ready after {READY_TIMEOUT:?}:\n{}",
+                    tail(&self.log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops the whole process group (wrangler, workerd, esbuild): TERM, then KILL.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Whatever is left of the group (workerd may outlive its parent briefly).
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = child.wait();
+    }
+
+    /// Stops the worker and starts it again on the same persisted state and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The worker's output so far (ANSI colour codes removed).
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut text);
+        }
+        strip_ansi(&text)
+    }
+
+    /// Sends a JSON request to the worker.
+    pub fn json(&self, method: &str, path: &str, body: &Value) -> Response {
+        http::json_request(&self.addr, method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+    }
+
+    /// Sends a raw request to the worker.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        http::request(
+            &self.addr,
+            method,
+            path,
+            headers,
+            body,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+    }
+
+    /// `POST /api/v1/labs/sessions`.
+    pub fn create(&self, body: &Value) -> Response {
+        self.json("POST", "/api/v1/labs/sessions", body)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What every test gets: the mock backend and the worker wired to it.
+pub struct Ctx {
+    pub mock: MockBackend,
+    pub worker: Worker,
+    pub work_dir: PathBuf,
+}
+
+impl Ctx {
+    pub fn start() -> Ctx {
+        let work_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("integration-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work_dir);
+        let mock = MockBackend::start(
+            "127.0.0.1:0",
+            Options {
+                expected_token: Some(BACKEND_TOKEN.into()),
+                ..Options::default()
+            },
+        )
+        .expect("mock backend");
+        let worker = Worker::start(&work_dir, &mock.url(), &[]);
+        Ctx {
+            mock,
+            worker,
+            work_dir,
+        }
+    }
+}
+
+/// Waits until the calls naming `ids` satisfy `done`, or fails with what was seen.
+pub fn wait_calls(ctx: &Ctx, ids: &[&str], secs: u64, done: impl Fn(&[Call]) -> bool) -> Vec<Call> {
+    let (calls, ok) = ctx.mock.wait_for(ids, Duration::from_secs(secs), done);
+    assert!(
+        ok,
+        "backend calls for {ids:?} did not reach the expected state in {secs} s; saw:\n{}",
+        show(&calls)
+    );
+    calls
+}
+
+/// Waits until exactly `n` calls name `ids`, then `settle` more seconds, and checks no more came.
+pub fn wait_exactly(ctx: &Ctx, ids: &[&str], n: usize, secs: u64, settle: u64) -> Vec<Call> {
+    wait_calls(ctx, ids, secs, |c| {
+        c.len() >= n && c.iter().all(|c| c.done_ms > 0)
+    });
+    std::thread::sleep(Duration::from_secs(settle));
+    let calls = ctx.mock.calls_for_any(ids);
+    assert_eq!(
+        calls.len(),
+        n,
+        "expected exactly {n} calls for {ids:?}, saw:\n{}",
+        show(&calls)
+    );
+    calls
+}
+
+/// Waits until the worker's log contains `needle`.
+pub fn wait_log(ctx: &Ctx, needle: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ctx.worker.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "log line {needle:?} did not come in {secs} s:\n{}",
+            tail(&ctx.worker.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One line per call, for failure messages.
+pub fn show(calls: &[Call]) -> String {
+    calls
+        .iter()
+        .map(|c| {
+            format!(
+                "  #{} {} {} id={} user={} -> {:?} (at {} done {})",
+                c.seq,
+                c.method,
+                c.path,
+                c.lab_request_id.as_deref().unwrap_or("-"),
+                c.user_id.as_deref().unwrap_or("-"),
+                c.status,
+                c.at_ms,
+                c.done_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `(endpoint, lab_request_id)` of a call, for compact assertions.
+pub fn key(call: &Call) -> (Endpoint, &str) {
+    (
+        call.endpoint.expect("backend call"),
+        call.lab_request_id.as_deref().unwrap_or(""),
+    )
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time from the API.
+pub fn epoch_ms(rfc3339: &Value) -> u64 {
+    let text = rfc3339.as_str().expect("time string");
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("bad time {text}: {e}"))
+        .timestamp_millis() as u64
+}
+
+/// Asserts no call reached the backend before the lab's `expires_at`.
+pub fn assert_not_before(calls: &[Call], expires_at_ms: u64) {
+    for c in calls {
+        assert!(
+            c.at_ms >= expires_at_ms,
+            "call #{} came {} ms before the lab expired:\n{}",
+            c.seq,
+            expires_at_ms - c.at_ms,
+            show(calls)
+        );
+    }
+}
+
+/// Asserts every call carried the backend token.
+pub fn assert_authorized(calls: &[Call]) {
+    let expected = format!("Bearer {BACKEND_TOKEN}");
+    for c in calls {
+        assert_eq!(
+            c.authorization.as_deref(),
+            Some(expected.as_str()),
+            "call #{}",
+            c.seq
+        );
+    }
+}
