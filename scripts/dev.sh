@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The local run command: installs the tools if needed, starts the mock lab backend on
+# 127.0.0.1:8788 and the worker (`wrangler dev`) on 127.0.0.1:8787 wired to it, and stops both
+# on Ctrl-C. Durations are real minutes unless DURATION_UNIT_SECONDS is set, e.g.
+#   DURATION_UNIT_SECONDS=1 CLEANUP_RETRY_SECONDS=10 bash scripts/dev.sh
+# Sessions start from an empty state each run; KEEP_STATE=1 keeps the previous run's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+WORKER_PORT="${WORKER_PORT:-8787}"
+MOCK_PORT="${MOCK_PORT:-8788}"
+DURATION_UNIT_SECONDS="${DURATION_UNIT_SECONDS:-60}"
+CLEANUP_RETRY_SECONDS="${CLEANUP_RETRY_SECONDS:-300}"
+# Durable Object state of the local run; starts empty unless KEEP_STATE=1.
+STATE_DIR=.wrangler/dev-state
+if [ "${KEEP_STATE:-0}" != 1 ]; then rm -rf "$STATE_DIR"; fi
+
+bash scripts/setup.sh
+cargo build --quiet -p mock-backend --bin mock-backend
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+setsid target/debug/mock-backend --listen "127.0.0.1:$MOCK_PORT" &
+pids+=($!)
+
+cat <<MSG
+
+  Worker:       http://127.0.0.1:$WORKER_PORT   (ready when wrangler prints "Ready on")
+  Mock backend: http://127.0.0.1:$MOCK_PORT    (calls: curl 127.0.0.1:$MOCK_PORT/__mock/calls)
+  One duration unit = $DURATION_UNIT_SECONDS s; retry every $CLEANUP_RETRY_SECONDS s.
+
+  Try the multi-node example (expires after duration x $DURATION_UNIT_SECONDS s):
+    curl -s http://127.0.0.1:$WORKER_PORT/api/v1/labs/sessions -H 'Content-Type: application/json' \\
+      -d @docs/examples/multi-node.json
+
+MSG
+
+CI=true WRANGLER_SEND_METRICS=false setsid node_modules/.bin/wrangler dev \
+  --ip 127.0.0.1 --port "$WORKER_PORT" --persist-to "$STATE_DIR" \
+  --var "BACKEND_URL:http://127.0.0.1:$MOCK_PORT" \
+  --var "DURATION_UNIT_SECONDS:$DURATION_UNIT_SECONDS" \
+  --var "CLEANUP_RETRY_SECONDS:$CLEANUP_RETRY_SECONDS" &
+pids+=($!)
+wait -n || true

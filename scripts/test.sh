@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: native unit tests of the pure logic and of the mock backend, then the
+# integration tests, which start the mock backend and the real worker on workerd (`wrangler dev`)
+# on 127.0.0.1 and stop them when done. Expects scripts/setup.sh to have run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "==> unit tests (native)"
+cargo test --workspace --lib --bins
+
+echo
+echo "==> integration tests (wrangler dev + mock backend)"
+cargo test --test integration -- "$@"
