@@ -15,6 +15,10 @@ pub const MAX_CONCURRENT_CONNECTIONS: usize = 6;
 /// subrequests, the free plan's per-invocation limit
 /// (<https://developers.cloudflare.com/workers/platform/limits/#subrequests>).
 pub const DEFAULT_MAX_WORKER_NODES: usize = 48;
+/// Default days a completed session's record is kept for status queries.
+pub const DEFAULT_RETENTION_DAYS: u64 = 7;
+/// Seconds in one unit of `RETENTION_DAYS` (a day). Tests shrink it; production never does.
+pub const DEFAULT_RETENTION_UNIT_SECONDS: u64 = 86_400;
 /// Default timeout of one backend call.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 15;
 
@@ -45,6 +49,8 @@ pub struct Config {
     /// VM deletions in flight at once (1 = one by one, the old behaviour).
     pub cleanup_concurrency: usize,
     pub backend_timeout_seconds: u64,
+    pub retention_days: u64,
+    pub retention_unit_seconds: u64,
 }
 
 impl Config {
@@ -118,6 +124,13 @@ impl Config {
                 1,
                 600,
             )?,
+            retention_days: number("RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 0, 3_650)?,
+            retention_unit_seconds: number(
+                "RETENTION_UNIT_SECONDS",
+                DEFAULT_RETENTION_UNIT_SECONDS,
+                1,
+                86_400,
+            )?,
         })
     }
 
@@ -129,6 +142,16 @@ impl Config {
     /// Milliseconds between cleanup attempts.
     pub fn retry_ms(&self) -> i64 {
         (self.cleanup_retry_seconds * 1000) as i64
+    }
+
+    /// Milliseconds a completed session's record is kept.
+    pub fn retention_ms(&self) -> i64 {
+        (self.retention_days * self.retention_unit_seconds * 1000) as i64
+    }
+
+    /// Milliseconds in one unit of `duration`.
+    pub fn duration_unit_ms(&self) -> i64 {
+        (self.duration_unit_seconds * 1000) as i64
     }
 
     /// Milliseconds in `units` of `duration`.
@@ -161,6 +184,8 @@ mod tests {
         assert_eq!(c.max_worker_nodes, 48);
         assert_eq!(c.cleanup_concurrency, 6);
         assert_eq!(c.backend_timeout_seconds, 15);
+        assert_eq!(c.retention_days, 7);
+        assert_eq!(c.retention_ms(), 7 * 86_400_000);
         assert_eq!(c.retry_ms(), 300_000);
         assert_eq!(c.duration_ms(60), 3_600_000);
     }

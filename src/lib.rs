@@ -48,14 +48,48 @@ fn internal(e: worker::Error) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+fn config(env: &Env) -> Result<Config, ApiError> {
+    Config::from_env(env).map_err(|e| ApiError::NotConfigured(e.to_string()))
+}
+
 async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
     match routes::route(request.method().as_ref(), &request.path())? {
         Route::CreateSession => create_session(request, env).await,
+        Route::GetSession(id) => {
+            let id = path_id(&id)?;
+            forward(env, &id, Method::Get, session_manager::STATUS_PATH, None).await
+        }
+        Route::EndSession(id) => {
+            let id = path_id(&id)?;
+            forward(env, &id, Method::Post, session_manager::END_PATH, None).await
+        }
+        Route::ExtendSession(id) => {
+            let id = path_id(&id)?;
+            let body = json_body(request).await?;
+            let minutes = validation::parse_extend(&body, config(env)?.max_duration_minutes)?;
+            let by = serde_json::to_string(&session_manager::ExtendBy { minutes })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            forward(
+                env,
+                &id,
+                Method::Post,
+                session_manager::EXTEND_PATH,
+                Some(by),
+            )
+            .await
+        }
+        Route::Health => respond::json(200, &serde_json::json!({"status": "ok"})).map_err(internal),
     }
 }
 
-/// `POST /api/v1/labs/sessions`: validate, then hand over to the lab's `SessionManager`.
-async fn create_session(mut request: Request, env: &Env) -> Result<Response, ApiError> {
+/// Checks a `lab_request_id` taken from the path with the same rules as in a body.
+fn path_id(id: &str) -> Result<String, ApiError> {
+    validation::check_id(id, "lab_request_id in the path")?;
+    Ok(id.to_string())
+}
+
+/// Reads a JSON request body after checking its `Content-Type` and size.
+async fn json_body(mut request: Request) -> Result<Vec<u8>, ApiError> {
     let headers = request.headers();
     validation::check_content_type(headers.get("Content-Type").ok().flatten().as_deref())?;
     if let Some(declared) = headers
@@ -68,8 +102,13 @@ async fn create_session(mut request: Request, env: &Env) -> Result<Response, Api
     }
     let body = request.bytes().await.map_err(internal)?;
     validation::check_body_size(body.len())?;
+    Ok(body)
+}
 
-    let config = Config::from_env(env).map_err(|e| ApiError::NotConfigured(e.to_string()))?;
+/// `POST /api/v1/labs/sessions`: validate, then hand over to the lab's `SessionManager`.
+async fn create_session(request: Request, env: &Env) -> Result<Response, ApiError> {
+    let body = json_body(request).await?;
+    let config = config(env)?;
     let new = validation::parse_new_session(
         &body,
         Limits {
@@ -77,24 +116,41 @@ async fn create_session(mut request: Request, env: &Env) -> Result<Response, Api
             max_worker_nodes: config.max_worker_nodes,
         },
     )?;
+    let body = serde_json::to_string(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
+    forward(
+        env,
+        &new.lab_request_id,
+        Method::Post,
+        session_manager::CREATE_PATH,
+        Some(body),
+    )
+    .await
+}
 
+/// Sends an internal request to the `SessionManager` named `lab_request_id` and returns its
+/// answer as is.
+async fn forward(
+    env: &Env,
+    lab_request_id: &str,
+    method: Method,
+    path: &str,
+    json: Option<String>,
+) -> Result<Response, ApiError> {
     let stub = env
         .durable_object(SESSION_MANAGER_BINDING)
-        .and_then(|ns| ns.id_from_name(&new.lab_request_id)?.get_stub())
+        .and_then(|ns| ns.id_from_name(lab_request_id)?.get_stub())
         .map_err(internal)?;
-    let forward_headers = Headers::new();
-    forward_headers
-        .set("Content-Type", "application/json")
-        .map_err(internal)?;
-    let body = serde_json::to_string(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(forward_headers)
-        .with_body(Some(JsValue::from_str(&body)));
-    let forward = Request::new_with_init(
-        &format!("https://session-manager{}", session_manager::CREATE_PATH),
-        &init,
-    )
-    .map_err(internal)?;
-    stub.fetch_with_request(forward).await.map_err(internal)
+    init.with_method(method);
+    if let Some(json) = json {
+        let headers = Headers::new();
+        headers
+            .set("Content-Type", "application/json")
+            .map_err(internal)?;
+        init.with_headers(headers)
+            .with_body(Some(JsValue::from_str(&json)));
+    }
+    let request = Request::new_with_init(&format!("https://session-manager{path}"), &init)
+        .map_err(internal)?;
+    stub.fetch_with_request(request).await.map_err(internal)
 }

@@ -5,33 +5,87 @@ use crate::error::ApiError;
 /// Path of the collection of lab sessions.
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
 
-/// A request the API serves.
+/// A request the API serves; ids are taken from the path, percent-decoded, not yet validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `POST /api/v1/labs/sessions`: schedule a lab's cleanup.
     CreateSession,
+    /// `GET /api/v1/labs/sessions/{lab_request_id}`: the session's status.
+    GetSession(String),
+    /// `DELETE /api/v1/labs/sessions/{lab_request_id}`: end the lab now.
+    EndSession(String),
+    /// `POST /api/v1/labs/sessions/{lab_request_id}/extend`: move the expiry later.
+    ExtendSession(String),
+    /// `GET /healthz`: liveness, no detail.
+    Health,
 }
 
-/// Every path the API serves with its allowed methods, for 405 answers and for the docs.
-pub const ROUTES: &[(&str, &[&str])] = &[(SESSIONS_PATH, &["POST"])];
+/// Every path the API serves (OpenAPI-style templates) with its methods: the source for 405
+/// answers, and checked against `docs/openapi.yaml` by a test.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/api/v1/labs/sessions", &["POST"]),
+    ("/api/v1/labs/sessions/{lab_request_id}", &["GET", "DELETE"]),
+    ("/api/v1/labs/sessions/{lab_request_id}/extend", &["POST"]),
+    ("/healthz", &["GET"]),
+];
 
 /// Finds the route for `method` and `path`. A trailing slash is not significant.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let trimmed = path
+    let path = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    match (method, trimmed) {
-        ("POST", SESSIONS_PATH) => Ok(Route::CreateSession),
-        _ => match ROUTES.iter().find(|(p, _)| *p == trimmed) {
-            Some((_, methods)) => Err(ApiError::MethodNotAllowed {
+    let not_found = || ApiError::NotFound(format!("no route for {path}"));
+    let (template, id) = if path == SESSIONS_PATH {
+        (0, None)
+    } else if path == "/healthz" {
+        (3, None)
+    } else {
+        let rest = path
+            .strip_prefix(SESSIONS_PATH)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(not_found)?;
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [id] if !id.is_empty() => (1, Some(percent_decode(id).ok_or_else(not_found)?)),
+            [id, "extend"] if !id.is_empty() => {
+                (2, Some(percent_decode(id).ok_or_else(not_found)?))
+            }
+            _ => return Err(not_found()),
+        }
+    };
+    match (template, method, id) {
+        (0, "POST", None) => Ok(Route::CreateSession),
+        (1, "GET", Some(id)) => Ok(Route::GetSession(id)),
+        (1, "DELETE", Some(id)) => Ok(Route::EndSession(id)),
+        (2, "POST", Some(id)) => Ok(Route::ExtendSession(id)),
+        (3, "GET", None) => Ok(Route::Health),
+        _ => {
+            let (template_path, methods) = ROUTES[template];
+            Err(ApiError::MethodNotAllowed {
                 method: method.to_string(),
-                path: trimmed.to_string(),
+                path: template_path.to_string(),
                 allow: methods.join(", "),
-            }),
-            None => Err(ApiError::NotFound(format!("no route for {trimmed}"))),
-        },
+            })
+        }
     }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -39,20 +93,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_session_is_routed() {
+    fn every_route_is_matched() {
         assert_eq!(route("POST", SESSIONS_PATH), Ok(Route::CreateSession));
         assert_eq!(
             route("POST", "/api/v1/labs/sessions/"),
             Ok(Route::CreateSession)
         );
+        assert_eq!(
+            route("GET", "/api/v1/labs/sessions/lab-1"),
+            Ok(Route::GetSession("lab-1".into()))
+        );
+        assert_eq!(
+            route("DELETE", "/api/v1/labs/sessions/lab-1/"),
+            Ok(Route::EndSession("lab-1".into()))
+        );
+        assert_eq!(
+            route("POST", "/api/v1/labs/sessions/lab-1/extend"),
+            Ok(Route::ExtendSession("lab-1".into()))
+        );
+        assert_eq!(route("GET", "/healthz"), Ok(Route::Health));
+        assert_eq!(
+            route("GET", "/api/v1/labs/sessions/user%40x%3A1"),
+            Ok(Route::GetSession("user@x:1".into()))
+        );
     }
 
     #[test]
     fn wrong_method_is_405_with_allow() {
-        for method in ["GET", "PUT", "DELETE", "PATCH"] {
-            let e = route(method, SESSIONS_PATH).unwrap_err();
-            assert_eq!(e.status(), 405, "{method}");
-            assert_eq!(e.headers(), vec![("Allow", "POST".to_string())]);
+        for (method, path, allow) in [
+            ("GET", SESSIONS_PATH, "POST"),
+            ("PUT", SESSIONS_PATH, "POST"),
+            ("POST", "/api/v1/labs/sessions/x", "GET, DELETE"),
+            ("PATCH", "/api/v1/labs/sessions/x", "GET, DELETE"),
+            ("GET", "/api/v1/labs/sessions/x/extend", "POST"),
+            ("POST", "/healthz", "GET"),
+        ] {
+            let e = route(method, path).unwrap_err();
+            assert_eq!(e.status(), 405, "{method} {path}");
+            assert_eq!(e.headers(), vec![("Allow", allow.to_string())]);
         }
     }
 
@@ -64,9 +142,48 @@ mod tests {
             "/api/v1/labs",
             "/api/v1/labs/sessionsX",
             "/API/V1/LABS/SESSIONS",
+            "/api/v1/labs/sessions//extend",
+            "/api/v1/labs/sessions/x/y",
+            "/api/v1/labs/sessions/x/extend/more",
+            "/api/v1/labs/sessions/%zz",
+            "/api/v1/labs/sessions/%ff",
         ] {
-            let e = route("POST", path).unwrap_err();
+            let e = route("GET", path).unwrap_err();
             assert_eq!(e.code(), "not_found", "{path}");
         }
+    }
+
+    #[test]
+    fn openapi_spec_lists_exactly_the_served_routes() {
+        let spec = include_str!("../docs/openapi.yaml");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        let mut in_paths = false;
+        let mut current: Option<String> = None;
+        for line in spec.lines() {
+            if line.starts_with("paths:") {
+                in_paths = true;
+                continue;
+            }
+            if in_paths && !line.is_empty() && !line.starts_with(' ') {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+                current = Some(format!("/{p}"));
+            } else if let (Some(p), Some(m)) = (
+                &current,
+                line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')),
+            ) {
+                if ["get", "post", "put", "patch", "delete"].contains(&m) {
+                    documented.push((p.clone(), m.to_uppercase()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .flat_map(|(p, ms)| ms.iter().map(|m| (p.to_string(), m.to_string())))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
     }
 }

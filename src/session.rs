@@ -21,6 +21,18 @@ pub enum Status {
     Completed,
 }
 
+impl Status {
+    /// The status in words, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::CleaningUp => "being cleaned up",
+            Status::Retrying => "being cleaned up (retrying)",
+            Status::Completed => "already cleaned up",
+        }
+    }
+}
+
 /// A single-VM lab, or a multi-node Kubernetes lab (a master and its workers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +98,18 @@ pub struct Session {
     pub next_attempt_at_ms: Option<i64>,
     pub last_outcome: Option<Outcome>,
     pub completed_at_ms: Option<i64>,
+    /// Minutes added by `extend` (the lifetime is `duration + extended_minutes`).
+    #[serde(default)]
+    pub extended_minutes: u64,
+}
+
+/// Why a lifecycle change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The session is past the state where the change makes sense.
+    Conflict(String),
+    /// The change itself is out of bounds.
+    Invalid(String),
 }
 
 impl Session {
@@ -105,6 +129,7 @@ impl Session {
             next_attempt_at_ms: None,
             last_outcome: None,
             completed_at_ms: None,
+            extended_minutes: 0,
         }
     }
 
@@ -175,6 +200,65 @@ impl Session {
         } else {
             self.status = Status::Retrying;
             self.next_attempt_at_ms = Some(now_ms.saturating_add(retry_ms));
+        }
+    }
+
+    /// Ends the lab now (a student's "End Lab"): the cleanup is due at once, under the same rules
+    /// as at expiry. Returns whether anything changed (false once the cleanup is running or done).
+    pub fn end_now(&mut self, now_ms: i64) -> bool {
+        match self.status {
+            Status::Scheduled => {
+                // From here on the lab counts as expired and its cleanup as started.
+                self.expires_at_ms = self.expires_at_ms.min(now_ms);
+                self.status = Status::CleaningUp;
+                self.next_attempt_at_ms = Some(now_ms);
+                true
+            }
+            Status::Retrying => {
+                self.next_attempt_at_ms = Some(now_ms);
+                true
+            }
+            Status::CleaningUp | Status::Completed => false,
+        }
+    }
+
+    /// Moves the expiry `minutes` (each `unit_ms` long) later, while the lab is still scheduled and
+    /// its whole lifetime stays within `max_minutes`.
+    pub fn extend(&mut self, minutes: u64, unit_ms: i64, max_minutes: u64) -> Result<(), Refusal> {
+        if self.status != Status::Scheduled {
+            return Err(Refusal::Conflict(format!(
+                "lab {} is {}; only a scheduled lab can be extended",
+                self.lab_request_id,
+                self.status.describe()
+            )));
+        }
+        let lifetime = self.duration + self.extended_minutes + minutes;
+        if lifetime > max_minutes {
+            return Err(Refusal::Invalid(format!(
+                "extending by {minutes} minutes would make the lab's lifetime {lifetime} minutes; \
+                 the maximum is {max_minutes}"
+            )));
+        }
+        self.extended_minutes += minutes;
+        self.expires_at_ms = self
+            .expires_at_ms
+            .saturating_add((minutes as i64).saturating_mul(unit_ms));
+        Ok(())
+    }
+
+    /// When a completed session's record is to be forgotten.
+    pub fn purge_at_ms(&self, retention_ms: i64) -> Option<i64> {
+        self.completed_at_ms
+            .map(|done| done.saturating_add(retention_ms))
+    }
+
+    /// When the object's alarm must next fire for this session: the expiry while scheduled, the
+    /// next attempt while cleaning up, the end of retention once completed.
+    pub fn alarm_at_ms(&self, retention_ms: i64) -> Option<i64> {
+        match self.status {
+            Status::Scheduled => Some(self.expires_at_ms),
+            Status::CleaningUp | Status::Retrying => self.next_attempt_at_ms,
+            Status::Completed => self.purge_at_ms(retention_ms),
         }
     }
 
@@ -341,6 +425,62 @@ mod tests {
         let mut longer = new_session(&["w1"]);
         longer.duration = 61;
         assert!(!s.same_request(&longer));
+    }
+
+    #[test]
+    fn end_now_makes_the_cleanup_due_at_once() {
+        let mut s = Session::schedule(new_session(&["w1"]), T0, 60_000);
+        assert!(s.end_now(T0 + 10));
+        assert!(s.is_expired(T0 + 10));
+        assert_eq!(s.expires_at_ms, T0 + 10);
+        assert_eq!(s.alarm_at_ms(1), Some(T0 + 10));
+        assert_eq!(s.status, Status::CleaningUp);
+        assert!(matches!(
+            s.extend(1, 60_000, 1_000),
+            Err(Refusal::Conflict(_))
+        ));
+        assert!(!s.end_now(T0 + 15), "a cleanup already due is left alone");
+
+        s.begin_attempt(T0 + 10, 300_000);
+        assert!(!s.end_now(T0 + 20), "a running cleanup is left alone");
+        s.finish_attempt(&["m".into()], Outcome::default(), T0 + 30, 300_000);
+        assert_eq!(s.alarm_at_ms(1), Some(T0 + 300_030));
+        assert!(s.end_now(T0 + 40), "ending a retrying lab retries now");
+        assert_eq!(s.alarm_at_ms(1), Some(T0 + 40));
+        s.begin_attempt(T0 + 40, 300_000);
+        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 50, 300_000);
+        assert!(!s.end_now(T0 + 60));
+        assert_eq!(
+            s.alarm_at_ms(1_000),
+            Some(T0 + 1_050),
+            "purge after retention"
+        );
+    }
+
+    #[test]
+    fn end_now_never_moves_the_expiry_later() {
+        let mut s = Session::schedule(new_session(&[]), T0, 60_000);
+        s.expires_at_ms = T0 - 5;
+        assert!(s.end_now(T0));
+        assert_eq!(s.expires_at_ms, T0 - 5);
+    }
+
+    #[test]
+    fn extend_moves_expiry_within_the_cap_while_scheduled() {
+        let mut s = Session::schedule(new_session(&[]), T0, 60 * 60_000);
+        s.extend(30, 60_000, 100).unwrap();
+        assert_eq!(s.expires_at_ms, T0 + 90 * 60_000);
+        assert_eq!(s.extended_minutes, 30);
+        assert!(
+            matches!(s.extend(11, 60_000, 100), Err(Refusal::Invalid(m)) if m.contains("lifetime 101 minutes"))
+        );
+        s.extend(10, 60_000, 100).unwrap();
+        assert_eq!(s.alarm_at_ms(1), Some(T0 + 100 * 60_000));
+        s.begin_attempt(T0 + 100 * 60_000, 1);
+        assert!(matches!(
+            s.extend(1, 60_000, 1_000),
+            Err(Refusal::Conflict(_))
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use worker::{
-    console_error, console_log, console_warn, durable_object, DurableObject, Env, Request,
+    console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
     Response, Result, State, Storage,
 };
 
@@ -13,13 +13,16 @@ use crate::cleanup::{self, Level, Logger, LOG_PREFIX};
 use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS};
 use crate::error::ApiError;
 use crate::respond;
-use crate::session::{rfc3339, Session, Status};
+use crate::session::{rfc3339, LabType, Refusal, Session, Status};
 use crate::validation::NewSession;
 
 /// Storage key of the session record (one JSON string, written in one operation).
 const SESSION_KEY: &str = "session";
-/// Internal path the router forwards a validated create request to.
+/// Internal paths the router forwards validated requests to.
 pub const CREATE_PATH: &str = "/create";
+pub const STATUS_PATH: &str = "/status";
+pub const END_PATH: &str = "/end";
+pub const EXTEND_PATH: &str = "/extend";
 
 #[durable_object]
 pub struct SessionManager {
@@ -53,6 +56,10 @@ impl SessionManager {
         self.state.storage()
     }
 
+    fn config(&self) -> std::result::Result<Config, ApiError> {
+        Config::from_env(&self.env).map_err(|e| ApiError::NotConfigured(e.to_string()))
+    }
+
     async fn load(&self) -> Result<Option<Session>> {
         match self.storage().get::<String>(SESSION_KEY).await? {
             None => Ok(None),
@@ -74,38 +81,27 @@ impl SessionManager {
         put.and(alarm)
     }
 
-    /// Writes the record and removes the alarm in one batch.
-    async fn save_without_alarm(&self, session: &Session) -> Result<()> {
-        let text = serde_json::to_string(session)?;
-        let storage = self.storage();
-        let (put, alarm) = futures::join!(storage.put(SESSION_KEY, text), storage.delete_alarm());
-        put.and(alarm)
+    /// Saves the record with the alarm its state calls for.
+    async fn save(&self, session: &Session, retention_ms: i64) -> Result<()> {
+        let alarm_at = session.alarm_at_ms(retention_ms).unwrap_or_else(now_ms);
+        self.save_with_alarm(session, alarm_at).await
     }
 
-    async fn create(&self, mut request: Request) -> Result<Response> {
-        let new: NewSession = match request.json().await {
-            Ok(new) => new,
-            Err(e) => {
-                return respond::error(&ApiError::InvalidRequest(format!(
-                    "unreadable session request: {e}"
-                )))
-            }
-        };
-        let config = match Config::from_env(&self.env) {
+    async fn create(&self, new: NewSession) -> Result<Response> {
+        let config = match self.config() {
             Ok(config) => config,
-            Err(e) => return respond::error(&ApiError::NotConfigured(e.to_string())),
+            Err(e) => return respond::error(&e),
         };
         match self.load().await? {
             None => {
                 let lifetime = config.duration_ms(new.duration);
                 let session = Session::schedule(new, now_ms(), lifetime);
-                self.save_with_alarm(&session, session.expires_at_ms)
-                    .await?;
+                self.save(&session, config.retention_ms()).await?;
                 console_log!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                     match session.lab_type() {
-                        crate::session::LabType::SingleVm => "single VM",
-                        crate::session::LabType::MultiNode => "multi-node",
+                        LabType::SingleVm => "single VM",
+                        LabType::MultiNode => "multi-node",
                     },
                     session.lab_request_id,
                     session.user_id,
@@ -124,9 +120,9 @@ impl SessionManager {
             }
             Some(existing) if existing.status != Status::Scheduled => {
                 respond::error(&ApiError::Conflict(format!(
-                    "lab {} is already {}; it cannot be scheduled again",
+                    "lab {} is {}; it cannot be scheduled again",
                     existing.lab_request_id,
-                    status_text(existing.status)
+                    existing.status.describe()
                 )))
             }
             Some(existing) => respond::error(&ApiError::Conflict(format!(
@@ -136,24 +132,106 @@ impl SessionManager {
         }
     }
 
+    async fn status(&self) -> Result<Response> {
+        match self.load().await? {
+            Some(session) => respond::json(200, &session.view()),
+            None => not_found(),
+        }
+    }
+
+    async fn end(&self) -> Result<Response> {
+        let Some(mut session) = self.load().await? else {
+            return not_found();
+        };
+        if session.status == Status::Completed {
+            return respond::json(200, &session.view());
+        }
+        if session.end_now(now_ms()) {
+            let config = match self.config() {
+                Ok(config) => config,
+                Err(e) => return respond::error(&e),
+            };
+            self.save(&session, config.retention_ms()).await?;
+            console_log!(
+                "{LOG_PREFIX} Lab {} ended by request; cleanup starts now",
+                session.lab_request_id
+            );
+        }
+        respond::json(202, &session.view())
+    }
+
+    async fn extend(&self, minutes: u64) -> Result<Response> {
+        let config = match self.config() {
+            Ok(config) => config,
+            Err(e) => return respond::error(&e),
+        };
+        let Some(mut session) = self.load().await? else {
+            return not_found();
+        };
+        match session.extend(
+            minutes,
+            config.duration_unit_ms(),
+            config.max_duration_minutes,
+        ) {
+            Ok(()) => {
+                self.save(&session, config.retention_ms()).await?;
+                console_log!(
+                    "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
+                    session.lab_request_id,
+                    rfc3339(session.expires_at_ms)
+                );
+                respond::json(200, &session.view())
+            }
+            Err(Refusal::Conflict(message)) => respond::error(&ApiError::Conflict(message)),
+            Err(Refusal::Invalid(message)) => respond::error(&ApiError::InvalidRequest(message)),
+        }
+    }
+
     async fn run_alarm(&self) -> Result<()> {
         let now = now_ms();
         let Some(mut session) = self.load().await? else {
             console_warn!("{LOG_PREFIX} Alarm fired for an object with no session; nothing to do");
             return Ok(());
         };
+        let config = match Config::from_env(&self.env) {
+            Ok(config) => config,
+            Err(e) => {
+                // Never give up on a lab: say what is wrong and look again later.
+                let retry_at = now + (DEFAULT_CLEANUP_RETRY_SECONDS * 1000) as i64;
+                console_error!(
+                    "{LOG_PREFIX} Alarm for lab {}: configuration error: {e}; looking again at {}",
+                    session.lab_request_id,
+                    rfc3339(retry_at)
+                );
+                return self.storage().set_alarm(alarm_time(retry_at)).await;
+            }
+        };
+        let due = session.alarm_at_ms(config.retention_ms()).unwrap_or(now);
         if session.status == Status::Completed {
-            // At-least-once delivery: a repeated alarm must not delete anything again.
-            console_log!(
-                "{LOG_PREFIX} Alarm for lab {}: cleanup already completed, nothing to do",
-                session.lab_request_id
+            // Alarms are delivered at least once: a completed lab is never cleaned up again.
+            if now >= due {
+                console_log!(
+                    "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
+                    session.lab_request_id,
+                    session.completed_at_ms.map(rfc3339).unwrap_or_default()
+                );
+                // With compatibility_date >= 2026-02-24, deleteAll() removes the alarm as well.
+                return self.storage().delete_all().await;
+            }
+            return self.storage().set_alarm(alarm_time(due)).await;
+        }
+        if now < due && session.status != Status::CleaningUp {
+            // Early (e.g. the lab was extended): never delete before the lab's time is up.
+            console_warn!(
+                "{LOG_PREFIX} Alarm for lab {} fired before {}; re-armed",
+                session.lab_request_id,
+                rfc3339(due)
             );
-            return Ok(());
+            return self.storage().set_alarm(alarm_time(due)).await;
         }
         if !session.is_expired(now) {
-            // Never delete before the lab's time is up: put the alarm back at the expiry.
-            console_warn!(
-                "{LOG_PREFIX} Alarm for lab {} fired before its expiry {}; re-armed",
+            console_error!(
+                "{LOG_PREFIX} Alarm for lab {} before its expiry {}; nothing deleted, re-armed",
                 session.lab_request_id,
                 rfc3339(session.expires_at_ms)
             );
@@ -162,26 +240,11 @@ impl SessionManager {
                 .set_alarm(alarm_time(session.expires_at_ms))
                 .await;
         }
-        let config = match Config::from_env(&self.env) {
-            Ok(config) => config,
-            Err(e) => {
-                // Never give up on a lab: say what is wrong and look again later.
-                let retry_at = now + (DEFAULT_CLEANUP_RETRY_SECONDS * 1000) as i64;
-                console_error!(
-                    "{LOG_PREFIX} Cannot clean up lab {}: configuration error: {e}; trying again at {}",
-                    session.lab_request_id,
-                    rfc3339(retry_at)
-                );
-                return self.storage().set_alarm(alarm_time(retry_at)).await;
-            }
-        };
 
-        // Plan the next attempt before doing anything, so an attempt cut short is resumed.
+        // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
+        // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
-        let next_attempt = session
-            .next_attempt_at_ms
-            .unwrap_or(now + config.retry_ms());
-        self.save_with_alarm(&session, next_attempt).await?;
+        self.save(&session, config.retention_ms()).await?;
 
         let backend = HttpLabBackend::new(&config);
         let result = cleanup::run_attempt(
@@ -192,27 +255,37 @@ impl SessionManager {
         )
         .await;
         session.finish_attempt(&result.deleted, result.outcome, now_ms(), config.retry_ms());
-
-        match session.next_attempt_at_ms {
-            Some(next) if session.status == Status::Retrying => {
-                ConsoleLogger.log(
-                    Level::Warn,
-                    &cleanup::retry_line(&session, config.cleanup_retry_seconds),
-                );
-                self.save_with_alarm(&session, next).await
-            }
-            _ => self.save_without_alarm(&session).await,
+        if session.status == Status::Retrying {
+            ConsoleLogger.log(
+                Level::Warn,
+                &cleanup::retry_line(&session, config.cleanup_retry_seconds),
+            );
         }
+        self.save(&session, config.retention_ms()).await
     }
 }
 
-fn status_text(status: Status) -> &'static str {
-    match status {
-        Status::Scheduled => "scheduled",
-        Status::CleaningUp => "being cleaned up",
-        Status::Retrying => "being cleaned up (retrying)",
-        Status::Completed => "cleaned up",
-    }
+fn not_found() -> Result<Response> {
+    respond::error(&ApiError::NotFound(
+        "no session with this lab_request_id".into(),
+    ))
+}
+
+/// Reads a JSON body sent by the router; a bad one is the router's bug, answered as a 400.
+async fn body<T: serde::de::DeserializeOwned>(
+    mut request: Request,
+) -> std::result::Result<T, Result<Response>> {
+    request.json().await.map_err(|e| {
+        respond::error(&ApiError::InvalidRequest(format!(
+            "unreadable internal request: {e}"
+        )))
+    })
+}
+
+/// The body of an internal extend request.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ExtendBy {
+    pub minutes: u64,
 }
 
 impl DurableObject for SessionManager {
@@ -223,7 +296,16 @@ impl DurableObject for SessionManager {
     async fn fetch(&self, request: Request) -> Result<Response> {
         let path = request.path();
         match (request.method(), path.as_str()) {
-            (worker::Method::Post, CREATE_PATH) => self.create(request).await,
+            (Method::Post, CREATE_PATH) => match body::<NewSession>(request).await {
+                Ok(new) => self.create(new).await,
+                Err(answer) => answer,
+            },
+            (Method::Get, STATUS_PATH) => self.status().await,
+            (Method::Post, END_PATH) => self.end().await,
+            (Method::Post, EXTEND_PATH) => match body::<ExtendBy>(request).await {
+                Ok(by) => self.extend(by.minutes).await,
+                Err(answer) => answer,
+            },
             _ => respond::error(&ApiError::NotFound(format!("no internal route for {path}"))),
         }
     }

@@ -174,6 +174,17 @@ pub fn duration(value: Option<&Value>, field: &str, max: u64) -> Result<u64, Api
     }
 }
 
+/// Parses the body of `POST /api/v1/labs/sessions/{id}/extend`: `{"minutes": N}`, N a whole
+/// number from 1 to `max_minutes` (the total lifetime cap is checked against the session).
+pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(invalid("request body must be a JSON object"));
+    };
+    duration(obj.get("minutes"), "minutes", max_minutes)
+}
+
 fn vm_name(value: Option<&Value>) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -474,6 +485,30 @@ mod tests {
             message(with("worker_nodes", nodes(49))),
             "worker_nodes has 49 entries; at most 48 are allowed"
         );
+    }
+
+    #[test]
+    fn extend_bodies() {
+        assert_eq!(parse_extend(br#"{"minutes": 30}"#, 100), Ok(30));
+        for (body, message) in [
+            (&br#"{}"#[..], "minutes is required"),
+            (br#"{"minutes": 0}"#, "minutes must be at least 1 minute"),
+            (
+                br#"{"minutes": 2.5}"#,
+                "minutes must be a whole number of minutes, got 2.5",
+            ),
+            (
+                br#"{"minutes": "5"}"#,
+                "minutes must be a whole number of minutes, got a string",
+            ),
+            (
+                br#"{"minutes": 101}"#,
+                "minutes must be at most 100 minutes",
+            ),
+            (br#"[5]"#, "request body must be a JSON object"),
+        ] {
+            assert_eq!(parse_extend(body, 100), Err(invalid(message)));
+        }
     }
 
     #[test]
