@@ -7,6 +7,7 @@
 
 mod api;
 mod cleanup;
+mod lifecycle;
 mod support;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -61,6 +62,34 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "repeated_create_is_idempotent",
         api::repeated_create_is_idempotent,
+    ),
+    (
+        "status_follows_scheduled_retrying_completed",
+        lifecycle::status_follows_scheduled_retrying_completed,
+    ),
+    (
+        "end_now_cleans_up_at_once",
+        lifecycle::end_now_cleans_up_at_once,
+    ),
+    (
+        "extend_moves_the_expiry",
+        lifecycle::extend_moves_the_expiry,
+    ),
+    (
+        "extend_is_refused_when_it_must_be",
+        lifecycle::extend_is_refused_when_it_must_be,
+    ),
+    (
+        "get_unknown_creates_nothing",
+        lifecycle::get_unknown_creates_nothing,
+    ),
+    (
+        "retention_forgets_completed_sessions",
+        lifecycle::retention_forgets_completed_sessions,
+    ),
+    (
+        "concurrent_requests_stay_consistent",
+        lifecycle::concurrent_requests_stay_consistent,
     ),
 ];
 

@@ -18,6 +18,9 @@ pub const DURATION_UNIT_SECONDS: u64 = 1;
 pub const RETRY_SECONDS: u64 = 2;
 /// Timeout of one backend call in the tests.
 pub const BACKEND_TIMEOUT_SECONDS: u64 = 2;
+/// Completed sessions are kept `RETENTION_DAYS` units of `RETENTION_UNIT_SECONDS` in the tests.
+pub const RETENTION_DAYS: u64 = 1;
+pub const RETENTION_UNIT_SECONDS: u64 = 4;
 /// The backend token the worker is given (as a secret) and the mock expects.
 pub const BACKEND_TOKEN: &str = "itest-backend-token-5f1c";
 /// Longest wait for `wrangler dev` to build and start.
@@ -86,6 +89,11 @@ impl Worker {
             (
                 "BACKEND_TIMEOUT_SECONDS".to_string(),
                 BACKEND_TIMEOUT_SECONDS.to_string(),
+            ),
+            ("RETENTION_DAYS".to_string(), RETENTION_DAYS.to_string()),
+            (
+                "RETENTION_UNIT_SECONDS".to_string(),
+                RETENTION_UNIT_SECONDS.to_string(),
             ),
         ];
         vars.extend(self.extra_vars.iter().cloned());
