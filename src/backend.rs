@@ -7,7 +7,7 @@ use serde_json::json;
 use wasm_bindgen::JsValue;
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-use crate::cleanup::{BackendError, BackendReply, LabBackend};
+use crate::cleanup::{BackendError, BackendReply, LabBackend, Level, Logger};
 use crate::config::Config;
 
 /// Path of the exposed-services deletion (`DELETE`, body `{"lab_request_id"}`).
@@ -108,5 +108,86 @@ impl LabBackend for HttpLabBackend {
             json!({ "lab_request_id": lab_request_id, "user_id": user_id }),
         )
         .await
+    }
+}
+
+/// `DRY_RUN`: logs each call the cleanup would make and answers as if it succeeded, so a staging
+/// environment runs the whole flow without touching a backend.
+pub struct DryRunBackend<'a, L: Logger> {
+    base_url: &'a str,
+    log: &'a L,
+}
+
+impl<'a, L: Logger> DryRunBackend<'a, L> {
+    pub fn new(base_url: &'a str, log: &'a L) -> Self {
+        Self { base_url, log }
+    }
+
+    fn would(&self, method: &str, path: &str, body: serde_json::Value) -> BackendReply {
+        self.log.log(
+            Level::Info,
+            &format!(
+                "[dry run] would call {method} {}{path} {body}",
+                self.base_url
+            ),
+        );
+        BackendReply {
+            status: 200,
+            body: String::new(),
+        }
+    }
+}
+
+impl<L: Logger> LabBackend for DryRunBackend<'_, L> {
+    async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError> {
+        Ok(self.would(
+            "DELETE",
+            EXPOSE_PATH,
+            json!({ "lab_request_id": master_id }),
+        ))
+    }
+
+    async fn delete_vm(
+        &self,
+        lab_request_id: &str,
+        user_id: &str,
+    ) -> Result<BackendReply, BackendError> {
+        Ok(self.would(
+            "POST",
+            DELETE_VM_PATH,
+            json!({ "lab_request_id": lab_request_id, "user_id": user_id }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Lines(RefCell<Vec<String>>);
+
+    impl Logger for Lines {
+        fn log(&self, _: Level, message: &str) {
+            self.0.borrow_mut().push(message.to_string());
+        }
+    }
+
+    #[test]
+    fn dry_run_logs_each_call_and_succeeds() {
+        let log = Lines::default();
+        let backend = DryRunBackend::new("https://labs.example.com", &log);
+        let services = futures::executor::block_on(backend.delete_exposed_services("m"));
+        let vm = futures::executor::block_on(backend.delete_vm("w1", "u"));
+        assert_eq!(services.unwrap().status, 200);
+        assert_eq!(vm.unwrap().status, 200);
+        assert_eq!(
+            *log.0.borrow(),
+            vec![
+                r#"[dry run] would call DELETE https://labs.example.com/api/v1/expose/ {"lab_request_id":"m"}"#,
+                r#"[dry run] would call POST https://labs.example.com/api/v1/labs/delete {"lab_request_id":"w1","user_id":"u"}"#,
+            ]
+        );
     }
 }

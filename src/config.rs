@@ -42,6 +42,10 @@ pub struct Config {
     pub backend_url: String,
     /// Sent as `Authorization: Bearer <token>` on every backend call when set.
     pub backend_api_token: Option<String>,
+    /// The token API callers must present (`Authorization: Bearer`); `None` refuses every call.
+    pub api_token: Option<String>,
+    /// `DRY_RUN = "true"`: the cleanup logs the calls it would make and makes none.
+    pub dry_run: bool,
     pub cleanup_retry_seconds: u64,
     pub duration_unit_seconds: u64,
     pub max_duration_minutes: u64,
@@ -88,6 +92,18 @@ impl Config {
         Ok(Config {
             backend_url,
             backend_api_token: get("BACKEND_API_TOKEN"),
+            api_token: get("API_TOKEN"),
+            dry_run: match get("DRY_RUN").as_deref().map(str::trim) {
+                None | Some("false") | Some("0") => false,
+                Some("true") | Some("1") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "DRY_RUN",
+                        expected: "\"true\" or \"false\"".into(),
+                        value: other.to_string(),
+                    })
+                }
+            },
             cleanup_retry_seconds: number(
                 "CLEANUP_RETRY_SECONDS",
                 DEFAULT_CLEANUP_RETRY_SECONDS,
@@ -178,6 +194,8 @@ mod tests {
         let c = config(&[("BACKEND_URL", "https://labs.example.com/")]).unwrap();
         assert_eq!(c.backend_url, "https://labs.example.com");
         assert_eq!(c.backend_api_token, None);
+        assert_eq!(c.api_token, None);
+        assert!(!c.dry_run);
         assert_eq!(c.cleanup_retry_seconds, 300);
         assert_eq!(c.duration_unit_seconds, 60);
         assert_eq!(c.max_duration_minutes, 10_080);
@@ -198,8 +216,12 @@ mod tests {
             ("CLEANUP_RETRY_SECONDS", "2"),
             ("DURATION_UNIT_SECONDS", "1"),
             ("CLEANUP_CONCURRENCY", "1"),
+            ("API_TOKEN", "api"),
+            ("DRY_RUN", "true"),
         ])
         .unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("api"));
+        assert!(c.dry_run);
         assert_eq!(c.backend_api_token.as_deref(), Some("s3cret"));
         assert_eq!(c.cleanup_retry_seconds, 2);
         assert_eq!(c.duration_unit_seconds, 1);
@@ -226,6 +248,7 @@ mod tests {
             ("DURATION_UNIT_SECONDS", "-1"),
             ("CLEANUP_CONCURRENCY", "7"),
             ("BACKEND_TIMEOUT_SECONDS", "1.5"),
+            ("DRY_RUN", "yes"),
         ] {
             let e = config(&[("BACKEND_URL", "http://x"), (name, value)]).unwrap_err();
             assert!(e.to_string().starts_with(name), "{e}");

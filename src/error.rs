@@ -12,6 +12,8 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}; allowed: {allow}")]
     MethodNotAllowed {
@@ -36,6 +38,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -50,6 +53,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::InvalidRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
@@ -69,6 +73,10 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::MethodNotAllowed { allow, .. } => vec![("Allow", allow.clone())],
+            ApiError::Unauthorized(_) => vec![(
+                "WWW-Authenticate",
+                "Bearer realm=\"labs-cleanup\"".to_string(),
+            )],
             _ => Vec::new(),
         }
     }
@@ -105,6 +113,7 @@ mod tests {
     fn every_variant_maps_to_a_4xx_or_5xx() {
         let all = [
             ApiError::InvalidRequest(String::new()),
+            ApiError::Unauthorized(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::Conflict(String::new()),
             ApiError::PayloadTooLarge { limit: 1 },

@@ -3,6 +3,7 @@
 //! Flow: `routes` (which endpoint) -> `validation` (is the request sound) -> `SessionManager`
 //! Durable Object (store, alarm) -> `cleanup` engine -> `backend` client.
 
+pub mod auth;
 pub mod backend;
 pub mod cleanup;
 pub mod config;
@@ -53,7 +54,15 @@ fn config(env: &Env) -> Result<Config, ApiError> {
 }
 
 async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
-    match routes::route(request.method().as_ref(), &request.path())? {
+    let path = request.path();
+    if path.starts_with("/api/") {
+        // Every API call is authenticated before anything else is looked at; no token
+        // configured (or any broken setting) refuses the call.
+        let config = config(env)?;
+        let authorization = request.headers().get("Authorization").ok().flatten();
+        auth::check_bearer(config.api_token.as_deref(), authorization.as_deref())?;
+    }
+    match routes::route(request.method().as_ref(), &path)? {
         Route::CreateSession => create_session(request, env).await,
         Route::GetSession(id) => {
             let id = path_id(&id)?;

@@ -101,6 +101,9 @@ pub struct Session {
     /// Minutes added by `extend` (the lifetime is `duration + extended_minutes`).
     #[serde(default)]
     pub extended_minutes: u64,
+    /// Whether a cleanup attempt ran with `DRY_RUN` (no backend call was made).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Why a lifecycle change was refused.
@@ -130,6 +133,7 @@ impl Session {
             last_outcome: None,
             completed_at_ms: None,
             extended_minutes: 0,
+            dry_run: false,
         }
     }
 
@@ -288,6 +292,7 @@ impl Session {
             pending,
             last_outcome: self.last_outcome.as_ref(),
             completed_at: self.completed_at_ms.map(rfc3339),
+            dry_run: self.dry_run,
         }
     }
 }
@@ -309,6 +314,8 @@ pub struct SessionView<'a> {
     pub pending: Vec<&'a str>,
     pub last_outcome: Option<&'a Outcome>,
     pub completed_at: Option<String>,
+    /// True once a cleanup attempt ran with `DRY_RUN`: its "deleted" VMs were only logged.
+    pub dry_run: bool,
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision, e.g.
@@ -503,7 +510,8 @@ mod tests {
                 "deleted": [],
                 "pending": ["m", "w1"],
                 "last_outcome": null,
-                "completed_at": null
+                "completed_at": null,
+                "dry_run": false
             })
         );
         s.begin_attempt(60_000, 1_000);

@@ -8,7 +8,7 @@ use worker::{
     Response, Result, State, Storage,
 };
 
-use crate::backend::HttpLabBackend;
+use crate::backend::{DryRunBackend, HttpLabBackend};
 use crate::cleanup::{self, Level, Logger, LOG_PREFIX};
 use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS};
 use crate::error::ApiError;
@@ -246,14 +246,15 @@ impl SessionManager {
         session.begin_attempt(now, config.retry_ms());
         self.save(&session, config.retention_ms()).await?;
 
-        let backend = HttpLabBackend::new(&config);
-        let result = cleanup::run_attempt(
-            &session,
-            &backend,
-            &ConsoleLogger,
-            config.cleanup_concurrency,
-        )
-        .await;
+        let concurrency = config.cleanup_concurrency;
+        let result = if config.dry_run {
+            session.dry_run = true;
+            let backend = DryRunBackend::new(&config.backend_url, &ConsoleLogger);
+            cleanup::run_attempt(&session, &backend, &ConsoleLogger, concurrency).await
+        } else {
+            let backend = HttpLabBackend::new(&config);
+            cleanup::run_attempt(&session, &backend, &ConsoleLogger, concurrency).await
+        };
         session.finish_attempt(&result.deleted, result.outcome, now_ms(), config.retry_ms());
         if session.status == Status::Retrying {
             ConsoleLogger.log(

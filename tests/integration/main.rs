@@ -8,6 +8,7 @@
 mod api;
 mod cleanup;
 mod lifecycle;
+mod security;
 mod support;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -25,10 +26,19 @@ const SERIAL: &[(&str, TestFn)] = &[
 ];
 
 /// Tests that restart the worker run last, alone.
-const LAST: &[(&str, MutTestFn)] = &[(
-    "restart_resumes_a_pending_retry",
-    cleanup::restart_resumes_a_pending_retry,
-)];
+const LAST: &[(&str, MutTestFn)] = &[
+    (
+        "restart_resumes_a_pending_retry",
+        cleanup::restart_resumes_a_pending_retry,
+    ),
+    ("backend_down_then_back", security::backend_down_then_back),
+    ("dry_run_makes_no_call", security::dry_run_makes_no_call),
+    (
+        "missing_api_token_fails_closed",
+        security::missing_api_token_fails_closed,
+    ),
+    ("secrets_never_in_output", security::secrets_never_in_output),
+];
 
 const PARALLEL: &[(&str, TestFn)] = &[
     (
@@ -82,6 +92,14 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "get_unknown_creates_nothing",
         lifecycle::get_unknown_creates_nothing,
+    ),
+    (
+        "hostile_inputs_are_refused",
+        security::hostile_inputs_are_refused,
+    ),
+    (
+        "api_requires_the_bearer_token",
+        security::api_requires_the_bearer_token,
     ),
     (
         "retention_forgets_completed_sessions",

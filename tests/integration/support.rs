@@ -23,6 +23,8 @@ pub const RETENTION_DAYS: u64 = 1;
 pub const RETENTION_UNIT_SECONDS: u64 = 4;
 /// The backend token the worker is given (as a secret) and the mock expects.
 pub const BACKEND_TOKEN: &str = "itest-backend-token-5f1c";
+/// The API token the worker is given (as a secret) and the tests present.
+pub const API_TOKEN: &str = "itest-api-token-9d27e4";
 /// Longest wait for `wrangler dev` to build and start.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -44,6 +46,7 @@ pub struct Worker {
     port: u16,
     backend_url: String,
     extra_vars: Vec<(String, String)>,
+    secrets: Vec<(String, String)>,
 }
 
 impl Worker {
@@ -51,7 +54,6 @@ impl Worker {
     pub fn start(work_dir: &Path, backend_url: &str, extra_vars: &[(&str, &str)]) -> Worker {
         fs::create_dir_all(work_dir).expect("work dir");
         let env_file = work_dir.join("secrets.env");
-        fs::write(&env_file, format!("BACKEND_API_TOKEN={BACKEND_TOKEN}\n")).expect("env file");
         let mut worker = Worker {
             child: None,
             addr: String::new(),
@@ -64,6 +66,10 @@ impl Worker {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            secrets: vec![
+                ("BACKEND_API_TOKEN".into(), BACKEND_TOKEN.into()),
+                ("API_TOKEN".into(), API_TOKEN.into()),
+            ],
         };
         worker.spawn();
         worker
@@ -71,6 +77,12 @@ impl Worker {
 
     fn spawn(&mut self) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let secrets: String = self
+            .secrets
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        fs::write(&self.env_file, secrets).expect("env file");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -187,6 +199,17 @@ impl Worker {
         self.spawn();
     }
 
+    /// Restarts with `vars` added (or replaced) and the secrets named in `drop_secrets` removed.
+    pub fn restart_with(&mut self, vars: &[(&str, &str)], drop_secrets: &[&str]) {
+        for (k, v) in vars {
+            self.extra_vars.retain(|(name, _)| name != k);
+            self.extra_vars.push((k.to_string(), v.to_string()));
+        }
+        self.secrets
+            .retain(|(name, _)| !drop_secrets.contains(&name.as_str()));
+        self.restart();
+    }
+
     /// The worker's output so far (ANSI colour codes removed).
     pub fn log(&self) -> String {
         let mut text = String::new();
@@ -196,14 +219,38 @@ impl Worker {
         strip_ansi(&text)
     }
 
-    /// Sends a JSON request to the worker.
+    /// Sends a JSON request to the worker, with the API token.
     pub fn json(&self, method: &str, path: &str, body: &Value) -> Response {
-        http::json_request(&self.addr, method, path, body)
-            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+        self.raw(
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
-    /// Sends a raw request to the worker.
+    /// Sends a raw request to the worker, with the API token unless `headers` has an
+    /// `Authorization` of its own.
     pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let bearer = format!("Bearer {API_TOKEN}");
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("Authorization"))
+        {
+            all.push(("Authorization", &bearer));
+        }
+        self.unauthenticated(method, path, &all, body)
+    }
+
+    /// Sends exactly these headers (no API token added).
+    pub fn unauthenticated(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         http::request(
             &self.addr,
             method,
