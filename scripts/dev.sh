@@ -19,6 +19,14 @@ if [ "${KEEP_STATE:-0}" != 1 ]; then rm -rf "$STATE_DIR"; fi
 bash scripts/setup.sh
 cargo build --quiet -p mock-backend --bin mock-backend
 
+# A development API token, created once in the git-ignored .dev.vars (wrangler dev loads it).
+if [ ! -f .dev.vars ]; then
+  token="dev-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  sed "s/^API_TOKEN=.*/API_TOKEN=$token/" .dev.vars.example > .dev.vars
+  echo "created .dev.vars with a random development API_TOKEN"
+fi
+API_TOKEN=$(sed -n 's/^API_TOKEN=//p' .dev.vars | head -n 1)
+
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -38,9 +46,12 @@ cat <<MSG
   Mock backend: http://127.0.0.1:$MOCK_PORT    (calls: curl 127.0.0.1:$MOCK_PORT/__mock/calls)
   One duration unit = $DURATION_UNIT_SECONDS s; retry every $CLEANUP_RETRY_SECONDS s.
 
+  API token (from .dev.vars): $API_TOKEN
+
   Try the multi-node example (expires after duration x $DURATION_UNIT_SECONDS s):
-    curl -s http://127.0.0.1:$WORKER_PORT/api/v1/labs/sessions -H 'Content-Type: application/json' \\
-      -d @docs/examples/multi-node.json
+    export API_TOKEN=$API_TOKEN
+    curl -s http://127.0.0.1:$WORKER_PORT/api/v1/labs/sessions -H "Authorization: Bearer \$API_TOKEN" \\
+      -H 'Content-Type: application/json' -d @docs/examples/multi-node.json
 
 MSG
 
