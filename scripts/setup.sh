@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 WORKER_BUILD_VERSION=0.8.7
+SCHEMATHESIS_VERSION=4.32.5
 # wasm-bindgen-cli must be exactly the wasm-bindgen version that Cargo.lock resolved.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 
@@ -35,5 +36,13 @@ if [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.jso
 else
   npm ci --no-audit --no-fund
 fi
+step "schemathesis $SCHEMATHESIS_VERSION (API fuzzing, in .tools/venv)"
+if [ "$(.tools/venv/bin/st --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ]; then
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+else
+  echo "already installed"
+fi
+
 echo
 echo "setup done"

@@ -62,7 +62,9 @@ async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
         let authorization = request.headers().get("Authorization").ok().flatten();
         auth::check_bearer(config.api_token.as_deref(), authorization.as_deref())?;
     }
-    match routes::route(request.method().as_ref(), &path)? {
+    // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
+    let method = request.inner().method();
+    match routes::route(&method, &path)? {
         Route::CreateSession => create_session(request, env).await,
         Route::GetSession(id) => {
             let id = path_id(&id)?;

@@ -27,6 +27,7 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    ("schemathesis_fuzz", security::schemathesis_fuzz),
     (
         "restart_resumes_a_pending_retry",
         cleanup::restart_resumes_a_pending_retry,
