@@ -2,10 +2,12 @@
 //!
 //! Thin glue: state transitions live in `session`, the cleanup in `cleanup`, HTTP in `backend`.
 
+use std::cell::Cell;
+
 use chrono::{DateTime, Utc};
 use worker::{
-    console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
-    Response, Result, State, Storage,
+    console_debug, console_error, console_log, console_warn, durable_object, DurableObject, Env,
+    Method, Request, Response, Result, State, Storage,
 };
 
 use crate::backend::{DryRunBackend, HttpLabBackend};
@@ -52,51 +54,20 @@ fn alarm_time(ms: i64) -> DateTime<Utc> {
 }
 
 impl SessionManager {
-    fn storage(&self) -> Storage {
-        self.state.storage()
-    }
-
     fn config(&self) -> std::result::Result<Config, ApiError> {
         Config::from_env(&self.env).map_err(|e| ApiError::NotConfigured(e.to_string()))
     }
 
-    async fn load(&self) -> Result<Option<Session>> {
-        match self.storage().get::<String>(SESSION_KEY).await? {
-            None => Ok(None),
-            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                worker::Error::RustError(format!("stored session is unreadable: {e}"))
-            }),
-        }
-    }
-
-    /// Writes the record and sets the alarm in one batch: both calls are issued in the same
-    /// turn, so the runtime coalesces them into one atomic write.
-    async fn save_with_alarm(&self, session: &Session, alarm_at_ms: i64) -> Result<()> {
-        let text = serde_json::to_string(session)?;
-        let storage = self.storage();
-        let (put, alarm) = futures::join!(
-            storage.put(SESSION_KEY, text),
-            storage.set_alarm(alarm_time(alarm_at_ms))
-        );
-        put.and(alarm)
-    }
-
-    /// Saves the record with the alarm its state calls for.
-    async fn save(&self, session: &Session, retention_ms: i64) -> Result<()> {
-        let alarm_at = session.alarm_at_ms(retention_ms).unwrap_or_else(now_ms);
-        self.save_with_alarm(session, alarm_at).await
-    }
-
-    async fn create(&self, new: NewSession) -> Result<Response> {
+    async fn create(&self, store: &Store, new: NewSession) -> Result<Response> {
         let config = match self.config() {
             Ok(config) => config,
             Err(e) => return respond::error(&e),
         };
-        match self.load().await? {
+        match store.load().await? {
             None => {
                 let lifetime = config.duration_ms(new.duration);
                 let session = Session::schedule(new, now_ms(), lifetime);
-                self.save(&session, config.retention_ms()).await?;
+                store.save(&session, config.retention_ms()).await?;
                 console_log!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                     match session.lab_type() {
@@ -132,15 +103,15 @@ impl SessionManager {
         }
     }
 
-    async fn status(&self) -> Result<Response> {
-        match self.load().await? {
+    async fn status(&self, store: &Store) -> Result<Response> {
+        match store.load().await? {
             Some(session) => respond::json(200, &session.view()),
             None => not_found(),
         }
     }
 
-    async fn end(&self) -> Result<Response> {
-        let Some(mut session) = self.load().await? else {
+    async fn end(&self, store: &Store) -> Result<Response> {
+        let Some(mut session) = store.load().await? else {
             return not_found();
         };
         if session.status == Status::Completed {
@@ -151,7 +122,7 @@ impl SessionManager {
                 Ok(config) => config,
                 Err(e) => return respond::error(&e),
             };
-            self.save(&session, config.retention_ms()).await?;
+            store.save(&session, config.retention_ms()).await?;
             console_log!(
                 "{LOG_PREFIX} Lab {} ended by request; cleanup starts now",
                 session.lab_request_id
@@ -160,12 +131,12 @@ impl SessionManager {
         respond::json(202, &session.view())
     }
 
-    async fn extend(&self, minutes: u64) -> Result<Response> {
+    async fn extend(&self, store: &Store, minutes: u64) -> Result<Response> {
         let config = match self.config() {
             Ok(config) => config,
             Err(e) => return respond::error(&e),
         };
-        let Some(mut session) = self.load().await? else {
+        let Some(mut session) = store.load().await? else {
             return not_found();
         };
         match session.extend(
@@ -174,7 +145,7 @@ impl SessionManager {
             config.max_duration_minutes,
         ) {
             Ok(()) => {
-                self.save(&session, config.retention_ms()).await?;
+                store.save(&session, config.retention_ms()).await?;
                 console_log!(
                     "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
                     session.lab_request_id,
@@ -187,9 +158,9 @@ impl SessionManager {
         }
     }
 
-    async fn run_alarm(&self) -> Result<()> {
+    async fn run_alarm(&self, store: &Store) -> Result<()> {
         let now = now_ms();
-        let Some(mut session) = self.load().await? else {
+        let Some(mut session) = store.load().await? else {
             console_warn!("{LOG_PREFIX} Alarm fired for an object with no session; nothing to do");
             return Ok(());
         };
@@ -203,7 +174,7 @@ impl SessionManager {
                     session.lab_request_id,
                     rfc3339(retry_at)
                 );
-                return self.storage().set_alarm(alarm_time(retry_at)).await;
+                return store.set_alarm(retry_at).await;
             }
         };
         let due = session.alarm_at_ms(config.retention_ms()).unwrap_or(now);
@@ -216,9 +187,9 @@ impl SessionManager {
                     session.completed_at_ms.map(rfc3339).unwrap_or_default()
                 );
                 // With compatibility_date >= 2026-02-24, deleteAll() removes the alarm as well.
-                return self.storage().delete_all().await;
+                return store.delete_all().await;
             }
-            return self.storage().set_alarm(alarm_time(due)).await;
+            return store.set_alarm(due).await;
         }
         if now < due && session.status != Status::CleaningUp {
             // Early (e.g. the lab was extended): never delete before the lab's time is up.
@@ -227,7 +198,7 @@ impl SessionManager {
                 session.lab_request_id,
                 rfc3339(due)
             );
-            return self.storage().set_alarm(alarm_time(due)).await;
+            return store.set_alarm(due).await;
         }
         if !session.is_expired(now) {
             console_error!(
@@ -235,16 +206,13 @@ impl SessionManager {
                 session.lab_request_id,
                 rfc3339(session.expires_at_ms)
             );
-            return self
-                .storage()
-                .set_alarm(alarm_time(session.expires_at_ms))
-                .await;
+            return store.set_alarm(session.expires_at_ms).await;
         }
 
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
         // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
-        self.save(&session, config.retention_ms()).await?;
+        store.save(&session, config.retention_ms()).await?;
 
         let concurrency = config.cleanup_concurrency;
         let result = if config.dry_run {
@@ -262,7 +230,72 @@ impl SessionManager {
                 &cleanup::retry_line(&session, config.cleanup_retry_seconds),
             );
         }
-        self.save(&session, config.retention_ms()).await
+        store.save(&session, config.retention_ms()).await
+    }
+}
+
+/// The object's storage as one request or alarm uses it: the only code that reads or writes it,
+/// counting its operations (reported at debug level, and measured by the benchmark).
+struct Store {
+    storage: Storage,
+    reads: Cell<u32>,
+    writes: Cell<u32>,
+}
+
+impl Store {
+    fn new(state: &State) -> Self {
+        Self {
+            storage: state.storage(),
+            reads: Cell::new(0),
+            writes: Cell::new(0),
+        }
+    }
+
+    fn count(cell: &Cell<u32>, n: u32) {
+        cell.set(cell.get() + n);
+    }
+
+    async fn load(&self) -> Result<Option<Session>> {
+        Self::count(&self.reads, 1);
+        match self.storage.get::<String>(SESSION_KEY).await? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                worker::Error::RustError(format!("stored session is unreadable: {e}"))
+            }),
+        }
+    }
+
+    /// Writes the record and the alarm its state calls for in one batch: both calls are issued
+    /// in the same turn, so the runtime coalesces them into one atomic write.
+    async fn save(&self, session: &Session, retention_ms: i64) -> Result<()> {
+        let alarm_at = session.alarm_at_ms(retention_ms).unwrap_or_else(now_ms);
+        let text = serde_json::to_string(session)?;
+        Self::count(&self.writes, 2);
+        let (put, alarm) = futures::join!(
+            self.storage.put(SESSION_KEY, text),
+            self.storage.set_alarm(alarm_time(alarm_at))
+        );
+        put.and(alarm)
+    }
+
+    async fn set_alarm(&self, at_ms: i64) -> Result<()> {
+        Self::count(&self.writes, 1);
+        self.storage.set_alarm(alarm_time(at_ms)).await
+    }
+
+    /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
+    /// dates from 2026-02-24).
+    async fn delete_all(&self) -> Result<()> {
+        Self::count(&self.writes, 1);
+        self.storage.delete_all().await
+    }
+
+    fn report(&self, what: &str) {
+        console_debug!(
+            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s)",
+            self.reads.get(),
+            self.writes.get()
+        );
     }
 }
 
@@ -296,25 +329,31 @@ impl DurableObject for SessionManager {
 
     async fn fetch(&self, request: Request) -> Result<Response> {
         let path = request.path();
-        match (request.method(), path.as_str()) {
+        let store = Store::new(&self.state);
+        let answer = match (request.method(), path.as_str()) {
             (Method::Post, CREATE_PATH) => match body::<NewSession>(request).await {
-                Ok(new) => self.create(new).await,
+                Ok(new) => self.create(&store, new).await,
                 Err(answer) => answer,
             },
-            (Method::Get, STATUS_PATH) => self.status().await,
-            (Method::Post, END_PATH) => self.end().await,
+            (Method::Get, STATUS_PATH) => self.status(&store).await,
+            (Method::Post, END_PATH) => self.end(&store).await,
             (Method::Post, EXTEND_PATH) => match body::<ExtendBy>(request).await {
-                Ok(by) => self.extend(by.minutes).await,
+                Ok(by) => self.extend(&store, by.minutes).await,
                 Err(answer) => answer,
             },
             _ => respond::error(&ApiError::NotFound(format!("no internal route for {path}"))),
-        }
+        };
+        store.report(&path);
+        answer
     }
 
     async fn alarm(&self) -> Result<Response> {
         // Backend faults are handled inside the attempt; only storage errors reach here, and
         // returning them lets the platform retry the alarm.
-        self.run_alarm().await?;
+        let store = Store::new(&self.state);
+        let done = self.run_alarm(&store).await;
+        store.report("alarm");
+        done?;
         Response::empty()
     }
 }
