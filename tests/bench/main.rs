@@ -309,7 +309,10 @@ end
             .unwrap_or("?")
             .to_string()
     };
-    let requests = find("requests in")
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .unwrap_or("")
         .split_whitespace()
         .next()
         .unwrap_or("?")
