@@ -158,11 +158,11 @@ impl SessionManager {
         }
     }
 
-    async fn run_alarm(&self, store: &Store) -> Result<()> {
+    async fn run_alarm(&self, store: &Store) -> Result<&'static str> {
         let now = now_ms();
         let Some(mut session) = store.load().await? else {
             console_warn!("{LOG_PREFIX} Alarm fired for an object with no session; nothing to do");
-            return Ok(());
+            return Ok("no session");
         };
         let config = match Config::from_env(&self.env) {
             Ok(config) => config,
@@ -174,7 +174,10 @@ impl SessionManager {
                     session.lab_request_id,
                     rfc3339(retry_at)
                 );
-                return store.set_alarm(retry_at).await;
+                return store
+                    .set_alarm(retry_at)
+                    .await
+                    .map(|()| "configuration error");
             }
         };
         let due = session.alarm_at_ms(config.retention_ms()).unwrap_or(now);
@@ -187,9 +190,12 @@ impl SessionManager {
                     session.completed_at_ms.map(rfc3339).unwrap_or_default()
                 );
                 // With compatibility_date >= 2026-02-24, deleteAll() removes the alarm as well.
-                return store.delete_all().await;
+                return store.delete_all().await.map(|()| "retention purge");
             }
-            return store.set_alarm(due).await;
+            return store
+                .set_alarm(due)
+                .await
+                .map(|()| "completed, re-armed for purge");
         }
         if now < due && session.status != Status::CleaningUp {
             // Early (e.g. the lab was extended): never delete before the lab's time is up.
@@ -198,7 +204,7 @@ impl SessionManager {
                 session.lab_request_id,
                 rfc3339(due)
             );
-            return store.set_alarm(due).await;
+            return store.set_alarm(due).await.map(|()| "early, re-armed");
         }
         if !session.is_expired(now) {
             console_error!(
@@ -206,7 +212,10 @@ impl SessionManager {
                 session.lab_request_id,
                 rfc3339(session.expires_at_ms)
             );
-            return store.set_alarm(session.expires_at_ms).await;
+            return store
+                .set_alarm(session.expires_at_ms)
+                .await
+                .map(|()| "before expiry, re-armed");
         }
 
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
@@ -230,7 +239,10 @@ impl SessionManager {
                 &cleanup::retry_line(&session, config.cleanup_retry_seconds),
             );
         }
-        store.save(&session, config.retention_ms()).await
+        store
+            .save(&session, config.retention_ms())
+            .await
+            .map(|()| "cleanup attempt")
     }
 }
 
@@ -352,7 +364,10 @@ impl DurableObject for SessionManager {
         // returning them lets the platform retry the alarm.
         let store = Store::new(&self.state);
         let done = self.run_alarm(&store).await;
-        store.report("alarm");
+        store.report(&format!(
+            "alarm ({})",
+            done.as_ref().map_or("storage error", |what| *what)
+        ));
         done?;
         Response::empty()
     }

@@ -246,7 +246,7 @@ fn storage_ops(worker: &Worker) -> String {
     format!(
         "Counted by the object itself (debug log line `storage ops for …`); writes issued in the same turn are committed as one atomic batch.\n\n| invocation | operations |\n|---|---|\n| POST create | {} |\n| cleanup attempt (alarm) | {} |\n",
         line("storage ops for /create"),
-        line("storage ops for alarm")
+        line("storage ops for alarm (cleanup attempt)")
     )
 }
 

@@ -148,6 +148,7 @@ pub fn request(
     timeout: Duration,
 ) -> io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut head = format!(
@@ -158,8 +159,9 @@ pub fn request(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    let mut message = head.into_bytes();
+    message.extend_from_slice(body);
+    stream.write_all(&message)?;
     let mut reader = BufReader::new(stream);
     let message = read_message(&mut reader, true)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;

@@ -263,6 +263,8 @@ fn calls_naming(calls: &[Call], ids: &[&str]) -> Vec<Call> {
 
 fn serve_connection(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    // No Nagle delay: an answer must not wait for the peer's delayed ACK (up to 40 ms).
+    let _ = stream.set_nodelay(true);
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -504,11 +506,12 @@ fn write_json(writer: &mut TcpStream, status: u16, body: &Value) -> std::io::Res
         503 => "Service Unavailable",
         _ => "Status",
     };
-    write!(
-        writer,
+    // One write per answer.
+    let answer = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
         text.len()
-    )?;
+    );
+    writer.write_all(answer.as_bytes())?;
     writer.flush()
 }
 
@@ -541,8 +544,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.status, 200);
-        let calls = mock.calls_for("a");
-        assert_eq!(calls.len(), 2);
+        // The mock stamps `done_ms` just after its answer is written: wait for that.
+        let (calls, ok) = mock.wait_for(&["a"], Duration::from_secs(5), |c| {
+            c.len() == 2 && c.iter().all(|c| c.done_ms > 0)
+        });
+        assert!(ok);
         assert_eq!(calls[0].endpoint, Some(Endpoint::DeleteVm));
         assert_eq!(calls[0].user_id.as_deref(), Some("u"));
         assert_eq!(calls[1].endpoint, Some(Endpoint::Expose));
