@@ -236,11 +236,8 @@ fn storage_ops(worker: &Worker) -> String {
             .lines()
             .rev()
             .find(|l| l.contains(needle))
-            .map(|l| {
-                l.split_once("storage ops for ")
-                    .map(|(_, r)| r.to_string())
-                    .unwrap_or_default()
-            })
+            .and_then(|l| l.rsplit_once(": "))
+            .map(|(_, counts)| counts.trim().to_string())
             .unwrap_or_else(|| "not found in the log".into())
     };
     format!(
@@ -384,7 +381,12 @@ fn svg(rows: &[Row], latency: f64) -> String {
         (h - bottom + top) / 2.0,
         (h - bottom + top) / 2.0,
     );
+    let mut last_label = f64::NEG_INFINITY;
     for r in rows {
+        if x(r.workers as f64) - last_label < 18.0 {
+            continue; // too close to the previous tick label to be read
+        }
+        last_label = x(r.workers as f64);
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,

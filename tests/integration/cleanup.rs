@@ -199,12 +199,8 @@ pub fn worker_nodes_missing_null_or_empty(ctx: &Ctx) {
 /// A worker failing twice then succeeding: only it is retried, each retry after the pause.
 pub fn failing_worker_is_retried_alone(ctx: &Ctx) {
     let (m, w1, w2) = ("retry-master", "retry-worker-1", "retry-worker-2");
-    ctx.mock.add_fault(Fault {
-        lab_request_id: w1.into(),
-        endpoint: Some(Endpoint::DeleteVm),
-        action: Action::Status { status: 500 },
-        times: Some(2),
-    });
+    ctx.mock
+        .add_fault(Fault::on(w1, Endpoint::DeleteVm, Action::Status { status: 500 }).times(2));
     let expires = create_ok(ctx, &lab(m, "user-r", 2, &[w1, w2]));
     // 1st attempt: 4 calls; 2nd and 3rd: only w1.
     let calls = wait_exactly(ctx, &[m, w1, w2], 6, 30, RETRY_SECONDS + 1);
@@ -249,12 +245,11 @@ pub fn failing_worker_is_retried_alone(ctx: &Ctx) {
 /// A services failure is logged and never by itself causes a retry.
 pub fn services_failure_alone_causes_no_retry(ctx: &Ctx) {
     let (m, w) = ("svc-fail-master", "svc-fail-worker");
-    ctx.mock.add_fault(Fault {
-        lab_request_id: m.into(),
-        endpoint: Some(Endpoint::Expose),
-        action: Action::Status { status: 500 },
-        times: None,
-    });
+    ctx.mock.add_fault(Fault::on(
+        m,
+        Endpoint::Expose,
+        Action::Status { status: 500 },
+    ));
     let expires = create_ok(ctx, &lab(m, "user-s", 2, &[w]));
     let calls = wait_exactly(ctx, &[m, w], 3, 15, RETRY_SECONDS + 2);
     assert_eq!(key(&calls[0]), (Endpoint::Expose, m));
@@ -270,12 +265,11 @@ pub fn services_failure_alone_causes_no_retry(ctx: &Ctx) {
 /// A 404 from the VM deletion means already gone: counted as deleted, not retried.
 pub fn not_found_counts_as_deleted(ctx: &Ctx) {
     let (m, w) = ("gone-master", "gone-worker");
-    ctx.mock.add_fault(Fault {
-        lab_request_id: w.into(),
-        endpoint: Some(Endpoint::DeleteVm),
-        action: Action::Status { status: 404 },
-        times: None,
-    });
+    ctx.mock.add_fault(Fault::on(
+        w,
+        Endpoint::DeleteVm,
+        Action::Status { status: 404 },
+    ));
     create_ok(ctx, &lab(m, "user-g", 2, &[w]));
     let calls = wait_exactly(ctx, &[m, w], 3, 15, RETRY_SECONDS + 2);
     assert!(calls
@@ -309,12 +303,8 @@ pub fn mixed_faults_all_end_deleted(ctx: &Ctx) {
         Action::Delay { ms: 800 },
     ];
     for (w, action) in workers.iter().zip(actions) {
-        ctx.mock.add_fault(Fault {
-            lab_request_id: w.to_string(),
-            endpoint: Some(Endpoint::DeleteVm),
-            action,
-            times: Some(1),
-        });
+        ctx.mock
+            .add_fault(Fault::on(w, Endpoint::DeleteVm, action).times(1));
     }
     let expires = create_ok(ctx, &lab(m, "user-x", 2, &workers));
     let mut ids = vec![m];
@@ -352,12 +342,8 @@ pub fn mixed_faults_all_end_deleted(ctx: &Ctx) {
 /// again on the same persisted state, the cleanup resumes and completes.
 pub fn restart_resumes_a_pending_retry(ctx: &mut Ctx) {
     let (m, w) = ("restart-master", "restart-worker");
-    ctx.mock.add_fault(Fault {
-        lab_request_id: w.into(),
-        endpoint: Some(Endpoint::DeleteVm),
-        action: Action::Status { status: 503 },
-        times: Some(1),
-    });
+    ctx.mock
+        .add_fault(Fault::on(w, Endpoint::DeleteVm, Action::Status { status: 503 }).times(1));
     create_ok(ctx, &lab(m, "user-restart", 2, &[w]));
     // First attempt: services, master deleted, worker failed; then its outcome is stored
     // (the retry line is logged right before the write) and the lab waits for its retry.

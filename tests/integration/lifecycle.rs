@@ -57,12 +57,8 @@ fn poll(ctx: &Ctx, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value 
 /// scheduled -> retrying -> completed, with the right counts at each step.
 pub fn status_follows_scheduled_retrying_completed(ctx: &Ctx) {
     let (m, w) = ("status-master", "status-worker");
-    ctx.mock.add_fault(Fault {
-        lab_request_id: w.into(),
-        endpoint: Some(Endpoint::DeleteVm),
-        action: Action::Status { status: 500 },
-        times: Some(1),
-    });
+    ctx.mock
+        .add_fault(Fault::on(w, Endpoint::DeleteVm, Action::Status { status: 500 }).times(1));
     create(ctx, m, 3, &[w]);
     let v = get(ctx, m).json();
     assert_eq!(v["status"], "scheduled");
@@ -152,12 +148,8 @@ pub fn extend_moves_the_expiry(ctx: &Ctx) {
 /// body (400), and for an unknown lab (404).
 pub fn extend_is_refused_when_it_must_be(ctx: &Ctx) {
     let (m, w) = ("extend-late-master", "extend-late-worker");
-    ctx.mock.add_fault(Fault {
-        lab_request_id: w.into(),
-        endpoint: Some(Endpoint::DeleteVm),
-        action: Action::Status { status: 503 },
-        times: Some(1),
-    });
+    ctx.mock
+        .add_fault(Fault::on(w, Endpoint::DeleteVm, Action::Status { status: 503 }).times(1));
     create(ctx, m, 1, &[w]);
     poll(ctx, m, 15, |v| v["status"] != "scheduled");
     let r = extend(ctx, m, json!(5));

@@ -57,6 +57,26 @@ pub struct Fault {
     pub times: Option<u32>,
 }
 
+impl Fault {
+    /// A fault on `endpoint` for `lab_request_id`, applied to every call until `times` limits it.
+    pub fn on(lab_request_id: &str, endpoint: Endpoint, action: Action) -> Fault {
+        Fault {
+            lab_request_id: lab_request_id.to_string(),
+            endpoint: Some(endpoint),
+            action,
+            times: None,
+        }
+    }
+
+    /// Applies the fault to the next `n` matching calls only.
+    pub fn times(self, n: u32) -> Fault {
+        Fault {
+            times: Some(n),
+            ..self
+        }
+    }
+}
+
 /// One call the mock received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {
