@@ -266,6 +266,28 @@ impl Session {
         }
     }
 
+    /// What an alarm firing at `now_ms` must do. Never an attempt before the lab's expiry, nor a
+    /// second cleanup of a completed lab (alarms are delivered at least once).
+    pub fn on_alarm(&self, now_ms: i64, retention_ms: i64) -> AlarmAction {
+        if self.status == Status::Completed {
+            return match self.purge_at_ms(retention_ms) {
+                Some(at_ms) if now_ms < at_ms => AlarmAction::AwaitPurge { at_ms },
+                _ => AlarmAction::Purge,
+            };
+        }
+        if !self.is_expired(now_ms) {
+            return AlarmAction::Early {
+                at_ms: self.expires_at_ms,
+            };
+        }
+        match self.next_attempt_at_ms {
+            Some(at_ms) if self.status == Status::Retrying && now_ms < at_ms => {
+                AlarmAction::Early { at_ms }
+            }
+            _ => AlarmAction::Attempt,
+        }
+    }
+
     /// Whether `new` asks for exactly this session (a retried create), ignoring the VM name.
     pub fn same_request(&self, new: &NewSession) -> bool {
         self.lab_request_id == new.lab_request_id
@@ -295,6 +317,19 @@ impl Session {
             dry_run: self.dry_run,
         }
     }
+}
+
+/// What the object does when its alarm fires (see `Session::on_alarm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmAction {
+    /// Run a cleanup attempt.
+    Attempt,
+    /// Fired before it was due: set the alarm back to `at_ms`, delete nothing.
+    Early { at_ms: i64 },
+    /// Completed, still within retention: set the alarm to the purge time.
+    AwaitPurge { at_ms: i64 },
+    /// Completed and retention is over: forget the session.
+    Purge,
 }
 
 /// The status body of a session, as answered by the API.
@@ -488,6 +523,49 @@ mod tests {
             s.extend(1, 60_000, 1_000),
             Err(Refusal::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn alarm_actions_follow_the_state() {
+        let mut s = Session::schedule(new_session(&["w1"]), T0, 60_000);
+        assert_eq!(
+            s.on_alarm(T0 + 59_999, 1_000),
+            AlarmAction::Early { at_ms: T0 + 60_000 }
+        );
+        assert_eq!(s.on_alarm(T0 + 60_000, 1_000), AlarmAction::Attempt);
+
+        s.begin_attempt(T0 + 60_000, 5_000);
+        assert_eq!(
+            s.on_alarm(T0 + 60_001, 1_000),
+            AlarmAction::Attempt,
+            "resume a cut-short attempt"
+        );
+        s.finish_attempt(&["m".into()], Outcome::default(), T0 + 61_000, 5_000);
+        assert_eq!(
+            s.on_alarm(T0 + 62_000, 1_000),
+            AlarmAction::Early { at_ms: T0 + 66_000 }
+        );
+        assert_eq!(s.on_alarm(T0 + 66_000, 1_000), AlarmAction::Attempt);
+
+        s.begin_attempt(T0 + 66_000, 5_000);
+        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 67_000, 5_000);
+        assert_eq!(
+            s.on_alarm(T0 + 67_500, 1_000),
+            AlarmAction::AwaitPurge { at_ms: T0 + 68_000 }
+        );
+        assert_eq!(s.on_alarm(T0 + 68_000, 1_000), AlarmAction::Purge);
+    }
+
+    #[test]
+    fn an_extended_lab_is_never_cleaned_at_its_old_expiry() {
+        let mut s = Session::schedule(new_session(&[]), T0, 60_000);
+        s.extend(2, 60_000, 1_000).unwrap();
+        assert_eq!(
+            s.on_alarm(T0 + 60_000, 1),
+            AlarmAction::Early {
+                at_ms: T0 + 180_000
+            }
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::cleanup::{self, Level, Logger, LOG_PREFIX};
 use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS};
 use crate::error::ApiError;
 use crate::respond;
-use crate::session::{rfc3339, LabType, Refusal, Session, Status};
+use crate::session::{rfc3339, AlarmAction, LabType, Refusal, Session, Status};
 use crate::validation::NewSession;
 
 /// Storage key of the session record (one JSON string, written in one operation).
@@ -180,42 +180,30 @@ impl SessionManager {
                     .map(|()| "configuration error");
             }
         };
-        let due = session.alarm_at_ms(config.retention_ms()).unwrap_or(now);
-        if session.status == Status::Completed {
-            // Alarms are delivered at least once: a completed lab is never cleaned up again.
-            if now >= due {
+        match session.on_alarm(now, config.retention_ms()) {
+            AlarmAction::Attempt => {}
+            AlarmAction::Early { at_ms } => {
+                console_warn!(
+                    "{LOG_PREFIX} Alarm for lab {} fired before {}; nothing deleted, re-armed",
+                    session.lab_request_id,
+                    rfc3339(at_ms)
+                );
+                return store.set_alarm(at_ms).await.map(|()| "early, re-armed");
+            }
+            AlarmAction::AwaitPurge { at_ms } => {
+                return store
+                    .set_alarm(at_ms)
+                    .await
+                    .map(|()| "completed, re-armed for purge");
+            }
+            AlarmAction::Purge => {
                 console_log!(
                     "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
                     session.lab_request_id,
                     session.completed_at_ms.map(rfc3339).unwrap_or_default()
                 );
-                // With compatibility_date >= 2026-02-24, deleteAll() removes the alarm as well.
                 return store.delete_all().await.map(|()| "retention purge");
             }
-            return store
-                .set_alarm(due)
-                .await
-                .map(|()| "completed, re-armed for purge");
-        }
-        if now < due && session.status != Status::CleaningUp {
-            // Early (e.g. the lab was extended): never delete before the lab's time is up.
-            console_warn!(
-                "{LOG_PREFIX} Alarm for lab {} fired before {}; re-armed",
-                session.lab_request_id,
-                rfc3339(due)
-            );
-            return store.set_alarm(due).await.map(|()| "early, re-armed");
-        }
-        if !session.is_expired(now) {
-            console_error!(
-                "{LOG_PREFIX} Alarm for lab {} before its expiry {}; nothing deleted, re-armed",
-                session.lab_request_id,
-                rfc3339(session.expires_at_ms)
-            );
-            return store
-                .set_alarm(session.expires_at_ms)
-                .await
-                .map(|()| "before expiry, re-armed");
         }
 
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
