@@ -55,17 +55,31 @@ fn config(env: &Env) -> Result<Config, ApiError> {
 
 async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
     let path = request.path();
+    // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
+    let method = request.inner().method();
     if path.starts_with("/api/") {
         // Every API call is authenticated before anything else is looked at; no token
         // configured (or any broken setting) refuses the call.
         let config = config(env)?;
         let authorization = request.headers().get("Authorization").ok().flatten();
         auth::check_bearer(config.api_token.as_deref(), authorization.as_deref())?;
+        return api(routes::route(&method, &path)?, request, env, &config).await;
     }
-    // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
-    let method = request.inner().method();
     match routes::route(&method, &path)? {
-        Route::CreateSession => create_session(request, env).await,
+        Route::Health => respond::json(200, &serde_json::json!({"status": "ok"})).map_err(internal),
+        _ => Err(ApiError::NotFound(format!("no route for {path}"))),
+    }
+}
+
+/// The authenticated API routes.
+async fn api(
+    route: Route,
+    request: Request,
+    env: &Env,
+    config: &Config,
+) -> Result<Response, ApiError> {
+    match route {
+        Route::CreateSession => create_session(request, env, config).await,
         Route::GetSession(id) => {
             let id = path_id(&id)?;
             forward(env, &id, Method::Get, session_manager::STATUS_PATH, None).await
@@ -77,7 +91,7 @@ async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
         Route::ExtendSession(id) => {
             let id = path_id(&id)?;
             let body = json_body(request).await?;
-            let minutes = validation::parse_extend(&body, config(env)?.max_duration_minutes)?;
+            let minutes = validation::parse_extend(&body, config.max_duration_minutes)?;
             let by = serde_json::to_string(&session_manager::ExtendBy { minutes })
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             forward(
@@ -89,7 +103,7 @@ async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
             )
             .await
         }
-        Route::Health => respond::json(200, &serde_json::json!({"status": "ok"})).map_err(internal),
+        Route::Health => Err(ApiError::NotFound("no route for /api/healthz".into())),
     }
 }
 
@@ -117,9 +131,12 @@ async fn json_body(mut request: Request) -> Result<Vec<u8>, ApiError> {
 }
 
 /// `POST /api/v1/labs/sessions`: validate, then hand over to the lab's `SessionManager`.
-async fn create_session(request: Request, env: &Env) -> Result<Response, ApiError> {
+async fn create_session(
+    request: Request,
+    env: &Env,
+    config: &Config,
+) -> Result<Response, ApiError> {
     let body = json_body(request).await?;
-    let config = config(env)?;
     let new = validation::parse_new_session(
         &body,
         Limits {
