@@ -62,9 +62,9 @@ pub struct AttemptResult {
     pub outcome: Outcome,
 }
 
-/// Whether one VM deletion counts as done.
+/// Whether one deletion (of a VM, or of the exposed services) counts as done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmDeletion {
+pub enum Deletion {
     /// The backend answered 2xx.
     Deleted,
     /// The backend answered 404: the VM was already gone.
@@ -73,13 +73,13 @@ pub enum VmDeletion {
     Failed(String),
 }
 
-/// Classifies a `POST /api/v1/labs/delete` result: 2xx and 404 are done, all else failed.
-pub fn classify_vm_deletion(result: Result<BackendReply, BackendError>) -> VmDeletion {
+/// Classifies a deletion call's result: 2xx and 404 are done, all else failed.
+pub fn classify_deletion(result: Result<BackendReply, BackendError>) -> Deletion {
     match result {
-        Ok(reply) if (200..300).contains(&reply.status) => VmDeletion::Deleted,
-        Ok(reply) if reply.status == 404 => VmDeletion::AlreadyGone,
-        Ok(reply) => VmDeletion::Failed(describe_reply(&reply)),
-        Err(e) => VmDeletion::Failed(e.to_string()),
+        Ok(reply) if (200..300).contains(&reply.status) => Deletion::Deleted,
+        Ok(reply) if reply.status == 404 => Deletion::AlreadyGone,
+        Ok(reply) => Deletion::Failed(describe_reply(&reply)),
+        Err(e) => Deletion::Failed(e.to_string()),
     }
 }
 
@@ -146,26 +146,26 @@ pub async fn run_attempt(
         delete_services(master, backend, log).await;
     }
 
-    let results: Vec<(Vm<'_>, VmDeletion)> = stream::iter(pending.iter().copied())
+    let results: Vec<(Vm<'_>, Deletion)> = stream::iter(pending.iter().copied())
         .map(|vm| async move {
             info(format!(
                 "Deleting {} VM for lab {}",
                 vm.role.as_str(),
                 vm.id
             ));
-            let result = classify_vm_deletion(backend.delete_vm(vm.id, &session.user_id).await);
+            let result = classify_deletion(backend.delete_vm(vm.id, &session.user_id).await);
             match &result {
-                VmDeletion::Deleted => info(format!(
+                Deletion::Deleted => info(format!(
                     "✅ {} VM deleted successfully ({})",
                     vm.role.as_str(),
                     vm.id
                 )),
-                VmDeletion::AlreadyGone => info(format!(
+                Deletion::AlreadyGone => info(format!(
                     "✅ {} VM already deleted, backend answered 404 ({})",
                     vm.role.as_str(),
                     vm.id
                 )),
-                VmDeletion::Failed(error) => log.log(
+                Deletion::Failed(error) => log.log(
                     Level::Error,
                     &format!(
                         "❌ Failed to delete {} VM {} (attempt {}): {error}",
@@ -185,8 +185,8 @@ pub async fn run_attempt(
     let mut errors = Vec::new();
     for (vm, result) in results {
         match result {
-            VmDeletion::Deleted | VmDeletion::AlreadyGone => deleted.push(vm.id.to_string()),
-            VmDeletion::Failed(error) => errors.push(DeletionError {
+            Deletion::Deleted | Deletion::AlreadyGone => deleted.push(vm.id.to_string()),
+            Deletion::Failed(error) => errors.push(DeletionError {
                 lab_request_id: vm.id.to_string(),
                 error,
             }),
@@ -231,25 +231,16 @@ async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Log
         Level::Info,
         &format!("Deleting exposed services for master lab {master}"),
     );
-    match backend.delete_exposed_services(master).await {
-        Ok(reply) if (200..300).contains(&reply.status) => {
-            log.log(Level::Info, "✅ Exposed services deleted")
-        }
-        Ok(reply) if reply.status == 404 => log.log(
+    match classify_deletion(backend.delete_exposed_services(master).await) {
+        Deletion::Deleted => log.log(Level::Info, "✅ Exposed services deleted"),
+        Deletion::AlreadyGone => log.log(
             Level::Info,
             "✅ Exposed services deleted (backend answered 404: none were exposed)",
         ),
-        Ok(reply) => log.log(
+        Deletion::Failed(error) => log.log(
             Level::Warn,
             &format!(
-                "⚠️ Could not delete exposed services for master lab {master}: {} (best effort, VM deletion goes on)",
-                describe_reply(&reply)
-            ),
-        ),
-        Err(e) => log.log(
-            Level::Warn,
-            &format!(
-                "⚠️ Could not delete exposed services for master lab {master}: {e} (best effort, VM deletion goes on)"
+                "⚠️ Could not delete exposed services for master lab {master}: {error} (best effort, VM deletion goes on)"
             ),
         ),
     }
@@ -572,20 +563,20 @@ mod tests {
 
     #[test]
     fn classification_of_answers() {
-        assert_eq!(classify_vm_deletion(reply(200)), VmDeletion::Deleted);
-        assert_eq!(classify_vm_deletion(reply(204)), VmDeletion::Deleted);
-        assert_eq!(classify_vm_deletion(reply(404)), VmDeletion::AlreadyGone);
+        assert_eq!(classify_deletion(reply(200)), Deletion::Deleted);
+        assert_eq!(classify_deletion(reply(204)), Deletion::Deleted);
+        assert_eq!(classify_deletion(reply(404)), Deletion::AlreadyGone);
         for status in [301, 400, 401, 409, 429, 500, 502, 503] {
             assert!(matches!(
-                classify_vm_deletion(reply(status)),
-                VmDeletion::Failed(_)
+                classify_deletion(reply(status)),
+                Deletion::Failed(_)
             ));
         }
         let long = BackendReply {
             status: 502,
             body: format!("line1\nline2{}", "x".repeat(500)),
         };
-        let VmDeletion::Failed(text) = classify_vm_deletion(Ok(long)) else {
+        let Deletion::Failed(text) = classify_deletion(Ok(long)) else {
             panic!()
         };
         assert!(text.starts_with("backend answered 502: line1 line2x"));
@@ -596,8 +587,8 @@ mod tests {
             body: "  ".into(),
         };
         assert_eq!(
-            classify_vm_deletion(Ok(empty)),
-            VmDeletion::Failed("backend answered 503".into())
+            classify_deletion(Ok(empty)),
+            Deletion::Failed("backend answered 503".into())
         );
     }
 }

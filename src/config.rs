@@ -172,7 +172,7 @@ impl Config {
 
     /// Milliseconds in `units` of `duration`.
     pub fn duration_ms(&self, units: u64) -> i64 {
-        (units * self.duration_unit_seconds * 1000) as i64
+        units as i64 * self.duration_unit_ms()
     }
 }
 

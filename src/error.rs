@@ -33,6 +33,13 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// A configuration problem refuses the request: `503 not_configured`, naming the setting.
+impl From<crate::config::ConfigError> for ApiError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        ApiError::NotConfigured(e.to_string())
+    }
+}
+
 impl ApiError {
     /// The stable error code clients can branch on.
     pub fn code(&self) -> &'static str {

@@ -49,10 +49,6 @@ fn internal(e: worker::Error) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-fn config(env: &Env) -> Result<Config, ApiError> {
-    Config::from_env(env).map_err(|e| ApiError::NotConfigured(e.to_string()))
-}
-
 async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
     let path = request.path();
     // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
@@ -60,7 +56,7 @@ async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
     if path.starts_with("/api/") {
         // Every API call is authenticated before anything else is looked at; no token
         // configured (or any broken setting) refuses the call.
-        let config = config(env)?;
+        let config = Config::from_env(env)?;
         let authorization = request.headers().get("Authorization").ok().flatten();
         auth::check_bearer(config.api_token.as_deref(), authorization.as_deref())?;
         return api(routes::route(&method, &path)?, request, env, &config).await;
@@ -81,15 +77,15 @@ async fn api(
     match route {
         Route::CreateSession => create_session(request, env, config).await,
         Route::GetSession(id) => {
-            let id = path_id(&id)?;
+            let id = path_id(id)?;
             forward(env, &id, Method::Get, session_manager::STATUS_PATH, None).await
         }
         Route::EndSession(id) => {
-            let id = path_id(&id)?;
+            let id = path_id(id)?;
             forward(env, &id, Method::Post, session_manager::END_PATH, None).await
         }
         Route::ExtendSession(id) => {
-            let id = path_id(&id)?;
+            let id = path_id(id)?;
             let body = json_body(request).await?;
             let minutes = validation::parse_extend(&body, config.max_duration_minutes)?;
             let by = serde_json::to_string(&session_manager::ExtendBy { minutes })
@@ -108,9 +104,9 @@ async fn api(
 }
 
 /// Checks a `lab_request_id` taken from the path with the same rules as in a body.
-fn path_id(id: &str) -> Result<String, ApiError> {
-    validation::check_id(id, "lab_request_id in the path")?;
-    Ok(id.to_string())
+fn path_id(id: String) -> Result<String, ApiError> {
+    validation::check_id(&id, "lab_request_id in the path")?;
+    Ok(id)
 }
 
 /// Reads a JSON request body after checking its `Content-Type` and size.

@@ -269,22 +269,22 @@ impl Session {
     /// What an alarm firing at `now_ms` must do. Never an attempt before the lab's expiry, nor a
     /// second cleanup of a completed lab (alarms are delivered at least once).
     pub fn on_alarm(&self, now_ms: i64, retention_ms: i64) -> AlarmAction {
-        if self.status == Status::Completed {
-            return match self.purge_at_ms(retention_ms) {
+        // When the alarm is due comes from `alarm_at_ms`, the same rule the alarm was set by.
+        let due = self.alarm_at_ms(retention_ms);
+        match self.status {
+            Status::Completed => match due {
                 Some(at_ms) if now_ms < at_ms => AlarmAction::AwaitPurge { at_ms },
                 _ => AlarmAction::Purge,
-            };
-        }
-        if !self.is_expired(now_ms) {
-            return AlarmAction::Early {
+            },
+            _ if !self.is_expired(now_ms) => AlarmAction::Early {
                 at_ms: self.expires_at_ms,
-            };
-        }
-        match self.next_attempt_at_ms {
-            Some(at_ms) if self.status == Status::Retrying && now_ms < at_ms => {
-                AlarmAction::Early { at_ms }
-            }
-            _ => AlarmAction::Attempt,
+            },
+            Status::Retrying => match due {
+                Some(at_ms) if now_ms < at_ms => AlarmAction::Early { at_ms },
+                _ => AlarmAction::Attempt,
+            },
+            // A scheduled lab past its expiry, or an attempt to resume: clean up now.
+            Status::Scheduled | Status::CleaningUp => AlarmAction::Attempt,
         }
     }
 

@@ -55,7 +55,7 @@ fn alarm_time(ms: i64) -> DateTime<Utc> {
 
 impl SessionManager {
     fn config(&self) -> std::result::Result<Config, ApiError> {
-        Config::from_env(&self.env).map_err(|e| ApiError::NotConfigured(e.to_string()))
+        Ok(Config::from_env(&self.env)?)
     }
 
     async fn create(&self, store: &Store, new: NewSession) -> Result<Response> {
