@@ -3,26 +3,22 @@
 //! Flow: `routes` (which endpoint) -> `validation` (is the request sound) -> `SessionManager`
 //! Durable Object (store, alarm) -> `cleanup` engine -> `backend` client.
 
-pub mod auth;
-pub mod backend;
-pub mod cleanup;
+pub mod api;
 pub mod config;
-pub mod error;
-pub mod respond;
-pub mod routes;
-pub mod session;
-pub mod session_manager;
-pub mod validation;
+pub mod lab;
+pub mod platform;
 
 use wasm_bindgen::JsValue;
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response};
 
+use crate::api::error::ApiError;
+use crate::api::routes::{self, Route};
+use crate::api::validation::{self, Limits};
+use crate::api::{auth, respond};
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::routes::Route;
-use crate::validation::Limits;
+use crate::platform::session_manager;
 
-pub use crate::session_manager::SessionManager;
+pub use crate::platform::session_manager::SessionManager;
 
 /// Name of the Durable Object binding in `wrangler.toml`.
 const SESSION_MANAGER_BINDING: &str = "SESSION_MANAGER";

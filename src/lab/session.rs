@@ -5,7 +5,18 @@
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::validation::NewSession;
+/// A validated request to schedule a lab's cleanup: what the router forwards to the
+/// `SessionManager` object named by `lab_request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSession {
+    pub lab_request_id: String,
+    pub user_id: String,
+    /// Worker VM ids of a multi-node lab, in request order; empty for a single-VM lab.
+    pub worker_lab_request_ids: Vec<String>,
+    /// Lifetime in whole minutes (one unit of `DURATION_UNIT_SECONDS`).
+    pub duration: u64,
+    pub vm_name: Option<String>,
+}
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

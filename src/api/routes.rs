@@ -1,6 +1,6 @@
 //! The public routes: maps a method and path to a `Route`, or to a 404/405 `ApiError`.
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// Path of the collection of lab sessions.
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn openapi_spec_lists_exactly_the_served_routes() {
-        let spec = include_str!("../docs/openapi.yaml");
+        let spec = include_str!("../../docs/openapi.yaml");
         let mut documented: Vec<(String, String)> = Vec::new();
         let mut in_paths = false;
         let mut current: Option<String> = None;

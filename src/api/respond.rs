@@ -3,7 +3,7 @@
 use serde::Serialize;
 use worker::{Headers, Response};
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// A JSON response with `status`; answers are per-session state, so never cached.
 pub fn json<T: Serialize>(status: u16, body: &T) -> worker::Result<Response> {

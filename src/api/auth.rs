@@ -1,6 +1,6 @@
 //! API authentication: a bearer token checked in constant time, failing closed when none is configured.
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// Checks `authorization` (the request's `Authorization` header) against the configured token.
 ///

@@ -1,9 +1,9 @@
 //! Request validation: turns a create-session body into a checked `NewSession`, or says which field is wrong.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
+pub use crate::lab::session::NewSession;
 
 /// Longest accepted id (`lab_request_id`, `user_id`, `worker_lab_request_id`).
 pub const MAX_ID_LEN: usize = 128;
@@ -50,19 +50,6 @@ pub fn check_body_size(len: usize) -> Result<(), ApiError> {
 
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
-}
-
-/// A validated request to schedule a lab's cleanup: what the router forwards to the
-/// `SessionManager` object named by `lab_request_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewSession {
-    pub lab_request_id: String,
-    pub user_id: String,
-    /// Worker VM ids of a multi-node lab, in request order; empty for a single-VM lab.
-    pub worker_lab_request_ids: Vec<String>,
-    /// Lifetime in whole minutes (one unit of `DURATION_UNIT_SECONDS`).
-    pub duration: u64,
-    pub vm_name: Option<String>,
 }
 
 /// The bounds a request is checked against (from the configuration).

@@ -6,7 +6,7 @@
 use futures::stream::{self, StreamExt};
 use thiserror::Error;
 
-use crate::session::{rfc3339, DeletionError, LabType, Outcome, Role, Session, Vm};
+use crate::lab::session::{rfc3339, DeletionError, LabType, Outcome, Role, Session, Vm};
 
 /// Prefix of every log line, so the lines of this object are easy to filter in the dashboard.
 pub const LOG_PREFIX: &str = "[SessionManager]";
@@ -275,7 +275,7 @@ fn plural(n: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validation::NewSession;
+    use crate::lab::session::NewSession;
     use futures::executor::block_on;
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;

@@ -10,13 +10,13 @@ use worker::{
     Method, Request, Response, Result, State, Storage,
 };
 
-use crate::backend::{DryRunBackend, HttpLabBackend};
-use crate::cleanup::{self, Level, Logger, LOG_PREFIX};
+use crate::api::error::ApiError;
+use crate::api::respond;
 use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS};
-use crate::error::ApiError;
-use crate::respond;
-use crate::session::{rfc3339, AlarmAction, LabType, Refusal, Session, Status};
-use crate::validation::NewSession;
+use crate::lab::cleanup::{self, Level, Logger, LOG_PREFIX};
+use crate::lab::session::NewSession;
+use crate::lab::session::{rfc3339, AlarmAction, LabType, Refusal, Session, Status};
+use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 
 /// Storage key of the session record (one JSON string, written in one operation).
 const SESSION_KEY: &str = "session";

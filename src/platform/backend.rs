@@ -7,8 +7,8 @@ use serde_json::json;
 use wasm_bindgen::JsValue;
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-use crate::cleanup::{BackendError, BackendReply, LabBackend, Level, Logger};
 use crate::config::Config;
+use crate::lab::cleanup::{BackendError, BackendReply, LabBackend, Level, Logger};
 
 /// Path of the exposed-services deletion (`DELETE`, body `{"lab_request_id"}`).
 pub const EXPOSE_PATH: &str = "/api/v1/expose/";

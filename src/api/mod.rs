@@ -1,0 +1,7 @@
+//! The HTTP API surface: routes, request validation, authentication, typed errors and JSON responses.
+
+pub mod auth;
+pub mod error;
+pub mod respond;
+pub mod routes;
+pub mod validation;

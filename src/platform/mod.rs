@@ -1,0 +1,4 @@
+//! Glue to the Workers runtime: the `SessionManager` Durable Object, its storage, and the lab backend client.
+
+pub mod backend;
+pub mod session_manager;
