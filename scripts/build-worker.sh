@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# LABS_CLEANUP_SKIP_BUILD=1 reuses an existing build/ (a second `wrangler dev` started while the
+# first one runs; a deploy of a build made earlier without secrets).
+if [ "${LABS_CLEANUP_SKIP_BUILD:-0}" = 1 ] && [ -f build/worker/shim.mjs ]; then
+  echo "build-worker: LABS_CLEANUP_SKIP_BUILD=1, reusing build/"
+  exit 0
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen || true)}"
 export WASM_OPT_BIN="${WASM_OPT_BIN:-$PWD/node_modules/.bin/wasm-opt}"

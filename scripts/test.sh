@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: native unit tests of the pure logic and of the mock backend, then the
+# The one test command. Installs what it needs (scripts/setup.sh: a quick no-op once done), then
+# runs every test: native unit tests of the pure logic and of the mock backend, then the
 # integration tests, which start the mock backend and the real worker on workerd (`wrangler dev`)
-# on 127.0.0.1 and stop them when done. Expects scripts/setup.sh to have run.
+# on 127.0.0.1 and stop them when done. Arguments filter integration tests by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+
+bash scripts/setup.sh
 
 echo "==> unit tests (native)"
 cargo test --workspace --lib --bins

@@ -14,7 +14,9 @@ pub const MAX_VM_NAME_LEN: usize = 256;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Accepts `application/json` and `application/<anything>+json`, with parameters such as
-/// `charset`, in any letter case; anything else (or no `Content-Type`) is a 415.
+/// `charset`, in any letter case. A body with no `Content-Type`, or with `text/plain` (what a
+/// browser's `fetch` sends for a string body, and what the TypeScript worker accepted: it read
+/// every body as JSON), is read as JSON too. Any other media type is a 415.
 pub fn check_content_type(value: Option<&str>) -> Result<(), ApiError> {
     let raw = value.unwrap_or("");
     let media = raw
@@ -23,12 +25,12 @@ pub fn check_content_type(value: Option<&str>) -> Result<(), ApiError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let is_json = media == "application/json"
+    let is_json = media.is_empty()
+        || media == "application/json"
+        || media == "text/plain"
         || (media.starts_with("application/") && media.ends_with("+json"));
     if is_json {
         Ok(())
-    } else if raw.trim().is_empty() {
-        Err(ApiError::UnsupportedMediaType("no Content-Type".into()))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
             "{:?}",
@@ -65,12 +67,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 /// Parses and validates the JSON body of `POST /api/v1/labs/sessions`.
 pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(invalid("request body must be a JSON object"));
-    };
-
+    let obj = json_object(body)?;
     let lab_request_id = required_id(&obj, "lab_request_id")?;
     let user_id = required_id(&obj, "user_id")?;
     let duration = duration(obj.get("duration"), "duration", limits.max_duration_minutes)?;
@@ -88,6 +85,86 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         duration,
         vm_name,
     })
+}
+
+/// Parses a request body that must be a JSON object. A key repeated in any object of the body
+/// is refused: two parsers that keep different copies are a known way to carry a value past a
+/// check.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Strict>(body) {
+        Ok(Strict(Value::Object(obj))) => Ok(obj),
+        Ok(_) => Err(invalid("request body must be a JSON object")),
+        Err(e) => {
+            let text = e.to_string();
+            Err(invalid(match text.strip_prefix(REPEATED_KEY) {
+                Some(rest) => {
+                    format!("request body repeats the key {rest}; each key may appear once")
+                }
+                None => format!("request body is not valid JSON: {text}"),
+            }))
+        }
+    }
+}
+
+/// Start of the parse error a repeated key raises.
+const REPEATED_KEY: &str = "repeated key ";
+
+/// A JSON value read with the rule that no object repeats a key.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Strict(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if obj.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("{REPEATED_KEY}{key:?}")));
+            }
+            let Strict(value) = map.next_value()?;
+            obj.insert(key, value);
+        }
+        Ok(Strict(Value::Object(obj)))
+    }
 }
 
 fn required_id(obj: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
@@ -164,11 +241,7 @@ pub fn duration(value: Option<&Value>, field: &str, max: u64) -> Result<u64, Api
 /// Parses the body of `POST /api/v1/labs/sessions/{id}/extend`: `{"minutes": N}`, N a whole
 /// number from 1 to `max_minutes` (the total lifetime cap is checked against the session).
 pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(invalid("request body must be a JSON object"));
-    };
+    let obj = json_object(body)?;
     duration(obj.get("minutes"), "minutes", max_minutes)
 }
 
@@ -507,12 +580,22 @@ mod tests {
         ] {
             assert_eq!(check_content_type(Some(ok)), Ok(()), "{ok}");
         }
-        for bad in [
+        // What a browser's fetch sends for a string body, and no Content-Type at all: read as
+        // JSON, as the TypeScript worker did.
+        for ok in [
             None,
             Some(""),
-            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("TEXT/PLAIN"),
+        ] {
+            assert_eq!(check_content_type(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
             Some("application/jsonx"),
             Some("json"),
+            Some("text/html"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
         ] {
             assert_eq!(
                 check_content_type(bad).unwrap_err().status(),
@@ -520,6 +603,55 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_key_anywhere_is_refused_naming_it() {
+        for (body, key) in [
+            (
+                r#"{"lab_request_id":"a","user_id":"u","duration":5,"user_id":"v"}"#,
+                "\"user_id\"",
+            ),
+            (
+                r#"{"lab_request_id":"a","user_id":"u","duration":5,"vm":{"name":"x","name":"y"}}"#,
+                "\"name\"",
+            ),
+            (
+                r#"{"lab_request_id":"a","user_id":"u","duration":5,"worker_nodes":[{"worker_lab_request_id":"w","worker_lab_request_id":"a"}]}"#,
+                "\"worker_lab_request_id\"",
+            ),
+            (
+                r#"{"extra":{"x":1,"x":1},"lab_request_id":"a","user_id":"u","duration":5}"#,
+                "\"x\"",
+            ),
+        ] {
+            let e = parse_new_session(body.as_bytes(), LIMITS).unwrap_err();
+            assert_eq!(e.code(), "invalid_request");
+            let m = e.to_string();
+            assert!(
+                m.starts_with(&format!("request body repeats the key {key}")),
+                "{m}"
+            );
+        }
+        assert!(parse_extend(br#"{"minutes":5,"minutes":500}"#, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("repeats the key \"minutes\""));
+        // The same key in two different objects is fine.
+        assert!(parse_new_session(
+            br#"{"lab_request_id":"a","user_id":"u","duration":5,"vm":{"lab_request_id":"b"}}"#,
+            LIMITS
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn strict_parse_keeps_every_value_kind() {
+        let obj = json_object(br#"{"a":[1,-2,3.5,"s",true,null,{"b":{}}]}"#).unwrap();
+        assert_eq!(
+            Value::Object(obj),
+            json!({"a": [1, -2, 3.5, "s", true, null, {"b": {}}]})
+        );
     }
 
     #[test]

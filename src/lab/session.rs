@@ -115,6 +115,9 @@ pub struct Session {
     /// Whether a cleanup attempt ran with `DRY_RUN` (no backend call was made).
     #[serde(default)]
     pub dry_run: bool,
+    /// When this session was adopted from the TypeScript worker's storage keys (see `legacy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_at_ms: Option<i64>,
 }
 
 /// Why a lifecycle change was refused.
@@ -145,6 +148,7 @@ impl Session {
             completed_at_ms: None,
             extended_minutes: 0,
             dry_run: false,
+            adopted_at_ms: None,
         }
     }
 
@@ -326,6 +330,7 @@ impl Session {
             last_outcome: self.last_outcome.as_ref(),
             completed_at: self.completed_at_ms.map(rfc3339),
             dry_run: self.dry_run,
+            adopted_at: self.adopted_at_ms.map(rfc3339),
         }
     }
 }
@@ -362,6 +367,9 @@ pub struct SessionView<'a> {
     pub completed_at: Option<String>,
     /// True once a cleanup attempt ran with `DRY_RUN`: its "deleted" VMs were only logged.
     pub dry_run: bool,
+    /// When the lab was taken over from the TypeScript worker's storage; `null` for labs
+    /// scheduled by this worker.
+    pub adopted_at: Option<String>,
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision, e.g.
@@ -600,7 +608,8 @@ mod tests {
                 "pending": ["m", "w1"],
                 "last_outcome": null,
                 "completed_at": null,
-                "dry_run": false
+                "dry_run": false,
+                "adopted_at": null
             })
         );
         s.begin_attempt(60_000, 1_000);

@@ -2,3 +2,4 @@
 
 pub mod backend;
 pub mod session_manager;
+pub mod store;

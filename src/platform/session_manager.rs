@@ -2,24 +2,21 @@
 //!
 //! Thin glue: state transitions live in `session`, the cleanup in `cleanup`, HTTP in `backend`.
 
-use std::cell::Cell;
-
-use chrono::{DateTime, Utc};
 use worker::{
-    console_debug, console_error, console_log, console_warn, durable_object, DurableObject, Env,
-    Method, Request, Response, Result, State, Storage,
+    console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
+    Response, Result, State,
 };
 
 use crate::api::error::ApiError;
 use crate::api::respond;
-use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS};
+use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS, DEFAULT_DURATION_UNIT_SECONDS};
 use crate::lab::cleanup::{self, Level, Logger, LOG_PREFIX};
+use crate::lab::legacy::{LegacyProblem, LegacyValue};
 use crate::lab::session::NewSession;
 use crate::lab::session::{rfc3339, AlarmAction, LabType, Refusal, Session, Status};
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
+use crate::platform::store::{now_ms, Store, Stored};
 
-/// Storage key of the session record (one JSON string, written in one operation).
-const SESSION_KEY: &str = "session";
 /// Internal paths the router forwards validated requests to.
 pub const CREATE_PATH: &str = "/create";
 pub const STATUS_PATH: &str = "/status";
@@ -45,12 +42,12 @@ impl Logger for ConsoleLogger {
     }
 }
 
-fn now_ms() -> i64 {
-    worker::Date::now().as_millis() as i64
-}
-
-fn alarm_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+/// What a request or an alarm finds in the object, once a legacy record has been adopted.
+enum Found {
+    Session(Session),
+    /// The TypeScript worker's keys, unreadable; kept as they are (see `lab::legacy`).
+    Unreadable(Vec<LegacyProblem>),
+    Nothing,
 }
 
 impl SessionManager {
@@ -58,16 +55,90 @@ impl SessionManager {
         Ok(Config::from_env(&self.env)?)
     }
 
+    /// Loads the session. A lab the TypeScript worker scheduled (its keys, no `session` record)
+    /// is adopted first: written in this worker's format with its alarm, legacy keys removed, in
+    /// one batch. Unreadable legacy keys are logged as an error, never dropped, and the alarm is
+    /// kept (set `retry_ms` ahead if there is none) so the object looks again.
+    async fn find(&self, store: &Store, config: Option<&Config>) -> Result<Found> {
+        let record = match store.load().await? {
+            Stored::Session(session) => return Ok(Found::Session(session)),
+            Stored::Empty => return Ok(Found::Nothing),
+            Stored::Legacy(record) => record,
+        };
+        let now = now_ms();
+        let alarm = store.alarm().await?;
+        let unit_ms = config.map_or(
+            (DEFAULT_DURATION_UNIT_SECONDS * 1000) as i64,
+            Config::duration_unit_ms,
+        );
+        let retry_ms = config.map_or(
+            (DEFAULT_CLEANUP_RETRY_SECONDS * 1000) as i64,
+            Config::retry_ms,
+        );
+        match record.adopt(alarm, now, unit_ms) {
+            Ok(session) => {
+                store.adopt(&session, session.expires_at_ms).await?;
+                console_log!(
+                    "{LOG_PREFIX} Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
+                    session.lab_request_id,
+                    session.user_id,
+                    session.vm_count(),
+                    if session.vm_count() == 1 { "" } else { "s" },
+                    rfc3339(session.expires_at_ms)
+                );
+                Ok(Found::Session(session))
+            }
+            Err(problems) => {
+                let retry_at = match alarm {
+                    Some(at) => at,
+                    None => {
+                        let at = now.saturating_add(retry_ms);
+                        store.set_alarm(at).await?;
+                        at
+                    }
+                };
+                let named: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                let lab = match &record.lab_request_id {
+                    LegacyValue::Text(id) => format!(" of lab {id}"),
+                    _ => String::new(),
+                };
+                console_error!(
+                    "{LOG_PREFIX} ❌ The previous worker's record{lab} is unreadable: {}; it is kept as it is, looking again at {}",
+                    named.join("; "),
+                    rfc3339(retry_at)
+                );
+                Ok(Found::Unreadable(problems))
+            }
+        }
+    }
+
+    /// `find` for a request: a session, or the answer to give when there is none.
+    async fn find_for_request(
+        &self,
+        store: &Store,
+        config: Option<&Config>,
+    ) -> Result<std::result::Result<Option<Session>, Response>> {
+        Ok(match self.find(store, config).await? {
+            Found::Session(session) => Ok(Some(session)),
+            Found::Nothing => Ok(None),
+            Found::Unreadable(problems) => Err(unreadable(&problems)?),
+        })
+    }
+
     async fn create(&self, store: &Store, new: NewSession) -> Result<Response> {
         let config = match self.config() {
             Ok(config) => config,
             Err(e) => return respond::error(&e),
         };
-        match store.load().await? {
+        let existing = match self.find_for_request(store, Some(&config)).await? {
+            Ok(existing) => existing,
+            Err(answer) => return Ok(answer),
+        };
+        match existing {
             None => {
                 let lifetime = config.duration_ms(new.duration);
                 let session = Session::schedule(new, now_ms(), lifetime);
-                store.save(&session, config.retention_ms()).await?;
+                store.save(&session, alarm_at(&session, &config)).await?;
                 console_log!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                     match session.lab_type() {
@@ -104,25 +175,29 @@ impl SessionManager {
     }
 
     async fn status(&self, store: &Store) -> Result<Response> {
-        match store.load().await? {
-            Some(session) => respond::json(200, &session.view()),
-            None => not_found(),
+        let config = self.config().ok();
+        match self.find_for_request(store, config.as_ref()).await? {
+            Ok(Some(session)) => respond::json(200, &session.view()),
+            Ok(None) => not_found(),
+            Err(answer) => Ok(answer),
         }
     }
 
     async fn end(&self, store: &Store) -> Result<Response> {
-        let Some(mut session) = store.load().await? else {
-            return not_found();
+        let config = match self.config() {
+            Ok(config) => config,
+            Err(e) => return respond::error(&e),
+        };
+        let mut session = match self.find_for_request(store, Some(&config)).await? {
+            Ok(Some(session)) => session,
+            Ok(None) => return not_found(),
+            Err(answer) => return Ok(answer),
         };
         if session.status == Status::Completed {
             return respond::json(200, &session.view());
         }
         if session.end_now(now_ms()) {
-            let config = match self.config() {
-                Ok(config) => config,
-                Err(e) => return respond::error(&e),
-            };
-            store.save(&session, config.retention_ms()).await?;
+            store.save(&session, alarm_at(&session, &config)).await?;
             console_log!(
                 "{LOG_PREFIX} Lab {} ended by request; cleanup starts now",
                 session.lab_request_id
@@ -136,8 +211,10 @@ impl SessionManager {
             Ok(config) => config,
             Err(e) => return respond::error(&e),
         };
-        let Some(mut session) = store.load().await? else {
-            return not_found();
+        let mut session = match self.find_for_request(store, Some(&config)).await? {
+            Ok(Some(session)) => session,
+            Ok(None) => return not_found(),
+            Err(answer) => return Ok(answer),
         };
         match session.extend(
             minutes,
@@ -145,7 +222,7 @@ impl SessionManager {
             config.max_duration_minutes,
         ) {
             Ok(()) => {
-                store.save(&session, config.retention_ms()).await?;
+                store.save(&session, alarm_at(&session, &config)).await?;
                 console_log!(
                     "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
                     session.lab_request_id,
@@ -160,11 +237,18 @@ impl SessionManager {
 
     async fn run_alarm(&self, store: &Store) -> Result<&'static str> {
         let now = now_ms();
-        let Some(mut session) = store.load().await? else {
-            console_warn!("{LOG_PREFIX} Alarm fired for an object with no session; nothing to do");
-            return Ok("no session");
+        let config = Config::from_env(&self.env);
+        let mut session = match self.find(store, config.as_ref().ok()).await? {
+            Found::Session(session) => session,
+            Found::Unreadable(_) => return Ok("unreadable legacy record, kept"),
+            Found::Nothing => {
+                console_error!(
+                    "{LOG_PREFIX} ❌ Alarm fired for an object that holds no session and no legacy record; nothing to clean up"
+                );
+                return Ok("no session");
+            }
         };
-        let config = match Config::from_env(&self.env) {
+        let config = match config {
             Ok(config) => config,
             Err(e) => {
                 // Never give up on a lab: say what is wrong and look again later.
@@ -209,7 +293,7 @@ impl SessionManager {
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
         // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
-        store.save(&session, config.retention_ms()).await?;
+        store.save(&session, alarm_at(&session, &config)).await?;
 
         let concurrency = config.cleanup_concurrency;
         let result = if config.dry_run {
@@ -228,75 +312,26 @@ impl SessionManager {
             );
         }
         store
-            .save(&session, config.retention_ms())
+            .save(&session, alarm_at(&session, &config))
             .await
             .map(|()| "cleanup attempt")
     }
 }
 
-/// The object's storage as one request or alarm uses it: the only code that reads or writes it,
-/// counting its operations (reported at debug level, and measured by the benchmark).
-struct Store {
-    storage: Storage,
-    reads: Cell<u32>,
-    writes: Cell<u32>,
+/// When the object's alarm must fire for `session` (now, if nothing is due).
+fn alarm_at(session: &Session, config: &Config) -> i64 {
+    session
+        .alarm_at_ms(config.retention_ms())
+        .unwrap_or_else(now_ms)
 }
 
-impl Store {
-    fn new(state: &State) -> Self {
-        Self {
-            storage: state.storage(),
-            reads: Cell::new(0),
-            writes: Cell::new(0),
-        }
-    }
-
-    fn count(cell: &Cell<u32>, n: u32) {
-        cell.set(cell.get() + n);
-    }
-
-    async fn load(&self) -> Result<Option<Session>> {
-        Self::count(&self.reads, 1);
-        match self.storage.get::<String>(SESSION_KEY).await? {
-            None => Ok(None),
-            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                worker::Error::RustError(format!("stored session is unreadable: {e}"))
-            }),
-        }
-    }
-
-    /// Writes the record and the alarm its state calls for in one batch: both calls are issued
-    /// in the same turn, so the runtime coalesces them into one atomic write.
-    async fn save(&self, session: &Session, retention_ms: i64) -> Result<()> {
-        let alarm_at = session.alarm_at_ms(retention_ms).unwrap_or_else(now_ms);
-        let text = serde_json::to_string(session)?;
-        Self::count(&self.writes, 2);
-        let (put, alarm) = futures::join!(
-            self.storage.put(SESSION_KEY, text),
-            self.storage.set_alarm(alarm_time(alarm_at))
-        );
-        put.and(alarm)
-    }
-
-    async fn set_alarm(&self, at_ms: i64) -> Result<()> {
-        Self::count(&self.writes, 1);
-        self.storage.set_alarm(alarm_time(at_ms)).await
-    }
-
-    /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
-    /// dates from 2026-02-24).
-    async fn delete_all(&self) -> Result<()> {
-        Self::count(&self.writes, 1);
-        self.storage.delete_all().await
-    }
-
-    fn report(&self, what: &str) {
-        console_debug!(
-            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s)",
-            self.reads.get(),
-            self.writes.get()
-        );
-    }
+/// The answer to a request that meets an unreadable legacy record.
+fn unreadable(problems: &[LegacyProblem]) -> Result<Response> {
+    let named: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    respond::error(&ApiError::Internal(format!(
+        "this lab's record from the previous worker is unreadable ({}); it is kept and looked at again; see the worker's logs",
+        named.join("; ")
+    )))
 }
 
 fn not_found() -> Result<Response> {

@@ -106,17 +106,17 @@ pub fn bad_inputs_are_rejected_and_store_nothing(ctx: &Ctx) {
     let r = ctx.worker.raw(
         "POST",
         "/api/v1/labs/sessions",
-        &[("Content-Type", "text/plain")],
+        &[("Content-Type", "text/html")],
         valid(17).to_string().as_bytes(),
     );
-    assert_error(&r, 415, "unsupported_media_type", "text/plain");
+    assert_error(&r, 415, "unsupported_media_type", "text/html");
     let r = ctx.worker.raw(
         "POST",
         "/api/v1/labs/sessions",
-        &[],
+        &[("Content-Type", "application/x-www-form-urlencoded")],
         valid(18).to_string().as_bytes(),
     );
-    assert_error(&r, 415, "unsupported_media_type", "no content type");
+    assert_error(&r, 415, "unsupported_media_type", "form-encoded");
     let big =
         json!({"lab_request_id": id(19), "user_id": "u", "duration": 1, "pad": "x".repeat(70_000)});
     assert_error(
@@ -189,4 +189,71 @@ pub fn repeated_create_is_idempotent(ctx: &Ctx) {
         "conflict",
         "different workers",
     );
+}
+
+/// What a browser's `fetch(url, {method: "POST", body: JSON.stringify(x)})` sends
+/// (`text/plain;charset=UTF-8`), and a body with no `Content-Type`, are read as JSON, as the
+/// TypeScript worker read them; a repeated key is refused naming it, and stores nothing.
+pub fn browser_bodies_are_read_as_json_and_repeated_keys_refused(ctx: &Ctx) {
+    let body = |id: &str| json!({"lab_request_id": id, "user_id": "u-b", "duration": 600});
+    for (id, headers) in [
+        (
+            "browser-text-plain",
+            &[("Content-Type", "text/plain;charset=UTF-8")][..],
+        ),
+        ("browser-no-content-type", &[][..]),
+    ] {
+        let r = ctx.worker.raw(
+            "POST",
+            "/api/v1/labs/sessions",
+            headers,
+            body(id).to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{id}: {}", r.text());
+        assert_eq!(r.json()["lab_request_id"], id);
+        let r = ctx.worker.raw(
+            "POST",
+            &format!("/api/v1/labs/sessions/{id}/extend"),
+            headers,
+            br#"{"minutes": 5}"#,
+        );
+        assert_eq!(r.status, 200, "extend {id}: {}", r.text());
+    }
+
+    for (raw, key) in [
+        (
+            r#"{"lab_request_id":"browser-dup-1","user_id":"u","duration":1,"user_id":"admin"}"#,
+            "\"user_id\"",
+        ),
+        (
+            r#"{"lab_request_id":"browser-dup-2","user_id":"u","duration":1,"worker_nodes":[{"worker_lab_request_id":"browser-dup-w","worker_lab_request_id":"browser-dup-2"}]}"#,
+            "\"worker_lab_request_id\"",
+        ),
+    ] {
+        let r = ctx.worker.raw(
+            "POST",
+            "/api/v1/labs/sessions",
+            &[("Content-Type", "application/json")],
+            raw.as_bytes(),
+        );
+        assert_error(&r, 400, "invalid_request", raw);
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.starts_with(&format!("request body repeats the key {key}")),
+            "{message}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_secs(
+        2 * DURATION_UNIT_SECONDS + 1,
+    ));
+    for id in ["browser-dup-1", "browser-dup-2"] {
+        let r = ctx
+            .worker
+            .raw("GET", &format!("/api/v1/labs/sessions/{id}"), &[], b"");
+        assert_eq!(r.status, 404, "{id} was stored: {}", r.text());
+    }
+    assert!(ctx
+        .mock
+        .calls_for_any(&["browser-dup-1", "browser-dup-2", "browser-dup-w"])
+        .is_empty());
 }

@@ -85,7 +85,7 @@ pub fn single_vm_example(ctx: &Ctx) {
             "✅ Exposed services deleted".into(),
             format!("Deleting master VM for lab {id}"),
             format!("✅ master VM deleted successfully ({id})"),
-            format!("✅ Successfully deleted the lab's VM ({id})"),
+            "✅ Successfully deleted all 1 VMs".into(),
         ]
     );
 }

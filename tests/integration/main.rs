@@ -7,6 +7,7 @@
 
 mod api;
 mod cleanup;
+mod legacy;
 mod lifecycle;
 mod security;
 mod support;
@@ -73,6 +74,14 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "repeated_create_is_idempotent",
         api::repeated_create_is_idempotent,
+    ),
+    (
+        "browser_bodies_are_read_as_json_and_repeated_keys_refused",
+        api::browser_bodies_are_read_as_json_and_repeated_keys_refused,
+    ),
+    (
+        "legacy_labs_are_adopted_at_cutover",
+        legacy::legacy_labs_are_adopted_at_cutover,
     ),
     (
         "status_follows_scheduled_retrying_completed",

@@ -124,18 +124,39 @@ fn cases() -> Vec<Case> {
             "payload_too_large",
         ),
         Case {
-            content_type: Some("text/plain"),
+            content_type: Some("text/html"),
             ..create_case(
-                "Content-Type text/plain",
+                "Content-Type text/html",
                 lab(h),
                 415,
                 "unsupported_media_type",
             )
         },
         Case {
-            content_type: None,
-            ..create_case("no Content-Type", lab(h), 415, "unsupported_media_type")
+            content_type: Some("application/xml"),
+            ..create_case(
+                "Content-Type application/xml",
+                lab(h),
+                415,
+                "unsupported_media_type",
+            )
         },
+        raw_case(
+            "a repeated key (user_id twice)",
+            "POST",
+            SESSIONS,
+            br#"{"lab_request_id":"hostile-lab","user_id":"user-h","duration":5,"user_id":"admin"}"#,
+            400,
+            "invalid_request",
+        ),
+        raw_case(
+            "a repeated key inside worker_nodes",
+            "POST",
+            SESSIONS,
+            br#"{"lab_request_id":"hostile-lab","user_id":"user-h","duration":5,"worker_nodes":[{"worker_lab_request_id":"hw","worker_lab_request_id":"hostile-lab"}]}"#,
+            400,
+            "invalid_request",
+        ),
         Case {
             content_type: Some("application/x-www-form-urlencoded"),
             ..create_case(
@@ -334,9 +355,9 @@ fn cases() -> Vec<Case> {
             "invalid_request",
         ),
         Case {
-            content_type: Some("text/plain"),
+            content_type: Some("text/html"),
             ..raw_case(
-                "extend as text/plain",
+                "extend as text/html",
                 "POST",
                 &format!("{SESSIONS}/{h}/extend"),
                 br#"{"minutes": 5}"#,

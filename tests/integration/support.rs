@@ -47,17 +47,52 @@ pub struct Worker {
     backend_url: String,
     extra_vars: Vec<(String, String)>,
     secrets: Vec<(String, String)>,
+    /// `wrangler.toml` to run (the project's when `None`).
+    config: Option<PathBuf>,
+    /// Skip the worker build (`build/` is already there): for a second worker started while
+    /// the first one runs, which must not have its files rewritten under it.
+    skip_build: bool,
+}
+
+/// How to start a `wrangler dev` other than the shared one.
+pub struct Spec<'a> {
+    /// Log file name in the work dir.
+    pub log_name: &'a str,
+    /// `wrangler.toml` to run, relative to the project root (the project's when `None`).
+    pub config: Option<&'a str>,
+    /// Reuse `build/` instead of building the worker again.
+    pub skip_build: bool,
 }
 
 impl Worker {
     /// Starts `wrangler dev` on a free port, talking to `backend_url`, with state in `work_dir`.
     pub fn start(work_dir: &Path, backend_url: &str, extra_vars: &[(&str, &str)]) -> Worker {
+        Worker::start_spec(
+            work_dir,
+            backend_url,
+            extra_vars,
+            Spec {
+                log_name: "wrangler.log",
+                config: None,
+                skip_build: false,
+            },
+        )
+    }
+
+    /// `start`, with the options of `spec`.
+    pub fn start_spec(
+        work_dir: &Path,
+        backend_url: &str,
+        extra_vars: &[(&str, &str)],
+        spec: Spec,
+    ) -> Worker {
         fs::create_dir_all(work_dir).expect("work dir");
-        let env_file = work_dir.join("secrets.env");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let env_file = work_dir.join(format!("{}.env", spec.log_name));
         let mut worker = Worker {
             child: None,
             addr: String::new(),
-            log_path: work_dir.join("wrangler.log"),
+            log_path: work_dir.join(spec.log_name),
             state_dir: work_dir.join("state"),
             env_file,
             port: free_port(),
@@ -70,6 +105,8 @@ impl Worker {
                 ("BACKEND_API_TOKEN".into(), BACKEND_TOKEN.into()),
                 ("API_TOKEN".into(), API_TOKEN.into()),
             ],
+            config: spec.config.map(|c| root.join(c)),
+            skip_build: spec.skip_build,
         };
         worker.spawn();
         worker
@@ -110,6 +147,9 @@ impl Worker {
         ];
         vars.extend(self.extra_vars.iter().cloned());
         let mut command = Command::new(root.join("node_modules/.bin/wrangler"));
+        if self.skip_build {
+            command.env("LABS_CLEANUP_SKIP_BUILD", "1");
+        }
         command
             .current_dir(root)
             .args(["dev", "--ip", "127.0.0.1", "--port"])
@@ -131,6 +171,9 @@ impl Worker {
             .process_group(0);
         for (k, v) in &vars {
             command.arg("--var").arg(format!("{k}:{v}"));
+        }
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
         }
         let child = command
             .spawn()
@@ -193,9 +236,11 @@ impl Worker {
         let _ = child.wait();
     }
 
-    /// Stops the worker and starts it again on the same persisted state and port.
+    /// Stops the worker and starts it again on the same persisted state and port (and the same
+    /// build: the code has not changed).
     pub fn restart(&mut self) {
         self.stop();
+        self.skip_build = true;
         self.spawn();
     }
 

@@ -1,0 +1,344 @@
+//! Adopting a lab scheduled by the TypeScript worker this one replaces: its storage keys become an ordinary session.
+//!
+//! The TypeScript worker stored each field under its own key (`lab_request_id`, `user_id`,
+//! `worker_lab_request_ids` as a JSON *string* of an array of strings, `duration` in minutes) and
+//! an alarm at its expiry. The glue reads those keys and the alarm; this module decides, without
+//! touching storage, whether they make a session and, if not, what is wrong with them.
+
+use crate::lab::session::{NewSession, Session};
+
+/// The keys the TypeScript worker wrote, in the order they are reported.
+pub const LEGACY_KEYS: [&str; 4] = [
+    "lab_request_id",
+    "user_id",
+    "worker_lab_request_ids",
+    "duration",
+];
+
+/// A stored legacy value as the glue read it (JavaScript values, reduced to what matters here).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LegacyValue {
+    /// The key is not in storage.
+    Missing,
+    Text(String),
+    Number(f64),
+    /// Any other JavaScript value, by its type name (`boolean`, `object`, `array`, `null`, ...).
+    Other(&'static str),
+}
+
+impl LegacyValue {
+    /// The value's type, as an error line names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            LegacyValue::Missing => "missing",
+            LegacyValue::Text(_) => "string",
+            LegacyValue::Number(_) => "number",
+            LegacyValue::Other(name) => name,
+        }
+    }
+}
+
+/// The legacy keys of one object, as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegacyRecord {
+    pub lab_request_id: LegacyValue,
+    pub user_id: LegacyValue,
+    pub worker_lab_request_ids: LegacyValue,
+    pub duration: LegacyValue,
+}
+
+/// One unreadable legacy key: its name, the type found, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyProblem {
+    pub key: &'static str,
+    pub found: String,
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for LegacyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key `{}` is {} (expected {})",
+            self.key, self.found, self.expected
+        )
+    }
+}
+
+impl LegacyRecord {
+    /// Whether any legacy key is present at all (an object that holds none is not a legacy lab).
+    pub fn is_present(&self) -> bool {
+        [
+            &self.lab_request_id,
+            &self.user_id,
+            &self.worker_lab_request_ids,
+            &self.duration,
+        ]
+        .iter()
+        .any(|v| **v != LegacyValue::Missing)
+    }
+
+    /// Turns the legacy keys into a session expiring at the object's alarm time (`alarm_at_ms`),
+    /// or at `now_ms` when no alarm is set (the lab has expired). `unit_ms` is one `duration`
+    /// unit, used only to date `created_at` (the TypeScript worker did not store it).
+    ///
+    /// Every unreadable key is reported, so one log line names all of them.
+    pub fn adopt(
+        &self,
+        alarm_at_ms: Option<i64>,
+        now_ms: i64,
+        unit_ms: i64,
+    ) -> Result<Session, Vec<LegacyProblem>> {
+        let mut problems = Vec::new();
+        let mut text = |key: &'static str, value: &LegacyValue| match value {
+            LegacyValue::Text(s) if !s.is_empty() => Some(s.clone()),
+            other => {
+                problems.push(LegacyProblem {
+                    key,
+                    found: if *other == LegacyValue::Text(String::new()) {
+                        "an empty string".into()
+                    } else {
+                        other.type_name().into()
+                    },
+                    expected: "a non-empty string",
+                });
+                None
+            }
+        };
+        let master = text("lab_request_id", &self.lab_request_id);
+        let user = text("user_id", &self.user_id);
+        let workers = match parse_worker_ids(&self.worker_lab_request_ids, master.as_deref()) {
+            Ok(ids) => Some(ids),
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        };
+        let duration = match self.duration {
+            LegacyValue::Number(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => {
+                Some(n as u64)
+            }
+            ref other => {
+                problems.push(LegacyProblem {
+                    key: "duration",
+                    found: match other {
+                        LegacyValue::Number(n) => format!("the number {n}"),
+                        other => other.type_name().into(),
+                    },
+                    expected: "a whole number of minutes",
+                });
+                None
+            }
+        };
+        let (Some(lab_request_id), Some(user_id), Some(worker_lab_request_ids), Some(duration)) =
+            (master, user, workers, duration)
+        else {
+            return Err(problems);
+        };
+        let expires_at_ms = alarm_at_ms.unwrap_or(now_ms);
+        let lifetime_ms = (duration as i64).saturating_mul(unit_ms);
+        let created_at_ms = expires_at_ms.saturating_sub(lifetime_ms).min(now_ms);
+        let mut session = Session::schedule(
+            NewSession {
+                lab_request_id,
+                user_id,
+                worker_lab_request_ids,
+                duration,
+                vm_name: None,
+            },
+            created_at_ms,
+            expires_at_ms - created_at_ms,
+        );
+        session.adopted_at_ms = Some(now_ms);
+        Ok(session)
+    }
+}
+
+/// `worker_lab_request_ids`: a string holding a JSON array of strings, e.g. `"[\"w1\",\"w2\"]"`.
+fn parse_worker_ids(
+    value: &LegacyValue,
+    master: Option<&str>,
+) -> Result<Vec<String>, LegacyProblem> {
+    const EXPECTED: &str = "a string holding a JSON array of strings";
+    let problem = |found: String| LegacyProblem {
+        key: "worker_lab_request_ids",
+        found,
+        expected: EXPECTED,
+    };
+    let LegacyValue::Text(text) = value else {
+        return Err(problem(value.type_name().into()));
+    };
+    let parsed: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| problem("a string that is not JSON".into()))?;
+    let serde_json::Value::Array(items) = parsed else {
+        return Err(problem(format!(
+            "a string holding a JSON {}",
+            json_type(&parsed)
+        )));
+    };
+    let mut ids: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            serde_json::Value::String(id) if !id.is_empty() => {
+                // A repeat, or the master listed as a worker, would delete one VM twice.
+                if Some(id.as_str()) != master && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            other => {
+                return Err(problem(format!(
+                    "a string holding a JSON array holding {}",
+                    match other {
+                        serde_json::Value::String(_) => "an empty string".into(),
+                        other => format!("a {}", json_type(&other)),
+                    }
+                )))
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::session::{LabType, Status};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const MINUTE: i64 = 60_000;
+
+    fn record(workers: LegacyValue) -> LegacyRecord {
+        LegacyRecord {
+            lab_request_id: LegacyValue::Text("m".into()),
+            user_id: LegacyValue::Text("u".into()),
+            worker_lab_request_ids: workers,
+            duration: LegacyValue::Number(60.0),
+        }
+    }
+
+    #[test]
+    fn a_multi_node_record_expires_at_the_alarm() {
+        let r = record(LegacyValue::Text(r#"["w1","w2"]"#.into()));
+        let s = r.adopt(Some(NOW + 10 * MINUTE), NOW, MINUTE).unwrap();
+        assert_eq!(s.lab_request_id, "m");
+        assert_eq!(s.user_id, "u");
+        assert_eq!(s.worker_lab_request_ids, vec!["w1", "w2"]);
+        assert_eq!(s.lab_type(), LabType::MultiNode);
+        assert_eq!(s.duration, 60);
+        assert_eq!(s.status, Status::Scheduled);
+        assert_eq!(s.expires_at_ms, NOW + 10 * MINUTE);
+        assert_eq!(s.created_at_ms, NOW - 50 * MINUTE);
+        assert_eq!(s.adopted_at_ms, Some(NOW));
+    }
+
+    #[test]
+    fn no_alarm_means_expired_now() {
+        let r = record(LegacyValue::Text("[]".into()));
+        let s = r.adopt(None, NOW, MINUTE).unwrap();
+        assert_eq!(s.lab_type(), LabType::SingleVm);
+        assert_eq!(s.expires_at_ms, NOW);
+        assert!(s.is_expired(NOW));
+    }
+
+    #[test]
+    fn an_alarm_rearmed_for_a_retry_never_dates_creation_in_the_future() {
+        // The TypeScript worker re-armed its alarm 5 minutes later while a VM failed.
+        let mut r = record(LegacyValue::Text("[]".into()));
+        r.duration = LegacyValue::Number(1.0);
+        let s = r.adopt(Some(NOW + 5 * MINUTE), NOW, MINUTE).unwrap();
+        assert_eq!(s.created_at_ms, NOW);
+        assert_eq!(s.expires_at_ms, NOW + 5 * MINUTE);
+    }
+
+    #[test]
+    fn repeated_or_master_worker_ids_are_kept_once() {
+        let r = record(LegacyValue::Text(r#"["w1","m","w1"]"#.into()));
+        let s = r.adopt(None, NOW, MINUTE).unwrap();
+        assert_eq!(s.worker_lab_request_ids, vec!["w1"]);
+    }
+
+    #[test]
+    fn unreadable_values_are_named_with_their_type() {
+        let r = LegacyRecord {
+            lab_request_id: LegacyValue::Text("m".into()),
+            user_id: LegacyValue::Missing,
+            worker_lab_request_ids: LegacyValue::Text(r#"{"w":1}"#.into()),
+            duration: LegacyValue::Other("boolean"),
+        };
+        let problems = r.adopt(None, NOW, MINUTE).unwrap_err();
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "key `user_id` is missing (expected a non-empty string)",
+                "key `worker_lab_request_ids` is a string holding a JSON object (expected a string holding a JSON array of strings)",
+                "key `duration` is boolean (expected a whole number of minutes)",
+            ]
+        );
+    }
+
+    #[test]
+    fn worker_ids_must_be_a_json_string_of_strings() {
+        for (value, found) in [
+            (LegacyValue::Other("array"), "array"),
+            (LegacyValue::Missing, "missing"),
+            (
+                LegacyValue::Text("w1,w2".into()),
+                "a string that is not JSON",
+            ),
+            (
+                LegacyValue::Text("[1]".into()),
+                "a string holding a JSON array holding a number",
+            ),
+            (
+                LegacyValue::Text(r#"["w1",""]"#.into()),
+                "a string holding a JSON array holding an empty string",
+            ),
+        ] {
+            let problems = record(value).adopt(None, NOW, MINUTE).unwrap_err();
+            assert_eq!(problems.len(), 1);
+            assert_eq!(problems[0].key, "worker_lab_request_ids");
+            assert_eq!(problems[0].found, found);
+        }
+    }
+
+    #[test]
+    fn duration_must_be_whole() {
+        let mut r = record(LegacyValue::Text("[]".into()));
+        r.duration = LegacyValue::Number(1.5);
+        let problems = r.adopt(None, NOW, MINUTE).unwrap_err();
+        assert_eq!(
+            problems[0].to_string(),
+            "key `duration` is the number 1.5 (expected a whole number of minutes)"
+        );
+        r.duration = LegacyValue::Text("60".into());
+        assert_eq!(r.adopt(None, NOW, MINUTE).unwrap_err()[0].found, "string");
+    }
+
+    #[test]
+    fn presence() {
+        let none = LegacyRecord {
+            lab_request_id: LegacyValue::Missing,
+            user_id: LegacyValue::Missing,
+            worker_lab_request_ids: LegacyValue::Missing,
+            duration: LegacyValue::Missing,
+        };
+        assert!(!none.is_present());
+        let one = LegacyRecord {
+            duration: LegacyValue::Number(1.0),
+            ..none
+        };
+        assert!(one.is_present());
+    }
+}

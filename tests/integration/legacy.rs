@@ -1,0 +1,179 @@
+//! The cutover from the TypeScript worker on real workerd: its in-flight labs are adopted and cleaned up.
+
+use std::time::Duration;
+
+use mock_backend::Endpoint;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Labs scheduled by the TypeScript stand-in (`tests/legacy/`) are cleaned up by this worker once it
+/// runs on the same persisted state: every VM deleted exactly once, none before its expiry, the
+/// services call for each master, and each lab's status `completed` with its workers. A GET before
+/// the expiry adopts one of them; the alarm adopts the others. A record with unreadable values is
+/// kept, logged as an error naming its keys again and again, and never touches the backend.
+pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
+    let dir = ctx.work_dir.join("cutover");
+    let mut legacy = Worker::start_spec(
+        &dir,
+        &ctx.mock.url(),
+        &[],
+        Spec {
+            log_name: "legacy.log",
+            config: Some("tests/legacy/wrangler.toml"),
+            skip_build: false,
+        },
+    );
+    // (master, user, duration in seconds here, workers; None = no `worker_nodes` at all)
+    let labs: [(&str, &str, u64, Option<&[&str]>); 3] = [
+        ("legacy-single-1", "u-legacy-1", 30, Some(&[])),
+        (
+            "legacy-k8s-m",
+            "u-legacy-2",
+            32,
+            Some(&["legacy-k8s-w1", "legacy-k8s-w2"]),
+        ),
+        ("legacy-plain-1", "u-legacy-3", 34, None),
+    ];
+    let mut expires = Vec::new();
+    for (id, user, duration, workers) in labs {
+        let mut body = json!({"lab_request_id": id, "user_id": user, "duration": duration});
+        if let Some(workers) = workers {
+            body["worker_nodes"] = workers
+                .iter()
+                .map(|w| json!({"worker_lab_request_id": w}))
+                .collect();
+        }
+        let r = legacy.json("POST", "/api/v1/labs/sessions", &body);
+        assert_eq!(r.status, 200, "legacy schedule {id}: {}", r.text());
+        expires.push(epoch_ms(&r.json()["expires_at"]));
+    }
+    // Unreadable for this worker: a numeric user_id, a worker id that is not a string.
+    let r = legacy.json(
+        "POST",
+        "/api/v1/labs/sessions",
+        &json!({"lab_request_id": "legacy-bad-1", "user_id": 42, "duration": 30,
+                "worker_nodes": [{"worker_lab_request_id": 7}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    legacy.stop();
+
+    let all_ids = [
+        "legacy-single-1",
+        "legacy-k8s-m",
+        "legacy-k8s-w1",
+        "legacy-k8s-w2",
+        "legacy-plain-1",
+        "legacy-bad-1",
+    ];
+    assert!(ctx.mock.calls_for_any(&all_ids).is_empty());
+
+    // Completed labs are kept long enough to read their status at the end.
+    let ours = Worker::start_spec(
+        &dir,
+        &ctx.mock.url(),
+        &[("RETENTION_UNIT_SECONDS", "600")],
+        Spec {
+            log_name: "cutover.log",
+            config: None,
+            skip_build: true,
+        },
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        now < expires[0],
+        "this worker started after the first legacy expiry; the test proves less than it should"
+    );
+    // A request adopts a lab before its expiry: it keeps the legacy expiry.
+    let r = ours.raw("GET", "/api/v1/labs/sessions/legacy-k8s-m", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], "scheduled");
+    assert_eq!(epoch_ms(&v["expires_at"]), expires[1]);
+    assert_eq!(
+        v["worker_lab_request_ids"],
+        json!(["legacy-k8s-w1", "legacy-k8s-w2"])
+    );
+    assert_eq!(v["user_id"], "u-legacy-2");
+    assert!(v["adopted_at"].is_string(), "{v}");
+
+    // 2 + 4 + 2 calls, then nothing more.
+    let calls = wait_exactly(ctx, &all_ids, 8, 90, RETRY_SECONDS + 2);
+    for (i, (id, _, _, workers)) in labs.iter().enumerate() {
+        let mut vms = vec![*id];
+        vms.extend(workers.unwrap_or(&[]).iter().copied());
+        let mine: Vec<_> = calls
+            .iter()
+            .filter(|c| vms.contains(&c.lab_request_id.as_deref().unwrap_or("")))
+            .cloned()
+            .collect();
+        assert_not_before(&mine, expires[i]);
+        assert_eq!(key(&mine[0]), (Endpoint::Expose, *id), "services first");
+        for vm in &vms {
+            let deletions = mine
+                .iter()
+                .filter(|c| key(c) == (Endpoint::DeleteVm, vm))
+                .count();
+            assert_eq!(
+                deletions,
+                1,
+                "{vm} deleted {deletions} times:\n{}",
+                show(&mine)
+            );
+        }
+        let r = ours.raw("GET", &format!("/api/v1/labs/sessions/{id}"), &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: Value = r.json();
+        assert_eq!(v["status"], "completed", "{id}: {v}");
+        assert_eq!(
+            v["worker_lab_request_ids"],
+            json!(workers.unwrap_or(&[])),
+            "{id}"
+        );
+        assert!(v["adopted_at"].is_string(), "{id}: {v}");
+    }
+
+    let log = ours.log();
+    for (id, _, _, _) in labs {
+        assert!(
+            log.contains(&format!("[SessionManager] Adopted lab {id} ")),
+            "no adoption line for {id}:\n{}",
+            tail(&log, 60)
+        );
+    }
+    // The seed's exact last line for a single VM.
+    let single: Vec<&str> = log
+        .lines()
+        .skip_while(|l| {
+            !l.contains("[SessionManager] Alarm triggered for user u-legacy-1, lab legacy-single-1")
+        })
+        .filter(|l| l.contains("[SessionManager] ✅"))
+        .take(3)
+        .collect();
+    assert!(
+        single.last().is_some_and(|l| l
+            .trim_end()
+            .ends_with("[SessionManager] ✅ Successfully deleted all 1 VMs")),
+        "{single:?}"
+    );
+
+    // The unreadable record: kept, an error line naming each key each time, no backend call.
+    let unreadable = "The previous worker's record of lab legacy-bad-1 is unreadable: key `user_id` is number (expected a non-empty string); key `worker_lab_request_ids` is a string holding a JSON array holding a number";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ours.log().matches(unreadable).count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unreadable record was not logged twice:\n{}",
+            tail(&ours.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = ours.raw("GET", "/api/v1/labs/sessions/legacy-bad-1", &[], b"");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("key `user_id` is number"), "{message}");
+    assert!(ctx.mock.calls_for("legacy-bad-1").is_empty());
+}
