@@ -44,7 +44,7 @@ impl Logger for ConsoleLogger {
 
 /// What a request or an alarm finds in the object, once a legacy record has been adopted.
 enum Found {
-    Session(Session),
+    Session(Box<Session>),
     /// The TypeScript worker's keys, unreadable; kept as they are (see `lab::legacy`).
     Unreadable(Vec<LegacyProblem>),
     Nothing,
@@ -61,7 +61,7 @@ impl SessionManager {
     /// kept (set `retry_ms` ahead if there is none) so the object looks again.
     async fn find(&self, store: &Store, config: Option<&Config>) -> Result<Found> {
         let record = match store.load().await? {
-            Stored::Session(session) => return Ok(Found::Session(session)),
+            Stored::Session(session) => return Ok(Found::Session(Box::new(session))),
             Stored::Empty => return Ok(Found::Nothing),
             Stored::Legacy(record) => record,
         };
@@ -86,7 +86,7 @@ impl SessionManager {
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
                 );
-                Ok(Found::Session(session))
+                Ok(Found::Session(Box::new(session)))
             }
             Err(problems) => {
                 let retry_at = match alarm {
@@ -119,7 +119,7 @@ impl SessionManager {
         config: Option<&Config>,
     ) -> Result<std::result::Result<Option<Session>, Response>> {
         Ok(match self.find(store, config).await? {
-            Found::Session(session) => Ok(Some(session)),
+            Found::Session(session) => Ok(Some(*session)),
             Found::Nothing => Ok(None),
             Found::Unreadable(problems) => Err(unreadable(&problems)?),
         })
@@ -239,7 +239,7 @@ impl SessionManager {
         let now = now_ms();
         let config = Config::from_env(&self.env);
         let mut session = match self.find(store, config.as_ref().ok()).await? {
-            Found::Session(session) => session,
+            Found::Session(session) => *session,
             Found::Unreadable(_) => return Ok("unreadable legacy record, kept"),
             Found::Nothing => {
                 console_error!(
