@@ -21,18 +21,47 @@ pub const DEFAULT_RETENTION_DAYS: u64 = 7;
 pub const DEFAULT_RETENTION_UNIT_SECONDS: u64 = 86_400;
 /// Default timeout of one backend call.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 15;
+/// Default subrequests one invocation may make: the Workers Free plan's 50 external subrequests
+/// per invocation; the Paid plan allows 10,000 by default
+/// (<https://developers.cloudflare.com/workers/platform/limits/#subrequests>).
+pub const DEFAULT_SUBREQUEST_LIMIT: u64 = 50;
+/// Backend calls of a cleanup attempt besides the workers': the master VM and the services call.
+pub const CALLS_BESIDES_WORKERS: u64 = 2;
 
-/// What can be wrong with the configuration. Messages name the setting, never a secret's value.
+/// What can be wrong with the configuration.
+///
+/// The message (`Display`) names the setting and the rule, never the value: it is what an API
+/// caller sees. `detail()` adds the value of a non-secret setting, for the log.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
     #[error("{0} is not set")]
     Missing(&'static str),
-    #[error("{name} must be {expected} (got {value:?})")]
+    #[error("{name} must be {expected}")]
     Invalid {
         name: &'static str,
         expected: String,
-        value: String,
+        /// The value found; `None` for a secret, whose value is never repeated anywhere.
+        value: Option<String>,
     },
+}
+
+impl ConfigError {
+    /// The setting at fault.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            ConfigError::Missing(name) | ConfigError::Invalid { name, .. } => name,
+        }
+    }
+
+    /// The message with the offending value (never a secret's), for the worker's log only.
+    pub fn detail(&self) -> String {
+        match self {
+            ConfigError::Invalid {
+                value: Some(value), ..
+            } => format!("{self} (got {value:?})"),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// The checked configuration of the worker and of the `SessionManager` object.
@@ -55,6 +84,8 @@ pub struct Config {
     pub backend_timeout_seconds: u64,
     pub retention_days: u64,
     pub retention_unit_seconds: u64,
+    /// Subrequests one invocation may make (the account's plan); bounds `max_worker_nodes`.
+    pub subrequest_limit: u64,
 }
 
 impl Config {
@@ -73,7 +104,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "BACKEND_URL",
                 expected: "an http:// or https:// URL".into(),
-                value: backend_url,
+                value: Some(backend_url),
             });
         }
 
@@ -84,10 +115,35 @@ impl Config {
                 _ => Err(ConfigError::Invalid {
                     name,
                     expected: format!("a whole number from {min} to {max}"),
-                    value: raw,
+                    value: Some(raw),
                 }),
             },
         };
+
+        let subrequest_limit = number(
+            "SUBREQUEST_LIMIT",
+            DEFAULT_SUBREQUEST_LIMIT,
+            CALLS_BESIDES_WORKERS + 1,
+            10_000_000,
+        )?;
+        let max_worker_nodes = number(
+            "MAX_WORKER_NODES",
+            DEFAULT_MAX_WORKER_NODES as u64,
+            0,
+            1_000,
+        )?;
+        // One attempt calls the backend once per VM plus once for the services: it must fit in
+        // one invocation's subrequests, or the last calls of a large lab would always fail.
+        if max_worker_nodes + CALLS_BESIDES_WORKERS > subrequest_limit {
+            return Err(ConfigError::Invalid {
+                name: "MAX_WORKER_NODES",
+                expected: format!(
+                    "at most SUBREQUEST_LIMIT minus {CALLS_BESIDES_WORKERS} ({}): one cleanup attempt makes a call per VM plus the services call",
+                    subrequest_limit - CALLS_BESIDES_WORKERS
+                ),
+                value: Some(max_worker_nodes.to_string()),
+            });
+        }
 
         Ok(Config {
             backend_url,
@@ -100,7 +156,7 @@ impl Config {
                     return Err(ConfigError::Invalid {
                         name: "DRY_RUN",
                         expected: "\"true\" or \"false\"".into(),
-                        value: other.to_string(),
+                        value: Some(other.to_string()),
                     })
                 }
             },
@@ -122,12 +178,7 @@ impl Config {
                 1,
                 525_600,
             )?,
-            max_worker_nodes: number(
-                "MAX_WORKER_NODES",
-                DEFAULT_MAX_WORKER_NODES as u64,
-                0,
-                1_000,
-            )? as usize,
+            max_worker_nodes: max_worker_nodes as usize,
             cleanup_concurrency: number(
                 "CLEANUP_CONCURRENCY",
                 MAX_CONCURRENT_CONNECTIONS as u64,
@@ -147,6 +198,7 @@ impl Config {
                 1,
                 86_400,
             )?,
+            subrequest_limit,
         })
     }
 
@@ -253,6 +305,52 @@ mod tests {
             let e = config(&[("BACKEND_URL", "http://x"), (name, value)]).unwrap_err();
             assert!(e.to_string().starts_with(name), "{e}");
         }
+    }
+
+    #[test]
+    fn the_message_names_the_setting_and_only_the_log_detail_has_the_value() {
+        let e = config(&[
+            ("BACKEND_URL", "http://x"),
+            ("CLEANUP_RETRY_SECONDS", "fifty"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting(), "CLEANUP_RETRY_SECONDS");
+        assert_eq!(
+            e.to_string(),
+            "CLEANUP_RETRY_SECONDS must be a whole number from 1 to 86400"
+        );
+        assert!(!e.to_string().contains("fifty"));
+        assert_eq!(
+            e.detail(),
+            "CLEANUP_RETRY_SECONDS must be a whole number from 1 to 86400 (got \"fifty\")"
+        );
+        let e = config(&[("BACKEND_URL", "ftp://internal.example")]).unwrap_err();
+        assert!(!e.to_string().contains("internal.example"), "{e}");
+        assert!(e.detail().contains("internal.example"));
+    }
+
+    #[test]
+    fn worker_nodes_must_fit_the_subrequest_limit() {
+        // Free plan: 50 subrequests, so 48 workers + the master + the services call.
+        let ok = config(&[("BACKEND_URL", "http://x"), ("MAX_WORKER_NODES", "48")]).unwrap();
+        assert_eq!(ok.subrequest_limit, 50);
+        let e = config(&[("BACKEND_URL", "http://x"), ("MAX_WORKER_NODES", "49")]).unwrap_err();
+        assert_eq!(e.setting(), "MAX_WORKER_NODES");
+        assert!(
+            e.to_string()
+                .contains("at most SUBREQUEST_LIMIT minus 2 (48)"),
+            "{e}"
+        );
+        // Paid plan: raise both.
+        let paid = config(&[
+            ("BACKEND_URL", "http://x"),
+            ("SUBREQUEST_LIMIT", "10000"),
+            ("MAX_WORKER_NODES", "500"),
+        ])
+        .unwrap();
+        assert_eq!(paid.max_worker_nodes, 500);
+        let e = config(&[("BACKEND_URL", "http://x"), ("SUBREQUEST_LIMIT", "10")]).unwrap_err();
+        assert!(e.to_string().contains("(8)"), "{e}");
     }
 
     #[test]

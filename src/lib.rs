@@ -33,7 +33,8 @@ async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     match handle(request, &env).await {
         Ok(response) => Ok(response),
         Err(e) => {
-            if e.status() >= 500 {
+            // A configuration error was logged with its detail where it was met.
+            if e.status() >= 500 && !matches!(e, ApiError::NotConfigured(_)) {
                 worker::console_error!("[router] {e}");
             }
             respond::error(&e)
@@ -52,15 +53,44 @@ async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
     if path.starts_with("/api/") {
         // Every API call is authenticated before anything else is looked at; no token
         // configured (or any broken setting) refuses the call.
-        let config = Config::from_env(env)?;
+        let config = config(env)?;
         let authorization = request.headers().get("Authorization").ok().flatten();
         auth::check_bearer(config.api_token.as_deref(), authorization.as_deref())?;
         return api(routes::route(&method, &path)?, request, env, &config).await;
     }
     match routes::route(&method, &path)? {
-        Route::Health => respond::json(200, &serde_json::json!({"status": "ok"})).map_err(internal),
+        Route::Health => health(env),
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
     }
+}
+
+/// The configuration, or the `503 not_configured` error; the error's detail (with the value of
+/// a non-secret setting) goes to the log, never to the caller.
+fn config(env: &Env) -> Result<Config, ApiError> {
+    Config::from_env(env).map_err(|e| {
+        worker::console_error!("[config] {}", e.detail());
+        ApiError::from(e)
+    })
+}
+
+/// `GET /healthz`: a cheap readiness check for load balancers and smoke tests. `200
+/// {"status":"ok"}` when the settings are valid and the API can take calls; `503
+/// {"status":"not_configured"}` otherwise, naming nothing (the log says what is wrong).
+fn health(env: &Env) -> Result<Response, ApiError> {
+    let ready = match config(env) {
+        Ok(config) if config.api_token.is_some() => true,
+        Ok(_) => {
+            worker::console_error!("[config] API_TOKEN is not set; the API refuses every call");
+            false
+        }
+        Err(_) => false,
+    };
+    let (status, body) = if ready {
+        (200, serde_json::json!({"status": "ok"}))
+    } else {
+        (503, serde_json::json!({"status": "not_configured"}))
+    };
+    respond::json(status, &body).map_err(internal)
 }
 
 /// The authenticated API routes.

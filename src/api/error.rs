@@ -33,7 +33,8 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// A configuration problem refuses the request: `503 not_configured`, naming the setting.
+/// A configuration problem refuses the request: `503 not_configured`, naming the setting and
+/// its rule, never its value (the caller may be anyone; the value goes to the log).
 impl From<crate::config::ConfigError> for ApiError {
     fn from(e: crate::config::ConfigError) -> Self {
         ApiError::NotConfigured(e.to_string())

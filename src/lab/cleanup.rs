@@ -55,11 +55,14 @@ pub trait Logger {
     fn log(&self, level: Level, message: &str);
 }
 
-/// What an attempt did: the VM ids now confirmed deleted, and the outcome to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an attempt did: the VM ids the backend confirmed deleting and those it said were already
+/// gone, the outcome to store, and how the services call went (`None`: not made).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttemptResult {
     pub deleted: Vec<String>,
+    pub already_gone: Vec<String>,
     pub outcome: Outcome,
+    pub services: Option<Deletion>,
 }
 
 /// Whether one deletion (of a VM, or of the exposed services) counts as done.
@@ -142,9 +145,11 @@ pub async fn run_attempt(
         ));
     }
 
-    if pending.iter().any(|vm| vm.role == Role::Master) {
-        delete_services(master, backend, log).await;
-    }
+    let services = if pending.iter().any(|vm| vm.role == Role::Master) {
+        Some(delete_services(master, backend, log).await)
+    } else {
+        None
+    };
 
     let results: Vec<(Vm<'_>, Deletion)> = stream::iter(pending.iter().copied())
         .map(|vm| async move {
@@ -182,10 +187,12 @@ pub async fn run_attempt(
         .await;
 
     let mut deleted = Vec::new();
+    let mut already_gone = Vec::new();
     let mut errors = Vec::new();
     for (vm, result) in results {
         match result {
-            Deletion::Deleted | Deletion::AlreadyGone => deleted.push(vm.id.to_string()),
+            Deletion::Deleted => deleted.push(vm.id.to_string()),
+            Deletion::AlreadyGone => already_gone.push(vm.id.to_string()),
             Deletion::Failed(error) => errors.push(DeletionError {
                 lab_request_id: vm.id.to_string(),
                 error,
@@ -193,7 +200,7 @@ pub async fn run_attempt(
         }
     }
     let outcome = Outcome {
-        successful_deletions: deleted.len(),
+        successful_deletions: deleted.len() + already_gone.len(),
         failed_deletions: errors.len(),
         errors,
     };
@@ -220,15 +227,21 @@ pub async fn run_attempt(
         );
     }
 
-    AttemptResult { deleted, outcome }
+    AttemptResult {
+        deleted,
+        already_gone,
+        outcome,
+        services,
+    }
 }
 
-async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Logger) {
+async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Logger) -> Deletion {
     log.log(
         Level::Info,
         &format!("Deleting exposed services for master lab {master}"),
     );
-    match classify_deletion(backend.delete_exposed_services(master).await) {
+    let result = classify_deletion(backend.delete_exposed_services(master).await);
+    match &result {
         Deletion::Deleted => log.log(Level::Info, "✅ Exposed services deleted"),
         Deletion::AlreadyGone => log.log(
             Level::Info,
@@ -241,6 +254,19 @@ async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Log
             ),
         ),
     }
+    result
+}
+
+/// The error line for a completed lab whose every call answered 404 (see
+/// `Session::every_call_answered_404`): the VMs count as deleted, but the backend may be
+/// misconfigured.
+pub fn all_404_line(session: &Session) -> String {
+    format!(
+        "❌ Every backend call for lab {} answered 404 (the services call and all {} VM{}); they count as already deleted, but the backend may be misconfigured: check that BACKEND_URL points at the lab backend's base path",
+        session.lab_request_id,
+        session.vm_count(),
+        plural(session.vm_count())
+    )
 }
 
 /// The line that says when the next attempt is, for a session that `finish_attempt` has just
@@ -361,6 +387,13 @@ mod tests {
         }
     }
 
+    fn deleted(ids: &[&str]) -> AttemptResult {
+        AttemptResult {
+            deleted: ids.iter().map(|id| id.to_string()).collect(),
+            ..AttemptResult::default()
+        }
+    }
+
     fn session(workers: &[&str]) -> Session {
         let mut s = Session::schedule(
             NewSession {
@@ -474,7 +507,9 @@ mod tests {
         );
         let log = Lines::default();
         let r = block_on(run_attempt(&s, &backend, &log, 6));
-        assert_eq!(r.deleted, vec!["w3"]);
+        assert!(r.deleted.is_empty());
+        assert_eq!(r.already_gone, vec!["w3"]);
+        assert_eq!(r.services, Some(Deletion::Deleted));
         assert_eq!(r.outcome.successful_deletions, 1);
         assert_eq!(r.outcome.failed_deletions, 3);
         let mut errors: Vec<_> = r
@@ -507,16 +542,12 @@ mod tests {
     #[test]
     fn a_retry_touches_only_undeleted_vms_and_skips_services_once_master_is_gone() {
         let mut s = session(&["w1", "w2"]);
-        s.finish_attempt(
-            &["k8s-master-abc-123".into(), "w2".into()],
-            Outcome::default(),
-            60_001,
-            300_000,
-        );
+        s.finish_attempt(&deleted(&["k8s-master-abc-123", "w2"]), 60_001, 360_001);
         s.begin_attempt(360_000, 300_000);
         let backend = FakeBackend::default();
         let log = Lines::default();
         let r = block_on(run_attempt(&s, &backend, &log, 6));
+        assert_eq!(r.services, None, "no services call once the master is gone");
         assert_eq!(backend.calls(), vec!["delete w1 user-456"]);
         assert_eq!(r.deleted, vec!["w1"]);
         assert!(log
@@ -527,7 +558,7 @@ mod tests {
     #[test]
     fn a_retry_with_the_master_pending_repeats_the_services_call() {
         let mut s = session(&["w1"]);
-        s.finish_attempt(&["w1".into()], Outcome::default(), 60_001, 300_000);
+        s.finish_attempt(&deleted(&["w1"]), 60_001, 360_001);
         s.begin_attempt(360_000, 300_000);
         let backend = FakeBackend::default();
         block_on(run_attempt(&s, &backend, &Lines::default(), 6));
@@ -543,16 +574,41 @@ mod tests {
     #[test]
     fn retry_line_names_time_attempt_and_pending_vms() {
         let mut s = session(&["w1", "w2"]);
-        s.finish_attempt(
-            &["k8s-master-abc-123".into()],
-            Outcome::default(),
-            61_000,
-            300_000,
-        );
+        s.finish_attempt(&deleted(&["k8s-master-abc-123"]), 61_000, 361_000);
         assert_eq!(
             retry_line(&s, 300),
             "🔁 Retry scheduled for lab k8s-master-abc-123: attempt 2 at 1970-01-01T00:06:01.000Z (in 300 s); 2 VMs pending: w1, w2"
         );
+    }
+
+    #[test]
+    fn a_lab_answered_404_everywhere_is_flagged() {
+        let mut s = session(&["w1"]);
+        let backend = FakeBackend::default();
+        backend.services.borrow_mut().push(reply(404));
+        backend.script("k8s-master-abc-123", vec![reply(404)]);
+        backend.script("w1", vec![reply(404)]);
+        let r = block_on(run_attempt(&s, &backend, &Lines::default(), 6));
+        assert_eq!(r.services, Some(Deletion::AlreadyGone));
+        s.finish_attempt(&r, 61_000, 361_000);
+        assert_eq!(s.status, crate::lab::session::Status::Completed);
+        assert!(s.deleted.is_empty());
+        assert_eq!(s.already_gone.len(), 2);
+        assert!(s.every_call_answered_404());
+        assert_eq!(
+            all_404_line(&s),
+            "❌ Every backend call for lab k8s-master-abc-123 answered 404 (the services call and all 2 VMs); they count as already deleted, but the backend may be misconfigured: check that BACKEND_URL points at the lab backend's base path"
+        );
+
+        // One VM answered 2xx: the backend is there; 404 for the rest is believable.
+        let mut s = session(&["w1"]);
+        let backend = FakeBackend::default();
+        backend.services.borrow_mut().push(reply(404));
+        backend.script("w1", vec![reply(404)]);
+        let r = block_on(run_attempt(&s, &backend, &Lines::default(), 6));
+        s.finish_attempt(&r, 61_000, 361_000);
+        assert_eq!(s.status, crate::lab::session::Status::Completed);
+        assert!(!s.every_call_answered_404());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
+use crate::lab::cleanup::{AttemptResult, Deletion};
+
 /// A validated request to schedule a lab's cleanup: what the router forwards to the
 /// `SessionManager` object named by `lab_request_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,8 +106,16 @@ pub struct Session {
     pub status: Status,
     /// Cleanup attempts started so far.
     pub attempts: u32,
-    /// VM ids confirmed deleted (2xx or 404), never deleted again.
+    /// VM ids the backend confirmed deleting (2xx), never deleted again.
     pub deleted: Vec<String>,
+    /// VM ids the backend answered 404 for: already gone, never asked again. Kept apart from
+    /// `deleted` because a backend at the wrong base path answers 404 to everything.
+    #[serde(default)]
+    pub already_gone: Vec<String>,
+    /// Whether the last services call answered 404 (with every VM gone too: a misconfigured
+    /// backend, most likely).
+    #[serde(default)]
+    pub services_answered_404: bool,
     pub next_attempt_at_ms: Option<i64>,
     pub last_outcome: Option<Outcome>,
     pub completed_at_ms: Option<i64>,
@@ -143,6 +153,8 @@ impl Session {
             status: Status::Scheduled,
             attempts: 0,
             deleted: Vec::new(),
+            already_gone: Vec::new(),
+            services_answered_404: false,
             next_attempt_at_ms: None,
             last_outcome: None,
             completed_at_ms: None,
@@ -176,11 +188,23 @@ impl Session {
         1 + self.worker_lab_request_ids.len()
     }
 
-    /// The VMs not yet confirmed deleted, master first.
+    /// Whether the VM `id` is confirmed deleted or already gone.
+    pub fn is_done(&self, id: &str) -> bool {
+        self.deleted
+            .iter()
+            .chain(&self.already_gone)
+            .any(|d| d == id)
+    }
+
+    /// The VMs not yet confirmed deleted or gone, master first.
     pub fn pending(&self) -> Vec<Vm<'_>> {
-        self.vms()
-            .filter(|vm| !self.deleted.iter().any(|d| d == vm.id))
-            .collect()
+        self.vms().filter(|vm| !self.is_done(vm.id)).collect()
+    }
+
+    /// Whether every call of a completed lab answered 404: the services call and every VM. A
+    /// backend at the wrong base path answers exactly that, so it deserves an error line.
+    pub fn every_call_answered_404(&self) -> bool {
+        self.status == Status::Completed && self.deleted.is_empty() && self.services_answered_404
     }
 
     /// Whether the lab's time is up at `now_ms`: no VM may be deleted before this.
@@ -197,28 +221,30 @@ impl Session {
     }
 
     /// Records what an attempt deleted and how it went, and moves to `Completed` when no VM is
-    /// left, or to `Retrying` with the next attempt `retry_ms` after `now_ms` (the attempt's end,
-    /// so a slow attempt does not eat into the pause between attempts).
-    pub fn finish_attempt(
-        &mut self,
-        deleted_now: &[String],
-        outcome: Outcome,
-        now_ms: i64,
-        retry_ms: i64,
-    ) {
-        for id in deleted_now {
-            if !self.deleted.contains(id) && self.vms().any(|vm| vm.id == id) {
+    /// left, or to `Retrying` with the next attempt at `next_attempt_at_ms` (the retry policy
+    /// decides when; see `lab::retry`).
+    pub fn finish_attempt(&mut self, result: &AttemptResult, now_ms: i64, next_attempt_at_ms: i64) {
+        for id in &result.deleted {
+            if !self.is_done(id) && self.vms().any(|vm| vm.id == id) {
                 self.deleted.push(id.clone());
             }
         }
-        self.last_outcome = Some(outcome);
+        for id in &result.already_gone {
+            if !self.is_done(id) && self.vms().any(|vm| vm.id == id) {
+                self.already_gone.push(id.clone());
+            }
+        }
+        if let Some(services) = &result.services {
+            self.services_answered_404 = *services == Deletion::AlreadyGone;
+        }
+        self.last_outcome = Some(result.outcome.clone());
         if self.pending().is_empty() {
             self.status = Status::Completed;
             self.completed_at_ms = Some(now_ms);
             self.next_attempt_at_ms = None;
         } else {
             self.status = Status::Retrying;
-            self.next_attempt_at_ms = Some(now_ms.saturating_add(retry_ms));
+            self.next_attempt_at_ms = Some(next_attempt_at_ms);
         }
     }
 
@@ -326,6 +352,7 @@ impl Session {
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at_ms.map(rfc3339),
             deleted: &self.deleted,
+            already_gone: &self.already_gone,
             pending,
             last_outcome: self.last_outcome.as_ref(),
             completed_at: self.completed_at_ms.map(rfc3339),
@@ -361,7 +388,10 @@ pub struct SessionView<'a> {
     pub expires_at: String,
     pub attempts: u32,
     pub next_attempt_at: Option<String>,
+    /// VMs the backend confirmed deleting (2xx).
     pub deleted: &'a [String],
+    /// VMs the backend answered 404 for (already gone; not asked again).
+    pub already_gone: &'a [String],
     pub pending: Vec<&'a str>,
     pub last_outcome: Option<&'a Outcome>,
     pub completed_at: Option<String>,
@@ -386,6 +416,13 @@ mod tests {
     use serde_json::json;
 
     const T0: i64 = 1_795_000_000_000; // 2026-11-18T...Z
+
+    fn deleted(ids: &[&str]) -> AttemptResult {
+        AttemptResult {
+            deleted: ids.iter().map(|id| id.to_string()).collect(),
+            ..AttemptResult::default()
+        }
+    }
 
     fn new_session(workers: &[&str]) -> NewSession {
         NewSession {
@@ -439,10 +476,12 @@ mod tests {
             }],
         };
         s.finish_attempt(
-            &["m".into(), "w2".into()],
-            outcome.clone(),
+            &AttemptResult {
+                outcome: outcome.clone(),
+                ..deleted(&["m", "w2"])
+            },
             T0 + 20,
-            300_000,
+            T0 + 300_020,
         );
         assert_eq!(s.status, Status::Retrying);
         assert_eq!(s.next_attempt_at_ms, Some(T0 + 300_020));
@@ -453,7 +492,7 @@ mod tests {
         assert_eq!(s.last_outcome, Some(outcome));
 
         s.begin_attempt(T0 + 300_010, 300_000);
-        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 300_020, 300_000);
+        s.finish_attempt(&deleted(&["w1"]), T0 + 300_020, T0 + 600_020);
         assert_eq!(s.status, Status::Completed);
         assert_eq!(s.attempts, 2);
         assert_eq!(s.completed_at_ms, Some(T0 + 300_020));
@@ -465,12 +504,7 @@ mod tests {
     fn finish_ignores_unknown_and_repeated_ids() {
         let mut s = Session::schedule(new_session(&["w1"]), T0, 1);
         s.begin_attempt(T0, 1);
-        s.finish_attempt(
-            &["m".into(), "m".into(), "zzz".into()],
-            Outcome::default(),
-            T0,
-            1,
-        );
+        s.finish_attempt(&deleted(&["m", "m", "zzz"]), T0, T0 + 1);
         assert_eq!(s.deleted, vec!["m"]);
         assert_eq!(s.status, Status::Retrying);
     }
@@ -504,12 +538,12 @@ mod tests {
 
         s.begin_attempt(T0 + 10, 300_000);
         assert!(!s.end_now(T0 + 20), "a running cleanup is left alone");
-        s.finish_attempt(&["m".into()], Outcome::default(), T0 + 30, 300_000);
+        s.finish_attempt(&deleted(&["m"]), T0 + 30, T0 + 30 + 300_000);
         assert_eq!(s.alarm_at_ms(1), Some(T0 + 300_030));
         assert!(s.end_now(T0 + 40), "ending a retrying lab retries now");
         assert_eq!(s.alarm_at_ms(1), Some(T0 + 40));
         s.begin_attempt(T0 + 40, 300_000);
-        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 50, 300_000);
+        s.finish_attempt(&deleted(&["w1"]), T0 + 50, T0 + 50 + 300_000);
         assert!(!s.end_now(T0 + 60));
         assert_eq!(
             s.alarm_at_ms(1_000),
@@ -559,7 +593,7 @@ mod tests {
             AlarmAction::Attempt,
             "resume a cut-short attempt"
         );
-        s.finish_attempt(&["m".into()], Outcome::default(), T0 + 61_000, 5_000);
+        s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 61_000 + 5_000);
         assert_eq!(
             s.on_alarm(T0 + 62_000, 1_000),
             AlarmAction::Early { at_ms: T0 + 66_000 }
@@ -567,7 +601,7 @@ mod tests {
         assert_eq!(s.on_alarm(T0 + 66_000, 1_000), AlarmAction::Attempt);
 
         s.begin_attempt(T0 + 66_000, 5_000);
-        s.finish_attempt(&["w1".into()], Outcome::default(), T0 + 67_000, 5_000);
+        s.finish_attempt(&deleted(&["w1"]), T0 + 67_000, T0 + 67_000 + 5_000);
         assert_eq!(
             s.on_alarm(T0 + 67_500, 1_000),
             AlarmAction::AwaitPurge { at_ms: T0 + 68_000 }
@@ -605,6 +639,7 @@ mod tests {
                 "attempts": 0,
                 "next_attempt_at": null,
                 "deleted": [],
+                "already_gone": [],
                 "pending": ["m", "w1"],
                 "last_outcome": null,
                 "completed_at": null,

@@ -5,7 +5,9 @@ use std::time::Duration;
 use futures::future::{select, Either};
 use serde_json::json;
 use wasm_bindgen::JsValue;
-use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{
+    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
+};
 
 use crate::config::Config;
 use crate::lab::cleanup::{BackendError, BackendReply, LabBackend, Level, Logger};
@@ -54,7 +56,11 @@ impl HttpLabBackend {
                     .map_err(network)?;
             }
             let mut init = RequestInit::new();
+            // A redirect is an answer, not a success: followed, a 3xx to a page that answers 200
+            // would count as deleted (a wrong BACKEND_URL, a login page). Manual mode hands the
+            // 3xx back, and the classifier counts it as failed.
             init.with_method(method)
+                .with_redirect(RequestRedirect::Manual)
                 .with_headers(headers)
                 .with_body(Some(JsValue::from_str(&body.to_string())));
             let request = Request::new_with_init(&url, &init).map_err(network)?;

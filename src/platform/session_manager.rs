@@ -52,7 +52,10 @@ enum Found {
 
 impl SessionManager {
     fn config(&self) -> std::result::Result<Config, ApiError> {
-        Ok(Config::from_env(&self.env)?)
+        Config::from_env(&self.env).map_err(|e| {
+            console_error!("[config] {}", e.detail());
+            ApiError::from(e)
+        })
     }
 
     /// Loads the session. A lab the TypeScript worker scheduled (its keys, no `session` record)
@@ -254,8 +257,9 @@ impl SessionManager {
                 // Never give up on a lab: say what is wrong and look again later.
                 let retry_at = now + (DEFAULT_CLEANUP_RETRY_SECONDS * 1000) as i64;
                 console_error!(
-                    "{LOG_PREFIX} Alarm for lab {}: configuration error: {e}; looking again at {}",
+                    "{LOG_PREFIX} Alarm for lab {}: configuration error: {}; looking again at {}",
                     session.lab_request_id,
+                    e.detail(),
                     rfc3339(retry_at)
                 );
                 return store
@@ -304,7 +308,11 @@ impl SessionManager {
             let backend = HttpLabBackend::new(&config);
             cleanup::run_attempt(&session, &backend, &ConsoleLogger, concurrency).await
         };
-        session.finish_attempt(&result.deleted, result.outcome, now_ms(), config.retry_ms());
+        let done_at = now_ms();
+        session.finish_attempt(&result, done_at, done_at.saturating_add(config.retry_ms()));
+        if session.every_call_answered_404() {
+            ConsoleLogger.log(Level::Error, &cleanup::all_404_line(&session));
+        }
         if session.status == Status::Retrying {
             ConsoleLogger.log(
                 Level::Warn,

@@ -271,13 +271,95 @@ pub fn not_found_counts_as_deleted(ctx: &Ctx) {
         Action::Status { status: 404 },
     ));
     create_ok(ctx, &lab(m, "user-g", 2, &[w]));
+    // The status lists the 404 apart from the deletions.
+    let v = poll_status(ctx, m, 15, |v| v["status"] == "completed");
+    assert_eq!(v["deleted"], json!([m]));
+    assert_eq!(v["already_gone"], json!([w]));
+    assert_eq!(v["pending"], json!([]));
     let calls = wait_exactly(ctx, &[m, w], 3, 15, RETRY_SECONDS + 2);
     assert!(calls
         .iter()
         .any(|c| key(c) == (Endpoint::DeleteVm, w) && c.status == Some(404)));
-    assert!(ctx.worker.log().contains(&format!(
+    let log = ctx.worker.log();
+    assert!(log.contains(&format!(
         "✅ worker VM already deleted, backend answered 404 ({w})"
     )));
+    // Not every call answered 404: no misconfiguration error for this lab.
+    assert!(!log.contains(&format!("Every backend call for lab {m} answered 404")));
+}
+
+/// A backend that answers 404 to everything (e.g. `BACKEND_URL` with a wrong base path): the VMs
+/// count as already gone, and an error line says the backend may be misconfigured.
+pub fn all_404_is_flagged_as_a_possible_misconfiguration(ctx: &Ctx) {
+    let (m, w) = ("all404-master", "all404-worker");
+    for id in [m, w] {
+        ctx.mock.add_fault(Fault {
+            lab_request_id: id.into(),
+            endpoint: None,
+            action: Action::Status { status: 404 },
+            times: None,
+        });
+    }
+    create_ok(ctx, &lab(m, "user-404", 2, &[w]));
+    let v = poll_status(ctx, m, 15, |v| v["status"] == "completed");
+    assert_eq!(v["deleted"], json!([]));
+    let mut gone: Vec<String> = serde_json::from_value(v["already_gone"].clone()).unwrap();
+    gone.sort();
+    assert_eq!(gone, vec![m.to_string(), w.to_string()]);
+    wait_log(
+        ctx,
+        &format!(
+            "❌ Every backend call for lab {m} answered 404 (the services call and all 2 VMs)"
+        ),
+        5,
+    );
+    assert!(ctx
+        .worker
+        .log()
+        .lines()
+        .any(|l| l.contains("[ERROR]") && l.contains(&format!("Every backend call for lab {m}"))));
+}
+
+/// A 3xx is an answer, not a success: the redirect is not followed, the VM counts as failed and is
+/// retried (a redirect to a page that answers 200 must never count as deleted).
+pub fn redirects_are_not_followed_and_count_as_failed(ctx: &Ctx) {
+    let (m, w) = ("redirect-master", "redirect-worker");
+    for status in [302, 307] {
+        ctx.mock.add_fault(
+            Fault::on(
+                w,
+                Endpoint::DeleteVm,
+                Action::Redirect {
+                    status,
+                    location: mock_backend::LANDING_PATH.into(),
+                },
+            )
+            .times(1),
+        );
+    }
+    create_ok(ctx, &lab(m, "user-r", 2, &[w]));
+    let v = poll_status(ctx, m, 15, |v| v["attempts"].as_u64() >= Some(2));
+    assert!(
+        v["last_outcome"]["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("backend answered 30")),
+        "{v}"
+    );
+    poll_status(ctx, m, 20, |v| v["status"] == "completed");
+    let calls = wait_exactly(ctx, &[m, w], 5, 20, RETRY_SECONDS + 1);
+    let statuses: Vec<_> = calls
+        .iter()
+        .filter(|c| key(c) == (Endpoint::DeleteVm, w))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, vec![Some(302), Some(307), Some(200)]);
+    assert!(
+        ctx.mock
+            .calls()
+            .iter()
+            .all(|c| c.path != mock_backend::LANDING_PATH),
+        "a redirect was followed"
+    );
 }
 
 /// Several VM failures at once (500, 503, 429, timeout, reset): each retried until deleted,

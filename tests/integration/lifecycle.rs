@@ -36,22 +36,8 @@ fn create(ctx: &Ctx, id: &str, duration: u64, workers: &[&str]) -> Value {
     r.json()
 }
 
-/// Polls `GET` until `done(body)` holds; returns the last body.
 fn poll(ctx: &Ctx, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = get(ctx, id);
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "session {id} never reached the state; last: {v}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    poll_status(ctx, id, secs, done)
 }
 
 /// scheduled -> retrying -> completed, with the right counts at each step.

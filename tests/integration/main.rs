@@ -36,6 +36,10 @@ const LAST: &[(&str, MutTestFn)] = &[
     ("backend_down_then_back", security::backend_down_then_back),
     ("dry_run_makes_no_call", security::dry_run_makes_no_call),
     (
+        "a_broken_setting_is_not_ready_and_never_echoed",
+        security::a_broken_setting_is_not_ready_and_never_echoed,
+    ),
+    (
         "missing_api_token_fails_closed",
         security::missing_api_token_fails_closed,
     ),
@@ -58,6 +62,14 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "not_found_counts_as_deleted",
         cleanup::not_found_counts_as_deleted,
+    ),
+    (
+        "all_404_is_flagged_as_a_possible_misconfiguration",
+        cleanup::all_404_is_flagged_as_a_possible_misconfiguration,
+    ),
+    (
+        "redirects_are_not_followed_and_count_as_failed",
+        cleanup::redirects_are_not_followed_and_count_as_failed,
     ),
     (
         "mixed_faults_all_end_deleted",

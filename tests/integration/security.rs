@@ -665,6 +665,42 @@ pub fn missing_api_token_fails_closed(ctx: &mut Ctx) {
         .worker
         .raw("GET", &format!("{SESSIONS}/closed-lab"), &[], b"");
     assert_eq!(r.status, 503);
+    // Not ready: a load balancer or a smoke test catches it.
+    let health = ctx.worker.unauthenticated("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json(), json!({"status": "not_configured"}));
+}
+
+/// A mistyped setting: `/healthz` answers 503 naming nothing, the API's 503 names the setting but
+/// never its value (the caller may be anyone), and the value is in the worker's log only.
+pub fn a_broken_setting_is_not_ready_and_never_echoed(ctx: &mut Ctx) {
+    ctx.worker
+        .restart_with(&[("CLEANUP_RETRY_SECONDS", "five-ish")], &[]);
+    let health = ctx.worker.unauthenticated("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json(), json!({"status": "not_configured"}));
+    for r in [
+        ctx.worker
+            .unauthenticated("GET", &format!("{SESSIONS}/x"), &[], b""),
+        ctx.worker.create(&lab("broken-setting-lab")),
+    ] {
+        assert_eq!(r.status, 503, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "not_configured");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("CLEANUP_RETRY_SECONDS"), "{message}");
+        assert!(!message.contains("five-ish"), "value echoed: {message}");
+    }
+    wait_log(
+        ctx,
+        "[config] CLEANUP_RETRY_SECONDS must be a whole number from 1 to 86400 (got \"five-ish\")",
+        10,
+    );
+    // Back to a working configuration for the tests that follow.
+    ctx.worker.restart_with(
+        &[("CLEANUP_RETRY_SECONDS", &RETRY_SECONDS.to_string())],
+        &[],
+    );
     assert_eq!(
         ctx.worker
             .unauthenticated("GET", "/healthz", &[], b"")

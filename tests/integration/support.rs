@@ -473,3 +473,23 @@ pub fn assert_authorized(calls: &[Call]) {
         );
     }
 }
+
+/// Polls `GET /api/v1/labs/sessions/{id}` until `done(body)` holds; returns that body.
+pub fn poll_status(ctx: &Ctx, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = ctx
+            .worker
+            .raw("GET", &format!("/api/v1/labs/sessions/{id}"), &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session {id} never reached the state; last: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -43,7 +43,13 @@ pub enum Action {
     Hang { ms: u64 },
     /// Send a response head promising a body, part of it, then close the connection.
     Reset,
+    /// Answer with a redirect (`status`, e.g. 302 or 307) to `location`. `/__mock/landing`
+    /// answers 200 to anything and is recorded, so a client that follows shows up.
+    Redirect { status: u16, location: String },
 }
+
+/// A path that answers 200 to any method, and is recorded as a call: the target of redirects.
+pub const LANDING_PATH: &str = "/__mock/landing";
 
 /// A fault for one lab id: applied to its next `times` calls (forever if `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,6 +326,11 @@ enum Plan {
     Reset {
         wait_ms: u64,
     },
+    Redirect {
+        status: u16,
+        location: String,
+        wait_ms: u64,
+    },
 }
 
 /// Serves one request; returns whether the connection may be reused.
@@ -328,6 +339,25 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
 
+    if path == LANDING_PATH {
+        let mut state = shared.lock();
+        let seq = state.calls.len() as u64 + 1;
+        state.calls.push(Call {
+            seq,
+            at_ms: now_ms(),
+            done_ms: now_ms(),
+            method: method.clone(),
+            path: path.clone(),
+            endpoint: None,
+            lab_request_id: None,
+            user_id: None,
+            authorization: request.header("Authorization").map(str::to_string),
+            status: Some(200),
+        });
+        shared.changed.notify_all();
+        drop(state);
+        return write_json(writer, 200, &json!({"status": "ok", "landing": true})).is_ok();
+    }
     if let Some(control) = path.strip_prefix("/__mock/") {
         let (status, body) = control_request(&method, control, &request.body, shared);
         return write_json(writer, status, &body).is_ok();
@@ -385,10 +415,15 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
                 }
                 Some(Action::Hang { ms }) => Plan::Hang { ms },
                 Some(Action::Reset) => Plan::Reset { wait_ms: latency },
+                Some(Action::Redirect { status, location }) => Plan::Redirect {
+                    status,
+                    location,
+                    wait_ms: latency,
+                },
             },
         };
         let status = match &plan {
-            Plan::Answer { status, .. } => Some(*status),
+            Plan::Answer { status, .. } | Plan::Redirect { status, .. } => Some(*status),
             _ => None,
         };
         state.calls.push(Call {
@@ -419,6 +454,17 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
         Plan::Hang { ms } => {
             thread::sleep(Duration::from_millis(ms));
             false
+        }
+        Plan::Redirect {
+            status,
+            location,
+            wait_ms,
+        } => {
+            thread::sleep(Duration::from_millis(wait_ms));
+            let answer = format!(
+                "HTTP/1.1 {status} Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            );
+            writer.write_all(answer.as_bytes()).is_ok() && writer.flush().is_ok()
         }
         Plan::Reset { wait_ms } => {
             thread::sleep(Duration::from_millis(wait_ms));
@@ -619,6 +665,30 @@ mod tests {
         assert_eq!(delete(&mock, "h"), 0);
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(mock.calls_for("r")[0].status, None);
+    }
+
+    #[test]
+    fn redirects_point_at_a_recorded_landing() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        mock.add_fault(
+            Fault::on(
+                "r",
+                Endpoint::DeleteVm,
+                Action::Redirect {
+                    status: 307,
+                    location: LANDING_PATH.into(),
+                },
+            )
+            .times(1),
+        );
+        assert_eq!(delete(&mock, "r"), 307);
+        let addr = mock.addr().to_string();
+        let r = json_request(&addr, "POST", LANDING_PATH, &json!({})).unwrap();
+        assert_eq!(r.status, 200);
+        let calls = mock.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].status, Some(307));
+        assert_eq!(calls[1].path, LANDING_PATH);
     }
 
     #[test]

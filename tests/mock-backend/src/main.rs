@@ -14,7 +14,9 @@ otherwise, and prints one line per call. Control endpoints:
   POST /__mock/faults   add a fault, e.g.
        {\"lab_request_id\": \"k8s-worker-1-def-456\", \"endpoint\": \"delete_vm\",
         \"action\": {\"kind\": \"status\", \"status\": 500}, \"times\": 2}
-       kinds: status{status}, delay{ms}, hang{ms}, reset; endpoint: expose | delete_vm | null (both)
+       kinds: status{status}, delay{ms}, hang{ms}, reset, redirect{status, location}
+       (location /__mock/landing answers 200 and is recorded); endpoint: expose | delete_vm |
+       null (both)
   POST /__mock/reset    forget calls and faults";
 
 fn main() {
