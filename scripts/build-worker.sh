@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A deploy goes through scripts/deploy.sh, which checks the settings and secrets first; a bare
+# `wrangler deploy` (which runs this build) is refused so that a broken configuration never ships.
+if [ "${WRANGLER_COMMAND:-}" = deploy ] && [ -z "${LABS_CLEANUP_DEPLOY_CHECKED:-}" ]; then
+  echo "build-worker: deploy with 'bash scripts/deploy.sh production' (or staging); it checks the" >&2
+  echo "settings and secrets first. A bare 'wrangler deploy' is refused." >&2
+  exit 1
+fi
+
 # LABS_CLEANUP_SKIP_BUILD=1 reuses an existing build/ (a second `wrangler dev` started while the
 # first one runs; a deploy of a build made earlier without secrets).
 if [ "${LABS_CLEANUP_SKIP_BUILD:-0}" = 1 ] && [ -f build/worker/shim.mjs ]; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Formatting and lints, as CI checks them.
+# Formatting, lints and the workflow schema, as CI checks them (scripts/setup.sh installs the tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The GitHub workflows against the GitHub workflow schema (vendored in check-jsonschema: offline).
+.tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml

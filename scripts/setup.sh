@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs everything the build, the local run and the tests need, pinned, on a machine that has
-# Rust (rustup) and Node.js 20 and nothing else. Each step is a quick no-op once done.
+# Installs everything the build, the local run and the tests need, pinned. Needs Rust (rustup),
+# Node.js 20 and Python 3 (with venv) on the machine; installs the rest itself. Each step is a
+# quick no-op once done.
+#   bash scripts/setup.sh            everything (build, run, test)
+#   bash scripts/setup.sh --deploy   only what a build and a deploy need (no test tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 WORKER_BUILD_VERSION=0.8.7
 SCHEMATHESIS_VERSION=4.32.5
+CHECK_JSONSCHEMA_VERSION=0.39.0
 # wasm-bindgen-cli must be exactly the wasm-bindgen version that Cargo.lock resolved.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+DEPLOY_ONLY=0
+[ "${1:-}" = --deploy ] && DEPLOY_ONLY=1
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -36,10 +42,19 @@ if [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.jso
 else
   npm ci --no-audit --no-fund
 fi
-step "schemathesis $SCHEMATHESIS_VERSION (API fuzzing, in .tools/venv)"
-if [ "$(.tools/venv/bin/st --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ]; then
+
+if [ "$DEPLOY_ONLY" = 1 ]; then
+  echo
+  echo "setup done (deploy tools)"
+  exit 0
+fi
+
+step "Python test tools in .tools/venv: schemathesis $SCHEMATHESIS_VERSION (API fuzzing), check-jsonschema $CHECK_JSONSCHEMA_VERSION (workflow schema)"
+if [ "$(.tools/venv/bin/st --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ] ||
+   [ "$(.tools/venv/bin/check-jsonschema --version 2>/dev/null | awk '{print $NF}')" != "$CHECK_JSONSCHEMA_VERSION" ]; then
   python3 -m venv .tools/venv
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
 else
   echo "already installed"
 fi

@@ -42,6 +42,19 @@ impl From<crate::config::ConfigError> for ApiError {
 }
 
 impl ApiError {
+    /// Every error code, in the order `docs/openapi.yaml` lists them (a test checks the spec).
+    pub const CODES: &'static [&'static str] = &[
+        "invalid_request",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "payload_too_large",
+        "unsupported_media_type",
+        "not_configured",
+        "internal_error",
+    ];
+
     /// The stable error code clients can branch on.
     pub fn code(&self) -> &'static str {
         match self {
@@ -129,9 +142,15 @@ mod tests {
             ApiError::NotConfigured(String::new()),
             ApiError::Internal(String::new()),
         ];
-        for e in all {
+        for e in &all {
             assert!((400..600).contains(&e.status()), "{e:?}");
-            assert!(!e.code().is_empty());
+            assert!(ApiError::CODES.contains(&e.code()), "{e:?}");
         }
+        let mut codes: Vec<&str> = all.iter().map(ApiError::code).collect();
+        codes.push("method_not_allowed");
+        codes.sort_unstable();
+        let mut listed = ApiError::CODES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(codes, listed, "CODES lists every variant's code once");
     }
 }

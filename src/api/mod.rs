@@ -5,3 +5,6 @@ pub mod error;
 pub mod respond;
 pub mod routes;
 pub mod validation;
+
+#[cfg(test)]
+mod spec_tests;

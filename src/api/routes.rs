@@ -152,38 +152,4 @@ mod tests {
             assert_eq!(e.code(), "not_found", "{path}");
         }
     }
-
-    #[test]
-    fn openapi_spec_lists_exactly_the_served_routes() {
-        let spec = include_str!("../../docs/openapi.yaml");
-        let mut documented: Vec<(String, String)> = Vec::new();
-        let mut in_paths = false;
-        let mut current: Option<String> = None;
-        for line in spec.lines() {
-            if line.starts_with("paths:") {
-                in_paths = true;
-                continue;
-            }
-            if in_paths && !line.is_empty() && !line.starts_with(' ') {
-                break;
-            }
-            if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
-                current = Some(format!("/{p}"));
-            } else if let (Some(p), Some(m)) = (
-                &current,
-                line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')),
-            ) {
-                if ["get", "post", "put", "patch", "delete"].contains(&m) {
-                    documented.push((p.clone(), m.to_uppercase()));
-                }
-            }
-        }
-        let mut served: Vec<(String, String)> = ROUTES
-            .iter()
-            .flat_map(|(p, ms)| ms.iter().map(|m| (p.to_string(), m.to_string())))
-            .collect();
-        documented.sort();
-        served.sort();
-        assert_eq!(documented, served);
-    }
 }

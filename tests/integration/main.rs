@@ -7,6 +7,7 @@
 
 mod api;
 mod cleanup;
+mod deploy;
 mod legacy;
 mod lifecycle;
 mod security;
@@ -90,6 +91,10 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "browser_bodies_are_read_as_json_and_repeated_keys_refused",
         api::browser_bodies_are_read_as_json_and_repeated_keys_refused,
+    ),
+    (
+        "deploy_checks_refuse_a_configuration_that_would_not_work",
+        deploy::deploy_checks_refuse_a_configuration_that_would_not_work,
     ),
     (
         "legacy_labs_are_adopted_at_cutover",

@@ -1,0 +1,205 @@
+//! Checks `docs/openapi.yaml` and the documented examples against the code: one source of truth where the docs restate it.
+
+use std::collections::BTreeSet;
+
+use serde_yaml::Value;
+
+use crate::api::error::ApiError;
+use crate::api::routes::ROUTES;
+use crate::config;
+use crate::lab::session::{NewSession, Session};
+
+const SPEC: &str = include_str!("../../docs/openapi.yaml");
+const API_MD: &str = include_str!("../../docs/API.md");
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+fn spec() -> Value {
+    serde_yaml::from_str(SPEC).expect("docs/openapi.yaml is YAML")
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, key| {
+        v.get(*key)
+            .unwrap_or_else(|| panic!("docs/openapi.yaml has no {}", path.join(".")))
+    })
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_sequence()
+        .expect("a list")
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// The keys of the status view as the code serializes it.
+fn view_keys() -> BTreeSet<String> {
+    let session = Session::schedule(
+        NewSession {
+            lab_request_id: "m".into(),
+            user_id: "u".into(),
+            worker_lab_request_ids: vec![],
+            duration: 1,
+            vm_name: None,
+        },
+        0,
+        1,
+    );
+    serde_json::to_value(session.view())
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_spec_lists_exactly_the_served_routes() {
+    let spec = spec();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in get(&spec, &["paths"]).as_mapping().unwrap() {
+        for method in METHODS {
+            if item.get(method).is_some() {
+                documented.push((path.as_str().unwrap().into(), method.to_uppercase()));
+            }
+        }
+    }
+    let mut served: Vec<(String, String)> = ROUTES
+        .iter()
+        .flat_map(|(p, ms)| ms.iter().map(|m| (p.to_string(), m.to_string())))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+}
+
+#[test]
+fn every_operation_declares_the_answers_every_route_can_give() {
+    let spec = spec();
+    for (path, item) in get(&spec, &["paths"]).as_mapping().unwrap() {
+        let path = path.as_str().unwrap();
+        for method in METHODS {
+            let Some(op) = item.get(method) else { continue };
+            let responses = get(op, &["responses"]);
+            let mut must = vec!["405", "500", "503"];
+            if path.starts_with("/api/") {
+                must.push("401");
+            }
+            for status in must {
+                assert!(
+                    responses.get(status).is_some(),
+                    "{method} {path} does not declare {status}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_error_codes_are_those_of_the_code() {
+    let spec = spec();
+    let documented = get(
+        &spec,
+        &[
+            "components",
+            "schemas",
+            "Error",
+            "properties",
+            "error",
+            "properties",
+            "code",
+            "enum",
+        ],
+    );
+    let documented: Vec<&str> = documented
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(documented, ApiError::CODES);
+    // docs/API.md's error table has a row per code.
+    for code in ApiError::CODES {
+        assert!(
+            API_MD.contains(&format!("| `{code}` |")),
+            "docs/API.md has no row for {code}"
+        );
+    }
+}
+
+#[test]
+fn the_session_schema_is_the_status_view() {
+    let spec = spec();
+    let schema = get(&spec, &["components", "schemas", "Session"]);
+    let required = strings(get(schema, &["required"]));
+    let properties: BTreeSet<String> = get(schema, &["properties"])
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let view = view_keys();
+    assert_eq!(required, view, "Session.required");
+    assert_eq!(properties, view, "Session.properties");
+}
+
+#[test]
+fn the_documented_status_body_is_the_status_view() {
+    // The first JSON block after "## The session" in docs/API.md.
+    let section = API_MD
+        .split("## The session")
+        .nth(1)
+        .expect("docs/API.md has a section on the session");
+    let block = section
+        .split("```json")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a JSON example");
+    let example: serde_json::Value = serde_json::from_str(block).expect("the example is JSON");
+    let keys: BTreeSet<String> = example.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, view_keys());
+}
+
+#[test]
+fn limits_that_are_settings_carry_their_default() {
+    let defaults = [
+        ("MAX_DURATION_MINUTES", config::DEFAULT_MAX_DURATION_MINUTES),
+        ("MAX_WORKER_NODES", config::DEFAULT_MAX_WORKER_NODES as u64),
+    ];
+    let mut seen = 0;
+    let spec = spec();
+    visit(&spec, &mut |node| {
+        if let Some(setting) = node.get("x-setting").and_then(Value::as_str) {
+            let default = node
+                .get("x-default")
+                .and_then(Value::as_u64)
+                .unwrap_or_else(|| panic!("{setting} has no x-default"));
+            let (_, expected) = defaults
+                .iter()
+                .find(|(name, _)| *name == setting)
+                .unwrap_or_else(|| panic!("unknown setting {setting}"));
+            assert_eq!(default, *expected, "x-default of {setting}");
+            for fixed in ["maximum", "maxItems"] {
+                assert!(
+                    node.get(fixed).is_none(),
+                    "{setting} is a setting; the spec must not fix its {fixed}"
+                );
+            }
+            seen += 1;
+        }
+    });
+    assert!(
+        seen >= 3,
+        "duration, worker_nodes and minutes carry x-setting"
+    );
+}
+
+fn visit(v: &Value, f: &mut impl FnMut(&Value)) {
+    f(v);
+    match v {
+        Value::Mapping(m) => m.values().for_each(|v| visit(v, f)),
+        Value::Sequence(s) => s.iter().for_each(|v| visit(v, f)),
+        _ => {}
+    }
+}

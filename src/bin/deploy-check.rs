@@ -1,0 +1,276 @@
+//! `deploy-check`: refuses a deployment whose settings would not work, with the worker's own configuration rules.
+//!
+//! Usage: `deploy-check CONFIG.json SECRETS.json`, where CONFIG.json is what
+//! `node scripts/deploy-config.mjs <env>` prints (wrangler's own resolution of that environment)
+//! and SECRETS.json what `npx wrangler secret list --env <env>` prints. `scripts/deploy.sh` runs
+//! it before every deploy; it exits 1 when anything is wrong, saying what and how to fix it.
+
+use std::collections::BTreeMap;
+
+use labs_cleanup::config::Config;
+use serde::Deserialize;
+
+/// One environment of `wrangler.toml`, as `scripts/deploy-config.mjs` prints it.
+#[derive(Debug, Deserialize)]
+struct Deployment {
+    environment: String,
+    name: String,
+    #[serde(default)]
+    vars: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    durable_objects: Vec<DurableObjectBinding>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DurableObjectBinding {
+    name: String,
+    class_name: String,
+}
+
+/// One secret as `wrangler secret list` prints it (values are never shown).
+#[derive(Debug, Deserialize)]
+struct SecretName {
+    name: String,
+}
+
+/// Settings that are secrets: never in `[vars]`, only set with `wrangler secret put`.
+const SECRETS: &[&str] = &["API_TOKEN", "BACKEND_API_TOKEN"];
+
+/// What the check found: errors stop the deploy, warnings do not.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Report {
+    ok: Vec<String>,
+    warnings: Vec<String>,
+    errors: Vec<String>,
+}
+
+fn check(deployment: &Deployment, secrets: &[String]) -> Report {
+    let mut report = Report::default();
+    let env = &deployment.environment;
+    report.ok.push(format!(
+        "environment {env} deploys the worker {}",
+        deployment.name
+    ));
+
+    match deployment
+        .durable_objects
+        .iter()
+        .find(|b| b.name == "SESSION_MANAGER")
+    {
+        Some(b) if b.class_name == "SessionManager" => report
+            .ok
+            .push("binding SESSION_MANAGER -> class SessionManager".into()),
+        _ => report.errors.push(format!(
+            "[env.{env}] needs [[env.{env}.durable_objects.bindings]] name = \"SESSION_MANAGER\", class_name = \"SessionManager\" (bindings are not inherited from the top level)"
+        )),
+    }
+
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &deployment.vars {
+        if SECRETS.contains(&name.as_str()) {
+            report.errors.push(format!(
+                "{name} is in [env.{env}.vars], in plain text: remove it there and run `npx wrangler secret put {name} --env {env}`"
+            ));
+            continue;
+        }
+        match value {
+            serde_json::Value::String(text) => {
+                vars.insert(name.clone(), text.clone());
+            }
+            other => report.errors.push(format!(
+                "{name} in [env.{env}.vars] must be a string (got {other})"
+            )),
+        }
+    }
+
+    // Secret values cannot be read back; a stand-in lets the rules about the rest be checked.
+    let lookup = |name: &str| {
+        vars.get(name).cloned().or_else(|| {
+            secrets
+                .iter()
+                .any(|s| s == name)
+                .then(|| "set-as-a-secret".to_string())
+        })
+    };
+    match Config::from_lookup(lookup) {
+        Ok(config) => {
+            report.ok.push(format!(
+                "settings are valid; BACKEND_URL = {}",
+                config.backend_url
+            ));
+            if config.dry_run && env == "production" {
+                report.warnings.push(
+                    "DRY_RUN is \"true\" in production: every cleanup is only logged and no VM is deleted".into(),
+                );
+            }
+            if !config.dry_run && env == "staging" {
+                report
+                    .warnings
+                    .push("DRY_RUN is not \"true\" in staging: this copy deletes real VMs".into());
+            }
+        }
+        Err(e) => report.errors.push(format!(
+            "{} (set it in [env.{env}.vars] of wrangler.toml)",
+            e.detail()
+        )),
+    }
+
+    if secrets.iter().any(|s| s == "API_TOKEN") {
+        report.ok.push("secret API_TOKEN is set".into());
+    } else {
+        report.errors.push(format!(
+            "secret API_TOKEN is not set: the API would refuse every call. Run `npx wrangler secret put API_TOKEN --env {env}`"
+        ));
+    }
+    if secrets.iter().any(|s| s == "BACKEND_API_TOKEN") {
+        report.ok.push("secret BACKEND_API_TOKEN is set".into());
+    } else {
+        report.warnings.push(format!(
+            "secret BACKEND_API_TOKEN is not set: backend calls carry no Authorization header (`npx wrangler secret put BACKEND_API_TOKEN --env {env}` if the backend wants one)"
+        ));
+    }
+    report
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &str) -> T {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        eprintln!("deploy-check: cannot read {path}: {e}");
+        std::process::exit(2)
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        eprintln!("deploy-check: {path} is not what was expected: {e}");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [config_path, secrets_path] = args.as_slice() else {
+        eprintln!("usage: deploy-check CONFIG.json SECRETS.json");
+        std::process::exit(2)
+    };
+    let deployment: Deployment = read(config_path);
+    let secrets: Vec<SecretName> = read(secrets_path);
+    let secrets: Vec<String> = secrets.into_iter().map(|s| s.name).collect();
+    let report = check(&deployment, &secrets);
+    for line in &report.ok {
+        println!("  ✔ {line}");
+    }
+    for line in &report.warnings {
+        println!("  ! {line}");
+    }
+    for line in &report.errors {
+        println!("  ✘ {line}");
+    }
+    if !report.errors.is_empty() {
+        println!(
+            "\ndeploy-check: {} problem(s); nothing was deployed",
+            report.errors.len()
+        );
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(env: &str, vars: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "environment": env,
+            "name": "labs-cleanup",
+            "vars": vars,
+            "durable_objects": [{"name": "SESSION_MANAGER", "class_name": "SessionManager"}],
+        }))
+        .unwrap()
+    }
+
+    fn secrets(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_complete_production_passes() {
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com", "SUBREQUEST_LIMIT": "50"}),
+        );
+        let r = check(&d, &secrets(&["API_TOKEN", "BACKEND_API_TOKEN"]));
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert!(r.warnings.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn an_empty_backend_url_fails_loudly() {
+        let d = deployment("production", json!({"BACKEND_URL": ""}));
+        let r = check(&d, &secrets(&["API_TOKEN"]));
+        assert_eq!(
+            r.errors,
+            vec!["BACKEND_URL is not set (set it in [env.production.vars] of wrangler.toml)"]
+        );
+    }
+
+    #[test]
+    fn a_missing_api_token_and_a_bad_value_are_errors() {
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com", "MAX_WORKER_NODES": "60"}),
+        );
+        let r = check(&d, &[]);
+        assert_eq!(r.errors.len(), 2, "{r:?}");
+        assert!(r.errors[0].starts_with("MAX_WORKER_NODES must be at most"));
+        assert!(r.errors[0].contains("(got \"60\")"));
+        assert!(r.errors[1].starts_with("secret API_TOKEN is not set"));
+        assert_eq!(r.warnings.len(), 1);
+    }
+
+    #[test]
+    fn secrets_in_vars_and_missing_bindings_are_errors() {
+        let mut d = deployment(
+            "staging",
+            json!({"BACKEND_URL": "https://labs.example.com", "API_TOKEN": "oops", "DRY_RUN": "true"}),
+        );
+        d.durable_objects.clear();
+        let r = check(&d, &secrets(&["BACKEND_API_TOKEN"]));
+        assert!(r
+            .errors
+            .iter()
+            .any(|e| e.starts_with("[env.staging] needs")));
+        assert!(r
+            .errors
+            .iter()
+            .any(|e| e.starts_with("API_TOKEN is in [env.staging.vars], in plain text")));
+        assert!(!r.errors.iter().any(|e| e.contains("oops")));
+    }
+
+    #[test]
+    fn dry_run_mismatches_are_warnings() {
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com", "DRY_RUN": "true"}),
+        );
+        let r = check(&d, &secrets(&["API_TOKEN", "BACKEND_API_TOKEN"]));
+        assert!(r.errors.is_empty());
+        assert_eq!(r.warnings.len(), 1);
+        let d = deployment(
+            "staging",
+            json!({"BACKEND_URL": "https://labs.example.com"}),
+        );
+        let r = check(&d, &secrets(&["API_TOKEN", "BACKEND_API_TOKEN"]));
+        assert!(r.warnings[0].contains("deletes real VMs"));
+    }
+
+    #[test]
+    fn the_shipped_wrangler_toml_is_refused_until_filled_in() {
+        // What scripts/deploy-config.mjs prints for the shipped [env.production] (checked in
+        // scripts/deploy.sh against the real file): BACKEND_URL is empty on purpose.
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "", "CLEANUP_RETRY_SECONDS": "300", "SUBREQUEST_LIMIT": "50", "MAX_WORKER_NODES": "48"}),
+        );
+        let r = check(&d, &secrets(&["API_TOKEN"]));
+        assert_eq!(r.errors.len(), 1);
+        assert!(r.errors[0].starts_with("BACKEND_URL is not set"));
+    }
+}
