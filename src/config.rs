@@ -2,6 +2,9 @@
 
 use thiserror::Error;
 
+use crate::lab::retry::Policy;
+use crate::lab::wake::Timing;
+
 /// Default seconds between cleanup attempts while any VM is still undeleted.
 pub const DEFAULT_CLEANUP_RETRY_SECONDS: u64 = 300;
 /// Default seconds in one unit of `duration` (a minute). Tests shrink it; production never does.
@@ -27,6 +30,9 @@ pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 15;
 pub const DEFAULT_SUBREQUEST_LIMIT: u64 = 50;
 /// Backend calls of a cleanup attempt besides the workers': the master VM and the services call.
 pub const CALLS_BESIDES_WORKERS: u64 = 2;
+/// Default spread of first attempts after the expiry: a class that expires in the same second
+/// starts its cleanups over this many seconds (see docs/PERFORMANCE.md for the measurement).
+pub const DEFAULT_EXPIRY_SPREAD_SECONDS: u64 = 5;
 
 /// What can be wrong with the configuration.
 ///
@@ -86,6 +92,10 @@ pub struct Config {
     pub retention_unit_seconds: u64,
     /// Subrequests one invocation may make (the account's plan); bounds `max_worker_nodes`.
     pub subrequest_limit: u64,
+    /// `RETRY_POLICY`: adaptive (default) or fixed (the original behaviour, for comparison).
+    pub retry_policy: Policy,
+    /// First attempts start up to this long after the expiry, at random (adaptive policy).
+    pub expiry_spread_seconds: u64,
 }
 
 impl Config {
@@ -199,6 +209,20 @@ impl Config {
                 86_400,
             )?,
             subrequest_limit,
+            retry_policy: match get("RETRY_POLICY") {
+                None => Policy::Adaptive,
+                Some(raw) => Policy::parse(&raw).ok_or(ConfigError::Invalid {
+                    name: "RETRY_POLICY",
+                    expected: "\"adaptive\" or \"fixed\"".into(),
+                    value: Some(raw),
+                })?,
+            },
+            expiry_spread_seconds: number(
+                "EXPIRY_SPREAD_SECONDS",
+                DEFAULT_EXPIRY_SPREAD_SECONDS,
+                0,
+                3_600,
+            )?,
         })
     }
 
@@ -215,6 +239,18 @@ impl Config {
     /// Milliseconds a completed session's record is kept.
     pub fn retention_ms(&self) -> i64 {
         (self.retention_days * self.retention_unit_seconds * 1000) as i64
+    }
+
+    /// The timing settings of the object's alarm.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            retention_ms: self.retention_ms(),
+        }
+    }
+
+    /// Milliseconds over which first attempts are spread after the expiry.
+    pub fn expiry_spread_ms(&self) -> i64 {
+        (self.expiry_spread_seconds * 1000) as i64
     }
 
     /// Milliseconds in one unit of `duration`.
@@ -258,6 +294,8 @@ mod tests {
         assert_eq!(c.retention_ms(), 7 * 86_400_000);
         assert_eq!(c.retry_ms(), 300_000);
         assert_eq!(c.duration_ms(60), 3_600_000);
+        assert_eq!(c.retry_policy, Policy::Adaptive);
+        assert_eq!(c.expiry_spread_ms(), 5_000);
     }
 
     #[test]
@@ -270,8 +308,12 @@ mod tests {
             ("CLEANUP_CONCURRENCY", "1"),
             ("API_TOKEN", "api"),
             ("DRY_RUN", "true"),
+            ("RETRY_POLICY", "fixed"),
+            ("EXPIRY_SPREAD_SECONDS", "0"),
         ])
         .unwrap();
+        assert_eq!(c.retry_policy, Policy::Fixed);
+        assert_eq!(c.expiry_spread_ms(), 0);
         assert_eq!(c.api_token.as_deref(), Some("api"));
         assert!(c.dry_run);
         assert_eq!(c.backend_api_token.as_deref(), Some("s3cret"));
@@ -301,6 +343,8 @@ mod tests {
             ("CLEANUP_CONCURRENCY", "7"),
             ("BACKEND_TIMEOUT_SECONDS", "1.5"),
             ("DRY_RUN", "yes"),
+            ("RETRY_POLICY", "exponential"),
+            ("EXPIRY_SPREAD_SECONDS", "3601"),
         ] {
             let e = config(&[("BACKEND_URL", "http://x"), (name, value)]).unwrap_err();
             assert!(e.to_string().starts_with(name), "{e}");

@@ -1,11 +1,15 @@
 //! The cleanup engine: one attempt at deleting a lab's exposed services and its undeleted VMs.
 //!
-//! It knows nothing of the Workers runtime: the lab backend and the log sink come in as traits,
-//! so the same code runs on workerd and in native unit tests.
+//! It knows nothing of the Workers runtime: the lab backend, the log sink and the runtime (clock,
+//! randomness, sleeping) come in as traits, so the same code runs on workerd and in native unit
+//! tests.
+
+use std::cell::Cell;
 
 use futures::stream::{self, StreamExt};
 use thiserror::Error;
 
+use crate::lab::retry::{self, Ending, Policy};
 use crate::lab::session::{rfc3339, DeletionError, LabType, Outcome, Role, Session, Vm};
 
 /// Prefix of every log line, so the lines of this object are easy to filter in the dashboard.
@@ -14,19 +18,26 @@ pub const LOG_PREFIX: &str = "[SessionManager]";
 const MAX_BODY_SNIPPET: usize = 200;
 
 /// An HTTP answer from the lab backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackendReply {
     pub status: u16,
     pub body: String,
+    /// The `Retry-After` header, as sent.
+    pub retry_after: Option<String>,
 }
 
-/// A backend call that got no HTTP answer.
+/// A backend call that got no complete HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BackendError {
     #[error("no answer within {0} s (timed out)")]
     Timeout(u64),
+    /// The connection failed before any answer (refused, reset, DNS, TLS): the request may never
+    /// have reached the backend.
     #[error("network error: {0}")]
     Network(String),
+    /// An answer began (its status is known) and was cut off: no trustworthy answer.
+    #[error("network error: answer {status} cut short: {error}")]
+    CutShort { status: u16, error: String },
 }
 
 /// The two calls the cleanup makes on the lab backend.
@@ -42,6 +53,16 @@ pub trait LabBackend {
     ) -> Result<BackendReply, BackendError>;
 }
 
+/// What the engine needs from its surroundings besides the backend.
+#[allow(async_fn_in_trait)]
+pub trait Runtime {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+    /// A random number in `[0, 1)`.
+    fn random(&self) -> f64;
+    async fn sleep(&self, ms: u64);
+}
+
 /// Severity of a log line (maps to `console.log` / `console.warn` / `console.error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -55,14 +76,41 @@ pub trait Logger {
     fn log(&self, level: Level, message: &str);
 }
 
+/// How an attempt is to be run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptPlan {
+    pub policy: Policy,
+    /// VM deletions in flight at once.
+    pub concurrency: usize,
+    /// Backend calls this attempt may make beyond one per planned call (the reconnects), within
+    /// the invocation's subrequest limit.
+    pub spare_calls: usize,
+}
+
 /// What an attempt did: the VM ids the backend confirmed deleting and those it said were already
-/// gone, the outcome to store, and how the services call went (`None`: not made).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// gone, the outcome to store, how the services call went (`None`: not made), how the attempt
+/// ended (for the retry timing), and how many backend calls it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptResult {
     pub deleted: Vec<String>,
     pub already_gone: Vec<String>,
     pub outcome: Outcome,
     pub services: Option<Deletion>,
+    pub ending: Ending,
+    pub calls: usize,
+}
+
+impl Default for AttemptResult {
+    fn default() -> Self {
+        AttemptResult {
+            deleted: Vec::new(),
+            already_gone: Vec::new(),
+            outcome: Outcome::default(),
+            services: None,
+            ending: Ending::Failed,
+            calls: 0,
+        }
+    }
 }
 
 /// Whether one deletion (of a VM, or of the exposed services) counts as done.
@@ -72,15 +120,45 @@ pub enum Deletion {
     Deleted,
     /// The backend answered 404: the VM was already gone.
     AlreadyGone,
+    /// The backend is overloaded (429 or 503), and says when to come back if it sent a
+    /// `Retry-After`: to be retried, and no further call in this attempt.
+    Refused {
+        retry_after_ms: Option<i64>,
+        error: String,
+    },
     /// Anything else: to be retried.
     Failed(String),
 }
 
-/// Classifies a deletion call's result: 2xx and 404 are done, all else failed.
-pub fn classify_deletion(result: Result<BackendReply, BackendError>) -> Deletion {
+impl Deletion {
+    /// Whether the deletion counts as done (2xx or 404).
+    pub fn is_done(&self) -> bool {
+        matches!(self, Deletion::Deleted | Deletion::AlreadyGone)
+    }
+}
+
+/// Classifies a deletion call's result: 2xx and 404 are done; 429 and 503 are refusals (with
+/// their `Retry-After`, read at `now_ms`); all else failed. A 3xx is a failure: redirects are not
+/// followed.
+pub fn classify_deletion(result: Result<BackendReply, BackendError>, now_ms: i64) -> Deletion {
     match result {
         Ok(reply) if (200..300).contains(&reply.status) => Deletion::Deleted,
         Ok(reply) if reply.status == 404 => Deletion::AlreadyGone,
+        Ok(reply) if reply.status == 429 || reply.status == 503 => {
+            let retry_after_ms = reply
+                .retry_after
+                .as_deref()
+                .and_then(|v| retry::parse_retry_after(v, now_ms));
+            let mut error = describe_reply(&reply);
+            if let Some(ra) = &reply.retry_after {
+                let ra: String = ra.chars().filter(|c| !c.is_control()).take(40).collect();
+                error.push_str(&format!(" (Retry-After: {ra})"));
+            }
+            Deletion::Refused {
+                retry_after_ms,
+                error,
+            }
+        }
         Ok(reply) => Deletion::Failed(describe_reply(&reply)),
         Err(e) => Deletion::Failed(e.to_string()),
     }
@@ -102,23 +180,76 @@ fn describe_reply(reply: &BackendReply) -> String {
     }
 }
 
+/// One attempt in progress: the backend calls it made, the reconnects it may still make, and
+/// whether the backend has refused (no further call then).
+struct Calls<'a, B: LabBackend, R: Runtime> {
+    backend: &'a B,
+    runtime: &'a R,
+    plan: AttemptPlan,
+    made: Cell<usize>,
+    spare: Cell<usize>,
+    refused: Cell<bool>,
+}
+
+impl<B: LabBackend, R: Runtime> Calls<'_, B, R> {
+    /// Makes one call (`call` is the request) and classifies the answer. Under the adaptive
+    /// policy a connection that failed before any answer is tried once more after a short random
+    /// pause (a deletion is idempotent: a 404 then counts as done), within the spare calls; and a
+    /// refusal stops the attempt.
+    async fn make<F, Fut>(&self, call: F) -> Deletion
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<BackendReply, BackendError>>,
+    {
+        let adaptive = self.plan.policy == Policy::Adaptive;
+        self.made.set(self.made.get() + 1);
+        let mut result = call().await;
+        if adaptive && matches!(result, Err(BackendError::Network(_))) && self.spare.get() > 0 {
+            self.spare.set(self.spare.get() - 1);
+            self.made.set(self.made.get() + 1);
+            self.runtime
+                .sleep(retry::reconnect_pause_ms(self.runtime.random()))
+                .await;
+            result = call().await;
+        }
+        let deletion = classify_deletion(result, self.runtime.now_ms());
+        if adaptive && matches!(deletion, Deletion::Refused { .. }) {
+            self.refused.set(true);
+        }
+        deletion
+    }
+}
+
 /// Runs one cleanup attempt for `session`, which `Session::begin_attempt` has just marked.
 ///
 /// 1. While the master VM is undeleted: delete its exposed services, best effort (a failure is
 ///    logged and never by itself causes a retry).
-/// 2. Then delete every undeleted VM, at most `concurrency` at once.
+/// 2. Then delete every undeleted VM, at most `plan.concurrency` at once.
+///
+/// Under the adaptive policy, a `429` or `503` answer means the backend is overloaded: the
+/// attempt starts no further call (those in flight finish); a refused services call stops it
+/// before any VM deletion. VMs not tried stay pending and are not counted as failed.
 ///
 /// Never fails: every backend fault is reported in the result and the log.
 pub async fn run_attempt(
     session: &Session,
     backend: &impl LabBackend,
+    runtime: &impl Runtime,
     log: &impl Logger,
-    concurrency: usize,
+    plan: AttemptPlan,
 ) -> AttemptResult {
     let info = |m: String| log.log(Level::Info, &m);
     let master = session.lab_request_id.as_str();
     let total = session.vm_count();
     let pending = session.pending();
+    let calls = Calls {
+        backend,
+        runtime,
+        plan,
+        made: Cell::new(0),
+        spare: Cell::new(plan.spare_calls),
+        refused: Cell::new(false),
+    };
 
     info(format!(
         "Alarm triggered for user {}, lab {master}",
@@ -146,80 +277,127 @@ pub async fn run_attempt(
     }
 
     let services = if pending.iter().any(|vm| vm.role == Role::Master) {
-        Some(delete_services(master, backend, log).await)
+        Some(delete_services(master, &calls, log).await)
     } else {
         None
     };
+    let mut refusal = match &services {
+        Some(Deletion::Refused { retry_after_ms, .. }) => Some(*retry_after_ms),
+        _ => None,
+    };
 
-    let results: Vec<(Vm<'_>, Deletion)> = stream::iter(pending.iter().copied())
-        .map(|vm| async move {
-            info(format!(
-                "Deleting {} VM for lab {}",
-                vm.role.as_str(),
-                vm.id
-            ));
-            let result = classify_deletion(backend.delete_vm(vm.id, &session.user_id).await);
-            match &result {
-                Deletion::Deleted => info(format!(
-                    "✅ {} VM deleted successfully ({})",
+    let results: Vec<(Vm<'_>, Option<Deletion>)> = stream::iter(pending.iter().copied())
+        .map(|vm| {
+            let calls = &calls;
+            async move {
+                // After a refusal the backend is overloaded: start no further call.
+                if calls.refused.get() {
+                    return (vm, None);
+                }
+                info(format!(
+                    "Deleting {} VM for lab {}",
                     vm.role.as_str(),
                     vm.id
-                )),
-                Deletion::AlreadyGone => info(format!(
-                    "✅ {} VM already deleted, backend answered 404 ({})",
-                    vm.role.as_str(),
-                    vm.id
-                )),
-                Deletion::Failed(error) => log.log(
-                    Level::Error,
-                    &format!(
-                        "❌ Failed to delete {} VM {} (attempt {}): {error}",
+                ));
+                let result = calls
+                    .make(|| calls.backend.delete_vm(vm.id, &session.user_id))
+                    .await;
+                match &result {
+                    Deletion::Deleted => info(format!(
+                        "✅ {} VM deleted successfully ({})",
                         vm.role.as_str(),
-                        vm.id,
-                        session.attempts
+                        vm.id
+                    )),
+                    Deletion::AlreadyGone => info(format!(
+                        "✅ {} VM already deleted, backend answered 404 ({})",
+                        vm.role.as_str(),
+                        vm.id
+                    )),
+                    Deletion::Refused { error, .. } | Deletion::Failed(error) => log.log(
+                        Level::Error,
+                        &format!(
+                            "❌ Failed to delete {} VM {} (attempt {}): {error}",
+                            vm.role.as_str(),
+                            vm.id,
+                            session.attempts
+                        ),
                     ),
-                ),
+                }
+                (vm, Some(result))
             }
-            (vm, result)
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(plan.concurrency.max(1))
         .collect()
         .await;
 
     let mut deleted = Vec::new();
     let mut already_gone = Vec::new();
     let mut errors = Vec::new();
+    let mut not_tried = 0;
     for (vm, result) in results {
         match result {
-            Deletion::Deleted => deleted.push(vm.id.to_string()),
-            Deletion::AlreadyGone => already_gone.push(vm.id.to_string()),
-            Deletion::Failed(error) => errors.push(DeletionError {
+            None => not_tried += 1,
+            Some(Deletion::Deleted) => deleted.push(vm.id.to_string()),
+            Some(Deletion::AlreadyGone) => already_gone.push(vm.id.to_string()),
+            Some(Deletion::Refused {
+                retry_after_ms,
+                error,
+            }) => {
+                // The longest wait any refusal asked for; a refusal without one counts as none.
+                refusal = Some(match refusal {
+                    Some(Some(a)) => Some(retry_after_ms.map_or(a, |b| a.max(b))),
+                    Some(None) | None => retry_after_ms,
+                });
+                errors.push(DeletionError {
+                    lab_request_id: vm.id.to_string(),
+                    error,
+                })
+            }
+            Some(Deletion::Failed(error)) => errors.push(DeletionError {
                 lab_request_id: vm.id.to_string(),
                 error,
             }),
         }
     }
+    if plan.policy == Policy::Fixed {
+        refusal = None;
+    }
     let outcome = Outcome {
         successful_deletions: deleted.len() + already_gone.len(),
         failed_deletions: errors.len(),
         errors,
+        not_tried,
     };
+    let left = pending.len() - outcome.successful_deletions;
 
-    if outcome.failed_deletions == 0 {
+    if let Some(retry_after_ms) = refusal {
+        log.log(
+            Level::Warn,
+            &format!(
+                "⏸ The backend is overloaded (429/503{}): no further call in attempt {}; {not_tried} VM{} not tried",
+                retry_after_ms
+                    .map(|ms| format!(", Retry-After {}", seconds(ms)))
+                    .unwrap_or_default(),
+                session.attempts,
+                plural(not_tried)
+            ),
+        );
+    }
+    if left == 0 {
         // The seed's exact line, "all 1 VMs" included: dashboards and alerts match on it.
         info(format!("✅ Successfully deleted all {total} VMs"));
     } else {
-        let mut still: Vec<&str> = outcome
-            .errors
+        let done: Vec<&String> = deleted.iter().chain(&already_gone).collect();
+        let mut still: Vec<&str> = pending
             .iter()
-            .map(|e| e.lab_request_id.as_str())
+            .map(|vm| vm.id)
+            .filter(|id| !done.iter().any(|d| d == id))
             .collect();
         still.sort_unstable();
         log.log(
             Level::Warn,
             &format!(
-                "⚠️ {} of {total} VM{} not deleted after attempt {} ({})",
-                outcome.failed_deletions,
+                "⚠️ {left} of {total} VM{} not deleted after attempt {} ({})",
                 plural(total),
                 session.attempts,
                 still.join(", "),
@@ -227,27 +405,46 @@ pub async fn run_attempt(
         );
     }
 
+    let ending = match (left, refusal) {
+        (0, _) => Ending::Done,
+        (_, Some(retry_after_ms)) => Ending::Refused { retry_after_ms },
+        (_, None) => Ending::Failed,
+    };
     AttemptResult {
         deleted,
         already_gone,
         outcome,
         services,
+        ending,
+        calls: calls.made.get(),
     }
 }
 
-async fn delete_services(master: &str, backend: &impl LabBackend, log: &impl Logger) -> Deletion {
+async fn delete_services<B: LabBackend, R: Runtime>(
+    master: &str,
+    calls: &Calls<'_, B, R>,
+    log: &impl Logger,
+) -> Deletion {
     log.log(
         Level::Info,
         &format!("Deleting exposed services for master lab {master}"),
     );
-    let result = classify_deletion(backend.delete_exposed_services(master).await);
+    let result = calls
+        .make(|| calls.backend.delete_exposed_services(master))
+        .await;
     match &result {
         Deletion::Deleted => log.log(Level::Info, "✅ Exposed services deleted"),
         Deletion::AlreadyGone => log.log(
             Level::Info,
             "✅ Exposed services deleted (backend answered 404: none were exposed)",
         ),
-        Deletion::Failed(error) => log.log(
+        Deletion::Refused { error, .. } if calls.plan.policy == Policy::Adaptive => log.log(
+            Level::Warn,
+            &format!(
+                "⚠️ Could not delete exposed services for master lab {master}: {error} (the backend is overloaded: no VM deletion in this attempt; the services call is retried with the VMs)"
+            ),
+        ),
+        Deletion::Refused { error, .. } | Deletion::Failed(error) => log.log(
             Level::Warn,
             &format!(
                 "⚠️ Could not delete exposed services for master lab {master}: {error} (best effort, VM deletion goes on)"
@@ -269,12 +466,33 @@ pub fn all_404_line(session: &Session) -> String {
     )
 }
 
+/// A wait in seconds for a log line: `2 s`, `2.5 s`.
+fn seconds(ms: i64) -> String {
+    if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
 /// The line that says when the next attempt is, for a session that `finish_attempt` has just
 /// moved to `Retrying`.
-pub fn retry_line(session: &Session, retry_seconds: u64) -> String {
+/// `end_ms` is when the attempt ended and `ending` how; the line says why the wait is what it is
+/// when the backend asked for it.
+pub fn retry_line(session: &Session, end_ms: i64, ending: Ending) -> String {
     let pending: Vec<&str> = session.pending().iter().map(|vm| vm.id).collect();
+    let wait = session
+        .next_attempt_at_ms
+        .map(|at| seconds(at.saturating_sub(end_ms)))
+        .unwrap_or_else(|| "?".into());
+    let why = match ending {
+        Ending::Refused {
+            retry_after_ms: Some(ra),
+        } => format!("; the backend asked for {}", seconds(ra)),
+        _ => String::new(),
+    };
     format!(
-        "🔁 Retry scheduled for lab {}: attempt {} at {} (in {retry_seconds} s); {} VM{} pending: {}",
+        "🔁 Retry scheduled for lab {}: attempt {} at {} (in {wait}{why}); {} VM{} pending: {}",
         session.lab_request_id,
         session.attempts + 1,
         session
@@ -317,7 +535,62 @@ mod tests {
         Ok(BackendReply {
             status,
             body: format!("{{\"status\":{status}}}"),
+            retry_after: None,
         })
+    }
+
+    fn refused(status: u16, retry_after: Option<&str>) -> Result<BackendReply, BackendError> {
+        Ok(BackendReply {
+            status,
+            body: String::new(),
+            retry_after: retry_after.map(str::to_string),
+        })
+    }
+
+    /// A fixed clock, a fixed "random" number, and sleeps that only record their length.
+    struct FakeRuntime {
+        random: f64,
+        sleeps: RefCell<Vec<u64>>,
+    }
+
+    impl Default for FakeRuntime {
+        fn default() -> Self {
+            FakeRuntime {
+                random: 0.5,
+                sleeps: RefCell::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Runtime for FakeRuntime {
+        fn now_ms(&self) -> i64 {
+            60_000
+        }
+        fn random(&self) -> f64 {
+            self.random
+        }
+        async fn sleep(&self, ms: u64) {
+            self.sleeps.borrow_mut().push(ms);
+        }
+    }
+
+    fn plan(policy: Policy, concurrency: usize) -> AttemptPlan {
+        AttemptPlan {
+            policy,
+            concurrency,
+            spare_calls: 10,
+        }
+    }
+
+    /// One attempt under the adaptive policy with `concurrency`.
+    fn run(s: &Session, backend: &FakeBackend, log: &Lines, concurrency: usize) -> AttemptResult {
+        block_on(run_attempt(
+            s,
+            backend,
+            &FakeRuntime::default(),
+            log,
+            plan(Policy::Adaptive, concurrency),
+        ))
     }
 
     impl FakeBackend {
@@ -415,7 +688,7 @@ mod tests {
         let s = session(&["k8s-worker-1-def-456", "k8s-worker-2-ghi-789"]);
         let backend = FakeBackend::default();
         let log = Lines::default();
-        let r = block_on(run_attempt(&s, &backend, &log, 1));
+        let r = run(&s, &backend, &log, 1);
         assert_eq!(
             backend.calls(),
             vec![
@@ -452,7 +725,7 @@ mod tests {
         let s = session(&[]);
         let backend = FakeBackend::default();
         let log = Lines::default();
-        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        let r = run(&s, &backend, &log, 6);
         assert_eq!(
             backend.calls(),
             vec![
@@ -474,7 +747,7 @@ mod tests {
         let s = session(&refs);
         for limit in [1, 3, 6] {
             let backend = FakeBackend::default();
-            block_on(run_attempt(&s, &backend, &Lines::default(), limit));
+            run(&s, &backend, &Lines::default(), limit);
             assert_eq!(backend.calls().len(), 22);
             assert_eq!(backend.max_in_flight.get(), limit, "limit {limit}");
         }
@@ -486,7 +759,7 @@ mod tests {
         let backend = FakeBackend::default();
         backend.services.borrow_mut().push(reply(500));
         let log = Lines::default();
-        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        let r = run(&s, &backend, &log, 6);
         assert_eq!(backend.calls()[0], "expose k8s-master-abc-123");
         assert_eq!(r.outcome.failed_deletions, 0);
         assert_eq!(r.deleted.len(), 2);
@@ -501,12 +774,16 @@ mod tests {
         backend.script("w1", vec![reply(500)]);
         backend.script("w2", vec![Err(BackendError::Timeout(15))]);
         backend.script("w3", vec![reply(404)]);
+        // Refused twice: the one reconnect fails too.
         backend.script(
             "k8s-master-abc-123",
-            vec![Err(BackendError::Network("connection refused".into()))],
+            vec![
+                Err(BackendError::Network("connection refused".into())),
+                Err(BackendError::Network("connection refused".into())),
+            ],
         );
         let log = Lines::default();
-        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        let r = run(&s, &backend, &log, 6);
         assert!(r.deleted.is_empty());
         assert_eq!(r.already_gone, vec!["w3"]);
         assert_eq!(r.services, Some(Deletion::Deleted));
@@ -546,7 +823,7 @@ mod tests {
         s.begin_attempt(360_000, 300_000);
         let backend = FakeBackend::default();
         let log = Lines::default();
-        let r = block_on(run_attempt(&s, &backend, &log, 6));
+        let r = run(&s, &backend, &log, 6);
         assert_eq!(r.services, None, "no services call once the master is gone");
         assert_eq!(backend.calls(), vec!["delete w1 user-456"]);
         assert_eq!(r.deleted, vec!["w1"]);
@@ -561,7 +838,7 @@ mod tests {
         s.finish_attempt(&deleted(&["w1"]), 60_001, 360_001);
         s.begin_attempt(360_000, 300_000);
         let backend = FakeBackend::default();
-        block_on(run_attempt(&s, &backend, &Lines::default(), 6));
+        run(&s, &backend, &Lines::default(), 6);
         assert_eq!(
             backend.calls(),
             vec![
@@ -576,8 +853,19 @@ mod tests {
         let mut s = session(&["w1", "w2"]);
         s.finish_attempt(&deleted(&["k8s-master-abc-123"]), 61_000, 361_000);
         assert_eq!(
-            retry_line(&s, 300),
+            retry_line(&s, 61_000, Ending::Failed),
             "🔁 Retry scheduled for lab k8s-master-abc-123: attempt 2 at 1970-01-01T00:06:01.000Z (in 300 s); 2 VMs pending: w1, w2"
+        );
+        s.next_attempt_at_ms = Some(63_500);
+        assert_eq!(
+            retry_line(
+                &s,
+                61_000,
+                Ending::Refused {
+                    retry_after_ms: Some(2_000)
+                }
+            ),
+            "🔁 Retry scheduled for lab k8s-master-abc-123: attempt 2 at 1970-01-01T00:01:03.500Z (in 2.5 s; the backend asked for 2 s); 2 VMs pending: w1, w2"
         );
     }
 
@@ -588,7 +876,7 @@ mod tests {
         backend.services.borrow_mut().push(reply(404));
         backend.script("k8s-master-abc-123", vec![reply(404)]);
         backend.script("w1", vec![reply(404)]);
-        let r = block_on(run_attempt(&s, &backend, &Lines::default(), 6));
+        let r = run(&s, &backend, &Lines::default(), 6);
         assert_eq!(r.services, Some(Deletion::AlreadyGone));
         s.finish_attempt(&r, 61_000, 361_000);
         assert_eq!(s.status, crate::lab::session::Status::Completed);
@@ -605,7 +893,7 @@ mod tests {
         let backend = FakeBackend::default();
         backend.services.borrow_mut().push(reply(404));
         backend.script("w1", vec![reply(404)]);
-        let r = block_on(run_attempt(&s, &backend, &Lines::default(), 6));
+        let r = run(&s, &backend, &Lines::default(), 6);
         s.finish_attempt(&r, 61_000, 361_000);
         assert_eq!(s.status, crate::lab::session::Status::Completed);
         assert!(!s.every_call_answered_404());
@@ -613,32 +901,245 @@ mod tests {
 
     #[test]
     fn classification_of_answers() {
-        assert_eq!(classify_deletion(reply(200)), Deletion::Deleted);
-        assert_eq!(classify_deletion(reply(204)), Deletion::Deleted);
-        assert_eq!(classify_deletion(reply(404)), Deletion::AlreadyGone);
-        for status in [301, 400, 401, 409, 429, 500, 502, 503] {
-            assert!(matches!(
-                classify_deletion(reply(status)),
-                Deletion::Failed(_)
-            ));
+        let now = 60_000;
+        assert_eq!(classify_deletion(reply(200), now), Deletion::Deleted);
+        assert_eq!(classify_deletion(reply(204), now), Deletion::Deleted);
+        assert_eq!(classify_deletion(reply(404), now), Deletion::AlreadyGone);
+        for status in [301, 302, 307, 400, 401, 409, 500, 502] {
+            assert!(
+                matches!(classify_deletion(reply(status), now), Deletion::Failed(_)),
+                "{status}"
+            );
         }
+        assert_eq!(
+            classify_deletion(refused(429, Some("2")), now),
+            Deletion::Refused {
+                retry_after_ms: Some(2_000),
+                error: "backend answered 429 (Retry-After: 2)".into()
+            }
+        );
+        assert_eq!(
+            classify_deletion(refused(503, None), now),
+            Deletion::Refused {
+                retry_after_ms: None,
+                error: "backend answered 503".into()
+            }
+        );
+        assert!(matches!(
+            classify_deletion(refused(503, Some("whenever")), now),
+            Deletion::Refused {
+                retry_after_ms: None,
+                ..
+            }
+        ));
         let long = BackendReply {
             status: 502,
             body: format!("line1\nline2{}", "x".repeat(500)),
+            retry_after: None,
         };
-        let Deletion::Failed(text) = classify_deletion(Ok(long)) else {
+        let Deletion::Failed(text) = classify_deletion(Ok(long), now) else {
             panic!()
         };
         assert!(text.starts_with("backend answered 502: line1 line2x"));
         assert!(!text.contains('\n'));
         assert!(text.len() < 260);
         let empty = BackendReply {
-            status: 503,
+            status: 500,
             body: "  ".into(),
+            retry_after: None,
         };
         assert_eq!(
-            classify_deletion(Ok(empty)),
-            Deletion::Failed("backend answered 503".into())
+            classify_deletion(Ok(empty), now),
+            Deletion::Failed("backend answered 500".into())
         );
+    }
+
+    #[test]
+    fn a_refusal_stops_the_attempt_and_untried_vms_are_not_failures() {
+        let s = session(&["w1", "w2", "w3"]);
+        let backend = FakeBackend::default();
+        backend.script("k8s-master-abc-123", vec![refused(429, Some("2"))]);
+        let log = Lines::default();
+        let r = run(&s, &backend, &log, 1);
+        assert_eq!(
+            backend.calls(),
+            vec![
+                "expose k8s-master-abc-123",
+                "delete k8s-master-abc-123 user-456"
+            ],
+            "no call after the refusal"
+        );
+        assert_eq!(r.outcome.failed_deletions, 1);
+        assert_eq!(r.outcome.not_tried, 3);
+        assert_eq!(
+            r.ending,
+            Ending::Refused {
+                retry_after_ms: Some(2_000)
+            }
+        );
+        assert_eq!(r.calls, 2);
+        let texts = log.texts();
+        assert!(texts.contains(
+            &"⏸ The backend is overloaded (429/503, Retry-After 2 s): no further call in attempt 1; 3 VMs not tried".to_string()
+        ));
+        assert_eq!(
+            texts.last().unwrap(),
+            "⚠️ 4 of 4 VMs not deleted after attempt 1 (k8s-master-abc-123, w1, w2, w3)"
+        );
+    }
+
+    #[test]
+    fn calls_in_flight_at_a_refusal_finish() {
+        let s = session(&["w1", "w2", "w3", "w4", "w5"]);
+        let backend = FakeBackend::default();
+        backend.script("k8s-master-abc-123", vec![refused(503, None)]);
+        let r = run(&s, &backend, &Lines::default(), 3);
+        // The master and w1, w2 started together; w1 and w2 finish; nothing starts after.
+        assert_eq!(backend.calls().len(), 4);
+        assert_eq!(r.deleted, vec!["w1", "w2"]);
+        assert_eq!(r.outcome.not_tried, 3);
+        assert_eq!(
+            r.ending,
+            Ending::Refused {
+                retry_after_ms: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_refused_services_call_defers_every_vm() {
+        let s = session(&["w1"]);
+        let backend = FakeBackend::default();
+        backend.services.borrow_mut().push(refused(429, Some("7")));
+        let log = Lines::default();
+        let r = run(&s, &backend, &log, 6);
+        assert_eq!(backend.calls(), vec!["expose k8s-master-abc-123"]);
+        assert!(matches!(r.services, Some(Deletion::Refused { .. })));
+        assert_eq!(
+            r.outcome.failed_deletions, 0,
+            "untried VMs are not failures"
+        );
+        assert_eq!(r.outcome.not_tried, 2);
+        assert_eq!(
+            r.ending,
+            Ending::Refused {
+                retry_after_ms: Some(7_000)
+            }
+        );
+        assert!(log.texts().iter().any(|l| l.ends_with(
+            "(the backend is overloaded: no VM deletion in this attempt; the services call is retried with the VMs)"
+        )));
+    }
+
+    #[test]
+    fn the_longest_retry_after_wins() {
+        let s = session(&["w1", "w2"]);
+        let backend = FakeBackend::default();
+        backend.script("k8s-master-abc-123", vec![refused(429, Some("2"))]);
+        backend.script("w1", vec![refused(429, Some("9"))]);
+        backend.script("w2", vec![refused(503, None)]);
+        let r = run(&s, &backend, &Lines::default(), 3);
+        assert_eq!(
+            r.ending,
+            Ending::Refused {
+                retry_after_ms: Some(9_000)
+            }
+        );
+    }
+
+    #[test]
+    fn the_fixed_policy_neither_stops_nor_reconnects() {
+        let s = session(&["w1", "w2"]);
+        let backend = FakeBackend::default();
+        backend.services.borrow_mut().push(refused(429, Some("2")));
+        backend.script("k8s-master-abc-123", vec![refused(429, Some("2"))]);
+        backend.script("w1", vec![Err(BackendError::Network("reset".into()))]);
+        let runtime = FakeRuntime::default();
+        let r = block_on(run_attempt(
+            &s,
+            &backend,
+            &runtime,
+            &Lines::default(),
+            plan(Policy::Fixed, 1),
+        ));
+        assert_eq!(backend.calls().len(), 4, "services + every VM, once each");
+        assert_eq!(r.deleted, vec!["w2"]);
+        assert_eq!(r.outcome.failed_deletions, 2);
+        assert_eq!(r.ending, Ending::Failed);
+        assert!(runtime.sleeps.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_connection_that_fails_before_any_answer_is_tried_once_more() {
+        let s = session(&["w1"]);
+        let backend = FakeBackend::default();
+        backend.script(
+            "w1",
+            vec![
+                Err(BackendError::Network("connection refused".into())),
+                reply(404),
+            ],
+        );
+        let runtime = FakeRuntime {
+            random: 0.0,
+            ..FakeRuntime::default()
+        };
+        let r = block_on(run_attempt(
+            &s,
+            &backend,
+            &runtime,
+            &Lines::default(),
+            plan(Policy::Adaptive, 6),
+        ));
+        assert_eq!(r.already_gone, vec!["w1"], "the retry's 404 counts as done");
+        assert_eq!(r.ending, Ending::Done);
+        assert_eq!(r.calls, 4);
+        assert_eq!(*runtime.sleeps.borrow(), vec![100]);
+
+        // Twice in a row: tried once more only, then failed for this attempt.
+        let backend = FakeBackend::default();
+        backend.script(
+            "w1",
+            vec![
+                Err(BackendError::Network("a".into())),
+                Err(BackendError::Network("b".into())),
+            ],
+        );
+        let r = run(&s, &backend, &Lines::default(), 6);
+        assert_eq!(r.outcome.failed_deletions, 1);
+        assert_eq!(r.ending, Ending::Failed);
+    }
+
+    #[test]
+    fn no_reconnect_after_an_answer_began_or_a_timeout_or_without_spare_calls() {
+        let s = session(&["w1", "w2"]);
+        let backend = FakeBackend::default();
+        backend.script(
+            "w1",
+            vec![Err(BackendError::CutShort {
+                status: 200,
+                error: "reset".into(),
+            })],
+        );
+        backend.script("w2", vec![Err(BackendError::Timeout(15))]);
+        let r = run(&s, &backend, &Lines::default(), 6);
+        assert_eq!(r.calls, 4);
+        assert_eq!(r.outcome.failed_deletions, 2);
+
+        let backend = FakeBackend::default();
+        backend.script("w1", vec![Err(BackendError::Network("refused".into()))]);
+        let runtime = FakeRuntime::default();
+        let r = block_on(run_attempt(
+            &s,
+            &backend,
+            &runtime,
+            &Lines::default(),
+            AttemptPlan {
+                spare_calls: 0,
+                ..plan(Policy::Adaptive, 6)
+            },
+        ));
+        assert_eq!(r.calls, 4, "no spare subrequest: no reconnect");
+        assert_eq!(r.outcome.failed_deletions, 1);
     }
 }

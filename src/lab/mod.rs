@@ -2,4 +2,6 @@
 
 pub mod cleanup;
 pub mod legacy;
+pub mod retry;
 pub mod session;
+pub mod wake;

@@ -6,6 +6,7 @@ use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::lab::cleanup::{AttemptResult, Deletion};
+use crate::lab::retry::Ending;
 
 /// A validated request to schedule a lab's cleanup: what the router forwards to the
 /// `SessionManager` object named by `lab_request_id`.
@@ -90,6 +91,10 @@ pub struct Outcome {
     pub successful_deletions: usize,
     pub failed_deletions: usize,
     pub errors: Vec<DeletionError>,
+    /// VMs not tried in the attempt because the backend was overloaded (still pending; not
+    /// failures).
+    #[serde(default)]
+    pub not_tried: usize,
 }
 
 /// The durable record of one lab's cleanup, stored as one JSON value by its `SessionManager`.
@@ -116,6 +121,14 @@ pub struct Session {
     /// backend, most likely).
     #[serde(default)]
     pub services_answered_404: bool,
+    /// Whether the backend refused a call (429/503) in the last attempt: the next one deletes
+    /// one VM at a time.
+    #[serde(default)]
+    pub refused_last_attempt: bool,
+    /// How long after `expires_at` the first attempt starts (the spread of a class expiring
+    /// together; 0 under the fixed policy or once ended by request).
+    #[serde(default)]
+    pub start_delay_ms: i64,
     pub next_attempt_at_ms: Option<i64>,
     pub last_outcome: Option<Outcome>,
     pub completed_at_ms: Option<i64>,
@@ -155,6 +168,8 @@ impl Session {
             deleted: Vec::new(),
             already_gone: Vec::new(),
             services_answered_404: false,
+            refused_last_attempt: false,
+            start_delay_ms: 0,
             next_attempt_at_ms: None,
             last_outcome: None,
             completed_at_ms: None,
@@ -237,6 +252,7 @@ impl Session {
         if let Some(services) = &result.services {
             self.services_answered_404 = *services == Deletion::AlreadyGone;
         }
+        self.refused_last_attempt = matches!(result.ending, Ending::Refused { .. });
         self.last_outcome = Some(result.outcome.clone());
         if self.pending().is_empty() {
             self.status = Status::Completed;
@@ -291,44 +307,6 @@ impl Session {
         Ok(())
     }
 
-    /// When a completed session's record is to be forgotten.
-    pub fn purge_at_ms(&self, retention_ms: i64) -> Option<i64> {
-        self.completed_at_ms
-            .map(|done| done.saturating_add(retention_ms))
-    }
-
-    /// When the object's alarm must next fire for this session: the expiry while scheduled, the
-    /// next attempt while cleaning up, the end of retention once completed.
-    pub fn alarm_at_ms(&self, retention_ms: i64) -> Option<i64> {
-        match self.status {
-            Status::Scheduled => Some(self.expires_at_ms),
-            Status::CleaningUp | Status::Retrying => self.next_attempt_at_ms,
-            Status::Completed => self.purge_at_ms(retention_ms),
-        }
-    }
-
-    /// What an alarm firing at `now_ms` must do. Never an attempt before the lab's expiry, nor a
-    /// second cleanup of a completed lab (alarms are delivered at least once).
-    pub fn on_alarm(&self, now_ms: i64, retention_ms: i64) -> AlarmAction {
-        // When the alarm is due comes from `alarm_at_ms`, the same rule the alarm was set by.
-        let due = self.alarm_at_ms(retention_ms);
-        match self.status {
-            Status::Completed => match due {
-                Some(at_ms) if now_ms < at_ms => AlarmAction::AwaitPurge { at_ms },
-                _ => AlarmAction::Purge,
-            },
-            _ if !self.is_expired(now_ms) => AlarmAction::Early {
-                at_ms: self.expires_at_ms,
-            },
-            Status::Retrying => match due {
-                Some(at_ms) if now_ms < at_ms => AlarmAction::Early { at_ms },
-                _ => AlarmAction::Attempt,
-            },
-            // A scheduled lab past its expiry, or an attempt to resume: clean up now.
-            Status::Scheduled | Status::CleaningUp => AlarmAction::Attempt,
-        }
-    }
-
     /// Whether `new` asks for exactly this session (a retried create), ignoring the VM name.
     pub fn same_request(&self, new: &NewSession) -> bool {
         self.lab_request_id == new.lab_request_id
@@ -360,19 +338,6 @@ impl Session {
             adopted_at: self.adopted_at_ms.map(rfc3339),
         }
     }
-}
-
-/// What the object does when its alarm fires (see `Session::on_alarm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlarmAction {
-    /// Run a cleanup attempt.
-    Attempt,
-    /// Fired before it was due: set the alarm back to `at_ms`, delete nothing.
-    Early { at_ms: i64 },
-    /// Completed, still within retention: set the alarm to the purge time.
-    AwaitPurge { at_ms: i64 },
-    /// Completed and retention is over: forget the session.
-    Purge,
 }
 
 /// The status body of a session, as answered by the API.
@@ -474,6 +439,7 @@ mod tests {
                 lab_request_id: "w1".into(),
                 error: "backend answered 500".into(),
             }],
+            not_tried: 0,
         };
         s.finish_attempt(
             &AttemptResult {
@@ -528,7 +494,7 @@ mod tests {
         assert!(s.end_now(T0 + 10));
         assert!(s.is_expired(T0 + 10));
         assert_eq!(s.expires_at_ms, T0 + 10);
-        assert_eq!(s.alarm_at_ms(1), Some(T0 + 10));
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 10));
         assert_eq!(s.status, Status::CleaningUp);
         assert!(matches!(
             s.extend(1, 60_000, 1_000),
@@ -539,17 +505,13 @@ mod tests {
         s.begin_attempt(T0 + 10, 300_000);
         assert!(!s.end_now(T0 + 20), "a running cleanup is left alone");
         s.finish_attempt(&deleted(&["m"]), T0 + 30, T0 + 30 + 300_000);
-        assert_eq!(s.alarm_at_ms(1), Some(T0 + 300_030));
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 300_030));
         assert!(s.end_now(T0 + 40), "ending a retrying lab retries now");
-        assert_eq!(s.alarm_at_ms(1), Some(T0 + 40));
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 40));
         s.begin_attempt(T0 + 40, 300_000);
         s.finish_attempt(&deleted(&["w1"]), T0 + 50, T0 + 50 + 300_000);
         assert!(!s.end_now(T0 + 60));
-        assert_eq!(
-            s.alarm_at_ms(1_000),
-            Some(T0 + 1_050),
-            "purge after retention"
-        );
+        assert_eq!(s.completed_at_ms, Some(T0 + 50));
     }
 
     #[test]
@@ -570,55 +532,12 @@ mod tests {
             matches!(s.extend(11, 60_000, 100), Err(Refusal::Invalid(m)) if m.contains("lifetime 101 minutes"))
         );
         s.extend(10, 60_000, 100).unwrap();
-        assert_eq!(s.alarm_at_ms(1), Some(T0 + 100 * 60_000));
+        assert_eq!(s.expires_at_ms, T0 + 100 * 60_000);
         s.begin_attempt(T0 + 100 * 60_000, 1);
         assert!(matches!(
             s.extend(1, 60_000, 1_000),
             Err(Refusal::Conflict(_))
         ));
-    }
-
-    #[test]
-    fn alarm_actions_follow_the_state() {
-        let mut s = Session::schedule(new_session(&["w1"]), T0, 60_000);
-        assert_eq!(
-            s.on_alarm(T0 + 59_999, 1_000),
-            AlarmAction::Early { at_ms: T0 + 60_000 }
-        );
-        assert_eq!(s.on_alarm(T0 + 60_000, 1_000), AlarmAction::Attempt);
-
-        s.begin_attempt(T0 + 60_000, 5_000);
-        assert_eq!(
-            s.on_alarm(T0 + 60_001, 1_000),
-            AlarmAction::Attempt,
-            "resume a cut-short attempt"
-        );
-        s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 61_000 + 5_000);
-        assert_eq!(
-            s.on_alarm(T0 + 62_000, 1_000),
-            AlarmAction::Early { at_ms: T0 + 66_000 }
-        );
-        assert_eq!(s.on_alarm(T0 + 66_000, 1_000), AlarmAction::Attempt);
-
-        s.begin_attempt(T0 + 66_000, 5_000);
-        s.finish_attempt(&deleted(&["w1"]), T0 + 67_000, T0 + 67_000 + 5_000);
-        assert_eq!(
-            s.on_alarm(T0 + 67_500, 1_000),
-            AlarmAction::AwaitPurge { at_ms: T0 + 68_000 }
-        );
-        assert_eq!(s.on_alarm(T0 + 68_000, 1_000), AlarmAction::Purge);
-    }
-
-    #[test]
-    fn an_extended_lab_is_never_cleaned_at_its_old_expiry() {
-        let mut s = Session::schedule(new_session(&[]), T0, 60_000);
-        s.extend(2, 60_000, 1_000).unwrap();
-        assert_eq!(
-            s.on_alarm(T0 + 60_000, 1),
-            AlarmAction::Early {
-                at_ms: T0 + 180_000
-            }
-        );
     }
 
     #[test]

@@ -69,13 +69,18 @@ impl HttpLabBackend {
                 .await
                 .map_err(network)?;
             let status = response.status_code();
+            let retry_after = response.headers().get("Retry-After").ok().flatten();
             // A body cut short (connection reset mid-response) is no trustworthy answer, even
-            // after a 2xx head: count it as a network error, so the VM is tried again.
-            let body = response
-                .text()
-                .await
-                .map_err(|e| BackendError::Network(format!("answer {status} cut short: {e}")))?;
-            Ok(BackendReply { status, body })
+            // after a 2xx head: a failure, so the VM is tried again.
+            let body = response.text().await.map_err(|e| BackendError::CutShort {
+                status,
+                error: e.to_string(),
+            })?;
+            Ok(BackendReply {
+                status,
+                body,
+                retry_after,
+            })
         };
         let timeout = Delay::from(self.timeout);
         futures::pin_mut!(exchange);
@@ -139,7 +144,7 @@ impl<'a, L: Logger> DryRunBackend<'a, L> {
         );
         BackendReply {
             status: 200,
-            body: String::new(),
+            ..BackendReply::default()
         }
     }
 }

@@ -10,12 +10,16 @@ use worker::{
 use crate::api::error::ApiError;
 use crate::api::respond;
 use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS, DEFAULT_DURATION_UNIT_SECONDS};
+use crate::lab::cleanup::AttemptPlan;
 use crate::lab::cleanup::{self, Level, Logger, LOG_PREFIX};
 use crate::lab::legacy::{LegacyProblem, LegacyValue};
+use crate::lab::retry;
 use crate::lab::session::NewSession;
-use crate::lab::session::{rfc3339, AlarmAction, LabType, Refusal, Session, Status};
+use crate::lab::session::{rfc3339, LabType, Refusal, Session, Status};
+use crate::lab::wake;
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
-use crate::platform::store::{now_ms, Store, Stored};
+use crate::platform::runtime::{now_ms, random, ConsoleLogger, WorkersRuntime};
+use crate::platform::store::{Store, Stored};
 
 /// Internal paths the router forwards validated requests to.
 pub const CREATE_PATH: &str = "/create";
@@ -27,19 +31,6 @@ pub const EXTEND_PATH: &str = "/extend";
 pub struct SessionManager {
     state: State,
     env: Env,
-}
-
-/// Log sink for the Workers console (dashboard, `wrangler tail`, `wrangler dev`).
-struct ConsoleLogger;
-
-impl Logger for ConsoleLogger {
-    fn log(&self, level: Level, message: &str) {
-        match level {
-            Level::Info => console_log!("{LOG_PREFIX} {message}"),
-            Level::Warn => console_warn!("{LOG_PREFIX} {message}"),
-            Level::Error => console_error!("{LOG_PREFIX} {message}"),
-        }
-    }
 }
 
 /// What a request or an alarm finds in the object, once a legacy record has been adopted.
@@ -80,7 +71,9 @@ impl SessionManager {
         );
         match record.adopt(alarm, now, unit_ms) {
             Ok(session) => {
-                store.adopt(&session, session.expires_at_ms).await?;
+                store
+                    .adopt(&session, wake::attempt_at(&session).unwrap_or(now))
+                    .await?;
                 console_log!(
                     "{LOG_PREFIX} Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
                     session.lab_request_id,
@@ -140,7 +133,12 @@ impl SessionManager {
         match existing {
             None => {
                 let lifetime = config.duration_ms(new.duration);
-                let session = Session::schedule(new, now_ms(), lifetime);
+                let mut session = Session::schedule(new, now_ms(), lifetime);
+                session.start_delay_ms = retry::first_attempt_delay(
+                    config.retry_policy,
+                    config.expiry_spread_ms(),
+                    random(),
+                );
                 store.save(&session, alarm_at(&session, &config)).await?;
                 console_log!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
@@ -268,30 +266,31 @@ impl SessionManager {
                     .map(|()| "configuration error");
             }
         };
-        match session.on_alarm(now, config.retention_ms()) {
-            AlarmAction::Attempt => {}
-            AlarmAction::Early { at_ms } => {
+        let timing = config.timing();
+        let due = wake::due(&session, now, &timing);
+        if due.purge {
+            console_log!(
+                "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
+                session.lab_request_id,
+                session.completed_at_ms.map(rfc3339).unwrap_or_default()
+            );
+            return store.delete_all().await.map(|()| "retention purge");
+        }
+        if !due.attempt {
+            let Some(at_ms) = alarm_at(&session, &config) else {
+                return Ok("nothing left to do");
+            };
+            if session.status != Status::Completed {
                 console_warn!(
-                    "{LOG_PREFIX} Alarm for lab {} fired before {}; nothing deleted, re-armed",
+                    "{LOG_PREFIX} Alarm for lab {} fired before anything was due; nothing deleted, re-armed for {}",
                     session.lab_request_id,
                     rfc3339(at_ms)
                 );
-                return store.set_alarm(at_ms).await.map(|()| "early, re-armed");
             }
-            AlarmAction::AwaitPurge { at_ms } => {
-                return store
-                    .set_alarm(at_ms)
-                    .await
-                    .map(|()| "completed, re-armed for purge");
-            }
-            AlarmAction::Purge => {
-                console_log!(
-                    "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
-                    session.lab_request_id,
-                    session.completed_at_ms.map(rfc3339).unwrap_or_default()
-                );
-                return store.delete_all().await.map(|()| "retention purge");
-            }
+            return store
+                .set_alarm(at_ms)
+                .await
+                .map(|()| "nothing due, re-armed");
         }
 
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
@@ -299,24 +298,42 @@ impl SessionManager {
         session.begin_attempt(now, config.retry_ms());
         store.save(&session, alarm_at(&session, &config)).await?;
 
-        let concurrency = config.cleanup_concurrency;
+        let plan = AttemptPlan {
+            policy: config.retry_policy,
+            // After a refusal, one deletion at a time: the backend is behind.
+            concurrency: if session.refused_last_attempt
+                && config.retry_policy == retry::Policy::Adaptive
+            {
+                1
+            } else {
+                config.cleanup_concurrency
+            },
+            spare_calls: spare_calls(&session, &config),
+        };
         let result = if config.dry_run {
             session.dry_run = true;
             let backend = DryRunBackend::new(&config.backend_url, &ConsoleLogger);
-            cleanup::run_attempt(&session, &backend, &ConsoleLogger, concurrency).await
+            cleanup::run_attempt(&session, &backend, &WorkersRuntime, &ConsoleLogger, plan).await
         } else {
             let backend = HttpLabBackend::new(&config);
-            cleanup::run_attempt(&session, &backend, &ConsoleLogger, concurrency).await
+            cleanup::run_attempt(&session, &backend, &WorkersRuntime, &ConsoleLogger, plan).await
         };
         let done_at = now_ms();
-        session.finish_attempt(&result, done_at, done_at.saturating_add(config.retry_ms()));
+        let next = retry::next_attempt_at(
+            config.retry_policy,
+            result.ending,
+            done_at,
+            config.retry_ms(),
+            random(),
+        );
+        session.finish_attempt(&result, done_at, next.unwrap_or(done_at));
         if session.every_call_answered_404() {
             ConsoleLogger.log(Level::Error, &cleanup::all_404_line(&session));
         }
         if session.status == Status::Retrying {
             ConsoleLogger.log(
                 Level::Warn,
-                &cleanup::retry_line(&session, config.cleanup_retry_seconds),
+                &cleanup::retry_line(&session, done_at, result.ending),
             );
         }
         store
@@ -326,11 +343,16 @@ impl SessionManager {
     }
 }
 
-/// When the object's alarm must fire for `session` (now, if nothing is due).
-fn alarm_at(session: &Session, config: &Config) -> i64 {
-    session
-        .alarm_at_ms(config.retention_ms())
-        .unwrap_or_else(now_ms)
+/// Backend calls an attempt may make beyond one per planned call (the reconnects of calls whose
+/// connection failed), within the invocation's subrequest limit.
+fn spare_calls(session: &Session, config: &Config) -> usize {
+    let planned = session.pending().len() as u64 + 1;
+    config.subrequest_limit.saturating_sub(planned) as usize
+}
+
+/// When the object's alarm must fire for `session` (`None`: nothing left to do).
+fn alarm_at(session: &Session, config: &Config) -> Option<i64> {
+    wake::next_wake(session, &config.timing())
 }
 
 /// The answer to a request that meets an unreadable legacy record.

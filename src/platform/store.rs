@@ -32,10 +32,6 @@ pub struct Store {
     writes: Cell<u32>,
 }
 
-pub fn now_ms() -> i64 {
-    worker::Date::now().as_millis() as i64
-}
-
 fn alarm_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
@@ -85,16 +81,23 @@ impl Store {
         self.storage.get_alarm().await
     }
 
-    /// Writes the record and its alarm in one batch: both calls are issued in the same turn, so
-    /// the runtime coalesces them into one atomic write.
-    pub async fn save(&self, session: &Session, alarm_at_ms: i64) -> Result<()> {
+    /// Writes the record and its alarm (`None`: no alarm) in one batch: both calls are issued in
+    /// the same turn, so the runtime coalesces them into one atomic write.
+    pub async fn save(&self, session: &Session, alarm_at_ms: Option<i64>) -> Result<()> {
         let text = serde_json::to_string(session)?;
         Self::count(&self.writes, 2);
         let (put, alarm) = futures::join!(
             self.storage.put(SESSION_KEY, text),
-            self.storage.set_alarm(alarm_time(alarm_at_ms))
+            self.alarm_write(alarm_at_ms)
         );
         put.and(alarm)
+    }
+
+    async fn alarm_write(&self, at_ms: Option<i64>) -> Result<()> {
+        match at_ms {
+            Some(at) => self.storage.set_alarm(alarm_time(at)).await,
+            None => self.storage.delete_alarm().await,
+        }
     }
 
     /// Writes an adopted legacy lab in this worker's format with its alarm, and removes the

@@ -95,6 +95,7 @@ fn main() {
             latency: Duration::from_millis(latency_ms),
             expected_token: Some(BACKEND_TOKEN.into()),
             log_calls: false,
+            capacity: None,
         },
     )
     .expect("mock backend");

@@ -452,3 +452,78 @@ pub fn restart_resumes_a_pending_retry(ctx: &mut Ctx) {
         "the master is not deleted again after the restart"
     );
 }
+
+/// The backend's word on when to come back is honored: a `429` with `Retry-After: 1` is retried
+/// about 1 s later, not `CLEANUP_RETRY_SECONDS` (30 s here) later; and a refused services call
+/// (`503`, `Retry-After: 1`) defers every VM deletion of the lab to the next attempt, which repeats
+/// the services call first.
+pub fn retry_after_is_honored_and_overload_defers(ctx: &mut Ctx) {
+    ctx.worker
+        .restart_with(&[("CLEANUP_RETRY_SECONDS", "30")], &[]);
+
+    let (m, w) = ("ra-master", "ra-worker");
+    ctx.mock.add_fault(
+        Fault::on(
+            w,
+            Endpoint::DeleteVm,
+            Action::Refuse {
+                status: 429,
+                retry_after: Some("1".into()),
+            },
+        )
+        .times(1),
+    );
+    let (sm, s1, s2) = ("ov-master", "ov-worker-1", "ov-worker-2");
+    ctx.mock.add_fault(
+        Fault::on(
+            sm,
+            Endpoint::Expose,
+            Action::Refuse {
+                status: 503,
+                retry_after: Some("1".into()),
+            },
+        )
+        .times(1),
+    );
+    create_ok(ctx, &lab(m, "user-ra", 1, &[w]));
+    create_ok(ctx, &lab(sm, "user-ov", 1, &[s1, s2]));
+
+    let calls = wait_exactly(ctx, &[m, w], 4, 20, 2);
+    let mine: Vec<_> = calls.iter().filter(|c| key(c).1 == w).collect();
+    assert_eq!(mine.len(), 2, "{}", show(&calls));
+    assert_eq!(mine[0].status, Some(429));
+    assert_eq!(mine[1].status, Some(200));
+    let waited = mine[1].at_ms - mine[0].done_ms;
+    assert!(
+        (1_000..5_000).contains(&waited),
+        "retried {waited} ms after the 429 with Retry-After: 1 (CLEANUP_RETRY_SECONDS is 30 s)"
+    );
+
+    let calls = wait_exactly(ctx, &[sm, s1, s2], 5, 20, 2);
+    assert_eq!(key(&calls[0]), (Endpoint::Expose, sm));
+    assert_eq!(calls[0].status, Some(503));
+    assert_eq!(
+        key(&calls[1]),
+        (Endpoint::Expose, sm),
+        "no VM deletion after the refused services call; the next attempt repeats it first:\n{}",
+        show(&calls)
+    );
+    assert!(
+        calls[1].at_ms >= calls[0].done_ms + 1_000,
+        "{}",
+        show(&calls)
+    );
+    assert!(calls[2..]
+        .iter()
+        .all(|c| key(c).0 == Endpoint::DeleteVm && c.status == Some(200)));
+    let log = ctx.worker.log();
+    assert!(log.contains(
+        "(the backend is overloaded: no VM deletion in this attempt; the services call is retried with the VMs)"
+    ));
+    assert!(log.contains("the backend asked for 1 s)"));
+
+    ctx.worker.restart_with(
+        &[("CLEANUP_RETRY_SECONDS", &RETRY_SECONDS.to_string())],
+        &[],
+    );
+}

@@ -74,7 +74,7 @@ pub fn status_follows_scheduled_retrying_completed(ctx: &Ctx) {
     assert_eq!(v["next_attempt_at"], Value::Null);
     assert_eq!(
         v["last_outcome"],
-        json!({"successful_deletions": 1, "failed_deletions": 0, "errors": []})
+        json!({"successful_deletions": 1, "failed_deletions": 0, "errors": [], "not_tried": 0})
     );
     assert!(epoch_ms(&v["completed_at"]) >= epoch_ms(&v["expires_at"]));
 }

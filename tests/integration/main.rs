@@ -34,6 +34,10 @@ const LAST: &[(&str, MutTestFn)] = &[
         "restart_resumes_a_pending_retry",
         cleanup::restart_resumes_a_pending_retry,
     ),
+    (
+        "retry_after_is_honored_and_overload_defers",
+        cleanup::retry_after_is_honored_and_overload_defers,
+    ),
     ("backend_down_then_back", security::backend_down_then_back),
     ("dry_run_makes_no_call", security::dry_run_makes_no_call),
     (

@@ -43,6 +43,13 @@ pub enum Action {
     Hang { ms: u64 },
     /// Send a response head promising a body, part of it, then close the connection.
     Reset,
+    /// Refuse as an overloaded backend does: `status` (429 or 503) at once, with a
+    /// `Retry-After` header when `retry_after` is set.
+    Refuse {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<String>,
+    },
     /// Answer with a redirect (`status`, e.g. 302 or 307) to `location`. `/__mock/landing`
     /// answers 200 to anything and is recorded, so a client that follows shows up.
     Redirect { status: u16, location: String },
@@ -104,6 +111,29 @@ pub struct Call {
     pub status: Option<u16>,
 }
 
+/// A backend that serves `max_in_flight` calls at once and refuses the rest at once, as a real
+/// one behind a concurrency limit does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub max_in_flight: usize,
+    /// The refusal's status: 429 or 503.
+    pub status: u16,
+    /// The refusal's `Retry-After` header, if any (e.g. `"2"`).
+    #[serde(default)]
+    pub retry_after: Option<String>,
+}
+
+/// Counters of the backend-endpoint calls, for the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Calls being served right now.
+    pub in_flight: usize,
+    /// The most calls served at once.
+    pub peak_in_flight: usize,
+    /// Calls refused by the capacity limit.
+    pub refused: u64,
+}
+
 #[derive(Default)]
 struct State {
     calls: Vec<Call>,
@@ -111,6 +141,8 @@ struct State {
     latency_ms: u64,
     expected_token: Option<String>,
     log_calls: bool,
+    capacity: Option<Capacity>,
+    stats: Stats,
 }
 
 struct Shared {
@@ -134,6 +166,24 @@ pub struct Options {
     pub expected_token: Option<String>,
     /// Print one line per call to stdout.
     pub log_calls: bool,
+    /// Serve at most this many calls at once, refusing the rest (`None`: no limit).
+    pub capacity: Option<Capacity>,
+}
+
+/// How many connections may wait to be accepted: as deep as a real server's, so that a burst is
+/// queued (and measured as the worker sees it), not dropped by a short queue.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Deepens the listen queue of a bound socket (std listens with 128).
+fn deepen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    extern "C" {
+        fn listen(fd: std::os::raw::c_int, backlog: std::os::raw::c_int) -> std::os::raw::c_int;
+    }
+    // SAFETY: `listen` on a socket we own and keep open; calling it again only resizes the queue.
+    unsafe {
+        listen(listener.as_raw_fd(), LISTEN_BACKLOG);
+    }
 }
 
 /// A running mock backend. Stops when dropped.
@@ -154,12 +204,14 @@ impl MockBackend {
     /// Starts a mock on `addr` (e.g. `127.0.0.1:0` for any free port).
     pub fn start(addr: &str, options: Options) -> std::io::Result<MockBackend> {
         let listener = TcpListener::bind(addr)?;
+        deepen_backlog(&listener);
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 latency_ms: options.latency.as_millis() as u64,
                 expected_token: options.expected_token,
                 log_calls: options.log_calls,
+                capacity: options.capacity,
                 ..State::default()
             }),
             changed: Condvar::new(),
@@ -250,11 +302,26 @@ impl MockBackend {
         self.shared.lock().latency_ms = latency.as_millis() as u64;
     }
 
-    /// Forgets all calls and faults.
+    /// Serves at most `capacity.max_in_flight` calls at once from now on (`None`: no limit).
+    pub fn set_capacity(&self, capacity: Option<Capacity>) {
+        self.shared.lock().capacity = capacity;
+    }
+
+    /// The counters of backend-endpoint calls.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().stats
+    }
+
+    /// Forgets all calls, faults and counters.
     pub fn reset(&self) {
         let mut state = self.shared.lock();
         state.calls.clear();
         state.faults.clear();
+        let in_flight = state.stats.in_flight;
+        state.stats = Stats {
+            in_flight,
+            ..Stats::default()
+        };
     }
 
     /// Stops accepting connections and waits for the acceptor thread.
@@ -319,6 +386,7 @@ enum Plan {
         status: u16,
         body: Value,
         wait_ms: u64,
+        retry_after: Option<String>,
     },
     Hang {
         ms: u64,
@@ -356,11 +424,11 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
         });
         shared.changed.notify_all();
         drop(state);
-        return write_json(writer, 200, &json!({"status": "ok", "landing": true})).is_ok();
+        return write_json(writer, 200, &json!({"status": "ok", "landing": true}), None).is_ok();
     }
     if let Some(control) = path.strip_prefix("/__mock/") {
         let (status, body) = control_request(&method, control, &request.body, shared);
-        return write_json(writer, status, &body).is_ok();
+        return write_json(writer, status, &body, None).is_ok();
     }
 
     let endpoint = match (method.as_str(), path.as_str()) {
@@ -374,20 +442,44 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
     let user_id = field("user_id");
     let authorization = request.header("Authorization").map(str::to_string);
 
-    let (seq, plan, log_calls) = {
+    let (seq, plan, log_calls, serving) = {
         let mut state = shared.lock();
         let seq = state.calls.len() as u64 + 1;
         let latency = state.latency_ms;
+        // Refusals are answered at once and take no place among the calls being served.
+        let mut at_once = endpoint.is_none();
         let plan = match endpoint {
             None => Plan::Answer {
                 status: 404,
                 body: json!({"error": format!("mock backend: no route {method} {path}")}),
                 wait_ms: 0,
+                retry_after: None,
             },
+            Some(_)
+                if state
+                    .capacity
+                    .as_ref()
+                    .is_some_and(|c| state.stats.in_flight >= c.max_in_flight) =>
+            {
+                let capacity = state.capacity.clone().unwrap_or(Capacity {
+                    max_in_flight: 0,
+                    status: 429,
+                    retry_after: None,
+                });
+                state.stats.refused += 1;
+                at_once = true;
+                Plan::Answer {
+                    status: capacity.status,
+                    body: json!({"error": "mock backend: over capacity"}),
+                    wait_ms: 0,
+                    retry_after: capacity.retry_after,
+                }
+            }
             Some(_) if !token_ok(&state.expected_token, authorization.as_deref()) => Plan::Answer {
                 status: 401,
                 body: json!({"error": "missing or wrong bearer token"}),
                 wait_ms: latency,
+                retry_after: None,
             },
             Some(_)
                 if lab_request_id.is_none()
@@ -397,6 +489,7 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
                     status: 400,
                     body: json!({"error": "lab_request_id and user_id are required"}),
                     wait_ms: latency,
+                    retry_after: None,
                 }
             }
             Some(ep) => match take_fault(&mut state.faults, lab_request_id.as_deref(), ep) {
@@ -405,7 +498,20 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
                     status,
                     body: json!({"error": format!("mock backend: injected {status}")}),
                     wait_ms: latency,
+                    retry_after: None,
                 },
+                Some(Action::Refuse {
+                    status,
+                    retry_after,
+                }) => {
+                    at_once = true;
+                    Plan::Answer {
+                        status,
+                        body: json!({"error": format!("mock backend: refused with {status}")}),
+                        wait_ms: 0,
+                        retry_after,
+                    }
+                }
                 Some(Action::Delay { ms }) => {
                     let mut plan = ok_plan(ep, lab_request_id.as_deref(), latency);
                     if let Plan::Answer { wait_ms, .. } = &mut plan {
@@ -426,6 +532,12 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
             Plan::Answer { status, .. } | Plan::Redirect { status, .. } => Some(*status),
             _ => None,
         };
+        // A call the mock serves (not one refused at once) holds a place until it is answered.
+        let serving = !at_once;
+        if serving {
+            state.stats.in_flight += 1;
+            state.stats.peak_in_flight = state.stats.peak_in_flight.max(state.stats.in_flight);
+        }
         state.calls.push(Call {
             seq,
             at_ms: now_ms(),
@@ -439,7 +551,7 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
             status,
         });
         shared.changed.notify_all();
-        (seq, plan, state.log_calls)
+        (seq, plan, state.log_calls, serving)
     };
 
     let keep_alive = match plan {
@@ -447,9 +559,10 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
             status,
             body,
             wait_ms,
+            retry_after,
         } => {
             thread::sleep(Duration::from_millis(wait_ms));
-            write_json(writer, status, &body).is_ok()
+            write_json(writer, status, &body, retry_after.as_deref()).is_ok()
         }
         Plan::Hang { ms } => {
             thread::sleep(Duration::from_millis(ms));
@@ -478,6 +591,9 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
     };
 
     let mut state = shared.lock();
+    if serving {
+        state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+    }
     if let Some(call) = state.calls.iter_mut().find(|c| c.seq == seq) {
         call.done_ms = now_ms();
         if log_calls {
@@ -508,6 +624,7 @@ fn ok_plan(endpoint: Endpoint, id: Option<&str>, latency: u64) -> Plan {
         status: 200,
         body,
         wait_ms: latency,
+        retry_after: None,
     }
 }
 
@@ -545,6 +662,14 @@ fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u
             Err(e) => (400, json!({"error": format!("bad fault: {e}")})),
         },
         ("GET", "faults") => (200, json!(shared.lock().faults)),
+        ("GET", "stats") => (200, json!(shared.lock().stats)),
+        ("POST", "capacity") => match serde_json::from_slice::<Option<Capacity>>(body) {
+            Ok(capacity) => {
+                shared.lock().capacity = capacity.clone();
+                (200, json!(capacity))
+            }
+            Err(e) => (400, json!({"error": format!("bad capacity: {e}")})),
+        },
         ("POST", "reset") => {
             let mut state = shared.lock();
             state.calls.clear();
@@ -553,12 +678,17 @@ fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u
         }
         _ => (
             404,
-            json!({"error": "control endpoints: GET calls, GET faults, POST faults, POST reset"}),
+            json!({"error": "control endpoints: GET calls, GET faults, POST faults, GET stats, POST capacity, POST reset"}),
         ),
     }
 }
 
-fn write_json(writer: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
+fn write_json(
+    writer: &mut TcpStream,
+    status: u16,
+    body: &Value,
+    retry_after: Option<&str>,
+) -> std::io::Result<()> {
     let text = body.to_string();
     let reason = match status {
         200 => "OK",
@@ -572,9 +702,12 @@ fn write_json(writer: &mut TcpStream, status: u16, body: &Value) -> std::io::Res
         503 => "Service Unavailable",
         _ => "Status",
     };
+    let retry_after = retry_after
+        .map(|v| format!("Retry-After: {v}\r\n"))
+        .unwrap_or_default();
     // One write per answer.
     let answer = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{retry_after}Content-Length: {}\r\n\r\n{text}",
         text.len()
     );
     writer.write_all(answer.as_bytes())?;
@@ -689,6 +822,98 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].status, Some(307));
         assert_eq!(calls[1].path, LANDING_PATH);
+    }
+
+    #[test]
+    fn capacity_refuses_beyond_the_limit_at_once_and_counts() {
+        let mock = MockBackend::start(
+            "127.0.0.1:0",
+            Options {
+                latency: Duration::from_millis(300),
+                capacity: Some(Capacity {
+                    max_in_flight: 2,
+                    status: 429,
+                    retry_after: Some("2".into()),
+                }),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let addr = mock.addr().to_string();
+        let handles: Vec<_> = (0..5)
+            .map(|i| {
+                let addr = addr.clone();
+                thread::spawn(move || {
+                    let started = Instant::now();
+                    let r = http::request(
+                        &addr,
+                        "POST",
+                        DELETE_VM_PATH,
+                        &[],
+                        format!(r#"{{"lab_request_id":"c{i}","user_id":"u"}}"#).as_bytes(),
+                        Duration::from_secs(5),
+                    )
+                    .unwrap();
+                    (
+                        r.status,
+                        r.header("Retry-After").map(str::to_string),
+                        started.elapsed(),
+                    )
+                })
+            })
+            .collect();
+        let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let ok = answers.iter().filter(|(s, _, _)| *s == 200).count();
+        let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+        assert_eq!(ok + refused.len(), 5);
+        assert!(ok >= 2, "{answers:?}");
+        assert!(!refused.is_empty(), "{answers:?}");
+        for (_, retry_after, took) in &refused {
+            assert_eq!(retry_after.as_deref(), Some("2"));
+            assert!(
+                *took < Duration::from_millis(250),
+                "refused at once: {took:?}"
+            );
+        }
+        let stats = mock.stats();
+        assert_eq!(stats.peak_in_flight, 2);
+        assert_eq!(stats.refused, refused.len() as u64);
+        assert_eq!(stats.in_flight, 0);
+    }
+
+    #[test]
+    fn refuse_faults_carry_retry_after() {
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).unwrap();
+        mock.add_fault(
+            Fault::on(
+                "x",
+                Endpoint::Expose,
+                Action::Refuse {
+                    status: 503,
+                    retry_after: Some("1".into()),
+                },
+            )
+            .times(1),
+        );
+        let addr = mock.addr().to_string();
+        let r = json_request(
+            &addr,
+            "DELETE",
+            EXPOSE_PATH,
+            &json!({"lab_request_id": "x"}),
+        )
+        .unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("Retry-After"), Some("1"));
+        let r = json_request(
+            &addr,
+            "DELETE",
+            EXPOSE_PATH,
+            &json!({"lab_request_id": "x"}),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("Retry-After"), None);
     }
 
     #[test]

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use mock_backend::{MockBackend, Options};
+use mock_backend::{Capacity, MockBackend, Options};
 
 const USAGE: &str =
     "usage: mock-backend [--listen 127.0.0.1:8788] [--latency-ms N] [--token T] [--quiet]
+                    [--capacity N [--refuse-status 429|503] [--retry-after SECONDS]]
 
 Serves DELETE /api/v1/expose/ and POST /api/v1/labs/delete, answering 200 unless a fault says
 otherwise, and prints one line per call. Control endpoints:
@@ -17,7 +18,12 @@ otherwise, and prints one line per call. Control endpoints:
        kinds: status{status}, delay{ms}, hang{ms}, reset, redirect{status, location}
        (location /__mock/landing answers 200 and is recorded); endpoint: expose | delete_vm |
        null (both)
-  POST /__mock/reset    forget calls and faults";
+  GET  /__mock/stats    calls in flight now, the peak, calls refused by --capacity
+  POST /__mock/capacity {\"max_in_flight\": 20, \"status\": 429, \"retry_after\": \"2\"} (null: no limit)
+  POST /__mock/reset    forget calls, faults and counters
+
+--capacity N serves N calls at once and refuses the rest at once with --refuse-status (429 by
+default), with a Retry-After header when --retry-after is given.";
 
 fn main() {
     let mut listen = "127.0.0.1:8788".to_string();
@@ -43,6 +49,25 @@ fn main() {
                 options.latency = Duration::from_millis(ms);
             }
             "--token" => options.expected_token = Some(value("--token")),
+            "--capacity" | "--refuse-status" | "--retry-after" => {
+                let v = value(&arg);
+                let capacity = options.capacity.get_or_insert(Capacity {
+                    max_in_flight: usize::MAX,
+                    status: 429,
+                    retry_after: None,
+                });
+                let number = || {
+                    v.parse::<usize>().unwrap_or_else(|_| {
+                        eprintln!("mock-backend: {arg} takes a whole number");
+                        std::process::exit(2)
+                    })
+                };
+                match arg.as_str() {
+                    "--capacity" => capacity.max_in_flight = number(),
+                    "--refuse-status" => capacity.status = number() as u16,
+                    _ => capacity.retry_after = Some(v.clone()),
+                }
+            }
             "--quiet" => options.log_calls = false,
             "-h" | "--help" => {
                 println!("{USAGE}");

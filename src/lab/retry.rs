@@ -1,0 +1,293 @@
+//! When the next cleanup attempt runs: the backend's `Retry-After`, the retry pause, jitter, and the spread of first attempts.
+//!
+//! Pure: the time and the random numbers come in as arguments (`rand` in `[0, 1)`), so tests are
+//! deterministic. The adaptive policy is the default; `RETRY_POLICY=fixed` keeps the original one
+//! (a fixed pause after every failing attempt, no `Retry-After`, no stop, no jitter) for
+//! comparison in the benchmark.
+
+use chrono::DateTime;
+
+/// A `Retry-After` is honored for at least this long: the backend asked for a pause.
+pub const MIN_RETRY_AFTER_MS: i64 = 1_000;
+/// ... and for at most this long: a larger value is taken as this (a lab is never parked for a
+/// day on the word of an overloaded backend).
+pub const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
+/// The retry pause is spread uniformly over ±this fraction, so labs that failed together do not
+/// come back together.
+pub const PAUSE_JITTER: f64 = 0.2;
+/// A connection that fails before any answer is tried once more in the same attempt after a
+/// pause drawn from this range (milliseconds).
+pub const RECONNECT_PAUSE_MS: (u64, u64) = (100, 1_000);
+
+/// Which retry rules apply (`RETRY_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Honor `Retry-After`, stop an attempt on overload, jitter, one reconnect, spread first
+    /// attempts, one deletion at a time after a refusal.
+    Adaptive,
+    /// The original behaviour: `CLEANUP_RETRY_SECONDS` after every failing attempt, nothing else.
+    Fixed,
+}
+
+impl Policy {
+    pub fn parse(value: &str) -> Option<Policy> {
+        match value.trim() {
+            "adaptive" => Some(Policy::Adaptive),
+            "fixed" => Some(Policy::Fixed),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a `Retry-After` value, delta-seconds (`"120"`) or an HTTP date
+/// (`"Wed, 21 Oct 2026 07:28:00 GMT"`), as a wait in milliseconds from `now_ms`, within
+/// `[MIN_RETRY_AFTER_MS, MAX_RETRY_AFTER_MS]`. `None` for a value that is neither.
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<i64> {
+    let value = value.trim();
+    let wait_ms = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Delta-seconds; absurdly long digit strings saturate.
+        value
+            .parse::<i64>()
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    } else {
+        DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .timestamp_millis()
+            .saturating_sub(now_ms)
+    };
+    Some(wait_ms.clamp(MIN_RETRY_AFTER_MS, MAX_RETRY_AFTER_MS))
+}
+
+/// How an attempt ended, as far as timing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every VM is deleted: no next attempt.
+    Done,
+    /// The backend refused a call (429 or 503); `retry_after_ms` is the longest wait it asked for
+    /// (`None`: it did not say).
+    Refused { retry_after_ms: Option<i64> },
+    /// Some deletion failed otherwise (5xx, timeout, network, ...).
+    Failed,
+}
+
+/// When the next attempt runs, for an attempt that ended at `end_ms`.
+///
+/// - fixed: `end + retry` exactly;
+/// - adaptive, refused with `Retry-After` RA: uniformly in `[end + RA, end + 2 RA]` (never before
+///   RA; the spread over a whole RA was measured to refuse far fewer calls than ±20 % when a
+///   class of labs comes back together, see docs/PERFORMANCE.md);
+/// - adaptive, any other failure (a refusal without `Retry-After` included): `end + retry ± 20 %`.
+pub fn next_attempt_at(
+    policy: Policy,
+    ending: Ending,
+    end_ms: i64,
+    retry_ms: i64,
+    rand: f64,
+) -> Option<i64> {
+    let rand = rand.clamp(0.0, 1.0);
+    let wait_ms = match (policy, ending) {
+        (_, Ending::Done) => return None,
+        (Policy::Fixed, _) => retry_ms,
+        (
+            Policy::Adaptive,
+            Ending::Refused {
+                retry_after_ms: Some(ra),
+            },
+        ) => ra + (ra as f64 * rand) as i64,
+        (Policy::Adaptive, _) => {
+            let spread = retry_ms as f64 * PAUSE_JITTER;
+            (retry_ms as f64 - spread + 2.0 * spread * rand).round() as i64
+        }
+    };
+    Some(end_ms.saturating_add(wait_ms.max(1)))
+}
+
+/// The delay of a lab's first attempt after its expiry: uniform in `[0, spread_ms)` under the
+/// adaptive policy, so a class that expires in the same second does not call the backend in the
+/// same second. Never negative: no attempt before the expiry.
+pub fn first_attempt_delay(policy: Policy, spread_ms: i64, rand: f64) -> i64 {
+    match policy {
+        Policy::Fixed => 0,
+        Policy::Adaptive => (spread_ms.max(0) as f64 * rand.clamp(0.0, 1.0)) as i64,
+    }
+}
+
+/// The pause before the one reconnect of a call whose connection failed before any answer.
+pub fn reconnect_pause_ms(rand: f64) -> u64 {
+    let (low, high) = RECONNECT_PAUSE_MS;
+    low + ((high - low) as f64 * rand.clamp(0.0, 1.0)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000_000;
+
+    #[test]
+    fn retry_after_in_seconds() {
+        assert_eq!(parse_retry_after("2", NOW), Some(2_000));
+        assert_eq!(parse_retry_after(" 120 ", NOW), Some(120_000));
+        assert_eq!(
+            parse_retry_after("0", NOW),
+            Some(1_000),
+            "never sooner than 1 s"
+        );
+        assert_eq!(
+            parse_retry_after("86400", NOW),
+            Some(3_600_000),
+            "at most 1 h"
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", NOW),
+            Some(3_600_000)
+        );
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date() {
+        // NOW is 2026-11-18T...; 90 s later as an IMF-fixdate.
+        let at = DateTime::from_timestamp_millis(NOW + 90_000).unwrap();
+        let text = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        assert_eq!(parse_retry_after(&text, NOW), Some(90_000));
+        // A date in the past: come back as soon as allowed.
+        let past = DateTime::from_timestamp_millis(NOW - 60_000).unwrap();
+        let text = past.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        assert_eq!(parse_retry_after(&text, NOW), Some(1_000));
+        let far = DateTime::from_timestamp_millis(NOW + 86_400_000).unwrap();
+        let text = far.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        assert_eq!(parse_retry_after(&text, NOW), Some(3_600_000));
+    }
+
+    #[test]
+    fn unreadable_retry_after_is_ignored() {
+        for bad in ["", "soon", "-5", "1.5", "2 s", "Mon, 99 Foo 2026"] {
+            assert_eq!(parse_retry_after(bad, NOW), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fixed_policy_is_the_original_pause() {
+        for ending in [
+            Ending::Failed,
+            Ending::Refused {
+                retry_after_ms: Some(2_000),
+            },
+            Ending::Refused {
+                retry_after_ms: None,
+            },
+        ] {
+            for rand in [0.0, 0.5, 0.999] {
+                assert_eq!(
+                    next_attempt_at(Policy::Fixed, ending, NOW, 300_000, rand),
+                    Some(NOW + 300_000)
+                );
+            }
+        }
+        assert_eq!(first_attempt_delay(Policy::Fixed, 5_000, 0.9), 0);
+    }
+
+    #[test]
+    fn a_retry_after_is_honored_and_spread_over_one_more_of_it() {
+        let refused = Ending::Refused {
+            retry_after_ms: Some(2_000),
+        };
+        assert_eq!(
+            next_attempt_at(Policy::Adaptive, refused, NOW, 300_000, 0.0),
+            Some(NOW + 2_000),
+            "exactly the Retry-After at the low end"
+        );
+        assert_eq!(
+            next_attempt_at(Policy::Adaptive, refused, NOW, 300_000, 0.5),
+            Some(NOW + 3_000)
+        );
+        let high = next_attempt_at(Policy::Adaptive, refused, NOW, 300_000, 0.999_999).unwrap();
+        assert!(
+            (NOW + 3_999..=NOW + 4_000).contains(&high),
+            "{}",
+            high - NOW
+        );
+        // Never before the Retry-After, whatever the random number.
+        for i in 0..1000 {
+            let rand = i as f64 / 1000.0;
+            let at = next_attempt_at(Policy::Adaptive, refused, NOW, 300_000, rand).unwrap();
+            assert!(
+                (NOW + 2_000..NOW + 4_000).contains(&at),
+                "{rand}: {}",
+                at - NOW
+            );
+        }
+    }
+
+    #[test]
+    fn other_failures_keep_the_pause_within_twenty_percent() {
+        for ending in [
+            Ending::Failed,
+            Ending::Refused {
+                retry_after_ms: None,
+            },
+        ] {
+            assert_eq!(
+                next_attempt_at(Policy::Adaptive, ending, NOW, 300_000, 0.0),
+                Some(NOW + 240_000)
+            );
+            assert_eq!(
+                next_attempt_at(Policy::Adaptive, ending, NOW, 300_000, 0.5),
+                Some(NOW + 300_000)
+            );
+            for i in 0..1000 {
+                let rand = i as f64 / 1000.0;
+                let at = next_attempt_at(Policy::Adaptive, ending, NOW, 300_000, rand).unwrap();
+                assert!((NOW + 240_000..=NOW + 360_000).contains(&at));
+            }
+        }
+        // Out-of-range random numbers are clamped, never a negative pause.
+        assert_eq!(
+            next_attempt_at(Policy::Adaptive, Ending::Failed, NOW, 1_000, -3.0),
+            Some(NOW + 800)
+        );
+        assert_eq!(
+            next_attempt_at(Policy::Adaptive, Ending::Failed, NOW, 1_000, 7.0),
+            Some(NOW + 1_200)
+        );
+    }
+
+    #[test]
+    fn done_has_no_next_attempt() {
+        assert_eq!(
+            next_attempt_at(Policy::Adaptive, Ending::Done, NOW, 1, 0.3),
+            None
+        );
+        assert_eq!(
+            next_attempt_at(Policy::Fixed, Ending::Done, NOW, 1, 0.3),
+            None
+        );
+    }
+
+    #[test]
+    fn first_attempts_spread_after_the_expiry_never_before() {
+        assert_eq!(first_attempt_delay(Policy::Adaptive, 5_000, 0.0), 0);
+        assert_eq!(first_attempt_delay(Policy::Adaptive, 5_000, 0.5), 2_500);
+        assert_eq!(first_attempt_delay(Policy::Adaptive, 0, 0.9), 0);
+        assert_eq!(first_attempt_delay(Policy::Adaptive, -5, 0.9), 0);
+        for i in 0..100 {
+            let d = first_attempt_delay(Policy::Adaptive, 5_000, i as f64 / 100.0);
+            assert!((0..5_000).contains(&d));
+        }
+    }
+
+    #[test]
+    fn reconnect_pauses_are_short() {
+        assert_eq!(reconnect_pause_ms(0.0), 100);
+        assert_eq!(reconnect_pause_ms(1.0), 1_000);
+        assert!((100..=1_000).contains(&reconnect_pause_ms(0.37)));
+    }
+
+    #[test]
+    fn policy_names() {
+        assert_eq!(Policy::parse("adaptive"), Some(Policy::Adaptive));
+        assert_eq!(Policy::parse(" fixed "), Some(Policy::Fixed));
+        assert_eq!(Policy::parse("exponential"), None);
+    }
+}

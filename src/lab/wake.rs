@@ -1,0 +1,208 @@
+//! The object's one alarm: what is due at a given moment, and when the alarm must fire next.
+//!
+//! A lab's object wakes for several reasons (its cleanup attempt, the end of retention); it has
+//! one alarm, so every path that saves the record sets the alarm to `next_wake`, and the alarm
+//! handler asks `due` what to do. Both come from the same per-reason times, so they cannot
+//! disagree.
+
+use crate::lab::session::{Session, Status};
+
+/// The timing settings the wake-up times depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a completed record is kept.
+    pub retention_ms: i64,
+}
+
+/// What is due when the alarm fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Due {
+    /// A cleanup attempt (never before the lab's expiry).
+    pub attempt: bool,
+    /// The end of retention: forget the lab.
+    pub purge: bool,
+}
+
+impl Due {
+    pub fn any(&self) -> bool {
+        self.attempt || self.purge
+    }
+}
+
+/// When the next cleanup attempt is due: the expiry (plus the lab's start delay) while
+/// scheduled; the planned attempt while cleaning up or retrying, never before the expiry.
+pub fn attempt_at(session: &Session) -> Option<i64> {
+    match session.status {
+        Status::Scheduled => Some(
+            session
+                .expires_at_ms
+                .saturating_add(session.start_delay_ms.max(0)),
+        ),
+        Status::CleaningUp | Status::Retrying => session
+            .next_attempt_at_ms
+            .map(|at| at.max(session.expires_at_ms)),
+        Status::Completed => None,
+    }
+}
+
+/// When a completed lab's record is forgotten.
+pub fn purge_at(session: &Session, timing: &Timing) -> Option<i64> {
+    session
+        .completed_at_ms
+        .map(|done| done.saturating_add(timing.retention_ms))
+}
+
+/// When the object's alarm must fire next: the earliest of every reason's time (`None`: nothing
+/// left to do).
+pub fn next_wake(session: &Session, timing: &Timing) -> Option<i64> {
+    [attempt_at(session), purge_at(session, timing)]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// What is due at `now_ms`. An attempt never before the lab's expiry, whatever the alarm says;
+/// never a second cleanup of a completed lab (alarms are delivered at least once).
+pub fn due(session: &Session, now_ms: i64, timing: &Timing) -> Due {
+    Due {
+        attempt: session.is_expired(now_ms) && attempt_at(session).is_some_and(|at| now_ms >= at),
+        purge: purge_at(session, timing).is_some_and(|at| now_ms >= at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::cleanup::AttemptResult;
+    use crate::lab::session::NewSession;
+
+    const T0: i64 = 1_795_000_000_000;
+    const TIMING: Timing = Timing {
+        retention_ms: 1_000,
+    };
+
+    fn session(workers: &[&str]) -> Session {
+        Session::schedule(
+            NewSession {
+                lab_request_id: "m".into(),
+                user_id: "u".into(),
+                worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
+                duration: 1,
+                vm_name: None,
+            },
+            T0,
+            60_000,
+        )
+    }
+
+    fn deleted(ids: &[&str]) -> AttemptResult {
+        AttemptResult {
+            deleted: ids.iter().map(|id| id.to_string()).collect(),
+            ..AttemptResult::default()
+        }
+    }
+
+    const NOTHING: Due = Due {
+        attempt: false,
+        purge: false,
+    };
+    const ATTEMPT: Due = Due {
+        attempt: true,
+        purge: false,
+    };
+    const PURGE: Due = Due {
+        attempt: false,
+        purge: true,
+    };
+
+    #[test]
+    fn a_lab_wakes_for_its_attempts_then_its_purge() {
+        let mut s = session(&["w1"]);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 60_000));
+        assert_eq!(due(&s, T0 + 59_999, &TIMING), NOTHING);
+        assert_eq!(due(&s, T0 + 60_000, &TIMING), ATTEMPT);
+
+        s.begin_attempt(T0 + 60_000, 5_000);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 65_000));
+        assert_eq!(
+            due(&s, T0 + 60_001, &TIMING),
+            NOTHING,
+            "the attempt is running; its safety alarm is later"
+        );
+        assert_eq!(
+            due(&s, T0 + 65_000, &TIMING),
+            ATTEMPT,
+            "resume a cut-short attempt"
+        );
+        s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 66_000);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 66_000));
+        assert_eq!(due(&s, T0 + 62_000, &TIMING), NOTHING);
+        assert_eq!(due(&s, T0 + 66_000, &TIMING), ATTEMPT);
+
+        s.begin_attempt(T0 + 66_000, 5_000);
+        s.finish_attempt(&deleted(&["w1"]), T0 + 67_000, T0 + 72_000);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 68_000));
+        assert_eq!(due(&s, T0 + 67_500, &TIMING), NOTHING);
+        assert_eq!(
+            due(&s, T0 + 68_000, &TIMING),
+            PURGE,
+            "a completed lab is never cleaned again"
+        );
+    }
+
+    #[test]
+    fn the_start_delay_comes_after_the_expiry() {
+        let mut s = session(&[]);
+        s.start_delay_ms = 3_000;
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 63_000));
+        assert_eq!(due(&s, T0 + 62_999, &TIMING), NOTHING);
+        assert_eq!(due(&s, T0 + 63_000, &TIMING), ATTEMPT);
+        // Ending the lab now skips the spread: the student asked.
+        assert!(s.end_now(T0 + 10_000));
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 10_000));
+        assert_eq!(due(&s, T0 + 10_000, &TIMING), ATTEMPT);
+    }
+
+    #[test]
+    fn no_attempt_before_the_expiry_whatever_the_record_says() {
+        let mut s = session(&[]);
+        s.status = Status::Retrying;
+        s.next_attempt_at_ms = Some(T0 + 1_000);
+        assert_eq!(attempt_at(&s), Some(T0 + 60_000));
+        assert_eq!(due(&s, T0 + 1_000, &TIMING), NOTHING);
+        s.start_delay_ms = -5_000;
+        s.status = Status::Scheduled;
+        assert_eq!(
+            attempt_at(&s),
+            Some(T0 + 60_000),
+            "a negative delay is none"
+        );
+    }
+
+    #[test]
+    fn an_extended_lab_is_never_cleaned_at_its_old_expiry() {
+        let mut s = session(&[]);
+        s.extend(2, 60_000, 1_000).unwrap();
+        assert_eq!(due(&s, T0 + 60_000, &TIMING), NOTHING);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 180_000));
+    }
+
+    #[test]
+    fn end_now_and_retrying() {
+        let mut s = session(&["w1"]);
+        assert!(s.end_now(T0 + 10));
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 10));
+        s.begin_attempt(T0 + 10, 300_000);
+        s.finish_attempt(&deleted(&["m"]), T0 + 30, T0 + 300_030);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 300_030));
+        assert!(s.end_now(T0 + 40), "ending a retrying lab retries now");
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 40));
+        s.begin_attempt(T0 + 40, 300_000);
+        s.finish_attempt(&deleted(&["w1"]), T0 + 50, T0 + 300_050);
+        assert_eq!(
+            next_wake(&s, &TIMING),
+            Some(T0 + 1_050),
+            "purge after retention"
+        );
+    }
+}

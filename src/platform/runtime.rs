@@ -1,0 +1,47 @@
+//! The engine's surroundings on workerd: the clock, randomness, sleeping, and the console log.
+
+use std::time::Duration;
+
+use worker::{console_error, console_log, console_warn};
+
+use crate::lab::cleanup::{Level, Logger, Runtime, LOG_PREFIX};
+
+/// The Workers runtime, as the cleanup engine sees it.
+pub struct WorkersRuntime;
+
+impl Runtime for WorkersRuntime {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn random(&self) -> f64 {
+        random()
+    }
+
+    async fn sleep(&self, ms: u64) {
+        worker::Delay::from(Duration::from_millis(ms)).await
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+/// A random number in `[0, 1)` (`Math.random()`: jitter, not secrets).
+pub fn random() -> f64 {
+    worker::js_sys::Math::random()
+}
+
+/// Log sink for the Workers console (dashboard, `wrangler tail`, `wrangler dev`).
+pub struct ConsoleLogger;
+
+impl Logger for ConsoleLogger {
+    fn log(&self, level: Level, message: &str) {
+        match level {
+            Level::Info => console_log!("{LOG_PREFIX} {message}"),
+            Level::Warn => console_warn!("{LOG_PREFIX} {message}"),
+            Level::Error => console_error!("{LOG_PREFIX} {message}"),
+        }
+    }
+}
