@@ -1,5 +1,8 @@
 //! Configuration: every `[vars]` entry and secret is read and checked here, and nowhere else.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use thiserror::Error;
 
 use crate::lab::retry::Policy;
@@ -96,6 +99,9 @@ pub struct Config {
     pub retry_policy: Policy,
     /// First attempts start up to this long after the expiry, at random (adaptive policy).
     pub expiry_spread_seconds: u64,
+    /// `LOG_STORAGE_OPS = "true"`: each invocation logs its storage operation count (debug level;
+    /// the benchmark reads it). Off by default: a log line per request is not free.
+    pub log_storage_ops: bool,
 }
 
 impl Config {
@@ -155,21 +161,21 @@ impl Config {
             });
         }
 
+        let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(ConfigError::Invalid {
+                name,
+                expected: "\"true\" or \"false\"".into(),
+                value: Some(other.to_string()),
+            }),
+        };
+
         Ok(Config {
             backend_url,
             backend_api_token: get("BACKEND_API_TOKEN"),
             api_token: get("API_TOKEN"),
-            dry_run: match get("DRY_RUN").as_deref().map(str::trim) {
-                None | Some("false") | Some("0") => false,
-                Some("true") | Some("1") => true,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        name: "DRY_RUN",
-                        expected: "\"true\" or \"false\"".into(),
-                        value: Some(other.to_string()),
-                    })
-                }
-            },
+            dry_run: flag("DRY_RUN")?,
             cleanup_retry_seconds: number(
                 "CLEANUP_RETRY_SECONDS",
                 DEFAULT_CLEANUP_RETRY_SECONDS,
@@ -223,12 +229,26 @@ impl Config {
                 0,
                 3_600,
             )?,
+            log_storage_ops: flag("LOG_STORAGE_OPS")?,
         })
     }
 
-    /// Reads the configuration from the worker's `[vars]` and secrets.
-    pub fn from_env(env: &worker::Env) -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()))
+    /// Reads the configuration from the worker's `[vars]` and secrets, once per isolate: an
+    /// isolate serves one deployment, whose settings never change under it (a new setting or
+    /// secret is a new deployment, hence a new isolate). The result, error included, is cached.
+    pub fn from_env(env: &worker::Env) -> Result<Rc<Config>, ConfigError> {
+        thread_local! {
+            static CACHED: RefCell<Option<Result<Rc<Config>, ConfigError>>> = const { RefCell::new(None) };
+        }
+        CACHED.with(|cached| {
+            cached
+                .borrow_mut()
+                .get_or_insert_with(|| {
+                    Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()))
+                        .map(Rc::new)
+                })
+                .clone()
+        })
     }
 
     /// Milliseconds between cleanup attempts.

@@ -8,8 +8,9 @@ pub mod config;
 pub mod lab;
 pub mod platform;
 
-use wasm_bindgen::JsValue;
-use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{event, web_sys, Context, Env, Method, Request, Response};
 
 use crate::api::error::ApiError;
 use crate::api::routes::{self, Route};
@@ -28,8 +29,10 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// Answers with a raw `web_sys::Response`: a lab object's answer is passed through as it came,
+/// instead of being re-wrapped around its body stream (which costs a pipe through JavaScript).
 #[event(fetch)]
-async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
     match handle(request, &env).await {
         Ok(response) => Ok(response),
         Err(e) => {
@@ -37,7 +40,7 @@ async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Resp
             if e.status() >= 500 && !matches!(e, ApiError::NotConfigured(_)) {
                 worker::console_error!("[router] {e}");
             }
-            respond::error(&e)
+            respond::error(&e).map(Into::into)
         }
     }
 }
@@ -46,7 +49,7 @@ fn internal(e: worker::Error) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
+async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiError> {
     let path = request.path();
     // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
     let method = request.inner().method();
@@ -59,14 +62,14 @@ async fn handle(request: Request, env: &Env) -> Result<Response, ApiError> {
         return api(routes::route(&method, &path)?, request, env, &config).await;
     }
     match routes::route(&method, &path)? {
-        Route::Health => health(env),
+        Route::Health => health(env).map(Into::into),
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
     }
 }
 
 /// The configuration, or the `503 not_configured` error; the error's detail (with the value of
 /// a non-secret setting) goes to the log, never to the caller.
-fn config(env: &Env) -> Result<Config, ApiError> {
+fn config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
     Config::from_env(env).map_err(|e| {
         worker::console_error!("[config] {}", e.detail());
         ApiError::from(e)
@@ -99,7 +102,7 @@ async fn api(
     request: Request,
     env: &Env,
     config: &Config,
-) -> Result<Response, ApiError> {
+) -> Result<web_sys::Response, ApiError> {
     match route {
         Route::CreateSession => create_session(request, env, config).await,
         Route::GetSession(id) => {
@@ -157,7 +160,7 @@ async fn create_session(
     request: Request,
     env: &Env,
     config: &Config,
-) -> Result<Response, ApiError> {
+) -> Result<web_sys::Response, ApiError> {
     let body = json_body(request).await?;
     let new = validation::parse_new_session(
         &body,
@@ -185,22 +188,25 @@ async fn forward(
     method: Method,
     path: &str,
     json: Option<String>,
-) -> Result<Response, ApiError> {
-    let stub = env
+) -> Result<web_sys::Response, ApiError> {
+    let stub: worker::worker_sys::DurableObject = env
         .durable_object(SESSION_MANAGER_BINDING)
         .and_then(|ns| ns.id_from_name(lab_request_id)?.get_stub())
-        .map_err(internal)?;
-    let mut init = RequestInit::new();
-    init.with_method(method);
+        .map_err(internal)?
+        .into_rpc();
+    let js = |e: wasm_bindgen::JsValue| internal(worker::Error::from(e));
+    let init = web_sys::RequestInit::new();
+    init.set_method(method.as_ref());
     if let Some(json) = json {
-        let headers = Headers::new();
-        headers
-            .set("Content-Type", "application/json")
-            .map_err(internal)?;
-        init.with_headers(headers)
-            .with_body(Some(JsValue::from_str(&json)));
+        init.set_body(&JsValue::from_str(&json));
     }
-    let request = Request::new_with_init(&format!("https://session-manager{path}"), &init)
-        .map_err(internal)?;
-    stub.fetch_with_request(request).await.map_err(internal)
+    let request =
+        web_sys::Request::new_with_str_and_init(&format!("https://session-manager{path}"), &init)
+            .map_err(js)?;
+    let answer = stub.fetch_with_request(&request).map_err(js)?;
+    JsFuture::from(answer)
+        .await
+        .map_err(js)?
+        .dyn_into::<web_sys::Response>()
+        .map_err(js)
 }

@@ -2,6 +2,8 @@
 //!
 //! Thin glue: state transitions live in `session`, the cleanup in `cleanup`, HTTP in `backend`.
 
+use std::rc::Rc;
+
 use worker::{
     console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
     Response, Result, State,
@@ -30,6 +32,8 @@ pub const EXTEND_PATH: &str = "/extend";
 #[durable_object]
 pub struct SessionManager {
     state: State,
+    /// The runtime's storage API, which `Store` calls directly.
+    storage: worker::worker_sys::DurableObjectStorage,
     env: Env,
 }
 
@@ -42,7 +46,7 @@ enum Found {
 }
 
 impl SessionManager {
-    fn config(&self) -> std::result::Result<Config, ApiError> {
+    fn config(&self) -> std::result::Result<Rc<Config>, ApiError> {
         Config::from_env(&self.env).map_err(|e| {
             console_error!("[config] {}", e.detail());
             ApiError::from(e)
@@ -140,7 +144,7 @@ impl SessionManager {
                     random(),
                 );
                 store.save(&session, alarm_at(&session, &config)).await?;
-                console_log!(
+                let line = format!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                     match session.lab_type() {
                         LabType::SingleVm => "single VM",
@@ -152,6 +156,12 @@ impl SessionManager {
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
                 );
+                // The line is logged right after the answer: a console line costs about as much
+                // as the rest of a create, so it is kept off the answer's path (never dropped).
+                self.state.wait_until(async move {
+                    worker::Delay::from(std::time::Duration::ZERO).await;
+                    console_log!("{line}")
+                });
                 respond::json(201, &session.view())
             }
             // A retried POST of the same lab: answer with the current state, change nothing
@@ -177,7 +187,7 @@ impl SessionManager {
 
     async fn status(&self, store: &Store) -> Result<Response> {
         let config = self.config().ok();
-        match self.find_for_request(store, config.as_ref()).await? {
+        match self.find_for_request(store, config.as_deref()).await? {
             Ok(Some(session)) => respond::json(200, &session.view()),
             Ok(None) => not_found(),
             Err(answer) => Ok(answer),
@@ -239,7 +249,7 @@ impl SessionManager {
     async fn run_alarm(&self, store: &Store) -> Result<&'static str> {
         let now = now_ms();
         let config = Config::from_env(&self.env);
-        let mut session = match self.find(store, config.as_ref().ok()).await? {
+        let mut session = match self.find(store, config.as_deref().ok()).await? {
             Found::Session(session) => *session,
             Found::Unreadable(_) => return Ok("unreadable legacy record, kept"),
             Found::Nothing => {
@@ -370,15 +380,22 @@ fn not_found() -> Result<Response> {
     ))
 }
 
-/// Reads a JSON body sent by the router; a bad one is the router's bug, answered as a 400.
+/// Reads a JSON body sent by the router; a bad one is the router's bug, answered as a 400. Read
+/// as text and parsed by serde_json: cheaper in wasm than `Request::json` (a JavaScript parse,
+/// then a conversion of every value across the boundary).
 async fn body<T: serde::de::DeserializeOwned>(
     mut request: Request,
 ) -> std::result::Result<T, Result<Response>> {
-    request.json().await.map_err(|e| {
+    let unreadable = |e: String| {
         respond::error(&ApiError::InvalidRequest(format!(
             "unreadable internal request: {e}"
         )))
-    })
+    };
+    let text = request
+        .text()
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))
 }
 
 /// The body of an internal extend request.
@@ -389,12 +406,18 @@ pub struct ExtendBy {
 
 impl DurableObject for SessionManager {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env }
+        let raw = state._inner();
+        let storage = raw.storage().expect("a Durable Object always has storage");
+        Self {
+            state: State::from(raw),
+            storage,
+            env,
+        }
     }
 
     async fn fetch(&self, request: Request) -> Result<Response> {
         let path = request.path();
-        let store = Store::new(&self.state);
+        let store = Store::new(&self.storage);
         let answer = match (request.method(), path.as_str()) {
             (Method::Post, CREATE_PATH) => match body::<NewSession>(request).await {
                 Ok(new) => self.create(&store, new).await,
@@ -408,19 +431,23 @@ impl DurableObject for SessionManager {
             },
             _ => respond::error(&ApiError::NotFound(format!("no internal route for {path}"))),
         };
-        store.report(&path);
+        if self.config().is_ok_and(|c| c.log_storage_ops) {
+            store.report(&path);
+        }
         answer
     }
 
     async fn alarm(&self) -> Result<Response> {
         // Backend faults are handled inside the attempt; only storage errors reach here, and
         // returning them lets the platform retry the alarm.
-        let store = Store::new(&self.state);
+        let store = Store::new(&self.storage);
         let done = self.run_alarm(&store).await;
-        store.report(&format!(
-            "alarm ({})",
-            done.as_ref().map_or("storage error", |what| *what)
-        ));
+        if self.config().is_ok_and(|c| c.log_storage_ops) {
+            store.report(&format!(
+                "alarm ({})",
+                done.as_ref().map_or("storage error", |what| *what)
+            ));
+        }
         done?;
         Response::empty()
     }

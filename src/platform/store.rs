@@ -1,11 +1,16 @@
 //! The object's storage: the only code that reads or writes it, counting its operations.
+//!
+//! It calls the runtime's storage API directly (`worker_sys`): the writes of one batch are issued
+//! in the same turn, so the runtime commits them as one atomic write, and the batch is awaited
+//! once (`Promise.all`) instead of once per operation.
 
 use std::cell::Cell;
 
-use chrono::{DateTime, Utc};
-use wasm_bindgen::JsValue;
-use worker::js_sys::{Array, Map};
-use worker::{console_debug, Result, State, Storage};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::js_sys::{Array, Date, Map, Object, Promise};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::worker_sys::DurableObjectStorage;
+use worker::{console_debug, Result};
 
 use crate::lab::cleanup::LOG_PREFIX;
 use crate::lab::legacy::{LegacyRecord, LegacyValue, LEGACY_KEYS};
@@ -25,21 +30,30 @@ pub enum Stored {
 }
 
 /// The object's storage as one request or alarm uses it, counting its operations (reported at
-/// debug level, and measured by the benchmark).
+/// debug level when `LOG_STORAGE_OPS` is on, and measured by the benchmark).
 pub struct Store {
-    storage: Storage,
+    storage: DurableObjectStorage,
     reads: Cell<u32>,
     writes: Cell<u32>,
 }
 
-fn alarm_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+fn js(e: JsValue) -> worker::Error {
+    worker::Error::from(e)
+}
+
+/// Waits for every promise of a batch.
+async fn all(promises: &[Promise]) -> Result<()> {
+    let array: Array = promises.iter().collect();
+    JsFuture::from(Promise::all(&array))
+        .await
+        .map(|_| ())
+        .map_err(js)
 }
 
 impl Store {
-    pub fn new(state: &State) -> Self {
+    pub fn new(storage: &DurableObjectStorage) -> Self {
         Self {
-            storage: state.storage(),
+            storage: JsValue::from(storage).unchecked_into(),
             reads: Cell::new(0),
             writes: Cell::new(0),
         }
@@ -52,8 +66,15 @@ impl Store {
     /// Reads the session record and the legacy keys in one operation.
     pub async fn load(&self) -> Result<Stored> {
         Self::count(&self.reads, 1);
-        let keys: Vec<&str> = std::iter::once(SESSION_KEY).chain(LEGACY_KEYS).collect();
-        let found: Map = self.storage.get_multiple(keys).await?;
+        let keys: Vec<JsValue> = std::iter::once(SESSION_KEY)
+            .chain(LEGACY_KEYS)
+            .map(JsValue::from_str)
+            .collect();
+        let found: Map = JsFuture::from(self.storage.get_multiple(keys).map_err(js)?)
+            .await
+            .map_err(js)?
+            .dyn_into()
+            .map_err(js)?;
         let get = |key: &str| found.get(&JsValue::from_str(key));
         if let Some(text) = get(SESSION_KEY).as_string() {
             return serde_json::from_str(&text)
@@ -78,51 +99,59 @@ impl Store {
     /// The time the object's alarm is set for, if any (not while the alarm handler runs).
     pub async fn alarm(&self) -> Result<Option<i64>> {
         Self::count(&self.reads, 1);
-        self.storage.get_alarm().await
+        let at = JsFuture::from(self.storage.get_alarm(Object::new()).map_err(js)?)
+            .await
+            .map_err(js)?;
+        Ok(at.as_f64().map(|ms| ms as i64))
     }
 
-    /// Writes the record and its alarm (`None`: no alarm) in one batch: both calls are issued in
-    /// the same turn, so the runtime coalesces them into one atomic write.
-    pub async fn save(&self, session: &Session, alarm_at_ms: Option<i64>) -> Result<()> {
+    fn put_session(&self, session: &Session) -> Result<Promise> {
         let text = serde_json::to_string(session)?;
-        Self::count(&self.writes, 2);
-        let (put, alarm) = futures::join!(
-            self.storage.put(SESSION_KEY, text),
-            self.alarm_write(alarm_at_ms)
-        );
-        put.and(alarm)
+        self.storage
+            .put(SESSION_KEY, JsValue::from_str(&text))
+            .map_err(js)
     }
 
-    async fn alarm_write(&self, at_ms: Option<i64>) -> Result<()> {
+    fn write_alarm(&self, at_ms: Option<i64>) -> Result<Promise> {
         match at_ms {
-            Some(at) => self.storage.set_alarm(alarm_time(at)).await,
-            None => self.storage.delete_alarm().await,
+            Some(at) => self
+                .storage
+                .set_alarm(Date::new(&JsValue::from_f64(at as f64)), Object::new()),
+            None => self.storage.delete_alarm(Object::new()),
         }
+        .map_err(js)
+    }
+
+    /// Writes the record and its alarm (`None`: no alarm) in one atomic batch.
+    pub async fn save(&self, session: &Session, alarm_at_ms: Option<i64>) -> Result<()> {
+        Self::count(&self.writes, 2);
+        let batch = [self.put_session(session)?, self.write_alarm(alarm_at_ms)?];
+        all(&batch).await
     }
 
     /// Writes an adopted legacy lab in this worker's format with its alarm, and removes the
-    /// legacy keys, all in one batch (the same turn): the lab is never in both formats or none.
+    /// legacy keys, in one atomic batch: the lab is never in both formats, or in none.
     pub async fn adopt(&self, session: &Session, alarm_at_ms: i64) -> Result<()> {
-        let text = serde_json::to_string(session)?;
         Self::count(&self.writes, 3);
-        let (put, alarm, deleted) = futures::join!(
-            self.storage.put(SESSION_KEY, text),
-            self.storage.set_alarm(alarm_time(alarm_at_ms)),
-            self.storage.delete_multiple(LEGACY_KEYS.to_vec())
-        );
-        put.and(alarm).and(deleted.map(|_| ()))
+        let keys: Vec<JsValue> = LEGACY_KEYS.iter().map(|k| JsValue::from_str(k)).collect();
+        let batch = [
+            self.put_session(session)?,
+            self.write_alarm(Some(alarm_at_ms))?,
+            self.storage.delete_multiple(keys).map_err(js)?,
+        ];
+        all(&batch).await
     }
 
     pub async fn set_alarm(&self, at_ms: i64) -> Result<()> {
         Self::count(&self.writes, 1);
-        self.storage.set_alarm(alarm_time(at_ms)).await
+        all(&[self.write_alarm(Some(at_ms))?]).await
     }
 
     /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
     /// dates from 2026-02-24).
     pub async fn delete_all(&self) -> Result<()> {
         Self::count(&self.writes, 1);
-        self.storage.delete_all().await
+        all(&[self.storage.delete_all().map_err(js)?]).await
     }
 
     pub fn report(&self, what: &str) {

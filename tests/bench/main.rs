@@ -10,6 +10,9 @@
 #[path = "../integration/support.rs"]
 mod support;
 
+mod class;
+mod create;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
@@ -73,8 +76,160 @@ fn physical_limit(workers: usize, latency: f64, connections: usize) -> f64 {
     latency * (1 + (workers + 1).div_ceil(connections)) as f64
 }
 
+/// The class scenarios: the adaptive policy against the original one, with and without
+/// `Retry-After`; and the adaptive policy at other spreads of first attempts, which is how the
+/// default spread was chosen. Returns the markdown section.
+fn class_section(work_dir: &Path, mock: &MockBackend) -> String {
+    let labs: usize = env_or("BENCH_CLASS_LABS", 100);
+    let reps: usize = env_or("BENCH_CLASS_REPS", 1);
+    let spreads: Vec<u64> = std::env::var("BENCH_CLASS_SPREADS")
+        .unwrap_or_else(|_| "0,2,10".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let default_spread = labs_cleanup::config::DEFAULT_EXPIRY_SPREAD_SECONDS;
+    let mut runs: Vec<(String, &str, u64, u16, Option<&str>)> = vec![
+        (
+            "adaptive".into(),
+            "adaptive",
+            default_spread,
+            429,
+            Some("2"),
+        ),
+        ("original (fixed)".into(), "fixed", 0, 429, Some("2")),
+        (
+            "adaptive, no Retry-After".into(),
+            "adaptive",
+            default_spread,
+            503,
+            None,
+        ),
+        (
+            "original (fixed), no Retry-After".into(),
+            "fixed",
+            0,
+            503,
+            None,
+        ),
+    ];
+    for spread in spreads.into_iter().filter(|s| *s != default_spread) {
+        runs.push((
+            format!("adaptive, spread {spread} s"),
+            "adaptive",
+            spread,
+            429,
+            Some("2"),
+        ));
+    }
+    let mut rows = String::new();
+    for (i, (name, policy, spread, status, retry_after)) in runs.iter().enumerate() {
+        for rep in 0..reps {
+            let scenario = class::Scenario {
+                name: &format!("class{i}r{rep}"),
+                policy,
+                spread_seconds: *spread,
+                refuse_status: *status,
+                retry_after: *retry_after,
+                labs,
+                capacity: 20,
+                latency_ms: 200,
+                retry_seconds: 10,
+            };
+            let m = class::run(&work_dir.join(format!("class{i}r{rep}")), mock, &scenario);
+            eprintln!(
+                "{name}: {:.1} s ({:.2}x the {:.1} s limit), {} calls, {} refused ({:.0} %), peak {} in flight, first calls over {:.1} s",
+                m.seconds,
+                m.seconds / m.limit,
+                m.limit,
+                m.calls,
+                m.refused,
+                100.0 * m.refused_share(),
+                m.peak_in_flight,
+                m.first_attempt_spread
+            );
+            let _ = writeln!(
+                rows,
+                "| {name} | {} {} | {:.1} s | {:.2}x | {} | {} ({:.0} %) | {} |",
+                status,
+                retry_after
+                    .map(|r| format!("Retry-After: {r}"))
+                    .unwrap_or_else(|| "no Retry-After".into()),
+                m.seconds,
+                m.seconds / m.limit,
+                m.calls,
+                m.refused,
+                100.0 * m.refused_share(),
+                m.peak_in_flight
+            );
+        }
+    }
+    format!(
+        "{labs} labs of 1 master + 2 workers expiring within one second; the backend serves 20 calls at once at 200 ms each and refuses the rest at once; `CLEANUP_RETRY_SECONDS=10`. The limit is {} calls x 0.2 s / 20 = {:.1} s. Time is from the first expiry until the last VM is deleted; every call to the backend counts, refused or not.\n\n| policy | refusal | time | / limit | calls | refused | peak in flight |\n|---|---|---|---|---|---|---|\n{rows}",
+        labs * 4,
+        labs as f64 * 4.0 * 0.2 / 20.0
+    )
+}
+
+/// The create, side by side with the JavaScript worker of `tests/bench/js/`. Returns the
+/// markdown section and (ours, JS) p50 in ms.
+fn create_section(work_dir: &Path, mock: &MockBackend) -> (String, f64, f64) {
+    let n: usize = env_or("BENCH_CREATE_REQUESTS", 1000);
+    let ours = Worker::start(&work_dir.join("create-rs"), &mock.url(), &[]);
+    let js = Worker::start_spec(
+        &work_dir.join("create-js"),
+        &mock.url(),
+        &[],
+        support::Spec {
+            log_name: "js.log",
+            config: Some("tests/bench/js/wrangler.toml"),
+            skip_build: true,
+        },
+    );
+    let (rs, jv) = create::side_by_side(&ours, &js, "cmp", n, 100);
+    let row = |name: &str, l: &create::Latencies| {
+        format!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            l.percentile(0.5),
+            l.percentile(0.9),
+            l.percentile(0.99)
+        )
+    };
+    let (p50_rs, p50_js) = (rs.percentile(0.5), jv.percentile(0.5));
+    let md = format!(
+        "{n} creates on each, one at a time, alternating between the two workers (after 100 each to warm up); each request its own lab (1 master + 2 workers); both on `wrangler dev`, same machine, same moments.\n\n| worker | p50 | p90 | p99 |\n|---|---|---|---|\n{}{}\nOurs / JavaScript at p50: **{:.2}x**.\n",
+        row("labs-cleanup (Rust, wasm)", &rs),
+        row("minimal JavaScript worker (`tests/bench/js/`)", &jv),
+        p50_rs / p50_js
+    );
+    (md, p50_rs, p50_js)
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if std::env::var("BENCH_SECTIONS").as_deref() == Ok("create") {
+        let work_dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{}", std::process::id()));
+        let mock = MockBackend::start("127.0.0.1:0", Options::default()).expect("mock backend");
+        let (md, _, _) = create_section(&work_dir, &mock);
+        println!("{md}");
+        let _ = fs::remove_dir_all(&work_dir);
+        return;
+    }
+    if std::env::var("BENCH_SECTIONS").as_deref() == Ok("class") {
+        let work_dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{}", std::process::id()));
+        let mock = MockBackend::start(
+            "127.0.0.1:0",
+            Options {
+                expected_token: Some(BACKEND_TOKEN.into()),
+                ..Options::default()
+            },
+        )
+        .expect("mock backend");
+        println!("{}", class_section(&work_dir, &mock));
+        let _ = fs::remove_dir_all(&work_dir);
+        return;
+    }
     let latency_ms: u64 = env_or("BENCH_LATENCY_MS", 200);
     let reps: usize = env_or("BENCH_REPS", 5);
     let load_seconds: u64 = env_or("BENCH_LOAD_SECONDS", 10);
@@ -108,7 +263,10 @@ fn main() {
         let mut worker = Worker::start(
             &work_dir.join(format!("c{concurrency}")),
             &mock.url(),
-            &[("CLEANUP_CONCURRENCY", &concurrency.to_string())],
+            &[
+                ("CLEANUP_CONCURRENCY", &concurrency.to_string()),
+                ("LOG_STORAGE_OPS", "true"),
+            ],
         );
         let mut medians = Vec::new();
         for &n in &sizes {

@@ -1,0 +1,59 @@
+//! The create side by side: this worker against a minimal JavaScript worker doing the same create, requests alternating between the two.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::support::Worker;
+
+/// Latencies of one worker's creates, in milliseconds, sorted.
+pub struct Latencies(Vec<f64>);
+
+impl Latencies {
+    pub fn percentile(&self, p: f64) -> f64 {
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i.min(self.0.len() - 1)]
+    }
+}
+
+fn create(worker: &Worker, id: &str) -> f64 {
+    let body = json!({
+        "lab_request_id": id, "user_id": "bench-user", "duration": 10080,
+        "vm": {"name": "k8s-master-1"},
+        "worker_nodes": [{"worker_lab_request_id": format!("{id}-w1")},
+                         {"worker_lab_request_id": format!("{id}-w2")}],
+    });
+    let started = Instant::now();
+    let r = worker.create(&body);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(r.status, 201, "{}", r.text());
+    ms
+}
+
+/// `n` creates on each worker (after `warmup` each), one at a time, alternating which goes first,
+/// so that both see the same machine at the same moments.
+pub fn side_by_side(
+    ours: &Worker,
+    js: &Worker,
+    tag: &str,
+    n: usize,
+    warmup: usize,
+) -> (Latencies, Latencies) {
+    for i in 0..warmup {
+        create(ours, &format!("{tag}-warm-rs-{i}"));
+        create(js, &format!("{tag}-warm-js-{i}"));
+    }
+    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if i % 2 == 0 {
+            a.push(create(ours, &format!("{tag}-rs-{i}")));
+            b.push(create(js, &format!("{tag}-js-{i}")));
+        } else {
+            b.push(create(js, &format!("{tag}-js-{i}")));
+            a.push(create(ours, &format!("{tag}-rs-{i}")));
+        }
+    }
+    a.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    b.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    (Latencies(a), Latencies(b))
+}
