@@ -33,6 +33,8 @@ pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 15;
 pub const DEFAULT_SUBREQUEST_LIMIT: u64 = 50;
 /// Backend calls of a cleanup attempt besides the workers': the master VM and the services call.
 pub const CALLS_BESIDES_WORKERS: u64 = 2;
+/// Default number of attempts after which a lab that is not completed counts as stuck.
+pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
 /// Default spread of first attempts after the expiry: a class that expires in the same second
 /// starts its cleanups over this many seconds (see docs/PERFORMANCE.md for the measurement).
 pub const DEFAULT_EXPIRY_SPREAD_SECONDS: u64 = 5;
@@ -82,6 +84,10 @@ pub struct Config {
     pub backend_api_token: Option<String>,
     /// The token API callers must present (`Authorization: Bearer`); `None` refuses every call.
     pub api_token: Option<String>,
+    /// The operator's token: every route, the fleet-wide ones included; `None` closes those.
+    pub operator_token: Option<String>,
+    /// A lab not completed after this many attempts counts as stuck (fleet view, webhooks).
+    pub stuck_after_attempts: u32,
     /// `DRY_RUN = "true"`: the cleanup logs the calls it would make and makes none.
     pub dry_run: bool,
     pub cleanup_retry_seconds: u64,
@@ -175,6 +181,13 @@ impl Config {
             backend_url,
             backend_api_token: get("BACKEND_API_TOKEN"),
             api_token: get("API_TOKEN"),
+            operator_token: get("OPERATOR_TOKEN"),
+            stuck_after_attempts: number(
+                "STUCK_AFTER_ATTEMPTS",
+                DEFAULT_STUCK_AFTER_ATTEMPTS,
+                1,
+                1_000_000,
+            )? as u32,
             dry_run: flag("DRY_RUN")?,
             cleanup_retry_seconds: number(
                 "CLEANUP_RETRY_SECONDS",
@@ -316,6 +329,8 @@ mod tests {
         assert_eq!(c.duration_ms(60), 3_600_000);
         assert_eq!(c.retry_policy, Policy::Adaptive);
         assert_eq!(c.expiry_spread_ms(), 5_000);
+        assert_eq!(c.operator_token, None);
+        assert_eq!(c.stuck_after_attempts, 3);
     }
 
     #[test]

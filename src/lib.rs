@@ -15,9 +15,9 @@ use worker::{event, web_sys, Context, Env, Method, Request, Response};
 use crate::api::error::ApiError;
 use crate::api::routes::{self, Route};
 use crate::api::validation::{self, Limits};
-use crate::api::{auth, respond};
+use crate::api::{auth, fleet, respond};
 use crate::config::Config;
-use crate::platform::session_manager;
+use crate::platform::{index, session_manager};
 
 pub use crate::platform::session_manager::SessionManager;
 
@@ -58,8 +58,19 @@ async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiErr
         // configured (or any broken setting) refuses the call.
         let config = config(env)?;
         let authorization = request.headers().get("Authorization").ok().flatten();
-        auth::check_bearer(config.api_token.as_deref(), authorization.as_deref())?;
-        return api(routes::route(&method, &path)?, request, env, &config).await;
+        let caller = auth::authenticate(
+            config.api_token.as_deref(),
+            config.operator_token.as_deref(),
+            authorization.as_deref(),
+        )?;
+        let route = routes::route(&method, &path)?;
+        auth::authorize(
+            caller,
+            route.access(),
+            config.api_token.is_some(),
+            config.operator_token.is_some(),
+        )?;
+        return api(route, request, env, &config).await;
     }
     match routes::route(&method, &path)? {
         Route::Health => health(env).map(Into::into),
@@ -81,6 +92,13 @@ fn config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
 /// {"status":"not_configured"}` otherwise, naming nothing (the log says what is wrong).
 fn health(env: &Env) -> Result<Response, ApiError> {
     let ready = match config(env) {
+        Ok(_) if !index::is_bound(env) => {
+            worker::console_error!(
+                "[config] the D1 binding {} is missing; the fleet index cannot be written",
+                index::DB_BINDING
+            );
+            false
+        }
         Ok(config) if config.api_token.is_some() => true,
         Ok(_) => {
             worker::console_error!("[config] API_TOKEN is not set; the API refuses every call");
@@ -128,8 +146,61 @@ async fn api(
             )
             .await
         }
+        Route::RetrySession(id) => {
+            let id = path_id(id)?;
+            forward(env, &id, Method::Post, session_manager::RETRY_PATH, None).await
+        }
+        Route::ListSessions => {
+            let query = fleet::parse(&query_string(&request))?;
+            let rows = index::list(
+                env,
+                &query,
+                config.stuck_after_attempts,
+                index_timeout(config),
+            )
+            .await
+            .map_err(unavailable)?;
+            json(200, &fleet::page(rows, &query, config.stuck_after_attempts))
+        }
+        Route::Stats => {
+            if !query_string(&request).is_empty() {
+                return Err(ApiError::InvalidRequest(
+                    "the stats route takes no query parameters".into(),
+                ));
+            }
+            let counts = index::counts(env, config.stuck_after_attempts, index_timeout(config))
+                .await
+                .map_err(unavailable)?;
+            json(200, &fleet::stats(&counts))
+        }
         Route::Health => Err(ApiError::NotFound("no route for /api/healthz".into())),
     }
+}
+
+/// The raw query string of `request` (without `?`), as sent.
+fn query_string(request: &Request) -> String {
+    let url = request.inner().url();
+    let url = url.split('#').next().unwrap_or("");
+    url.split_once('?')
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default()
+}
+
+/// How long a request waits for the index.
+fn index_timeout(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_secs(config.backend_timeout_seconds)
+}
+
+/// The index failed a fleet-wide query: logged in full, answered as a 503 in words.
+fn unavailable(e: index::IndexError) -> ApiError {
+    worker::console_error!("[index] {e}");
+    ApiError::Unavailable("the fleet index did not answer; try again".into())
+}
+
+fn json(status: u16, body: &impl serde::Serialize) -> Result<web_sys::Response, ApiError> {
+    respond::json(status, body)
+        .map(Into::into)
+        .map_err(internal)
 }
 
 /// Checks a `lab_request_id` taken from the path with the same rules as in a body.

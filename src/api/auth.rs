@@ -2,16 +2,39 @@
 
 use crate::api::error::ApiError;
 
-/// Checks `authorization` (the request's `Authorization` header) against the configured token.
-///
-/// No configured token refuses everything (503): the API never runs open by mistake. The
-/// comparison takes the same time whatever the first differing byte is.
-pub fn check_bearer(expected: Option<&str>, authorization: Option<&str>) -> Result<(), ApiError> {
-    let Some(expected) = expected.filter(|t| !t.is_empty()) else {
+/// Who is calling, by the token presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// `API_TOKEN`: the frontend's server. The per-lab routes only.
+    Frontend,
+    /// `OPERATOR_TOKEN`: every route, the fleet-wide ones included.
+    Operator,
+}
+
+/// Which token a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create, status, end, extend: `API_TOKEN` or `OPERATOR_TOKEN`; needs `API_TOKEN` set.
+    PerLab,
+    /// List, stats, retry: they see every user's labs; `OPERATOR_TOKEN` only.
+    Fleet,
+}
+
+/// Identifies the caller from `authorization` (the request's `Authorization` header) against
+/// both configured tokens, each compared in constant time. No token configured at all refuses
+/// everything (503): the API never runs open by mistake.
+pub fn authenticate(
+    api_token: Option<&str>,
+    operator_token: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let api_token = api_token.filter(|t| !t.is_empty());
+    let operator_token = operator_token.filter(|t| !t.is_empty());
+    if api_token.is_none() && operator_token.is_none() {
         return Err(ApiError::NotConfigured(
             "API_TOKEN is not set; the API refuses every request until it is".into(),
         ));
-    };
+    }
     let presented = authorization
         .and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
@@ -19,12 +42,39 @@ pub fn check_bearer(expected: Option<&str>, authorization: Option<&str>) -> Resu
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized(
+    // Both comparisons always run, so the time says nothing about which token was close.
+    let is_operator =
+        operator_token.is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes()));
+    let is_frontend =
+        api_token.is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes()));
+    match (is_operator, is_frontend) {
+        (true, _) => Ok(Caller::Operator),
+        (false, true) => Ok(Caller::Frontend),
+        (false, false) => Err(ApiError::Unauthorized(
             "the bearer token is not valid".into(),
-        ))
+        )),
+    }
+}
+
+/// Whether `caller` may use a route of `access`, given which tokens are configured.
+pub fn authorize(
+    caller: Caller,
+    access: Access,
+    api_token_set: bool,
+    operator_token_set: bool,
+) -> Result<(), ApiError> {
+    match access {
+        Access::PerLab if !api_token_set => Err(ApiError::NotConfigured(
+            "API_TOKEN is not set; the per-lab routes refuse every request until it is".into(),
+        )),
+        Access::PerLab => Ok(()),
+        Access::Fleet if !operator_token_set => Err(ApiError::NotConfigured(
+            "OPERATOR_TOKEN is not set; the fleet-wide routes (list, stats, retry) refuse every request until it is".into(),
+        )),
+        Access::Fleet if caller == Caller::Operator => Ok(()),
+        Access::Fleet => Err(ApiError::Forbidden(
+            "this route sees every user's labs: it needs the operator token (OPERATOR_TOKEN), not API_TOKEN".into(),
+        )),
     }
 }
 
@@ -43,12 +93,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn check(expected: Option<&str>, header: Option<&str>) -> Result<Caller, ApiError> {
+        authenticate(expected, None, header)
+    }
+
     #[test]
     fn the_right_token_passes() {
-        assert_eq!(check_bearer(Some("s3cret"), Some("Bearer s3cret")), Ok(()));
         assert_eq!(
-            check_bearer(Some("s3cret"), Some("bearer  s3cret ")),
-            Ok(())
+            check(Some("s3cret"), Some("Bearer s3cret")),
+            Ok(Caller::Frontend)
+        );
+        assert_eq!(
+            check(Some("s3cret"), Some("bearer  s3cret ")),
+            Ok(Caller::Frontend)
         );
     }
 
@@ -65,7 +122,7 @@ mod tests {
             Some("Bearer S3CRET"),
             Some("s3cret"),
         ] {
-            let e = check_bearer(Some("s3cret"), header).unwrap_err();
+            let e = check(Some("s3cret"), header).unwrap_err();
             assert_eq!(e.status(), 401, "{header:?}");
             assert_eq!(e.code(), "unauthorized");
             assert!(!e.to_string().contains("s3cret"), "never echo a token");
@@ -75,9 +132,47 @@ mod tests {
     #[test]
     fn no_configured_token_fails_closed() {
         for expected in [None, Some("")] {
-            let e = check_bearer(expected, Some("Bearer anything")).unwrap_err();
+            let e = check(expected, Some("Bearer anything")).unwrap_err();
             assert_eq!(e.status(), 503);
             assert_eq!(e.code(), "not_configured");
+        }
+    }
+
+    #[test]
+    fn two_tokens_two_callers() {
+        let both = |h: &str| authenticate(Some("front"), Some("ops"), Some(h));
+        assert_eq!(both("Bearer front"), Ok(Caller::Frontend));
+        assert_eq!(both("Bearer ops"), Ok(Caller::Operator));
+        assert_eq!(both("Bearer other").unwrap_err().status(), 401);
+        // Only the operator token configured: it authenticates; nothing else does.
+        assert_eq!(
+            authenticate(None, Some("ops"), Some("Bearer ops")),
+            Ok(Caller::Operator)
+        );
+        assert_eq!(
+            authenticate(None, Some("ops"), Some("Bearer front"))
+                .unwrap_err()
+                .status(),
+            401
+        );
+    }
+
+    #[test]
+    fn the_fleet_routes_need_the_operator_token() {
+        use Access::*;
+        use Caller::*;
+        assert_eq!(authorize(Operator, Fleet, true, true), Ok(()));
+        assert_eq!(authorize(Operator, PerLab, true, true), Ok(()));
+        assert_eq!(authorize(Frontend, PerLab, true, true), Ok(()));
+        let e = authorize(Frontend, Fleet, true, true).unwrap_err();
+        assert_eq!((e.status(), e.code()), (403, "forbidden"));
+        for caller in [Frontend, Operator] {
+            let e = authorize(caller, Fleet, true, false).unwrap_err();
+            assert_eq!(e.status(), 503);
+            assert!(e.to_string().contains("OPERATOR_TOKEN"));
+            let e = authorize(caller, PerLab, false, true).unwrap_err();
+            assert_eq!(e.status(), 503);
+            assert!(e.to_string().contains("API_TOKEN"));
         }
     }
 

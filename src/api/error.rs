@@ -14,6 +14,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}; allowed: {allow}")]
     MethodNotAllowed {
@@ -29,6 +31,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("server configuration error: {0}")]
     NotConfigured(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,12 +50,14 @@ impl ApiError {
     pub const CODES: &'static [&'static str] = &[
         "invalid_request",
         "unauthorized",
+        "forbidden",
         "not_found",
         "method_not_allowed",
         "conflict",
         "payload_too_large",
         "unsupported_media_type",
         "not_configured",
+        "unavailable",
         "internal_error",
     ];
 
@@ -60,12 +66,14 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotConfigured(_) => "not_configured",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -75,12 +83,14 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => 400,
             ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::NotConfigured(_) => 503,
+            ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -135,11 +145,13 @@ mod tests {
         let all = [
             ApiError::InvalidRequest(String::new()),
             ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::Conflict(String::new()),
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::NotConfigured(String::new()),
+            ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
         ];
         for e in &all {

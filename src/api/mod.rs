@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod fleet;
 pub mod respond;
 pub mod routes;
 pub mod validation;

@@ -1,15 +1,24 @@
 //! The public routes: maps a method and path to a `Route`, or to a 404/405 `ApiError`.
 
+use crate::api::auth::Access;
 use crate::api::error::ApiError;
 
 /// Path of the collection of lab sessions.
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
+/// Path of the fleet's counts.
+pub const STATS_PATH: &str = "/api/v1/labs/stats";
 
 /// A request the API serves; ids are taken from the path, percent-decoded, not yet validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `POST /api/v1/labs/sessions`: schedule a lab's cleanup.
     CreateSession,
+    /// `GET /api/v1/labs/sessions`: list the fleet's labs from the index (operator).
+    ListSessions,
+    /// `GET /api/v1/labs/stats`: counts over the fleet (operator).
+    Stats,
+    /// `POST /api/v1/labs/sessions/{lab_request_id}/retry`: the next attempt now (operator).
+    RetrySession(String),
     /// `GET /api/v1/labs/sessions/{lab_request_id}`: the session's status.
     GetSession(String),
     /// `DELETE /api/v1/labs/sessions/{lab_request_id}`: end the lab now.
@@ -23,11 +32,23 @@ pub enum Route {
 /// Every path the API serves (OpenAPI-style templates) with its methods: the source for 405
 /// answers, and checked against `docs/openapi.yaml` by a test.
 pub const ROUTES: &[(&str, &[&str])] = &[
-    ("/api/v1/labs/sessions", &["POST"]),
+    ("/api/v1/labs/sessions", &["GET", "POST"]),
     ("/api/v1/labs/sessions/{lab_request_id}", &["GET", "DELETE"]),
     ("/api/v1/labs/sessions/{lab_request_id}/extend", &["POST"]),
+    ("/api/v1/labs/sessions/{lab_request_id}/retry", &["POST"]),
+    ("/api/v1/labs/stats", &["GET"]),
     ("/healthz", &["GET"]),
 ];
+
+impl Route {
+    /// Which token the route needs.
+    pub fn access(&self) -> Access {
+        match self {
+            Route::ListSessions | Route::Stats | Route::RetrySession(_) => Access::Fleet,
+            _ => Access::PerLab,
+        }
+    }
+}
 
 /// Finds the route for `method` and `path`. A trailing slash is not significant.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
@@ -38,8 +59,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let not_found = || ApiError::NotFound(format!("no route for {path}"));
     let (template, id) = if path == SESSIONS_PATH {
         (0, None)
+    } else if path == STATS_PATH {
+        (4, None)
     } else if path == "/healthz" {
-        (3, None)
+        (5, None)
     } else {
         let rest = path
             .strip_prefix(SESSIONS_PATH)
@@ -50,15 +73,19 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             [id, "extend"] if !id.is_empty() => {
                 (2, Some(percent_decode(id).ok_or_else(not_found)?))
             }
+            [id, "retry"] if !id.is_empty() => (3, Some(percent_decode(id).ok_or_else(not_found)?)),
             _ => return Err(not_found()),
         }
     };
     match (template, method, id) {
         (0, "POST", None) => Ok(Route::CreateSession),
+        (0, "GET", None) => Ok(Route::ListSessions),
         (1, "GET", Some(id)) => Ok(Route::GetSession(id)),
         (1, "DELETE", Some(id)) => Ok(Route::EndSession(id)),
         (2, "POST", Some(id)) => Ok(Route::ExtendSession(id)),
-        (3, "GET", None) => Ok(Route::Health),
+        (3, "POST", Some(id)) => Ok(Route::RetrySession(id)),
+        (4, "GET", None) => Ok(Route::Stats),
+        (5, "GET", None) => Ok(Route::Health),
         _ => {
             let (template_path, methods) = ROUTES[template];
             Err(ApiError::MethodNotAllowed {
@@ -112,6 +139,12 @@ mod tests {
             Ok(Route::ExtendSession("lab-1".into()))
         );
         assert_eq!(route("GET", "/healthz"), Ok(Route::Health));
+        assert_eq!(route("GET", SESSIONS_PATH), Ok(Route::ListSessions));
+        assert_eq!(route("GET", "/api/v1/labs/stats"), Ok(Route::Stats));
+        assert_eq!(
+            route("POST", "/api/v1/labs/sessions/lab-1/retry"),
+            Ok(Route::RetrySession("lab-1".into()))
+        );
         assert_eq!(
             route("GET", "/api/v1/labs/sessions/user%40x%3A1"),
             Ok(Route::GetSession("user@x:1".into()))
@@ -121,8 +154,10 @@ mod tests {
     #[test]
     fn wrong_method_is_405_with_allow() {
         for (method, path, allow) in [
-            ("GET", SESSIONS_PATH, "POST"),
-            ("PUT", SESSIONS_PATH, "POST"),
+            ("PUT", SESSIONS_PATH, "GET, POST"),
+            ("DELETE", SESSIONS_PATH, "GET, POST"),
+            ("POST", "/api/v1/labs/stats", "GET"),
+            ("GET", "/api/v1/labs/sessions/x/retry", "POST"),
             ("POST", "/api/v1/labs/sessions/x", "GET, DELETE"),
             ("PATCH", "/api/v1/labs/sessions/x", "GET, DELETE"),
             ("GET", "/api/v1/labs/sessions/x/extend", "POST"),

@@ -454,6 +454,51 @@ async fn delete_services<B: LabBackend, R: Runtime>(
     result
 }
 
+/// The structured record of one attempt, logged as an object so that Workers Logs indexes its
+/// fields (`event = "cleanup_attempt"`), beside the human lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptRecord<'a> {
+    pub event: &'static str,
+    pub lab_request_id: &'a str,
+    pub user_id: &'a str,
+    pub attempt: u32,
+    /// The lab's status after the attempt.
+    pub status: &'static str,
+    /// VMs confirmed gone in this attempt (2xx or 404).
+    pub deleted: usize,
+    pub already_gone: usize,
+    pub failed: usize,
+    pub not_tried: usize,
+    /// VMs left after the attempt.
+    pub pending: usize,
+    pub duration_ms: i64,
+    pub next_attempt_at: Option<String>,
+    pub dry_run: bool,
+}
+
+/// The record of the attempt `result`, for `session` as `finish_attempt` left it.
+pub fn attempt_record<'a>(
+    session: &'a Session,
+    result: &AttemptResult,
+    duration_ms: i64,
+) -> AttemptRecord<'a> {
+    AttemptRecord {
+        event: "cleanup_attempt",
+        lab_request_id: &session.lab_request_id,
+        user_id: &session.user_id,
+        attempt: session.attempts,
+        status: crate::lab::index::status_name(session.status),
+        deleted: result.deleted.len() + result.already_gone.len(),
+        already_gone: result.already_gone.len(),
+        failed: result.outcome.failed_deletions,
+        not_tried: result.outcome.not_tried,
+        pending: session.pending().len(),
+        duration_ms,
+        next_attempt_at: session.next_attempt_at_ms.map(rfc3339),
+        dry_run: session.dry_run,
+    }
+}
+
 /// The error line for a completed lab whose every call answered 404 (see
 /// `Session::every_call_answered_404`): the VMs count as deleted, but the backend may be
 /// misconfigured.
@@ -845,6 +890,35 @@ mod tests {
                 "expose k8s-master-abc-123",
                 "delete k8s-master-abc-123 user-456"
             ]
+        );
+    }
+
+    #[test]
+    fn the_attempt_record_has_the_indexed_fields() {
+        let mut s = session(&["w1", "w2"]);
+        let backend = FakeBackend::default();
+        backend.script("w1", vec![reply(500)]);
+        backend.script("w2", vec![reply(404)]);
+        let r = run(&s, &backend, &Lines::default(), 6);
+        s.finish_attempt(&r, 61_000, 361_000);
+        let v = serde_json::to_value(attempt_record(&s, &r, 1_234)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "event": "cleanup_attempt",
+                "lab_request_id": "k8s-master-abc-123",
+                "user_id": "user-456",
+                "attempt": 1,
+                "status": "retrying",
+                "deleted": 2,
+                "already_gone": 1,
+                "failed": 1,
+                "not_tried": 0,
+                "pending": 1,
+                "duration_ms": 1234,
+                "next_attempt_at": "1970-01-01T00:06:01.000Z",
+                "dry_run": false
+            })
         );
     }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::lab::cleanup::{AttemptResult, Deletion};
+use crate::lab::index::IndexSync;
 use crate::lab::retry::Ending;
 
 /// A validated request to schedule a lab's cleanup: what the router forwards to the
@@ -141,6 +142,12 @@ pub struct Session {
     /// When this session was adopted from the TypeScript worker's storage keys (see `legacy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_at_ms: Option<i64>,
+    /// Bumped on every change of the record (see `lab::index`).
+    #[serde(default)]
+    pub revision: u64,
+    /// How far the fleet index has caught up with this record.
+    #[serde(default)]
+    pub index: IndexSync,
 }
 
 /// Why a lifecycle change was refused.
@@ -176,6 +183,8 @@ impl Session {
             extended_minutes: 0,
             dry_run: false,
             adopted_at_ms: None,
+            revision: 0,
+            index: IndexSync::default(),
         }
     }
 
@@ -280,6 +289,27 @@ impl Session {
                 true
             }
             Status::CleaningUp | Status::Completed => false,
+        }
+    }
+
+    /// An operator's "retry now": a `Retrying` lab gets its next attempt at `now_ms` (true). A
+    /// lab being cleaned up already is left as it is (false). A scheduled lab is ended with
+    /// `end_now`, not retried; a completed one has nothing left to retry.
+    pub fn retry_now(&mut self, now_ms: i64) -> Result<bool, Refusal> {
+        match self.status {
+            Status::Retrying => {
+                self.next_attempt_at_ms = Some(now_ms);
+                Ok(true)
+            }
+            Status::CleaningUp => Ok(false),
+            Status::Scheduled => Err(Refusal::Conflict(format!(
+                "lab {} is scheduled; its cleanup has not started (end it with DELETE)",
+                self.lab_request_id
+            ))),
+            Status::Completed => Err(Refusal::Conflict(format!(
+                "lab {} is already cleaned up; nothing to retry",
+                self.lab_request_id
+            ))),
         }
     }
 
@@ -512,6 +542,24 @@ mod tests {
         s.finish_attempt(&deleted(&["w1"]), T0 + 50, T0 + 50 + 300_000);
         assert!(!s.end_now(T0 + 60));
         assert_eq!(s.completed_at_ms, Some(T0 + 50));
+    }
+
+    #[test]
+    fn retry_now_only_for_a_retrying_lab() {
+        let mut s = Session::schedule(new_session(&["w1"]), T0, 60_000);
+        assert!(matches!(s.retry_now(T0), Err(Refusal::Conflict(m)) if m.contains("DELETE")));
+        s.begin_attempt(T0 + 60_000, 300_000);
+        assert_eq!(s.retry_now(T0 + 60_001), Ok(false), "already under way");
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 360_000));
+        s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 361_000);
+        assert_eq!(s.retry_now(T0 + 70_000), Ok(true));
+        assert_eq!(s.next_attempt_at_ms, Some(T0 + 70_000));
+        s.begin_attempt(T0 + 70_000, 300_000);
+        s.finish_attempt(&deleted(&["w1"]), T0 + 71_000, T0 + 371_000);
+        assert!(matches!(
+            s.retry_now(T0 + 72_000),
+            Err(Refusal::Conflict(_))
+        ));
     }
 
     #[test]

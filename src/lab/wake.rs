@@ -5,6 +5,7 @@
 //! handler asks `due` what to do. Both come from the same per-reason times, so they cannot
 //! disagree.
 
+use crate::lab::index;
 use crate::lab::session::{Session, Status};
 
 /// The timing settings the wake-up times depend on.
@@ -19,13 +20,15 @@ pub struct Timing {
 pub struct Due {
     /// A cleanup attempt (never before the lab's expiry).
     pub attempt: bool,
-    /// The end of retention: forget the lab.
+    /// The end of retention: forget the lab (and delete its index row).
     pub purge: bool,
+    /// The index row is behind the record: write it.
+    pub index: bool,
 }
 
 impl Due {
     pub fn any(&self) -> bool {
-        self.attempt || self.purge
+        self.attempt || self.purge || self.index
     }
 }
 
@@ -45,20 +48,35 @@ pub fn attempt_at(session: &Session) -> Option<i64> {
     }
 }
 
-/// When a completed lab's record is forgotten.
+/// When a completed lab's record is forgotten: the end of retention, or later if deleting its
+/// index row failed and is to be tried again.
 pub fn purge_at(session: &Session, timing: &Timing) -> Option<i64> {
-    session
+    let end = session
         .completed_at_ms
-        .map(|done| done.saturating_add(timing.retention_ms))
+        .map(|done| done.saturating_add(timing.retention_ms))?;
+    Some(end.max(session.index.delete_retry_at_ms.unwrap_or(i64::MIN)))
+}
+
+/// When the index row is to be written again (while it is behind the record).
+pub fn index_at(session: &Session) -> Option<i64> {
+    if index::owed(session) {
+        session.index.retry_at_ms
+    } else {
+        None
+    }
 }
 
 /// When the object's alarm must fire next: the earliest of every reason's time (`None`: nothing
 /// left to do).
 pub fn next_wake(session: &Session, timing: &Timing) -> Option<i64> {
-    [attempt_at(session), purge_at(session, timing)]
-        .into_iter()
-        .flatten()
-        .min()
+    [
+        attempt_at(session),
+        purge_at(session, timing),
+        index_at(session),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// What is due at `now_ms`. An attempt never before the lab's expiry, whatever the alarm says;
@@ -67,6 +85,7 @@ pub fn due(session: &Session, now_ms: i64, timing: &Timing) -> Due {
     Due {
         attempt: session.is_expired(now_ms) && attempt_at(session).is_some_and(|at| now_ms >= at),
         purge: purge_at(session, timing).is_some_and(|at| now_ms >= at),
+        index: index_at(session).is_some_and(|at| now_ms >= at),
     }
 }
 
@@ -105,14 +124,17 @@ mod tests {
     const NOTHING: Due = Due {
         attempt: false,
         purge: false,
+        index: false,
     };
     const ATTEMPT: Due = Due {
         attempt: true,
         purge: false,
+        index: false,
     };
     const PURGE: Due = Due {
         attempt: false,
         purge: true,
+        index: false,
     };
 
     #[test]
@@ -185,6 +207,40 @@ mod tests {
         s.extend(2, 60_000, 1_000).unwrap();
         assert_eq!(due(&s, T0 + 60_000, &TIMING), NOTHING);
         assert_eq!(next_wake(&s, &TIMING), Some(T0 + 180_000));
+    }
+
+    #[test]
+    fn an_owed_index_row_wakes_the_object_within_the_retry_pause() {
+        let mut s = session(&[]);
+        index::touch(&mut s, T0, 2_000);
+        assert_eq!(
+            next_wake(&s, &TIMING),
+            Some(T0 + 2_000),
+            "before the expiry"
+        );
+        assert_eq!(
+            due(&s, T0 + 2_000, &TIMING),
+            Due {
+                index: true,
+                ..NOTHING
+            }
+        );
+        let revision = s.revision;
+        index::confirmed(&mut s, revision);
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 60_000));
+        assert_eq!(due(&s, T0 + 2_000, &TIMING), NOTHING);
+    }
+
+    #[test]
+    fn a_failed_row_delete_holds_the_purge_until_its_retry() {
+        let mut s = session(&[]);
+        s.begin_attempt(T0 + 60_000, 5_000);
+        s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 66_000);
+        assert_eq!(purge_at(&s, &TIMING), Some(T0 + 62_000));
+        s.index.delete_retry_at_ms = Some(T0 + 70_000);
+        assert_eq!(purge_at(&s, &TIMING), Some(T0 + 70_000));
+        assert_eq!(due(&s, T0 + 65_000, &TIMING), NOTHING);
+        assert_eq!(due(&s, T0 + 70_000, &TIMING), PURGE);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Glue to the Workers runtime: the `SessionManager` Durable Object, its storage, and the lab backend client.
+//! Glue to the Workers runtime: the `SessionManager` Durable Object, its storage, the D1 fleet index, the lab backend client, and the console.
 
 pub mod backend;
+pub mod index;
 pub mod runtime;
 pub mod session_manager;
 pub mod store;

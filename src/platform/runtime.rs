@@ -33,6 +33,16 @@ pub fn random() -> f64 {
     worker::js_sys::Math::random()
 }
 
+/// Logs `record` as a JavaScript object (not a string): Workers Logs indexes its fields, so a
+/// query can filter on them (`event = "cleanup_attempt" AND status = "retrying"`).
+pub fn log_object(record: &impl serde::Serialize) {
+    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+    match record.serialize(&serializer) {
+        Ok(object) => worker::web_sys::console::log_1(&object),
+        Err(e) => console_error!("{LOG_PREFIX} a structured log record could not be built: {e}"),
+    }
+}
+
 /// Log sink for the Workers console (dashboard, `wrangler tail`, `wrangler dev`).
 pub struct ConsoleLogger;
 

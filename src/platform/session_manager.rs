@@ -1,6 +1,8 @@
 //! The `SessionManager` Durable Object: one per lab, it stores the session and runs the cleanup from its alarm.
 //!
-//! Thin glue: state transitions live in `session`, the cleanup in `cleanup`, HTTP in `backend`.
+//! Thin glue: state transitions live in `lab::session`, the cleanup in `lab::cleanup`, the
+//! timing in `lab::retry` and `lab::wake`, the index row in `lab::index`; storage in `store`,
+//! D1 in `index`, HTTP in `backend`.
 
 use std::rc::Rc;
 
@@ -12,15 +14,16 @@ use worker::{
 use crate::api::error::ApiError;
 use crate::api::respond;
 use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS, DEFAULT_DURATION_UNIT_SECONDS};
-use crate::lab::cleanup::AttemptPlan;
-use crate::lab::cleanup::{self, Level, Logger, LOG_PREFIX};
+use crate::lab::cleanup::{self, AttemptPlan, Level, Logger, LOG_PREFIX};
+use crate::lab::index;
 use crate::lab::legacy::{LegacyProblem, LegacyValue};
 use crate::lab::retry;
 use crate::lab::session::NewSession;
 use crate::lab::session::{rfc3339, LabType, Refusal, Session, Status};
 use crate::lab::wake;
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
-use crate::platform::runtime::{now_ms, random, ConsoleLogger, WorkersRuntime};
+use crate::platform::index as fleet_index;
+use crate::platform::runtime::{log_object, now_ms, random, ConsoleLogger, WorkersRuntime};
 use crate::platform::store::{Store, Stored};
 
 /// Internal paths the router forwards validated requests to.
@@ -28,6 +31,7 @@ pub const CREATE_PATH: &str = "/create";
 pub const STATUS_PATH: &str = "/status";
 pub const END_PATH: &str = "/end";
 pub const EXTEND_PATH: &str = "/extend";
+pub const RETRY_PATH: &str = "/retry";
 
 #[durable_object]
 pub struct SessionManager {
@@ -46,6 +50,30 @@ enum Found {
 }
 
 impl SessionManager {
+    /// Saves a change of the record: a new revision (its index row is owed from now on) and the
+    /// alarm at the object's next wake-up, in one batch.
+    async fn persist(&self, store: &Store, session: &mut Session, config: &Config) -> Result<()> {
+        index::touch(session, now_ms(), config.retry_ms());
+        store.save(session, alarm_at(session, config)).await
+    }
+
+    /// After the answer: logs `line` (if any) and brings the index row up to date. The answer
+    /// never waits for either (a console line costs about as much as a create, and the index is
+    /// a copy); a failed row write is remembered and repaired by the alarm.
+    fn after_answer(&self, line: Option<String>, config: Rc<Config>) {
+        let store = Store::new(&self.storage);
+        let env = self.env.clone();
+        self.state.wait_until(async move {
+            worker::Delay::from(std::time::Duration::ZERO).await;
+            if let Some(line) = line {
+                console_log!("{line}");
+            }
+            if let Err(e) = sync_index(&store, &env, &config).await {
+                console_error!("{LOG_PREFIX} writing the index row failed on storage: {e}");
+            }
+        });
+    }
+
     fn config(&self) -> std::result::Result<Rc<Config>, ApiError> {
         Config::from_env(&self.env).map_err(|e| {
             console_error!("[config] {}", e.detail());
@@ -59,7 +87,7 @@ impl SessionManager {
     /// kept (set `retry_ms` ahead if there is none) so the object looks again.
     async fn find(&self, store: &Store, config: Option<&Config>) -> Result<Found> {
         let record = match store.load().await? {
-            Stored::Session(session) => return Ok(Found::Session(Box::new(session))),
+            Stored::Session(session) => return Ok(Found::Session(session)),
             Stored::Empty => return Ok(Found::Nothing),
             Stored::Legacy(record) => record,
         };
@@ -74,9 +102,18 @@ impl SessionManager {
             Config::retry_ms,
         );
         match record.adopt(alarm, now, unit_ms) {
-            Ok(session) => {
+            Ok(mut session) => {
+                index::touch(&mut session, now, retry_ms);
+                let timing = config.map_or(
+                    wake::Timing {
+                        retention_ms: crate::config::DEFAULT_RETENTION_DAYS as i64
+                            * crate::config::DEFAULT_RETENTION_UNIT_SECONDS as i64
+                            * 1000,
+                    },
+                    Config::timing,
+                );
                 store
-                    .adopt(&session, wake::attempt_at(&session).unwrap_or(now))
+                    .adopt(&session, wake::next_wake(&session, &timing).unwrap_or(now))
                     .await?;
                 console_log!(
                     "{LOG_PREFIX} Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
@@ -143,7 +180,7 @@ impl SessionManager {
                     config.expiry_spread_ms(),
                     random(),
                 );
-                store.save(&session, alarm_at(&session, &config)).await?;
+                self.persist(store, &mut session, &config).await?;
                 let line = format!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                     match session.lab_type() {
@@ -156,13 +193,9 @@ impl SessionManager {
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
                 );
-                // The line is logged right after the answer: a console line costs about as much
-                // as the rest of a create, so it is kept off the answer's path (never dropped).
-                self.state.wait_until(async move {
-                    worker::Delay::from(std::time::Duration::ZERO).await;
-                    console_log!("{line}")
-                });
-                respond::json(201, &session.view())
+                let answer = respond::json(201, &session.view());
+                self.after_answer(Some(line), config);
+                answer
             }
             // A retried POST of the same lab: answer with the current state, change nothing
             // (in particular, do not push the expiry back).
@@ -207,14 +240,50 @@ impl SessionManager {
         if session.status == Status::Completed {
             return respond::json(200, &session.view());
         }
-        if session.end_now(now_ms()) {
-            store.save(&session, alarm_at(&session, &config)).await?;
-            console_log!(
+        if !session.end_now(now_ms()) {
+            return respond::json(202, &session.view());
+        }
+        self.persist(store, &mut session, &config).await?;
+        let answer = respond::json(202, &session.view());
+        self.after_answer(
+            Some(format!(
                 "{LOG_PREFIX} Lab {} ended by request; cleanup starts now",
                 session.lab_request_id
-            );
+            )),
+            config,
+        );
+        answer
+    }
+
+    async fn retry(&self, store: &Store) -> Result<Response> {
+        let config = match self.config() {
+            Ok(config) => config,
+            Err(e) => return respond::error(&e),
+        };
+        let mut session = match self.find_for_request(store, Some(&config)).await? {
+            Ok(Some(session)) => session,
+            Ok(None) => return not_found(),
+            Err(answer) => return Ok(answer),
+        };
+        match session.retry_now(now_ms()) {
+            Ok(false) => respond::json(202, &session.view()),
+            Ok(true) => {
+                self.persist(store, &mut session, &config).await?;
+                let answer = respond::json(202, &session.view());
+                self.after_answer(
+                    Some(format!(
+                        "{LOG_PREFIX} Retry of lab {} requested by an operator; attempt {} starts now",
+                        session.lab_request_id,
+                        session.attempts + 1
+                    )),
+                    config,
+                );
+                answer
+            }
+            Err(Refusal::Conflict(message)) | Err(Refusal::Invalid(message)) => {
+                respond::error(&ApiError::Conflict(message))
+            }
         }
-        respond::json(202, &session.view())
     }
 
     async fn extend(&self, store: &Store, minutes: u64) -> Result<Response> {
@@ -233,13 +302,17 @@ impl SessionManager {
             config.max_duration_minutes,
         ) {
             Ok(()) => {
-                store.save(&session, alarm_at(&session, &config)).await?;
-                console_log!(
-                    "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
-                    session.lab_request_id,
-                    rfc3339(session.expires_at_ms)
+                self.persist(store, &mut session, &config).await?;
+                let answer = respond::json(200, &session.view());
+                self.after_answer(
+                    Some(format!(
+                        "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
+                        session.lab_request_id,
+                        rfc3339(session.expires_at_ms)
+                    )),
+                    config,
                 );
-                respond::json(200, &session.view())
+                answer
             }
             Err(Refusal::Conflict(message)) => respond::error(&ApiError::Conflict(message)),
             Err(Refusal::Invalid(message)) => respond::error(&ApiError::InvalidRequest(message)),
@@ -279,12 +352,11 @@ impl SessionManager {
         let timing = config.timing();
         let due = wake::due(&session, now, &timing);
         if due.purge {
-            console_log!(
-                "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
-                session.lab_request_id,
-                session.completed_at_ms.map(rfc3339).unwrap_or_default()
-            );
-            return store.delete_all().await.map(|()| "retention purge");
+            return self.purge(store, session, &config).await;
+        }
+        if due.index && !due.attempt {
+            sync_index(store, &self.env, &config).await?;
+            return Ok("index row written");
         }
         if !due.attempt {
             let Some(at_ms) = alarm_at(&session, &config) else {
@@ -306,7 +378,7 @@ impl SessionManager {
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
         // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
-        store.save(&session, alarm_at(&session, &config)).await?;
+        self.persist(store, &mut session, &config).await?;
 
         let plan = AttemptPlan {
             policy: config.retry_policy,
@@ -337,6 +409,7 @@ impl SessionManager {
             random(),
         );
         session.finish_attempt(&result, done_at, next.unwrap_or(done_at));
+        log_object(&cleanup::attempt_record(&session, &result, done_at - now));
         if session.every_call_answered_404() {
             ConsoleLogger.log(Level::Error, &cleanup::all_404_line(&session));
         }
@@ -346,11 +419,89 @@ impl SessionManager {
                 &cleanup::retry_line(&session, done_at, result.ending),
             );
         }
-        store
-            .save(&session, alarm_at(&session, &config))
-            .await
-            .map(|()| "cleanup attempt")
+        self.persist(store, &mut session, &config).await?;
+        // The row after the deletions, never before them: the index never holds up a cleanup.
+        sync_index(store, &self.env, &config).await?;
+        Ok("cleanup attempt")
     }
+
+    /// The end of retention: the lab's index row is deleted, then everything the object holds.
+    /// A failed row delete keeps the record and tries again `CLEANUP_RETRY_SECONDS` later, so the
+    /// index never keeps a row for a lab the object has forgotten.
+    async fn purge(
+        &self,
+        store: &Store,
+        mut session: Session,
+        config: &Config,
+    ) -> Result<&'static str> {
+        match fleet_index::delete(
+            &self.env,
+            &session.lab_request_id,
+            session.revision,
+            index_timeout(config),
+        )
+        .await
+        {
+            Ok(()) => {
+                console_log!(
+                    "{LOG_PREFIX} Retention over for lab {} (completed {}); record and index row deleted",
+                    session.lab_request_id,
+                    session.completed_at_ms.map(rfc3339).unwrap_or_default()
+                );
+                store.delete_all().await.map(|()| "retention purge")
+            }
+            Err(e) => {
+                let again = now_ms().saturating_add(config.retry_ms());
+                console_warn!(
+                    "{LOG_PREFIX} Retention over for lab {}, but its index row could not be deleted ({e}); record kept, trying again at {}",
+                    session.lab_request_id,
+                    rfc3339(again)
+                );
+                session.index.delete_retry_at_ms = Some(again);
+                store
+                    .save(&session, alarm_at(&session, config))
+                    .await
+                    .map(|()| "purge held: index row delete failed")
+            }
+        }
+    }
+}
+
+/// How long the object waits for the index before counting the write as failed.
+fn index_timeout(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_secs(config.backend_timeout_seconds)
+}
+
+/// Writes the lab's index row if the index is behind the record, and records how that went: a
+/// success marks the revision written; a failure is logged and tried again by the alarm within
+/// `CLEANUP_RETRY_SECONDS`. Only storage errors are returned: the index never fails a cleanup or
+/// an answer.
+async fn sync_index(store: &Store, env: &Env, config: &Config) -> Result<()> {
+    let Stored::Session(session) = store.load().await? else {
+        return Ok(());
+    };
+    if !index::owed(&session) {
+        return Ok(());
+    }
+    let row = index::row(&session, now_ms());
+    let written = fleet_index::upsert(env, &row, index_timeout(config)).await;
+    // Read again: a request may have changed the record while the row was being written.
+    let Stored::Session(mut latest) = store.load().await? else {
+        return Ok(());
+    };
+    match written {
+        Ok(()) => index::confirmed(&mut latest, row.revision),
+        Err(e) => {
+            let again = now_ms().saturating_add(config.retry_ms());
+            console_warn!(
+                "{LOG_PREFIX} The index row of lab {} could not be written ({e}); the lab is unaffected, trying again at {}",
+                latest.lab_request_id,
+                rfc3339(again)
+            );
+            index::write_failed(&mut latest, now_ms(), config.retry_ms());
+        }
+    }
+    store.save(&latest, alarm_at(&latest, config)).await
 }
 
 /// Backend calls an attempt may make beyond one per planned call (the reconnects of calls whose
@@ -429,6 +580,7 @@ impl DurableObject for SessionManager {
                 Ok(by) => self.extend(&store, by.minutes).await,
                 Err(answer) => answer,
             },
+            (Method::Post, RETRY_PATH) => self.retry(&store).await,
             _ => respond::error(&ApiError::NotFound(format!("no internal route for {path}"))),
         };
         if self.config().is_ok_and(|c| c.log_storage_ops) {

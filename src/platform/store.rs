@@ -22,7 +22,7 @@ const SESSION_KEY: &str = "session";
 /// What an object's storage holds.
 pub enum Stored {
     /// A session record in this worker's format.
-    Session(Session),
+    Session(Box<Session>),
     /// No session record, but the TypeScript worker's keys (see `lab::legacy`).
     Legacy(LegacyRecord),
     /// Nothing at all.

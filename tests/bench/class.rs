@@ -1,11 +1,14 @@
 //! The class scenario: M labs (1 master + 2 workers) expiring within one second, against a backend that serves C calls at once and refuses the rest.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 use mock_backend::{Capacity, Endpoint, MockBackend};
 use serde_json::json;
 
+use crate::env_or;
+use crate::plot::{line_chart, Series};
 use crate::support::{epoch_ms, Worker};
 
 /// One run of the scenario.
@@ -33,8 +36,10 @@ pub struct Measured {
     pub calls: usize,
     pub refused: u64,
     pub peak_in_flight: usize,
-    /// Seconds from each refused call to the next call of the same id: how labs come back.
+    /// Seconds over which the labs' first backend calls came.
     pub first_attempt_spread: f64,
+    /// Seconds from the first expiry to each VM's deletion, in order: the plot's curve.
+    pub deletions: Vec<f64>,
 }
 
 impl Measured {
@@ -149,6 +154,12 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
         .collect();
     let spread =
         (first_calls.iter().max().unwrap() - first_calls.iter().min().unwrap()) as f64 / 1000.0;
+    let mut deletions: Vec<f64> = calls_now
+        .iter()
+        .filter(|c| c.endpoint == Some(Endpoint::DeleteVm) && c.status == Some(200))
+        .map(|c| c.done_ms.saturating_sub(first_expiry) as f64 / 1000.0)
+        .collect();
+    deletions.sort_by(|a, b| a.partial_cmp(b).unwrap());
     mock.set_capacity(None);
     worker.stop();
     let total_calls = s.labs * 4;
@@ -159,5 +170,139 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
         refused: stats.refused,
         peak_in_flight: stats.peak_in_flight,
         first_attempt_spread: spread,
+        deletions,
     }
+}
+
+/// The adaptive policy against the original one, with and without `Retry-After`; then the
+/// adaptive policy at other spreads of first attempts (how the default was chosen). Writes the
+/// plot of VMs deleted over time to `plot_path`; returns the markdown.
+pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String {
+    let labs: usize = env_or("BENCH_CLASS_LABS", 100);
+    let default_spread = labs_cleanup::config::DEFAULT_EXPIRY_SPREAD_SECONDS;
+    let spreads: Vec<u64> = std::env::var("BENCH_CLASS_SPREADS")
+        .unwrap_or_else(|_| "0,2,10".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|s| *s != default_spread)
+        .collect();
+    // (name, policy, spread, refusal status, Retry-After, plot colour or "" for none)
+    type Run = (
+        String,
+        &'static str,
+        u64,
+        u16,
+        Option<&'static str>,
+        &'static str,
+    );
+    let mut runs: Vec<Run> = vec![
+        (
+            "adaptive (default)".into(),
+            "adaptive",
+            default_spread,
+            429,
+            Some("2"),
+            "#1f77b4",
+        ),
+        (
+            "original (fixed)".into(),
+            "fixed",
+            0,
+            429,
+            Some("2"),
+            "#d62728",
+        ),
+        (
+            "adaptive".into(),
+            "adaptive",
+            default_spread,
+            503,
+            None,
+            "#17becf",
+        ),
+        ("original (fixed)".into(), "fixed", 0, 503, None, "#ff7f0e"),
+    ];
+    for spread in spreads {
+        runs.push((
+            format!("adaptive, spread {spread} s"),
+            "adaptive",
+            spread,
+            429,
+            Some("2"),
+            "",
+        ));
+    }
+    let mut rows = String::new();
+    let mut series = Vec::new();
+    let mut limit = 0.0;
+    for (i, (name, policy, spread, status, retry_after, color)) in runs.iter().enumerate() {
+        let tag = format!("class{i}");
+        let scenario = Scenario {
+            name: &tag,
+            policy,
+            spread_seconds: *spread,
+            refuse_status: *status,
+            retry_after: *retry_after,
+            labs,
+            capacity: 20,
+            latency_ms: 200,
+            retry_seconds: 10,
+        };
+        let m = run(&work_dir.join(&tag), mock, &scenario);
+        limit = m.limit;
+        let refusal = match retry_after {
+            Some(ra) => format!("{status}, Retry-After: {ra}"),
+            None => format!("{status}, no Retry-After"),
+        };
+        eprintln!(
+            "{name} ({refusal}): {:.1} s ({:.2}x), {} calls, {} refused ({:.0} %), peak {}",
+            m.seconds,
+            m.seconds / m.limit,
+            m.calls,
+            m.refused,
+            100.0 * m.refused_share(),
+            m.peak_in_flight
+        );
+        let _ = writeln!(
+            rows,
+            "| {name} | {} s ({:.1} s) | {refusal} | {:.1} s | **{:.2}x** | {} | {} (**{:.0} %**) | {} |",
+            if *policy == "fixed" { 0 } else { *spread },
+            m.first_attempt_spread,
+            m.seconds,
+            m.seconds / m.limit,
+            m.calls,
+            m.refused,
+            100.0 * m.refused_share(),
+            m.peak_in_flight
+        );
+        if !color.is_empty() {
+            let mut points = vec![(0.0, 0.0)];
+            points.extend(
+                m.deletions
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| (*t, (k + 1) as f64)),
+            );
+            series.push(Series {
+                name: format!("{name}, {refusal}"),
+                color,
+                dash: if *status == 503 { "6,3" } else { "" },
+                points,
+            });
+        }
+    }
+    std::fs::write(
+        plot_path,
+        line_chart(
+            &format!("{labs} labs expiring together: VMs deleted over time"),
+            "seconds since the first expiry",
+            "VMs deleted",
+            &series,
+        ),
+    )
+    .unwrap();
+    format!(
+        "{labs} labs of 1 master + 2 workers expiring within one second; the mock backend serves 20 calls at once at 200 ms each and refuses the rest at once; `CLEANUP_RETRY_SECONDS=10`. The physical limit is {} calls x 0.2 s / 20 = **{limit:.1} s**. Time is from the first expiry until the last VM is deleted; every call that reached the backend counts, refused or not. Targets: within 3x the limit, at most 30 % refused; without `Retry-After`, fewer refused calls than the original policy.\n\n| policy | spread (first calls came over) | refusal | time | / limit | calls | refused | peak in flight |\n|---|---|---|---|---|---|---|---|\n{rows}\n![VMs deleted over time](perf/class.svg)\n",
+        labs * 4,
+    )
 }

@@ -79,10 +79,7 @@ pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
             skip_build: true,
         },
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = now_ms();
     assert!(
         now < expires[0],
         "this worker started after the first legacy expiry; the test proves less than it should"

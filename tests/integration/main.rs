@@ -8,6 +8,7 @@
 mod api;
 mod cleanup;
 mod deploy;
+mod fleet;
 mod legacy;
 mod lifecycle;
 mod security;
@@ -29,6 +30,18 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    (
+        "the_list_filters_and_pages",
+        fleet::the_list_filters_and_pages,
+    ),
+    (
+        "a_failing_index_loses_nothing_and_is_repaired",
+        fleet::a_failing_index_loses_nothing_and_is_repaired,
+    ),
+    (
+        "paging_ten_thousand_labs_while_adding",
+        fleet::paging_ten_thousand_labs_while_adding,
+    ),
     ("schemathesis_fuzz", security::schemathesis_fuzz),
     (
         "restart_resumes_a_pending_retry",
@@ -139,6 +152,19 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "concurrent_requests_stay_consistent",
         lifecycle::concurrent_requests_stay_consistent,
+    ),
+    (
+        "the_index_row_follows_every_change",
+        fleet::the_index_row_follows_every_change,
+    ),
+    (
+        "stats_summarize_the_fleet",
+        fleet::stats_summarize_the_fleet,
+    ),
+    ("retry_now_in_each_state", fleet::retry_now_in_each_state),
+    (
+        "the_fleet_routes_need_the_operator_token",
+        fleet::the_fleet_routes_need_the_operator_token,
     ),
 ];
 

@@ -25,6 +25,8 @@ pub const RETENTION_UNIT_SECONDS: u64 = 4;
 pub const BACKEND_TOKEN: &str = "itest-backend-token-5f1c";
 /// The API token the worker is given (as a secret) and the tests present.
 pub const API_TOKEN: &str = "itest-api-token-9d27e4";
+/// The operator token the worker is given (as a secret): the fleet-wide routes.
+pub const OPERATOR_TOKEN: &str = "itest-operator-token-31b8aa";
 /// Longest wait for `wrangler dev` to build and start.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -52,6 +54,8 @@ pub struct Worker {
     /// Skip the worker build (`build/` is already there): for a second worker started while
     /// the first one runs, which must not have its files rewritten under it.
     skip_build: bool,
+    /// Whether the D1 migrations were applied to the state directory.
+    migrated: bool,
 }
 
 /// How to start a `wrangler dev` other than the shared one.
@@ -104,15 +108,65 @@ impl Worker {
             secrets: vec![
                 ("BACKEND_API_TOKEN".into(), BACKEND_TOKEN.into()),
                 ("API_TOKEN".into(), API_TOKEN.into()),
+                ("OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
             ],
             config: spec.config.map(|c| root.join(c)),
             skip_build: spec.skip_build,
+            migrated: false,
         };
         worker.spawn();
         worker
     }
 
+    /// Applies the D1 migrations (`migrations/`) to this worker's local state, as the run
+    /// command does; only for the project's own configuration.
+    fn migrate(&mut self) {
+        if self.migrated || self.config.is_some() {
+            return;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("node_modules/.bin/wrangler"))
+            .current_dir(root)
+            .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
+            .arg(&self.state_dir)
+            .env("CI", "true")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .output()
+            .expect("wrangler d1 migrations apply");
+        assert!(
+            out.status.success(),
+            "applying the D1 migrations failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.migrated = true;
+    }
+
+    /// Runs SQL on this worker's local D1 index (`wrangler d1 execute --local`), as an operator
+    /// would; returns wrangler's output.
+    pub fn d1(&self, sql_file: &Path) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("node_modules/.bin/wrangler"))
+            .current_dir(root)
+            .args(["d1", "execute", "DB", "--local", "--persist-to"])
+            .arg(&self.state_dir)
+            .arg("--file")
+            .arg(sql_file)
+            .env("CI", "true")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .output()
+            .expect("wrangler d1 execute");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "wrangler d1 execute failed:\n{text}");
+        text
+    }
+
     fn spawn(&mut self) {
+        self.migrate();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let secrets: String = self
             .secrets
@@ -274,6 +328,20 @@ impl Worker {
             path,
             &[("Content-Type", "application/json")],
             body.to_string().as_bytes(),
+        )
+    }
+
+    /// Sends a request with the operator token.
+    pub fn operator(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        let bearer = format!("Bearer {OPERATOR_TOKEN}");
+        self.unauthenticated(
+            method,
+            path,
+            &[
+                ("Authorization", &bearer),
+                ("Content-Type", "application/json"),
+            ],
+            body,
         )
     }
 
@@ -495,4 +563,12 @@ pub fn poll_status(ctx: &Ctx, id: &str, secs: u64, done: impl Fn(&Value) -> bool
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Milliseconds since the Unix epoch, on this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
