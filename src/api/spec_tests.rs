@@ -161,6 +161,64 @@ fn the_documented_status_body_is_the_status_view() {
     assert_eq!(keys, view_keys());
 }
 
+fn keys(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+fn required_and_properties(schema: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let required = strings(get(schema, &["required"]));
+    let properties = get(schema, &["properties"])
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    (required, properties)
+}
+
+#[test]
+fn the_fleet_schemas_are_what_the_code_answers() {
+    use crate::api::fleet;
+    use crate::lab::index::IndexRow;
+    let spec = spec();
+    let row = IndexRow {
+        lab_request_id: "m".into(),
+        user_id: "u".into(),
+        lab_type: "single_vm".into(),
+        vm_count: 1,
+        status: "retrying".into(),
+        created_at: 0,
+        expires_at: 1,
+        attempts: 1,
+        next_attempt_at: Some(2),
+        pending_count: 1,
+        already_gone_count: 0,
+        last_error: None,
+        completed_at: None,
+        updated_at: 3,
+        revision: 4,
+    };
+    let listed = serde_json::to_value(fleet::listed(&row, 3)).unwrap();
+    let (required, properties) =
+        required_and_properties(get(&spec, &["components", "schemas", "ListedLab"]));
+    assert_eq!(required, keys(&listed), "ListedLab.required");
+    assert_eq!(properties, keys(&listed), "ListedLab.properties");
+
+    let stats = fleet::stats(&fleet::Counts::default());
+    let schema = get(&spec, &["components", "schemas", "Stats"]);
+    let (required, properties) = required_and_properties(schema);
+    assert_eq!(required, keys(&stats), "Stats.required");
+    assert_eq!(properties, keys(&stats), "Stats.properties");
+    let (required, _) = required_and_properties(get(schema, &["properties", "by_status"]));
+    assert_eq!(required, keys(&stats["by_status"]), "Stats.by_status");
+
+    let outcome = serde_json::to_value(crate::lab::session::Outcome::default()).unwrap();
+    let (required, properties) =
+        required_and_properties(get(&spec, &["components", "schemas", "Outcome"]));
+    assert_eq!(required, keys(&outcome), "Outcome.required");
+    assert_eq!(properties, keys(&outcome), "Outcome.properties");
+}
+
 #[test]
 fn limits_that_are_settings_carry_their_default() {
     let defaults = [

@@ -516,7 +516,8 @@ fn seconds(ms: i64) -> String {
     if ms % 1000 == 0 {
         format!("{} s", ms / 1000)
     } else {
-        format!("{:.1} s", ms as f64 / 1000.0)
+        // Integer arithmetic: formatting a float would add float printing to the worker (~14 KB).
+        format!("{}.{} s", ms / 1000, (ms % 1000) / 100)
     }
 }
 

@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use serde_json::json;
-use wasm_bindgen::JsValue;
-use worker::{
-    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
-};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, web_sys, Delay};
 
 use crate::config::Config;
 use crate::lab::cleanup::{BackendError, BackendReply, LabBackend, Level, Logger};
@@ -34,18 +33,18 @@ impl HttpLabBackend {
     }
 
     /// Sends one JSON request and reads the whole answer, or gives up after the timeout and
-    /// aborts the request.
+    /// aborts the request. Written against the runtime's `fetch` directly (`web_sys`): the
+    /// `worker` wrappers would convert every request and answer back and forth for nothing.
     async fn call(
         &self,
-        method: Method,
+        method: &str,
         path: &str,
         body: serde_json::Value,
     ) -> Result<BackendReply, BackendError> {
-        let controller = AbortController::default();
-        let signal = controller.signal();
+        let controller = web_sys::AbortController::new().map_err(network)?;
         let url = format!("{}{path}", self.base_url);
         let exchange = async {
-            let headers = Headers::new();
+            let headers = web_sys::Headers::new().map_err(network)?;
             headers
                 .set("Content-Type", "application/json")
                 .map_err(network)?;
@@ -55,27 +54,35 @@ impl HttpLabBackend {
                     .set("Authorization", &format!("Bearer {token}"))
                     .map_err(network)?;
             }
-            let mut init = RequestInit::new();
+            let init = web_sys::RequestInit::new();
+            init.set_method(method);
+            init.set_headers(&headers);
+            init.set_body(&JsValue::from_str(&body.to_string()));
             // A redirect is an answer, not a success: followed, a 3xx to a page that answers 200
             // would count as deleted (a wrong BACKEND_URL, a login page). Manual mode hands the
             // 3xx back, and the classifier counts it as failed.
-            init.with_method(method)
-                .with_redirect(RequestRedirect::Manual)
-                .with_headers(headers)
-                .with_body(Some(JsValue::from_str(&body.to_string())));
-            let request = Request::new_with_init(&url, &init).map_err(network)?;
-            let mut response = Fetch::Request(request)
-                .send_with_signal(&signal)
-                .await
-                .map_err(network)?;
-            let status = response.status_code();
+            init.set_redirect(web_sys::RequestRedirect::Manual);
+            init.set_signal(Some(&controller.signal()));
+            let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+            let response: web_sys::Response =
+                JsFuture::from(global.fetch_with_str_and_init(&url, &init))
+                    .await
+                    .map_err(network)?
+                    .dyn_into()
+                    .map_err(network)?;
+            let status = response.status();
             let retry_after = response.headers().get("Retry-After").ok().flatten();
             // A body cut short (connection reset mid-response) is no trustworthy answer, even
             // after a 2xx head: a failure, so the VM is tried again.
-            let body = response.text().await.map_err(|e| BackendError::CutShort {
+            let cut_short = |e: JsValue| BackendError::CutShort {
                 status,
-                error: e.to_string(),
-            })?;
+                error: js_message(&e),
+            };
+            let body = JsFuture::from(response.text().map_err(cut_short)?)
+                .await
+                .map_err(cut_short)?
+                .as_string()
+                .unwrap_or_default();
             Ok(BackendReply {
                 status,
                 body,
@@ -94,14 +101,22 @@ impl HttpLabBackend {
     }
 }
 
-fn network(e: worker::Error) -> BackendError {
-    BackendError::Network(e.to_string())
+/// The message of a JavaScript error (`TypeError: Network connection lost.`), or its text.
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "unknown error".into())
+}
+
+fn network(e: JsValue) -> BackendError {
+    BackendError::Network(js_message(&e))
 }
 
 impl LabBackend for HttpLabBackend {
     async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError> {
         self.call(
-            Method::Delete,
+            "DELETE",
             EXPOSE_PATH,
             json!({ "lab_request_id": master_id }),
         )
@@ -114,7 +129,7 @@ impl LabBackend for HttpLabBackend {
         user_id: &str,
     ) -> Result<BackendReply, BackendError> {
         self.call(
-            Method::Post,
+            "POST",
             DELETE_VM_PATH,
             json!({ "lab_request_id": lab_request_id, "user_id": user_id }),
         )
