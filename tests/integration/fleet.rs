@@ -566,3 +566,79 @@ pub fn paging_ten_thousand_labs_while_adding(ctx: &mut Ctx) {
         10_000
     );
 }
+
+/// The operator dashboard in headless Chromium (Debian's `chromium`, driven by playwright-core):
+/// `tests/browser/dashboard.mjs` enters the token, sees the seeded labs, filters the stuck one,
+/// opens it, presses Retry now and watches it complete; screenshots go to `docs/screenshots/`.
+/// Without Chromium the test says so and skips, unless `REQUIRE_BROWSER=1` (CI) makes that a
+/// failure.
+pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let playwright = root.join("node_modules/playwright-core");
+    if !std::path::Path::new(&chromium).exists() || !playwright.exists() {
+        let why = format!(
+            "SKIPPED: no Chromium at {chromium} or no playwright-core in node_modules; run scripts/setup.sh (it installs Debian's chromium and chromium-driver where apt-get is available)"
+        );
+        assert!(
+            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "REQUIRE_BROWSER=1 but the browser test cannot run: {why}"
+        );
+        println!("the_dashboard_in_a_real_browser: {why}");
+        return;
+    }
+    // Completed labs stay listed for the length of the test.
+    ctx.worker
+        .restart_with(&[("RETENTION_UNIT_SECONDS", "600")], &[]);
+    let (stuck, worker_vm) = ("dash-stuck", "dash-stuck-w1");
+    ctx.mock.add_fault(
+        Fault::on(
+            worker_vm,
+            Endpoint::DeleteVm,
+            Action::Status { status: 500 },
+        )
+        .times(3),
+    );
+    ctx.mock.add_fault(
+        Fault::on(
+            worker_vm,
+            Endpoint::DeleteVm,
+            Action::Refuse {
+                status: 503,
+                retry_after: Some("3600".into()),
+            },
+        )
+        .times(1),
+    );
+    create(ctx, stuck, "dash-user", 1, &[worker_vm]);
+    create(ctx, "dash-scheduled", "dash-user", 6000, &[]);
+    create(ctx, "dash-done", "dash-user-2", 1, &[]);
+    // Three failed attempts, then parked for an hour by the Retry-After: stuck, and waiting.
+    poll_status(ctx, stuck, 30, |v| {
+        v["attempts"].as_u64() >= Some(4) && v["status"] == "retrying"
+    });
+    wait_row(ctx, "dash-user", stuck, 10, |r| r["stuck"] == true);
+    poll_status(ctx, "dash-done", 15, |v| v["status"] == "completed");
+
+    let out = std::process::Command::new("node")
+        .current_dir(root)
+        .arg("tests/browser/dashboard.mjs")
+        .env("WORKER_URL", format!("http://{}", ctx.worker.addr))
+        .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("MOCK_URL", ctx.mock.url())
+        .env("STUCK_LAB", stuck)
+        .env("SCHEDULED_LAB", "dash-scheduled")
+        .env("SCREENSHOTS", root.join("docs/screenshots"))
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", text.trim_end());
+    assert!(out.status.success(), "the browser test failed:\n{text}");
+    let v = poll_status(ctx, stuck, 5, |v| v["status"] == "completed");
+    assert_eq!(v["attempts"], 5, "Retry now made the fifth attempt");
+}

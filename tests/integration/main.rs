@@ -39,6 +39,10 @@ const LAST: &[(&str, MutTestFn)] = &[
         fleet::a_failing_index_loses_nothing_and_is_repaired,
     ),
     (
+        "the_dashboard_in_a_real_browser",
+        fleet::the_dashboard_in_a_real_browser,
+    ),
+    (
         "paging_ten_thousand_labs_while_adding",
         fleet::paging_ten_thousand_labs_while_adding,
     ),

@@ -298,6 +298,14 @@ impl MockBackend {
         self.shared.lock().faults.push(fault);
     }
 
+    /// Removes every fault for `lab_request_id`.
+    pub fn clear_faults(&self, lab_request_id: &str) {
+        self.shared
+            .lock()
+            .faults
+            .retain(|f| f.lab_request_id != lab_request_id);
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency_ms = latency.as_millis() as u64;
     }
@@ -663,6 +671,21 @@ fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u
         },
         ("GET", "faults") => (200, json!(shared.lock().faults)),
         ("GET", "stats") => (200, json!(shared.lock().stats)),
+        ("POST", "faults/clear") => match serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["lab_request_id"].as_str().map(str::to_string))
+        {
+            Some(id) => {
+                let mut state = shared.lock();
+                let before = state.faults.len();
+                state.faults.retain(|f| f.lab_request_id != id);
+                (200, json!({"cleared": before - state.faults.len()}))
+            }
+            None => (
+                400,
+                json!({"error": "body must be {\"lab_request_id\": \"...\"}"}),
+            ),
+        },
         ("POST", "capacity") => match serde_json::from_slice::<Option<Capacity>>(body) {
             Ok(capacity) => {
                 shared.lock().capacity = capacity.clone();
@@ -678,7 +701,7 @@ fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u
         }
         _ => (
             404,
-            json!({"error": "control endpoints: GET calls, GET faults, POST faults, GET stats, POST capacity, POST reset"}),
+            json!({"error": "control endpoints: GET calls, GET faults, POST faults, POST faults/clear, GET stats, POST capacity, POST reset"}),
         ),
     }
 }

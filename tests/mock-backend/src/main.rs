@@ -18,6 +18,7 @@ otherwise, and prints one line per call. Control endpoints:
        kinds: status{status}, delay{ms}, hang{ms}, reset, redirect{status, location}
        (location /__mock/landing answers 200 and is recorded); endpoint: expose | delete_vm |
        null (both)
+  POST /__mock/faults/clear {\"lab_request_id\": \"...\"}: remove that id's faults
   GET  /__mock/stats    calls in flight now, the peak, calls refused by --capacity
   POST /__mock/capacity {\"max_in_flight\": 20, \"status\": 429, \"retry_after\": \"2\"} (null: no limit)
   POST /__mock/reset    forget calls, faults and counters

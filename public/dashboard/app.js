@@ -1,0 +1,318 @@
+// The operator dashboard of labs-cleanup: no framework, nothing from another site. Everything it
+// shows comes from the API, called with the operator token kept in sessionStorage (this tab only).
+"use strict";
+
+const TOKEN_KEY = "labs-cleanup.operator-token";
+const $ = (selector) => document.querySelector(selector);
+
+const state = {
+  query: new URLSearchParams(), // the filters applied
+  cursors: [null], // the cursor of each page seen so far; the last one is the current page
+  next: null,
+  open: null, // the lab shown in the detail panel
+};
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** An API error, in words. */
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+  toString() {
+    return `${this.message} (${this.status} ${this.code})`;
+  }
+}
+
+async function api(method, path) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${token()}` },
+      cache: "no-store",
+    });
+  } catch (e) {
+    throw new ApiError(0, "network_error", `The worker could not be reached: ${e.message}`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: described below
+  }
+  if (!response.ok) {
+    const error = body && body.error;
+    if (response.status === 401) forget();
+    throw new ApiError(
+      response.status,
+      error ? error.code : "unexpected_answer",
+      error ? error.message : `The worker answered ${response.status} ${response.statusText}.`,
+    );
+  }
+  return body;
+}
+
+function say(text, kind = "error") {
+  const box = $("#message");
+  box.textContent = text;
+  box.className = kind;
+  box.hidden = !text;
+}
+
+function forget(why) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("#app").hidden = true;
+  $("#forget").hidden = true;
+  $("#login").hidden = false;
+  $("#token").value = "";
+  if (why) say(why);
+}
+
+function time(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return d.toLocaleString(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+function badge(status, stuck) {
+  const span = el("span", { class: `badge ${status}`, "data-status": status }, status.replace("_", " "));
+  if (!stuck) return span;
+  return el("span", {}, span, " ", el("span", { class: "badge stuck", "data-stuck": "true" }, "stuck"));
+}
+
+async function loadStats() {
+  const s = await api("GET", "/api/v1/labs/stats");
+  const cards = [
+    ["Scheduled", s.by_status.scheduled],
+    ["Cleaning up", s.by_status.cleaning_up],
+    ["Retrying", s.by_status.retrying],
+    ["Completed", s.by_status.completed],
+    ["Stuck", s.stuck, s.stuck > 0 ? "alert" : ""],
+    ["VMs still to delete", s.vms_pending],
+    ["Oldest pending expiry", s.oldest_pending_expiry ? time(s.oldest_pending_expiry) : "none", "date"],
+    ["VMs already gone (404)", s.vms_already_gone],
+  ];
+  $("#stats").replaceChildren(
+    ...cards.map(([label, value, kind]) =>
+      el("div", { class: `card ${kind || ""}` }, el("div", { class: "value" }, value), el("div", { class: "label" }, label))),
+  );
+}
+
+async function loadLabs() {
+  const query = new URLSearchParams(state.query);
+  const cursor = state.cursors[state.cursors.length - 1];
+  if (cursor) query.set("cursor", cursor);
+  const page = await api("GET", `/api/v1/labs/sessions?${query}`);
+  state.next = page.next_cursor;
+  const rows = page.sessions.map((lab) =>
+    el(
+      "tr",
+      { "data-lab": lab.lab_request_id },
+      el("td", {}, el("button", { type: "button", class: "link", "data-open": lab.lab_request_id }, lab.lab_request_id),
+        el("div", { class: "muted" }, `${lab.lab_type === "multi_node" ? "multi-node" : "single VM"}, ${lab.vm_count} VM${lab.vm_count === 1 ? "" : "s"}`)),
+      el("td", {}, lab.user_id),
+      el("td", {}, badge(lab.status, lab.stuck)),
+      el("td", { class: "num" }, lab.pending_count),
+      el("td", { class: "num" }, lab.attempts),
+      el("td", {}, time(lab.expires_at)),
+      el("td", {}, time(lab.next_attempt_at)),
+      el("td", { class: "error-text" }, lab.last_error || ""),
+    ));
+  $("#labs tbody").replaceChildren(...rows);
+  $("#empty").hidden = rows.length > 0;
+  $("#prev").disabled = state.cursors.length <= 1;
+  $("#next").disabled = !state.next;
+  $("#page").textContent = `page ${state.cursors.length}`;
+}
+
+/** An error in words; a refused token says what to do about it. */
+function explain(e) {
+  return e.status === 401 ? `The token was refused: ${e}. Enter the operator token again.` : String(e);
+}
+
+async function refresh() {
+  try {
+    await Promise.all([loadStats(), loadLabs()]);
+    if (state.open) await openLab(state.open, false);
+  } catch (e) {
+    say(explain(e));
+  }
+}
+
+function list(title, items) {
+  return el("div", {}, el("h3", {}, title), items.length ? el("ul", {}, ...items.map((i) => el("li", {}, i))) : el("p", { class: "muted" }, "none"));
+}
+
+async function openLab(id, scroll = true) {
+  const lab = await api("GET", `/api/v1/labs/sessions/${encodeURIComponent(id)}`);
+  state.open = id;
+  $("#detail-id").textContent = id;
+  const errors = lab.last_outcome ? lab.last_outcome.errors : [];
+  const facts = [
+    ["Status", badge(lab.status, false)],
+    ["User", lab.user_id],
+    ["Type", lab.lab_type === "multi_node" ? "multi-node" : "single VM"],
+    ["Created", time(lab.created_at)],
+    ["Expires", time(lab.expires_at)],
+    ["Attempts", lab.attempts],
+    ["Next attempt", time(lab.next_attempt_at)],
+    ["Completed", time(lab.completed_at)],
+  ];
+  if (lab.dry_run) facts.push(["Dry run", "yes: the calls were only logged"]);
+  if (lab.adopted_at) facts.push(["Adopted from the previous worker", time(lab.adopted_at)]);
+  $("#detail-body").replaceChildren(
+    el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+    el("div", { class: "columns" },
+      list("Pending", lab.pending),
+      list("Deleted", lab.deleted),
+      list("Already gone (404)", lab.already_gone)),
+    el("h3", {}, "Last attempt's errors"),
+    errors.length
+      ? el("ul", { class: "errors" }, ...errors.map((e) => el("li", {}, el("strong", {}, e.lab_request_id), ": ", e.error)))
+      : el("p", { class: "muted" }, lab.last_outcome ? "none" : "no attempt yet"),
+  );
+  $("#end-now").disabled = lab.status === "completed";
+  $("#extend").disabled = lab.status !== "scheduled";
+  $("#retry-now").disabled = lab.status !== "retrying";
+  $("#detail").hidden = false;
+  if (scroll) $("#detail").scrollIntoView({ behavior: "smooth" });
+  return lab;
+}
+
+/** After an action: follows the lab until its status settles (or 60 s pass). */
+async function watch(id) {
+  for (let i = 0; i < 60; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    let lab;
+    try {
+      lab = await openLab(id, false);
+    } catch (e) {
+      say(String(e));
+      return;
+    }
+    if (lab.status === "completed" || lab.status === "scheduled") break;
+  }
+  await refresh();
+}
+
+async function act(what, method, path, question) {
+  const id = state.open;
+  if (!id || !confirm(question)) return;
+  try {
+    await api(method, path);
+    say(`${what}: done for lab ${id}.`, "info");
+    await openLab(id, false);
+    watch(id);
+  } catch (e) {
+    say(`${what} failed: ${explain(e)}`);
+  }
+}
+
+function applyFilters(event) {
+  event.preventDefault();
+  const form = new FormData($("#filters"));
+  const query = new URLSearchParams();
+  const statuses = form.getAll("status");
+  if (statuses.length) query.set("status", statuses.join(","));
+  const user = String(form.get("user_id") || "").trim();
+  if (user) query.set("user_id", user);
+  if (form.get("stuck")) query.set("stuck", form.get("stuck"));
+  for (const name of ["expires_after", "expires_before"]) {
+    const value = form.get(name);
+    if (value) query.set(name, new Date(value).toISOString());
+  }
+  query.set("limit", form.get("limit") || "50");
+  state.query = query;
+  state.cursors = [null];
+  say("");
+  loadLabs().catch((e) => say(String(e)));
+}
+
+function start() {
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+    $("#token").value = "";
+    show();
+  });
+  $("#forget").addEventListener("click", () => forget("Token forgotten."));
+  $("#refresh").addEventListener("click", () => refresh());
+  $("#filters").addEventListener("submit", applyFilters);
+  $("#filters").addEventListener("reset", () => setTimeout(() => applyFilters(new Event("submit")), 0));
+  $("#next").addEventListener("click", () => {
+    if (!state.next) return;
+    state.cursors.push(state.next);
+    loadLabs().catch((e) => say(String(e)));
+  });
+  $("#prev").addEventListener("click", () => {
+    if (state.cursors.length > 1) state.cursors.pop();
+    loadLabs().catch((e) => say(String(e)));
+  });
+  $("#labs").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-open]");
+    if (button) openLab(button.dataset.open).catch((e) => say(String(e)));
+  });
+  $("#close-detail").addEventListener("click", () => {
+    state.open = null;
+    $("#detail").hidden = true;
+  });
+  $("#end-now").addEventListener("click", () =>
+    act("End now", "DELETE", `/api/v1/labs/sessions/${encodeURIComponent(state.open)}`,
+      `End lab ${state.open} now? Its VMs are deleted at once; a student's work on them is lost.`));
+  $("#retry-now").addEventListener("click", () =>
+    act("Retry now", "POST", `/api/v1/labs/sessions/${encodeURIComponent(state.open)}/retry`,
+      `Retry the cleanup of lab ${state.open} now?`));
+  $("#extend").addEventListener("click", async () => {
+    const id = state.open;
+    const minutes = prompt(`Extend lab ${id} by how many minutes?`, "30");
+    if (minutes === null) return;
+    if (!/^\d+$/.test(minutes.trim())) {
+      say("Extend: the number of minutes must be a whole number.");
+      return;
+    }
+    try {
+      const response = await fetch(`/api/v1/labs/sessions/${encodeURIComponent(id)}/extend`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ minutes: Number(minutes) }),
+      });
+      const body = await response.json();
+      if (!response.ok) throw new ApiError(response.status, body.error.code, body.error.message);
+      say(`Extend: lab ${id} now expires ${time(body.expires_at)}.`, "info");
+      await refresh();
+    } catch (e) {
+      say(`Extend failed: ${e}`);
+    }
+  });
+  if (token()) show();
+}
+
+async function show() {
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  $("#forget").hidden = false;
+  say("");
+  await refresh();
+}
+
+start();

@@ -1,0 +1,123 @@
+// The operator dashboard in a real browser (headless Chromium, driven by playwright-core): enter
+// the token, see the seeded labs and the stats, filter the stuck ones, open one, press Retry now
+// and watch it complete; an API error shown in words; the page on a phone. Screenshots go to
+// docs/screenshots/. Run by the integration test `the_dashboard_in_a_real_browser`, which seeds
+// the labs and passes, in the environment: WORKER_URL, OPERATOR_TOKEN, MOCK_URL, STUCK_LAB,
+// SCHEDULED_LAB, SCREENSHOTS (a directory), CHROMIUM (the browser's path).
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const WORKER = env("WORKER_URL");
+const TOKEN = env("OPERATOR_TOKEN");
+const MOCK = env("MOCK_URL");
+const STUCK = env("STUCK_LAB");
+const SCHEDULED = env("SCHEDULED_LAB");
+const SHOTS = env("SCREENSHOTS");
+mkdirSync(SHOTS, { recursive: true });
+
+const step = (text) => console.log(`browser: ${text}`);
+const fail = (text) => {
+  throw new Error(text);
+};
+
+const browser = await chromium.launch({
+  executablePath: env("CHROMIUM"),
+  chromiumSandbox: false,
+  args: [
+    "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  page.on("pageerror", (e) => fail(`a script error in the page: ${e.message}`));
+  page.on("dialog", (d) => d.accept());
+
+  step("open /dashboard/ and enter a wrong token: refused, in words");
+  await page.goto(`${WORKER}/dashboard/`);
+  await page.fill("#token", "not-the-token");
+  await page.click("#token-form button[type=submit]");
+  await page.waitForSelector("#message.error:not([hidden])");
+  const refused = await page.textContent("#message");
+  if (!/token/i.test(refused) || !refused.includes("401")) fail(`the refusal reads: ${refused}`);
+  await page.waitForSelector("#login:not([hidden])");
+
+  step("enter the operator token: the stats and the seeded labs show");
+  await page.fill("#token", TOKEN);
+  await page.click("#token-form button[type=submit]");
+  await page.waitForSelector(`#labs tr[data-lab="${STUCK}"]`);
+  await page.waitForSelector(`#labs tr[data-lab="${SCHEDULED}"]`);
+  const stats = await page.textContent("#stats");
+  if (!stats.includes("Stuck") || !stats.includes("Retrying")) fail(`stats read: ${stats}`);
+  const stored = await page.evaluate(() => Object.keys(sessionStorage));
+  if (!stored.some((k) => k.includes("operator-token"))) fail("the token is not in sessionStorage");
+  if (requests.some((u) => u.includes(TOKEN))) fail("the token went into a URL");
+  if (requests.some((u) => !u.startsWith(WORKER))) fail(`a request left the site: ${requests}`);
+  await page.screenshot({ path: join(SHOTS, "dashboard-fleet.png"), fullPage: true });
+
+  step("filter the stuck labs");
+  await page.selectOption("#filter-stuck", "true");
+  await page.click("#apply");
+  await page.waitForFunction(
+    (scheduled) => !document.querySelector(`#labs tr[data-lab="${scheduled}"]`),
+    SCHEDULED,
+  );
+  await page.waitForSelector(`#labs tr[data-lab="${STUCK}"]`);
+  const rows = await page.$$eval("#labs tbody tr", (trs) =>
+    trs.map((tr) => ({ id: tr.dataset.lab, stuck: !!tr.querySelector("[data-stuck]") })));
+  if (rows.length === 0 || rows.some((r) => !r.stuck)) fail(`the stuck filter shows ${JSON.stringify(rows)}`);
+  await page.screenshot({ path: join(SHOTS, "dashboard-stuck.png"), fullPage: true });
+
+  step("open the stuck lab: its status and its last errors");
+  await page.click(`button[data-open="${STUCK}"]`);
+  await page.waitForSelector("#detail:not([hidden])");
+  const detail = await page.textContent("#detail");
+  if (!detail.includes("retrying") || !detail.includes("backend answered")) fail(`the detail reads: ${detail}`);
+  if (await page.isDisabled("#retry-now")) fail("Retry now is disabled for a retrying lab");
+  await page.screenshot({ path: join(SHOTS, "dashboard-detail.png"), fullPage: true });
+
+  step("the backend recovers; press Retry now and watch the lab complete");
+  const cleared = await fetch(`${MOCK}/__mock/faults/clear`, {
+    method: "POST",
+    body: JSON.stringify({ lab_request_id: `${STUCK}-w1` }),
+  });
+  if (!cleared.ok) fail(`the mock's faults could not be cleared: ${cleared.status}`);
+  await page.click("#retry-now");
+  await page.waitForSelector('#detail [data-status="completed"]', { timeout: 30_000 });
+  const done = await page.textContent("#message");
+  if (!done.includes("Retry now: done")) fail(`after Retry now the message reads: ${done}`);
+  await page.screenshot({ path: join(SHOTS, "dashboard-completed.png"), fullPage: true });
+
+  step("an action the API refuses: its error in words");
+  await page.selectOption("#filter-stuck", "");
+  await page.click("#apply");
+  await page.click(`button[data-open="${SCHEDULED}"]`);
+  await page.waitForSelector('#detail [data-status="scheduled"]');
+  // Retry now is disabled for a scheduled lab; ask the API anyway, as a stale page would.
+  await page.evaluate(() => {
+    document.querySelector("#retry-now").disabled = false;
+  });
+  await page.click("#retry-now");
+  await page.waitForFunction(() => document.querySelector("#message").textContent.includes("409"));
+  const conflict = await page.textContent("#message");
+  if (!conflict.includes("Retry now failed") || !conflict.includes("DELETE")) fail(`the conflict reads: ${conflict}`);
+
+  step("the page on a phone");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: join(SHOTS, "dashboard-phone.png"), fullPage: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 2) fail(`the page is ${overflow} px wider than a phone`);
+
+  step("all good");
+} finally {
+  await browser.close();
+}
