@@ -6,7 +6,8 @@
 #   1. the settings, as wrangler resolves them for the environment, and the names of its secrets
 #      are checked with the worker's own rules (src/bin/deploy-check.rs): an empty BACKEND_URL, a
 #      missing API_TOKEN or a bad value stops here, before anything is uploaded;
-#   2. `npx wrangler deploy --env <env>` (it builds the worker; a build made earlier, without
+#   2. the fleet index's D1 migrations (`npx wrangler d1 migrations apply DB --remote`), then
+#      `npx wrangler deploy --env <env>` (it builds the worker; a build made earlier, without
 #      secrets, is reused when LABS_CLEANUP_SKIP_BUILD=1);
 #   3. a smoke test: GET /healthz must answer 200 {"status":"ok"} (503 = the settings are wrong).
 #      The URL is the workers.dev one wrangler prints, or HEALTH_URL when you set it.
@@ -55,6 +56,9 @@ if [ -n "${DEPLOY_CHECK_BIN:-}" ]; then
 else
   cargo run --quiet --bin deploy-check -- "$work/config.json" "$work/secrets.json"
 fi
+
+step "fleet index: D1 migrations"
+CI=true npx wrangler d1 migrations apply DB --remote --env "$env_name"
 
 step "deploy"
 LABS_CLEANUP_DEPLOY_CHECKED="$env_name" npx wrangler deploy --env "$env_name" 2>&1 | tee "$work/deploy.log"

@@ -19,13 +19,22 @@ if [ "${KEEP_STATE:-0}" != 1 ]; then rm -rf "$STATE_DIR"; fi
 bash scripts/setup.sh
 cargo build --quiet -p mock-backend --bin mock-backend
 
-# A development API token, created once in the git-ignored .dev.vars (wrangler dev loads it).
+# Development tokens, created once in the git-ignored .dev.vars (wrangler dev loads it).
+random_token() { echo "dev-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; }
 if [ ! -f .dev.vars ]; then
-  token="dev-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-  sed "s/^API_TOKEN=.*/API_TOKEN=$token/" .dev.vars.example > .dev.vars
-  echo "created .dev.vars with a random development API_TOKEN"
+  sed -e "s/^API_TOKEN=.*/API_TOKEN=$(random_token)/" \
+      -e "s/^OPERATOR_TOKEN=.*/OPERATOR_TOKEN=$(random_token)/" .dev.vars.example > .dev.vars
+  echo "created .dev.vars with random development tokens"
+elif ! grep -q '^OPERATOR_TOKEN=' .dev.vars; then
+  echo "OPERATOR_TOKEN=$(random_token)" >> .dev.vars
+  echo "added a random development OPERATOR_TOKEN to .dev.vars"
 fi
 API_TOKEN=$(sed -n 's/^API_TOKEN=//p' .dev.vars | head -n 1)
+OPERATOR_TOKEN=$(sed -n 's/^OPERATOR_TOKEN=//p' .dev.vars | head -n 1)
+
+# The fleet index (local D1) of this state: its tables, from ./migrations.
+CI=true WRANGLER_SEND_METRICS=false node_modules/.bin/wrangler d1 migrations apply DB --local \
+  --persist-to "$STATE_DIR" >/dev/null
 
 pids=()
 cleanup() {
@@ -46,7 +55,9 @@ cat <<MSG
   Mock backend: http://127.0.0.1:$MOCK_PORT    (calls: curl 127.0.0.1:$MOCK_PORT/__mock/calls)
   One duration unit = $DURATION_UNIT_SECONDS s; retry every $CLEANUP_RETRY_SECONDS s.
 
-  API token (from .dev.vars): $API_TOKEN
+  API token (from .dev.vars):      $API_TOKEN
+  Operator token (from .dev.vars): $OPERATOR_TOKEN
+  Dashboard: http://127.0.0.1:$WORKER_PORT/dashboard/  (paste the operator token)
 
   Try the multi-node example (expires after duration x $DURATION_UNIT_SECONDS s):
     export API_TOKEN=$API_TOKEN

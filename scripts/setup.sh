@@ -59,5 +59,16 @@ else
   echo "already installed"
 fi
 
+step "Chromium for the dashboard's browser test (Debian packages chromium, chromium-driver)"
+if command -v chromium >/dev/null 2>&1; then
+  echo "already installed ($(chromium --version 2>/dev/null))"
+elif command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+else
+  echo "no apt-get here: the browser test will say it skips (install Chromium and set CHROMIUM=<its path>)"
+fi
+
 echo
 echo "setup done"

@@ -19,6 +19,17 @@ struct Deployment {
     vars: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     durable_objects: Vec<DurableObjectBinding>,
+    #[serde(default)]
+    d1_databases: Vec<D1Binding>,
+}
+
+#[derive(Debug, Deserialize)]
+struct D1Binding {
+    binding: String,
+    #[serde(default)]
+    database_id: Option<String>,
+    #[serde(default)]
+    database_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,7 +45,7 @@ struct SecretName {
 }
 
 /// Settings that are secrets: never in `[vars]`, only set with `wrangler secret put`.
-const SECRETS: &[&str] = &["API_TOKEN", "BACKEND_API_TOKEN"];
+const SECRETS: &[&str] = &["API_TOKEN", "BACKEND_API_TOKEN", "OPERATOR_TOKEN"];
 
 /// What the check found: errors stop the deploy, warnings do not.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -62,6 +73,22 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
             .push("binding SESSION_MANAGER -> class SessionManager".into()),
         _ => report.errors.push(format!(
             "[env.{env}] needs [[env.{env}.durable_objects.bindings]] name = \"SESSION_MANAGER\", class_name = \"SessionManager\" (bindings are not inherited from the top level)"
+        )),
+    }
+
+    match deployment.d1_databases.iter().find(|d| d.binding == "DB") {
+        Some(db) => match db.database_id.as_deref() {
+            Some(id) if looks_like_a_database_id(id) => report.ok.push(format!(
+                "binding DB -> D1 database {} ({id})",
+                db.database_name.as_deref().unwrap_or("?")
+            )),
+            _ => report.errors.push(format!(
+                "[[env.{env}.d1_databases]] DB has no real database_id: run `npx wrangler d1 create {}` and put the id it prints in wrangler.toml",
+                db.database_name.as_deref().unwrap_or("labs-cleanup")
+            )),
+        },
+        None => report.errors.push(format!(
+            "[env.{env}] needs [[env.{env}.d1_databases]] binding = \"DB\" (the fleet index; bindings are not inherited from the top level)"
         )),
     }
 
@@ -129,7 +156,23 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
             "secret BACKEND_API_TOKEN is not set: backend calls carry no Authorization header (`npx wrangler secret put BACKEND_API_TOKEN --env {env}` if the backend wants one)"
         ));
     }
+    if secrets.iter().any(|s| s == "OPERATOR_TOKEN") {
+        report.ok.push("secret OPERATOR_TOKEN is set".into());
+    } else {
+        report.warnings.push(format!(
+            "secret OPERATOR_TOKEN is not set: the list, stats and retry routes and the dashboard answer 503 (`npx wrangler secret put OPERATOR_TOKEN --env {env}`)"
+        ));
+    }
     report
+}
+
+/// A D1 database id as `wrangler d1 create` prints it: a UUID (not the shipped placeholder, and
+/// not the all-zero id the local configuration uses).
+fn looks_like_a_database_id(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && id.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+        && id.chars().any(|c| c != '0' && c != '-')
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &str) -> T {
@@ -182,6 +225,7 @@ mod tests {
             "name": "labs-cleanup",
             "vars": vars,
             "durable_objects": [{"name": "SESSION_MANAGER", "class_name": "SessionManager"}],
+            "d1_databases": [{"binding": "DB", "database_name": "labs-cleanup", "database_id": "3f1c2d6e-8a4b-4c1d-9e2f-0a1b2c3d4e5f"}],
         }))
         .unwrap()
     }
@@ -196,7 +240,10 @@ mod tests {
             "production",
             json!({"BACKEND_URL": "https://labs.example.com", "SUBREQUEST_LIMIT": "50"}),
         );
-        let r = check(&d, &secrets(&["API_TOKEN", "BACKEND_API_TOKEN"]));
+        let r = check(
+            &d,
+            &secrets(&["API_TOKEN", "BACKEND_API_TOKEN", "OPERATOR_TOKEN"]),
+        );
         assert!(r.errors.is_empty(), "{r:?}");
         assert!(r.warnings.is_empty(), "{r:?}");
     }
@@ -222,7 +269,11 @@ mod tests {
         assert!(r.errors[0].starts_with("MAX_WORKER_NODES must be at most"));
         assert!(r.errors[0].contains("(got \"60\")"));
         assert!(r.errors[1].starts_with("secret API_TOKEN is not set"));
-        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(
+            r.warnings.len(),
+            2,
+            "BACKEND_API_TOKEN and OPERATOR_TOKEN: {r:?}"
+        );
     }
 
     #[test]
@@ -250,15 +301,43 @@ mod tests {
             "production",
             json!({"BACKEND_URL": "https://labs.example.com", "DRY_RUN": "true"}),
         );
-        let r = check(&d, &secrets(&["API_TOKEN", "BACKEND_API_TOKEN"]));
+        let all = secrets(&["API_TOKEN", "BACKEND_API_TOKEN", "OPERATOR_TOKEN"]);
+        let r = check(&d, &all);
         assert!(r.errors.is_empty());
         assert_eq!(r.warnings.len(), 1);
         let d = deployment(
             "staging",
             json!({"BACKEND_URL": "https://labs.example.com"}),
         );
-        let r = check(&d, &secrets(&["API_TOKEN", "BACKEND_API_TOKEN"]));
+        let r = check(&d, &all);
         assert!(r.warnings[0].contains("deletes real VMs"));
+    }
+
+    #[test]
+    fn the_index_database_must_be_a_real_one() {
+        for id in [
+            "REPLACE-WITH-THE-ID-OF-npx-wrangler-d1-create-labs-cleanup",
+            "00000000-0000-0000-0000-000000000000",
+            "",
+        ] {
+            let mut d = deployment(
+                "production",
+                json!({"BACKEND_URL": "https://labs.example.com"}),
+            );
+            d.d1_databases[0].database_id = Some(id.into());
+            let r = check(&d, &secrets(&["API_TOKEN"]));
+            assert!(
+                r.errors[0].contains("npx wrangler d1 create labs-cleanup"),
+                "{id}: {r:?}"
+            );
+        }
+        let mut d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com"}),
+        );
+        d.d1_databases.clear();
+        let r = check(&d, &secrets(&["API_TOKEN"]));
+        assert!(r.errors[0].contains("d1_databases"), "{r:?}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-const SECRETS: &str = r#"[{"name":"API_TOKEN","type":"secret_text"},{"name":"BACKEND_API_TOKEN","type":"secret_text"}]"#;
+const SECRETS: &str = r#"[{"name":"API_TOKEN","type":"secret_text"},{"name":"BACKEND_API_TOKEN","type":"secret_text"},{"name":"OPERATOR_TOKEN","type":"secret_text"}]"#;
 
 /// The shipped `wrangler.toml` cannot be deployed until `BACKEND_URL` is filled in; once it is,
 /// the check passes; a missing `API_TOKEN` stops it too. And a bare `wrangler deploy` (which
@@ -58,14 +58,21 @@ pub fn deploy_checks_refuse_a_configuration_that_would_not_work(_ctx: &crate::su
             )),
             "{out}"
         );
+        assert!(out.contains("has no real database_id"), "{out}");
     }
 
     let text = std::fs::read_to_string(&shipped).unwrap();
-    let filled = text.replacen(
-        "BACKEND_URL = \"\"",
-        "BACKEND_URL = \"https://labs-api.example.com\"",
-        1,
-    );
+    let filled = text
+        .replacen(
+            "BACKEND_URL = \"\"",
+            "BACKEND_URL = \"https://labs-api.example.com\"",
+            1,
+        )
+        .replacen(
+            "REPLACE-WITH-THE-ID-OF-npx-wrangler-d1-create-labs-cleanup\"",
+            "6d1f3a52-2c4e-4b8f-9a7d-1e2f3a4b5c6d\"",
+            1,
+        );
     assert_ne!(filled, text, "the production BACKEND_URL placeholder moved");
     let dir = tempdir("filled");
     let toml = dir.join("wrangler.toml");
