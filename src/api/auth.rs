@@ -50,6 +50,11 @@ pub fn authenticate(
     match (is_operator, is_frontend) {
         (true, _) => Ok(Caller::Operator),
         (false, true) => Ok(Caller::Frontend),
+        // Only the operator's token is configured: a frontend's call fails on the missing setting,
+        // which is what to fix, not on its token.
+        (false, false) if api_token.is_none() => Err(ApiError::NotConfigured(
+            "API_TOKEN is not set; the per-lab routes refuse every request until it is".into(),
+        )),
         (false, false) => Err(ApiError::Unauthorized(
             "the bearer token is not valid".into(),
         )),
@@ -149,12 +154,10 @@ mod tests {
             authenticate(None, Some("ops"), Some("Bearer ops")),
             Ok(Caller::Operator)
         );
-        assert_eq!(
-            authenticate(None, Some("ops"), Some("Bearer front"))
-                .unwrap_err()
-                .status(),
-            401
-        );
+        // ... and any other token is told that API_TOKEN is missing (fail closed, with the cause).
+        let e = authenticate(None, Some("ops"), Some("Bearer front")).unwrap_err();
+        assert_eq!((e.status(), e.code()), (503, "not_configured"));
+        assert!(e.to_string().contains("API_TOKEN"));
     }
 
     #[test]
