@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::lab::retry::Policy;
 use crate::lab::wake::Timing;
+use crate::lab::webhook::{self, Schedule};
 
 /// Default seconds between cleanup attempts while any VM is still undeleted.
 pub const DEFAULT_CLEANUP_RETRY_SECONDS: u64 = 300;
@@ -33,6 +34,8 @@ pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 15;
 pub const DEFAULT_SUBREQUEST_LIMIT: u64 = 50;
 /// Backend calls of a cleanup attempt besides the workers': the master VM and the services call.
 pub const CALLS_BESIDES_WORKERS: u64 = 2;
+/// Default warning before the expiry, in `duration` units (minutes): `lab.expiring`.
+pub const DEFAULT_WARN_BEFORE_MINUTES: u64 = 10;
 /// Default number of attempts after which a lab that is not completed counts as stuck.
 pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
 /// Default spread of first attempts after the expiry: a class that expires in the same second
@@ -108,6 +111,31 @@ pub struct Config {
     /// `LOG_STORAGE_OPS = "true"`: each invocation logs its storage operation count (debug level;
     /// the benchmark reads it). Off by default: a log line per request is not free.
     pub log_storage_ops: bool,
+    /// The webhooks: off, on, or broken (the API refuses calls, the cleanup goes on).
+    pub webhooks: Webhooks,
+}
+
+/// Whether the worker sends webhooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Webhooks {
+    /// No `WEBHOOK_URL`: no event is created.
+    Off,
+    On(WebhookConfig),
+    /// `WEBHOOK_URL` is set but a webhook setting is wrong (e.g. no valid `WEBHOOK_SECRET`): every
+    /// `/api/v1` route answers 503 naming it, `/healthz` stays 200, and the alarm logs it and
+    /// keeps cleaning up, sending nothing.
+    Broken(ConfigError),
+}
+
+/// The webhook settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// The key bytes of `WEBHOOK_SECRET` (the base64 after `whsec_`).
+    pub secret: Vec<u8>,
+    /// `lab.expiring` this many `duration` units before the expiry.
+    pub warn_before_minutes: u64,
+    pub schedule: Schedule,
 }
 
 impl Config {
@@ -243,7 +271,16 @@ impl Config {
                 3_600,
             )?,
             log_storage_ops: flag("LOG_STORAGE_OPS")?,
+            webhooks: webhooks(&get),
         })
+    }
+
+    /// Milliseconds before the expiry `lab.expiring` is due, when webhooks are on.
+    pub fn warn_before_ms(&self) -> Option<i64> {
+        match &self.webhooks {
+            Webhooks::On(w) => Some(self.duration_ms(w.warn_before_minutes)),
+            _ => None,
+        }
     }
 
     /// Reads the configuration from the worker's `[vars]` and secrets, once per isolate: an
@@ -278,6 +315,7 @@ impl Config {
     pub fn timing(&self) -> Timing {
         Timing {
             retention_ms: self.retention_ms(),
+            warn_before_ms: self.warn_before_ms(),
         }
     }
 
@@ -294,6 +332,92 @@ impl Config {
     /// Milliseconds in `units` of `duration`.
     pub fn duration_ms(&self, units: u64) -> i64 {
         units as i64 * self.duration_unit_ms()
+    }
+}
+
+/// Reads the webhook settings (only when `WEBHOOK_URL` is set).
+fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
+    let Some(url) = get("WEBHOOK_URL") else {
+        return Webhooks::Off;
+    };
+    let read = || -> Result<WebhookConfig, ConfigError> {
+        let url = url.trim().to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOK_URL",
+                expected: "an http:// or https:// URL".into(),
+                value: Some(url),
+            });
+        }
+        let secret = get("WEBHOOK_SECRET").ok_or(ConfigError::Invalid {
+            name: "WEBHOOK_SECRET",
+            expected: "set (a secret) whenever WEBHOOK_URL is".into(),
+            value: None,
+        })?;
+        let secret = webhook::parse_secret(&secret).ok_or(ConfigError::Invalid {
+            name: "WEBHOOK_SECRET",
+            expected: "whsec_ followed by the base64 of 24 to 64 random bytes".into(),
+            // A secret: its value is never repeated, not even in the log.
+            value: None,
+        })?;
+        let whole = |name: &'static str, default: u64, min: u64, max: u64| match get(name) {
+            None => Ok(default),
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(ConfigError::Invalid {
+                    name,
+                    expected: format!("a whole number from {min} to {max}"),
+                    value: Some(raw),
+                }),
+            },
+        };
+        let warn_before_minutes = whole(
+            "WARN_BEFORE_MINUTES",
+            DEFAULT_WARN_BEFORE_MINUTES,
+            1,
+            525_600,
+        )?;
+        let max_age_seconds = whole(
+            "WEBHOOK_MAX_AGE_SECONDS",
+            webhook::DEFAULT_MAX_AGE_SECONDS,
+            1,
+            30 * 86_400,
+        )?;
+        let pauses = match get("WEBHOOK_RETRY_SCHEDULE_SECONDS") {
+            None => webhook::DEFAULT_PAUSES_SECONDS.to_vec(),
+            Some(raw) => raw
+                .split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=86_400).contains(n))
+                })
+                .collect::<Option<Vec<u64>>>()
+                .filter(|p| !p.is_empty())
+                .ok_or(ConfigError::Invalid {
+                    name: "WEBHOOK_RETRY_SCHEDULE_SECONDS",
+                    expected:
+                        "pauses in seconds (1 to 86400), comma-separated; the last one repeats"
+                            .into(),
+                    value: Some(raw),
+                })?,
+        };
+        Ok(WebhookConfig {
+            url,
+            secret,
+            warn_before_minutes,
+            schedule: Schedule {
+                pauses_ms: pauses.iter().map(|s| (*s * 1000) as i64).collect(),
+                max_age_ms: (max_age_seconds * 1000) as i64,
+            },
+        })
+    };
+    match read() {
+        Ok(config) => Webhooks::On(config),
+        Err(e) => Webhooks::Broken(e),
     }
 }
 
@@ -430,6 +554,72 @@ mod tests {
         assert_eq!(paid.max_worker_nodes, 500);
         let e = config(&[("BACKEND_URL", "http://x"), ("SUBREQUEST_LIMIT", "10")]).unwrap_err();
         assert!(e.to_string().contains("(8)"), "{e}");
+    }
+
+    #[test]
+    fn webhooks_are_off_on_or_broken() {
+        let base = [("BACKEND_URL", "http://x")];
+        assert_eq!(config(&base).unwrap().webhooks, Webhooks::Off);
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let on = config(&[
+            ("BACKEND_URL", "http://x"),
+            ("WEBHOOK_URL", "https://hooks.example.com/labs"),
+            ("WEBHOOK_SECRET", secret),
+        ])
+        .unwrap();
+        let Webhooks::On(w) = &on.webhooks else {
+            panic!("{:?}", on.webhooks)
+        };
+        assert_eq!(w.secret.len(), 24);
+        assert_eq!(w.warn_before_minutes, 10);
+        assert_eq!(w.schedule.pauses_ms[..2], [5_000, 30_000]);
+        assert_eq!(on.warn_before_ms(), Some(600_000));
+        assert_eq!(on.timing().warn_before_ms, Some(600_000));
+
+        for (pairs, name) in [
+            (vec![("WEBHOOK_URL", "https://h")], "WEBHOOK_SECRET"),
+            (
+                vec![
+                    ("WEBHOOK_URL", "https://h"),
+                    ("WEBHOOK_SECRET", "whsec_c2hvcnQ="),
+                ],
+                "WEBHOOK_SECRET",
+            ),
+            (
+                vec![("WEBHOOK_URL", "ftp://h"), ("WEBHOOK_SECRET", secret)],
+                "WEBHOOK_URL",
+            ),
+            (
+                vec![
+                    ("WEBHOOK_URL", "https://h"),
+                    ("WEBHOOK_SECRET", secret),
+                    ("WARN_BEFORE_MINUTES", "0"),
+                ],
+                "WARN_BEFORE_MINUTES",
+            ),
+            (
+                vec![
+                    ("WEBHOOK_URL", "https://h"),
+                    ("WEBHOOK_SECRET", secret),
+                    ("WEBHOOK_RETRY_SCHEDULE_SECONDS", "5,x"),
+                ],
+                "WEBHOOK_RETRY_SCHEDULE_SECONDS",
+            ),
+        ] {
+            let mut all = base.to_vec();
+            all.extend(pairs);
+            let c = config(&all).expect("a webhook error never stops the cleanup's settings");
+            let Webhooks::Broken(e) = &c.webhooks else {
+                panic!("{all:?}: {:?}", c.webhooks)
+            };
+            assert_eq!(e.setting(), name);
+            assert!(
+                !e.detail().contains("c2hvcnQ"),
+                "never the secret: {}",
+                e.detail()
+            );
+            assert_eq!(c.warn_before_ms(), None);
+        }
     }
 
     #[test]

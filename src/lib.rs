@@ -16,7 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::routes::{self, Route};
 use crate::api::validation::{self, Limits};
 use crate::api::{auth, fleet, respond};
-use crate::config::Config;
+use crate::config::{Config, Webhooks};
 use crate::platform::{index, session_manager};
 
 pub use crate::platform::session_manager::SessionManager;
@@ -57,6 +57,12 @@ async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiErr
         // Every API call is authenticated before anything else is looked at; no token
         // configured (or any broken setting) refuses the call.
         let config = config(env)?;
+        // Webhooks configured but broken: the API refuses calls (naming the setting) while the
+        // alarms go on cleaning up; `/healthz` stays ready.
+        if let Webhooks::Broken(e) = &config.webhooks {
+            worker::console_error!("[config] {}", e.detail());
+            return Err(ApiError::from(e.clone()));
+        }
         let authorization = request.headers().get("Authorization").ok().flatten();
         let caller = auth::authenticate(
             config.api_token.as_deref(),

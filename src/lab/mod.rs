@@ -6,3 +6,4 @@ pub mod legacy;
 pub mod retry;
 pub mod session;
 pub mod wake;
+pub mod webhook;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::lab::cleanup::{AttemptResult, Deletion};
 use crate::lab::index::IndexSync;
 use crate::lab::retry::Ending;
+use crate::lab::webhook::OutboxEvent;
 
 /// A validated request to schedule a lab's cleanup: what the router forwards to the
 /// `SessionManager` object named by `lab_request_id`.
@@ -148,6 +149,15 @@ pub struct Session {
     /// How far the fleet index has caught up with this record.
     #[serde(default)]
     pub index: IndexSync,
+    /// The expiry `lab.expiring` was created for (a new expiry after an extend warns again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warned_for_expiry_ms: Option<i64>,
+    /// Whether `lab.cleanup_stuck` was created (it is sent once).
+    #[serde(default)]
+    pub stuck_notified: bool,
+    /// Webhook events not yet delivered (see `lab::webhook`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<OutboxEvent>,
 }
 
 /// Why a lifecycle change was refused.
@@ -185,6 +195,9 @@ impl Session {
             adopted_at_ms: None,
             revision: 0,
             index: IndexSync::default(),
+            warned_for_expiry_ms: None,
+            stuck_notified: false,
+            outbox: Vec::new(),
         }
     }
 

@@ -7,12 +7,16 @@
 
 use crate::lab::index;
 use crate::lab::session::{Session, Status};
+use crate::lab::webhook;
 
 /// The timing settings the wake-up times depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     /// How long a completed record is kept.
     pub retention_ms: i64,
+    /// How long before the expiry `lab.expiring` is due; `None` when webhooks are off (then no
+    /// event is created, and the outbox is left as it is).
+    pub warn_before_ms: Option<i64>,
 }
 
 /// What is due when the alarm fires.
@@ -24,12 +28,29 @@ pub struct Due {
     pub purge: bool,
     /// The index row is behind the record: write it.
     pub index: bool,
+    /// `lab.expiring` is due.
+    pub warn: bool,
+    /// An event of the outbox is due for delivery.
+    pub deliver: bool,
 }
 
 impl Due {
     pub fn any(&self) -> bool {
-        self.attempt || self.purge || self.index
+        self.attempt || self.purge || self.index || self.warn || self.deliver
     }
+}
+
+/// When `lab.expiring` is due (webhooks on, see `webhook::warning_at`).
+pub fn warn_at(session: &Session, timing: &Timing) -> Option<i64> {
+    timing
+        .warn_before_ms
+        .and_then(|before| webhook::warning_at(session, before))
+}
+
+/// When the next outbox event is due for delivery (webhooks on).
+pub fn deliver_at(session: &Session, timing: &Timing) -> Option<i64> {
+    timing.warn_before_ms?;
+    session.outbox.iter().map(|e| e.next_at_ms).min()
 }
 
 /// When the next cleanup attempt is due: the expiry (plus the lab's start delay) while
@@ -49,8 +70,12 @@ pub fn attempt_at(session: &Session) -> Option<i64> {
 }
 
 /// When a completed lab's record is forgotten: the end of retention, or later if deleting its
-/// index row failed and is to be tried again.
+/// index row failed and is to be tried again. Never while an event waits to be delivered (an
+/// event is dropped after its own maximum age, much shorter than the retention).
 pub fn purge_at(session: &Session, timing: &Timing) -> Option<i64> {
+    if deliver_at(session, timing).is_some() {
+        return None;
+    }
     let end = session
         .completed_at_ms
         .map(|done| done.saturating_add(timing.retention_ms))?;
@@ -73,6 +98,8 @@ pub fn next_wake(session: &Session, timing: &Timing) -> Option<i64> {
         attempt_at(session),
         purge_at(session, timing),
         index_at(session),
+        warn_at(session, timing),
+        deliver_at(session, timing),
     ]
     .into_iter()
     .flatten()
@@ -86,6 +113,8 @@ pub fn due(session: &Session, now_ms: i64, timing: &Timing) -> Due {
         attempt: session.is_expired(now_ms) && attempt_at(session).is_some_and(|at| now_ms >= at),
         purge: purge_at(session, timing).is_some_and(|at| now_ms >= at),
         index: index_at(session).is_some_and(|at| now_ms >= at),
+        warn: warn_at(session, timing).is_some_and(|at| now_ms >= at),
+        deliver: deliver_at(session, timing).is_some_and(|at| now_ms >= at),
     }
 }
 
@@ -98,6 +127,11 @@ mod tests {
     const T0: i64 = 1_795_000_000_000;
     const TIMING: Timing = Timing {
         retention_ms: 1_000,
+        warn_before_ms: None,
+    };
+    const WITH_WEBHOOKS: Timing = Timing {
+        retention_ms: 1_000,
+        warn_before_ms: Some(20_000),
     };
 
     fn session(workers: &[&str]) -> Session {
@@ -125,16 +159,16 @@ mod tests {
         attempt: false,
         purge: false,
         index: false,
+        warn: false,
+        deliver: false,
     };
     const ATTEMPT: Due = Due {
         attempt: true,
-        purge: false,
-        index: false,
+        ..NOTHING
     };
     const PURGE: Due = Due {
-        attempt: false,
         purge: true,
-        index: false,
+        ..NOTHING
     };
 
     #[test]
@@ -241,6 +275,46 @@ mod tests {
         assert_eq!(purge_at(&s, &TIMING), Some(T0 + 70_000));
         assert_eq!(due(&s, T0 + 65_000, &TIMING), NOTHING);
         assert_eq!(due(&s, T0 + 70_000, &TIMING), PURGE);
+    }
+
+    #[test]
+    fn the_warning_and_the_deliveries_share_the_one_alarm() {
+        use crate::lab::webhook::{new_event, EventType};
+        let mut s = session(&[]);
+        // Webhooks off: no warning.
+        assert_eq!(next_wake(&s, &TIMING), Some(T0 + 60_000));
+        // On: 20 s before the expiry.
+        assert_eq!(next_wake(&s, &WITH_WEBHOOKS), Some(T0 + 40_000));
+        assert_eq!(
+            due(&s, T0 + 40_000, &WITH_WEBHOOKS),
+            Due {
+                warn: true,
+                ..NOTHING
+            }
+        );
+        s.warned_for_expiry_ms = Some(s.expires_at_ms);
+        let mut event = new_event(EventType::Expiring, &s, T0 + 40_000, "msg_x".into());
+        event.next_at_ms = T0 + 45_000;
+        s.outbox.push(event);
+        assert_eq!(next_wake(&s, &WITH_WEBHOOKS), Some(T0 + 45_000));
+        assert_eq!(
+            due(&s, T0 + 45_000, &WITH_WEBHOOKS),
+            Due {
+                deliver: true,
+                ..NOTHING
+            }
+        );
+        // A pending delivery holds the purge of a completed lab.
+        s.begin_attempt(T0 + 60_000, 5_000);
+        s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 66_000);
+        assert_eq!(purge_at(&s, &WITH_WEBHOOKS), None);
+        assert_eq!(
+            purge_at(&s, &TIMING),
+            Some(T0 + 62_000),
+            "webhooks off: ignored"
+        );
+        s.outbox.clear();
+        assert_eq!(purge_at(&s, &WITH_WEBHOOKS), Some(T0 + 62_000));
     }
 
     #[test]

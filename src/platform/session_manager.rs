@@ -6,6 +6,8 @@
 
 use std::rc::Rc;
 
+use futures::stream::{self, StreamExt};
+
 use worker::{
     console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
     Response, Result, State,
@@ -13,7 +15,9 @@ use worker::{
 
 use crate::api::error::ApiError;
 use crate::api::respond;
-use crate::config::{Config, DEFAULT_CLEANUP_RETRY_SECONDS, DEFAULT_DURATION_UNIT_SECONDS};
+use crate::config::{
+    Config, Webhooks, DEFAULT_CLEANUP_RETRY_SECONDS, DEFAULT_DURATION_UNIT_SECONDS,
+};
 use crate::lab::cleanup::{self, AttemptPlan, Level, Logger, LOG_PREFIX};
 use crate::lab::index;
 use crate::lab::legacy::{LegacyProblem, LegacyValue};
@@ -21,10 +25,12 @@ use crate::lab::retry;
 use crate::lab::session::NewSession;
 use crate::lab::session::{rfc3339, LabType, Refusal, Session, Status};
 use crate::lab::wake;
+use crate::lab::webhook::{self, AfterDelivery, EventType};
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::index as fleet_index;
 use crate::platform::runtime::{log_object, now_ms, random, ConsoleLogger, WorkersRuntime};
 use crate::platform::store::{Store, Stored};
+use crate::platform::webhooks;
 
 /// Internal paths the router forwards validated requests to.
 pub const CREATE_PATH: &str = "/create";
@@ -109,6 +115,7 @@ impl SessionManager {
                         retention_ms: crate::config::DEFAULT_RETENTION_DAYS as i64
                             * crate::config::DEFAULT_RETENTION_UNIT_SECONDS as i64
                             * 1000,
+                        warn_before_ms: None,
                     },
                     Config::timing,
                 );
@@ -349,16 +356,19 @@ impl SessionManager {
                     .map(|()| "configuration error");
             }
         };
+        if let Webhooks::Broken(e) = &config.webhooks {
+            console_error!(
+                "{LOG_PREFIX} Webhooks are misconfigured: {}; no event is sent for lab {}, its cleanup goes on",
+                e.detail(),
+                session.lab_request_id
+            );
+        }
         let timing = config.timing();
         let due = wake::due(&session, now, &timing);
         if due.purge {
             return self.purge(store, session, &config).await;
         }
-        if due.index && !due.attempt {
-            sync_index(store, &self.env, &config).await?;
-            return Ok("index row written");
-        }
-        if !due.attempt {
+        if !due.any() {
             let Some(at_ms) = alarm_at(&session, &config) else {
                 return Ok("nothing left to do");
             };
@@ -374,11 +384,38 @@ impl SessionManager {
                 .await
                 .map(|()| "nothing due, re-armed");
         }
+        let mut done = "index row written";
+        if due.warn {
+            session.warned_for_expiry_ms = Some(session.expires_at_ms);
+            queue_event(&mut session, EventType::Expiring, now);
+            store.save(&session, alarm_at(&session, &config)).await?;
+            done = "lab.expiring queued";
+        }
+        if due.attempt {
+            self.attempt(store, session, &config, now).await?;
+            done = "cleanup attempt";
+        } else if due.index {
+            sync_index(store, &self.env, &config).await?;
+        }
+        if due.deliver || due.warn || due.attempt {
+            self.deliver_in_background(config.clone());
+        }
+        Ok(done)
+    }
 
+    /// One cleanup attempt, from the mark that plans its successor to the index row that
+    /// reports it, and the events it calls for.
+    async fn attempt(
+        &self,
+        store: &Store,
+        mut session: Session,
+        config: &Config,
+        now: i64,
+    ) -> Result<()> {
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
         // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
-        self.persist(store, &mut session, &config).await?;
+        self.persist(store, &mut session, config).await?;
 
         let plan = AttemptPlan {
             policy: config.retry_policy,
@@ -390,14 +427,14 @@ impl SessionManager {
             } else {
                 config.cleanup_concurrency
             },
-            spare_calls: spare_calls(&session, &config),
+            spare_calls: spare_calls(&session, config),
         };
         let result = if config.dry_run {
             session.dry_run = true;
             let backend = DryRunBackend::new(&config.backend_url, &ConsoleLogger);
             cleanup::run_attempt(&session, &backend, &WorkersRuntime, &ConsoleLogger, plan).await
         } else {
-            let backend = HttpLabBackend::new(&config);
+            let backend = HttpLabBackend::new(config);
             cleanup::run_attempt(&session, &backend, &WorkersRuntime, &ConsoleLogger, plan).await
         };
         let done_at = now_ms();
@@ -419,10 +456,28 @@ impl SessionManager {
                 &cleanup::retry_line(&session, done_at, result.ending),
             );
         }
-        self.persist(store, &mut session, &config).await?;
+        if matches!(config.webhooks, Webhooks::On(_)) {
+            for kind in webhook::after_attempt(&mut session, config.stuck_after_attempts) {
+                queue_event(&mut session, kind, done_at);
+            }
+        }
+        self.persist(store, &mut session, config).await?;
         // The row after the deletions, never before them: the index never holds up a cleanup.
-        sync_index(store, &self.env, &config).await?;
-        Ok("cleanup attempt")
+        sync_index(store, &self.env, config).await
+    }
+
+    /// Delivers the due webhook events after the alarm's own work, in the background: a receiver
+    /// that is slow or down never holds a cleanup, its retries, or the next alarm.
+    fn deliver_in_background(&self, config: Rc<Config>) {
+        if !matches!(config.webhooks, Webhooks::On(_)) {
+            return;
+        }
+        let store = Store::new(&self.storage);
+        self.state.wait_until(async move {
+            if let Err(e) = deliver_due(&store, &config).await {
+                console_error!("{LOG_PREFIX} webhook deliveries stopped on a storage error: {e}");
+            }
+        });
     }
 
     /// The end of retention: the lab's index row is deleted, then everything the object holds.
@@ -465,6 +520,116 @@ impl SessionManager {
             }
         }
     }
+}
+
+/// Most deliveries one wake-up starts (the rest wait for the next one, a moment later).
+const MAX_DELIVERIES_PER_WAKE: usize = 10;
+/// Deliveries in flight at once: the platform's limit on simultaneous outbound connections.
+const DELIVERY_CONCURRENCY: usize = crate::config::MAX_CONCURRENT_CONNECTIONS;
+
+/// Adds a new event of `kind` to the lab's outbox, due now; its body is fixed now.
+fn queue_event(session: &mut Session, kind: EventType, now: i64) {
+    // 128 random bits: unique per event, the same on every redelivery of it.
+    let id = format!(
+        "msg_{:08x}{:08x}{:08x}{:08x}",
+        (random() * 4_294_967_296.0) as u32,
+        (random() * 4_294_967_296.0) as u32,
+        (random() * 4_294_967_296.0) as u32,
+        (random() * 4_294_967_296.0) as u32
+    );
+    let event = webhook::new_event(kind, session, now, id);
+    console_log!(
+        "{LOG_PREFIX} Event {} ({}) for lab {} queued for delivery",
+        event.event_type,
+        event.id,
+        session.lab_request_id
+    );
+    session.outbox.push(event);
+}
+
+/// Delivers the outbox events that are due, and records how each went: delivered (off the
+/// outbox), to be tried again later, or dropped after the maximum age (an error line naming it).
+/// Events being delivered are held back first, so a wake-up meanwhile does not send them again.
+async fn deliver_due(store: &Store, config: &Config) -> Result<()> {
+    let Webhooks::On(hooks) = &config.webhooks else {
+        return Ok(());
+    };
+    let Stored::Session(mut session) = store.load().await? else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let due: Vec<webhook::OutboxEvent> = session
+        .outbox
+        .iter()
+        .filter(|e| e.next_at_ms <= now)
+        .take(MAX_DELIVERIES_PER_WAKE)
+        .cloned()
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let timeout = index_timeout(config);
+    let held_until = now.saturating_add(timeout.as_millis() as i64 + 1_000);
+    for event in session.outbox.iter_mut() {
+        if due.iter().any(|d| d.id == event.id) {
+            event.next_at_ms = held_until;
+        }
+    }
+    store.save(&session, alarm_at(&session, config)).await?;
+
+    let now_secs = now / 1000;
+    let results: Vec<(String, std::result::Result<u16, String>)> = stream::iter(due.iter())
+        .map(|event| async move {
+            (
+                event.id.clone(),
+                webhooks::deliver(hooks, event, now_secs, timeout).await,
+            )
+        })
+        .buffer_unordered(DELIVERY_CONCURRENCY)
+        .collect()
+        .await;
+
+    let Stored::Session(mut session) = store.load().await? else {
+        return Ok(());
+    };
+    let at = now_ms();
+    for (id, result) in results {
+        let Some(position) = session.outbox.iter().position(|e| e.id == id) else {
+            continue;
+        };
+        let event = &mut session.outbox[position];
+        match webhook::after_delivery(event, result, at, &hooks.schedule) {
+            AfterDelivery::Delivered => {
+                console_log!(
+                    "{LOG_PREFIX} Event {} ({id}) for lab {} delivered (delivery {})",
+                    event.event_type,
+                    session.lab_request_id,
+                    event.attempts
+                );
+                session.outbox.remove(position);
+            }
+            AfterDelivery::RetryAt(next) => console_warn!(
+                "{LOG_PREFIX} Event {} ({id}) for lab {} not delivered ({}); delivery {} at {}",
+                event.event_type,
+                session.lab_request_id,
+                event.last_error.as_deref().unwrap_or("?"),
+                event.attempts + 1,
+                rfc3339(next)
+            ),
+            AfterDelivery::Dropped => {
+                console_error!(
+                    "{LOG_PREFIX} ❌ Event {} ({id}) for lab {} dropped: not delivered in {} attempts over {} s (last: {})",
+                    event.event_type,
+                    session.lab_request_id,
+                    event.attempts,
+                    hooks.schedule.max_age_ms / 1000,
+                    event.last_error.as_deref().unwrap_or("?")
+                );
+                session.outbox.remove(position);
+            }
+        }
+    }
+    store.save(&session, alarm_at(&session, config)).await
 }
 
 /// How long the object waits for the index before counting the write as failed.

@@ -84,6 +84,7 @@ pub fn section(
             log_name: "js.log",
             config: Some("tests/bench/js/wrangler.toml"),
             skip_build: true,
+            secrets: &[],
         },
     );
     let (rs, jv) = side_by_side(&ours, &js, label, n, 100);

@@ -22,6 +22,7 @@ pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
             log_name: "legacy.log",
             config: Some("tests/legacy/wrangler.toml"),
             skip_build: false,
+            secrets: &[],
         },
     );
     // (master, user, duration in seconds here, workers; None = no `worker_nodes` at all)
@@ -77,6 +78,7 @@ pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
             log_name: "cutover.log",
             config: None,
             skip_build: true,
+            secrets: &[],
         },
     );
     let now = now_ms();

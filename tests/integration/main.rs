@@ -13,6 +13,7 @@ mod legacy;
 mod lifecycle;
 mod security;
 mod support;
+mod webhooks;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
@@ -50,6 +51,14 @@ const LAST: &[(&str, MutTestFn)] = &[
     (
         "restart_resumes_a_pending_retry",
         cleanup::restart_resumes_a_pending_retry,
+    ),
+    (
+        "webhooks_pending_deliveries_survive_a_restart",
+        webhooks::pending_deliveries_survive_a_restart,
+    ),
+    (
+        "webhooks_a_bad_webhook_secret_refuses_the_api_but_not_the_cleanup",
+        webhooks::a_bad_webhook_secret_refuses_the_api_but_not_the_cleanup,
     ),
     (
         "retry_after_is_honored_and_overload_defers",
@@ -160,6 +169,26 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "the_index_row_follows_every_change",
         fleet::the_index_row_follows_every_change,
+    ),
+    (
+        "webhooks_expiring_then_completed",
+        webhooks::expiring_then_completed,
+    ),
+    (
+        "webhooks_an_extend_warns_again",
+        webhooks::an_extend_warns_again,
+    ),
+    (
+        "webhooks_stuck_then_completed",
+        webhooks::stuck_then_completed,
+    ),
+    (
+        "webhooks_redelivered_with_the_same_id",
+        webhooks::redelivered_with_the_same_id,
+    ),
+    (
+        "webhooks_a_silent_receiver_does_not_slow_the_cleanup",
+        webhooks::a_silent_receiver_does_not_slow_the_cleanup,
     ),
     (
         "stats_summarize_the_fleet",

@@ -66,10 +66,112 @@ pub struct Spec<'a> {
     pub config: Option<&'a str>,
     /// Reuse `build/` instead of building the worker again.
     pub skip_build: bool,
+    /// Secrets besides the tokens every worker gets.
+    pub secrets: &'a [(&'a str, &'a str)],
+}
+
+/// The webhook secret the shared worker signs with and the test receiver verifies with (the
+/// Standard Webhooks specification's example secret).
+pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// `lab.expiring` comes this many `duration` units (seconds here) before the expiry.
+pub const WARN_BEFORE: u64 = 3;
+
+/// The webhook receiver of the tests (`tests/webhooks/receiver.py`): verifies every signature
+/// with Python's own hmac, records every delivery, answers as told per lab.
+pub struct Receiver {
+    child: Child,
+    pub url: String,
+    addr: String,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/webhooks/receiver.py"))
+            .arg(WEBHOOK_SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 tests/webhooks/receiver.py");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("receiver stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("receiver port");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening on http://...")
+            .to_string();
+        let addr = url.trim_start_matches("http://").to_string();
+        Receiver { child, url, addr }
+    }
+
+    /// Every delivery received so far.
+    pub fn deliveries(&self) -> Vec<Value> {
+        let r = http::request(
+            &self.addr,
+            "GET",
+            "/__receiver/deliveries",
+            &[],
+            b"",
+            Duration::from_secs(10),
+        )
+        .expect("receiver");
+        r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// The deliveries for one lab.
+    pub fn deliveries_for(&self, lab: &str) -> Vec<Value> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d["lab_request_id"] == lab)
+            .collect()
+    }
+
+    /// Tells the receiver how to answer for `lab`: `{"fail": n}`, `{"hang": true}` or `{}`.
+    pub fn mode(&self, lab: &str, mode: Value) {
+        let mut body = mode;
+        body["lab_request_id"] = Value::String(lab.into());
+        http::request(
+            &self.addr,
+            "POST",
+            "/__receiver/mode",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+            Duration::from_secs(10),
+        )
+        .expect("receiver mode");
+    }
+
+    /// Waits until the deliveries for `lab` satisfy `done`; returns them.
+    pub fn wait(&self, lab: &str, secs: u64, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let mine = self.deliveries_for(lab);
+            if done(&mine) {
+                return mine;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook deliveries for {lab} never reached the state; got:\n{}",
+                serde_json::to_string_pretty(&mine).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Worker {
     /// Starts `wrangler dev` on a free port, talking to `backend_url`, with state in `work_dir`.
+    #[allow(dead_code)] // the benchmark's
     pub fn start(work_dir: &Path, backend_url: &str, extra_vars: &[(&str, &str)]) -> Worker {
         Worker::start_spec(
             work_dir,
@@ -79,6 +181,7 @@ impl Worker {
                 log_name: "wrangler.log",
                 config: None,
                 skip_build: false,
+                secrets: &[],
             },
         )
     }
@@ -114,6 +217,11 @@ impl Worker {
             skip_build: spec.skip_build,
             migrated: false,
         };
+        worker.secrets.extend(
+            spec.secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         worker.spawn();
         worker
     }
@@ -301,6 +409,13 @@ impl Worker {
         self.spawn();
     }
 
+    /// Restarts with the secret `name` set to `value`.
+    pub fn restart_with_secret(&mut self, name: &str, value: &str) {
+        self.secrets.retain(|(n, _)| n != name);
+        self.secrets.push((name.to_string(), value.to_string()));
+        self.restart();
+    }
+
     /// Restarts with `vars` added (or replaced) and the secrets named in `drop_secrets` removed.
     pub fn restart_with(&mut self, vars: &[(&str, &str)], drop_secrets: &[&str]) {
         for (k, v) in vars {
@@ -413,9 +528,10 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// What every test gets: the mock backend and the worker wired to it.
+/// What every test gets: the mock backend, the webhook receiver, and the worker wired to both.
 pub struct Ctx {
     pub mock: MockBackend,
+    pub receiver: Receiver,
     pub worker: Worker,
     pub work_dir: PathBuf,
 }
@@ -433,9 +549,26 @@ impl Ctx {
             },
         )
         .expect("mock backend");
-        let worker = Worker::start(&work_dir, &mock.url(), &[]);
+        let receiver = Receiver::start();
+        let warn = WARN_BEFORE.to_string();
+        let worker = Worker::start_spec(
+            &work_dir,
+            &mock.url(),
+            &[
+                ("WEBHOOK_URL", &receiver.url),
+                ("WARN_BEFORE_MINUTES", &warn),
+                ("WEBHOOK_RETRY_SCHEDULE_SECONDS", "1"),
+            ],
+            Spec {
+                log_name: "wrangler.log",
+                config: None,
+                skip_build: false,
+                secrets: &[("WEBHOOK_SECRET", WEBHOOK_SECRET)],
+            },
+        );
         Ctx {
             mock,
+            receiver,
             worker,
             work_dir,
         }

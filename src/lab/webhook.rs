@@ -1,0 +1,375 @@
+//! Webhooks: which events a lab emits and when, their fixed bodies, their Standard Webhooks signature, and their delivery schedule.
+//!
+//! Pure: the clock, the event ids and the delivery results come in as values. The events wait in
+//! the lab's record (its outbox) until delivered, so they survive restarts and deploys; the
+//! platform side (`platform::webhooks`) only sends them.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::lab::session::{rfc3339, Session, Status};
+
+/// Longest kept error of a failed delivery.
+const MAX_DELIVERY_ERROR: usize = 200;
+
+/// What a lab tells the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// `WARN_BEFORE_MINUTES` before the expiry.
+    Expiring,
+    /// Every VM is deleted.
+    CleanupCompleted,
+    /// `STUCK_AFTER_ATTEMPTS` attempts and VMs still pending (once).
+    CleanupStuck,
+}
+
+impl EventType {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::Expiring => "lab.expiring",
+            EventType::CleanupCompleted => "lab.cleanup_completed",
+            EventType::CleanupStuck => "lab.cleanup_stuck",
+        }
+    }
+}
+
+/// An event waiting in the lab's outbox until its receiver accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// `webhook-id`: unique per event, the same on every redelivery.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The exact bytes sent, fixed when the event was created.
+    pub body: String,
+    pub created_at_ms: i64,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+    /// When to deliver (again).
+    pub next_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The webhook settings the timing depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// Pauses after failed deliveries, in ms; the last one repeats.
+    pub pauses_ms: Vec<i64>,
+    /// An event not delivered this long after its creation is dropped.
+    pub max_age_ms: i64,
+}
+
+/// The default pauses: 5 s, 30 s, 2 min, 10 min, 30 min, then hourly; for 24 hours.
+pub const DEFAULT_PAUSES_SECONDS: [u64; 6] = [5, 30, 120, 600, 1800, 3600];
+pub const DEFAULT_MAX_AGE_SECONDS: u64 = 86_400;
+
+/// A new event of `kind` for `session` at `now_ms`: its body (`type`, `timestamp`, and the lab's
+/// status view as `data`) is fixed now, so every redelivery carries the same bytes.
+pub fn new_event(kind: EventType, session: &Session, now_ms: i64, id: String) -> OutboxEvent {
+    let body = serde_json::json!({
+        "type": kind.name(),
+        "timestamp": rfc3339(now_ms),
+        "data": session.view(),
+    })
+    .to_string();
+    OutboxEvent {
+        id,
+        event_type: kind.name().into(),
+        body,
+        created_at_ms: now_ms,
+        attempts: 0,
+        next_at_ms: now_ms,
+        last_error: None,
+    }
+}
+
+/// When `lab.expiring` is due for the current expiry: `warn_before_ms` before it, while the lab
+/// is scheduled and not yet warned for this expiry. `None` when the whole lab is not longer than
+/// the warning, or it was ended early (no longer scheduled).
+pub fn warning_at(session: &Session, warn_before_ms: i64) -> Option<i64> {
+    let lifetime = session.expires_at_ms.saturating_sub(session.created_at_ms);
+    (session.status == Status::Scheduled
+        && lifetime > warn_before_ms
+        && session.warned_for_expiry_ms != Some(session.expires_at_ms))
+    .then(|| session.expires_at_ms.saturating_sub(warn_before_ms))
+}
+
+/// The events an attempt that `finish_attempt` has just recorded calls for: completed when
+/// every VM is gone; stuck, once, when `stuck_after` attempts have left VMs pending. Marks the
+/// stuck one sent on the session.
+pub fn after_attempt(session: &mut Session, stuck_after: u32) -> Vec<EventType> {
+    match session.status {
+        Status::Completed => vec![EventType::CleanupCompleted],
+        _ if session.attempts >= stuck_after && !session.stuck_notified => {
+            session.stuck_notified = true;
+            vec![EventType::CleanupStuck]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterDelivery {
+    /// 2xx: off the outbox.
+    Delivered,
+    /// Try again at this time.
+    RetryAt(i64),
+    /// Too old: dropped (and logged as an error by the caller).
+    Dropped,
+}
+
+/// The next step for `event` after a delivery at `now_ms` that got `status` (`None`: no answer)
+/// or failed with `error`. Pauses grow along the schedule; past `max_age_ms` after its creation
+/// the event is dropped.
+pub fn after_delivery(
+    event: &mut OutboxEvent,
+    result: Result<u16, String>,
+    now_ms: i64,
+    schedule: &Schedule,
+) -> AfterDelivery {
+    event.attempts += 1;
+    let error = match result {
+        Ok(status) if (200..300).contains(&status) => return AfterDelivery::Delivered,
+        Ok(status) => format!("the receiver answered {status}"),
+        Err(e) => e,
+    };
+    event.last_error = Some(error.chars().take(MAX_DELIVERY_ERROR).collect());
+    let index = (event.attempts as usize - 1).min(schedule.pauses_ms.len().saturating_sub(1));
+    let pause = schedule.pauses_ms.get(index).copied().unwrap_or(3_600_000);
+    let next = now_ms.saturating_add(pause);
+    if next > event.created_at_ms.saturating_add(schedule.max_age_ms) {
+        AfterDelivery::Dropped
+    } else {
+        event.next_at_ms = next;
+        AfterDelivery::RetryAt(next)
+    }
+}
+
+/// The Standard Webhooks signature of a delivery: `v1,` and the base64 of the HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}`, keyed with the secret's bytes (the base64 after `whsec_`).
+pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    format!("v1,{}", base64_encode(&mac.finalize().into_bytes()))
+}
+
+/// Reads a `WEBHOOK_SECRET` (`whsec_` + base64 of 24 to 64 bytes) as its key bytes.
+pub fn parse_secret(value: &str) -> Option<Vec<u8>> {
+    let key = base64_decode(value.trim().strip_prefix("whsec_")?)?;
+    (24..=64).contains(&key.len()).then_some(key)
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64, padding optional; `None` for anything else.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Leftover bits must be zero padding (at most 4 bits).
+    (bits < 6 && acc == 0).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::cleanup::AttemptResult;
+    use crate::lab::session::NewSession;
+
+    const T0: i64 = 1_795_000_000_000;
+    const MINUTE: i64 = 60_000;
+
+    fn session(duration_minutes: i64) -> Session {
+        Session::schedule(
+            NewSession {
+                lab_request_id: "m".into(),
+                user_id: "u".into(),
+                worker_lab_request_ids: vec!["w1".into()],
+                duration: duration_minutes as u64,
+                vm_name: None,
+            },
+            T0,
+            duration_minutes * MINUTE,
+        )
+    }
+
+    #[test]
+    fn the_signer_matches_the_specifications_test_vector() {
+        // https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
+        let secret = parse_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(
+            sign(
+                &secret,
+                "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                1_649_367_553,
+                r#"{"email":"test@example.com","username":"test_user"}"#
+            ),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+    }
+
+    #[test]
+    fn secrets_are_whsec_base64_of_24_to_64_bytes() {
+        assert_eq!(
+            parse_secret(&format!("whsec_{}", base64_encode(&[7; 24]))),
+            Some(vec![7; 24])
+        );
+        assert_eq!(
+            parse_secret(&format!("whsec_{}", base64_encode(&[7; 64]))).map(|k| k.len()),
+            Some(64)
+        );
+        for bad in [
+            format!("whsec_{}", base64_encode(&[7; 23])),
+            format!("whsec_{}", base64_encode(&[7; 65])),
+            base64_encode(&[7; 32]),
+            "whsec_not base64!".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(parse_secret(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for n in 0..70u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            let text = base64_encode(&bytes);
+            assert_eq!(base64_decode(&text), Some(bytes), "{text}");
+        }
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+        assert_eq!(base64_decode("TWE"), Some(b"Ma".to_vec()));
+        assert_eq!(base64_decode("TWF"), None, "non-zero leftover bits");
+    }
+
+    #[test]
+    fn the_body_is_fixed_at_creation() {
+        let s = session(60);
+        let e = new_event(EventType::Expiring, &s, T0 + 50 * MINUTE, "msg_1".into());
+        let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(v["type"], "lab.expiring");
+        assert_eq!(v["timestamp"], rfc3339(T0 + 50 * MINUTE));
+        assert_eq!(v["data"], serde_json::to_value(s.view()).unwrap());
+        assert_eq!(e.next_at_ms, T0 + 50 * MINUTE);
+        assert_eq!(e.attempts, 0);
+    }
+
+    #[test]
+    fn the_warning_comes_before_the_expiry_once_per_expiry() {
+        let mut s = session(60);
+        assert_eq!(warning_at(&s, 10 * MINUTE), Some(T0 + 50 * MINUTE));
+        s.warned_for_expiry_ms = Some(s.expires_at_ms);
+        assert_eq!(warning_at(&s, 10 * MINUTE), None, "sent already");
+        // Extended: a new expiry, a new warning (at once if its time has passed).
+        s.extend(5, MINUTE, 1_000).unwrap();
+        assert_eq!(warning_at(&s, 10 * MINUTE), Some(T0 + 55 * MINUTE));
+        // Not longer than the warning: none.
+        assert_eq!(warning_at(&session(10), 10 * MINUTE), None);
+        assert_eq!(warning_at(&session(11), 10 * MINUTE), Some(T0 + MINUTE));
+        // Ended early: none.
+        let mut s = session(60);
+        s.end_now(T0 + MINUTE);
+        assert_eq!(warning_at(&s, 10 * MINUTE), None);
+    }
+
+    #[test]
+    fn stuck_once_then_completed() {
+        let mut s = session(1);
+        s.begin_attempt(T0 + MINUTE, 1_000);
+        s.finish_attempt(&AttemptResult::default(), T0 + MINUTE, T0 + MINUTE + 1_000);
+        assert!(after_attempt(&mut s, 2).is_empty());
+        s.begin_attempt(T0 + MINUTE, 1_000);
+        s.finish_attempt(&AttemptResult::default(), T0 + MINUTE, T0 + MINUTE + 1_000);
+        assert_eq!(after_attempt(&mut s, 2), vec![EventType::CleanupStuck]);
+        s.begin_attempt(T0 + MINUTE, 1_000);
+        s.finish_attempt(&AttemptResult::default(), T0 + MINUTE, T0 + MINUTE + 1_000);
+        assert!(after_attempt(&mut s, 2).is_empty(), "stuck is sent once");
+        s.begin_attempt(T0 + MINUTE, 1_000);
+        s.finish_attempt(
+            &AttemptResult {
+                deleted: vec!["m".into(), "w1".into()],
+                ..AttemptResult::default()
+            },
+            T0 + MINUTE,
+            T0 + MINUTE + 1_000,
+        );
+        assert_eq!(after_attempt(&mut s, 2), vec![EventType::CleanupCompleted]);
+    }
+
+    #[test]
+    fn deliveries_back_off_then_drop_after_the_max_age() {
+        let schedule = Schedule {
+            pauses_ms: DEFAULT_PAUSES_SECONDS
+                .iter()
+                .map(|s| *s as i64 * 1000)
+                .collect(),
+            max_age_ms: DEFAULT_MAX_AGE_SECONDS as i64 * 1000,
+        };
+        let mut e = new_event(EventType::CleanupCompleted, &session(1), T0, "msg_2".into());
+        let mut now = T0;
+        let mut pauses = Vec::new();
+        loop {
+            match after_delivery(&mut e, Ok(503), now, &schedule) {
+                AfterDelivery::RetryAt(at) => {
+                    pauses.push((at - now) / 1000);
+                    now = at;
+                }
+                AfterDelivery::Dropped => break,
+                AfterDelivery::Delivered => unreachable!(),
+            }
+        }
+        assert_eq!(pauses[..7], [5, 30, 120, 600, 1800, 3600, 3600]);
+        assert!(now <= T0 + 86_400_000 && now + 3_600_000 > T0 + 86_400_000);
+        assert_eq!(e.last_error.as_deref(), Some("the receiver answered 503"));
+
+        let mut e = new_event(EventType::CleanupCompleted, &session(1), T0, "msg_3".into());
+        assert_eq!(
+            after_delivery(&mut e, Err("no answer within 15 s".into()), T0, &schedule),
+            AfterDelivery::RetryAt(T0 + 5_000)
+        );
+        assert_eq!(
+            after_delivery(&mut e, Ok(204), T0 + 5_000, &schedule),
+            AfterDelivery::Delivered
+        );
+        assert_eq!(e.attempts, 2);
+    }
+}
