@@ -220,6 +220,39 @@ fn the_fleet_schemas_are_what_the_code_answers() {
 }
 
 #[test]
+fn the_webhooks_are_the_events_the_code_sends() {
+    use crate::lab::webhook::EventType;
+    let spec = spec();
+    let documented: BTreeSet<String> = get(&spec, &["webhooks"])
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let sent: BTreeSet<String> = [
+        EventType::Expiring,
+        EventType::CleanupCompleted,
+        EventType::CleanupStuck,
+    ]
+    .iter()
+    .map(|e| e.name().to_string())
+    .collect();
+    assert_eq!(documented, sent);
+    let listed = strings(get(
+        &spec,
+        &[
+            "components",
+            "schemas",
+            "WebhookEvent",
+            "properties",
+            "type",
+            "enum",
+        ],
+    ));
+    assert_eq!(listed, sent);
+}
+
+#[test]
 fn limits_that_are_settings_carry_their_default() {
     let defaults = [
         ("MAX_DURATION_MINUTES", config::DEFAULT_MAX_DURATION_MINUTES),

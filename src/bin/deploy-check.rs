@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use labs_cleanup::config::Config;
+use labs_cleanup::config::{Config, Webhooks};
 use serde::Deserialize;
 
 /// One environment of `wrangler.toml`, as `scripts/deploy-config.mjs` prints it.
@@ -45,7 +45,21 @@ struct SecretName {
 }
 
 /// Settings that are secrets: never in `[vars]`, only set with `wrangler secret put`.
-const SECRETS: &[&str] = &["API_TOKEN", "BACKEND_API_TOKEN", "OPERATOR_TOKEN"];
+const SECRETS: &[&str] = &[
+    "API_TOKEN",
+    "BACKEND_API_TOKEN",
+    "OPERATOR_TOKEN",
+    "WEBHOOK_SECRET",
+];
+
+/// Stands in for a secret whose value cannot be read back: the right form, so that the rules
+/// about the other settings can be checked. (`/healthz` and the API check the real values.)
+fn stand_in(name: &str) -> String {
+    match name {
+        "WEBHOOK_SECRET" => "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        _ => "set-as-a-secret".into(),
+    }
+}
 
 /// What the check found: errors stop the deploy, warnings do not.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -112,12 +126,9 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
 
     // Secret values cannot be read back; a stand-in lets the rules about the rest be checked.
     let lookup = |name: &str| {
-        vars.get(name).cloned().or_else(|| {
-            secrets
-                .iter()
-                .any(|s| s == name)
-                .then(|| "set-as-a-secret".to_string())
-        })
+        vars.get(name)
+            .cloned()
+            .or_else(|| secrets.iter().any(|s| s == name).then(|| stand_in(name)))
     };
     match Config::from_lookup(lookup) {
         Ok(config) => {
@@ -134,6 +145,14 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
                 report
                     .warnings
                     .push("DRY_RUN is not \"true\" in staging: this copy deletes real VMs".into());
+            }
+            match &config.webhooks {
+                Webhooks::Off => report.ok.push("webhooks off (no WEBHOOK_URL)".into()),
+                Webhooks::On(w) => report.ok.push(format!("webhooks to {}", w.url)),
+                Webhooks::Broken(e) => report.errors.push(format!(
+                    "{} (WEBHOOK_URL is set: the API would refuse every call; set it right, or remove WEBHOOK_URL)",
+                    e.detail()
+                )),
             }
         }
         Err(e) => report.errors.push(format!(
@@ -311,6 +330,37 @@ mod tests {
         );
         let r = check(&d, &all);
         assert!(r.warnings[0].contains("deletes real VMs"));
+    }
+
+    #[test]
+    fn webhooks_need_their_secret() {
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com", "WEBHOOK_URL": "https://hooks.example.com"}),
+        );
+        let r = check(
+            &d,
+            &secrets(&["API_TOKEN", "BACKEND_API_TOKEN", "OPERATOR_TOKEN"]),
+        );
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        assert!(
+            r.errors[0].starts_with("WEBHOOK_SECRET must be set"),
+            "{r:?}"
+        );
+        let r = check(
+            &d,
+            &secrets(&[
+                "API_TOKEN",
+                "BACKEND_API_TOKEN",
+                "OPERATOR_TOKEN",
+                "WEBHOOK_SECRET",
+            ]),
+        );
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert!(r
+            .ok
+            .iter()
+            .any(|l| l == "webhooks to https://hooks.example.com"));
     }
 
     #[test]
