@@ -87,7 +87,11 @@ pub fn section(
             secrets: &[],
         },
     );
-    let (rs, jv) = side_by_side(&ours, &js, label, n, 100);
+    let tag: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let (rs, jv) = side_by_side(&ours, &js, &tag, n, 100);
     let row = |name: &str, l: &Latencies| {
         format!(
             "| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
