@@ -147,28 +147,8 @@ impl Config {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
 
         let backend_url = get("BACKEND_URL").ok_or(ConfigError::Missing("BACKEND_URL"))?;
-        let backend_url = backend_url.trim().trim_end_matches('/').to_string();
-        if !(backend_url.starts_with("http://") || backend_url.starts_with("https://"))
-            || backend_url.contains(char::is_whitespace)
-        {
-            return Err(ConfigError::Invalid {
-                name: "BACKEND_URL",
-                expected: "an http:// or https:// URL".into(),
-                value: Some(backend_url),
-            });
-        }
-
-        let number = |name: &'static str, default: u64, min: u64, max: u64| match get(name) {
-            None => Ok(default),
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(ConfigError::Invalid {
-                    name,
-                    expected: format!("a whole number from {min} to {max}"),
-                    value: Some(raw),
-                }),
-            },
-        };
+        let backend_url = http_url("BACKEND_URL", backend_url.trim().trim_end_matches('/'))?;
+        let number = |name, default, min, max| whole_number(&get, name, default, min, max);
 
         let subrequest_limit = number(
             "SUBREQUEST_LIMIT",
@@ -335,22 +315,49 @@ impl Config {
     }
 }
 
+/// An `http://` or `https://` URL without white space, as the setting `name`.
+fn http_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
+    if (value.starts_with("http://") || value.starts_with("https://"))
+        && !value.contains(char::is_whitespace)
+    {
+        Ok(value.to_string())
+    } else {
+        Err(ConfigError::Invalid {
+            name,
+            expected: "an http:// or https:// URL".into(),
+            value: Some(value.to_string()),
+        })
+    }
+}
+
+/// The setting `name` as a whole number from `min` to `max`, or `default` when unset.
+fn whole_number(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ConfigError::Invalid {
+                name,
+                expected: format!("a whole number from {min} to {max}"),
+                value: Some(raw),
+            }),
+        },
+    }
+}
+
 /// Reads the webhook settings (only when `WEBHOOK_URL` is set).
 fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
     let Some(url) = get("WEBHOOK_URL") else {
         return Webhooks::Off;
     };
     let read = || -> Result<WebhookConfig, ConfigError> {
-        let url = url.trim().to_string();
-        if !(url.starts_with("https://") || url.starts_with("http://"))
-            || url.contains(char::is_whitespace)
-        {
-            return Err(ConfigError::Invalid {
-                name: "WEBHOOK_URL",
-                expected: "an http:// or https:// URL".into(),
-                value: Some(url),
-            });
-        }
+        let url = http_url("WEBHOOK_URL", url.trim())?;
         let secret = get("WEBHOOK_SECRET").ok_or(ConfigError::Invalid {
             name: "WEBHOOK_SECRET",
             expected: "set (a secret) whenever WEBHOOK_URL is".into(),
@@ -362,17 +369,7 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
             // A secret: its value is never repeated, not even in the log.
             value: None,
         })?;
-        let whole = |name: &'static str, default: u64, min: u64, max: u64| match get(name) {
-            None => Ok(default),
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(ConfigError::Invalid {
-                    name,
-                    expected: format!("a whole number from {min} to {max}"),
-                    value: Some(raw),
-                }),
-            },
-        };
+        let whole = |name, default, min, max| whole_number(get, name, default, min, max);
         let warn_before_minutes = whole(
             "WARN_BEFORE_MINUTES",
             DEFAULT_WARN_BEFORE_MINUTES,

@@ -169,6 +169,23 @@ impl SessionManager {
         })
     }
 
+    /// The settings and the lab a request is about, or the answer when there is none (a
+    /// configuration error, no such lab, an unreadable legacy record).
+    async fn lab(
+        &self,
+        store: &Store,
+    ) -> Result<std::result::Result<(Rc<Config>, Session), Response>> {
+        let config = match self.config() {
+            Ok(config) => config,
+            Err(e) => return Ok(Err(respond::error(&e)?)),
+        };
+        Ok(match self.find_for_request(store, Some(&config)).await? {
+            Ok(Some(session)) => Ok((config, session)),
+            Ok(None) => Err(not_found()?),
+            Err(answer) => Err(answer),
+        })
+    }
+
     async fn create(&self, store: &Store, new: NewSession) -> Result<Response> {
         let config = match self.config() {
             Ok(config) => config,
@@ -235,13 +252,8 @@ impl SessionManager {
     }
 
     async fn end(&self, store: &Store) -> Result<Response> {
-        let config = match self.config() {
-            Ok(config) => config,
-            Err(e) => return respond::error(&e),
-        };
-        let mut session = match self.find_for_request(store, Some(&config)).await? {
-            Ok(Some(session)) => session,
-            Ok(None) => return not_found(),
+        let (config, mut session) = match self.lab(store).await? {
+            Ok(found) => found,
             Err(answer) => return Ok(answer),
         };
         if session.status == Status::Completed {
@@ -263,13 +275,8 @@ impl SessionManager {
     }
 
     async fn retry(&self, store: &Store) -> Result<Response> {
-        let config = match self.config() {
-            Ok(config) => config,
-            Err(e) => return respond::error(&e),
-        };
-        let mut session = match self.find_for_request(store, Some(&config)).await? {
-            Ok(Some(session)) => session,
-            Ok(None) => return not_found(),
+        let (config, mut session) = match self.lab(store).await? {
+            Ok(found) => found,
             Err(answer) => return Ok(answer),
         };
         match session.retry_now(now_ms()) {
@@ -294,13 +301,8 @@ impl SessionManager {
     }
 
     async fn extend(&self, store: &Store, minutes: u64) -> Result<Response> {
-        let config = match self.config() {
-            Ok(config) => config,
-            Err(e) => return respond::error(&e),
-        };
-        let mut session = match self.find_for_request(store, Some(&config)).await? {
-            Ok(Some(session)) => session,
-            Ok(None) => return not_found(),
+        let (config, mut session) = match self.lab(store).await? {
+            Ok(found) => found,
             Err(answer) => return Ok(answer),
         };
         match session.extend(
