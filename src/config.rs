@@ -113,6 +113,9 @@ pub struct Config {
     pub log_storage_ops: bool,
     /// The webhooks: off, on, or broken (the API refuses calls, the cleanup goes on).
     pub webhooks: Webhooks,
+    /// `FLEET_INDEX = "off"`: no lab writes a row in the D1 index (the list and stats routes then
+    /// answer 503). On by default.
+    pub fleet_index: bool,
 }
 
 /// Whether the worker sends webhooks.
@@ -252,6 +255,17 @@ impl Config {
             )?,
             log_storage_ops: flag("LOG_STORAGE_OPS")?,
             webhooks: webhooks(&get),
+            fleet_index: match get("FLEET_INDEX").as_deref().map(str::trim) {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "FLEET_INDEX",
+                        expected: "\"on\" or \"off\"".into(),
+                        value: Some(other.to_string()),
+                    })
+                }
+            },
         })
     }
 
@@ -452,6 +466,7 @@ mod tests {
         assert_eq!(c.expiry_spread_ms(), 5_000);
         assert_eq!(c.operator_token, None);
         assert_eq!(c.stuck_after_attempts, 3);
+        assert!(c.fleet_index);
     }
 
     #[test]
@@ -466,8 +481,10 @@ mod tests {
             ("DRY_RUN", "true"),
             ("RETRY_POLICY", "fixed"),
             ("EXPIRY_SPREAD_SECONDS", "0"),
+            ("FLEET_INDEX", "off"),
         ])
         .unwrap();
+        assert!(!c.fleet_index);
         assert_eq!(c.retry_policy, Policy::Fixed);
         assert_eq!(c.expiry_spread_ms(), 0);
         assert_eq!(c.api_token.as_deref(), Some("api"));
@@ -501,6 +518,7 @@ mod tests {
             ("DRY_RUN", "yes"),
             ("RETRY_POLICY", "exponential"),
             ("EXPIRY_SPREAD_SECONDS", "3601"),
+            ("FLEET_INDEX", "maybe"),
         ] {
             let e = config(&[("BACKEND_URL", "http://x"), (name, value)]).unwrap_err();
             assert!(e.to_string().starts_with(name), "{e}");

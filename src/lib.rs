@@ -98,7 +98,7 @@ fn config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
 /// {"status":"not_configured"}` otherwise, naming nothing (the log says what is wrong).
 fn health(env: &Env) -> Result<Response, ApiError> {
     let ready = match config(env) {
-        Ok(_) if !index::is_bound(env) => {
+        Ok(config) if config.fleet_index && !index::is_bound(env) => {
             worker::console_error!(
                 "[config] the D1 binding {} is missing; the fleet index cannot be written",
                 index::DB_BINDING
@@ -157,6 +157,7 @@ async fn api(
             forward(env, &id, Method::Post, session_manager::RETRY_PATH, None).await
         }
         Route::ListSessions => {
+            index_on(config)?;
             let query = fleet::parse(&query_string(&request))?;
             let rows = index::list(
                 env,
@@ -169,6 +170,7 @@ async fn api(
             json(200, &fleet::page(rows, &query, config.stuck_after_attempts))
         }
         Route::Stats => {
+            index_on(config)?;
             if !query_string(&request).is_empty() {
                 return Err(ApiError::InvalidRequest(
                     "the stats route takes no query parameters".into(),
@@ -180,6 +182,17 @@ async fn api(
             json(200, &fleet::stats(&counts))
         }
         Route::Health => Err(ApiError::NotFound("no route for /api/healthz".into())),
+    }
+}
+
+/// The fleet routes read the index: `FLEET_INDEX = "off"` leaves them nothing to read.
+fn index_on(config: &Config) -> Result<(), ApiError> {
+    if config.fleet_index {
+        Ok(())
+    } else {
+        Err(ApiError::NotConfigured(
+            "FLEET_INDEX is off: no fleet index to list".into(),
+        ))
     }
 }
 

@@ -59,7 +59,9 @@ impl SessionManager {
     /// Saves a change of the record: a new revision (its index row is owed from now on) and the
     /// alarm at the object's next wake-up, in one batch.
     async fn persist(&self, store: &Store, session: &mut Session, config: &Config) -> Result<()> {
-        index::touch(session, now_ms(), config.retry_ms());
+        if config.fleet_index {
+            index::touch(session, now_ms(), config.retry_ms());
+        }
         store.save(session, alarm_at(session, config)).await
     }
 
@@ -491,6 +493,14 @@ impl SessionManager {
         mut session: Session,
         config: &Config,
     ) -> Result<&'static str> {
+        if !config.fleet_index {
+            console_log!(
+                "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
+                session.lab_request_id,
+                session.completed_at_ms.map(rfc3339).unwrap_or_default()
+            );
+            return store.delete_all().await.map(|()| "retention purge");
+        }
         match fleet_index::delete(
             &self.env,
             &session.lab_request_id,
@@ -644,6 +654,9 @@ fn index_timeout(config: &Config) -> std::time::Duration {
 /// `CLEANUP_RETRY_SECONDS`. Only storage errors are returned: the index never fails a cleanup or
 /// an answer.
 async fn sync_index(store: &Store, env: &Env, config: &Config) -> Result<()> {
+    if !config.fleet_index {
+        return Ok(());
+    }
     let Stored::Session(session) = store.load().await? else {
         return Ok(());
     };

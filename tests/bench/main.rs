@@ -106,10 +106,16 @@ fn main() {
         writeln!(md, "### A class expiring at once\n\n{section}").unwrap();
     }
     if wanted("create") {
-        let (section, _) = create::section(&work_dir, &mock, "default settings", &[]);
+        let (same_work, _) = create::section(
+            &work_dir,
+            &mock,
+            "the same work: fleet index off",
+            &[("FLEET_INDEX", "off")],
+        );
+        let (with_index, _) = create::section(&work_dir, &mock, "fleet index on, the default", &[]);
         writeln!(
             md,
-            "### The create, side by side with a JavaScript worker\n\nOurs writes its fleet-index row too (after the answer, like its log line); the JavaScript worker writes no index.\n\n{section}"
+            "### The create, side by side with a JavaScript worker\n\nFirst the same work on both sides (`FLEET_INDEX=off`: the JavaScript worker writes no index either), then ours as deployed, which also writes the lab's row in the fleet index after the answer (a D1 upsert and one more storage batch).\n\n{same_work}\n{with_index}"
         )
         .unwrap();
     }
