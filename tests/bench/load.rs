@@ -3,8 +3,8 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
+use crate::env_or;
 use crate::support::{Worker, API_TOKEN};
 
 /// Storage operations of one create and one cleanup attempt, from the object's own counters.
@@ -26,8 +26,27 @@ pub fn storage_ops(worker: &Worker) -> String {
     )
 }
 
-/// `wrk` against POST /api/v1/labs/sessions with distinct lab ids.
-pub fn post_load(worker: &Worker, seconds: u64, connections: usize) -> String {
+/// POST throughput on a worker of its own with the default settings, fleet index on (as
+/// deployed) and off (the cost of the index's write after each answer).
+pub fn section(work_dir: &Path, backend_url: &str) -> String {
+    let seconds: u64 = env_or("BENCH_LOAD_SECONDS", 10);
+    let connections: usize = env_or("BENCH_LOAD_CONNECTIONS", 16);
+    let mut rows = String::new();
+    for (label, vars) in [
+        ("fleet index on (the default)", &[][..]),
+        ("fleet index off", &[("FLEET_INDEX", "off")][..]),
+    ] {
+        let tag = if vars.is_empty() { "on" } else { "off" };
+        let worker = Worker::start(&work_dir.join(format!("load-{tag}")), backend_url, vars);
+        rows.push_str(&post_load(&worker, label, seconds, connections));
+    }
+    format!(
+        "`wrk -t 2 -c {connections} -d {seconds}s --latency` with a Lua script that gives every request its own lab id, on a worker with the default settings.\n\n| worker | requests | requests/s | p50 | p99 | non-2xx answers | socket errors |\n|---|---|---|---|---|---|---|\n{rows}"
+    )
+}
+
+/// `wrk` against POST /api/v1/labs/sessions with distinct lab ids: one table row.
+fn post_load(worker: &Worker, label: &str, seconds: u64, connections: usize) -> String {
     let script = std::env::temp_dir().join(format!("labs-cleanup-post-{}.lua", std::process::id()));
     fs::write(
         &script,
@@ -51,7 +70,6 @@ end
         ),
     )
     .unwrap();
-    let started = Instant::now();
     let out = Command::new("wrk")
         .args([
             "-t",
@@ -69,7 +87,9 @@ end
     let _ = fs::remove_file(&script);
     let out = match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Err(e) => return format!("wrk could not run ({e}); install it (`apt-get install wrk`).\n"),
+        Err(e) => return format!(
+            "| {label} | wrk could not run ({e}); install it (`apt-get install wrk`) | | | | | |\n"
+        ),
     };
     eprintln!("{out}");
     let find = |prefix: &str| {
@@ -96,13 +116,20 @@ end
     let non_2xx = find("Non-2xx or 3xx responses:");
     let socket = find("Socket errors:");
     format!(
-        "`wrk -t 2 -c {connections} -d {seconds}s --latency` with a Lua script that gives every request its own lab id ({:.0} s wall).\n\n| requests | requests/s | p50 | p99 | non-2xx answers | socket errors |\n|---|---|---|---|---|---|\n| {requests} | {} | {} | {} | {} | {} |\n",
-        started.elapsed().as_secs_f64(),
+        "| {label} | {requests} | {} | {} | {} | {} | {} |\n",
         value("Requests/sec:"),
         value("50%"),
         value("99%"),
-        if non_2xx.is_empty() { "0".to_string() } else { non_2xx.split_whitespace().last().unwrap_or("?").to_string() },
-        if socket.is_empty() { "none".to_string() } else { socket.trim_start_matches("Socket errors: ").to_string() },
+        if non_2xx.is_empty() {
+            "0".to_string()
+        } else {
+            non_2xx.split_whitespace().last().unwrap_or("?").to_string()
+        },
+        if socket.is_empty() {
+            "none".to_string()
+        } else {
+            socket.trim_start_matches("Socket errors: ").to_string()
+        },
     )
 }
 

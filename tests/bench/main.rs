@@ -1,7 +1,7 @@
 //! The benchmark, on real workerd: cleanup wall time, a class of labs expiring at once, the create against a JavaScript worker, the fleet view over 10,000 labs, POST load, storage operations, wasm size.
 //!
 //! Run with `bash scripts/bench.sh` (it installs what is missing, then `cargo bench --bench
-//! cleanup`). `BENCH_SECTIONS` picks sections (default all: `cleanup,class,create,load`); a full
+//! cleanup`). `BENCH_SECTIONS` picks sections (default all: `cleanup,class,create,fleet,load`); a full
 //! run rewrites the results between the markers of `docs/PERFORMANCE.md` and the plots in
 //! `docs/perf/`, a partial run only prints. Settings of each section: `BENCH_LATENCY_MS` (200),
 //! `BENCH_REPS` (5), `BENCH_WORKERS` ("0,1,5,20,48"), `BENCH_CLASS_LABS` (100),
@@ -85,18 +85,10 @@ fn main() {
     )
     .unwrap();
 
-    let mut load_report = String::new();
     let mut storage_report = String::new();
     if wanted("cleanup") {
         let section = cleanup::section(&work_dir, &mock, &plots.join("cleanup.svg"), |worker| {
             storage_report = load::storage_ops(worker);
-            if wanted("load") {
-                load_report = load::post_load(
-                    worker,
-                    env_or("BENCH_LOAD_SECONDS", 10),
-                    env_or("BENCH_LOAD_CONNECTIONS", 16),
-                );
-            }
         });
         writeln!(md, "### Cleanup wall time\n\n{section}").unwrap();
     }
@@ -123,7 +115,8 @@ fn main() {
         let section = fleet::section(&work_dir, &mock);
         writeln!(md, "### The fleet view over 10,000 labs\n\n{section}").unwrap();
     }
-    if !load_report.is_empty() {
+    if wanted("load") {
+        let load_report = load::section(&work_dir, &mock.url());
         writeln!(
             md,
             "### POST /api/v1/labs/sessions under load\n\n{load_report}"
