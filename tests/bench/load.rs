@@ -87,9 +87,10 @@ end
     let _ = fs::remove_file(&script);
     let out = match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Err(e) => return format!(
-            "| {label} | wrk could not run ({e}); install it (`apt-get install wrk`) | | | | | |\n"
-        ),
+        Err(e) => {
+            let why = format!("wrk could not run ({e}); install it (`apt-get install wrk`)");
+            return format!("| {label} | {why} | | | | | |\n");
+        }
     };
     eprintln!("{out}");
     let find = |prefix: &str| {
