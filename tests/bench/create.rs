@@ -1,4 +1,4 @@
-//! The create side by side: this worker against a minimal JavaScript worker doing the same create, requests alternating between the two.
+//! The create side by side: this worker against a minimal JavaScript worker and a minimal workers-rs worker doing the same create, requests in turn.
 
 use std::path::Path;
 use std::time::Instant;
@@ -33,37 +33,38 @@ fn create(worker: &Worker, id: &str) -> f64 {
     ms
 }
 
-/// `n` creates on each worker (after `warmup` each), one at a time, alternating which goes first,
-/// so that both see the same machine at the same moments.
+/// `n` creates on each worker (after `warmup` each), one at a time, in turn, the order rotating
+/// every round, so that all see the same machine at the same moments.
 pub fn side_by_side(
-    ours: &Worker,
-    js: &Worker,
+    workers: &[(&str, &Worker)],
     tag: &str,
     n: usize,
     warmup: usize,
-) -> (Latencies, Latencies) {
+) -> Vec<Latencies> {
     for i in 0..warmup {
-        create(ours, &format!("{tag}-warm-rs-{i}"));
-        create(js, &format!("{tag}-warm-js-{i}"));
-    }
-    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        if i % 2 == 0 {
-            a.push(create(ours, &format!("{tag}-rs-{i}")));
-            b.push(create(js, &format!("{tag}-js-{i}")));
-        } else {
-            b.push(create(js, &format!("{tag}-js-{i}")));
-            a.push(create(ours, &format!("{tag}-rs-{i}")));
+        for (name, worker) in workers {
+            create(worker, &format!("{tag}-warm-{name}-{i}"));
         }
     }
-    a.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    b.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    (Latencies(a), Latencies(b))
+    let mut all: Vec<Vec<f64>> = workers.iter().map(|_| Vec::with_capacity(n)).collect();
+    for i in 0..n {
+        for k in 0..workers.len() {
+            let w = (i + k) % workers.len();
+            let (name, worker) = workers[w];
+            all[w].push(create(worker, &format!("{tag}-{name}-{i}")));
+        }
+    }
+    all.into_iter()
+        .map(|mut v| {
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            Latencies(v)
+        })
+        .collect()
 }
 
-/// The create, side by side with the JavaScript worker of `tests/bench/js/`, on two workers of
-/// their own (`extra_vars` for ours, e.g. the D1 index). Returns the markdown and the ratio of
-/// the p50s.
+/// The create, side by side with the JavaScript worker of `tests/bench/js/` and the minimal
+/// workers-rs worker of `tests/bench/rs/`, each on a `wrangler dev` of its own (`extra_vars` for
+/// ours, e.g. the D1 index). Returns the markdown and the ratio of our p50 to JavaScript's.
 pub fn section(
     work_dir: &Path,
     mock: &MockBackend,
@@ -72,26 +73,35 @@ pub fn section(
 ) -> (String, f64) {
     let n: usize = env_or("BENCH_CREATE_REQUESTS", 1000);
     let ours = Worker::start(
-        &work_dir.join(format!("create-rs-{label}")),
+        &work_dir.join(format!("create-ours-{label}")),
         &mock.url(),
         extra_vars,
     );
-    let js = Worker::start_spec(
-        &work_dir.join(format!("create-js-{label}")),
-        &mock.url(),
-        &[],
-        Spec {
-            log_name: "js.log",
-            config: Some("tests/bench/js/wrangler.toml"),
-            skip_build: true,
-            secrets: &[],
-        },
-    );
+    let other = |name: &str, config: &'static str, skip_build: bool| {
+        Worker::start_spec(
+            &work_dir.join(format!("create-{name}-{label}")),
+            &mock.url(),
+            &[],
+            Spec {
+                log_name: "other.log",
+                config: Some(config),
+                skip_build,
+                secrets: &[],
+            },
+        )
+    };
+    let js = other("js", "tests/bench/js/wrangler.toml", true);
+    let minimal = other("rs", "tests/bench/rs/wrangler.toml", false);
     let tag: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let (rs, jv) = side_by_side(&ours, &js, &tag, n, 100);
+    let l = side_by_side(
+        &[("ours", &ours), ("js", &js), ("rs", &minimal)],
+        &tag,
+        n,
+        100,
+    );
     let row = |name: &str, l: &Latencies| {
         format!(
             "| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
@@ -100,11 +110,15 @@ pub fn section(
             l.percentile(0.99)
         )
     };
-    let ratio = rs.percentile(0.5) / jv.percentile(0.5);
+    let p50 = |i: usize| l[i].percentile(0.5);
+    let ratio = p50(0) / p50(1);
     let md = format!(
-        "{n} creates on each ({label}), one at a time, alternating between the two workers, after 100 each to warm up; each request its own lab (1 master + 2 workers); both on `wrangler dev` on this machine at the same moments.\n\n| worker | p50 | p90 | p99 |\n|---|---|---|---|\n{}{}\nOurs / JavaScript at p50: **{ratio:.2}x**.\n",
-        row("labs-cleanup (Rust, wasm)", &rs),
-        row("minimal JavaScript worker (`tests/bench/js/`)", &jv),
+        "{n} creates on each ({label}), one at a time, in turn, after 100 each to warm up; each request its own lab (1 master + 2 workers); all three on `wrangler dev` on this machine at the same moments.\n\n| worker | p50 | p90 | p99 |\n|---|---|---|---|\n{}{}{}\nAt p50: ours / JavaScript **{ratio:.2}x**; the minimal workers-rs worker / JavaScript **{:.2}x**; ours / the minimal workers-rs worker **{:.2}x**.\n",
+        row("labs-cleanup (Rust, wasm)", &l[0]),
+        row("minimal JavaScript worker (`tests/bench/js/`)", &l[1]),
+        row("minimal workers-rs worker (`tests/bench/rs/`)", &l[2]),
+        p50(2) / p50(1),
+        p50(0) / p50(2),
     );
     (md, ratio)
 }
