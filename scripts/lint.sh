@@ -5,5 +5,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The benchmark's minimal workers-rs worker is a crate of its own (tests/bench/rs/), built for wasm.
+cargo fmt --manifest-path tests/bench/rs/Cargo.toml -- --check
+cargo clippy --manifest-path tests/bench/rs/Cargo.toml --target wasm32-unknown-unknown -- -D warnings
 # The GitHub workflows against the GitHub workflow schema (vendored in check-jsonschema: offline).
 .tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
