@@ -65,17 +65,31 @@ impl SessionManager {
         store.save(session, alarm_at(session, config)).await
     }
 
-    /// After the answer: logs `line` (if any) and brings the index row up to date. The answer
-    /// never waits for either (a console line costs about as much as a create, and the index is
-    /// a copy); a failed row write is remembered and repaired by the alarm.
-    fn after_answer(&self, line: Option<String>, config: Rc<Config>) {
+    /// A request's change of the record: saved (with its alarm), answered with the lab's status
+    /// view, and `line` logged after the answer.
+    async fn save_and_answer(
+        &self,
+        store: &Store,
+        mut session: Session,
+        config: Rc<Config>,
+        status: u16,
+        line: String,
+    ) -> Result<Response> {
+        self.persist(store, &mut session, &config).await?;
+        let answer = respond::json(status, &session.view());
+        self.after_answer(line, config);
+        answer
+    }
+
+    /// After the answer: logs `line` and brings the index row up to date. The answer never waits
+    /// for either (a console line costs about as much as a create, and the index is a copy); a
+    /// failed row write is remembered and repaired by the alarm.
+    fn after_answer(&self, line: String, config: Rc<Config>) {
         let store = Store::new(&self.storage);
         let env = self.env.clone();
         self.state.wait_until(async move {
             worker::Delay::from(std::time::Duration::ZERO).await;
-            if let Some(line) = line {
-                console_log!("{line}");
-            }
+            console_log!("{line}");
             if let Err(e) = sync_index(&store, &env, &config).await {
                 console_error!("{LOG_PREFIX} writing the index row failed on storage: {e}");
             }
@@ -206,7 +220,6 @@ impl SessionManager {
                     config.expiry_spread_ms(),
                     random(),
                 );
-                self.persist(store, &mut session, &config).await?;
                 let line = format!(
                     "{LOG_PREFIX} Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                     match session.lab_type() {
@@ -219,9 +232,8 @@ impl SessionManager {
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
                 );
-                let answer = respond::json(201, &session.view());
-                self.after_answer(Some(line), config);
-                answer
+                self.save_and_answer(store, session, config, 201, line)
+                    .await
             }
             // A retried POST of the same lab: answer with the current state, change nothing
             // (in particular, do not push the expiry back).
@@ -264,16 +276,12 @@ impl SessionManager {
         if !session.end_now(now_ms()) {
             return respond::json(202, &session.view());
         }
-        self.persist(store, &mut session, &config).await?;
-        let answer = respond::json(202, &session.view());
-        self.after_answer(
-            Some(format!(
-                "{LOG_PREFIX} Lab {} ended by request; cleanup starts now",
-                session.lab_request_id
-            )),
-            config,
+        let line = format!(
+            "{LOG_PREFIX} Lab {} ended by request; cleanup starts now",
+            session.lab_request_id
         );
-        answer
+        self.save_and_answer(store, session, config, 202, line)
+            .await
     }
 
     async fn retry(&self, store: &Store) -> Result<Response> {
@@ -284,17 +292,13 @@ impl SessionManager {
         match session.retry_now(now_ms()) {
             Ok(false) => respond::json(202, &session.view()),
             Ok(true) => {
-                self.persist(store, &mut session, &config).await?;
-                let answer = respond::json(202, &session.view());
-                self.after_answer(
-                    Some(format!(
-                        "{LOG_PREFIX} Retry of lab {} requested by an operator; attempt {} starts now",
-                        session.lab_request_id,
-                        session.attempts + 1
-                    )),
-                    config,
+                let line = format!(
+                    "{LOG_PREFIX} Retry of lab {} requested by an operator; attempt {} starts now",
+                    session.lab_request_id,
+                    session.attempts + 1
                 );
-                answer
+                self.save_and_answer(store, session, config, 202, line)
+                    .await
             }
             Err(Refusal::Conflict(message)) | Err(Refusal::Invalid(message)) => {
                 respond::error(&ApiError::Conflict(message))
@@ -313,17 +317,13 @@ impl SessionManager {
             config.max_duration_minutes,
         ) {
             Ok(()) => {
-                self.persist(store, &mut session, &config).await?;
-                let answer = respond::json(200, &session.view());
-                self.after_answer(
-                    Some(format!(
-                        "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
-                        session.lab_request_id,
-                        rfc3339(session.expires_at_ms)
-                    )),
-                    config,
+                let line = format!(
+                    "{LOG_PREFIX} Lab {} extended by {minutes} minutes; now expires at {}",
+                    session.lab_request_id,
+                    rfc3339(session.expires_at_ms)
                 );
-                answer
+                self.save_and_answer(store, session, config, 200, line)
+                    .await
             }
             Err(Refusal::Conflict(message)) => respond::error(&ApiError::Conflict(message)),
             Err(Refusal::Invalid(message)) => respond::error(&ApiError::InvalidRequest(message)),
