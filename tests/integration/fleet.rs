@@ -10,20 +10,6 @@ use crate::support::*;
 
 const SESSIONS: &str = "/api/v1/labs/sessions";
 
-fn lab(id: &str, user: &str, duration: u64, workers: &[&str]) -> Value {
-    let nodes: Vec<Value> = workers
-        .iter()
-        .map(|w| json!({ "worker_lab_request_id": w }))
-        .collect();
-    json!({"lab_request_id": id, "user_id": user, "duration": duration, "worker_nodes": nodes})
-}
-
-fn create(ctx: &Ctx, id: &str, user: &str, duration: u64, workers: &[&str]) -> Value {
-    let r = ctx.worker.create(&lab(id, user, duration, workers));
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
-}
-
 /// `GET /api/v1/labs/sessions?{query}` with the operator token; the answer's JSON.
 pub fn list(ctx: &Ctx, query: &str) -> Value {
     let r = ctx
@@ -80,7 +66,7 @@ fn wait_row(ctx: &Ctx, user: &str, id: &str, secs: u64, done: impl Fn(&Value) ->
 pub fn the_index_row_follows_every_change(ctx: &Ctx) {
     let (m, w, user) = ("idx-master", "idx-worker", "idx-user");
     let created = Instant::now();
-    let v = create(ctx, m, user, 600, &[w]);
+    let v = create_lab(ctx, m, user, 600, &[w]);
     let row = wait_row(ctx, user, m, 5, |_| true);
     assert!(
         created.elapsed() < Duration::from_secs(2),
@@ -172,10 +158,10 @@ pub fn the_list_filters_and_pages(ctx: &mut Ctx) {
     let user = "flt-user";
     // Three scheduled labs far apart, two quickly completed, one stuck (a VM that always fails).
     for (i, duration) in [3000u64, 3100, 3200].iter().enumerate() {
-        create(ctx, &format!("flt-sched-{i}"), user, *duration, &[]);
+        create_lab(ctx, &format!("flt-sched-{i}"), user, *duration, &[]);
     }
     for i in 0..2 {
-        create(ctx, &format!("flt-done-{i}"), user, 1, &[]);
+        create_lab(ctx, &format!("flt-done-{i}"), user, 1, &[]);
     }
     let stuck_vm = "flt-stuck-w";
     ctx.mock.add_fault(Fault::on(
@@ -183,7 +169,7 @@ pub fn the_list_filters_and_pages(ctx: &mut Ctx) {
         Endpoint::DeleteVm,
         Action::Status { status: 500 },
     ));
-    create(ctx, "flt-stuck", user, 1, &[stuck_vm]);
+    create_lab(ctx, "flt-stuck", user, 1, &[stuck_vm]);
     wait_row(ctx, user, "flt-stuck", 20, |r| r["stuck"] == true);
     wait_row(ctx, user, "flt-done-1", 10, |r| r["status"] == "completed");
     wait_row(ctx, user, "flt-done-0", 10, |r| r["status"] == "completed");
@@ -308,7 +294,7 @@ pub fn stats_summarize_the_fleet(ctx: &Ctx) {
         )
         .times(1),
     );
-    create(ctx, m, "stats-user", 1, &[w]);
+    create_lab(ctx, m, "stats-user", 1, &[w]);
     wait_row(ctx, "stats-user", m, 15, |r| r["status"] == "retrying");
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -376,7 +362,7 @@ pub fn retry_now_in_each_state(ctx: &Ctx) {
         )
         .times(1),
     );
-    create(ctx, m, user, 1, &[w]);
+    create_lab(ctx, m, user, 1, &[w]);
     let v = poll_status(ctx, m, 15, |v| v["status"] == "retrying");
     let parked_until = epoch_ms(&v["next_attempt_at"]);
     let now = now_ms();
@@ -403,7 +389,7 @@ pub fn retry_now_in_each_state(ctx: &Ctx) {
     assert_eq!(r.status, 409, "completed: {}", r.text());
     assert_eq!(r.json()["error"]["code"], "conflict");
 
-    create(ctx, "rn-scheduled", user, 600, &[]);
+    create_lab(ctx, "rn-scheduled", user, 600, &[]);
     let r = ctx
         .worker
         .operator("POST", &format!("{SESSIONS}/rn-scheduled/retry"), b"");
@@ -421,7 +407,7 @@ pub fn retry_now_in_each_state(ctx: &Ctx) {
     // Being cleaned up: a slow backend keeps the attempt running while we ask.
     ctx.mock
         .add_fault(Fault::on("rn-slow", Endpoint::DeleteVm, Action::Delay { ms: 1_500 }).times(1));
-    create(ctx, "rn-slow", user, 600, &[]);
+    create_lab(ctx, "rn-slow", user, 600, &[]);
     let r = ctx
         .worker
         .raw("DELETE", &format!("{SESSIONS}/rn-slow"), &[], b"");
@@ -482,7 +468,7 @@ pub fn a_failing_index_loses_nothing_and_is_repaired(ctx: &mut Ctx) {
 
     let (m, w, user) = ("broken-idx-master", "broken-idx-worker", "broken-idx-user");
     ctx.worker.d1(&away);
-    create(ctx, m, user, 1, &[w]);
+    create_lab(ctx, m, user, 1, &[w]);
     let calls = wait_exactly(ctx, &[m, w], 3, 15, 1);
     assert!(calls.iter().all(|c| c.status == Some(200)));
     let v = poll_status(ctx, m, 10, |v| v["status"] == "completed");
@@ -539,7 +525,7 @@ pub fn paging_ten_thousand_labs_while_adding(ctx: &mut Ctx) {
         let writer = scope.spawn(|| {
             let mut n = 0;
             while adding.load(std::sync::atomic::Ordering::SeqCst) {
-                create(ctx, &format!("bulk-new-{n}"), user, 6000 + n, &[]);
+                create_lab(ctx, &format!("bulk-new-{n}"), user, 6000 + n, &[]);
                 n += 1;
             }
             n
@@ -610,9 +596,9 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         )
         .times(1),
     );
-    create(ctx, stuck, "dash-user", 1, &[worker_vm]);
-    create(ctx, "dash-scheduled", "dash-user", 6000, &[]);
-    create(ctx, "dash-done", "dash-user-2", 1, &[]);
+    create_lab(ctx, stuck, "dash-user", 1, &[worker_vm]);
+    create_lab(ctx, "dash-scheduled", "dash-user", 6000, &[]);
+    create_lab(ctx, "dash-done", "dash-user-2", 1, &[]);
     // Three failed attempts, then parked for an hour by the Retry-After: stuck, and waiting.
     poll_status(ctx, stuck, 30, |v| {
         v["attempts"].as_u64() >= Some(4) && v["status"] == "retrying"

@@ -25,15 +25,7 @@ fn extend(ctx: &Ctx, id: &str, minutes: Value) -> mock_backend::http::Response {
 }
 
 fn create(ctx: &Ctx, id: &str, duration: u64, workers: &[&str]) -> Value {
-    let nodes: Vec<Value> = workers
-        .iter()
-        .map(|w| json!({ "worker_lab_request_id": w }))
-        .collect();
-    let r = ctx.worker.create(&json!({
-        "lab_request_id": id, "user_id": "user-l", "duration": duration, "worker_nodes": nodes
-    }));
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
+    create_lab(ctx, id, "user-l", duration, workers)
 }
 
 fn poll(ctx: &Ctx, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mock_backend::http::{self, Response};
 use mock_backend::{Call, Endpoint, MockBackend, Options};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Seconds in one `duration` unit for the tests: a `duration: 2` lab expires in 2 s.
 pub const DURATION_UNIT_SECONDS: u64 = 1;
@@ -251,26 +251,38 @@ impl Worker {
     }
 
     /// Runs SQL on this worker's local D1 index (`wrangler d1 execute --local`), as an operator
-    /// would; returns wrangler's output.
+    /// would; returns wrangler's output. The running worker shares the SQLite file: a moment
+    /// when it holds the write lock fails the command with `SQLITE_BUSY` (nothing applied), so
+    /// that failure is tried again a few times.
     pub fn d1(&self, sql_file: &Path) -> String {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("node_modules/.bin/wrangler"))
-            .current_dir(root)
-            .args(["d1", "execute", "DB", "--local", "--persist-to"])
-            .arg(&self.state_dir)
-            .arg("--file")
-            .arg(sql_file)
-            .env("CI", "true")
-            .env("WRANGLER_SEND_METRICS", "false")
-            .output()
-            .expect("wrangler d1 execute");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "wrangler d1 execute failed:\n{text}");
-        text
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let out = Command::new(root.join("node_modules/.bin/wrangler"))
+                .current_dir(root)
+                .args(["d1", "execute", "DB", "--local", "--persist-to"])
+                .arg(&self.state_dir)
+                .arg("--file")
+                .arg(sql_file)
+                .env("CI", "true")
+                .env("WRANGLER_SEND_METRICS", "false")
+                .output()
+                .expect("wrangler d1 execute");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                return text;
+            }
+            assert!(
+                text.contains("SQLITE_BUSY") && tries < 5,
+                "wrangler d1 execute failed (try {tries}):\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn spawn(&mut self) {
@@ -526,6 +538,23 @@ fn strip_ansi(text: &str) -> String {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A create request's body: lab `id` of `user`, `duration` minutes (in the test's unit), one
+/// `worker_nodes` entry per id of `workers`.
+pub fn lab(id: &str, user: &str, duration: u64, workers: &[&str]) -> Value {
+    let nodes: Vec<Value> = workers
+        .iter()
+        .map(|w| json!({ "worker_lab_request_id": w }))
+        .collect();
+    json!({"lab_request_id": id, "user_id": user, "duration": duration, "worker_nodes": nodes})
+}
+
+/// Creates the lab (`lab`'s body), asserts the `201`, and returns the answer's JSON.
+pub fn create_lab(ctx: &Ctx, id: &str, user: &str, duration: u64, workers: &[&str]) -> Value {
+    let r = ctx.worker.create(&lab(id, user, duration, workers));
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
 }
 
 /// What every test gets: the mock backend, the webhook receiver, and the worker wired to both.

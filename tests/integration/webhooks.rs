@@ -8,15 +8,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 fn create(ctx: &Ctx, id: &str, duration: u64, workers: &[&str]) -> Value {
-    let nodes: Vec<Value> = workers
-        .iter()
-        .map(|w| json!({ "worker_lab_request_id": w }))
-        .collect();
-    let r = ctx.worker.create(&json!({
-        "lab_request_id": id, "user_id": "hook-user", "duration": duration, "worker_nodes": nodes,
-    }));
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
+    create_lab(ctx, id, "hook-user", duration, workers)
 }
 
 fn types(deliveries: &[Value]) -> Vec<String> {
