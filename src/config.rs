@@ -1,8 +1,5 @@
 //! Configuration: every `[vars]` entry and secret is read and checked here, and nowhere else.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use thiserror::Error;
 
 use crate::lab::retry::Policy;
@@ -188,11 +185,23 @@ impl Config {
             }),
         };
 
+        let api_token = get("API_TOKEN");
+        let operator_token = get("OPERATOR_TOKEN");
+        // One token per role: with the same value, the frontend's server would hold every fleet
+        // route (every user's labs, retry now).
+        if api_token.is_some() && api_token == operator_token {
+            return Err(ConfigError::Invalid {
+                name: "OPERATOR_TOKEN",
+                expected: "different from API_TOKEN (one token per role)".into(),
+                value: None,
+            });
+        }
+
         Ok(Config {
             backend_url,
             backend_api_token: get("BACKEND_API_TOKEN"),
-            api_token: get("API_TOKEN"),
-            operator_token: get("OPERATOR_TOKEN"),
+            api_token,
+            operator_token,
             stuck_after_attempts: number(
                 "STUCK_AFTER_ATTEMPTS",
                 DEFAULT_STUCK_AFTER_ATTEMPTS,
@@ -269,30 +278,28 @@ impl Config {
         })
     }
 
+    /// Every setting at its default, for what must go on when the settings are broken (adopting
+    /// a legacy record, timing the next look). No backend call is ever made with it.
+    pub fn defaults() -> Config {
+        Config::from_lookup(|name| (name == "BACKEND_URL").then(|| "https://unset.invalid".into()))
+            .expect("the defaults are a valid configuration (unit-tested)")
+    }
+
+    /// The rules an adopted legacy record must meet (today's, see `lab::legacy`).
+    pub fn adoption_rules(&self) -> crate::lab::legacy::Rules {
+        crate::lab::legacy::Rules {
+            unit_ms: self.duration_unit_ms(),
+            max_workers: self.max_worker_nodes,
+            max_duration_minutes: self.max_duration_minutes,
+        }
+    }
+
     /// Milliseconds before the expiry `lab.expiring` is due, when webhooks are on.
     pub fn warn_before_ms(&self) -> Option<i64> {
         match &self.webhooks {
             Webhooks::On(w) => Some(self.duration_ms(w.warn_before_minutes)),
             _ => None,
         }
-    }
-
-    /// Reads the configuration from the worker's `[vars]` and secrets, once per isolate: an
-    /// isolate serves one deployment, whose settings never change under it (a new setting or
-    /// secret is a new deployment, hence a new isolate). The result, error included, is cached.
-    pub fn from_env(env: &worker::Env) -> Result<Rc<Config>, ConfigError> {
-        thread_local! {
-            static CACHED: RefCell<Option<Result<Rc<Config>, ConfigError>>> = const { RefCell::new(None) };
-        }
-        CACHED.with(|cached| {
-            cached
-                .borrow_mut()
-                .get_or_insert_with(|| {
-                    Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()))
-                        .map(Rc::new)
-                })
-                .clone()
-        })
     }
 
     /// Milliseconds between cleanup attempts.
@@ -325,7 +332,9 @@ impl Config {
 
     /// Milliseconds in `units` of `duration`.
     pub fn duration_ms(&self, units: u64) -> i64 {
-        units as i64 * self.duration_unit_ms()
+        i64::try_from(units)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(self.duration_unit_ms())
     }
 }
 
@@ -646,5 +655,32 @@ mod tests {
         ])
         .unwrap_err();
         assert!(!e.to_string().contains("top-secret"));
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.retry_ms(), 300_000);
+        assert_eq!(c.max_worker_nodes, 48);
+        assert_eq!(c.webhooks, Webhooks::Off);
+    }
+
+    #[test]
+    fn one_token_per_role() {
+        let e = config(&[
+            ("BACKEND_URL", "http://x"),
+            ("API_TOKEN", "same-value-1"),
+            ("OPERATOR_TOKEN", "same-value-1"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting(), "OPERATOR_TOKEN");
+        assert!(e.to_string().contains("different from API_TOKEN"));
+        assert!(!e.detail().contains("same-value-1"), "{}", e.detail());
+        assert!(config(&[
+            ("BACKEND_URL", "http://x"),
+            ("API_TOKEN", "a-1"),
+            ("OPERATOR_TOKEN", "b-2"),
+        ])
+        .is_ok());
     }
 }

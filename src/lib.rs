@@ -17,6 +17,8 @@ use crate::api::routes::{self, Route};
 use crate::api::validation::{self, Limits};
 use crate::api::{auth, fleet, respond};
 use crate::config::{Config, Webhooks};
+use crate::lab::cleanup::Level;
+use crate::platform::runtime::console;
 use crate::platform::{index, session_manager};
 
 pub use crate::platform::session_manager::SessionManager;
@@ -24,9 +26,13 @@ pub use crate::platform::session_manager::SessionManager;
 /// Name of the Durable Object binding in `wrangler.toml`.
 const SESSION_MANAGER_BINDING: &str = "SESSION_MANAGER";
 
+/// A panic is logged as one error line, escaped like every other line: its message may quote
+/// the data that caused it (a request's bytes), so it never goes to the console as it is.
 #[event(start)]
 fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console(Level::Error, &format!("[panic] {info}"));
+    }));
 }
 
 /// Answers with a raw `web_sys::Response`: a lab object's answer is passed through as it came,
@@ -38,7 +44,7 @@ async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<web_
         Err(e) => {
             // A configuration error was logged with its detail where it was met.
             if e.status() >= 500 && !matches!(e, ApiError::NotConfigured(_)) {
-                worker::console_error!("[router] {e}");
+                console(Level::Error, &format!("[router] {e}"));
             }
             respond::error(&e).map(Into::into)
         }
@@ -54,28 +60,19 @@ async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiErr
     // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
     let method = request.inner().method();
     if path.starts_with("/api/") {
-        // Every API call is authenticated before anything else is looked at; no token
-        // configured (or any broken setting) refuses the call.
-        let config = config(env)?;
-        // Webhooks configured but broken: the API refuses calls (naming the setting) while the
-        // alarms go on cleaning up; `/healthz` stays ready.
-        if let Webhooks::Broken(e) = &config.webhooks {
-            worker::console_error!("[config] {}", e.detail());
-            return Err(ApiError::from(e.clone()));
-        }
+        // Authentication first, from the two secrets alone: a caller without a valid token
+        // learns nothing else (not even that a setting is broken).
+        let secret = |name: &str| platform::env::var(env, name);
         let authorization = request.headers().get("Authorization").ok().flatten();
         let caller = auth::authenticate(
-            config.api_token.as_deref(),
-            config.operator_token.as_deref(),
+            secret("API_TOKEN").as_deref(),
+            secret("OPERATOR_TOKEN").as_deref(),
             authorization.as_deref(),
         )?;
+        // Only an authenticated caller is told which setting is wrong (never its value).
+        let config = ready_config(env)?;
         let route = routes::route(&method, &path)?;
-        auth::authorize(
-            caller,
-            route.access(),
-            config.api_token.is_some(),
-            config.operator_token.is_some(),
-        )?;
+        auth::authorize(caller, route.access(), config.api_token.is_some())?;
         return api(route, request, env, &config).await;
     }
     match routes::route(&method, &path)? {
@@ -87,27 +84,45 @@ async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiErr
 /// The configuration, or the `503 not_configured` error; the error's detail (with the value of
 /// a non-secret setting) goes to the log, never to the caller.
 fn config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
-    Config::from_env(env).map_err(|e| {
-        worker::console_error!("[config] {}", e.detail());
+    platform::env::config(env).map_err(|e| {
+        console(Level::Error, &format!("[config] {}", e.detail()));
         ApiError::from(e)
     })
 }
 
+/// The configuration as the API needs it: valid, webhooks included (a broken webhook setting
+/// refuses the API while the alarms go on cleaning up).
+fn ready_config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
+    let config = config(env)?;
+    if let Webhooks::Broken(e) = &config.webhooks {
+        console(Level::Error, &format!("[config] {}", e.detail()));
+        return Err(ApiError::from(e.clone()));
+    }
+    Ok(config)
+}
+
 /// `GET /healthz`: a cheap readiness check for load balancers and smoke tests. `200
-/// {"status":"ok"}` when the settings are valid and the API can take calls; `503
-/// {"status":"not_configured"}` otherwise, naming nothing (the log says what is wrong).
+/// {"status":"ok"}` exactly when the API can take calls; `503 {"status":"not_configured"}`
+/// whenever an API route would answer `503 not_configured`, naming nothing (the log says what is
+/// wrong).
 fn health(env: &Env) -> Result<Response, ApiError> {
-    let ready = match config(env) {
+    let ready = match ready_config(env) {
         Ok(config) if config.fleet_index && !index::is_bound(env) => {
-            worker::console_error!(
-                "[config] the D1 binding {} is missing; the fleet index cannot be written",
-                index::DB_BINDING
+            console(
+                Level::Error,
+                &format!(
+                    "[config] the D1 binding {} is missing; the fleet index cannot be written",
+                    index::DB_BINDING
+                ),
             );
             false
         }
         Ok(config) if config.api_token.is_some() => true,
         Ok(_) => {
-            worker::console_error!("[config] API_TOKEN is not set; the API refuses every call");
+            console(
+                Level::Error,
+                "[config] API_TOKEN is not set; the API refuses every call",
+            );
             false
         }
         Err(_) => false,
@@ -185,13 +200,14 @@ async fn api(
     }
 }
 
-/// The fleet routes read the index: `FLEET_INDEX = "off"` leaves them nothing to read.
+/// The fleet routes read the index: `FLEET_INDEX = "off"` (a choice, not a broken setting)
+/// leaves them nothing to read.
 fn index_on(config: &Config) -> Result<(), ApiError> {
     if config.fleet_index {
         Ok(())
     } else {
-        Err(ApiError::NotConfigured(
-            "FLEET_INDEX is off: no fleet index to list".into(),
+        Err(ApiError::Unavailable(
+            "FLEET_INDEX is off: there is no fleet index to read".into(),
         ))
     }
 }
@@ -212,7 +228,7 @@ fn index_timeout(config: &Config) -> std::time::Duration {
 
 /// The index failed a fleet-wide query: logged in full, answered as a 503 in words.
 fn unavailable(e: index::IndexError) -> ApiError {
-    worker::console_error!("[index] {e}");
+    console(Level::Error, &format!("[index] {e}"));
     ApiError::Unavailable("the fleet index did not answer; try again".into())
 }
 
@@ -240,9 +256,10 @@ async fn json_body(mut request: Request) -> Result<Vec<u8>, ApiError> {
     {
         validation::check_body_size(declared)?;
     }
-    let body = request.bytes().await.map_err(internal)?;
-    validation::check_body_size(body.len())?;
-    Ok(body)
+    if request.inner().body().is_none() {
+        return Ok(Vec::new());
+    }
+    validation::read_bounded(request.stream().map_err(internal)?).await
 }
 
 /// `POST /api/v1/labs/sessions`: validate, then hand over to the lab's `SessionManager`.

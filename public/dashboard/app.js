@@ -59,7 +59,7 @@ async function api(method, path) {
 
 function say(text, kind = "error") {
   const box = $("#message");
-  box.textContent = text;
+  box.textContent = visible(text);
   box.className = kind;
   box.hidden = !text;
 }
@@ -81,6 +81,16 @@ function time(iso) {
   });
 }
 
+/**
+ * Text from the API made safe to look at: control characters (Cc), format characters (Cf: bidi
+ * overrides such as U+202E, zero-width characters) and U+2028/U+2029 shown as `\u{202e}`, the
+ * way the worker's log shows them. An id, a `vm.name` or a backend's error may hold any of them.
+ */
+const UNSAFE = /[\p{Cc}\p{Cf}\u2028\u2029]/gu;
+function visible(text) {
+  return String(text ?? "").replace(UNSAFE, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -89,7 +99,7 @@ function el(tag, attrs = {}, ...children) {
     else node[k] = v;
   }
   for (const child of children) {
-    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+    node.append(child instanceof Node ? child : document.createTextNode(visible(child)));
   }
   return node;
 }
@@ -166,7 +176,7 @@ function list(title, items) {
 async function openLab(id, scroll = true) {
   const lab = await api("GET", `/api/v1/labs/sessions/${encodeURIComponent(id)}`);
   state.open = id;
-  $("#detail-id").textContent = id;
+  $("#detail-id").textContent = visible(id);
   const errors = lab.last_outcome ? lab.last_outcome.errors : [];
   const facts = [
     ["Status", badge(lab.status, false)],

@@ -21,20 +21,16 @@ pub enum Access {
 }
 
 /// Identifies the caller from `authorization` (the request's `Authorization` header) against
-/// both configured tokens, each compared in constant time. No token configured at all refuses
-/// everything (503): the API never runs open by mistake.
+/// both configured tokens, each compared in constant time. Authentication comes before anything
+/// else, the configuration's state included: a caller without a valid token learns nothing but
+/// `401` (no token configured at all: nobody has a valid one, so the API never runs open).
 pub fn authenticate(
     api_token: Option<&str>,
     operator_token: Option<&str>,
     authorization: Option<&str>,
 ) -> Result<Caller, ApiError> {
-    let api_token = api_token.filter(|t| !t.is_empty());
-    let operator_token = operator_token.filter(|t| !t.is_empty());
-    if api_token.is_none() && operator_token.is_none() {
-        return Err(ApiError::NotConfigured(
-            "API_TOKEN is not set; the API refuses every request until it is".into(),
-        ));
-    }
+    let api_token = api_token.filter(|t| !t.trim().is_empty());
+    let operator_token = operator_token.filter(|t| !t.trim().is_empty());
     let presented = authorization
         .and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
@@ -50,32 +46,21 @@ pub fn authenticate(
     match (is_operator, is_frontend) {
         (true, _) => Ok(Caller::Operator),
         (false, true) => Ok(Caller::Frontend),
-        // Only the operator's token is configured: a frontend's call fails on the missing setting,
-        // which is what to fix, not on its token.
-        (false, false) if api_token.is_none() => Err(ApiError::NotConfigured(
-            "API_TOKEN is not set; the per-lab routes refuse every request until it is".into(),
-        )),
         (false, false) => Err(ApiError::Unauthorized(
             "the bearer token is not valid".into(),
         )),
     }
 }
 
-/// Whether `caller` may use a route of `access`, given which tokens are configured.
-pub fn authorize(
-    caller: Caller,
-    access: Access,
-    api_token_set: bool,
-    operator_token_set: bool,
-) -> Result<(), ApiError> {
+/// Whether an authenticated `caller` may use a route of `access`. The per-lab routes need
+/// `API_TOKEN` configured (the operator learns it is missing: `503`); the fleet routes need the
+/// operator's token.
+pub fn authorize(caller: Caller, access: Access, api_token_set: bool) -> Result<(), ApiError> {
     match access {
         Access::PerLab if !api_token_set => Err(ApiError::NotConfigured(
             "API_TOKEN is not set; the per-lab routes refuse every request until it is".into(),
         )),
         Access::PerLab => Ok(()),
-        Access::Fleet if !operator_token_set => Err(ApiError::NotConfigured(
-            "OPERATOR_TOKEN is not set; the fleet-wide routes (list, stats, retry) refuse every request until it is".into(),
-        )),
         Access::Fleet if caller == Caller::Operator => Ok(()),
         Access::Fleet => Err(ApiError::Forbidden(
             "this route sees every user's labs: it needs the operator token (OPERATOR_TOKEN), not API_TOKEN".into(),
@@ -135,11 +120,11 @@ mod tests {
     }
 
     #[test]
-    fn no_configured_token_fails_closed() {
-        for expected in [None, Some("")] {
+    fn no_configured_token_fails_closed_with_401() {
+        for expected in [None, Some(""), Some("  ")] {
             let e = check(expected, Some("Bearer anything")).unwrap_err();
-            assert_eq!(e.status(), 503);
-            assert_eq!(e.code(), "not_configured");
+            assert_eq!((e.status(), e.code()), (401, "unauthorized"));
+            assert_eq!(check(expected, None).unwrap_err().status(), 401);
         }
     }
 
@@ -149,34 +134,29 @@ mod tests {
         assert_eq!(both("Bearer front"), Ok(Caller::Frontend));
         assert_eq!(both("Bearer ops"), Ok(Caller::Operator));
         assert_eq!(both("Bearer other").unwrap_err().status(), 401);
-        // Only the operator token configured: it authenticates; nothing else does.
+        // Only the operator token configured: it authenticates; nothing else does, and nobody
+        // without it learns what is missing.
         assert_eq!(
             authenticate(None, Some("ops"), Some("Bearer ops")),
             Ok(Caller::Operator)
         );
-        // ... and any other token is told that API_TOKEN is missing (fail closed, with the cause).
         let e = authenticate(None, Some("ops"), Some("Bearer front")).unwrap_err();
-        assert_eq!((e.status(), e.code()), (503, "not_configured"));
-        assert!(e.to_string().contains("API_TOKEN"));
+        assert_eq!((e.status(), e.code()), (401, "unauthorized"));
     }
 
     #[test]
     fn the_fleet_routes_need_the_operator_token() {
         use Access::*;
         use Caller::*;
-        assert_eq!(authorize(Operator, Fleet, true, true), Ok(()));
-        assert_eq!(authorize(Operator, PerLab, true, true), Ok(()));
-        assert_eq!(authorize(Frontend, PerLab, true, true), Ok(()));
-        let e = authorize(Frontend, Fleet, true, true).unwrap_err();
+        assert_eq!(authorize(Operator, Fleet, true), Ok(()));
+        assert_eq!(authorize(Operator, PerLab, true), Ok(()));
+        assert_eq!(authorize(Frontend, PerLab, true), Ok(()));
+        let e = authorize(Frontend, Fleet, true).unwrap_err();
         assert_eq!((e.status(), e.code()), (403, "forbidden"));
-        for caller in [Frontend, Operator] {
-            let e = authorize(caller, Fleet, true, false).unwrap_err();
-            assert_eq!(e.status(), 503);
-            assert!(e.to_string().contains("OPERATOR_TOKEN"));
-            let e = authorize(caller, PerLab, false, true).unwrap_err();
-            assert_eq!(e.status(), 503);
-            assert!(e.to_string().contains("API_TOKEN"));
-        }
+        // The operator learns that API_TOKEN is missing.
+        let e = authorize(Operator, PerLab, false).unwrap_err();
+        assert_eq!((e.status(), e.code()), (503, "not_configured"));
+        assert!(e.to_string().contains("API_TOKEN"));
     }
 
     #[test]

@@ -161,14 +161,17 @@ pub fn encode_cursor(cursor: &Cursor) -> String {
 
 fn decode_cursor(value: &str) -> Result<Cursor, ApiError> {
     let bad = || invalid("cursor is not one this API gave out (use next_cursor as it is)".into());
-    if value.len() % 2 != 0 || value.len() > 400 {
+    // Byte pairs, never string slices: a cursor is anything a caller sends, multi-byte
+    // characters included (`a%C3%A9b` once split a character and panicked).
+    let hex = value.as_bytes();
+    if hex.len() % 2 != 0 || hex.len() > 400 {
         return Err(bad());
     }
-    let bytes: Vec<u8> = (0..value.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&value[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
+    let bytes: Vec<u8> = hex
+        .chunks_exact(2)
+        .map(|pair| Some((hex_digit(pair[0])? << 4) | hex_digit(pair[1])?))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let rest = text.strip_prefix("v1:").ok_or_else(bad)?;
     let (expires_at, id) = rest.split_once(':').ok_or_else(bad)?;
@@ -178,6 +181,10 @@ fn decode_cursor(value: &str) -> Result<Cursor, ApiError> {
         expires_at,
         lab_request_id: id.to_string(),
     })
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 /// A value bound to a statement.
@@ -483,7 +490,18 @@ mod tests {
                 "{limit}"
             );
         }
-        for cursor in ["zz", "abc", "7631", &"0".repeat(500), "76313a783a79"] {
+        for cursor in [
+            "zz",
+            "abc",
+            "7631",
+            &"0".repeat(500),
+            "76313a783a79",
+            // Multi-byte characters (`a%C3%A9b` once panicked on a split character).
+            "aéb",
+            "é",
+            "+7",
+            "７６",
+        ] {
             assert!(
                 err(&format!("cursor={cursor}")).starts_with("cursor is not one"),
                 "{cursor}"

@@ -5,10 +5,8 @@ use serde_json::{Map, Value};
 use crate::api::error::ApiError;
 pub use crate::lab::session::NewSession;
 
-/// Longest accepted id (`lab_request_id`, `user_id`, `worker_lab_request_id`).
-pub const MAX_ID_LEN: usize = 128;
-/// Longest accepted `vm.name` (kept for logs only).
-pub const MAX_VM_NAME_LEN: usize = 256;
+use crate::lab::limits::{describe_char, id_problem, IdProblem};
+pub use crate::lab::limits::{MAX_ID_LEN, MAX_VM_NAME_LEN};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -48,6 +46,24 @@ pub fn check_body_size(len: usize) -> Result<(), ApiError> {
     } else {
         Ok(())
     }
+}
+
+/// Reads a body from its chunks, keeping at most `MAX_BODY_BYTES`: the first chunk past the
+/// limit stops the reading with a 413, whatever `Content-Length` said or whether it was sent at
+/// all (a chunked body is never read whole first).
+pub async fn read_bounded<E: std::fmt::Display>(
+    chunks: impl futures::Stream<Item = Result<Vec<u8>, E>>,
+) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    futures::pin_mut!(chunks);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|e| invalid(format!("the request body could not be read: {e}")))?;
+        check_body_size(body.len().saturating_add(chunk.len()))?;
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {
@@ -180,31 +196,16 @@ fn required_id(obj: &Map<String, Value>, field: &str) -> Result<String, ApiError
 
 /// Checks an id: 1 to 128 characters from `A-Z a-z 0-9 . _ : @ + -`.
 pub fn check_id(id: &str, field: &str) -> Result<(), ApiError> {
-    if id.is_empty() {
-        return Err(invalid(format!("{field} must not be empty")));
-    }
-    if id.chars().count() > MAX_ID_LEN {
-        return Err(invalid(format!(
+    match id_problem(id) {
+        None => Ok(()),
+        Some(IdProblem::Empty) => Err(invalid(format!("{field} must not be empty"))),
+        Some(IdProblem::TooLong(_)) => Err(invalid(format!(
             "{field} must be at most {MAX_ID_LEN} characters"
-        )));
-    }
-    if let Some(bad) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '-')))
-    {
-        return Err(invalid(format!(
+        ))),
+        Some(IdProblem::Character(bad)) => Err(invalid(format!(
             "{field} contains {}; allowed are A-Z a-z 0-9 . _ : @ + -",
             describe_char(bad)
-        )));
-    }
-    Ok(())
-}
-
-fn describe_char(c: char) -> String {
-    if c.is_control() || c.is_whitespace() || !c.is_ascii() {
-        format!("the character U+{:04X}", c as u32)
-    } else {
-        format!("the character '{c}'")
+        ))),
     }
 }
 
@@ -661,6 +662,30 @@ mod tests {
             check_body_size(MAX_BODY_BYTES + 1).unwrap_err().status(),
             413
         );
+    }
+
+    #[test]
+    fn a_body_is_read_up_to_the_limit_and_no_further() {
+        use futures::executor::block_on;
+        use futures::stream::{self, StreamExt};
+        let chunk = |n: usize| Ok::<_, String>(vec![b'x'; n]);
+        let read = block_on(read_bounded(stream::iter(vec![chunk(10), chunk(20)]))).unwrap();
+        assert_eq!(read.len(), 30);
+        let exact = block_on(read_bounded(stream::iter(vec![chunk(MAX_BODY_BYTES)])));
+        assert_eq!(exact.unwrap().len(), MAX_BODY_BYTES);
+        // An endless body (no Content-Length): the reading stops at the first byte too many.
+        let pulled = std::cell::Cell::new(0);
+        let endless = stream::repeat(()).map(|()| {
+            pulled.set(pulled.get() + 1);
+            chunk(1_000)
+        });
+        let e = block_on(read_bounded(endless)).unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert_eq!(pulled.get(), MAX_BODY_BYTES / 1_000 + 1);
+        let broken = stream::iter(vec![chunk(5), Err("connection reset".to_string())]);
+        let e = block_on(read_bounded(broken)).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("connection reset"));
     }
 
     #[test]

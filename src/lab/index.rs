@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lab::session::{LabType, Session, Status};
+use crate::lab::text;
 
 /// How far the index has caught up with the record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,16 +101,15 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
     }
 }
 
-/// The first error of the last attempt, on one line and at most `MAX_LAST_ERROR` characters.
+/// The first error of the last attempt, on one line, its control and format characters escaped
+/// (it came from the backend), and at most `MAX_LAST_ERROR` characters.
 pub fn last_error(session: &Session) -> Option<String> {
     let outcome = session.last_outcome.as_ref()?;
     let first = outcome.errors.first()?;
-    let text = format!("{}: {}", first.lab_request_id, first.error);
-    let mut short: String = text.chars().take(MAX_LAST_ERROR).collect();
-    if short.len() < text.len() {
-        short.push('…');
-    }
-    Some(short)
+    Some(text::safe(
+        &format!("{}: {}", first.lab_request_id, first.error),
+        MAX_LAST_ERROR,
+    ))
 }
 
 /// The status as the API and the index name it.
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(r.revision, s.revision);
         let error = r.last_error.unwrap();
         assert!(error.starts_with("w1: backend answered 500: xxx"));
-        assert_eq!(error.chars().count(), MAX_LAST_ERROR + 1);
+        assert_eq!(error.chars().count(), MAX_LAST_ERROR);
         assert!(error.ends_with('…'));
     }
 

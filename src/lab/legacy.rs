@@ -5,6 +5,7 @@
 //! an alarm at its expiry. The glue reads those keys and the alarm; this module decides, without
 //! touching storage, whether they make a session and, if not, what is wrong with them.
 
+use crate::lab::limits::{describe_char, id_problem, IdProblem};
 use crate::lab::session::{NewSession, Session};
 
 /// The keys the TypeScript worker wrote, in the order they are reported.
@@ -79,35 +80,47 @@ impl LegacyRecord {
     }
 
     /// Turns the legacy keys into a session expiring at the object's alarm time (`alarm_at_ms`),
-    /// or at `now_ms` when no alarm is set (the lab has expired). `unit_ms` is one `duration`
-    /// unit, used only to date `created_at` (the TypeScript worker did not store it).
+    /// or at `now_ms` when no alarm is set (the lab has expired). The TypeScript worker took
+    /// requests without a token, so every value is checked with today's rules (`rules`): ids,
+    /// `user_id`, the number of workers, the duration. A record that fails any of them is not
+    /// adopted at all, not half-way.
     ///
     /// Every unreadable key is reported, so one log line names all of them.
     pub fn adopt(
         &self,
         alarm_at_ms: Option<i64>,
         now_ms: i64,
-        unit_ms: i64,
+        rules: &Rules,
     ) -> Result<Session, Vec<LegacyProblem>> {
         let mut problems = Vec::new();
-        let mut text = |key: &'static str, value: &LegacyValue| match value {
-            LegacyValue::Text(s) if !s.is_empty() => Some(s.clone()),
+        let mut id = |key: &'static str, value: &LegacyValue| match value {
+            LegacyValue::Text(s) => match id_problem(s) {
+                None => Some(s.clone()),
+                Some(problem) => {
+                    problems.push(LegacyProblem {
+                        key,
+                        found: describe_bad_id(problem),
+                        expected: EXPECTED_ID,
+                    });
+                    None
+                }
+            },
             other => {
                 problems.push(LegacyProblem {
                     key,
-                    found: if *other == LegacyValue::Text(String::new()) {
-                        "an empty string".into()
-                    } else {
-                        other.type_name().into()
-                    },
-                    expected: "a non-empty string",
+                    found: other.type_name().into(),
+                    expected: EXPECTED_ID,
                 });
                 None
             }
         };
-        let master = text("lab_request_id", &self.lab_request_id);
-        let user = text("user_id", &self.user_id);
-        let workers = match parse_worker_ids(&self.worker_lab_request_ids, master.as_deref()) {
+        let master = id("lab_request_id", &self.lab_request_id);
+        let user = id("user_id", &self.user_id);
+        let workers = match parse_worker_ids(
+            &self.worker_lab_request_ids,
+            master.as_deref(),
+            rules.max_workers,
+        ) {
             Ok(ids) => Some(ids),
             Err(problem) => {
                 problems.push(problem);
@@ -115,7 +128,12 @@ impl LegacyRecord {
             }
         };
         let duration = match self.duration {
-            LegacyValue::Number(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => {
+            LegacyValue::Number(n)
+                if n.is_finite()
+                    && n >= 1.0
+                    && n.fract() == 0.0
+                    && n <= rules.max_duration_minutes as f64 =>
+            {
                 Some(n as u64)
             }
             ref other => {
@@ -125,7 +143,7 @@ impl LegacyRecord {
                         LegacyValue::Number(n) => format!("the number {}", decimal(*n)),
                         other => other.type_name().into(),
                     },
-                    expected: "a whole number of minutes",
+                    expected: EXPECTED_DURATION,
                 });
                 None
             }
@@ -136,7 +154,7 @@ impl LegacyRecord {
             return Err(problems);
         };
         let expires_at_ms = alarm_at_ms.unwrap_or(now_ms);
-        let lifetime_ms = (duration as i64).saturating_mul(unit_ms);
+        let lifetime_ms = (duration as i64).saturating_mul(rules.unit_ms);
         let created_at_ms = expires_at_ms.saturating_sub(lifetime_ms).min(now_ms);
         let mut session = Session::schedule(
             NewSession {
@@ -147,10 +165,42 @@ impl LegacyRecord {
                 vm_name: None,
             },
             created_at_ms,
-            expires_at_ms - created_at_ms,
+            expires_at_ms.saturating_sub(created_at_ms),
         );
         session.adopted_at_ms = Some(now_ms);
         Ok(session)
+    }
+
+    /// The lab id of an unreadable record, for its log line: a valid id as it is; anything else
+    /// described, never echoed (it may hold a newline or a bidi override, or be 60,000 characters).
+    pub fn label(&self) -> String {
+        match &self.lab_request_id {
+            LegacyValue::Text(id) if id_problem(id).is_none() => format!(" of lab {id}"),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Today's rules an adopted record must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// One `duration` unit, in ms: dates `created_at` (the TypeScript worker did not store it).
+    pub unit_ms: i64,
+    /// `MAX_WORKER_NODES`.
+    pub max_workers: usize,
+    /// `MAX_DURATION_MINUTES`.
+    pub max_duration_minutes: u64,
+}
+
+const EXPECTED_ID: &str = "an id of 1 to 128 characters from A-Z a-z 0-9 . _ : @ + -";
+const EXPECTED_DURATION: &str = "a whole number of minutes from 1 to MAX_DURATION_MINUTES";
+
+/// What is wrong with a stored id, without repeating it.
+fn describe_bad_id(problem: IdProblem) -> String {
+    match problem {
+        IdProblem::Empty => "an empty string".into(),
+        IdProblem::TooLong(n) => format!("a string of {n} characters"),
+        IdProblem::Character(c) => format!("a string holding {}", describe_char(c)),
     }
 }
 
@@ -179,12 +229,14 @@ fn decimal(n: f64) -> String {
     }
 }
 
-/// `worker_lab_request_ids`: a string holding a JSON array of strings, e.g. `"[\"w1\",\"w2\"]"`.
+/// `worker_lab_request_ids`: a string holding a JSON array of ids, e.g. `"[\"w1\",\"w2\"]"`,
+/// at most `max_workers` of them once repeats are dropped.
 fn parse_worker_ids(
     value: &LegacyValue,
     master: Option<&str>,
+    max_workers: usize,
 ) -> Result<Vec<String>, LegacyProblem> {
-    const EXPECTED: &str = "a string holding a JSON array of strings";
+    const EXPECTED: &str = "a string holding a JSON array of at most MAX_WORKER_NODES ids";
     let problem = |found: String| LegacyProblem {
         key: "worker_lab_request_ids",
         found,
@@ -201,10 +253,16 @@ fn parse_worker_ids(
             json_type(&parsed)
         )));
     };
-    let mut ids: Vec<String> = Vec::with_capacity(items.len());
+    let mut ids: Vec<String> = Vec::with_capacity(items.len().min(max_workers));
     for item in items {
         match item {
-            serde_json::Value::String(id) if !id.is_empty() => {
+            serde_json::Value::String(id) => {
+                if let Some(bad) = id_problem(&id) {
+                    return Err(problem(format!(
+                        "a string holding a JSON array holding {}",
+                        describe_bad_id(bad)
+                    )));
+                }
                 // A repeat, or the master listed as a worker, would delete one VM twice.
                 if Some(id.as_str()) != master && !ids.contains(&id) {
                     ids.push(id);
@@ -212,14 +270,17 @@ fn parse_worker_ids(
             }
             other => {
                 return Err(problem(format!(
-                    "a string holding a JSON array holding {}",
-                    match other {
-                        serde_json::Value::String(_) => "an empty string".into(),
-                        other => format!("a {}", json_type(&other)),
-                    }
+                    "a string holding a JSON array holding a {}",
+                    json_type(&other)
                 )))
             }
         }
+    }
+    if ids.len() > max_workers {
+        return Err(problem(format!(
+            "a string holding a JSON array of {} ids",
+            ids.len()
+        )));
     }
     Ok(ids)
 }
@@ -242,6 +303,11 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
     const MINUTE: i64 = 60_000;
+    const RULES: Rules = Rules {
+        unit_ms: MINUTE,
+        max_workers: 3,
+        max_duration_minutes: 10_080,
+    };
 
     fn record(workers: LegacyValue) -> LegacyRecord {
         LegacyRecord {
@@ -255,7 +321,7 @@ mod tests {
     #[test]
     fn a_multi_node_record_expires_at_the_alarm() {
         let r = record(LegacyValue::Text(r#"["w1","w2"]"#.into()));
-        let s = r.adopt(Some(NOW + 10 * MINUTE), NOW, MINUTE).unwrap();
+        let s = r.adopt(Some(NOW + 10 * MINUTE), NOW, &RULES).unwrap();
         assert_eq!(s.lab_request_id, "m");
         assert_eq!(s.user_id, "u");
         assert_eq!(s.worker_lab_request_ids, vec!["w1", "w2"]);
@@ -270,7 +336,7 @@ mod tests {
     #[test]
     fn no_alarm_means_expired_now() {
         let r = record(LegacyValue::Text("[]".into()));
-        let s = r.adopt(None, NOW, MINUTE).unwrap();
+        let s = r.adopt(None, NOW, &RULES).unwrap();
         assert_eq!(s.lab_type(), LabType::SingleVm);
         assert_eq!(s.expires_at_ms, NOW);
         assert!(s.is_expired(NOW));
@@ -281,7 +347,7 @@ mod tests {
         // The TypeScript worker re-armed its alarm 5 minutes later while a VM failed.
         let mut r = record(LegacyValue::Text("[]".into()));
         r.duration = LegacyValue::Number(1.0);
-        let s = r.adopt(Some(NOW + 5 * MINUTE), NOW, MINUTE).unwrap();
+        let s = r.adopt(Some(NOW + 5 * MINUTE), NOW, &RULES).unwrap();
         assert_eq!(s.created_at_ms, NOW);
         assert_eq!(s.expires_at_ms, NOW + 5 * MINUTE);
     }
@@ -289,7 +355,7 @@ mod tests {
     #[test]
     fn repeated_or_master_worker_ids_are_kept_once() {
         let r = record(LegacyValue::Text(r#"["w1","m","w1"]"#.into()));
-        let s = r.adopt(None, NOW, MINUTE).unwrap();
+        let s = r.adopt(None, NOW, &RULES).unwrap();
         assert_eq!(s.worker_lab_request_ids, vec!["w1"]);
     }
 
@@ -301,14 +367,14 @@ mod tests {
             worker_lab_request_ids: LegacyValue::Text(r#"{"w":1}"#.into()),
             duration: LegacyValue::Other("boolean"),
         };
-        let problems = r.adopt(None, NOW, MINUTE).unwrap_err();
+        let problems = r.adopt(None, NOW, &RULES).unwrap_err();
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,
             vec![
-                "key `user_id` is missing (expected a non-empty string)",
-                "key `worker_lab_request_ids` is a string holding a JSON object (expected a string holding a JSON array of strings)",
-                "key `duration` is boolean (expected a whole number of minutes)",
+                "key `user_id` is missing (expected an id of 1 to 128 characters from A-Z a-z 0-9 . _ : @ + -)",
+                "key `worker_lab_request_ids` is a string holding a JSON object (expected a string holding a JSON array of at most MAX_WORKER_NODES ids)",
+                "key `duration` is boolean (expected a whole number of minutes from 1 to MAX_DURATION_MINUTES)",
             ]
         );
     }
@@ -330,8 +396,16 @@ mod tests {
                 LegacyValue::Text(r#"["w1",""]"#.into()),
                 "a string holding a JSON array holding an empty string",
             ),
+            (
+                LegacyValue::Text(r#"["w1","w\nx"]"#.into()),
+                "a string holding a JSON array holding a string holding the character U+000A",
+            ),
+            (
+                LegacyValue::Text(r#"["w1","w2","w3","w4"]"#.into()),
+                "a string holding a JSON array of 4 ids",
+            ),
         ] {
-            let problems = record(value).adopt(None, NOW, MINUTE).unwrap_err();
+            let problems = record(value).adopt(None, NOW, &RULES).unwrap_err();
             assert_eq!(problems.len(), 1);
             assert_eq!(problems[0].key, "worker_lab_request_ids");
             assert_eq!(problems[0].found, found);
@@ -342,13 +416,70 @@ mod tests {
     fn duration_must_be_whole() {
         let mut r = record(LegacyValue::Text("[]".into()));
         r.duration = LegacyValue::Number(1.5);
-        let problems = r.adopt(None, NOW, MINUTE).unwrap_err();
+        let problems = r.adopt(None, NOW, &RULES).unwrap_err();
         assert_eq!(
             problems[0].to_string(),
-            "key `duration` is the number 1.5 (expected a whole number of minutes)"
+            "key `duration` is the number 1.5 (expected a whole number of minutes from 1 to MAX_DURATION_MINUTES)"
         );
         r.duration = LegacyValue::Text("60".into());
-        assert_eq!(r.adopt(None, NOW, MINUTE).unwrap_err()[0].found, "string");
+        assert_eq!(r.adopt(None, NOW, &RULES).unwrap_err()[0].found, "string");
+    }
+
+    #[test]
+    fn todays_rules_apply_to_every_value() {
+        let long = "x".repeat(63_007);
+        for (mut r, key, found) in [
+            (
+                record(LegacyValue::Text("[]".into())),
+                "lab_request_id",
+                "a string holding the character U+000A",
+            ),
+            (
+                record(LegacyValue::Text("[]".into())),
+                "user_id",
+                "a string of 63007 characters",
+            ),
+            (
+                record(LegacyValue::Text("[]".into())),
+                "duration",
+                "the number 0",
+            ),
+            (
+                record(LegacyValue::Text("[]".into())),
+                "duration",
+                "the number 10081",
+            ),
+            (
+                record(LegacyValue::Text(r#"["w1","w1","m","w2","w3"]"#.into())),
+                "",
+                "",
+            ),
+        ] {
+            match key {
+                "lab_request_id" => {
+                    r.lab_request_id = LegacyValue::Text("forged\n✅ Successfully deleted".into())
+                }
+                "user_id" => r.user_id = LegacyValue::Text(long.clone()),
+                "duration" if found.ends_with('0') => r.duration = LegacyValue::Number(0.0),
+                "duration" => r.duration = LegacyValue::Number(10_081.0),
+                _ => {}
+            }
+            match r.adopt(None, NOW, &RULES) {
+                Ok(s) => {
+                    assert_eq!(key, "", "adopted half-way: {s:?}");
+                    assert_eq!(s.worker_lab_request_ids, vec!["w1", "w2", "w3"]);
+                }
+                Err(problems) => {
+                    assert_eq!(problems.len(), 1, "{problems:?}");
+                    assert_eq!((problems[0].key, problems[0].found.as_str()), (key, found));
+                    assert!(problems[0].to_string().len() < 300, "never echoed");
+                }
+            }
+        }
+        let mut forged = record(LegacyValue::Text("[]".into()));
+        forged.lab_request_id = LegacyValue::Text("x\n✅".into());
+        assert_eq!(forged.label(), "");
+        assert_eq!(record(LegacyValue::Missing).label(), " of lab m");
     }
 
     #[test]

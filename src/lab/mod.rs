@@ -3,7 +3,9 @@
 pub mod cleanup;
 pub mod index;
 pub mod legacy;
+pub mod limits;
 pub mod retry;
 pub mod session;
+pub mod text;
 pub mod wake;
 pub mod webhook;

@@ -120,7 +120,7 @@ pub fn next_attempt_at(
             Ending::Refused {
                 retry_after_ms: Some(ra),
             },
-        ) => ra + (ra as f64 * rand) as i64,
+        ) => ra.saturating_add((ra as f64 * rand) as i64),
         (Policy::Adaptive, _) => {
             let spread = retry_ms as f64 * PAUSE_JITTER;
             (retry_ms as f64 - spread + 2.0 * spread * rand).round() as i64

@@ -253,7 +253,7 @@ impl Session {
     /// away, so that an attempt cut short (eviction, crash) is resumed by that alarm.
     pub fn begin_attempt(&mut self, now_ms: i64, retry_ms: i64) {
         self.status = Status::CleaningUp;
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(1);
         self.next_attempt_at_ms = Some(now_ms.saturating_add(retry_ms));
     }
 
@@ -336,17 +336,27 @@ impl Session {
                 self.status.describe()
             )));
         }
-        let lifetime = self.duration + self.extended_minutes + minutes;
-        if lifetime > max_minutes {
-            return Err(Refusal::Invalid(format!(
-                "extending by {minutes} minutes would make the lab's lifetime {lifetime} minutes; \
-                 the maximum is {max_minutes}"
-            )));
+        // Checked: an adopted record may hold any duration.
+        let lifetime = self
+            .duration
+            .checked_add(self.extended_minutes)
+            .and_then(|sum| sum.checked_add(minutes));
+        match lifetime {
+            Some(lifetime) if lifetime <= max_minutes => {}
+            _ => {
+                return Err(Refusal::Invalid(format!(
+                    "extending by {minutes} minutes would make the lab's lifetime {} minutes; \
+                     the maximum is {max_minutes}",
+                    lifetime.map_or("more than 2^64".into(), |l| l.to_string())
+                )))
+            }
         }
-        self.extended_minutes += minutes;
-        self.expires_at_ms = self
-            .expires_at_ms
-            .saturating_add((minutes as i64).saturating_mul(unit_ms));
+        self.extended_minutes = self.extended_minutes.saturating_add(minutes);
+        self.expires_at_ms = self.expires_at_ms.saturating_add(
+            i64::try_from(minutes)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(unit_ms),
+        );
         Ok(())
     }
 
@@ -581,6 +591,22 @@ mod tests {
         s.expires_at_ms = T0 - 5;
         assert!(s.end_now(T0));
         assert_eq!(s.expires_at_ms, T0 - 5);
+    }
+
+    #[test]
+    fn the_lifetime_sum_cannot_wrap() {
+        let mut s = Session::schedule(new_session(&[]), T0, 60_000);
+        s.duration = u64::MAX - 1;
+        let e = s.extend(5, 60_000, 10_080).unwrap_err();
+        assert!(matches!(e, Refusal::Invalid(m) if m.contains("more than 2^64")));
+        assert_eq!(s.extended_minutes, 0);
+        assert_eq!(s.expires_at_ms, T0 + 60_000);
+        s.duration = 10_000;
+        s.extended_minutes = u64::MAX;
+        assert!(s.extend(1, 60_000, 10_080).is_err());
+        s.attempts = u32::MAX;
+        s.begin_attempt(T0, 1);
+        assert_eq!(s.attempts, u32::MAX);
     }
 
     #[test]

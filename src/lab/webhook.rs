@@ -130,7 +130,7 @@ pub fn after_delivery(
     now_ms: i64,
     schedule: &Schedule,
 ) -> AfterDelivery {
-    event.attempts += 1;
+    event.attempts = event.attempts.saturating_add(1);
     let error = match result {
         Ok(status) if (200..300).contains(&status) => return AfterDelivery::Delivered,
         Ok(status) => format!("the receiver answered {status}"),

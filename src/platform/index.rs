@@ -84,7 +84,7 @@ pub async fn upsert(env: &Env, row: &IndexRow, timeout: Duration) -> Result<(), 
         row.last_error.as_deref().map_or(JsValue::NULL, text),
         optional(row.completed_at),
         int(row.updated_at),
-        int(row.revision as i64),
+        int(i64::try_from(row.revision).unwrap_or(i64::MAX)),
     ];
     let statement = db.prepare(UPSERT).bind(&binds).map_err(|e| e.to_string())?;
     bounded(timeout, async {
@@ -104,7 +104,10 @@ pub async fn delete(
     let db = database(env)?;
     let statement = db
         .prepare("DELETE FROM sessions WHERE lab_request_id = ?1 AND revision <= ?2")
-        .bind(&[text(lab_request_id), int(revision as i64)])
+        .bind(&[
+            text(lab_request_id),
+            int(i64::try_from(revision).unwrap_or(i64::MAX)),
+        ])
         .map_err(|e| e.to_string())?;
     bounded(timeout, async {
         statement.run().await.map(|_| ()).map_err(|e| e.to_string())

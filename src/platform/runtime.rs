@@ -5,6 +5,7 @@ use std::time::Duration;
 use worker::{console_error, console_log, console_warn};
 
 use crate::lab::cleanup::{Level, Logger, Runtime, LOG_PREFIX};
+use crate::lab::text::escape;
 
 /// The Workers runtime, as the cleanup engine sees it.
 pub struct WorkersRuntime;
@@ -39,7 +40,22 @@ pub fn log_object(record: &impl serde::Serialize) {
     let serializer = serde_wasm_bindgen::Serializer::json_compatible();
     match record.serialize(&serializer) {
         Ok(object) => worker::web_sys::console::log_1(&object),
-        Err(e) => console_error!("{LOG_PREFIX} a structured log record could not be built: {e}"),
+        Err(e) => console(
+            Level::Error,
+            &format!("{LOG_PREFIX} a structured log record could not be built: {e}"),
+        ),
+    }
+}
+
+/// Writes one line to the console (dashboard, `wrangler tail`, `wrangler dev`): the only way a
+/// line reaches the log, so that no control, format or line-separator character from outside
+/// gets there unescaped (see `lab::text`).
+pub fn console(level: Level, line: &str) {
+    let line = escape(line);
+    match level {
+        Level::Info => console_log!("{line}"),
+        Level::Warn => console_warn!("{line}"),
+        Level::Error => console_error!("{line}"),
     }
 }
 
@@ -48,10 +64,6 @@ pub struct ConsoleLogger;
 
 impl Logger for ConsoleLogger {
     fn log(&self, level: Level, message: &str) {
-        match level {
-            Level::Info => console_log!("{LOG_PREFIX} {message}"),
-            Level::Warn => console_warn!("{LOG_PREFIX} {message}"),
-            Level::Error => console_error!("{LOG_PREFIX} {message}"),
-        }
+        console(level, &format!("{LOG_PREFIX} {message}"));
     }
 }

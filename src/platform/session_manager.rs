@@ -8,19 +8,14 @@ use std::rc::Rc;
 
 use futures::stream::{self, StreamExt};
 
-use worker::{
-    console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
-    Response, Result, State,
-};
+use worker::{durable_object, DurableObject, Env, Method, Request, Response, Result, State};
 
 use crate::api::error::ApiError;
 use crate::api::respond;
-use crate::config::{
-    Config, Webhooks, DEFAULT_CLEANUP_RETRY_SECONDS, DEFAULT_DURATION_UNIT_SECONDS,
-};
+use crate::config::{Config, Webhooks, DEFAULT_CLEANUP_RETRY_SECONDS};
 use crate::lab::cleanup::{self, AttemptPlan, Level, Logger, LOG_PREFIX};
 use crate::lab::index;
-use crate::lab::legacy::{LegacyProblem, LegacyValue};
+use crate::lab::legacy::LegacyProblem;
 use crate::lab::retry;
 use crate::lab::session::NewSession;
 use crate::lab::session::{rfc3339, LabType, Refusal, Session, Status};
@@ -28,7 +23,9 @@ use crate::lab::wake;
 use crate::lab::webhook::{self, AfterDelivery, EventType};
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::index as fleet_index;
-use crate::platform::runtime::{log_object, now_ms, random, ConsoleLogger, WorkersRuntime};
+use crate::platform::runtime::{
+    console, log_object, now_ms, random, ConsoleLogger, WorkersRuntime,
+};
 use crate::platform::store::{Store, Stored};
 use crate::platform::webhooks;
 
@@ -89,16 +86,19 @@ impl SessionManager {
         let env = self.env.clone();
         self.state.wait_until(async move {
             worker::Delay::from(std::time::Duration::ZERO).await;
-            console_log!("{line}");
+            console(Level::Info, &line);
             if let Err(e) = sync_index(&store, &env, &config).await {
-                console_error!("{LOG_PREFIX} writing the index row failed on storage: {e}");
+                ConsoleLogger.log(
+                    Level::Error,
+                    &format!("writing the index row failed on storage: {e}"),
+                );
             }
         });
     }
 
     fn config(&self) -> std::result::Result<Rc<Config>, ApiError> {
-        Config::from_env(&self.env).map_err(|e| {
-            console_error!("[config] {}", e.detail());
+        crate::platform::env::config(&self.env).map_err(|e| {
+            console(Level::Error, &format!("[config] {}", e.detail()));
             ApiError::from(e)
         })
     }
@@ -115,37 +115,31 @@ impl SessionManager {
         };
         let now = now_ms();
         let alarm = store.alarm().await?;
-        let unit_ms = config.map_or(
-            (DEFAULT_DURATION_UNIT_SECONDS * 1000) as i64,
-            Config::duration_unit_ms,
-        );
-        let retry_ms = config.map_or(
-            (DEFAULT_CLEANUP_RETRY_SECONDS * 1000) as i64,
-            Config::retry_ms,
-        );
-        match record.adopt(alarm, now, unit_ms) {
+        // Broken settings never stop an adoption: the defaults apply.
+        let defaults;
+        let config = match config {
+            Some(config) => config,
+            None => {
+                defaults = Config::defaults();
+                &defaults
+            }
+        };
+        let retry_ms = config.retry_ms();
+        match record.adopt(alarm, now, &config.adoption_rules()) {
             Ok(mut session) => {
                 index::touch(&mut session, now, retry_ms);
-                let timing = config.map_or(
-                    wake::Timing {
-                        retention_ms: crate::config::DEFAULT_RETENTION_DAYS as i64
-                            * crate::config::DEFAULT_RETENTION_UNIT_SECONDS as i64
-                            * 1000,
-                        warn_before_ms: None,
-                    },
-                    Config::timing,
-                );
+                let timing = config.timing();
                 store
                     .adopt(&session, wake::next_wake(&session, &timing).unwrap_or(now))
                     .await?;
-                console_log!(
-                    "{LOG_PREFIX} Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
+                ConsoleLogger.log(Level::Info, &format!(
+                    "Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
                     session.lab_request_id,
                     session.user_id,
                     session.vm_count(),
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
-                );
+                ));
                 Ok(Found::Session(Box::new(session)))
             }
             Err(problems) => {
@@ -158,15 +152,12 @@ impl SessionManager {
                     }
                 };
                 let named: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                let lab = match &record.lab_request_id {
-                    LegacyValue::Text(id) => format!(" of lab {id}"),
-                    _ => String::new(),
-                };
-                console_error!(
-                    "{LOG_PREFIX} ❌ The previous worker's record{lab} is unreadable: {}; it is kept as it is, looking again at {}",
+                let lab = record.label();
+                ConsoleLogger.log(Level::Error, &format!(
+                    "❌ The previous worker's record{lab} is unreadable: {}; it is kept as it is, looking again at {}",
                     named.join("; "),
                     rfc3339(retry_at)
-                );
+                ));
                 Ok(Found::Unreadable(problems))
             }
         }
@@ -332,13 +323,14 @@ impl SessionManager {
 
     async fn run_alarm(&self, store: &Store) -> Result<&'static str> {
         let now = now_ms();
-        let config = Config::from_env(&self.env);
+        let config = crate::platform::env::config(&self.env);
         let mut session = match self.find(store, config.as_deref().ok()).await? {
             Found::Session(session) => *session,
             Found::Unreadable(_) => return Ok("unreadable legacy record, kept"),
             Found::Nothing => {
-                console_error!(
-                    "{LOG_PREFIX} ❌ Alarm fired for an object that holds no session and no legacy record; nothing to clean up"
+                ConsoleLogger.log(
+                    Level::Error,
+                    "❌ Alarm fired for an object that holds no session and no legacy record; nothing to clean up",
                 );
                 return Ok("no session");
             }
@@ -348,11 +340,14 @@ impl SessionManager {
             Err(e) => {
                 // Never give up on a lab: say what is wrong and look again later.
                 let retry_at = now + (DEFAULT_CLEANUP_RETRY_SECONDS * 1000) as i64;
-                console_error!(
-                    "{LOG_PREFIX} Alarm for lab {}: configuration error: {}; looking again at {}",
-                    session.lab_request_id,
-                    e.detail(),
-                    rfc3339(retry_at)
+                ConsoleLogger.log(
+                    Level::Error,
+                    &format!(
+                        "Alarm for lab {}: configuration error: {}; looking again at {}",
+                        session.lab_request_id,
+                        e.detail(),
+                        rfc3339(retry_at)
+                    ),
                 );
                 return store
                     .set_alarm(retry_at)
@@ -361,10 +356,13 @@ impl SessionManager {
             }
         };
         if let Webhooks::Broken(e) = &config.webhooks {
-            console_error!(
-                "{LOG_PREFIX} Webhooks are misconfigured: {}; no event is sent for lab {}, its cleanup goes on",
+            ConsoleLogger.log(
+                Level::Error,
+                &format!(
+                "Webhooks are misconfigured: {}; no event is sent for lab {}, its cleanup goes on",
                 e.detail(),
                 session.lab_request_id
+            ),
             );
         }
         let timing = config.timing();
@@ -377,11 +375,11 @@ impl SessionManager {
                 return Ok("nothing left to do");
             };
             if session.status != Status::Completed {
-                console_warn!(
-                    "{LOG_PREFIX} Alarm for lab {} fired before anything was due; nothing deleted, re-armed for {}",
+                ConsoleLogger.log(Level::Warn, &format!(
+                    "Alarm for lab {} fired before anything was due; nothing deleted, re-armed for {}",
                     session.lab_request_id,
                     rfc3339(at_ms)
-                );
+                ));
             }
             return store
                 .set_alarm(at_ms)
@@ -479,7 +477,10 @@ impl SessionManager {
         let store = Store::new(&self.storage);
         self.state.wait_until(async move {
             if let Err(e) = deliver_due(&store, &config).await {
-                console_error!("{LOG_PREFIX} webhook deliveries stopped on a storage error: {e}");
+                ConsoleLogger.log(
+                    Level::Error,
+                    &format!("webhook deliveries stopped on a storage error: {e}"),
+                );
             }
         });
     }
@@ -494,10 +495,13 @@ impl SessionManager {
         config: &Config,
     ) -> Result<&'static str> {
         if !config.fleet_index {
-            console_log!(
-                "{LOG_PREFIX} Retention over for lab {} (completed {}); record deleted",
-                session.lab_request_id,
-                session.completed_at_ms.map(rfc3339).unwrap_or_default()
+            ConsoleLogger.log(
+                Level::Info,
+                &format!(
+                    "Retention over for lab {} (completed {}); record deleted",
+                    session.lab_request_id,
+                    session.completed_at_ms.map(rfc3339).unwrap_or_default()
+                ),
             );
             return store.delete_all().await.map(|()| "retention purge");
         }
@@ -510,20 +514,23 @@ impl SessionManager {
         .await
         {
             Ok(()) => {
-                console_log!(
-                    "{LOG_PREFIX} Retention over for lab {} (completed {}); record and index row deleted",
-                    session.lab_request_id,
-                    session.completed_at_ms.map(rfc3339).unwrap_or_default()
+                ConsoleLogger.log(
+                    Level::Info,
+                    &format!(
+                        "Retention over for lab {} (completed {}); record and index row deleted",
+                        session.lab_request_id,
+                        session.completed_at_ms.map(rfc3339).unwrap_or_default()
+                    ),
                 );
                 store.delete_all().await.map(|()| "retention purge")
             }
             Err(e) => {
                 let again = now_ms().saturating_add(config.retry_ms());
-                console_warn!(
-                    "{LOG_PREFIX} Retention over for lab {}, but its index row could not be deleted ({e}); record kept, trying again at {}",
+                ConsoleLogger.log(Level::Warn, &format!(
+                    "Retention over for lab {}, but its index row could not be deleted ({e}); record kept, trying again at {}",
                     session.lab_request_id,
                     rfc3339(again)
-                );
+                ));
                 session.index.delete_retry_at_ms = Some(again);
                 store
                     .save(&session, alarm_at(&session, config))
@@ -550,11 +557,12 @@ fn queue_event(session: &mut Session, kind: EventType, now: i64) {
         (random() * 4_294_967_296.0) as u32
     );
     let event = webhook::new_event(kind, session, now, id);
-    console_log!(
-        "{LOG_PREFIX} Event {} ({}) for lab {} queued for delivery",
-        event.event_type,
-        event.id,
-        session.lab_request_id
+    ConsoleLogger.log(
+        Level::Info,
+        &format!(
+            "Event {} ({}) for lab {} queued for delivery",
+            event.event_type, event.id, session.lab_request_id
+        ),
     );
     session.outbox.push(event);
 }
@@ -612,31 +620,35 @@ async fn deliver_due(store: &Store, config: &Config) -> Result<()> {
         let event = &mut session.outbox[position];
         match webhook::after_delivery(event, result, at, &hooks.schedule) {
             AfterDelivery::Delivered => {
-                console_log!(
-                    "{LOG_PREFIX} Event {} ({id}) for lab {} delivered (delivery {})",
-                    event.event_type,
-                    session.lab_request_id,
-                    event.attempts
+                ConsoleLogger.log(
+                    Level::Info,
+                    &format!(
+                        "Event {} ({id}) for lab {} delivered (delivery {})",
+                        event.event_type, session.lab_request_id, event.attempts
+                    ),
                 );
                 session.outbox.remove(position);
             }
-            AfterDelivery::RetryAt(next) => console_warn!(
-                "{LOG_PREFIX} Event {} ({id}) for lab {} not delivered ({}); delivery {} at {}",
-                event.event_type,
-                session.lab_request_id,
-                event.last_error.as_deref().unwrap_or("?"),
-                event.attempts + 1,
-                rfc3339(next)
+            AfterDelivery::RetryAt(next) => ConsoleLogger.log(
+                Level::Warn,
+                &format!(
+                    "Event {} ({id}) for lab {} not delivered ({}); delivery {} at {}",
+                    event.event_type,
+                    session.lab_request_id,
+                    event.last_error.as_deref().unwrap_or("?"),
+                    event.attempts + 1,
+                    rfc3339(next)
+                ),
             ),
             AfterDelivery::Dropped => {
-                console_error!(
-                    "{LOG_PREFIX} ❌ Event {} ({id}) for lab {} dropped: not delivered in {} attempts over {} s (last: {})",
+                ConsoleLogger.log(Level::Error, &format!(
+                    "❌ Event {} ({id}) for lab {} dropped: not delivered in {} attempts over {} s (last: {})",
                     event.event_type,
                     session.lab_request_id,
                     event.attempts,
                     hooks.schedule.max_age_ms / 1000,
                     event.last_error.as_deref().unwrap_or("?")
-                );
+                ));
                 session.outbox.remove(position);
             }
         }
@@ -673,11 +685,11 @@ async fn sync_index(store: &Store, env: &Env, config: &Config) -> Result<()> {
         Ok(()) => index::confirmed(&mut latest, row.revision),
         Err(e) => {
             let again = now_ms().saturating_add(config.retry_ms());
-            console_warn!(
-                "{LOG_PREFIX} The index row of lab {} could not be written ({e}); the lab is unaffected, trying again at {}",
+            ConsoleLogger.log(Level::Warn, &format!(
+                "The index row of lab {} could not be written ({e}); the lab is unaffected, trying again at {}",
                 latest.lab_request_id,
                 rfc3339(again)
-            );
+            ));
             index::write_failed(&mut latest, now_ms(), config.retry_ms());
         }
     }

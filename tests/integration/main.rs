@@ -71,6 +71,10 @@ const LAST: &[(&str, MutTestFn)] = &[
         security::a_broken_setting_is_not_ready_and_never_echoed,
     ),
     (
+        "equal_tokens_are_a_configuration_error",
+        security::equal_tokens_are_a_configuration_error,
+    ),
+    (
         "missing_api_token_fails_closed",
         security::missing_api_token_fails_closed,
     ),

@@ -658,13 +658,22 @@ pub fn dry_run_makes_no_call(ctx: &mut Ctx) {
 pub fn missing_api_token_fails_closed(ctx: &mut Ctx) {
     ctx.worker
         .restart_with(&[("DRY_RUN", "false")], &["API_TOKEN"]);
+    // Authentication first: a token that is not configured is no valid token (401), and such a
+    // caller learns nothing of the configuration.
     let r = ctx.worker.create(&lab("closed-lab"));
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.json()["error"]["code"], "not_configured");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "unauthorized");
     let r = ctx
         .worker
         .raw("GET", &format!("{SESSIONS}/closed-lab"), &[], b"");
-    assert_eq!(r.status, 503);
+    assert_eq!(r.status, 401);
+    // The operator is told what is missing.
+    let r = ctx
+        .worker
+        .operator("GET", &format!("{SESSIONS}/closed-lab"), b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "not_configured");
+    assert!(r.text().contains("API_TOKEN"));
     // Not ready: a load balancer or a smoke test catches it.
     let health = ctx.worker.unauthenticated("GET", "/healthz", &[], b"");
     assert_eq!(health.status, 503);
@@ -679,10 +688,18 @@ pub fn a_broken_setting_is_not_ready_and_never_echoed(ctx: &mut Ctx) {
     let health = ctx.worker.unauthenticated("GET", "/healthz", &[], b"");
     assert_eq!(health.status, 503, "{}", health.text());
     assert_eq!(health.json(), json!({"status": "not_configured"}));
+    // A caller without a valid token learns nothing of it: 401, whatever the settings' state.
+    for headers in [&[][..], &[("Authorization", "Bearer not-a-token")][..]] {
+        let r = ctx
+            .worker
+            .unauthenticated("GET", &format!("{SESSIONS}/x"), headers, b"");
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(!r.text().contains("CLEANUP_RETRY_SECONDS"), "{}", r.text());
+    }
     for r in [
-        ctx.worker
-            .unauthenticated("GET", &format!("{SESSIONS}/x"), &[], b""),
+        ctx.worker.raw("GET", &format!("{SESSIONS}/x"), &[], b""),
         ctx.worker.create(&lab("broken-setting-lab")),
+        ctx.worker.operator("GET", "/api/v1/labs/stats", b""),
     ] {
         assert_eq!(r.status, 503, "{}", r.text());
         let v = r.json();
@@ -707,6 +724,43 @@ pub fn a_broken_setting_is_not_ready_and_never_echoed(ctx: &mut Ctx) {
             .status,
         200
     );
+}
+
+/// `API_TOKEN` equal to `OPERATOR_TOKEN` would hand the frontend every fleet route: a
+/// configuration error, for both tokens and `/healthz`; a caller without a token still gets 401.
+pub fn equal_tokens_are_a_configuration_error(ctx: &mut Ctx) {
+    ctx.worker.restart_with_secret("OPERATOR_TOKEN", API_TOKEN);
+    let health = ctx.worker.unauthenticated("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json(), json!({"status": "not_configured"}));
+    for r in [
+        ctx.worker.create(&lab("equal-tokens-lab")),
+        ctx.worker.raw("GET", "/api/v1/labs/stats", &[], b""),
+    ] {
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "not_configured");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("OPERATOR_TOKEN") && message.contains("API_TOKEN"), "{message}");
+        assert!(!message.contains(API_TOKEN), "{message}");
+    }
+    let r = ctx
+        .worker
+        .unauthenticated("GET", "/api/v1/labs/stats", &[], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(!ctx.worker.log().contains(API_TOKEN));
+    ctx.worker
+        .restart_with_secret("OPERATOR_TOKEN", OPERATOR_TOKEN);
+    assert_eq!(
+        ctx.worker
+            .unauthenticated("GET", "/healthz", &[], b"")
+            .status,
+        200
+    );
+    // Nothing was scheduled while refused.
+    let r = ctx
+        .worker
+        .raw("GET", &format!("{SESSIONS}/equal-tokens-lab"), &[], b"");
+    assert_eq!(r.status, 404, "{}", r.text());
 }
 
 /// Neither token ever appears in anything the worker printed.

@@ -263,8 +263,15 @@ pub fn a_bad_webhook_secret_refuses_the_api_but_not_the_cleanup(ctx: &mut Ctx) {
     create(ctx, m, 8, &[w]);
     ctx.worker
         .restart_with_secret("WEBHOOK_SECRET", "whsec_dG9vLXNob3J0");
+    // Not ready: an API route answers 503 not_configured, so /healthz does too.
     let health = ctx.worker.unauthenticated("GET", "/healthz", &[], b"");
-    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.status, 503, "{}", health.text());
+    // Nobody without a valid token learns which setting is wrong.
+    let r = ctx
+        .worker
+        .unauthenticated("GET", &format!("/api/v1/labs/sessions/{m}"), &[], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(!r.text().contains("WEBHOOK"), "{}", r.text());
     for r in [
         ctx.worker
             .raw("GET", &format!("/api/v1/labs/sessions/{m}"), &[], b""),
