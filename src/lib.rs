@@ -4,22 +4,22 @@
 //! Durable Object (store, alarm) -> `cleanup` engine -> `backend` client.
 
 pub mod api;
-pub mod config;
 pub mod lab;
 pub mod platform;
 
 use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::{event, web_sys, Context, Env, Method, Request, Response};
+use worker::{event, web_sys, Context, Env, Request, Response};
 
 use crate::api::error::ApiError;
 use crate::api::routes::{self, Route};
 use crate::api::validation::{self, Limits};
 use crate::api::{auth, fleet, respond};
-use crate::config::{Config, Webhooks};
-use crate::lab::cleanup::Level;
+use crate::lab::config::{Config, Webhooks};
+use crate::lab::ports::Level;
+use crate::lab::procedures::Request as LabRequest;
+use crate::platform::fleet_db;
 use crate::platform::runtime::console;
-use crate::platform::{index, session_manager};
 
 pub use crate::platform::session_manager::SessionManager;
 
@@ -107,12 +107,12 @@ fn ready_config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
 /// wrong).
 fn health(env: &Env) -> Result<Response, ApiError> {
     let ready = match ready_config(env) {
-        Ok(config) if config.fleet_index && !index::is_bound(env) => {
+        Ok(config) if config.fleet_index && !fleet_db::is_bound(env) => {
             console(
                 Level::Error,
                 &format!(
                     "[config] the D1 binding {} is missing; the fleet index cannot be written",
-                    index::DB_BINDING
+                    fleet_db::DB_BINDING
                 ),
             );
             false
@@ -144,41 +144,23 @@ async fn api(
 ) -> Result<web_sys::Response, ApiError> {
     match route {
         Route::CreateSession => create_session(request, env, config).await,
-        Route::GetSession(id) => {
-            let id = path_id(id)?;
-            forward(env, &id, Method::Get, session_manager::STATUS_PATH, None).await
-        }
-        Route::EndSession(id) => {
-            let id = path_id(id)?;
-            forward(env, &id, Method::Post, session_manager::END_PATH, None).await
-        }
+        Route::GetSession(id) => forward(env, &path_id(id)?, LabRequest::Status).await,
+        Route::EndSession(id) => forward(env, &path_id(id)?, LabRequest::End).await,
         Route::ExtendSession(id) => {
             let id = path_id(id)?;
             let body = json_body(request).await?;
             let minutes = validation::parse_extend(&body, config.max_duration_minutes)?;
-            let by = serde_json::to_string(&session_manager::ExtendBy { minutes })
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            forward(
-                env,
-                &id,
-                Method::Post,
-                session_manager::EXTEND_PATH,
-                Some(by),
-            )
-            .await
+            forward(env, &id, LabRequest::Extend { minutes }).await
         }
-        Route::RetrySession(id) => {
-            let id = path_id(id)?;
-            forward(env, &id, Method::Post, session_manager::RETRY_PATH, None).await
-        }
+        Route::RetrySession(id) => forward(env, &path_id(id)?, LabRequest::Retry).await,
         Route::ListSessions => {
             index_on(config)?;
             let query = fleet::parse(&query_string(&request))?;
-            let rows = index::list(
+            let rows = fleet_db::list(
                 env,
                 &query,
                 config.stuck_after_attempts,
-                index_timeout(config),
+                config.index_timeout(),
             )
             .await
             .map_err(unavailable)?;
@@ -191,7 +173,7 @@ async fn api(
                     "the stats route takes no query parameters".into(),
                 ));
             }
-            let counts = index::counts(env, config.stuck_after_attempts, index_timeout(config))
+            let counts = fleet_db::counts(env, config.stuck_after_attempts, config.index_timeout())
                 .await
                 .map_err(unavailable)?;
             json(200, &fleet::stats(&counts))
@@ -221,13 +203,8 @@ fn query_string(request: &Request) -> String {
         .unwrap_or_default()
 }
 
-/// How long a request waits for the index.
-fn index_timeout(config: &Config) -> std::time::Duration {
-    std::time::Duration::from_secs(config.backend_timeout_seconds)
-}
-
 /// The index failed a fleet-wide query: logged in full, answered as a 503 in words.
-fn unavailable(e: index::IndexError) -> ApiError {
+fn unavailable(e: fleet_db::IndexError) -> ApiError {
     console(Level::Error, &format!("[index] {e}"));
     ApiError::Unavailable("the fleet index did not answer; try again".into())
 }
@@ -276,25 +253,16 @@ async fn create_session(
             max_worker_nodes: config.max_worker_nodes,
         },
     )?;
-    let body = serde_json::to_string(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
-    forward(
-        env,
-        &new.lab_request_id,
-        Method::Post,
-        session_manager::CREATE_PATH,
-        Some(body),
-    )
-    .await
+    let id = new.lab_request_id.clone();
+    forward(env, &id, LabRequest::Create(new)).await
 }
 
-/// Sends an internal request to the `SessionManager` named `lab_request_id` and returns its
-/// answer as is.
+/// Sends `lab_request` to the `SessionManager` named `lab_request_id` and returns its answer as
+/// is.
 async fn forward(
     env: &Env,
     lab_request_id: &str,
-    method: Method,
-    path: &str,
-    json: Option<String>,
+    lab_request: LabRequest,
 ) -> Result<web_sys::Response, ApiError> {
     let stub: worker::worker_sys::DurableObject = env
         .durable_object(SESSION_MANAGER_BINDING)
@@ -302,10 +270,11 @@ async fn forward(
         .map_err(internal)?
         .into_rpc();
     let js = |e: wasm_bindgen::JsValue| internal(worker::Error::from(e));
+    let (method, path, body) = lab_request.encode();
     let init = web_sys::RequestInit::new();
-    init.set_method(method.as_ref());
-    if let Some(json) = json {
-        init.set_body(&JsValue::from_str(&json));
+    init.set_method(method);
+    if let Some(body) = body {
+        init.set_body(&JsValue::from_str(&body));
     }
     let request =
         web_sys::Request::new_with_str_and_init(&format!("https://session-manager{path}"), &init)

@@ -39,9 +39,28 @@ pub enum ApiError {
 
 /// A configuration problem refuses the request: `503 not_configured`, naming the setting and
 /// its rule, never its value (the caller may be anyone; the value goes to the log).
-impl From<crate::config::ConfigError> for ApiError {
-    fn from(e: crate::config::ConfigError) -> Self {
+impl From<crate::lab::config::ConfigError> for ApiError {
+    fn from(e: crate::lab::config::ConfigError) -> Self {
         ApiError::NotConfigured(e.to_string())
+    }
+}
+
+/// A lab procedure's refusal, as the API answers it: the one mapping, for every route.
+impl From<crate::lab::session::Refusal> for ApiError {
+    fn from(refusal: crate::lab::session::Refusal) -> Self {
+        use crate::lab::session::Refusal;
+        match refusal {
+            Refusal::NotFound => ApiError::NotFound("no session with this lab_request_id".into()),
+            Refusal::Conflict(message) => ApiError::Conflict(message),
+            Refusal::Invalid(message) => ApiError::InvalidRequest(message),
+            Refusal::Unreadable(problems) => {
+                let named: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                ApiError::Internal(format!(
+                    "this lab's record from the previous worker is unreadable ({}); it is kept and looked at again; see the worker's logs",
+                    named.join("; ")
+                ))
+            }
+        }
     }
 }
 

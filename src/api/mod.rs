@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod fleet;
+pub mod percent;
 pub mod respond;
 pub mod routes;
 pub mod validation;

@@ -2,6 +2,7 @@
 
 use crate::api::auth::Access;
 use crate::api::error::ApiError;
+use crate::api::percent;
 
 /// Path of the collection of lab sessions.
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
@@ -29,16 +30,57 @@ pub enum Route {
     Health,
 }
 
+/// A path the API serves, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Template {
+    Sessions,
+    Session,
+    Extend,
+    Retry,
+    Stats,
+    Health,
+}
+
+impl Template {
+    const ALL: [Template; 6] = [
+        Template::Sessions,
+        Template::Session,
+        Template::Extend,
+        Template::Retry,
+        Template::Stats,
+        Template::Health,
+    ];
+
+    /// The path, OpenAPI-style.
+    fn path(self) -> &'static str {
+        match self {
+            Template::Sessions => "/api/v1/labs/sessions",
+            Template::Session => "/api/v1/labs/sessions/{lab_request_id}",
+            Template::Extend => "/api/v1/labs/sessions/{lab_request_id}/extend",
+            Template::Retry => "/api/v1/labs/sessions/{lab_request_id}/retry",
+            Template::Stats => "/api/v1/labs/stats",
+            Template::Health => "/healthz",
+        }
+    }
+
+    fn methods(self) -> &'static [&'static str] {
+        match self {
+            Template::Sessions => &["GET", "POST"],
+            Template::Session => &["GET", "DELETE"],
+            Template::Extend | Template::Retry => &["POST"],
+            Template::Stats | Template::Health => &["GET"],
+        }
+    }
+}
+
 /// Every path the API serves (OpenAPI-style templates) with its methods: the source for 405
 /// answers, and checked against `docs/openapi.yaml` by a test.
-pub const ROUTES: &[(&str, &[&str])] = &[
-    ("/api/v1/labs/sessions", &["GET", "POST"]),
-    ("/api/v1/labs/sessions/{lab_request_id}", &["GET", "DELETE"]),
-    ("/api/v1/labs/sessions/{lab_request_id}/extend", &["POST"]),
-    ("/api/v1/labs/sessions/{lab_request_id}/retry", &["POST"]),
-    ("/api/v1/labs/stats", &["GET"]),
-    ("/healthz", &["GET"]),
-];
+pub fn routes() -> Vec<(&'static str, &'static [&'static str])> {
+    Template::ALL
+        .iter()
+        .map(|t| (t.path(), t.methods()))
+        .collect()
+}
 
 impl Route {
     /// Which token the route needs.
@@ -57,62 +99,40 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
     let not_found = || ApiError::NotFound(format!("no route for {path}"));
+    let id = |segment: &str| percent::decode(segment, false).ok_or_else(not_found);
     let (template, id) = if path == SESSIONS_PATH {
-        (0, None)
+        (Template::Sessions, None)
     } else if path == STATS_PATH {
-        (4, None)
+        (Template::Stats, None)
     } else if path == "/healthz" {
-        (5, None)
+        (Template::Health, None)
     } else {
         let rest = path
             .strip_prefix(SESSIONS_PATH)
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(not_found)?;
         match rest.split('/').collect::<Vec<_>>().as_slice() {
-            [id] if !id.is_empty() => (1, Some(percent_decode(id).ok_or_else(not_found)?)),
-            [id, "extend"] if !id.is_empty() => {
-                (2, Some(percent_decode(id).ok_or_else(not_found)?))
-            }
-            [id, "retry"] if !id.is_empty() => (3, Some(percent_decode(id).ok_or_else(not_found)?)),
+            [segment] if !segment.is_empty() => (Template::Session, Some(id(segment)?)),
+            [segment, "extend"] if !segment.is_empty() => (Template::Extend, Some(id(segment)?)),
+            [segment, "retry"] if !segment.is_empty() => (Template::Retry, Some(id(segment)?)),
             _ => return Err(not_found()),
         }
     };
     match (template, method, id) {
-        (0, "POST", None) => Ok(Route::CreateSession),
-        (0, "GET", None) => Ok(Route::ListSessions),
-        (1, "GET", Some(id)) => Ok(Route::GetSession(id)),
-        (1, "DELETE", Some(id)) => Ok(Route::EndSession(id)),
-        (2, "POST", Some(id)) => Ok(Route::ExtendSession(id)),
-        (3, "POST", Some(id)) => Ok(Route::RetrySession(id)),
-        (4, "GET", None) => Ok(Route::Stats),
-        (5, "GET", None) => Ok(Route::Health),
-        _ => {
-            let (template_path, methods) = ROUTES[template];
-            Err(ApiError::MethodNotAllowed {
-                method: method.to_string(),
-                path: template_path.to_string(),
-                allow: methods.join(", "),
-            })
-        }
+        (Template::Sessions, "POST", None) => Ok(Route::CreateSession),
+        (Template::Sessions, "GET", None) => Ok(Route::ListSessions),
+        (Template::Session, "GET", Some(id)) => Ok(Route::GetSession(id)),
+        (Template::Session, "DELETE", Some(id)) => Ok(Route::EndSession(id)),
+        (Template::Extend, "POST", Some(id)) => Ok(Route::ExtendSession(id)),
+        (Template::Retry, "POST", Some(id)) => Ok(Route::RetrySession(id)),
+        (Template::Stats, "GET", None) => Ok(Route::Stats),
+        (Template::Health, "GET", None) => Ok(Route::Health),
+        _ => Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: template.path().to_string(),
+            allow: template.methods().join(", "),
+        }),
     }
-}
-
-/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
-fn percent_decode(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use serde_yaml::Value;
 
 use crate::api::error::ApiError;
-use crate::api::routes::ROUTES;
-use crate::config;
+use crate::api::routes::routes;
+use crate::lab::config;
 use crate::lab::session::{NewSession, Session};
 
 const SPEC: &str = include_str!("../../docs/openapi.yaml");
@@ -65,7 +65,7 @@ fn the_spec_lists_exactly_the_served_routes() {
             }
         }
     }
-    let mut served: Vec<(String, String)> = ROUTES
+    let mut served: Vec<(String, String)> = routes()
         .iter()
         .flat_map(|(p, ms)| ms.iter().map(|m| (p.to_string(), m.to_string())))
         .collect();
@@ -186,7 +186,7 @@ fn the_fleet_schemas_are_what_the_code_answers() {
         user_id: "u".into(),
         lab_type: "single_vm".into(),
         vm_count: 1,
-        status: "retrying".into(),
+        status: crate::lab::status::Status::Retrying,
         created_at: 0,
         expires_at: 1,
         attempts: 1,
@@ -204,7 +204,7 @@ fn the_fleet_schemas_are_what_the_code_answers() {
     assert_eq!(required, keys(&listed), "ListedLab.required");
     assert_eq!(properties, keys(&listed), "ListedLab.properties");
 
-    let stats = fleet::stats(&fleet::Counts::default());
+    let stats = fleet::stats(&crate::lab::index::Counts::default());
     let schema = get(&spec, &["components", "schemas", "Stats"]);
     let (required, properties) = required_and_properties(schema);
     assert_eq!(required, keys(&stats), "Stats.required");

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use labs_cleanup::config::{Config, Webhooks};
+use labs_cleanup::lab::config::{Config, Webhooks};
 use serde::Deserialize;
 
 /// One environment of `wrangler.toml`, as `scripts/deploy-config.mjs` prints it.
@@ -53,11 +53,13 @@ const SECRETS: &[&str] = &[
 ];
 
 /// Stands in for a secret whose value cannot be read back: the right form, so that the rules
-/// about the other settings can be checked. (`/healthz` and the API check the real values.)
+/// about the other settings can be checked; a different value for each secret (whether two
+/// tokens are equal cannot be known from here: the deployed worker's `/healthz`, which
+/// `scripts/deploy.sh` calls, answers 503 then).
 fn stand_in(name: &str) -> String {
     match name {
         "WEBHOOK_SECRET" => "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-        _ => "set-as-a-secret".into(),
+        _ => format!("set-as-a-secret-{name}"),
     }
 }
 
@@ -285,7 +287,10 @@ mod tests {
         );
         let r = check(&d, &[]);
         assert_eq!(r.errors.len(), 2, "{r:?}");
-        assert!(r.errors[0].starts_with("MAX_WORKER_NODES must be at most"));
+        assert!(
+            r.errors[0].starts_with("MAX_WORKER_NODES must be a whole number from 0 to 48"),
+            "{r:?}"
+        );
         assert!(r.errors[0].contains("(got \"60\")"));
         assert!(r.errors[1].starts_with("secret API_TOKEN is not set"));
         assert_eq!(

@@ -7,74 +7,18 @@
 use std::cell::Cell;
 
 use futures::stream::{self, StreamExt};
-use thiserror::Error;
 
-use crate::lab::retry::{self, Ending, Policy};
-use crate::lab::session::{rfc3339, DeletionError, LabType, Outcome, Role, Session, Vm};
+pub use crate::lab::ports::{BackendError, BackendReply, LabBackend, Level, Logger, Runtime};
+use crate::lab::retry::{self, Policy};
+use crate::lab::session::{
+    AttemptResult, Deletion, DeletionError, Ending, LabType, Outcome, Role, Session, Vm,
+};
+use crate::lab::text::rfc3339;
 
 /// Prefix of every log line, so the lines of this object are easy to filter in the dashboard.
 pub const LOG_PREFIX: &str = "[SessionManager]";
 /// How much of a backend's error body goes into a log line or a stored error.
 const MAX_BODY_SNIPPET: usize = 200;
-
-/// An HTTP answer from the lab backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendReply {
-    pub status: u16,
-    pub body: String,
-    /// The `Retry-After` header, as sent.
-    pub retry_after: Option<String>,
-}
-
-/// A backend call that got no complete HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum BackendError {
-    #[error("no answer within {0} s (timed out)")]
-    Timeout(u64),
-    /// The connection failed before any answer (refused, reset, DNS, TLS): the request may never
-    /// have reached the backend.
-    #[error("network error: {0}")]
-    Network(String),
-    /// An answer began (its status is known) and was cut off: no trustworthy answer.
-    #[error("network error: answer {status} cut short: {error}")]
-    CutShort { status: u16, error: String },
-}
-
-/// The two calls the cleanup makes on the lab backend.
-#[allow(async_fn_in_trait)] // single-threaded wasm: no Send bound wanted
-pub trait LabBackend {
-    /// `DELETE /api/v1/expose/` with `{"lab_request_id": master_id}`.
-    async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError>;
-    /// `POST /api/v1/labs/delete` with `{"lab_request_id": ..., "user_id": ...}`.
-    async fn delete_vm(
-        &self,
-        lab_request_id: &str,
-        user_id: &str,
-    ) -> Result<BackendReply, BackendError>;
-}
-
-/// What the engine needs from its surroundings besides the backend.
-#[allow(async_fn_in_trait)]
-pub trait Runtime {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> i64;
-    /// A random number in `[0, 1)`.
-    fn random(&self) -> f64;
-    async fn sleep(&self, ms: u64);
-}
-
-/// Severity of a log line (maps to `console.log` / `console.warn` / `console.error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
-}
-
-/// Where log lines go. Lines are passed without `LOG_PREFIX`; implementations add it.
-pub trait Logger {
-    fn log(&self, level: Level, message: &str);
-}
 
 /// How an attempt is to be run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,56 +29,6 @@ pub struct AttemptPlan {
     /// Backend calls this attempt may make beyond one per planned call (the reconnects), within
     /// the invocation's subrequest limit.
     pub spare_calls: usize,
-}
-
-/// What an attempt did: the VM ids the backend confirmed deleting and those it said were already
-/// gone, the outcome to store, how the services call went (`None`: not made), how the attempt
-/// ended (for the retry timing), and how many backend calls it made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptResult {
-    pub deleted: Vec<String>,
-    pub already_gone: Vec<String>,
-    pub outcome: Outcome,
-    pub services: Option<Deletion>,
-    pub ending: Ending,
-    pub calls: usize,
-}
-
-impl Default for AttemptResult {
-    fn default() -> Self {
-        AttemptResult {
-            deleted: Vec::new(),
-            already_gone: Vec::new(),
-            outcome: Outcome::default(),
-            services: None,
-            ending: Ending::Failed,
-            calls: 0,
-        }
-    }
-}
-
-/// Whether one deletion (of a VM, or of the exposed services) counts as done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Deletion {
-    /// The backend answered 2xx.
-    Deleted,
-    /// The backend answered 404: the VM was already gone.
-    AlreadyGone,
-    /// The backend is overloaded (429 or 503), and says when to come back if it sent a
-    /// `Retry-After`: to be retried, and no further call in this attempt.
-    Refused {
-        retry_after_ms: Option<i64>,
-        error: String,
-    },
-    /// Anything else: to be retried.
-    Failed(String),
-}
-
-impl Deletion {
-    /// Whether the deletion counts as done (2xx or 404).
-    pub fn is_done(&self) -> bool {
-        matches!(self, Deletion::Deleted | Deletion::AlreadyGone)
-    }
 }
 
 /// Classifies a deletion call's result: 2xx and 404 are done; 429 and 503 are refusals (with
@@ -267,10 +161,10 @@ pub async fn run_attempt(
         LabType::SingleVm => info("Cleaning up single VM lab".into()),
     }
     info(format!("Total VMs to delete: {total}"));
-    if session.attempts > 1 {
+    if session.cleanup.attempts > 1 {
         info(format!(
             "Attempt {}: {} of {total} VM{} still to delete",
-            session.attempts,
+            session.cleanup.attempts,
             pending.len(),
             plural(total)
         ));
@@ -319,7 +213,7 @@ pub async fn run_attempt(
                             "❌ Failed to delete {} VM {} (attempt {}): {error}",
                             vm.role.as_str(),
                             vm.id,
-                            session.attempts
+                            session.cleanup.attempts
                         ),
                     ),
                 }
@@ -378,7 +272,7 @@ pub async fn run_attempt(
                 retry_after_ms
                     .map(|ms| format!(", Retry-After {}", seconds(ms)))
                     .unwrap_or_default(),
-                session.attempts,
+                session.cleanup.attempts,
                 plural(not_tried)
             ),
         );
@@ -399,7 +293,7 @@ pub async fn run_attempt(
             &format!(
                 "⚠️ {left} of {total} VM{} not deleted after attempt {} ({})",
                 plural(total),
-                session.attempts,
+                session.cleanup.attempts,
                 still.join(", "),
             ),
         );
@@ -486,15 +380,15 @@ pub fn attempt_record<'a>(
         event: "cleanup_attempt",
         lab_request_id: &session.lab_request_id,
         user_id: &session.user_id,
-        attempt: session.attempts,
-        status: crate::lab::index::status_name(session.status),
+        attempt: session.cleanup.attempts,
+        status: session.status().name(),
         deleted: result.deleted.len() + result.already_gone.len(),
         already_gone: result.already_gone.len(),
         failed: result.outcome.failed_deletions,
         not_tried: result.outcome.not_tried,
         pending: session.pending().len(),
         duration_ms,
-        next_attempt_at: session.next_attempt_at_ms.map(rfc3339),
+        next_attempt_at: session.cleanup.next_attempt_at_ms.map(rfc3339),
         dry_run: session.dry_run,
     }
 }
@@ -528,6 +422,7 @@ fn seconds(ms: i64) -> String {
 pub fn retry_line(session: &Session, end_ms: i64, ending: Ending) -> String {
     let pending: Vec<&str> = session.pending().iter().map(|vm| vm.id).collect();
     let wait = session
+        .cleanup
         .next_attempt_at_ms
         .map(|at| seconds(at.saturating_sub(end_ms)))
         .unwrap_or_else(|| "?".into());
@@ -540,8 +435,9 @@ pub fn retry_line(session: &Session, end_ms: i64, ending: Ending) -> String {
     format!(
         "🔁 Retry scheduled for lab {}: attempt {} at {} (in {wait}{why}); {} VM{} pending: {}",
         session.lab_request_id,
-        session.attempts + 1,
+        session.cleanup.attempts.saturating_add(1),
         session
+            .cleanup
             .next_attempt_at_ms
             .map(rfc3339)
             .unwrap_or_else(|| "the next alarm".into()),
@@ -695,6 +591,7 @@ mod tests {
     struct Lines(RefCell<Vec<(Level, String)>>);
 
     impl Logger for Lines {
+        fn record<T: serde::Serialize>(&self, _: &T) {}
         fn log(&self, level: Level, message: &str) {
             self.0.borrow_mut().push((level, message.to_string()));
         }
@@ -931,7 +828,7 @@ mod tests {
             retry_line(&s, 61_000, Ending::Failed),
             "🔁 Retry scheduled for lab k8s-master-abc-123: attempt 2 at 1970-01-01T00:06:01.000Z (in 300 s); 2 VMs pending: w1, w2"
         );
-        s.next_attempt_at_ms = Some(63_500);
+        s.cleanup.next_attempt_at_ms = Some(63_500);
         assert_eq!(
             retry_line(
                 &s,
@@ -954,9 +851,9 @@ mod tests {
         let r = run(&s, &backend, &Lines::default(), 6);
         assert_eq!(r.services, Some(Deletion::AlreadyGone));
         s.finish_attempt(&r, 61_000, 361_000);
-        assert_eq!(s.status, crate::lab::session::Status::Completed);
-        assert!(s.deleted.is_empty());
-        assert_eq!(s.already_gone.len(), 2);
+        assert_eq!(s.status(), crate::lab::session::Status::Completed);
+        assert!(s.cleanup.deleted.is_empty());
+        assert_eq!(s.cleanup.already_gone.len(), 2);
         assert!(s.every_call_answered_404());
         assert_eq!(
             all_404_line(&s),
@@ -970,7 +867,7 @@ mod tests {
         backend.script("w1", vec![reply(404)]);
         let r = run(&s, &backend, &Lines::default(), 6);
         s.finish_attempt(&r, 61_000, 361_000);
-        assert_eq!(s.status, crate::lab::session::Status::Completed);
+        assert_eq!(s.status(), crate::lab::session::Status::Completed);
         assert!(!s.every_call_answered_404());
     }
 

@@ -1,55 +1,45 @@
-//! The lab's row in the fleet index: what it holds, and whether the index is behind the record.
+//! The fleet index's pure part: a lab's row, whether the index is behind the record, and every SQL statement the D1 adapter runs (upsert, delete, list, stats).
 //!
-//! The object is the source of truth; the index (a D1 table, written by `platform::index`) is a
-//! copy for listing the fleet. Every change of the record bumps its `revision`; the row carries
-//! the revision it was written from, so an older write never overwrites a newer row. Until the
-//! index confirms the current revision, the row is owed: the object's alarm comes back for it
-//! within `CLEANUP_RETRY_SECONDS` at the latest (see `lab::wake`).
+//! The object is the source of truth; the index (a D1 table, `migrations/`) is a copy for listing
+//! the fleet. Every change of the record bumps its `revision`; the row carries the revision it
+//! was written from, so an older write never overwrites a newer row. Until the index confirms
+//! the current revision, the row is owed: the object's alarm comes back for it within
+//! `CLEANUP_RETRY_SECONDS` at the latest (see `lab::wake`). The platform side
+//! (`platform::fleet_db`) only runs the statements built here.
 
 use serde::{Deserialize, Serialize};
 
-use crate::lab::session::{LabType, Session, Status};
+use crate::lab::session::Session;
+use crate::lab::status::{in_cleanup_sql, stuck_sql, Status};
 use crate::lab::text;
-
-/// How far the index has caught up with the record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexSync {
-    /// The record's revision the index last confirmed (0: never written).
-    #[serde(default)]
-    pub written: u64,
-    /// When to write the row again if it is still owed then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at_ms: Option<i64>,
-    /// When to try deleting the row again, after a failed delete at the end of retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delete_retry_at_ms: Option<i64>,
-}
 
 /// Marks a change of the record: a new revision, and the row owed, at the latest by
 /// `now_ms + retry_ms`. Revisions grow with time (microseconds of the clock, at least one more
 /// than the last), so a lab forgotten and created again still gets revisions above its old row.
 pub fn touch(session: &mut Session, now_ms: i64, retry_ms: i64) {
+    let sync = &mut session.sync;
     let by_clock = (now_ms.max(0) as u64).saturating_mul(1000);
-    session.revision = session.revision.saturating_add(1).max(by_clock);
-    session.index.retry_at_ms = Some(now_ms.saturating_add(retry_ms));
+    sync.revision = sync.revision.saturating_add(1).max(by_clock);
+    sync.index.retry_at_ms = Some(now_ms.saturating_add(retry_ms));
 }
 
 /// Whether the index is behind the record.
 pub fn owed(session: &Session) -> bool {
-    session.index.written < session.revision
+    session.sync.index.written < session.sync.revision
 }
 
 /// Records that the index confirmed `revision`; nothing more is owed once it is the current one.
 pub fn confirmed(session: &mut Session, revision: u64) {
-    session.index.written = session.index.written.max(revision);
-    if !owed(session) {
-        session.index.retry_at_ms = None;
+    let sync = &mut session.sync;
+    sync.index.written = sync.index.written.max(revision);
+    if sync.index.written >= sync.revision {
+        sync.index.retry_at_ms = None;
     }
 }
 
 /// Records a failed row write: try again at `now_ms + retry_ms`.
 pub fn write_failed(session: &mut Session, now_ms: i64, retry_ms: i64) {
-    session.index.retry_at_ms = Some(now_ms.saturating_add(retry_ms));
+    session.sync.index.retry_at_ms = Some(now_ms.saturating_add(retry_ms));
 }
 
 /// The lab's row, as the index stores it (times in epoch milliseconds).
@@ -59,14 +49,14 @@ pub struct IndexRow {
     pub user_id: String,
     pub lab_type: String,
     pub vm_count: u32,
-    pub status: String,
+    pub status: Status,
     pub created_at: i64,
     pub expires_at: i64,
     pub attempts: u32,
     pub next_attempt_at: Option<i64>,
     pub pending_count: u32,
     pub already_gone_count: u32,
-    /// The first error of the last attempt, short.
+    /// The first error of the last attempt, escaped and short.
     pub last_error: Option<String>,
     pub completed_at: Option<i64>,
     pub updated_at: i64,
@@ -78,33 +68,30 @@ pub const MAX_LAST_ERROR: usize = 160;
 
 /// The row of `session` as of `now_ms`.
 pub fn row(session: &Session, now_ms: i64) -> IndexRow {
+    let c = &session.cleanup;
     IndexRow {
         lab_request_id: session.lab_request_id.clone(),
         user_id: session.user_id.clone(),
-        lab_type: match session.lab_type() {
-            LabType::SingleVm => "single_vm",
-            LabType::MultiNode => "multi_node",
-        }
-        .into(),
+        lab_type: session.lab_type().name().into(),
         vm_count: session.vm_count() as u32,
-        status: status_name(session.status).into(),
+        status: c.status,
         created_at: session.created_at_ms,
         expires_at: session.expires_at_ms,
-        attempts: session.attempts,
-        next_attempt_at: session.next_attempt_at_ms,
+        attempts: c.attempts,
+        next_attempt_at: c.next_attempt_at_ms,
         pending_count: session.pending().len() as u32,
-        already_gone_count: session.already_gone.len() as u32,
+        already_gone_count: c.already_gone.len() as u32,
         last_error: last_error(session),
-        completed_at: session.completed_at_ms,
+        completed_at: c.completed_at_ms,
         updated_at: now_ms,
-        revision: session.revision,
+        revision: session.sync.revision,
     }
 }
 
 /// The first error of the last attempt, on one line, its control and format characters escaped
 /// (it came from the backend), and at most `MAX_LAST_ERROR` characters.
 pub fn last_error(session: &Session) -> Option<String> {
-    let outcome = session.last_outcome.as_ref()?;
+    let outcome = session.cleanup.last_outcome.as_ref()?;
     let first = outcome.errors.first()?;
     Some(text::safe(
         &format!("{}: {}", first.lab_request_id, first.error),
@@ -112,26 +99,235 @@ pub fn last_error(session: &Session) -> Option<String> {
     ))
 }
 
-/// The status as the API and the index name it.
-pub fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Scheduled => "scheduled",
-        Status::CleaningUp => "cleaning_up",
-        Status::Retrying => "retrying",
-        Status::Completed => "completed",
+/// The index table and its columns, in the order of `migrations/0001_sessions.sql`.
+pub const TABLE: &str = "sessions";
+pub const COLUMNS: [&str; 15] = [
+    "lab_request_id",
+    "user_id",
+    "lab_type",
+    "vm_count",
+    "status",
+    "created_at",
+    "expires_at",
+    "attempts",
+    "next_attempt_at",
+    "pending_count",
+    "already_gone_count",
+    "last_error",
+    "completed_at",
+    "updated_at",
+    "revision",
+];
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+fn int(n: impl TryInto<i64>) -> Bind {
+    // Exact in D1: times in milliseconds and revisions stay below 2^53.
+    Bind::Int(n.try_into().unwrap_or(i64::MAX))
+}
+
+fn optional(n: Option<i64>) -> Bind {
+    n.map_or(Bind::Null, Bind::Int)
+}
+
+/// The upsert of `row`, unless the index holds a newer revision of it.
+pub fn upsert(row: &IndexRow) -> (String, Vec<Bind>) {
+    let marks: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
+    let updates: Vec<String> = COLUMNS[1..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {TABLE} ({}) VALUES ({}) ON CONFLICT (lab_request_id) DO UPDATE SET {} WHERE excluded.revision > {TABLE}.revision",
+        COLUMNS.join(", "),
+        marks.join(", "),
+        updates.join(", ")
+    );
+    let binds = vec![
+        Bind::Text(row.lab_request_id.clone()),
+        Bind::Text(row.user_id.clone()),
+        Bind::Text(row.lab_type.clone()),
+        int(row.vm_count),
+        Bind::Text(row.status.name().into()),
+        int(row.created_at),
+        int(row.expires_at),
+        int(row.attempts),
+        optional(row.next_attempt_at),
+        int(row.pending_count),
+        int(row.already_gone_count),
+        row.last_error.clone().map_or(Bind::Null, Bind::Text),
+        optional(row.completed_at),
+        int(row.updated_at),
+        int(row.revision),
+    ];
+    (sql, binds)
+}
+
+/// The delete of a lab's row, unless the index holds a revision newer than `revision` (a lab
+/// created again under the same id after this one was forgotten).
+pub fn delete(lab_request_id: &str, revision: u64) -> (String, Vec<Bind>) {
+    (
+        format!("DELETE FROM {TABLE} WHERE lab_request_id = ?1 AND revision <= ?2"),
+        vec![Bind::Text(lab_request_id.into()), int(revision)],
+    )
+}
+
+/// Default and largest page size of the list.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+
+/// Where a page starts: after this (`expires_at`, `lab_request_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub expires_at: i64,
+    pub lab_request_id: String,
+}
+
+impl Cursor {
+    /// The opaque cursor: hex of `v1:<expires_at>:<lab_request_id>`.
+    pub fn encode(&self) -> String {
+        format!("v1:{}:{}", self.expires_at, self.lab_request_id)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A cursor `encode` gave out, or `None` for anything else. Byte pairs, never string
+    /// slices: a cursor is anything a caller sends, multi-byte characters included (`a%C3%A9b`
+    /// once split a character and panicked).
+    pub fn decode(value: &str) -> Option<Cursor> {
+        let hex = value.as_bytes();
+        if hex.len() % 2 != 0 || hex.len() > 400 {
+            return None;
+        }
+        let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let bytes: Vec<u8> = hex
+            .chunks_exact(2)
+            .map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?))
+            .collect::<Option<_>>()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (expires_at, id) = text.strip_prefix("v1:")?.split_once(':')?;
+        let expires_at = expires_at.parse::<i64>().ok()?;
+        crate::lab::limits::id_problem(id)
+            .is_none()
+            .then(|| Cursor {
+                expires_at,
+                lab_request_id: id.to_string(),
+            })
     }
 }
 
-/// Whether a lab counts as stuck: not completed after `stuck_after` attempts or more.
-pub fn is_stuck(status: &str, attempts: u32, stuck_after: u32) -> bool {
-    status != "completed" && attempts >= stuck_after
+/// A checked list query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub statuses: Vec<Status>,
+    pub user_id: Option<String>,
+    pub stuck: Option<bool>,
+    /// Exclusive bounds on `expires_at` (epoch ms).
+    pub expires_before: Option<i64>,
+    pub expires_after: Option<i64>,
+    pub limit: u32,
+    pub cursor: Option<Cursor>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            statuses: Vec::new(),
+            user_id: None,
+            stuck: None,
+            expires_before: None,
+            expires_after: None,
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+        }
+    }
+}
+
+/// The list's statement: its SQL and its bound values, one row more than the page (which says
+/// whether another page follows). Paging is by key (`expires_at`, then `lab_request_id`), so a
+/// lab is listed once however many labs are added while paging.
+pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
+    let mut sql = format!("SELECT {} FROM {TABLE} WHERE 1 = 1", COLUMNS.join(", "));
+    let mut binds = Vec::new();
+    if !q.statuses.is_empty() {
+        let marks = vec!["?"; q.statuses.len()].join(", ");
+        sql.push_str(&format!(" AND status IN ({marks})"));
+        binds.extend(q.statuses.iter().map(|s| Bind::Text(s.name().into())));
+    }
+    if let Some(user) = &q.user_id {
+        sql.push_str(" AND user_id = ?");
+        binds.push(Bind::Text(user.clone()));
+    }
+    if let Some(stuck) = q.stuck {
+        sql.push_str(&format!(" AND {}", stuck_sql(!stuck)));
+        binds.push(int(stuck_after));
+    }
+    if let Some(before) = q.expires_before {
+        sql.push_str(" AND expires_at < ?");
+        binds.push(Bind::Int(before));
+    }
+    if let Some(after) = q.expires_after {
+        sql.push_str(" AND expires_at > ?");
+        binds.push(Bind::Int(after));
+    }
+    if let Some(c) = &q.cursor {
+        sql.push_str(" AND (expires_at > ? OR (expires_at = ? AND lab_request_id > ?))");
+        binds.push(Bind::Int(c.expires_at));
+        binds.push(Bind::Int(c.expires_at));
+        binds.push(Bind::Text(c.lab_request_id.clone()));
+    }
+    sql.push_str(" ORDER BY expires_at, lab_request_id LIMIT ?");
+    binds.push(int(i64::from(q.limit) + 1));
+    (sql, binds)
+}
+
+/// The stats route's statements, run in one batch: labs by status; stuck labs; VMs pending and
+/// the oldest expiry among labs being cleaned up; VMs found already gone.
+pub fn stats(stuck_after: u32) -> Vec<(String, Vec<Bind>)> {
+    vec![
+        (
+            format!("SELECT status, COUNT(*) AS n FROM {TABLE} GROUP BY status"),
+            vec![],
+        ),
+        (
+            format!("SELECT COUNT(*) AS n FROM {TABLE} WHERE {}", stuck_sql(false)),
+            vec![int(stuck_after)],
+        ),
+        (
+            format!(
+                "SELECT SUM(pending_count) AS vms_pending, MIN(expires_at) AS oldest FROM {TABLE} WHERE status IN {}",
+                in_cleanup_sql()
+            ),
+            vec![],
+        ),
+        (
+            format!("SELECT SUM(already_gone_count) AS n FROM {TABLE}"),
+            vec![],
+        ),
+    ]
+}
+
+/// Counts over the fleet, as read from the index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub by_status: Vec<(Status, u64)>,
+    pub stuck: u64,
+    pub vms_pending: u64,
+    pub oldest_pending_expiry: Option<i64>,
+    pub vms_already_gone: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::cleanup::AttemptResult;
-    use crate::lab::session::{DeletionError, NewSession, Outcome};
+    use crate::lab::session::{AttemptResult, DeletionError, NewSession, Outcome};
 
     const T0: i64 = 1_795_000_000_000;
 
@@ -153,15 +349,15 @@ mod tests {
     fn every_change_is_a_newer_revision_even_within_a_millisecond() {
         let mut s = session();
         touch(&mut s, T0, 2_000);
-        let first = s.revision;
+        let first = s.sync.revision;
         assert_eq!(first, T0 as u64 * 1000);
         touch(&mut s, T0, 2_000);
-        assert_eq!(s.revision, first + 1, "two changes in one millisecond");
+        assert_eq!(s.sync.revision, first + 1, "two changes in one millisecond");
         touch(&mut s, T0 + 5, 2_000);
-        assert_eq!(s.revision, (T0 as u64 + 5) * 1000);
+        assert_eq!(s.sync.revision, (T0 as u64 + 5) * 1000);
         // A clock that went back never lowers the revision.
         touch(&mut s, T0 - 1_000, 2_000);
-        assert_eq!(s.revision, (T0 as u64 + 5) * 1000 + 1);
+        assert_eq!(s.sync.revision, (T0 as u64 + 5) * 1000 + 1);
     }
 
     #[test]
@@ -169,22 +365,22 @@ mod tests {
         let mut s = session();
         touch(&mut s, T0, 2_000);
         assert!(owed(&s));
-        assert_eq!(s.index.retry_at_ms, Some(T0 + 2_000));
-        let written = s.revision;
+        assert_eq!(s.sync.index.retry_at_ms, Some(T0 + 2_000));
+        let written = s.sync.revision;
         touch(&mut s, T0 + 1, 2_000);
         // The write of the older revision lands: still behind.
         confirmed(&mut s, written);
         assert!(owed(&s));
-        assert_eq!(s.index.retry_at_ms, Some(T0 + 2_001));
+        assert_eq!(s.sync.index.retry_at_ms, Some(T0 + 2_001));
         write_failed(&mut s, T0 + 10, 2_000);
-        assert_eq!(s.index.retry_at_ms, Some(T0 + 2_010));
-        let current = s.revision;
+        assert_eq!(s.sync.index.retry_at_ms, Some(T0 + 2_010));
+        let current = s.sync.revision;
         confirmed(&mut s, current);
         assert!(!owed(&s));
-        assert_eq!(s.index.retry_at_ms, None);
+        assert_eq!(s.sync.index.retry_at_ms, None);
         // A late confirmation of an older revision changes nothing.
         confirmed(&mut s, written);
-        assert_eq!(s.index.written, current);
+        assert_eq!(s.sync.index.written, current);
     }
 
     #[test]
@@ -201,7 +397,7 @@ mod tests {
                     failed_deletions: 1,
                     errors: vec![DeletionError {
                         lab_request_id: "w1".into(),
-                        error: format!("backend answered 500: {}", "x".repeat(300)),
+                        error: format!("backend answered 500: \u{202e}{}", "x".repeat(300)),
                     }],
                     not_tried: 0,
                 },
@@ -213,25 +409,147 @@ mod tests {
         let r = row(&s, T0 + 61_001);
         assert_eq!(r.lab_type, "multi_node");
         assert_eq!(r.vm_count, 3);
-        assert_eq!(r.status, "retrying");
+        assert_eq!(r.status, Status::Retrying);
         assert_eq!(r.attempts, 1);
         assert_eq!(r.pending_count, 1);
         assert_eq!(r.already_gone_count, 1);
         assert_eq!(r.next_attempt_at, Some(T0 + 66_000));
         assert_eq!(r.updated_at, T0 + 61_001);
-        assert_eq!(r.revision, s.revision);
+        assert_eq!(r.revision, s.sync.revision);
         let error = r.last_error.unwrap();
-        assert!(error.starts_with("w1: backend answered 500: xxx"));
+        assert!(
+            error.starts_with("w1: backend answered 500: \\u{202e}xxx"),
+            "escaped: {error}"
+        );
         assert_eq!(error.chars().count(), MAX_LAST_ERROR);
         assert!(error.ends_with('…'));
     }
 
     #[test]
-    fn stuck_means_not_completed_after_enough_attempts() {
-        assert!(!is_stuck("retrying", 2, 3));
-        assert!(is_stuck("retrying", 3, 3));
-        assert!(is_stuck("cleaning_up", 7, 3));
-        assert!(!is_stuck("completed", 9, 3));
-        assert!(!is_stuck("scheduled", 0, 3));
+    fn the_columns_are_those_of_the_migration() {
+        let migration = include_str!("../../migrations/0001_sessions.sql");
+        let table = migration
+            .split("CREATE TABLE IF NOT EXISTS sessions (")
+            .nth(1)
+            .and_then(|rest| rest.split(");").next())
+            .expect("the table in the migration");
+        let columns: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        assert_eq!(columns, COLUMNS);
+    }
+
+    #[test]
+    fn the_upsert_never_overwrites_a_newer_row() {
+        let mut s = session();
+        touch(&mut s, T0, 2_000);
+        let (sql, binds) = upsert(&row(&s, T0));
+        assert!(sql.starts_with("INSERT INTO sessions (lab_request_id, user_id, lab_type"));
+        assert!(sql.ends_with("WHERE excluded.revision > sessions.revision"));
+        assert!(sql.contains("status = excluded.status"));
+        assert_eq!(binds.len(), COLUMNS.len());
+        assert_eq!(binds[4], Bind::Text("scheduled".into()));
+        assert_eq!(binds[8], Bind::Null);
+        let (sql, binds) = delete("m", 7);
+        assert_eq!(
+            sql,
+            "DELETE FROM sessions WHERE lab_request_id = ?1 AND revision <= ?2"
+        );
+        assert_eq!(binds, vec![Bind::Text("m".into()), Bind::Int(7)]);
+    }
+
+    #[test]
+    fn no_parameters_is_the_first_page_of_everything() {
+        let (sql, binds) = list(&ListQuery::default(), 3);
+        assert!(sql.ends_with("WHERE 1 = 1 ORDER BY expires_at, lab_request_id LIMIT ?"));
+        assert_eq!(binds, vec![Bind::Int(51)]);
+    }
+
+    #[test]
+    fn every_filter_is_bound() {
+        let q = ListQuery {
+            statuses: vec![Status::Retrying, Status::CleaningUp],
+            user_id: Some("user@x".into()),
+            stuck: Some(true),
+            expires_before: Some(1_795_773_600_000),
+            expires_after: Some(1_795_766_400_000),
+            limit: 200,
+            cursor: None,
+        };
+        let (sql, binds) = list(&q, 3);
+        assert_eq!(
+            sql,
+            format!("SELECT {} FROM sessions WHERE 1 = 1 AND status IN (?, ?) AND user_id = ? AND status != 'completed' AND attempts >= ? AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", COLUMNS.join(", "))
+        );
+        assert_eq!(
+            binds,
+            vec![
+                Bind::Text("retrying".into()),
+                Bind::Text("cleaning_up".into()),
+                Bind::Text("user@x".into()),
+                Bind::Int(3),
+                Bind::Int(1_795_773_600_000),
+                Bind::Int(1_795_766_400_000),
+                Bind::Int(201),
+            ]
+        );
+        let (sql, binds) = list(
+            &ListQuery {
+                stuck: Some(false),
+                ..ListQuery::default()
+            },
+            4,
+        );
+        assert!(sql.contains("AND (status = 'completed' OR attempts < ?)"));
+        assert_eq!(binds[0], Bind::Int(4));
+    }
+
+    #[test]
+    fn the_cursor_round_trips_and_pages_by_key() {
+        let c = Cursor {
+            expires_at: 1_795_000_000_123,
+            lab_request_id: "lab:7@x".into(),
+        };
+        let text = c.encode();
+        assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(Cursor::decode(&text), Some(c.clone()));
+        let (sql, binds) = list(
+            &ListQuery {
+                cursor: Some(c),
+                limit: 10,
+                ..ListQuery::default()
+            },
+            3,
+        );
+        assert!(sql.contains("AND (expires_at > ? OR (expires_at = ? AND lab_request_id > ?))"));
+        assert_eq!(binds.len(), 4);
+        for bad in [
+            "zz",
+            "abc",
+            "7631",
+            &"0".repeat(500),
+            "76313a783a79",
+            "aéb",
+            "é",
+            "+7",
+            "７６",
+        ] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_stats_use_the_vocabulary() {
+        let statements = stats(3);
+        assert_eq!(statements.len(), 4);
+        assert_eq!(
+            statements[1].0,
+            "SELECT COUNT(*) AS n FROM sessions WHERE status != 'completed' AND attempts >= ?"
+        );
+        assert_eq!(statements[1].1, vec![Bind::Int(3)]);
+        assert!(statements[2]
+            .0
+            .ends_with("WHERE status IN ('cleaning_up', 'retrying')"));
     }
 }

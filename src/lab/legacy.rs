@@ -167,7 +167,7 @@ impl LegacyRecord {
             created_at_ms,
             expires_at_ms.saturating_sub(created_at_ms),
         );
-        session.adopted_at_ms = Some(now_ms);
+        session.adoption.adopted_at_ms = Some(now_ms);
         Ok(session)
     }
 
@@ -327,10 +327,10 @@ mod tests {
         assert_eq!(s.worker_lab_request_ids, vec!["w1", "w2"]);
         assert_eq!(s.lab_type(), LabType::MultiNode);
         assert_eq!(s.duration, 60);
-        assert_eq!(s.status, Status::Scheduled);
+        assert_eq!(s.status(), Status::Scheduled);
         assert_eq!(s.expires_at_ms, NOW + 10 * MINUTE);
         assert_eq!(s.created_at_ms, NOW - 50 * MINUTE);
-        assert_eq!(s.adopted_at_ms, Some(NOW));
+        assert_eq!(s.adoption.adopted_at_ms, Some(NOW));
     }
 
     #[test]

@@ -7,6 +7,9 @@
 
 use chrono::NaiveDate;
 
+pub use crate::lab::config::Policy;
+use crate::lab::session::Ending;
+
 /// A `Retry-After` is honored for at least this long: the backend asked for a pause.
 pub const MIN_RETRY_AFTER_MS: i64 = 1_000;
 /// ... and for at most this long: a larger value is taken as this (a lab is never parked for a
@@ -18,26 +21,6 @@ pub const PAUSE_JITTER: f64 = 0.2;
 /// A connection that fails before any answer is tried once more in the same attempt after a
 /// pause drawn from this range (milliseconds).
 pub const RECONNECT_PAUSE_MS: (u64, u64) = (100, 1_000);
-
-/// Which retry rules apply (`RETRY_POLICY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// Honor `Retry-After`, stop an attempt on overload, jitter, one reconnect, spread first
-    /// attempts, one deletion at a time after a refusal.
-    Adaptive,
-    /// The original behaviour: `CLEANUP_RETRY_SECONDS` after every failing attempt, nothing else.
-    Fixed,
-}
-
-impl Policy {
-    pub fn parse(value: &str) -> Option<Policy> {
-        match value.trim() {
-            "adaptive" => Some(Policy::Adaptive),
-            "fixed" => Some(Policy::Fixed),
-            _ => None,
-        }
-    }
-}
 
 /// Reads a `Retry-After` value, delta-seconds (`"120"`) or an HTTP date
 /// (`"Wed, 21 Oct 2026 07:28:00 GMT"`), as a wait in milliseconds from `now_ms`, within
@@ -83,18 +66,6 @@ fn http_date_ms(value: &str) -> Option<i64> {
     // The weekday must agree with the date: a mangled date is no date.
     (DAYS.get(chrono::Datelike::weekday(&date).num_days_from_monday() as usize) == Some(&weekday))
         .then(|| at.and_utc().timestamp_millis())
-}
-
-/// How an attempt ended, as far as timing goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// Every VM is deleted: no next attempt.
-    Done,
-    /// The backend refused a call (429 or 503); `retry_after_ms` is the longest wait it asked for
-    /// (`None`: it did not say).
-    Refused { retry_after_ms: Option<i64> },
-    /// Some deletion failed otherwise (5xx, timeout, network, ...).
-    Failed,
 }
 
 /// When the next attempt runs, for an attempt that ended at `end_ms`.

@@ -14,9 +14,10 @@ use crate::lab::webhook;
 pub struct Timing {
     /// How long a completed record is kept.
     pub retention_ms: i64,
-    /// How long before the expiry `lab.expiring` is due; `None` when webhooks are off (then no
-    /// event is created, and the outbox is left as it is).
-    pub warn_before_ms: Option<i64>,
+    /// Whether webhooks are on. Off, no event is created and the outbox is left as it is.
+    pub webhooks: bool,
+    /// How long before the expiry `lab.expiring` is due (webhooks on).
+    pub warn_before_ms: i64,
 }
 
 /// What is due when the alarm fires.
@@ -42,29 +43,33 @@ impl Due {
 
 /// When `lab.expiring` is due (webhooks on, see `webhook::warning_at`).
 pub fn warn_at(session: &Session, timing: &Timing) -> Option<i64> {
-    timing
-        .warn_before_ms
-        .and_then(|before| webhook::warning_at(session, before))
+    if !timing.webhooks {
+        return None;
+    }
+    webhook::warning_at(session, timing.warn_before_ms)
 }
 
 /// When the next outbox event is due for delivery (webhooks on).
 pub fn deliver_at(session: &Session, timing: &Timing) -> Option<i64> {
-    timing.warn_before_ms?;
-    session.outbox.iter().map(|e| e.next_at_ms).min()
+    if !timing.webhooks {
+        return None;
+    }
+    session.notices.outbox.iter().map(|e| e.next_at_ms).min()
 }
 
 /// When the next cleanup attempt is due: the expiry (plus the lab's start delay) while
 /// scheduled; the planned attempt while cleaning up or retrying, never before the expiry.
 pub fn attempt_at(session: &Session) -> Option<i64> {
-    match session.status {
+    let c = &session.cleanup;
+    match c.status {
         Status::Scheduled => Some(
             session
                 .expires_at_ms
-                .saturating_add(session.start_delay_ms.max(0)),
+                .saturating_add(c.start_delay_ms.max(0)),
         ),
-        Status::CleaningUp | Status::Retrying => session
-            .next_attempt_at_ms
-            .map(|at| at.max(session.expires_at_ms)),
+        Status::CleaningUp | Status::Retrying => {
+            c.next_attempt_at_ms.map(|at| at.max(session.expires_at_ms))
+        }
         Status::Completed => None,
     }
 }
@@ -77,15 +82,16 @@ pub fn purge_at(session: &Session, timing: &Timing) -> Option<i64> {
         return None;
     }
     let end = session
+        .cleanup
         .completed_at_ms
         .map(|done| done.saturating_add(timing.retention_ms))?;
-    Some(end.max(session.index.delete_retry_at_ms.unwrap_or(i64::MIN)))
+    Some(end.max(session.sync.index.delete_retry_at_ms.unwrap_or(i64::MIN)))
 }
 
 /// When the index row is to be written again (while it is behind the record).
 pub fn index_at(session: &Session) -> Option<i64> {
     if index::owed(session) {
-        session.index.retry_at_ms
+        session.sync.index.retry_at_ms
     } else {
         None
     }
@@ -121,17 +127,18 @@ pub fn due(session: &Session, now_ms: i64, timing: &Timing) -> Due {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::cleanup::AttemptResult;
-    use crate::lab::session::NewSession;
+    use crate::lab::session::{AttemptResult, NewSession};
 
     const T0: i64 = 1_795_000_000_000;
     const TIMING: Timing = Timing {
         retention_ms: 1_000,
-        warn_before_ms: None,
+        webhooks: false,
+        warn_before_ms: 20_000,
     };
     const WITH_WEBHOOKS: Timing = Timing {
         retention_ms: 1_000,
-        warn_before_ms: Some(20_000),
+        webhooks: true,
+        warn_before_ms: 20_000,
     };
 
     fn session(workers: &[&str]) -> Session {
@@ -209,7 +216,7 @@ mod tests {
     #[test]
     fn the_start_delay_comes_after_the_expiry() {
         let mut s = session(&[]);
-        s.start_delay_ms = 3_000;
+        s.cleanup.start_delay_ms = 3_000;
         assert_eq!(next_wake(&s, &TIMING), Some(T0 + 63_000));
         assert_eq!(due(&s, T0 + 62_999, &TIMING), NOTHING);
         assert_eq!(due(&s, T0 + 63_000, &TIMING), ATTEMPT);
@@ -222,12 +229,12 @@ mod tests {
     #[test]
     fn no_attempt_before_the_expiry_whatever_the_record_says() {
         let mut s = session(&[]);
-        s.status = Status::Retrying;
-        s.next_attempt_at_ms = Some(T0 + 1_000);
+        s.cleanup.status = Status::Retrying;
+        s.cleanup.next_attempt_at_ms = Some(T0 + 1_000);
         assert_eq!(attempt_at(&s), Some(T0 + 60_000));
         assert_eq!(due(&s, T0 + 1_000, &TIMING), NOTHING);
-        s.start_delay_ms = -5_000;
-        s.status = Status::Scheduled;
+        s.cleanup.start_delay_ms = -5_000;
+        s.cleanup.status = Status::Scheduled;
         assert_eq!(
             attempt_at(&s),
             Some(T0 + 60_000),
@@ -259,7 +266,7 @@ mod tests {
                 ..NOTHING
             }
         );
-        let revision = s.revision;
+        let revision = s.sync.revision;
         index::confirmed(&mut s, revision);
         assert_eq!(next_wake(&s, &TIMING), Some(T0 + 60_000));
         assert_eq!(due(&s, T0 + 2_000, &TIMING), NOTHING);
@@ -271,7 +278,7 @@ mod tests {
         s.begin_attempt(T0 + 60_000, 5_000);
         s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 66_000);
         assert_eq!(purge_at(&s, &TIMING), Some(T0 + 62_000));
-        s.index.delete_retry_at_ms = Some(T0 + 70_000);
+        s.sync.index.delete_retry_at_ms = Some(T0 + 70_000);
         assert_eq!(purge_at(&s, &TIMING), Some(T0 + 70_000));
         assert_eq!(due(&s, T0 + 65_000, &TIMING), NOTHING);
         assert_eq!(due(&s, T0 + 70_000, &TIMING), PURGE);
@@ -292,10 +299,10 @@ mod tests {
                 ..NOTHING
             }
         );
-        s.warned_for_expiry_ms = Some(s.expires_at_ms);
+        s.notices.warned_for_expiry_ms = Some(s.expires_at_ms);
         let mut event = new_event(EventType::Expiring, &s, T0 + 40_000, "msg_x".into());
         event.next_at_ms = T0 + 45_000;
-        s.outbox.push(event);
+        s.queue_event(event);
         assert_eq!(next_wake(&s, &WITH_WEBHOOKS), Some(T0 + 45_000));
         assert_eq!(
             due(&s, T0 + 45_000, &WITH_WEBHOOKS),
@@ -313,7 +320,7 @@ mod tests {
             Some(T0 + 62_000),
             "webhooks off: ignored"
         );
-        s.outbox.clear();
+        s.notices.outbox.clear();
         assert_eq!(purge_at(&s, &WITH_WEBHOOKS), Some(T0 + 62_000));
     }
 

@@ -5,13 +5,13 @@
 //! platform side (`platform::webhooks`) only sends them.
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+
 use sha2::Sha256;
 
-use crate::lab::session::{rfc3339, Session, Status};
-
-/// Longest kept error of a failed delivery.
-const MAX_DELIVERY_ERROR: usize = 200;
+use crate::lab::session::bound::MAX_DELIVERY_ERROR_CHARS;
+use crate::lab::session::{OutboxEvent, Session, Status};
+use crate::lab::status::is_stuck;
+use crate::lab::text;
 
 /// What a lab tells the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,24 +34,6 @@ impl EventType {
     }
 }
 
-/// An event waiting in the lab's outbox until its receiver accepts it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxEvent {
-    /// `webhook-id`: unique per event, the same on every redelivery.
-    pub id: String,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// The exact bytes sent, fixed when the event was created.
-    pub body: String,
-    pub created_at_ms: i64,
-    /// Deliveries tried so far.
-    pub attempts: u32,
-    /// When to deliver (again).
-    pub next_at_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
 /// The webhook settings the timing depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
@@ -65,24 +47,23 @@ pub struct Schedule {
 pub const DEFAULT_PAUSES_SECONDS: [u64; 6] = [5, 30, 120, 600, 1800, 3600];
 pub const DEFAULT_MAX_AGE_SECONDS: u64 = 86_400;
 
-/// A new event of `kind` for `session` at `now_ms`: its body (`type`, `timestamp`, and the lab's
-/// status view as `data`) is fixed now, so every redelivery carries the same bytes.
+/// A new event of `kind` for `session` at `now_ms`, due now: its body (`type`, `timestamp`, and
+/// the lab's status view as `data`) is fixed now, so every redelivery carries the same bytes.
 pub fn new_event(kind: EventType, session: &Session, now_ms: i64, id: String) -> OutboxEvent {
-    let body = serde_json::json!({
-        "type": kind.name(),
-        "timestamp": rfc3339(now_ms),
-        "data": session.view(),
-    })
-    .to_string();
-    OutboxEvent {
-        id,
-        event_type: kind.name().into(),
-        body,
-        created_at_ms: now_ms,
-        attempts: 0,
-        next_at_ms: now_ms,
-        last_error: None,
-    }
+    OutboxEvent::new(kind.name(), session, now_ms, id)
+}
+
+/// A fresh `webhook-id` from four random numbers in `[0, 1)`: `msg_` and 32 hex digits (128
+/// random bits), unique per event and the same on every redelivery of it.
+pub fn event_id(random: [f64; 4]) -> String {
+    let word = |r: f64| (r.clamp(0.0, 1.0) * 4_294_967_295.0) as u32;
+    format!(
+        "msg_{:08x}{:08x}{:08x}{:08x}",
+        word(random[0]),
+        word(random[1]),
+        word(random[2]),
+        word(random[3])
+    )
 }
 
 /// When `lab.expiring` is due for the current expiry: `warn_before_ms` before it, while the lab
@@ -90,9 +71,9 @@ pub fn new_event(kind: EventType, session: &Session, now_ms: i64, id: String) ->
 /// the warning, or it was ended early (no longer scheduled).
 pub fn warning_at(session: &Session, warn_before_ms: i64) -> Option<i64> {
     let lifetime = session.expires_at_ms.saturating_sub(session.created_at_ms);
-    (session.status == Status::Scheduled
+    (session.status() == Status::Scheduled
         && lifetime > warn_before_ms
-        && session.warned_for_expiry_ms != Some(session.expires_at_ms))
+        && session.notices.warned_for_expiry_ms != Some(session.expires_at_ms))
     .then(|| session.expires_at_ms.saturating_sub(warn_before_ms))
 }
 
@@ -100,13 +81,16 @@ pub fn warning_at(session: &Session, warn_before_ms: i64) -> Option<i64> {
 /// every VM is gone; stuck, once, when `stuck_after` attempts have left VMs pending. Marks the
 /// stuck one sent on the session.
 pub fn after_attempt(session: &mut Session, stuck_after: u32) -> Vec<EventType> {
-    match session.status {
-        Status::Completed => vec![EventType::CleanupCompleted],
-        _ if session.attempts >= stuck_after && !session.stuck_notified => {
-            session.stuck_notified = true;
-            vec![EventType::CleanupStuck]
-        }
-        _ => Vec::new(),
+    let status = session.status();
+    if status == Status::Completed {
+        vec![EventType::CleanupCompleted]
+    } else if is_stuck(status, session.cleanup.attempts, stuck_after)
+        && !session.notices.stuck_notified
+    {
+        session.notices.stuck_notified = true;
+        vec![EventType::CleanupStuck]
+    } else {
+        Vec::new()
     }
 }
 
@@ -136,7 +120,7 @@ pub fn after_delivery(
         Ok(status) => format!("the receiver answered {status}"),
         Err(e) => e,
     };
-    event.last_error = Some(error.chars().take(MAX_DELIVERY_ERROR).collect());
+    event.last_error = Some(text::safe(&error, MAX_DELIVERY_ERROR_CHARS));
     let index = (event.attempts as usize - 1).min(schedule.pauses_ms.len().saturating_sub(1));
     let pause = schedule.pauses_ms.get(index).copied().unwrap_or(3_600_000);
     let next = now_ms.saturating_add(pause);
@@ -212,8 +196,8 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::cleanup::AttemptResult;
-    use crate::lab::session::NewSession;
+    use crate::lab::session::{AttemptResult, NewSession};
+    use crate::lab::text::rfc3339;
 
     const T0: i64 = 1_795_000_000_000;
     const MINUTE: i64 = 60_000;
@@ -283,21 +267,86 @@ mod tests {
 
     #[test]
     fn the_body_is_fixed_at_creation() {
-        let s = session(60);
+        let mut s = session(60);
         let e = new_event(EventType::Expiring, &s, T0 + 50 * MINUTE, "msg_1".into());
-        let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+        let at_creation = serde_json::to_value(s.view()).unwrap();
+        let body = e.body(&s);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["type"], "lab.expiring");
         assert_eq!(v["timestamp"], rfc3339(T0 + 50 * MINUTE));
-        assert_eq!(v["data"], serde_json::to_value(s.view()).unwrap());
+        assert_eq!(v["data"], at_creation);
         assert_eq!(e.next_at_ms, T0 + 50 * MINUTE);
         assert_eq!(e.attempts, 0);
+        // The lab moves on; the event's body does not.
+        s.extend(5, MINUTE, 1_000).unwrap();
+        s.begin_attempt(T0 + 70 * MINUTE, 1_000);
+        s.finish_attempt(
+            &AttemptResult {
+                deleted: vec!["m".into()],
+                outcome: crate::lab::session::Outcome {
+                    successful_deletions: 1,
+                    failed_deletions: 1,
+                    errors: vec![crate::lab::session::DeletionError {
+                        lab_request_id: "w1".into(),
+                        error: "backend answered 500".into(),
+                    }],
+                    not_tried: 0,
+                },
+                ..AttemptResult::default()
+            },
+            T0 + 70 * MINUTE,
+            T0 + 75 * MINUTE,
+        );
+        assert_eq!(e.body(&s), body);
+        // A stuck event made now carries this moment, errors included, and keeps it.
+        let stuck = new_event(
+            EventType::CleanupStuck,
+            &s,
+            T0 + 70 * MINUTE,
+            "msg_2".into(),
+        );
+        let now = serde_json::to_value(s.view()).unwrap();
+        let stuck_body = stuck.body(&s);
+        let v: serde_json::Value = serde_json::from_str(&stuck_body).unwrap();
+        assert_eq!(v["data"], now);
+        assert_eq!(
+            v["data"]["last_outcome"]["errors"][0]["lab_request_id"],
+            "w1"
+        );
+        s.begin_attempt(T0 + 75 * MINUTE, 1_000);
+        s.finish_attempt(
+            &AttemptResult {
+                deleted: vec!["w1".into()],
+                ..AttemptResult::default()
+            },
+            T0 + 76 * MINUTE,
+            T0 + 80 * MINUTE,
+        );
+        assert_eq!(stuck.body(&s), stuck_body);
+        assert_eq!(e.body(&s), body);
+        // An event of an earlier version keeps the body it stored.
+        let mut old = e.clone();
+        old.snapshot = None;
+        old.body = Some("{\"stored\":true}".into());
+        assert_eq!(old.body(&s), "{\"stored\":true}");
+    }
+
+    #[test]
+    fn event_ids_are_msg_and_32_hex_digits() {
+        assert_eq!(
+            event_id([0.0, 0.5, 1.0, 7.0]),
+            "msg_000000007fffffffffffffffffffffff"
+        );
+        let id = event_id([0.1, 0.2, 0.3, 0.4]);
+        assert_eq!(id.len(), 36);
+        assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
     #[test]
     fn the_warning_comes_before_the_expiry_once_per_expiry() {
         let mut s = session(60);
         assert_eq!(warning_at(&s, 10 * MINUTE), Some(T0 + 50 * MINUTE));
-        s.warned_for_expiry_ms = Some(s.expires_at_ms);
+        s.notices.warned_for_expiry_ms = Some(s.expires_at_ms);
         assert_eq!(warning_at(&s, 10 * MINUTE), None, "sent already");
         // Extended: a new expiry, a new warning (at once if its time has passed).
         s.extend(5, MINUTE, 1_000).unwrap();

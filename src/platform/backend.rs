@@ -2,14 +2,11 @@
 
 use std::time::Duration;
 
-use futures::future::{select, Either};
 use serde_json::json;
-use wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{js_sys, web_sys, Delay};
 
-use crate::config::Config;
-use crate::lab::cleanup::{BackendError, BackendReply, LabBackend, Level, Logger};
+use crate::lab::config::Config;
+use crate::lab::ports::{BackendError, BackendReply, LabBackend, Level, Logger};
+use crate::platform::http::{self, Failure};
 
 /// Path of the exposed-services deletion (`DELETE`, body `{"lab_request_id"}`).
 pub const EXPOSE_PATH: &str = "/api/v1/expose/";
@@ -28,89 +25,39 @@ impl HttpLabBackend {
         Self {
             base_url: config.backend_url.clone(),
             token: config.backend_api_token.clone(),
-            timeout: Duration::from_secs(config.backend_timeout_seconds),
+            timeout: config.backend_timeout(),
         }
     }
 
-    /// Sends one JSON request and reads the whole answer, or gives up after the timeout and
-    /// aborts the request. Written against the runtime's `fetch` directly (`web_sys`): the
-    /// `worker` wrappers would convert every request and answer back and forth for nothing.
+    /// Sends one JSON request and reads the whole answer, or gives up after the timeout.
     async fn call(
         &self,
         method: &str,
         path: &str,
         body: serde_json::Value,
     ) -> Result<BackendReply, BackendError> {
-        let controller = web_sys::AbortController::new().map_err(network)?;
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer));
+        }
         let url = format!("{}{path}", self.base_url);
-        let exchange = async {
-            let headers = web_sys::Headers::new().map_err(network)?;
-            headers
-                .set("Content-Type", "application/json")
-                .map_err(network)?;
-            headers.set("Accept", "application/json").map_err(network)?;
-            if let Some(token) = &self.token {
-                headers
-                    .set("Authorization", &format!("Bearer {token}"))
-                    .map_err(network)?;
-            }
-            let init = web_sys::RequestInit::new();
-            init.set_method(method);
-            init.set_headers(&headers);
-            init.set_body(&JsValue::from_str(&body.to_string()));
-            // A redirect is an answer, not a success: followed, a 3xx to a page that answers 200
-            // would count as deleted (a wrong BACKEND_URL, a login page). Manual mode hands the
-            // 3xx back, and the classifier counts it as failed.
-            init.set_redirect(web_sys::RequestRedirect::Manual);
-            init.set_signal(Some(&controller.signal()));
-            let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-            let response: web_sys::Response =
-                JsFuture::from(global.fetch_with_str_and_init(&url, &init))
-                    .await
-                    .map_err(network)?
-                    .dyn_into()
-                    .map_err(network)?;
-            let status = response.status();
-            let retry_after = response.headers().get("Retry-After").ok().flatten();
-            // A body cut short (connection reset mid-response) is no trustworthy answer, even
-            // after a 2xx head: a failure, so the VM is tried again.
-            let cut_short = |e: JsValue| BackendError::CutShort {
-                status,
-                error: js_message(&e),
-            };
-            let body = JsFuture::from(response.text().map_err(cut_short)?)
-                .await
-                .map_err(cut_short)?
-                .as_string()
-                .unwrap_or_default();
-            Ok(BackendReply {
-                status,
-                body,
-                retry_after,
-            })
-        };
-        let timeout = Delay::from(self.timeout);
-        futures::pin_mut!(exchange);
-        match select(exchange, timeout).await {
-            Either::Left((result, _)) => result,
-            Either::Right(((), _)) => {
-                controller.abort();
-                Err(BackendError::Timeout(self.timeout.as_secs()))
+        match http::exchange(method, &url, &headers, &body.to_string(), self.timeout).await {
+            Ok(answer) => Ok(BackendReply {
+                status: answer.status,
+                body: answer.body,
+                retry_after: answer.retry_after,
+            }),
+            Err(Failure::Timeout) => Err(BackendError::Timeout(self.timeout.as_secs())),
+            Err(Failure::Network(e)) => Err(BackendError::Network(e)),
+            Err(Failure::CutShort { status, error }) => {
+                Err(BackendError::CutShort { status, error })
             }
         }
     }
-}
-
-/// The message of a JavaScript error (`TypeError: Network connection lost.`), or its text.
-fn js_message(e: &JsValue) -> String {
-    e.dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| e.as_string())
-        .unwrap_or_else(|| "unknown error".into())
-}
-
-fn network(e: JsValue) -> BackendError {
-    BackendError::Network(js_message(&e))
 }
 
 impl LabBackend for HttpLabBackend {
@@ -198,6 +145,7 @@ mod tests {
         fn log(&self, _: Level, message: &str) {
             self.0.borrow_mut().push(message.to_string());
         }
+        fn record<T: serde::Serialize>(&self, _: &T) {}
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use worker::Env;
 
-use crate::config::{Config, ConfigError};
+use crate::lab::config::{Config, ConfigError};
 
 /// Reads the configuration from the worker's `[vars]` and secrets, once per isolate: an isolate
 /// serves one deployment, whose settings never change under it (a new setting or secret is a new

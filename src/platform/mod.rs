@@ -1,9 +1,10 @@
-//! Glue to the Workers runtime: the `SessionManager` Durable Object, its storage, the D1 fleet index, the lab backend and webhook clients, and the console.
+//! Adapters to the Workers runtime: the `SessionManager` Durable Object, its storage, the D1 fleet index, outbound HTTP (the lab backend, the webhook receiver), the settings and the console.
 
 pub mod backend;
 pub mod env;
-pub mod index;
+pub mod fleet_db;
+pub mod http;
 pub mod runtime;
 pub mod session_manager;
 pub mod store;
-pub mod webhooks;
+pub mod webhook_sender;

@@ -7,27 +7,17 @@
 use std::cell::Cell;
 
 use wasm_bindgen::{JsCast, JsValue};
+use worker::console_debug;
 use worker::js_sys::{Array, Date, Map, Object, Promise};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::worker_sys::DurableObjectStorage;
-use worker::{console_debug, Result};
 
 use crate::lab::cleanup::LOG_PREFIX;
 use crate::lab::legacy::{LegacyRecord, LegacyValue, LEGACY_KEYS};
-use crate::lab::session::Session;
+use crate::lab::ports::{StoreError, Stored};
 
 /// Storage key of the session record (one JSON string, written in one operation).
 const SESSION_KEY: &str = "session";
-
-/// What an object's storage holds.
-pub enum Stored {
-    /// A session record in this worker's format.
-    Session(Box<Session>),
-    /// No session record, but the TypeScript worker's keys (see `lab::legacy`).
-    Legacy(LegacyRecord),
-    /// Nothing at all.
-    Empty,
-}
 
 /// The object's storage as one request or alarm uses it, counting its operations (reported at
 /// debug level when `LOG_STORAGE_OPS` is on, and measured by the benchmark).
@@ -37,12 +27,12 @@ pub struct Store {
     writes: Cell<u32>,
 }
 
-fn js(e: JsValue) -> worker::Error {
-    worker::Error::from(e)
+fn js(e: JsValue) -> StoreError {
+    StoreError(worker::Error::from(e).to_string())
 }
 
 /// Waits for every promise of a batch.
-async fn all(promises: &[Promise]) -> Result<()> {
+async fn all(promises: &[Promise]) -> Result<(), StoreError> {
     let array: Array = promises.iter().collect();
     JsFuture::from(Promise::all(&array))
         .await
@@ -64,7 +54,7 @@ impl Store {
     }
 
     /// Reads the session record and the legacy keys in one operation.
-    pub async fn load(&self) -> Result<Stored> {
+    pub async fn load(&self) -> Result<Stored, StoreError> {
         Self::count(&self.reads, 1);
         let keys: Vec<JsValue> = std::iter::once(SESSION_KEY)
             .chain(LEGACY_KEYS)
@@ -77,11 +67,7 @@ impl Store {
             .map_err(js)?;
         let get = |key: &str| found.get(&JsValue::from_str(key));
         if let Some(text) = get(SESSION_KEY).as_string() {
-            return serde_json::from_str(&text)
-                .map(Stored::Session)
-                .map_err(|e| {
-                    worker::Error::RustError(format!("stored session is unreadable: {e}"))
-                });
+            return Ok(Stored::Record(text));
         }
         let legacy = LegacyRecord {
             lab_request_id: legacy_value(get(LEGACY_KEYS[0])),
@@ -97,7 +83,7 @@ impl Store {
     }
 
     /// The time the object's alarm is set for, if any (not while the alarm handler runs).
-    pub async fn alarm(&self) -> Result<Option<i64>> {
+    pub async fn alarm(&self) -> Result<Option<i64>, StoreError> {
         Self::count(&self.reads, 1);
         let at = JsFuture::from(self.storage.get_alarm(Object::new()).map_err(js)?)
             .await
@@ -105,14 +91,13 @@ impl Store {
         Ok(at.as_f64().map(|ms| ms as i64))
     }
 
-    fn put_session(&self, session: &Session) -> Result<Promise> {
-        let text = serde_json::to_string(session)?;
+    fn put_record(&self, record: &str) -> Result<Promise, StoreError> {
         self.storage
-            .put(SESSION_KEY, JsValue::from_str(&text))
+            .put(SESSION_KEY, JsValue::from_str(record))
             .map_err(js)
     }
 
-    fn write_alarm(&self, at_ms: Option<i64>) -> Result<Promise> {
+    fn write_alarm(&self, at_ms: Option<i64>) -> Result<Promise, StoreError> {
         match at_ms {
             Some(at) => self
                 .storage
@@ -123,33 +108,33 @@ impl Store {
     }
 
     /// Writes the record and its alarm (`None`: no alarm) in one atomic batch.
-    pub async fn save(&self, session: &Session, alarm_at_ms: Option<i64>) -> Result<()> {
+    pub async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
         Self::count(&self.writes, 2);
-        let batch = [self.put_session(session)?, self.write_alarm(alarm_at_ms)?];
+        let batch = [self.put_record(record)?, self.write_alarm(alarm_at_ms)?];
         all(&batch).await
     }
 
     /// Writes an adopted legacy lab in this worker's format with its alarm, and removes the
     /// legacy keys, in one atomic batch: the lab is never in both formats, or in none.
-    pub async fn adopt(&self, session: &Session, alarm_at_ms: i64) -> Result<()> {
+    pub async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError> {
         Self::count(&self.writes, 3);
         let keys: Vec<JsValue> = LEGACY_KEYS.iter().map(|k| JsValue::from_str(k)).collect();
         let batch = [
-            self.put_session(session)?,
+            self.put_record(record)?,
             self.write_alarm(Some(alarm_at_ms))?,
             self.storage.delete_multiple(keys).map_err(js)?,
         ];
         all(&batch).await
     }
 
-    pub async fn set_alarm(&self, at_ms: i64) -> Result<()> {
+    pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError> {
         Self::count(&self.writes, 1);
         all(&[self.write_alarm(Some(at_ms))?]).await
     }
 
     /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
     /// dates from 2026-02-24).
-    pub async fn delete_all(&self) -> Result<()> {
+    pub async fn delete_all(&self) -> Result<(), StoreError> {
         Self::count(&self.writes, 1);
         all(&[self.storage.delete_all().map_err(js)?]).await
     }

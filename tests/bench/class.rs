@@ -179,7 +179,7 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
 /// plot of VMs deleted over time to `plot_path`; returns the markdown.
 pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String {
     let labs: usize = env_or("BENCH_CLASS_LABS", 100);
-    let default_spread = labs_cleanup::config::DEFAULT_EXPIRY_SPREAD_SECONDS;
+    let default_spread = labs_cleanup::lab::config::DEFAULT_EXPIRY_SPREAD_SECONDS;
     let spreads: Vec<u64> = std::env::var("BENCH_CLASS_SPREADS")
         .unwrap_or_else(|_| "0,2,10".into())
         .split(',')

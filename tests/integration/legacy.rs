@@ -57,6 +57,19 @@ pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
                 "worker_nodes": [{"worker_lab_request_id": 7}]}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // The TypeScript worker took requests without a token: values today's rules refuse. An id
+    // that forges a log line, 3,000 workers, a 63,007-character user id.
+    let wide: Vec<Value> = (0..3_000)
+        .map(|n| json!({"worker_lab_request_id": format!("legacy-wide-w{n}")}))
+        .collect();
+    for body in [
+        json!({"lab_request_id": FORGED, "user_id": "u", "duration": 30}),
+        json!({"lab_request_id": "legacy-wide", "user_id": "u", "duration": 30, "worker_nodes": wide}),
+        json!({"lab_request_id": "legacy-long", "user_id": "u".repeat(63_007), "duration": 30}),
+    ] {
+        let r = legacy.json("POST", "/api/v1/labs/sessions", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     legacy.stop();
 
     let all_ids = [
@@ -159,20 +172,54 @@ pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
         "{single:?}"
     );
 
-    // The unreadable record: kept, an error line naming each key each time, no backend call.
-    let unreadable = "The previous worker's record of lab legacy-bad-1 is unreadable: key `user_id` is number (expected a non-empty string); key `worker_lab_request_ids` is a string holding a JSON array holding a number";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ours.log().matches(unreadable).count() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unreadable record was not logged twice:\n{}",
-            tail(&ours.log(), 40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    // The unreadable records: kept, an error line naming each key each time (never echoing a
+    // value), no backend call.
+    for unreadable in [
+        "The previous worker's record of lab legacy-bad-1 is unreadable: key `user_id` is number (expected an id of 1 to 128 characters from A-Z a-z 0-9 . _ : @ + -); key `worker_lab_request_ids` is a string holding a JSON array holding a number",
+        "The previous worker's record is unreadable: key `lab_request_id` is a string holding the character U+000A",
+        "The previous worker's record of lab legacy-wide is unreadable: key `worker_lab_request_ids` is a string holding a JSON array of 3000 ids",
+        "The previous worker's record of lab legacy-long is unreadable: key `user_id` is a string of 63007 characters",
+    ] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ours.log().matches(unreadable).count() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the unreadable record was not logged twice: {unreadable}\n{}",
+                tail(&ours.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
-    let r = ours.raw("GET", "/api/v1/labs/sessions/legacy-bad-1", &[], b"");
-    assert_eq!(r.status, 500, "{}", r.text());
-    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("key `user_id` is number"), "{message}");
+    for (id, key) in [
+        ("legacy-bad-1", "key `user_id` is number"),
+        ("legacy-wide", "a JSON array of 3000 ids"),
+        ("legacy-long", "a string of 63007 characters"),
+    ] {
+        let r = ours.raw("GET", &format!("/api/v1/labs/sessions/{id}"), &[], b"");
+        assert_eq!(r.status, 500, "{}", r.text());
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(key), "{message}");
+        assert!(
+            message.len() < 1_000,
+            "never echoed: {} characters",
+            message.len()
+        );
+    }
     assert!(ctx.mock.calls_for("legacy-bad-1").is_empty());
+    assert!(ctx.mock.calls_for("legacy-long").is_empty());
+    assert!(ctx.mock.calls_for("legacy-wide").is_empty());
+    assert!(ctx.mock.calls_for("legacy-wide-w0").is_empty());
+    // The forged line never reaches the log as a line of its own, nor at all.
+    let log = ours.log();
+    assert!(
+        !log.contains("Successfully deleted all 9 VMs"),
+        "forged line logged"
+    );
+    assert!(
+        !log.contains(&"u".repeat(1_000)),
+        "a 63,007-character value echoed"
+    );
 }
+
+/// A lab id that, unescaped, would write a forged success line into the log.
+const FORGED: &str = "legacy-forged\n[SessionManager] ✅ Successfully deleted all 9 VMs";

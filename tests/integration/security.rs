@@ -740,7 +740,10 @@ pub fn equal_tokens_are_a_configuration_error(ctx: &mut Ctx) {
         assert_eq!(r.status, 503, "{}", r.text());
         assert_eq!(r.json()["error"]["code"], "not_configured");
         let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains("OPERATOR_TOKEN") && message.contains("API_TOKEN"), "{message}");
+        assert!(
+            message.contains("OPERATOR_TOKEN") && message.contains("API_TOKEN"),
+            "{message}"
+        );
         assert!(!message.contains(API_TOKEN), "{message}");
     }
     let r = ctx

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::lab::retry::Policy;
+use crate::lab::session::bound::MAX_WORKERS;
 use crate::lab::wake::Timing;
 use crate::lab::webhook::{self, Schedule};
 
@@ -38,6 +38,26 @@ pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
 /// Default spread of first attempts after the expiry: a class that expires in the same second
 /// starts its cleanups over this many seconds (see docs/PERFORMANCE.md for the measurement).
 pub const DEFAULT_EXPIRY_SPREAD_SECONDS: u64 = 5;
+
+/// Which retry rules apply (`RETRY_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Honor `Retry-After`, stop an attempt on overload, jitter, one reconnect, spread first
+    /// attempts, one deletion at a time after a refusal.
+    Adaptive,
+    /// The original behaviour: `CLEANUP_RETRY_SECONDS` after every failing attempt, nothing else.
+    Fixed,
+}
+
+impl Policy {
+    pub fn parse(value: &str) -> Option<Policy> {
+        match value.trim() {
+            "adaptive" => Some(Policy::Adaptive),
+            "fixed" => Some(Policy::Fixed),
+            _ => None,
+        }
+    }
+}
 
 /// What can be wrong with the configuration.
 ///
@@ -156,11 +176,12 @@ impl Config {
             CALLS_BESIDES_WORKERS + 1,
             10_000_000,
         )?;
+        // At most what a lab's record can hold (`session::bound`).
         let max_worker_nodes = number(
             "MAX_WORKER_NODES",
             DEFAULT_MAX_WORKER_NODES as u64,
             0,
-            1_000,
+            MAX_WORKERS as u64,
         )?;
         // One attempt calls the backend once per VM plus once for the services: it must fit in
         // one invocation's subrequests, or the last calls of a large lab would always fail.
@@ -302,6 +323,21 @@ impl Config {
         }
     }
 
+    /// How long one backend call may take (`BACKEND_TIMEOUT_SECONDS`).
+    pub fn backend_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.backend_timeout_seconds)
+    }
+
+    /// How long one webhook delivery may take: as long as a backend call.
+    pub fn webhook_timeout_ms(&self) -> i64 {
+        (self.backend_timeout_seconds * 1000) as i64
+    }
+
+    /// How long a query or write of the fleet index may take: as long as a backend call.
+    pub fn index_timeout(&self) -> std::time::Duration {
+        self.backend_timeout()
+    }
+
     /// Milliseconds between cleanup attempts.
     pub fn retry_ms(&self) -> i64 {
         (self.cleanup_retry_seconds * 1000) as i64
@@ -316,7 +352,8 @@ impl Config {
     pub fn timing(&self) -> Timing {
         Timing {
             retention_ms: self.retention_ms(),
-            warn_before_ms: self.warn_before_ms(),
+            webhooks: matches!(self.webhooks, Webhooks::On(_)),
+            warn_before_ms: self.warn_before_ms().unwrap_or(0),
         }
     }
 
@@ -557,25 +594,26 @@ mod tests {
     }
 
     #[test]
-    fn worker_nodes_must_fit_the_subrequest_limit() {
+    fn worker_nodes_must_fit_the_subrequest_limit_and_the_record() {
         // Free plan: 50 subrequests, so 48 workers + the master + the services call.
         let ok = config(&[("BACKEND_URL", "http://x"), ("MAX_WORKER_NODES", "48")]).unwrap();
         assert_eq!(ok.subrequest_limit, 50);
-        let e = config(&[("BACKEND_URL", "http://x"), ("MAX_WORKER_NODES", "49")]).unwrap_err();
+        let e = config(&[("BACKEND_URL", "http://x"), ("SUBREQUEST_LIMIT", "40")]).unwrap_err();
         assert_eq!(e.setting(), "MAX_WORKER_NODES");
         assert!(
             e.to_string()
-                .contains("at most SUBREQUEST_LIMIT minus 2 (48)"),
+                .contains("at most SUBREQUEST_LIMIT minus 2 (38)"),
             "{e}"
         );
-        // Paid plan: raise both.
-        let paid = config(&[
+        // More than a lab's record can hold, whatever the plan (`session::bound`).
+        let e = config(&[
             ("BACKEND_URL", "http://x"),
             ("SUBREQUEST_LIMIT", "10000"),
-            ("MAX_WORKER_NODES", "500"),
+            ("MAX_WORKER_NODES", "49"),
         ])
-        .unwrap();
-        assert_eq!(paid.max_worker_nodes, 500);
+        .unwrap_err();
+        assert_eq!(e.setting(), "MAX_WORKER_NODES");
+        assert!(e.to_string().contains("from 0 to 48"), "{e}");
         let e = config(&[("BACKEND_URL", "http://x"), ("SUBREQUEST_LIMIT", "10")]).unwrap_err();
         assert!(e.to_string().contains("(8)"), "{e}");
     }
@@ -598,7 +636,8 @@ mod tests {
         assert_eq!(w.warn_before_minutes, 10);
         assert_eq!(w.schedule.pauses_ms[..2], [5_000, 30_000]);
         assert_eq!(on.warn_before_ms(), Some(600_000));
-        assert_eq!(on.timing().warn_before_ms, Some(600_000));
+        assert_eq!(on.timing().warn_before_ms, 600_000);
+        assert!(on.timing().webhooks);
 
         for (pairs, name) in [
             (vec![("WEBHOOK_URL", "https://h")], "WEBHOOK_SECRET"),

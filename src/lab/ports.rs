@@ -1,0 +1,127 @@
+//! What the core needs from the outside world, as small traits: the lab backend, the record's storage, the fleet index, the webhook receiver, the clock and the log.
+//!
+//! The platform implements them with the Workers runtime (`platform/`); the native tests with
+//! in-memory fakes that can fail on purpose. Single-threaded wasm: no `Send` bounds.
+#![allow(async_fn_in_trait)]
+
+use thiserror::Error;
+
+use crate::lab::legacy::LegacyRecord;
+
+/// An HTTP answer from the lab backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendReply {
+    pub status: u16,
+    pub body: String,
+    /// The `Retry-After` header, as sent.
+    pub retry_after: Option<String>,
+}
+
+/// A backend call that got no complete HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    #[error("no answer within {0} s (timed out)")]
+    Timeout(u64),
+    /// The connection failed before any answer (refused, reset, DNS, TLS): the request may never
+    /// have reached the backend.
+    #[error("network error: {0}")]
+    Network(String),
+    /// An answer began (its status is known) and was cut off: no trustworthy answer.
+    #[error("network error: answer {status} cut short: {error}")]
+    CutShort { status: u16, error: String },
+}
+
+/// The two calls the cleanup makes on the lab backend.
+pub trait LabBackend {
+    /// `DELETE /api/v1/expose/` with `{"lab_request_id": master_id}`.
+    async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError>;
+    /// `POST /api/v1/labs/delete` with `{"lab_request_id": ..., "user_id": ...}`.
+    async fn delete_vm(
+        &self,
+        lab_request_id: &str,
+        user_id: &str,
+    ) -> Result<BackendReply, BackendError>;
+}
+
+/// The clock, randomness and sleeping.
+pub trait Runtime {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+    /// A random number in `[0, 1)`.
+    fn random(&self) -> f64;
+    async fn sleep(&self, ms: u64);
+}
+
+/// Severity of a log line (maps to `console.log` / `console.warn` / `console.error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where log lines go. Lines are passed without `LOG_PREFIX`; implementations add it, and
+/// escape what must not reach a log as it is (`lab::text::escape`).
+pub trait Logger {
+    fn log(&self, level: Level, message: &str);
+    /// A structured record (serialized as an object), for Workers Logs to index field by field.
+    /// Its fields are ids this worker validated, its own names, numbers and times.
+    fn record<T: serde::Serialize>(&self, record: &T);
+}
+
+/// What the lab's storage holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// The session record, as the JSON text it was saved as.
+    Record(String),
+    /// No session record, but the TypeScript worker's keys (see `lab::legacy`).
+    Legacy(LegacyRecord),
+    /// Nothing at all.
+    Empty,
+}
+
+/// A storage operation that failed (the runtime's words). The alarm returns it, so that the
+/// platform runs the alarm again.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+/// The lab's storage: one record and one alarm. Every write of the record goes with the alarm,
+/// in one atomic batch.
+pub trait RecordStore {
+    async fn load(&self) -> Result<Stored, StoreError>;
+    /// The time the alarm is set for, if any.
+    async fn alarm(&self) -> Result<Option<i64>, StoreError>;
+    /// Writes the record and its alarm (`None`: no alarm) in one batch.
+    async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError>;
+    /// Writes an adopted record with its alarm and removes the legacy keys, in one batch: the
+    /// lab is never in both formats, or in none.
+    async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError>;
+    async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError>;
+    /// Forgets everything, the alarm included.
+    async fn delete_all(&self) -> Result<(), StoreError>;
+}
+
+/// The fleet index (a copy of every lab's row, for listing the fleet). Whatever goes wrong is
+/// told in words: it is logged, retried, and never fails a cleanup.
+pub trait FleetIndex {
+    async fn upsert(&self, row: &crate::lab::index::IndexRow) -> Result<(), String>;
+    async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), String>;
+}
+
+/// One signed webhook delivery, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// `webhook-id`.
+    pub id: String,
+    /// `webhook-timestamp`: Unix seconds of this delivery.
+    pub timestamp: i64,
+    /// `webhook-signature`.
+    pub signature: String,
+    pub body: String,
+}
+
+/// The webhook receiver: the status it answered, or why there was none.
+pub trait WebhookSender {
+    async fn send(&self, delivery: &Delivery) -> Result<u16, String>;
+}

@@ -1,0 +1,337 @@
+//! The object's alarm: what is due (the planner in `lab::wake` says), then the warning, the cleanup attempt, the index repair or the purge.
+
+use crate::lab::cleanup::{self, AttemptPlan};
+use crate::lab::config::{ConfigError, Webhooks};
+use crate::lab::index;
+use crate::lab::ports::StoreError;
+use crate::lab::procedures::record::Found;
+use crate::lab::procedures::{Lab, Platform};
+use crate::lab::retry;
+use crate::lab::session::{Session, Status};
+use crate::lab::text::rfc3339;
+use crate::lab::wake;
+use crate::lab::webhook::{self, EventType};
+
+/// What an alarm did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// A cleanup attempt ran (after the warning, if that was due too).
+    Attempt,
+    /// `lab.expiring` was queued.
+    Warned,
+    /// The index row was written again.
+    IndexRepaired,
+    /// Only deliveries were due (they run after the alarm, see `AlarmDone::deliver`).
+    Deliveries,
+    /// The end of retention: the record and its index row are gone.
+    Purged,
+    /// The end of retention, held: the index row could not be deleted.
+    PurgeHeld,
+    /// Nothing was due yet: the alarm is set again.
+    NothingDue,
+    /// Nothing is left to do.
+    NothingLeft,
+    /// The settings are broken: nothing done, the alarm set again.
+    ConfigError,
+    /// The object holds nothing.
+    NoSession,
+    /// The previous worker's record is unreadable; it is kept.
+    Unreadable,
+}
+
+impl Woke {
+    /// In words, for the storage report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Woke::Attempt => "cleanup attempt",
+            Woke::Warned => "lab.expiring queued",
+            Woke::IndexRepaired => "index row written",
+            Woke::Deliveries => "deliveries due",
+            Woke::Purged => "retention purge",
+            Woke::PurgeHeld => "purge held: index row delete failed",
+            Woke::NothingDue => "nothing due, re-armed",
+            Woke::NothingLeft => "nothing left to do",
+            Woke::ConfigError => "configuration error",
+            Woke::NoSession => "no session",
+            Woke::Unreadable => "unreadable legacy record, kept",
+        }
+    }
+}
+
+/// What an alarm did, and whether the webhook deliveries are to run after it
+/// (`Lab::deliver_due`, in the background: a receiver never holds a cleanup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmDone {
+    pub woke: Woke,
+    pub deliver: bool,
+}
+
+impl AlarmDone {
+    fn only(woke: Woke) -> AlarmDone {
+        AlarmDone {
+            woke,
+            deliver: false,
+        }
+    }
+}
+
+impl<P: Platform> Lab<'_, P> {
+    /// The alarm. Backend faults are handled inside the attempt; only storage errors are
+    /// returned, so that the platform runs the alarm again.
+    pub async fn alarm(&self) -> Result<AlarmDone, StoreError> {
+        let now = self.platform.now_ms();
+        let mut session = match self.found_for_alarm().await? {
+            Ok(session) => session,
+            Err(done) => return Ok(done),
+        };
+        if let Webhooks::Broken(e) = &self.config.webhooks {
+            self.error(format!(
+                "Webhooks are misconfigured: {}; no event is sent for lab {}, its cleanup goes on",
+                e.detail(),
+                session.lab_request_id
+            ));
+        }
+        let due = wake::due(&session, now, &self.config.timing());
+        if due.purge {
+            return self.purge(session).await.map(AlarmDone::only);
+        }
+        if !due.any() {
+            let Some(at_ms) = self.alarm_at(&session) else {
+                return Ok(AlarmDone::only(Woke::NothingLeft));
+            };
+            if session.status() != Status::Completed {
+                self.warn(format!(
+                    "Alarm for lab {} fired before anything was due; nothing deleted, re-armed for {}",
+                    session.lab_request_id,
+                    rfc3339(at_ms)
+                ));
+            }
+            self.platform.set_alarm(at_ms).await?;
+            return Ok(AlarmDone::only(Woke::NothingDue));
+        }
+        let mut woke = Woke::Deliveries;
+        if due.warn {
+            session.notices.warned_for_expiry_ms = Some(session.expires_at_ms);
+            self.queue(&mut session, EventType::Expiring, now);
+            self.save(&mut session).await?;
+            woke = Woke::Warned;
+        }
+        if due.attempt {
+            self.attempt(session, now).await?;
+            woke = Woke::Attempt;
+        } else if due.index {
+            self.sync_index().await?;
+            if woke == Woke::Deliveries {
+                woke = Woke::IndexRepaired;
+            }
+        }
+        Ok(AlarmDone {
+            woke,
+            deliver: due.deliver || due.warn || due.attempt,
+        })
+    }
+
+    /// The alarm when the settings are broken (`self.config` is then the defaults): a legacy
+    /// record is still adopted, nothing else is done, and the object looks again
+    /// `CLEANUP_RETRY_SECONDS` (by default) later. It never drops a lab.
+    pub async fn alarm_misconfigured(&self, error: &ConfigError) -> Result<AlarmDone, StoreError> {
+        let session = match self.found_for_alarm().await? {
+            Ok(session) => session,
+            Err(done) => return Ok(done),
+        };
+        let retry_at = self
+            .platform
+            .now_ms()
+            .saturating_add(self.config.retry_ms());
+        self.error(format!(
+            "Alarm for lab {}: configuration error: {}; looking again at {}",
+            session.lab_request_id,
+            error.detail(),
+            rfc3339(retry_at)
+        ));
+        self.platform.set_alarm(retry_at).await?;
+        Ok(AlarmDone::only(Woke::ConfigError))
+    }
+
+    async fn found_for_alarm(&self) -> Result<Result<Session, AlarmDone>, StoreError> {
+        Ok(match self.find().await? {
+            Found::Session(session) => Ok(*session),
+            Found::Unreadable(_) => Err(AlarmDone::only(Woke::Unreadable)),
+            Found::Nothing => {
+                self.error(
+                    "❌ Alarm fired for an object that holds no session and no legacy record; nothing to clean up".into(),
+                );
+                Err(AlarmDone::only(Woke::NoSession))
+            }
+        })
+    }
+
+    /// One cleanup attempt, from the mark that plans its successor to the index row that
+    /// reports it, and the events it calls for.
+    async fn attempt(&self, mut session: Session, now: i64) -> Result<(), StoreError> {
+        let config = self.config;
+        // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
+        // is resumed by that alarm; a finished attempt replaces it below.
+        session.begin_attempt(now, config.retry_ms());
+        if config.dry_run {
+            session.dry_run = true;
+        }
+        self.persist(&mut session).await?;
+
+        let plan = AttemptPlan {
+            policy: config.retry_policy,
+            // After a refusal, one deletion at a time: the backend is behind.
+            concurrency: if session.cleanup.refused_last_attempt
+                && config.retry_policy == retry::Policy::Adaptive
+            {
+                1
+            } else {
+                config.cleanup_concurrency
+            },
+            spare_calls: spare_calls(&session, config.subrequest_limit),
+        };
+        let p = self.platform;
+        let result = cleanup::run_attempt(&session, p, p, p, plan).await;
+        let done_at = p.now_ms();
+        let next = retry::next_attempt_at(
+            config.retry_policy,
+            result.ending,
+            done_at,
+            config.retry_ms(),
+            p.random(),
+        );
+        // While the backend answered, a webhook delivery or an index write may have saved the
+        // record: their results stay, the attempt's are added to them.
+        let mut latest = match self.load().await? {
+            Some(latest) if latest.cleanup.attempts == session.cleanup.attempts => latest,
+            _ => session,
+        };
+        latest.finish_attempt(&result, done_at, next.unwrap_or(done_at));
+        let record = cleanup::attempt_record(&latest, &result, done_at.saturating_sub(now));
+        p.record(&record);
+        if latest.every_call_answered_404() {
+            self.error(cleanup::all_404_line(&latest));
+        }
+        if latest.status() == Status::Retrying {
+            self.warn(cleanup::retry_line(&latest, done_at, result.ending));
+        }
+        if matches!(config.webhooks, Webhooks::On(_)) {
+            for kind in webhook::after_attempt(&mut latest, config.stuck_after_attempts) {
+                self.queue(&mut latest, kind, done_at);
+            }
+        }
+        self.persist(&mut latest).await?;
+        // The row after the deletions, never before them: the index never holds up a cleanup.
+        self.sync_index().await
+    }
+
+    /// The end of retention: the lab's index row is deleted, then everything the object holds.
+    /// A failed row delete keeps the record and tries again `CLEANUP_RETRY_SECONDS` later, so the
+    /// index never keeps a row for a lab the object has forgotten.
+    async fn purge(&self, mut session: Session) -> Result<Woke, StoreError> {
+        let completed = session
+            .cleanup
+            .completed_at_ms
+            .map(rfc3339)
+            .unwrap_or_default();
+        if !self.config.fleet_index {
+            self.info(format!(
+                "Retention over for lab {} (completed {completed}); record deleted",
+                session.lab_request_id
+            ));
+            self.platform.delete_all().await?;
+            return Ok(Woke::Purged);
+        }
+        match self
+            .platform
+            .delete(&session.lab_request_id, session.sync.revision)
+            .await
+        {
+            Ok(()) => {
+                self.info(format!(
+                    "Retention over for lab {} (completed {completed}); record and index row deleted",
+                    session.lab_request_id
+                ));
+                self.platform.delete_all().await?;
+                Ok(Woke::Purged)
+            }
+            Err(e) => {
+                let again = self
+                    .platform
+                    .now_ms()
+                    .saturating_add(self.config.retry_ms());
+                self.warn(format!(
+                    "Retention over for lab {}, but its index row could not be deleted ({e}); record kept, trying again at {}",
+                    session.lab_request_id,
+                    rfc3339(again)
+                ));
+                session.sync.index.delete_retry_at_ms = Some(again);
+                self.save(&mut session).await?;
+                Ok(Woke::PurgeHeld)
+            }
+        }
+    }
+
+    /// Writes the lab's index row if the index is behind the record, and records how that went:
+    /// a success marks the revision written; a failure is logged and tried again by the alarm
+    /// within `CLEANUP_RETRY_SECONDS`. Only storage errors are returned: the index never fails a
+    /// cleanup or an answer.
+    pub async fn sync_index(&self) -> Result<(), StoreError> {
+        if !self.config.fleet_index {
+            return Ok(());
+        }
+        let Some(session) = self.load().await? else {
+            return Ok(());
+        };
+        if !index::owed(&session) {
+            return Ok(());
+        }
+        let row = index::row(&session, self.platform.now_ms());
+        let written = self.platform.upsert(&row).await;
+        // Read again: a request may have changed the record while the row was being written.
+        let Some(mut latest) = self.load().await? else {
+            return Ok(());
+        };
+        match written {
+            Ok(()) => index::confirmed(&mut latest, row.revision),
+            Err(e) => {
+                let now = self.platform.now_ms();
+                let again = now.saturating_add(self.config.retry_ms());
+                self.warn(format!(
+                    "The index row of lab {} could not be written ({e}); the lab is unaffected, trying again at {}",
+                    latest.lab_request_id,
+                    rfc3339(again)
+                ));
+                index::write_failed(&mut latest, now, self.config.retry_ms());
+            }
+        }
+        self.save(&mut latest).await
+    }
+
+    /// Adds a new event of `kind` to the lab's outbox, due now; its body is fixed now. An
+    /// undelivered event of the same kind gives way to it.
+    pub(crate) fn queue(&self, session: &mut Session, kind: EventType, now: i64) {
+        let p = self.platform;
+        let id = webhook::event_id([p.random(), p.random(), p.random(), p.random()]);
+        self.info(format!(
+            "Event {} ({id}) for lab {} queued for delivery",
+            kind.name(),
+            session.lab_request_id
+        ));
+        let event = webhook::new_event(kind, session, now, id.clone());
+        for replaced in session.queue_event(event) {
+            self.warn(format!(
+                "Event {} ({replaced}) for lab {} was not delivered yet; {id} replaces it",
+                kind.name(),
+                session.lab_request_id
+            ));
+        }
+    }
+}
+
+/// Backend calls an attempt may make beyond one per planned call (the reconnects of calls whose
+/// connection failed), within the invocation's subrequest limit.
+fn spare_calls(session: &Session, subrequest_limit: u64) -> usize {
+    let planned = session.pending().len() as u64 + 1;
+    subrequest_limit.saturating_sub(planned) as usize
+}

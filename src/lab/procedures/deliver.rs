@@ -1,0 +1,111 @@
+//! Delivering the outbox's due webhook events, and recording how each went.
+
+use futures::stream::{self, StreamExt};
+
+use crate::lab::config::Webhooks;
+use crate::lab::ports::{Delivery, StoreError};
+use crate::lab::procedures::{Lab, Platform};
+use crate::lab::session::OutboxEvent;
+use crate::lab::text::rfc3339;
+use crate::lab::webhook::{self, AfterDelivery};
+
+/// Most deliveries one wake-up starts (the rest wait for the next one, a moment later).
+pub const MAX_DELIVERIES_PER_WAKE: usize = 10;
+/// Deliveries in flight at once: the platform's limit on simultaneous outbound connections.
+const DELIVERY_CONCURRENCY: usize = crate::lab::config::MAX_CONCURRENT_CONNECTIONS;
+
+impl<P: Platform> Lab<'_, P> {
+    /// Delivers the outbox events that are due, and records how each went: delivered (off the
+    /// outbox), to be tried again later, or dropped after the maximum age (an error line naming
+    /// it). Events being delivered are held back first, so a wake-up meanwhile does not send
+    /// them again; the results are written into the record as it is then (an attempt that saved
+    /// meanwhile keeps its results too).
+    pub async fn deliver_due(&self) -> Result<(), StoreError> {
+        let Webhooks::On(hooks) = &self.config.webhooks else {
+            return Ok(());
+        };
+        let Some(mut session) = self.load().await? else {
+            return Ok(());
+        };
+        let p = self.platform;
+        let now = p.now_ms();
+        let due: Vec<OutboxEvent> = session
+            .notices
+            .outbox
+            .iter()
+            .filter(|e| e.next_at_ms <= now)
+            .take(MAX_DELIVERIES_PER_WAKE)
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let held_until = now
+            .saturating_add(self.config.webhook_timeout_ms())
+            .saturating_add(1_000);
+        for event in session.notices.outbox.iter_mut() {
+            if due.iter().any(|d| d.id == event.id) {
+                event.next_at_ms = held_until;
+            }
+        }
+        self.save(&mut session).await?;
+
+        let now_secs = now.div_euclid(1000);
+        let deliveries: Vec<Delivery> = due
+            .iter()
+            .map(|event| {
+                let body = event.body(&session);
+                Delivery {
+                    id: event.id.clone(),
+                    timestamp: now_secs,
+                    signature: webhook::sign(&hooks.secret, &event.id, now_secs, &body),
+                    body,
+                }
+            })
+            .collect();
+        let results: Vec<(String, Result<u16, String>)> = stream::iter(deliveries.iter())
+            .map(|d| async move { (d.id.clone(), p.send(d).await) })
+            .buffer_unordered(DELIVERY_CONCURRENCY)
+            .collect()
+            .await;
+
+        let Some(mut session) = self.load().await? else {
+            return Ok(());
+        };
+        let at = p.now_ms();
+        for (id, result) in results {
+            let Some(position) = session.notices.outbox.iter().position(|e| e.id == id) else {
+                continue;
+            };
+            let lab = session.lab_request_id.clone();
+            let event = &mut session.notices.outbox[position];
+            match webhook::after_delivery(event, result, at, &hooks.schedule) {
+                AfterDelivery::Delivered => {
+                    self.info(format!(
+                        "Event {} ({id}) for lab {lab} delivered (delivery {})",
+                        event.event_type, event.attempts
+                    ));
+                    session.notices.outbox.remove(position);
+                }
+                AfterDelivery::RetryAt(next) => self.warn(format!(
+                    "Event {} ({id}) for lab {lab} not delivered ({}); delivery {} at {}",
+                    event.event_type,
+                    event.last_error.as_deref().unwrap_or("?"),
+                    event.attempts.saturating_add(1),
+                    rfc3339(next)
+                )),
+                AfterDelivery::Dropped => {
+                    self.error(format!(
+                        "❌ Event {} ({id}) for lab {lab} dropped: not delivered in {} attempts over {} s (last: {})",
+                        event.event_type,
+                        event.attempts,
+                        hooks.schedule.max_age_ms / 1000,
+                        event.last_error.as_deref().unwrap_or("?")
+                    ));
+                    session.notices.outbox.remove(position);
+                }
+            }
+        }
+        self.save(&mut session).await
+    }
+}

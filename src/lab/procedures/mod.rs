@@ -1,0 +1,54 @@
+//! The lab object's procedures: create, status, end, extend, retry now, and the alarm (attempt, warning, deliveries, index repair, purge, legacy adoption), as plain async functions over the ports.
+//!
+//! The Durable Object (`platform::session_manager`) only decodes a request, builds the ports,
+//! calls one of these and encodes what it returns; the native tests call them with in-memory
+//! fakes that fail on purpose (`tests`).
+
+mod alarm;
+mod deliver;
+mod record;
+mod requests;
+
+use crate::lab::config::Config;
+use crate::lab::ports::{FleetIndex, LabBackend, Logger, RecordStore, Runtime, WebhookSender};
+use crate::lab::session::{Refusal, Session};
+
+pub use alarm::{AlarmDone, Woke};
+pub use requests::Request;
+
+/// Everything the procedures need from the outside world, in one value (the object's
+/// adapter, or a test's fake world).
+pub trait Platform:
+    RecordStore + FleetIndex + WebhookSender + LabBackend + Runtime + Logger
+{
+}
+
+impl<T: RecordStore + FleetIndex + WebhookSender + LabBackend + Runtime + Logger> Platform for T {}
+
+/// One lab's object at work: its platform and the settings.
+pub struct Lab<'a, P: Platform> {
+    pub platform: &'a P,
+    pub config: &'a Config,
+}
+
+/// What a request's procedure answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The lab's status view, with this HTTP status. `line`: the record changed and was saved;
+    /// log this line after the answer and bring the index row up to date (`Lab::sync_index`).
+    Lab {
+        status: u16,
+        session: Box<Session>,
+        line: Option<String>,
+    },
+    Refused(Refusal),
+}
+
+impl<'a, P: Platform> Lab<'a, P> {
+    pub fn new(platform: &'a P, config: &'a Config) -> Self {
+        Lab { platform, config }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! Reading and writing the lab's record: adoption of a legacy record on the first read, and every save within the record's bound, with its alarm.
+
+use crate::lab::index;
+use crate::lab::legacy::LegacyProblem;
+use crate::lab::ports::{Level, StoreError, Stored};
+use crate::lab::procedures::{Lab, Platform};
+use crate::lab::session::bound::{self, Dropped};
+use crate::lab::session::Session;
+use crate::lab::text::rfc3339;
+use crate::lab::wake;
+
+/// What a request or an alarm finds in the object, once a legacy record has been adopted.
+pub(crate) enum Found {
+    Session(Box<Session>),
+    /// The TypeScript worker's keys, unreadable; kept as they are (see `lab::legacy`).
+    Unreadable(Vec<LegacyProblem>),
+    Nothing,
+}
+
+fn decode(text: &str) -> Result<Session, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError(format!("stored session is unreadable: {e}")))
+}
+
+impl<P: Platform> Lab<'_, P> {
+    pub(crate) fn info(&self, line: String) {
+        self.platform.log(Level::Info, &line);
+    }
+
+    pub(crate) fn warn(&self, line: String) {
+        self.platform.log(Level::Warn, &line);
+    }
+
+    pub(crate) fn error(&self, line: String) {
+        self.platform.log(Level::Error, &line);
+    }
+
+    /// The record as stored now, if there is one in this worker's format (a re-read after
+    /// waiting on the outside world, which may have let another event change it).
+    pub(crate) async fn load(&self) -> Result<Option<Session>, StoreError> {
+        match self.platform.load().await? {
+            Stored::Record(text) => decode(&text).map(Some),
+            Stored::Legacy(_) | Stored::Empty => Ok(None),
+        }
+    }
+
+    /// Loads the session. A lab the TypeScript worker scheduled (its keys, no record) is adopted
+    /// first: written in this worker's format with its alarm, legacy keys removed, in one batch.
+    /// Unreadable legacy keys are logged as an error, never dropped, and the alarm is kept (set
+    /// `CLEANUP_RETRY_SECONDS` ahead if there is none) so the object looks again.
+    pub(crate) async fn find(&self) -> Result<Found, StoreError> {
+        let record = match self.platform.load().await? {
+            Stored::Record(text) => return decode(&text).map(|s| Found::Session(Box::new(s))),
+            Stored::Empty => return Ok(Found::Nothing),
+            Stored::Legacy(record) => record,
+        };
+        let now = self.platform.now_ms();
+        let alarm = self.platform.alarm().await?;
+        let retry_ms = self.config.retry_ms();
+        match record.adopt(alarm, now, &self.config.adoption_rules()) {
+            Ok(mut session) => {
+                index::touch(&mut session, now, retry_ms);
+                let at = wake::next_wake(&session, &self.config.timing()).unwrap_or(now);
+                let (text, _) = bound::encode(&mut session);
+                self.platform.adopt(&text, at).await?;
+                self.info(format!(
+                    "Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
+                    session.lab_request_id,
+                    session.user_id,
+                    session.vm_count(),
+                    if session.vm_count() == 1 { "" } else { "s" },
+                    rfc3339(session.expires_at_ms)
+                ));
+                Ok(Found::Session(Box::new(session)))
+            }
+            Err(problems) => {
+                let retry_at = match alarm {
+                    Some(at) => at,
+                    None => {
+                        let at = now.saturating_add(retry_ms);
+                        self.platform.set_alarm(at).await?;
+                        at
+                    }
+                };
+                let named: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                self.error(format!(
+                    "❌ The previous worker's record{} is unreadable: {}; it is kept as it is, looking again at {}",
+                    record.label(),
+                    named.join("; "),
+                    rfc3339(retry_at)
+                ));
+                Ok(Found::Unreadable(problems))
+            }
+        }
+    }
+
+    /// When the object's alarm must fire for `session` (`None`: nothing left to do).
+    pub(crate) fn alarm_at(&self, session: &Session) -> Option<i64> {
+        wake::next_wake(session, &self.config.timing())
+    }
+
+    /// Saves a change of the record: a new revision (its index row is owed from now on) and the
+    /// alarm at the object's next wake-up, in one batch.
+    pub(crate) async fn persist(&self, session: &mut Session) -> Result<(), StoreError> {
+        if self.config.fleet_index {
+            index::touch(session, self.platform.now_ms(), self.config.retry_ms());
+        }
+        self.save(session).await
+    }
+
+    /// Writes the record with its alarm, within the record's bound (`session::bound`). A save
+    /// that fails is tried once more as it is, then without what is expendable (undelivered
+    /// events, the texts of the last errors), with an error line: the cleanup's progress is never
+    /// lost to a record that grew too large, so no deletion runs twice because of it.
+    pub(crate) async fn save(&self, session: &mut Session) -> Result<(), StoreError> {
+        let (text, dropped) = bound::encode(session);
+        self.dropped(session, &dropped, "to stay within the record's size bound");
+        let alarm = self.alarm_at(session);
+        let Err(e) = self.platform.save(&text, alarm).await else {
+            return Ok(());
+        };
+        // Once more as it is (a passing fault), then without what can be spared.
+        match self.platform.save(&text, alarm).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let dropped = bound::shed(session);
+                if dropped.is_empty() {
+                    return Err(e);
+                }
+                self.error(format!(
+                    "❌ Saving the record of lab {} failed ({e}); saving its cleanup's progress without what can be spared",
+                    session.lab_request_id
+                ));
+                self.dropped(session, &dropped, "so that the record could be saved");
+                let (text, _) = bound::encode(session);
+                self.platform.save(&text, self.alarm_at(session)).await
+            }
+        }
+    }
+
+    fn dropped(&self, session: &Session, dropped: &[Dropped], why: &str) {
+        for d in dropped {
+            self.error(format!(
+                "❌ Lab {}: dropped {d} {why}",
+                session.lab_request_id
+            ));
+        }
+    }
+}

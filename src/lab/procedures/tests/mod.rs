@@ -1,0 +1,465 @@
+//! Native tests of the procedures against a fake world: in-memory storage, index, webhook receiver and backend, each able to fail on purpose, and a clock the tests move.
+
+mod bounds;
+mod faults;
+mod requests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use futures::executor::block_on;
+
+use crate::lab::config::Config;
+use crate::lab::index::IndexRow;
+use crate::lab::legacy::LegacyRecord;
+use crate::lab::ports::{
+    BackendError, BackendReply, Delivery, FleetIndex, LabBackend, Level, Logger, RecordStore,
+    Runtime, StoreError, Stored, WebhookSender,
+};
+use crate::lab::procedures::{Lab, Reply, Request};
+use crate::lab::session::{NewSession, Session, Status};
+
+/// 2026-11-30T00:00:00Z.
+pub const T0: i64 = 1_796_083_200_000;
+pub const SECOND: i64 = 1_000;
+pub const MINUTE: i64 = 60_000;
+
+/// How a storage crash is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// The operation fails and changes nothing.
+    Before,
+    /// A write lands, then the invocation dies (its answer is lost).
+    After,
+}
+
+/// One backend call, as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub services: bool,
+    pub id: String,
+    pub at: i64,
+    pub status: u16,
+}
+
+/// The fake world: every port in memory, faults on demand.
+pub struct World {
+    pub config: Config,
+    pub now: Cell<i64>,
+    seed: Cell<u64>,
+    // storage
+    pub record: RefCell<Option<String>>,
+    pub legacy: RefCell<Option<LegacyRecord>>,
+    pub alarm: Cell<Option<i64>>,
+    pub saved: RefCell<Vec<String>>,
+    /// Storage operations so far, and the one that crashes (1-based), if any.
+    pub ops: Cell<usize>,
+    pub crash_at: Cell<Option<(usize, Crash)>>,
+    /// The invocation crashed: every further operation of it fails (the next one starts anew).
+    dead: Cell<bool>,
+    /// A value longer than this (UTF-16 bytes) is refused, as `SQLITE_TOOBIG` would.
+    pub max_value_bytes: Cell<Option<usize>>,
+    // index
+    pub rows: RefCell<HashMap<String, IndexRow>>,
+    pub index_down: Cell<bool>,
+    // webhooks
+    pub deliveries: RefCell<Vec<Delivery>>,
+    pub receiver_down: Cell<bool>,
+    // backend
+    pub calls: RefCell<Vec<Call>>,
+    /// Statuses each VM answers, in turn (then 200 once, then 404: it is gone).
+    pub scripts: RefCell<HashMap<String, VecDeque<u16>>>,
+    pub gone: RefCell<BTreeMap<String, i64>>,
+    pub error_body: RefCell<String>,
+    /// Runs a delivery in the middle of the next VM deletion (another event of the object).
+    pub deliver_during_delete: Cell<bool>,
+    // log
+    pub lines: RefCell<Vec<(Level, String)>>,
+    pub records: RefCell<Vec<serde_json::Value>>,
+}
+
+pub fn config(pairs: &[(&str, &str)]) -> Config {
+    let mut all: HashMap<String, String> = [
+        ("BACKEND_URL", "https://backend.test"),
+        ("EXPIRY_SPREAD_SECONDS", "0"),
+        ("CLEANUP_RETRY_SECONDS", "300"),
+        ("WEBHOOK_URL", "https://hooks.test/labs"),
+        ("WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in pairs {
+        all.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|name| all.get(name).cloned()).expect("a valid test configuration")
+}
+
+pub fn lab(id: &str, workers: &[&str], duration: u64) -> NewSession {
+    NewSession {
+        lab_request_id: id.into(),
+        user_id: "student-1".into(),
+        worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
+        duration,
+        vm_name: Some("k8s-master".into()),
+    }
+}
+
+impl World {
+    pub fn new(config: Config) -> World {
+        World {
+            config,
+            now: Cell::new(T0),
+            seed: Cell::new(42),
+            record: RefCell::new(None),
+            legacy: RefCell::new(None),
+            alarm: Cell::new(None),
+            saved: RefCell::new(Vec::new()),
+            ops: Cell::new(0),
+            crash_at: Cell::new(None),
+            dead: Cell::new(false),
+            max_value_bytes: Cell::new(None),
+            rows: RefCell::new(HashMap::new()),
+            index_down: Cell::new(false),
+            deliveries: RefCell::new(Vec::new()),
+            receiver_down: Cell::new(false),
+            calls: RefCell::new(Vec::new()),
+            scripts: RefCell::new(HashMap::new()),
+            gone: RefCell::new(BTreeMap::new()),
+            error_body: RefCell::new("{\"error\":\"busy\"}".into()),
+            deliver_during_delete: Cell::new(false),
+            lines: RefCell::new(Vec::new()),
+            records: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn lab(&self) -> Lab<'_, World> {
+        Lab::new(self, &self.config)
+    }
+
+    pub fn session(&self) -> Option<Session> {
+        self.record
+            .borrow()
+            .as_ref()
+            .map(|text| serde_json::from_str(text).expect("a readable record"))
+    }
+
+    pub fn request(&self, request: Request) -> Result<Reply, StoreError> {
+        self.invocation();
+        let reply = block_on(self.lab().answer(request));
+        if let Ok(Reply::Lab { line: Some(_), .. }) = &reply {
+            // After the answer: the index row.
+            let _ = block_on(self.lab().sync_index());
+        }
+        reply
+    }
+
+    pub fn create(&self, new: NewSession) -> Session {
+        match self.request(Request::Create(new)).expect("create") {
+            Reply::Lab { session, .. } => *session,
+            other => panic!("create refused: {other:?}"),
+        }
+    }
+
+    /// `VM id` answers these statuses, in turn, before it is deleted.
+    pub fn script(&self, id: &str, statuses: &[u16]) {
+        self.scripts
+            .borrow_mut()
+            .insert(id.into(), statuses.iter().copied().collect());
+    }
+
+    /// Runs the object as the platform would until nothing is left to do or `until` passes:
+    /// the alarm fires when due (a failed alarm is run again 2 s later), the deliveries run
+    /// after it, the clock moves. After every invocation, the alarm is set whenever work remains.
+    pub fn run(&self, until: i64) {
+        for _ in 0..100_000 {
+            let Some(at) = self.alarm.get() else {
+                return;
+            };
+            if at > until {
+                return;
+            }
+            self.now.set(self.now.get().max(at));
+            self.alarm.set(None);
+            self.invocation();
+            match block_on(self.lab().alarm()) {
+                Ok(done) => {
+                    if done.deliver {
+                        // In the background, after the alarm's own work.
+                        let _ = block_on(self.lab().deliver_due());
+                    }
+                }
+                Err(_) => {
+                    // The platform runs a failed alarm again (workerd: from 2 s).
+                    if self.alarm.get().is_none() {
+                        self.alarm.set(Some(self.now.get() + 2 * SECOND));
+                    }
+                }
+            }
+            self.check_alarm_while_work_remains();
+        }
+        panic!("the object never went quiet");
+    }
+
+    /// The one invariant after any invocation: while the lab has work left (a VM to delete, an
+    /// event to deliver, an index row owed, a record to purge), its alarm is set.
+    pub fn check_alarm_while_work_remains(&self) {
+        if let Some(s) = self.session() {
+            assert!(
+                self.alarm.get().is_some(),
+                "no alarm while the record holds work: {:?} at {}",
+                s.status(),
+                self.now.get()
+            );
+        }
+    }
+
+    /// The VMs the backend deleted (2xx), with when.
+    pub fn deleted(&self) -> BTreeMap<String, i64> {
+        self.gone.borrow().clone()
+    }
+
+    pub fn vm_calls(&self, id: &str) -> Vec<Call> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| !c.services && c.id == id)
+            .cloned()
+            .collect()
+    }
+
+    pub fn log_has(&self, needle: &str) -> bool {
+        self.lines.borrow().iter().any(|(_, l)| l.contains(needle))
+    }
+
+    pub fn delivered_types(&self) -> Vec<String> {
+        self.deliveries
+            .borrow()
+            .iter()
+            .map(|d| {
+                let v: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+                v["type"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    fn op(&self) -> Result<Option<Crash>, StoreError> {
+        if self.dead.get() {
+            return Err(StoreError("the invocation is gone".into()));
+        }
+        let n = self.ops.get() + 1;
+        self.ops.set(n);
+        match self.crash_at.get() {
+            Some((at, Crash::Before)) if at == n => {
+                self.dead.set(true);
+                Err(StoreError("crashed".into()))
+            }
+            Some((at, Crash::After)) if at == n => {
+                self.dead.set(true);
+                Ok(Some(Crash::After))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A new invocation of the object (a request, an alarm, a background task).
+    fn invocation(&self) {
+        self.dead.set(false);
+    }
+
+    fn after(crash: Option<Crash>) -> Result<(), StoreError> {
+        match crash {
+            Some(Crash::After) => Err(StoreError("crashed after the write".into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn next_random(&self) -> f64 {
+        // xorshift64: deterministic "randomness" for the tests.
+        let mut x = self.seed.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn backend_call(&self, services: bool, id: &str) -> Result<BackendReply, BackendError> {
+        let status = if services {
+            200
+        } else if self.gone.borrow().contains_key(id) {
+            404
+        } else {
+            let scripted = self
+                .scripts
+                .borrow_mut()
+                .get_mut(id)
+                .and_then(|s| s.pop_front());
+            let status = scripted.unwrap_or(200);
+            if (200..300).contains(&status) {
+                self.gone.borrow_mut().insert(id.into(), self.now.get());
+            }
+            status
+        };
+        self.calls.borrow_mut().push(Call {
+            services,
+            id: id.into(),
+            at: self.now.get(),
+            status,
+        });
+        Ok(BackendReply {
+            status,
+            body: if (200..300).contains(&status) {
+                String::new()
+            } else {
+                self.error_body.borrow().clone()
+            },
+            retry_after: None,
+        })
+    }
+}
+
+impl RecordStore for World {
+    async fn load(&self) -> Result<Stored, StoreError> {
+        self.op()?;
+        if let Some(text) = self.record.borrow().clone() {
+            return Ok(Stored::Record(text));
+        }
+        Ok(match self.legacy.borrow().clone() {
+            Some(legacy) => Stored::Legacy(legacy),
+            None => Stored::Empty,
+        })
+    }
+
+    async fn alarm(&self) -> Result<Option<i64>, StoreError> {
+        self.op()?;
+        Ok(self.alarm.get())
+    }
+
+    async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
+        let crash = self.op()?;
+        if let Some(max) = self.max_value_bytes.get() {
+            let bytes = record.encode_utf16().count() * 2;
+            if bytes > max {
+                return Err(StoreError(format!(
+                    "SQLITE_TOOBIG: string or blob too big ({bytes} bytes)"
+                )));
+            }
+        }
+        *self.record.borrow_mut() = Some(record.to_string());
+        self.saved.borrow_mut().push(record.to_string());
+        self.alarm.set(alarm_at_ms);
+        Self::after(crash)
+    }
+
+    async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError> {
+        let crash = self.op()?;
+        *self.record.borrow_mut() = Some(record.to_string());
+        *self.legacy.borrow_mut() = None;
+        self.alarm.set(Some(alarm_at_ms));
+        Self::after(crash)
+    }
+
+    async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError> {
+        let crash = self.op()?;
+        self.alarm.set(Some(at_ms));
+        Self::after(crash)
+    }
+
+    async fn delete_all(&self) -> Result<(), StoreError> {
+        let crash = self.op()?;
+        *self.record.borrow_mut() = None;
+        *self.legacy.borrow_mut() = None;
+        self.alarm.set(None);
+        Self::after(crash)
+    }
+}
+
+impl FleetIndex for World {
+    async fn upsert(&self, row: &IndexRow) -> Result<(), String> {
+        if self.index_down.get() {
+            return Err("D1_ERROR: no such table: sessions".into());
+        }
+        let mut rows = self.rows.borrow_mut();
+        match rows.get(&row.lab_request_id) {
+            Some(existing) if existing.revision >= row.revision => {}
+            _ => {
+                rows.insert(row.lab_request_id.clone(), row.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), String> {
+        if self.index_down.get() {
+            return Err("D1_ERROR: no such table: sessions".into());
+        }
+        let mut rows = self.rows.borrow_mut();
+        if rows
+            .get(lab_request_id)
+            .is_some_and(|r| r.revision <= revision)
+        {
+            rows.remove(lab_request_id);
+        }
+        Ok(())
+    }
+}
+
+impl WebhookSender for World {
+    async fn send(&self, delivery: &Delivery) -> Result<u16, String> {
+        if self.receiver_down.get() {
+            return Err("network error: connection refused".into());
+        }
+        self.deliveries.borrow_mut().push(delivery.clone());
+        Ok(204)
+    }
+}
+
+impl LabBackend for World {
+    async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError> {
+        self.backend_call(true, master_id)
+    }
+
+    async fn delete_vm(
+        &self,
+        lab_request_id: &str,
+        _user_id: &str,
+    ) -> Result<BackendReply, BackendError> {
+        if self.deliver_during_delete.replace(false) {
+            // Another event of the object runs while this call waits for the backend.
+            self.lab().deliver_due().await.expect("the delivery");
+        }
+        self.backend_call(false, lab_request_id)
+    }
+}
+
+impl Runtime for World {
+    fn now_ms(&self) -> i64 {
+        self.now.get()
+    }
+
+    fn random(&self) -> f64 {
+        self.next_random()
+    }
+
+    async fn sleep(&self, ms: u64) {
+        self.now.set(self.now.get() + ms as i64);
+    }
+}
+
+impl Logger for World {
+    fn log(&self, level: Level, message: &str) {
+        self.lines.borrow_mut().push((level, message.to_string()));
+    }
+
+    fn record<T: serde::Serialize>(&self, record: &T) {
+        self.records
+            .borrow_mut()
+            .push(serde_json::to_value(record).unwrap());
+    }
+}
+
+/// The status of the stored lab.
+pub fn status(world: &World) -> Option<Status> {
+    world.session().map(|s| s.status())
+}

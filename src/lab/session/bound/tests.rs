@@ -1,0 +1,216 @@
+//! The record's bound, proven: the worst case computed from every limit, and a record filled to it.
+
+use super::*;
+use crate::lab::limits::{MAX_ID_LEN, MAX_VM_NAME_LEN};
+use crate::lab::session::outbox::SnapshotOutcome;
+use crate::lab::session::{
+    Cleanup, IndexSync, NewSession, Notices, OutboxEvent, Outcome, Snapshot, Status, Sync,
+};
+use crate::lab::webhook::EventType;
+
+/// The longest value of every number a record holds.
+const BIG_I64: i64 = -i64::MAX;
+const BIG_U64: u64 = u64::MAX;
+
+/// An id of `MAX_ID_LEN` characters, distinct per `n`.
+fn id(n: usize) -> String {
+    let tag = format!("-{n}");
+    format!("{}{tag}", "x".repeat(MAX_ID_LEN - tag.len()))
+}
+
+/// A text of `n` characters that costs the most stored as JSON in UTF-16: each character two
+/// code units (a quote is written `\"`; a character outside the BMP is a surrogate pair).
+fn costly(n: usize) -> String {
+    "\"".repeat(n)
+}
+
+/// The largest record valid input can produce with `workers` workers, of which `failing` failed
+/// in the last attempt (the others are deleted), and an outbox with one event of every type.
+fn worst_case(workers: usize, failing: usize) -> Session {
+    let mut s = Session::schedule(
+        NewSession {
+            lab_request_id: id(0),
+            user_id: id(999),
+            worker_lab_request_ids: (1..=workers).map(id).collect(),
+            duration: 525_600,
+            vm_name: Some("😀".repeat(MAX_VM_NAME_LEN)),
+        },
+        BIG_I64,
+        0,
+    );
+    s.expires_at_ms = BIG_I64;
+    let vms: Vec<String> = s.vms().map(|vm| vm.id.to_string()).collect();
+    let (failed, done) = vms.split_at(failing);
+    let errors: Vec<DeletionError> = failed
+        .iter()
+        .map(|vm| DeletionError {
+            lab_request_id: vm.clone(),
+            error: costly(10_000),
+        })
+        .collect();
+    let outcome = Outcome {
+        successful_deletions: usize::MAX,
+        failed_deletions: usize::MAX,
+        errors: bounded_errors(&errors),
+        not_tried: usize::MAX,
+    };
+    s.cleanup = Cleanup {
+        status: Status::CleaningUp,
+        attempts: u32::MAX,
+        deleted: done.to_vec(),
+        already_gone: Vec::new(),
+        services_answered_404: false,
+        refused_last_attempt: false,
+        start_delay_ms: BIG_I64,
+        next_attempt_at_ms: Some(BIG_I64),
+        last_outcome: Some(outcome),
+        completed_at_ms: Some(BIG_I64),
+    };
+    s.extended_minutes = 525_600;
+    s.adoption.adopted_at_ms = Some(BIG_I64);
+    s.sync = Sync {
+        revision: BIG_U64,
+        index: IndexSync {
+            written: BIG_U64,
+            retry_at_ms: Some(BIG_I64),
+            delete_retry_at_ms: Some(BIG_I64),
+        },
+    };
+    s.notices = Notices {
+        warned_for_expiry_ms: Some(BIG_I64),
+        stuck_notified: false,
+        outbox: Vec::new(),
+    };
+    // One event of every type, each with the snapshot its type can have at its largest:
+    // `lab.expiring` is created while the lab is scheduled (no attempt, no outcome);
+    // `lab.cleanup_completed` when every VM is done (no error left: errors are kept for pending
+    // VMs only); `lab.cleanup_stuck` mid-cleanup, with the errors.
+    let stuck = Snapshot::of(&s);
+    let scheduled = Snapshot {
+        status: Status::Scheduled,
+        attempts: 0,
+        next_attempt_at_ms: None,
+        deleted: Vec::new(),
+        already_gone: Vec::new(),
+        outcome: None,
+        completed_at_ms: None,
+        ..stuck.clone()
+    };
+    let completed = Snapshot {
+        status: Status::Completed,
+        deleted: (0..=workers as u16).collect(),
+        outcome: stuck.outcome.clone().map(|o| SnapshotOutcome {
+            errors: Vec::new(),
+            ..o
+        }),
+        ..stuck.clone()
+    };
+    for (kind, snapshot) in [
+        (EventType::Expiring, scheduled),
+        (EventType::CleanupCompleted, completed),
+        (EventType::CleanupStuck, stuck),
+    ] {
+        let mut event =
+            OutboxEvent::new(kind.name(), &s, BIG_I64, format!("msg_{}", "f".repeat(32)));
+        event.attempts = u32::MAX;
+        event.next_at_ms = BIG_I64;
+        event.last_error = Some(costly(MAX_DELIVERY_ERROR_CHARS));
+        event.snapshot = Some(snapshot);
+        s.queue_event(event);
+    }
+    s
+}
+
+fn size(s: &Session) -> usize {
+    utf16_bytes(&serde_json::to_string(s).unwrap())
+}
+
+/// The largest record over every split of failing and deleted VMs.
+fn largest(workers: usize) -> (usize, usize) {
+    (0..=workers + 1)
+        .map(|failing| (size(&worst_case(workers, failing)), failing))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn the_worst_case_fits() {
+    let (bytes, failing) = largest(MAX_WORKERS);
+    println!(
+        "worst case with {MAX_WORKERS} workers: {bytes} bytes as UTF-16 ({failing} VMs failing), bound {MAX_RECORD_BYTES}"
+    );
+    assert!(
+        bytes <= MAX_RECORD_BYTES,
+        "{bytes} bytes > {MAX_RECORD_BYTES}"
+    );
+    // The worst case is a real record: it round-trips.
+    let s = worst_case(MAX_WORKERS, failing);
+    let text = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), s);
+}
+
+#[test]
+fn errors_share_one_budget() {
+    let error = |n: usize| DeletionError {
+        lab_request_id: id(n),
+        error: "é".repeat(5_000),
+    };
+    let one = bounded_errors(&[error(1)]);
+    assert_eq!(one[0].error.chars().count(), MAX_ERROR_CHARS);
+    assert!(one[0].error.ends_with('…'));
+    let many: Vec<DeletionError> = (0..49).map(error).collect();
+    let bounded = bounded_errors(&many);
+    let total: usize = bounded.iter().map(|e| e.error.chars().count()).sum();
+    assert!(
+        total <= ERROR_BUDGET_CHARS.max(49 * MIN_ERROR_CHARS),
+        "{total}"
+    );
+    assert!(bounded
+        .iter()
+        .all(|e| e.error.chars().count() >= MIN_ERROR_CHARS));
+    // Escaped before it is measured: a bidi override cannot hide in a short error.
+    let tricky = bounded_errors(&[DeletionError {
+        lab_request_id: "w".into(),
+        error: "a\u{202e}b\nc".into(),
+    }]);
+    assert_eq!(tricky[0].error, "a\\u{202e}b\\u{a}c");
+}
+
+#[test]
+fn an_old_record_too_large_sheds_its_events_oldest_first() {
+    let mut s = worst_case(MAX_WORKERS, 3);
+    // Events as an earlier version stored them: whole copies of the view.
+    for (n, event) in s.notices.outbox.iter_mut().enumerate() {
+        event.snapshot = None;
+        event.body = Some(costly(12_000 + n));
+        event.created_at_ms = 1_000 - n as i64;
+    }
+    let oldest = s.notices.outbox[2].id.clone();
+    assert!(size(&s) > MAX_RECORD_BYTES);
+    let progress = s.cleanup.clone();
+    let (text, dropped) = encode(&mut s);
+    assert!(utf16_bytes(&text) <= MAX_RECORD_BYTES);
+    assert!(!dropped.is_empty());
+    assert!(matches!(&dropped[0], Dropped::Event { id, .. } if *id == oldest));
+    assert_eq!(
+        s.cleanup, progress,
+        "the cleanup's progress is never dropped"
+    );
+    // A record of this version is never touched.
+    let mut fits = worst_case(MAX_WORKERS, 3);
+    let before = fits.clone();
+    let (_, dropped) = encode(&mut fits);
+    assert!(dropped.is_empty());
+    assert_eq!(fits, before);
+}
+
+#[test]
+fn a_failed_save_sheds_everything_expendable() {
+    let mut s = worst_case(MAX_WORKERS, 5);
+    let dropped = shed(&mut s);
+    assert_eq!(dropped.len(), 4, "{dropped:?}");
+    assert!(s.notices.outbox.is_empty());
+    let outcome = s.cleanup.last_outcome.as_ref().unwrap();
+    assert_eq!(outcome.errors.len(), 5, "which VMs failed is kept");
+    assert!(shed(&mut s).is_empty(), "nothing left to shed");
+}

@@ -1,0 +1,379 @@
+//! The session record of one lab: what was asked, its cleanup's progress, its index sync, its notifications; and its state transitions.
+//!
+//! Times are milliseconds since the Unix epoch, passed in by the caller: nothing here reads a
+//! clock. The record is one JSON value in the lab's storage; its parts are sub-records
+//! flattened into it (the stored JSON has one level), and it has one size bound (`bound`).
+
+pub mod bound;
+pub mod outbox;
+pub mod outcome;
+mod stored;
+pub mod view;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::lab::status::{LabType, Role, Status};
+pub use crate::lab::text::rfc3339;
+pub use outbox::{OutboxEvent, Snapshot};
+pub use outcome::{AttemptResult, Deletion, DeletionError, Ending, Outcome};
+pub use view::SessionView;
+
+/// A validated request to schedule a lab's cleanup: what the router forwards to the
+/// `SessionManager` object named by `lab_request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSession {
+    pub lab_request_id: String,
+    pub user_id: String,
+    /// Worker VM ids of a multi-node lab, in request order; empty for a single-VM lab.
+    pub worker_lab_request_ids: Vec<String>,
+    /// Lifetime in whole minutes (one unit of `DURATION_UNIT_SECONDS`).
+    pub duration: u64,
+    pub vm_name: Option<String>,
+}
+
+/// One VM to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vm<'a> {
+    pub id: &'a str,
+    pub role: Role,
+}
+
+/// The durable record of one lab, stored as one JSON value by its `SessionManager`.
+///
+/// The lab itself (what the create asked, its lifetime) is at the top; the rest is in
+/// sub-records: `cleanup` (the cleanup's progress), `sync` (the index's copy), `notices` (the
+/// webhooks), `adoption` (where it came from). Stored, they are one flat JSON object
+/// (`stored`); a field missing in a record of an earlier version takes its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub lab_request_id: String,
+    pub user_id: String,
+    pub vm_name: Option<String>,
+    pub worker_lab_request_ids: Vec<String>,
+    /// As requested, in `duration` units (minutes).
+    pub duration: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub cleanup: Cleanup,
+    /// Minutes added by `extend` (the lifetime is `duration + extended_minutes`).
+    pub extended_minutes: u64,
+    /// Whether a cleanup attempt ran with `DRY_RUN` (no backend call was made).
+    pub dry_run: bool,
+    pub adoption: Adoption,
+    pub sync: Sync,
+    pub notices: Notices,
+}
+
+/// The cleanup's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleanup {
+    pub status: Status,
+    /// Cleanup attempts started so far.
+    pub attempts: u32,
+    /// VM ids the backend confirmed deleting (2xx), never deleted again.
+    pub deleted: Vec<String>,
+    /// VM ids the backend answered 404 for: already gone, never asked again. Kept apart from
+    /// `deleted` because a backend at the wrong base path answers 404 to everything.
+    pub already_gone: Vec<String>,
+    /// Whether the last services call answered 404 (with every VM gone too: a misconfigured
+    /// backend, most likely).
+    pub services_answered_404: bool,
+    /// Whether the backend refused a call (429/503) in the last attempt: the next one deletes
+    /// one VM at a time.
+    pub refused_last_attempt: bool,
+    /// How long after `expires_at` the first attempt starts (the spread of a class expiring
+    /// together; 0 under the fixed policy or once ended by request).
+    pub start_delay_ms: i64,
+    pub next_attempt_at_ms: Option<i64>,
+    pub last_outcome: Option<Outcome>,
+    pub completed_at_ms: Option<i64>,
+}
+
+/// Where the lab came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// When this session was adopted from the TypeScript worker's storage keys (see `legacy`).
+    pub adopted_at_ms: Option<i64>,
+}
+
+/// How far the fleet index has caught up with the record (see `lab::index`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sync {
+    /// Bumped on every change of the record.
+    pub revision: u64,
+    pub index: IndexSync,
+}
+
+/// The index's side of `Sync`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSync {
+    /// The record's revision the index last confirmed (0: never written).
+    #[serde(default)]
+    pub written: u64,
+    /// When to write the row again if it is still owed then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
+    /// When to try deleting the row again, after a failed delete at the end of retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_retry_at_ms: Option<i64>,
+}
+
+/// The webhooks' side of the record (see `lab::webhook`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notices {
+    /// The expiry `lab.expiring` was created for (a new expiry after an extend warns again).
+    pub warned_for_expiry_ms: Option<i64>,
+    /// Whether `lab.cleanup_stuck` was created (it is sent once).
+    pub stuck_notified: bool,
+    /// Webhook events not yet delivered: at most one per event type (`bound`).
+    pub outbox: Vec<OutboxEvent>,
+}
+
+/// Why a request was refused: the one list every procedure answers from, turned into an API
+/// error in one place (`api::error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No lab with this id.
+    NotFound,
+    /// The lab is past the state where the change makes sense (409).
+    Conflict(String),
+    /// The change itself is out of bounds (400).
+    Invalid(String),
+    /// The previous worker left this lab's record unreadable; it is kept as it is (500).
+    Unreadable(Vec<crate::lab::legacy::LegacyProblem>),
+}
+
+impl Session {
+    /// A newly scheduled session expiring `lifetime_ms` after `now_ms`.
+    pub fn schedule(new: NewSession, now_ms: i64, lifetime_ms: i64) -> Session {
+        Session {
+            lab_request_id: new.lab_request_id,
+            user_id: new.user_id,
+            vm_name: new.vm_name,
+            worker_lab_request_ids: new.worker_lab_request_ids,
+            duration: new.duration,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(lifetime_ms),
+            cleanup: Cleanup {
+                status: Status::Scheduled,
+                attempts: 0,
+                deleted: Vec::new(),
+                already_gone: Vec::new(),
+                services_answered_404: false,
+                refused_last_attempt: false,
+                start_delay_ms: 0,
+                next_attempt_at_ms: None,
+                last_outcome: None,
+                completed_at_ms: None,
+            },
+            extended_minutes: 0,
+            dry_run: false,
+            adoption: Adoption::default(),
+            sync: Sync::default(),
+            notices: Notices::default(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.cleanup.status
+    }
+
+    pub fn lab_type(&self) -> LabType {
+        if self.worker_lab_request_ids.is_empty() {
+            LabType::SingleVm
+        } else {
+            LabType::MultiNode
+        }
+    }
+
+    /// Every VM of the lab: the master first, then the workers in request order.
+    pub fn vms(&self) -> impl Iterator<Item = Vm<'_>> {
+        std::iter::once(Vm {
+            id: self.lab_request_id.as_str(),
+            role: Role::Master,
+        })
+        .chain(self.worker_lab_request_ids.iter().map(|id| Vm {
+            id: id.as_str(),
+            role: Role::Worker,
+        }))
+    }
+
+    pub fn vm_count(&self) -> usize {
+        1 + self.worker_lab_request_ids.len()
+    }
+
+    /// The position of VM `id` in `vms()` (the master is 0).
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.vms().position(|vm| vm.id == id)
+    }
+
+    /// Whether the VM `id` is confirmed deleted or already gone.
+    pub fn is_done(&self, id: &str) -> bool {
+        self.cleanup.is_done(id)
+    }
+
+    /// The VMs not yet confirmed deleted or gone, master first.
+    pub fn pending(&self) -> Vec<Vm<'_>> {
+        self.vms().filter(|vm| !self.is_done(vm.id)).collect()
+    }
+
+    /// Whether every call of a completed lab answered 404: the services call and every VM. A
+    /// backend at the wrong base path answers exactly that, so it deserves an error line.
+    pub fn every_call_answered_404(&self) -> bool {
+        let c = &self.cleanup;
+        c.status == Status::Completed && c.deleted.is_empty() && c.services_answered_404
+    }
+
+    /// Whether the lab's time is up at `now_ms`: no VM may be deleted before this.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+
+    /// Marks the start of a cleanup attempt. The next attempt is planned `retry_ms` later right
+    /// away, so that an attempt cut short (eviction, crash) is resumed by that alarm.
+    pub fn begin_attempt(&mut self, now_ms: i64, retry_ms: i64) {
+        let c = &mut self.cleanup;
+        c.status = Status::CleaningUp;
+        c.attempts = c.attempts.saturating_add(1);
+        c.next_attempt_at_ms = Some(now_ms.saturating_add(retry_ms));
+    }
+
+    /// Records what an attempt deleted and how it went, and moves to `Completed` when no VM is
+    /// left, or to `Retrying` with the next attempt at `next_attempt_at_ms` (the retry policy
+    /// decides when; see `lab::retry`). The stored errors are bounded (`bound::bounded_errors`).
+    pub fn finish_attempt(&mut self, result: &AttemptResult, now_ms: i64, next_attempt_at_ms: i64) {
+        for id in &result.deleted {
+            if !self.is_done(id) && self.position(id).is_some() {
+                self.cleanup.deleted.push(id.clone());
+            }
+        }
+        for id in &result.already_gone {
+            if !self.is_done(id) && self.position(id).is_some() {
+                self.cleanup.already_gone.push(id.clone());
+            }
+        }
+        // Errors are kept for the VMs still pending only (so a completed lab keeps none).
+        let errors: Vec<DeletionError> = result
+            .outcome
+            .errors
+            .iter()
+            .filter(|e| {
+                self.position(&e.lab_request_id).is_some() && !self.is_done(&e.lab_request_id)
+            })
+            .cloned()
+            .collect();
+        let nothing_left = self.pending().is_empty();
+        let c = &mut self.cleanup;
+        if let Some(services) = &result.services {
+            c.services_answered_404 = *services == Deletion::AlreadyGone;
+        }
+        c.refused_last_attempt = matches!(result.ending, Ending::Refused { .. });
+        c.last_outcome = Some(Outcome {
+            errors: bound::bounded_errors(&errors),
+            ..result.outcome.clone()
+        });
+        if nothing_left {
+            c.status = Status::Completed;
+            c.completed_at_ms = Some(now_ms);
+            c.next_attempt_at_ms = None;
+        } else {
+            c.status = Status::Retrying;
+            c.next_attempt_at_ms = Some(next_attempt_at_ms);
+        }
+    }
+
+    /// Ends the lab now (a student's "End Lab"): the cleanup is due at once, under the same rules
+    /// as at expiry. Returns whether anything changed (false once the cleanup is running or done).
+    pub fn end_now(&mut self, now_ms: i64) -> bool {
+        match self.cleanup.status {
+            Status::Scheduled => {
+                // From here on the lab counts as expired and its cleanup as started.
+                self.expires_at_ms = self.expires_at_ms.min(now_ms);
+                self.cleanup.status = Status::CleaningUp;
+                self.cleanup.next_attempt_at_ms = Some(now_ms);
+                true
+            }
+            Status::Retrying => {
+                self.cleanup.next_attempt_at_ms = Some(now_ms);
+                true
+            }
+            Status::CleaningUp | Status::Completed => false,
+        }
+    }
+
+    /// An operator's "retry now": a `Retrying` lab gets its next attempt at `now_ms` (true). A
+    /// lab being cleaned up already is left as it is (false). A scheduled lab is ended with
+    /// `end_now`, not retried; a completed one has nothing left to retry.
+    pub fn retry_now(&mut self, now_ms: i64) -> Result<bool, Refusal> {
+        match self.cleanup.status {
+            Status::Retrying => {
+                self.cleanup.next_attempt_at_ms = Some(now_ms);
+                Ok(true)
+            }
+            Status::CleaningUp => Ok(false),
+            Status::Scheduled => Err(Refusal::Conflict(format!(
+                "lab {} is scheduled; its cleanup has not started (end it with DELETE)",
+                self.lab_request_id
+            ))),
+            Status::Completed => Err(Refusal::Conflict(format!(
+                "lab {} is already cleaned up; nothing to retry",
+                self.lab_request_id
+            ))),
+        }
+    }
+
+    /// Moves the expiry `minutes` (each `unit_ms` long) later, while the lab is still scheduled and
+    /// its whole lifetime stays within `max_minutes`.
+    pub fn extend(&mut self, minutes: u64, unit_ms: i64, max_minutes: u64) -> Result<(), Refusal> {
+        if self.cleanup.status != Status::Scheduled {
+            return Err(Refusal::Conflict(format!(
+                "lab {} is {}; only a scheduled lab can be extended",
+                self.lab_request_id,
+                self.cleanup.status.describe()
+            )));
+        }
+        // Checked: an adopted record may hold any duration.
+        let lifetime = self
+            .duration
+            .checked_add(self.extended_minutes)
+            .and_then(|sum| sum.checked_add(minutes));
+        match lifetime {
+            Some(lifetime) if lifetime <= max_minutes => {}
+            _ => {
+                return Err(Refusal::Invalid(format!(
+                    "extending by {minutes} minutes would make the lab's lifetime {} minutes; \
+                     the maximum is {max_minutes}",
+                    lifetime.map_or("more than 2^64".into(), |l| l.to_string())
+                )))
+            }
+        }
+        self.extended_minutes = self.extended_minutes.saturating_add(minutes);
+        self.expires_at_ms = self.expires_at_ms.saturating_add(
+            i64::try_from(minutes)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(unit_ms),
+        );
+        Ok(())
+    }
+
+    /// Whether `new` asks for exactly this session (a retried create), ignoring the VM name.
+    pub fn same_request(&self, new: &NewSession) -> bool {
+        self.lab_request_id == new.lab_request_id
+            && self.user_id == new.user_id
+            && self.worker_lab_request_ids == new.worker_lab_request_ids
+            && self.duration == new.duration
+    }
+}
+
+impl Cleanup {
+    /// Whether the VM `id` is confirmed deleted or already gone.
+    pub fn is_done(&self, id: &str) -> bool {
+        self.deleted
+            .iter()
+            .chain(&self.already_gone)
+            .any(|d| d == id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! The fleet index in D1 (binding `DB`): runs the statements `lab::index` builds, each bounded by a timeout.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement, Env};
+
+use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery};
+use crate::lab::status::Status;
+use crate::platform::runtime::within;
+
+/// Name of the D1 binding in `wrangler.toml`.
+pub const DB_BINDING: &str = "DB";
+
+/// Whatever went wrong with the index, in words (it is logged, never shown to an API caller).
+pub type IndexError = String;
+
+fn database(env: &Env) -> Result<D1Database, IndexError> {
+    env.d1(DB_BINDING)
+        .map_err(|e| format!("no D1 binding {DB_BINDING}: {e}"))
+}
+
+/// Whether the `DB` binding exists (for the readiness check).
+pub fn is_bound(env: &Env) -> bool {
+    database(env).is_ok()
+}
+
+fn js(bind: &Bind) -> JsValue {
+    match bind {
+        Bind::Text(s) => JsValue::from_str(s),
+        // Exact: times in milliseconds and revisions stay below 2^53.
+        Bind::Int(n) => JsValue::from_f64(*n as f64),
+        Bind::Null => JsValue::NULL,
+    }
+}
+
+fn prepare(
+    db: &D1Database,
+    (sql, binds): (String, Vec<Bind>),
+) -> Result<D1PreparedStatement, IndexError> {
+    let binds: Vec<JsValue> = binds.iter().map(js).collect();
+    db.prepare(sql).bind(&binds).map_err(|e| e.to_string())
+}
+
+/// Runs `work`, or gives up after `timeout`: an index that does not answer never holds a
+/// cleanup or an answer for long.
+async fn bounded<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, IndexError>>,
+) -> Result<T, IndexError> {
+    within(timeout, work).await.unwrap_or_else(|| {
+        Err(format!(
+            "the index did not answer within {} s",
+            timeout.as_secs()
+        ))
+    })
+}
+
+/// Writes `row` unless the index already holds a newer revision of it.
+pub async fn upsert(env: &Env, row: &IndexRow, timeout: Duration) -> Result<(), IndexError> {
+    let statement = prepare(&database(env)?, index::upsert(row))?;
+    bounded(timeout, async {
+        statement.run().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Deletes the lab's row, unless the index holds a revision newer than `revision`.
+pub async fn delete(
+    env: &Env,
+    lab_request_id: &str,
+    revision: u64,
+    timeout: Duration,
+) -> Result<(), IndexError> {
+    let statement = prepare(&database(env)?, index::delete(lab_request_id, revision))?;
+    bounded(timeout, async {
+        statement.run().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// One page of the list route (one row more than the page when another follows).
+pub async fn list(
+    env: &Env,
+    query: &ListQuery,
+    stuck_after: u32,
+    timeout: Duration,
+) -> Result<Vec<IndexRow>, IndexError> {
+    let statement = prepare(&database(env)?, index::list(query, stuck_after))?;
+    bounded(timeout, async {
+        let result = statement.all().await.map_err(|e| e.to_string())?;
+        if let Some(error) = result.error() {
+            return Err(error);
+        }
+        result.results::<IndexRow>().map_err(|e| e.to_string())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct StatusCount {
+    status: Status,
+    n: u64,
+}
+
+#[derive(Deserialize)]
+struct Number {
+    n: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Pending {
+    vms_pending: Option<u64>,
+    oldest: Option<i64>,
+}
+
+/// The stats route's counts, in one round trip (a D1 batch).
+pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Counts, IndexError> {
+    let db = database(env)?;
+    let statements = index::stats(stuck_after)
+        .into_iter()
+        .map(|statement| prepare(&db, statement))
+        .collect::<Result<Vec<_>, _>>()?;
+    bounded(timeout, async {
+        let results = db.batch(statements).await.map_err(|e| e.to_string())?;
+        let [by_status, stuck, pending, gone] = results.as_slice() else {
+            return Err(format!(
+                "the index answered {} results for 4 queries",
+                results.len()
+            ));
+        };
+        let e = |e: worker::Error| e.to_string();
+        let first = |rows: Vec<Number>| rows.into_iter().next().and_then(|r| r.n).unwrap_or(0);
+        let pending = pending.results::<Pending>().map_err(e)?.into_iter().next();
+        Ok(Counts {
+            by_status: by_status
+                .results::<StatusCount>()
+                .map_err(e)?
+                .into_iter()
+                .map(|c| (c.status, c.n))
+                .collect(),
+            stuck: first(stuck.results::<Number>().map_err(e)?),
+            vms_pending: pending.as_ref().and_then(|p| p.vms_pending).unwrap_or(0),
+            oldest_pending_expiry: pending.and_then(|p| p.oldest),
+            vms_already_gone: first(gone.results::<Number>().map_err(e)?),
+        })
+    })
+    .await
+}

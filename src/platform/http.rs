@@ -1,0 +1,97 @@
+//! One outbound HTTP exchange over the runtime's `fetch`, for the lab backend and the webhook receiver alike: no redirects followed, the whole answer read, bounded by a timeout.
+
+use std::time::Duration;
+
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, web_sys};
+
+use crate::platform::runtime::within;
+
+/// An answer, read to its end.
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub retry_after: Option<String>,
+}
+
+/// Why there is no answer.
+pub enum Failure {
+    /// Nothing within the timeout (the request was aborted).
+    Timeout,
+    /// The connection failed before any answer: the request may never have arrived.
+    Network(String),
+    /// An answer began (its status is known) and was cut off.
+    CutShort { status: u16, error: String },
+}
+
+/// Sends one request (`headers` besides none; `body` as text) and reads the whole answer, or
+/// gives up after `timeout` and aborts it. Written against the runtime's `fetch` directly
+/// (`web_sys`): the `worker` wrappers would convert every request and answer back and forth for
+/// nothing. A redirect is an answer, not a success: followed, a 3xx to a page that answers 200
+/// would count as done (a wrong URL, a login page); manual mode hands the 3xx back.
+pub async fn exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let controller = web_sys::AbortController::new().map_err(network)?;
+    let work = async {
+        let list = web_sys::Headers::new().map_err(network)?;
+        for (name, value) in headers {
+            list.set(name, value).map_err(network)?;
+        }
+        let init = web_sys::RequestInit::new();
+        init.set_method(method);
+        init.set_headers(&list);
+        init.set_body(&JsValue::from_str(body));
+        init.set_redirect(web_sys::RequestRedirect::Manual);
+        init.set_signal(Some(&controller.signal()));
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let response: web_sys::Response =
+            JsFuture::from(global.fetch_with_str_and_init(url, &init))
+                .await
+                .map_err(network)?
+                .dyn_into()
+                .map_err(network)?;
+        let status = response.status();
+        let retry_after = response.headers().get("Retry-After").ok().flatten();
+        // A body cut short (connection reset mid-response) is no trustworthy answer, even after
+        // a 2xx head.
+        let cut_short = |e: JsValue| Failure::CutShort {
+            status,
+            error: message(&e),
+        };
+        let body = JsFuture::from(response.text().map_err(cut_short)?)
+            .await
+            .map_err(cut_short)?
+            .as_string()
+            .unwrap_or_default();
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
+    };
+    match within(timeout, work).await {
+        Some(result) => result,
+        None => {
+            controller.abort();
+            Err(Failure::Timeout)
+        }
+    }
+}
+
+/// The message of a JavaScript error (`TypeError: Network connection lost.`), or its text.
+fn message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "unknown error".into())
+}
+
+fn network(e: JsValue) -> Failure {
+    Failure::Network(message(&e))
+}
