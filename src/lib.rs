@@ -7,6 +7,9 @@ pub mod api;
 pub mod lab;
 pub mod platform;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{event, web_sys, Context, Env, Request, Response};
