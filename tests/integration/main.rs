@@ -6,6 +6,7 @@
 //! Arguments that do not start with `-` filter tests by name.
 
 mod api;
+mod bounds;
 mod cleanup;
 mod deploy;
 mod fleet;
@@ -31,6 +32,10 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    (
+        "a_chunked_body_is_read_up_to_the_limit",
+        bounds::a_chunked_body_is_read_up_to_the_limit,
+    ),
     (
         "the_list_filters_and_pages",
         fleet::the_list_filters_and_pages,
@@ -82,6 +87,14 @@ const LAST: &[(&str, MutTestFn)] = &[
 ];
 
 const PARALLEL: &[(&str, TestFn)] = &[
+    (
+        "a_malformed_cursor_is_a_400_and_stops_no_cleanup",
+        bounds::a_malformed_cursor_is_a_400_and_stops_no_cleanup,
+    ),
+    (
+        "the_largest_lab_with_the_receiver_down_stays_bounded",
+        bounds::the_largest_lab_with_the_receiver_down_stays_bounded,
+    ),
     (
         "worker_nodes_missing_null_or_empty",
         cleanup::worker_nodes_missing_null_or_empty,

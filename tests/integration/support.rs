@@ -43,7 +43,7 @@ pub struct Worker {
     child: Option<Child>,
     pub addr: String,
     pub log_path: PathBuf,
-    state_dir: PathBuf,
+    pub state_dir: PathBuf,
     env_file: PathBuf,
     port: u16,
     backend_url: String,
