@@ -147,15 +147,15 @@ async fn api(
 ) -> Result<web_sys::Response, ApiError> {
     match route {
         Route::CreateSession => create_session(request, env, config).await,
-        Route::GetSession(id) => forward(env, &path_id(id)?, LabRequest::Status).await,
-        Route::EndSession(id) => forward(env, &path_id(id)?, LabRequest::End).await,
-        Route::ExtendSession(id) => {
+        Route::Lab(id, op) => {
             let id = path_id(id)?;
-            let body = json_body(request).await?;
-            let minutes = validation::parse_extend(&body, config.max_duration_minutes)?;
-            forward(env, &id, LabRequest::Extend { minutes }).await
+            let body = if op.has_body() {
+                json_body(request).await?
+            } else {
+                Vec::new()
+            };
+            forward(env, &id, op.request(&body, config)?).await
         }
-        Route::RetrySession(id) => forward(env, &path_id(id)?, LabRequest::Retry).await,
         Route::ListSessions => {
             index_on(config)?;
             let query = fleet::parse(&query_string(&request))?;

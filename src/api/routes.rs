@@ -2,7 +2,9 @@
 
 use crate::api::auth::Access;
 use crate::api::error::ApiError;
-use crate::api::percent;
+use crate::api::{percent, validation};
+use crate::lab::config::Config;
+use crate::lab::procedures::Request as LabRequest;
 
 /// Path of the collection of lab sessions.
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
@@ -18,16 +20,49 @@ pub enum Route {
     ListSessions,
     /// `GET /api/v1/labs/stats`: counts over the fleet (operator).
     Stats,
-    /// `POST /api/v1/labs/sessions/{lab_request_id}/retry`: the next attempt now (operator).
-    RetrySession(String),
-    /// `GET /api/v1/labs/sessions/{lab_request_id}`: the session's status.
-    GetSession(String),
-    /// `DELETE /api/v1/labs/sessions/{lab_request_id}`: end the lab now.
-    EndSession(String),
-    /// `POST /api/v1/labs/sessions/{lab_request_id}/extend`: move the expiry later.
-    ExtendSession(String),
+    /// `.../sessions/{lab_request_id}[/...]`: an operation on one lab, answered by its object.
+    Lab(String, LabRoute),
     /// `GET /healthz`: liveness, no detail.
     Health,
+}
+
+/// An operation on one lab: which token it needs, and the lab request it becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabRoute {
+    /// `GET /api/v1/labs/sessions/{lab_request_id}`: the session's status.
+    Status,
+    /// `DELETE /api/v1/labs/sessions/{lab_request_id}`: end the lab now.
+    End,
+    /// `POST /api/v1/labs/sessions/{lab_request_id}/extend`: move the expiry later.
+    Extend,
+    /// `POST /api/v1/labs/sessions/{lab_request_id}/retry`: the next attempt now (operator).
+    Retry,
+}
+
+impl LabRoute {
+    pub fn access(self) -> Access {
+        match self {
+            LabRoute::Retry => Access::Fleet,
+            LabRoute::Status | LabRoute::End | LabRoute::Extend => Access::PerLab,
+        }
+    }
+
+    /// Whether the operation reads a JSON body.
+    pub fn has_body(self) -> bool {
+        matches!(self, LabRoute::Extend)
+    }
+
+    /// The lab request this operation sends to the lab's object, from its checked body.
+    pub fn request(self, body: &[u8], config: &Config) -> Result<LabRequest, ApiError> {
+        Ok(match self {
+            LabRoute::Status => LabRequest::Status,
+            LabRoute::End => LabRequest::End,
+            LabRoute::Extend => LabRequest::Extend {
+                minutes: validation::parse_extend(body, config.max_duration_minutes)?,
+            },
+            LabRoute::Retry => LabRequest::Retry,
+        })
+    }
 }
 
 /// A path the API serves, by name.
@@ -86,8 +121,9 @@ impl Route {
     /// Which token the route needs.
     pub fn access(&self) -> Access {
         match self {
-            Route::ListSessions | Route::Stats | Route::RetrySession(_) => Access::Fleet,
-            _ => Access::PerLab,
+            Route::ListSessions | Route::Stats => Access::Fleet,
+            Route::Lab(_, op) => op.access(),
+            Route::CreateSession | Route::Health => Access::PerLab,
         }
     }
 }
@@ -121,10 +157,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     match (template, method, id) {
         (Template::Sessions, "POST", None) => Ok(Route::CreateSession),
         (Template::Sessions, "GET", None) => Ok(Route::ListSessions),
-        (Template::Session, "GET", Some(id)) => Ok(Route::GetSession(id)),
-        (Template::Session, "DELETE", Some(id)) => Ok(Route::EndSession(id)),
-        (Template::Extend, "POST", Some(id)) => Ok(Route::ExtendSession(id)),
-        (Template::Retry, "POST", Some(id)) => Ok(Route::RetrySession(id)),
+        (Template::Session, "GET", Some(id)) => Ok(Route::Lab(id, LabRoute::Status)),
+        (Template::Session, "DELETE", Some(id)) => Ok(Route::Lab(id, LabRoute::End)),
+        (Template::Extend, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Extend)),
+        (Template::Retry, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Retry)),
         (Template::Stats, "GET", None) => Ok(Route::Stats),
         (Template::Health, "GET", None) => Ok(Route::Health),
         _ => Err(ApiError::MethodNotAllowed {
@@ -148,26 +184,26 @@ mod tests {
         );
         assert_eq!(
             route("GET", "/api/v1/labs/sessions/lab-1"),
-            Ok(Route::GetSession("lab-1".into()))
+            Ok(Route::Lab("lab-1".into(), LabRoute::Status))
         );
         assert_eq!(
             route("DELETE", "/api/v1/labs/sessions/lab-1/"),
-            Ok(Route::EndSession("lab-1".into()))
+            Ok(Route::Lab("lab-1".into(), LabRoute::End))
         );
         assert_eq!(
             route("POST", "/api/v1/labs/sessions/lab-1/extend"),
-            Ok(Route::ExtendSession("lab-1".into()))
+            Ok(Route::Lab("lab-1".into(), LabRoute::Extend))
         );
         assert_eq!(route("GET", "/healthz"), Ok(Route::Health));
         assert_eq!(route("GET", SESSIONS_PATH), Ok(Route::ListSessions));
         assert_eq!(route("GET", "/api/v1/labs/stats"), Ok(Route::Stats));
         assert_eq!(
             route("POST", "/api/v1/labs/sessions/lab-1/retry"),
-            Ok(Route::RetrySession("lab-1".into()))
+            Ok(Route::Lab("lab-1".into(), LabRoute::Retry))
         );
         assert_eq!(
             route("GET", "/api/v1/labs/sessions/user%40x%3A1"),
-            Ok(Route::GetSession("user@x:1".into()))
+            Ok(Route::Lab("user@x:1".into(), LabRoute::Status))
         );
     }
 

@@ -57,13 +57,22 @@ async fn bounded<T>(
     })
 }
 
-/// Writes `row` unless the index already holds a newer revision of it.
-pub async fn upsert(env: &Env, row: &IndexRow, timeout: Duration) -> Result<(), IndexError> {
-    let statement = prepare(&database(env)?, index::upsert(row))?;
+/// Runs one writing statement, within `timeout`.
+async fn run(
+    env: &Env,
+    statement: (String, Vec<Bind>),
+    timeout: Duration,
+) -> Result<(), IndexError> {
+    let statement = prepare(&database(env)?, statement)?;
     bounded(timeout, async {
         statement.run().await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await
+}
+
+/// Writes `row` unless the index already holds a newer revision of it.
+pub async fn upsert(env: &Env, row: &IndexRow, timeout: Duration) -> Result<(), IndexError> {
+    run(env, index::upsert(row), timeout).await
 }
 
 /// Deletes the lab's row, unless the index holds a revision newer than `revision`.
@@ -73,11 +82,7 @@ pub async fn delete(
     revision: u64,
     timeout: Duration,
 ) -> Result<(), IndexError> {
-    let statement = prepare(&database(env)?, index::delete(lab_request_id, revision))?;
-    bounded(timeout, async {
-        statement.run().await.map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await
+    run(env, index::delete(lab_request_id, revision), timeout).await
 }
 
 /// One page of the list route (one row more than the page when another follows).
