@@ -10,8 +10,6 @@ pub mod platform;
 #[cfg(test)]
 mod fuzz_tests;
 
-use wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
 use worker::{event, web_sys, Context, Env, Request, Response};
 
 use crate::api::error::ApiError;
@@ -25,9 +23,6 @@ use crate::platform::fleet_db;
 use crate::platform::runtime::console;
 
 pub use crate::platform::session_manager::SessionManager;
-
-/// Name of the Durable Object binding in `wrangler.toml`.
-const SESSION_MANAGER_BINDING: &str = "SESSION_MANAGER";
 
 /// A panic is logged as one error line, escaped like every other line: its message may quote
 /// the data that caused it (a request's bytes), so it never goes to the console as it is.
@@ -176,10 +171,25 @@ async fn api(
                     "the stats route takes no query parameters".into(),
                 ));
             }
-            let counts = fleet_db::counts(env, config.stuck_after_attempts, config.index_timeout())
+            let timeout = config.index_timeout();
+            let counts = fleet_db::counts(env, config.stuck_after_attempts, timeout)
                 .await
                 .map_err(unavailable)?;
-            json(200, &fleet::stats(&counts))
+            let last = fleet_db::last_reconciliation(env, timeout)
+                .await
+                .map_err(unavailable)?;
+            json(200, &fleet::stats(&counts, last.as_ref()))
+        }
+        Route::Inventory => {
+            index_on(config)?;
+            let body = json_body_within(request, validation::MAX_INVENTORY_BODY_BYTES).await?;
+            let (vms, act) = validation::parse_inventory(&body)?;
+            let fleet = platform::fleet::WorkerdFleet::new(env, config);
+            let answer =
+                lab::fleet::inventory::push(&fleet, config, &vms, act, platform::runtime::now_ms())
+                    .await
+                    .map_err(unavailable)?;
+            json(200, &answer)
         }
         Route::Health => Err(ApiError::NotFound("no route for /api/healthz".into())),
     }
@@ -225,7 +235,12 @@ fn path_id(id: String) -> Result<String, ApiError> {
 }
 
 /// Reads a JSON request body after checking its `Content-Type` and size.
-async fn json_body(mut request: Request) -> Result<Vec<u8>, ApiError> {
+async fn json_body(request: Request) -> Result<Vec<u8>, ApiError> {
+    json_body_within(request, validation::MAX_BODY_BYTES).await
+}
+
+/// `json_body` with a limit of `limit` bytes.
+async fn json_body_within(mut request: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let headers = request.headers();
     validation::check_content_type(headers.get("Content-Type").ok().flatten().as_deref())?;
     if let Some(declared) = headers
@@ -234,12 +249,12 @@ async fn json_body(mut request: Request) -> Result<Vec<u8>, ApiError> {
         .flatten()
         .and_then(|v| v.trim().parse::<usize>().ok())
     {
-        validation::check_body_size(declared)?;
+        validation::check_body_size(declared, limit)?;
     }
     if request.inner().body().is_none() {
         return Ok(Vec::new());
     }
-    validation::read_bounded(request.stream().map_err(internal)?).await
+    validation::read_bounded(request.stream().map_err(internal)?, limit).await
 }
 
 /// `POST /api/v1/labs/sessions`: validate, then hand over to the lab's `SessionManager`.
@@ -267,25 +282,31 @@ async fn forward(
     lab_request_id: &str,
     lab_request: LabRequest,
 ) -> Result<web_sys::Response, ApiError> {
-    let stub: worker::worker_sys::DurableObject = env
-        .durable_object(SESSION_MANAGER_BINDING)
-        .and_then(|ns| ns.id_from_name(lab_request_id)?.get_stub())
-        .map_err(internal)?
-        .into_rpc();
-    let js = |e: wasm_bindgen::JsValue| internal(worker::Error::from(e));
-    let (method, path, body) = lab_request.encode();
-    let init = web_sys::RequestInit::new();
-    init.set_method(method);
-    if let Some(body) = body {
-        init.set_body(&JsValue::from_str(&body));
-    }
-    let request =
-        web_sys::Request::new_with_str_and_init(&format!("https://session-manager{path}"), &init)
-            .map_err(js)?;
-    let answer = stub.fetch_with_request(&request).map_err(js)?;
-    JsFuture::from(answer)
+    platform::fleet::call_lab(env, lab_request_id, &lab_request)
         .await
-        .map_err(js)?
-        .dyn_into::<web_sys::Response>()
-        .map_err(js)
+        .map_err(ApiError::Internal)
+}
+
+/// The Cron Trigger (`[triggers] crons` in `wrangler.toml`): the inventory pull (with
+/// `INVENTORY_PATH`) and the safety-net sweep (`lab::fleet::sweep`).
+#[event(scheduled)]
+async fn scheduled(_event: worker::ScheduledEvent, env: Env, _ctx: worker::ScheduleContext) {
+    let config = match platform::env::config(&env) {
+        Ok(config) => config,
+        Err(e) => {
+            console(
+                Level::Error,
+                &format!(
+                    "[fleet] the scheduled run did nothing: configuration error: {}",
+                    e.detail()
+                ),
+            );
+            return;
+        }
+    };
+    if !config.fleet_index {
+        return;
+    }
+    let fleet = platform::fleet::WorkerdFleet::new(&env, &config);
+    lab::fleet::sweep::run(&fleet, &config, platform::runtime::now_ms()).await;
 }

@@ -27,6 +27,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// More items than one call may hold (e.g. VMs in an inventory).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("Content-Type must be application/json (got {0})")]
     UnsupportedMediaType(String),
     #[error("server configuration error: {0}")]
@@ -74,6 +77,7 @@ impl ApiError {
         "method_not_allowed",
         "conflict",
         "payload_too_large",
+        "too_large",
         "unsupported_media_type",
         "not_configured",
         "unavailable",
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotConfigured(_) => "not_configured",
             ApiError::Unavailable(_) => "unavailable",
@@ -107,6 +112,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::TooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::NotConfigured(_) => 503,
             ApiError::Unavailable(_) => 503,
@@ -168,6 +174,7 @@ mod tests {
             ApiError::NotFound(String::new()),
             ApiError::Conflict(String::new()),
             ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::TooLarge(String::new()),
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::NotConfigured(String::new()),
             ApiError::Unavailable(String::new()),

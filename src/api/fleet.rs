@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
 use crate::api::{percent, validation};
-use crate::lab::index::{Counts, Cursor, IndexRow, ListQuery, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::lab::index::{
+    Counts, Cursor, IndexRow, ListQuery, ReconciliationRow, DEFAULT_LIMIT, MAX_LIMIT,
+};
+use crate::lab::session::Origin;
 use crate::lab::status::{is_stuck, Status};
 use crate::lab::text::rfc3339;
 
@@ -62,6 +65,16 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
                 validation::check_id(&value, "user_id")?;
                 q.user_id = Some(value);
             }
+            "origin" => {
+                q.origin = Some(
+                    Origin::ALL
+                        .into_iter()
+                        .find(|o| o.name() == value)
+                        .ok_or_else(|| {
+                            invalid("origin must be api, legacy or inventory".into())
+                        })?,
+                )
+            }
             "stuck" => {
                 q.stuck = Some(match value.as_str() {
                     "true" => true,
@@ -90,7 +103,7 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
             }
             other => {
                 return Err(invalid(format!(
-                    "unknown query parameter {:?}; known: status, user_id, stuck, expires_before, expires_after, limit, cursor",
+                    "unknown query parameter {:?}; known: status, origin, user_id, stuck, expires_before, expires_after, limit, cursor",
                     truncate(other)
                 )))
             }
@@ -132,6 +145,7 @@ pub struct ListedLab<'a> {
     pub updated_at: String,
     /// Not completed after `STUCK_AFTER_ATTEMPTS` attempts or more.
     pub stuck: bool,
+    pub origin: Origin,
 }
 
 /// A lab of the list, as answered.
@@ -152,6 +166,7 @@ pub fn listed(row: &IndexRow, stuck_after: u32) -> ListedLab<'_> {
         completed_at: row.completed_at.map(rfc3339),
         updated_at: rfc3339(row.updated_at),
         stuck: is_stuck(row.status, row.attempts, stuck_after),
+        origin: row.origin,
     }
 }
 
@@ -175,8 +190,9 @@ pub fn page(mut rows: Vec<IndexRow>, q: &ListQuery, stuck_after: u32) -> Value {
 }
 
 /// The stats answer: every status counted (0 where none), stuck labs, the VMs still to delete
-/// and the oldest expiry among labs being cleaned up, and the VMs found already gone (404).
-pub fn stats(counts: &Counts) -> Value {
+/// and the oldest expiry among labs being cleaned up, the VMs found already gone (404), and the
+/// last reconciliation of an inventory (`null` before the first).
+pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>) -> Value {
     let by_status: serde_json::Map<String, Value> = Status::ALL
         .iter()
         .map(|status| {
@@ -194,6 +210,16 @@ pub fn stats(counts: &Counts) -> Value {
         "vms_pending": counts.vms_pending,
         "oldest_pending_expiry": counts.oldest_pending_expiry.map(rfc3339),
         "vms_already_gone": counts.vms_already_gone,
+        "reconcile": reconcile.map(|r| json!({
+            "at": rfc3339(r.at),
+            "source": r.source,
+            "act": r.act != 0,
+            "tracked": r.tracked,
+            "overdue": r.overdue,
+            "finished": r.finished,
+            "unknown": r.unknown,
+            "scheduled": r.scheduled,
+        })),
     })
 }
 
@@ -257,6 +283,7 @@ mod tests {
             completed_at: None,
             updated_at: 5,
             revision: 7,
+            origin: Origin::Api,
         }
     }
 
@@ -293,13 +320,25 @@ mod tests {
 
     #[test]
     fn stats_name_every_status() {
-        let v = stats(&Counts {
-            by_status: vec![(Status::Retrying, 2), (Status::Completed, 5)],
-            stuck: 1,
-            vms_pending: 3,
-            oldest_pending_expiry: Some(1_000),
-            vms_already_gone: 4,
-        });
+        let v = stats(
+            &Counts {
+                by_status: vec![(Status::Retrying, 2), (Status::Completed, 5)],
+                stuck: 1,
+                vms_pending: 3,
+                oldest_pending_expiry: Some(1_000),
+                vms_already_gone: 4,
+            },
+            Some(&ReconciliationRow {
+                at: 2_000,
+                source: "pull".into(),
+                act: 1,
+                tracked: 5,
+                overdue: 1,
+                finished: 0,
+                unknown: 2,
+                scheduled: 2,
+            }),
+        );
         assert_eq!(
             v,
             json!({
@@ -307,13 +346,14 @@ mod tests {
                 "stuck": 1,
                 "vms_pending": 3,
                 "oldest_pending_expiry": "1970-01-01T00:00:01.000Z",
-                "vms_already_gone": 4
+                "vms_already_gone": 4,
+                "reconcile": {"at": "1970-01-01T00:00:02.000Z", "source": "pull", "act": true,
+                    "tracked": 5, "overdue": 1, "finished": 0, "unknown": 2, "scheduled": 2}
             })
         );
-        assert_eq!(
-            stats(&Counts::default())["oldest_pending_expiry"],
-            Value::Null
-        );
+        let empty = stats(&Counts::default(), None);
+        assert_eq!(empty["oldest_pending_expiry"], Value::Null);
+        assert_eq!(empty["reconcile"], Value::Null);
     }
 
     #[test]

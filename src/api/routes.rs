@@ -10,6 +10,8 @@ use crate::lab::procedures::Request as LabRequest;
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
 /// Path of the fleet's counts.
 pub const STATS_PATH: &str = "/api/v1/labs/stats";
+/// Path of the inventory reconciliation.
+pub const INVENTORY_PATH: &str = "/api/v1/labs/inventory";
 
 /// A request the API serves; ids are taken from the path, percent-decoded, not yet validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub enum Route {
     ListSessions,
     /// `GET /api/v1/labs/stats`: counts over the fleet (operator).
     Stats,
+    /// `POST /api/v1/labs/inventory`: reconcile the backend's running VMs (operator).
+    Inventory,
     /// `.../sessions/{lab_request_id}[/...]`: an operation on one lab, answered by its object.
     Lab(String, LabRoute),
     /// `GET /healthz`: liveness, no detail.
@@ -73,16 +77,18 @@ enum Template {
     Extend,
     Retry,
     Stats,
+    Inventory,
     Health,
 }
 
 impl Template {
-    const ALL: [Template; 6] = [
+    const ALL: [Template; 7] = [
         Template::Sessions,
         Template::Session,
         Template::Extend,
         Template::Retry,
         Template::Stats,
+        Template::Inventory,
         Template::Health,
     ];
 
@@ -94,6 +100,7 @@ impl Template {
             Template::Extend => "/api/v1/labs/sessions/{lab_request_id}/extend",
             Template::Retry => "/api/v1/labs/sessions/{lab_request_id}/retry",
             Template::Stats => "/api/v1/labs/stats",
+            Template::Inventory => "/api/v1/labs/inventory",
             Template::Health => "/healthz",
         }
     }
@@ -102,7 +109,7 @@ impl Template {
         match self {
             Template::Sessions => &["GET", "POST"],
             Template::Session => &["GET", "DELETE"],
-            Template::Extend | Template::Retry => &["POST"],
+            Template::Extend | Template::Retry | Template::Inventory => &["POST"],
             Template::Stats | Template::Health => &["GET"],
         }
     }
@@ -121,7 +128,7 @@ impl Route {
     /// Which token the route needs.
     pub fn access(&self) -> Access {
         match self {
-            Route::ListSessions | Route::Stats => Access::Fleet,
+            Route::ListSessions | Route::Stats | Route::Inventory => Access::Fleet,
             Route::Lab(_, op) => op.access(),
             Route::CreateSession | Route::Health => Access::PerLab,
         }
@@ -140,6 +147,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Sessions, None)
     } else if path == STATS_PATH {
         (Template::Stats, None)
+    } else if path == INVENTORY_PATH {
+        (Template::Inventory, None)
     } else if path == "/healthz" {
         (Template::Health, None)
     } else {
@@ -162,6 +171,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Extend, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Extend)),
         (Template::Retry, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Retry)),
         (Template::Stats, "GET", None) => Ok(Route::Stats),
+        (Template::Inventory, "POST", None) => Ok(Route::Inventory),
         (Template::Health, "GET", None) => Ok(Route::Health),
         _ => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),

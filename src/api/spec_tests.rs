@@ -197,6 +197,7 @@ fn the_fleet_schemas_are_what_the_code_answers() {
         completed_at: None,
         updated_at: 3,
         revision: 4,
+        origin: crate::lab::session::Origin::Inventory,
     };
     let listed = serde_json::to_value(fleet::listed(&row, 3)).unwrap();
     let (required, properties) =
@@ -204,7 +205,10 @@ fn the_fleet_schemas_are_what_the_code_answers() {
     assert_eq!(required, keys(&listed), "ListedLab.required");
     assert_eq!(properties, keys(&listed), "ListedLab.properties");
 
-    let stats = fleet::stats(&crate::lab::index::Counts::default());
+    let stats = fleet::stats(
+        &crate::lab::index::Counts::default(),
+        Some(&crate::lab::index::ReconciliationRow::default()),
+    );
     let schema = get(&spec, &["components", "schemas", "Stats"]);
     let (required, properties) = required_and_properties(schema);
     assert_eq!(required, keys(&stats), "Stats.required");

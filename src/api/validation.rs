@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
+use crate::lab::fleet::report::{ReportedVm, MAX_VMS_PER_REPORT};
 pub use crate::lab::session::NewSession;
 
 use crate::lab::limits::{describe_char, id_problem, IdProblem};
@@ -10,6 +11,9 @@ pub use crate::lab::limits::{MAX_ID_LEN, MAX_VM_NAME_LEN};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest accepted inventory body: `MAX_VMS_PER_REPORT` entries of two 128-character ids and a
+/// time each (about 350 bytes), with room for white space.
+pub const MAX_INVENTORY_BODY_BYTES: usize = 512 * 1024;
 
 /// Accepts `application/json` and `application/<anything>+json`, with parameters such as
 /// `charset`, in any letter case. A body with no `Content-Type`, or with `text/plain` (what a
@@ -37,22 +41,21 @@ pub fn check_content_type(value: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// Refuses a body whose declared or actual size is over `MAX_BODY_BYTES`.
-pub fn check_body_size(len: usize) -> Result<(), ApiError> {
-    if len > MAX_BODY_BYTES {
-        Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        })
+/// Refuses a body whose declared or actual size is over `limit` bytes.
+pub fn check_body_size(len: usize, limit: usize) -> Result<(), ApiError> {
+    if len > limit {
+        Err(ApiError::PayloadTooLarge { limit })
     } else {
         Ok(())
     }
 }
 
-/// Reads a body from its chunks, keeping at most `MAX_BODY_BYTES`: the first chunk past the
-/// limit stops the reading with a 413, whatever `Content-Length` said or whether it was sent at
-/// all (a chunked body is never read whole first).
+/// Reads a body from its chunks, keeping at most `limit` bytes: the first chunk past the limit
+/// stops the reading with a 413, whatever `Content-Length` said or whether it was sent at all (a
+/// chunked body is never read whole first).
 pub async fn read_bounded<E: std::fmt::Display>(
     chunks: impl futures::Stream<Item = Result<Vec<u8>, E>>,
+    limit: usize,
 ) -> Result<Vec<u8>, ApiError> {
     use futures::StreamExt;
     futures::pin_mut!(chunks);
@@ -60,7 +63,7 @@ pub async fn read_bounded<E: std::fmt::Display>(
     while let Some(chunk) = chunks.next().await {
         let chunk =
             chunk.map_err(|e| invalid(format!("the request body could not be read: {e}")))?;
-        check_body_size(body.len().saturating_add(chunk.len()))?;
+        check_body_size(body.len().saturating_add(chunk.len()), limit)?;
         body.extend_from_slice(&chunk);
     }
     Ok(body)
@@ -241,6 +244,51 @@ pub fn duration(value: Option<&Value>, field: &str, max: u64) -> Result<u64, Api
 
 /// Parses the body of `POST /api/v1/labs/sessions/{id}/extend`: `{"minutes": N}`, N a whole
 /// number from 1 to `max_minutes` (the total lifetime cap is checked against the session).
+/// An inventory push: `{"vms": [{"lab_request_id", "user_id", "created_at"?}, ...], "act"?}`,
+/// at most `MAX_VMS_PER_REPORT` VMs (more: `413 too_large`), each id checked as a create's, no
+/// id twice. Returns the VMs and whether to act.
+pub fn parse_inventory(body: &[u8]) -> Result<(Vec<ReportedVm>, bool), ApiError> {
+    let obj = json_object(body)?;
+    let vms = match obj.get("vms") {
+        Some(Value::Array(vms)) => vms,
+        None | Some(Value::Null) => return Err(invalid("vms is required (an array)")),
+        Some(other) => {
+            return Err(invalid(format!(
+                "vms must be an array, got {}",
+                type_name(other)
+            )))
+        }
+    };
+    if vms.len() > MAX_VMS_PER_REPORT {
+        return Err(ApiError::TooLarge(format!(
+            "vms holds {} VMs; at most {MAX_VMS_PER_REPORT} per call (send the rest in another)",
+            vms.len()
+        )));
+    }
+    let act = match obj.get("act") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(act)) => *act,
+        Some(other) => {
+            return Err(invalid(format!(
+                "act must be true or false, got {}",
+                type_name(other)
+            )))
+        }
+    };
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut parsed = Vec::with_capacity(vms.len());
+    for (i, entry) in vms.iter().enumerate() {
+        let vm = ReportedVm::from_json(entry).map_err(|e| invalid(format!("vms[{i}]: {e}")))?;
+        if let Some(first) = seen.insert(entry["lab_request_id"].as_str().unwrap_or_default(), i) {
+            return Err(invalid(format!(
+                "vms[{i}].lab_request_id repeats vms[{first}]; each VM may appear once"
+            )));
+        }
+        parsed.push(vm);
+    }
+    Ok((parsed, act))
+}
+
 pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
     let obj = json_object(body)?;
     duration(obj.get("minutes"), "minutes", max_minutes)
@@ -657,9 +705,11 @@ mod tests {
 
     #[test]
     fn body_size_limit() {
-        assert!(check_body_size(MAX_BODY_BYTES).is_ok());
+        assert!(check_body_size(MAX_BODY_BYTES, MAX_BODY_BYTES).is_ok());
         assert_eq!(
-            check_body_size(MAX_BODY_BYTES + 1).unwrap_err().status(),
+            check_body_size(MAX_BODY_BYTES + 1, MAX_BODY_BYTES)
+                .unwrap_err()
+                .status(),
             413
         );
     }
@@ -669,9 +719,16 @@ mod tests {
         use futures::executor::block_on;
         use futures::stream::{self, StreamExt};
         let chunk = |n: usize| Ok::<_, String>(vec![b'x'; n]);
-        let read = block_on(read_bounded(stream::iter(vec![chunk(10), chunk(20)]))).unwrap();
+        let read = block_on(read_bounded(
+            stream::iter(vec![chunk(10), chunk(20)]),
+            MAX_BODY_BYTES,
+        ))
+        .unwrap();
         assert_eq!(read.len(), 30);
-        let exact = block_on(read_bounded(stream::iter(vec![chunk(MAX_BODY_BYTES)])));
+        let exact = block_on(read_bounded(
+            stream::iter(vec![chunk(MAX_BODY_BYTES)]),
+            MAX_BODY_BYTES,
+        ));
         assert_eq!(exact.unwrap().len(), MAX_BODY_BYTES);
         // An endless body (no Content-Length): the reading stops at the first byte too many.
         let pulled = std::cell::Cell::new(0);
@@ -679,11 +736,11 @@ mod tests {
             pulled.set(pulled.get() + 1);
             chunk(1_000)
         });
-        let e = block_on(read_bounded(endless)).unwrap_err();
+        let e = block_on(read_bounded(endless, MAX_BODY_BYTES)).unwrap_err();
         assert_eq!(e.status(), 413);
         assert_eq!(pulled.get(), MAX_BODY_BYTES / 1_000 + 1);
         let broken = stream::iter(vec![chunk(5), Err("connection reset".to_string())]);
-        let e = block_on(read_bounded(broken)).unwrap_err();
+        let e = block_on(read_bounded(broken, MAX_BODY_BYTES)).unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(e.to_string().contains("connection reset"));
     }

@@ -35,6 +35,11 @@ pub const CALLS_BESIDES_WORKERS: u64 = 2;
 pub const DEFAULT_WARN_BEFORE_MINUTES: u64 = 10;
 /// Default number of attempts after which a lab that is not completed counts as stuck.
 pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
+/// Default age, in `duration` units, an unknown VM an inventory reports must reach before a
+/// reconciliation that acts schedules it for cleanup.
+pub const DEFAULT_ORPHAN_GRACE_MINUTES: u64 = 60;
+/// Default grace before the sweep pokes a lab whose due time has passed.
+pub const DEFAULT_SWEEP_GRACE_SECONDS: u64 = 300;
 /// Default spread of first attempts after the expiry: a class that expires in the same second
 /// starts its cleanups over this many seconds (see docs/PERFORMANCE.md for the measurement).
 pub const DEFAULT_EXPIRY_SPREAD_SECONDS: u64 = 5;
@@ -133,6 +138,15 @@ pub struct Config {
     /// `FLEET_INDEX = "off"`: no lab writes a row in the D1 index (the list and stats routes then
     /// answer 503). On by default.
     pub fleet_index: bool,
+    /// `ORPHAN_GRACE_MINUTES`: how old an unknown VM must be before a reconciliation acts on it.
+    pub orphan_grace_minutes: u64,
+    /// `INVENTORY_PATH`: where the scheduled run pulls the backend's inventory from (unset: no
+    /// pull).
+    pub inventory_path: Option<String>,
+    /// `RECONCILE_ACT`: whether the scheduled pull acts (otherwise it only reports).
+    pub reconcile_act: bool,
+    /// `SWEEP_GRACE_SECONDS`: how long past its due time a lab waits before the sweep pokes it.
+    pub sweep_grace_seconds: u64,
 }
 
 /// Whether the worker sends webhooks.
@@ -284,6 +298,33 @@ impl Config {
                 3_600,
             )?,
             log_storage_ops: flag("LOG_STORAGE_OPS")?,
+            orphan_grace_minutes: number(
+                "ORPHAN_GRACE_MINUTES",
+                DEFAULT_ORPHAN_GRACE_MINUTES,
+                0,
+                525_600,
+            )?,
+            inventory_path: match get("INVENTORY_PATH") {
+                None => None,
+                Some(path) => {
+                    let path = path.trim();
+                    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                        return Err(ConfigError::Invalid {
+                            name: "INVENTORY_PATH",
+                            expected: "a path on the backend starting with /".into(),
+                            value: Some(path.to_string()),
+                        });
+                    }
+                    Some(path.to_string())
+                }
+            },
+            reconcile_act: flag("RECONCILE_ACT")?,
+            sweep_grace_seconds: number(
+                "SWEEP_GRACE_SECONDS",
+                DEFAULT_SWEEP_GRACE_SECONDS,
+                0,
+                86_400,
+            )?,
             webhooks: webhooks(&get),
             fleet_index: match get("FLEET_INDEX").as_deref().map(str::trim) {
                 None | Some("on") => true,

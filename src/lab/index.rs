@@ -9,7 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lab::session::Session;
+use crate::lab::fleet::report::{KnownVm, Reconciliation, VmState};
+use crate::lab::session::{Origin, Session};
 use crate::lab::status::{in_cleanup_sql, stuck_sql, Status};
 use crate::lab::text;
 
@@ -61,6 +62,14 @@ pub struct IndexRow {
     pub completed_at: Option<i64>,
     pub updated_at: i64,
     pub revision: u64,
+    pub origin: Origin,
+}
+
+/// A VM's row in `vms`: which lab lists it, and how far its deletion got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRow {
+    pub vm_id: String,
+    pub state: VmState,
 }
 
 /// Longest `last_error` in a row.
@@ -85,7 +94,26 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
         completed_at: c.completed_at_ms,
         updated_at: now_ms,
         revision: session.sync.revision,
+        origin: session.origin(),
     }
+}
+
+/// The rows of `session`'s VMs in `vms`.
+pub fn vm_rows(session: &Session) -> Vec<VmRow> {
+    let c = &session.cleanup;
+    session
+        .vms()
+        .map(|vm| VmRow {
+            vm_id: vm.id.to_string(),
+            state: if c.deleted.iter().any(|d| d == vm.id) {
+                VmState::Deleted
+            } else if c.already_gone.iter().any(|d| d == vm.id) {
+                VmState::AlreadyGone
+            } else {
+                VmState::Pending
+            },
+        })
+        .collect()
 }
 
 /// The first error of the last attempt, on one line, its control and format characters escaped
@@ -99,9 +127,10 @@ pub fn last_error(session: &Session) -> Option<String> {
     ))
 }
 
-/// The index table and its columns, in the order of `migrations/0001_sessions.sql`.
+/// The index table and its columns, in the order of `migrations/` (0001's table, then the
+/// columns later migrations add).
 pub const TABLE: &str = "sessions";
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 16] = [
     "lab_request_id",
     "user_id",
     "lab_type",
@@ -117,7 +146,11 @@ pub const COLUMNS: [&str; 15] = [
     "completed_at",
     "updated_at",
     "revision",
+    "origin",
 ];
+
+/// D1 binds at most 100 parameters per statement.
+pub const MAX_BINDS: usize = 100;
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +167,29 @@ fn int(n: impl TryInto<i64>) -> Bind {
 
 fn optional(n: Option<i64>) -> Bind {
     n.map_or(Bind::Null, Bind::Int)
+}
+
+/// The statements that write a lab's rows in one batch: its row in `sessions` and its VMs' rows
+/// in `vms`, each unless the index holds a newer revision.
+pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
+    let mut statements = vec![upsert(row)];
+    for chunk in vms.chunks(MAX_BINDS / 4) {
+        let marks = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+        let mut binds = Vec::with_capacity(chunk.len() * 4);
+        for vm in chunk {
+            binds.push(Bind::Text(vm.vm_id.clone()));
+            binds.push(Bind::Text(row.lab_request_id.clone()));
+            binds.push(Bind::Text(vm.state.name().into()));
+            binds.push(int(row.revision));
+        }
+        statements.push((
+            format!(
+                "INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES {marks} ON CONFLICT (vm_id) DO UPDATE SET lab_request_id = excluded.lab_request_id, state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision"
+            ),
+            binds,
+        ));
+    }
+    statements
 }
 
 /// The upsert of `row`, unless the index holds a newer revision of it.
@@ -165,17 +221,183 @@ pub fn upsert(row: &IndexRow) -> (String, Vec<Bind>) {
         optional(row.completed_at),
         int(row.updated_at),
         int(row.revision),
+        Bind::Text(row.origin.name().into()),
     ];
     (sql, binds)
 }
 
-/// The delete of a lab's row, unless the index holds a revision newer than `revision` (a lab
-/// created again under the same id after this one was forgotten).
-pub fn delete(lab_request_id: &str, revision: u64) -> (String, Vec<Bind>) {
+/// The deletes of a lab's rows (its row and its VMs'), unless the index holds a revision newer
+/// than `revision` (a lab created again under the same id after this one was forgotten).
+pub fn delete(lab_request_id: &str, revision: u64) -> Vec<(String, Vec<Bind>)> {
+    let binds = vec![Bind::Text(lab_request_id.into()), int(revision)];
+    vec![
+        (
+            format!("DELETE FROM {TABLE} WHERE lab_request_id = ?1 AND revision <= ?2"),
+            binds.clone(),
+        ),
+        (
+            "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2".into(),
+            binds,
+        ),
+    ]
+}
+
+/// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
+pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
+    vm_ids
+        .chunks(MAX_BINDS)
+        .map(|chunk| {
+            (
+                format!(
+                    "SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                ),
+                chunk.iter().cloned().map(Bind::Text).collect(),
+            )
+        })
+        .collect()
+}
+
+/// A row of `lookup`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LookupRow {
+    pub vm_id: String,
+    pub lab_request_id: String,
+    pub state: String,
+    pub status: Status,
+    pub expires_at: i64,
+}
+
+impl LookupRow {
+    pub fn known(self) -> Option<KnownVm> {
+        Some(KnownVm {
+            vm_id: self.vm_id,
+            lab_request_id: self.lab_request_id,
+            state: VmState::from_name(&self.state)?,
+            lab_status: self.status,
+            expires_at_ms: self.expires_at,
+        })
+    }
+}
+
+/// When these VMs were first reported.
+pub fn first_seen(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
+    vm_ids
+        .chunks(MAX_BINDS)
+        .map(|chunk| {
+            (
+                format!(
+                    "SELECT vm_id, first_seen_at FROM inventory_seen WHERE vm_id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                ),
+                chunk.iter().cloned().map(Bind::Text).collect(),
+            )
+        })
+        .collect()
+}
+
+/// How long a first sighting is remembered (a VM reported again after that starts anew).
+pub const SEEN_KEPT_MS: i64 = 30 * 86_400_000;
+
+/// Remembers `now_ms` as the first sighting of these VMs (those seen before keep theirs), and
+/// forgets sightings older than `SEEN_KEPT_MS`.
+pub fn record_seen(vm_ids: &[String], now_ms: i64) -> Vec<(String, Vec<Bind>)> {
+    let mut statements: Vec<(String, Vec<Bind>)> = vm_ids
+        .chunks(MAX_BINDS / 2)
+        .map(|chunk| {
+            (
+                format!(
+                    "INSERT OR IGNORE INTO inventory_seen (vm_id, first_seen_at) VALUES {}",
+                    vec!["(?, ?)"; chunk.len()].join(", ")
+                ),
+                chunk
+                    .iter()
+                    .flat_map(|id| [Bind::Text(id.clone()), Bind::Int(now_ms)])
+                    .collect(),
+            )
+        })
+        .collect();
+    statements.push((
+        "DELETE FROM inventory_seen WHERE first_seen_at < ?".into(),
+        vec![Bind::Int(now_ms.saturating_sub(SEEN_KEPT_MS))],
+    ));
+    statements
+}
+
+/// How many reconciliations are kept.
+pub const RECONCILIATIONS_KEPT: i64 = 100;
+
+/// Records a reconciliation, keeping the last `RECONCILIATIONS_KEPT`.
+pub fn save_reconciliation(r: &Reconciliation) -> Vec<(String, Vec<Bind>)> {
+    let c = &r.counts;
+    vec![
+        (
+            "INSERT INTO reconciliations (at, source, act, tracked, overdue, finished, unknown, scheduled) VALUES (?, ?, ?, ?, ?, ?, ?, ?)".into(),
+            vec![
+                Bind::Int(r.at_ms),
+                Bind::Text(r.source.name().into()),
+                Bind::Int(i64::from(r.act)),
+                int(c.tracked),
+                int(c.overdue),
+                int(c.finished),
+                int(c.unknown),
+                int(c.scheduled),
+            ],
+        ),
+        (
+            "DELETE FROM reconciliations WHERE id <= (SELECT MAX(id) FROM reconciliations) - ?".into(),
+            vec![Bind::Int(RECONCILIATIONS_KEPT)],
+        ),
+    ]
+}
+
+/// The last reconciliation, for the stats.
+pub const LAST_RECONCILIATION: &str = "SELECT at, source, act, tracked, overdue, finished, unknown, scheduled FROM reconciliations ORDER BY id DESC LIMIT 1";
+
+/// A row of `LAST_RECONCILIATION`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ReconciliationRow {
+    pub at: i64,
+    pub source: String,
+    pub act: i64,
+    pub tracked: u64,
+    pub overdue: u64,
+    pub finished: u64,
+    pub unknown: u64,
+    pub scheduled: u64,
+}
+
+/// Labs not completed whose due time (the next attempt, else the expiry) passed before
+/// `before_ms`, oldest expiry first.
+pub fn overdue(before_ms: i64, limit: u32) -> (String, Vec<Bind>) {
     (
-        format!("DELETE FROM {TABLE} WHERE lab_request_id = ?1 AND revision <= ?2"),
-        vec![Bind::Text(lab_request_id.into()), int(revision)],
+        format!(
+            "SELECT lab_request_id FROM {TABLE} WHERE status != '{}' AND COALESCE(next_attempt_at, expires_at) < ? ORDER BY expires_at LIMIT ?",
+            Status::Completed.name()
+        ),
+        vec![Bind::Int(before_ms), int(limit)],
     )
+}
+
+/// The fleet jobs' state.
+pub fn get_state(key: &str) -> (String, Vec<Bind>) {
+    (
+        "SELECT value FROM fleet_state WHERE key = ?".into(),
+        vec![Bind::Text(key.into())],
+    )
+}
+
+pub fn set_state(key: &str, value: Option<&str>) -> (String, Vec<Bind>) {
+    match value {
+        Some(value) => (
+            "INSERT INTO fleet_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value".into(),
+            vec![Bind::Text(key.into()), Bind::Text(value.into())],
+        ),
+        None => (
+            "DELETE FROM fleet_state WHERE key = ?".into(),
+            vec![Bind::Text(key.into())],
+        ),
+    }
 }
 
 /// Default and largest page size of the list.
@@ -227,6 +449,7 @@ impl Cursor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
     pub statuses: Vec<Status>,
+    pub origin: Option<Origin>,
     pub user_id: Option<String>,
     pub stuck: Option<bool>,
     /// Exclusive bounds on `expires_at` (epoch ms).
@@ -240,6 +463,7 @@ impl Default for ListQuery {
     fn default() -> Self {
         ListQuery {
             statuses: Vec::new(),
+            origin: None,
             user_id: None,
             stuck: None,
             expires_before: None,
@@ -260,6 +484,10 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
         let marks = vec!["?"; q.statuses.len()].join(", ");
         sql.push_str(&format!(" AND status IN ({marks})"));
         binds.extend(q.statuses.iter().map(|s| Bind::Text(s.name().into())));
+    }
+    if let Some(origin) = q.origin {
+        sql.push_str(" AND origin = ?");
+        binds.push(Bind::Text(origin.name().into()));
     }
     if let Some(user) = &q.user_id {
         sql.push_str(" AND user_id = ?");
@@ -433,10 +661,18 @@ mod tests {
             .nth(1)
             .and_then(|rest| rest.split(");").next())
             .expect("the table in the migration");
-        let columns: Vec<&str> = table
+        let mut columns: Vec<&str> = table
             .lines()
             .filter_map(|line| line.split_whitespace().next())
             .collect();
+        // Then the columns later migrations add, in order.
+        for later in [include_str!("../../migrations/0002_inventory.sql")] {
+            for line in later.lines() {
+                if let Some(rest) = line.strip_prefix("ALTER TABLE sessions ADD COLUMN ") {
+                    columns.extend(rest.split_whitespace().next());
+                }
+            }
+        }
         assert_eq!(columns, COLUMNS);
     }
 
@@ -451,12 +687,59 @@ mod tests {
         assert_eq!(binds.len(), COLUMNS.len());
         assert_eq!(binds[4], Bind::Text("scheduled".into()));
         assert_eq!(binds[8], Bind::Null);
-        let (sql, binds) = delete("m", 7);
+        let deletes = delete("m", 7);
         assert_eq!(
-            sql,
+            deletes[0].0,
             "DELETE FROM sessions WHERE lab_request_id = ?1 AND revision <= ?2"
         );
-        assert_eq!(binds, vec![Bind::Text("m".into()), Bind::Int(7)]);
+        assert_eq!(
+            deletes[1].0,
+            "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2"
+        );
+        assert_eq!(deletes[0].1, vec![Bind::Text("m".into()), Bind::Int(7)]);
+    }
+
+    #[test]
+    fn a_labs_vms_are_written_with_its_row_in_chunks_d1_takes() {
+        let workers: Vec<String> = (0..48).map(|n| format!("w{n}")).collect();
+        let mut s = Session::schedule(
+            crate::lab::session::NewSession {
+                lab_request_id: "m".into(),
+                user_id: "u".into(),
+                worker_lab_request_ids: workers,
+                duration: 60,
+                vm_name: None,
+            },
+            T0,
+            60_000,
+        );
+        touch(&mut s, T0, 2_000);
+        s.begin_attempt(T0 + 60_000, 5_000);
+        s.finish_attempt(
+            &AttemptResult {
+                deleted: vec!["m".into()],
+                already_gone: vec!["w3".into()],
+                ..AttemptResult::default()
+            },
+            T0 + 61_000,
+            T0 + 66_000,
+        );
+        let vms = vm_rows(&s);
+        assert_eq!(vms.len(), 49);
+        assert_eq!(vms[0].state, VmState::Deleted);
+        assert_eq!(vms[4].state, VmState::AlreadyGone);
+        assert_eq!(vms[5].state, VmState::Pending);
+        let statements = upsert_all(&row(&s, T0), &vms);
+        assert_eq!(statements.len(), 3, "the row, then 25 + 24 VMs");
+        for (sql, binds) in &statements {
+            assert!(binds.len() <= MAX_BINDS, "{sql}");
+        }
+        assert!(statements[1]
+            .0
+            .ends_with("WHERE excluded.revision > vms.revision"));
+        let lookups = lookup(&(0..250).map(|n| format!("v{n}")).collect::<Vec<_>>());
+        assert_eq!(lookups.len(), 3);
+        assert!(lookups.iter().all(|(_, b)| b.len() <= MAX_BINDS));
     }
 
     #[test]
@@ -469,6 +752,7 @@ mod tests {
     #[test]
     fn every_filter_is_bound() {
         let q = ListQuery {
+            origin: None,
             statuses: vec![Status::Retrying, Status::CleaningUp],
             user_id: Some("user@x".into()),
             stuck: Some(true),

@@ -2,6 +2,7 @@
 
 pub mod cleanup;
 pub mod config;
+pub mod fleet;
 pub mod index;
 pub mod legacy;
 pub mod limits;

@@ -105,7 +105,12 @@ pub trait RecordStore {
 /// The fleet index (a copy of every lab's row, for listing the fleet). Whatever goes wrong is
 /// told in words: it is logged, retried, and never fails a cleanup.
 pub trait FleetIndex {
-    async fn upsert(&self, row: &crate::lab::index::IndexRow) -> Result<(), String>;
+    /// Writes a lab's row and its VMs' rows, in one batch.
+    async fn upsert(
+        &self,
+        row: &crate::lab::index::IndexRow,
+        vms: &[crate::lab::index::VmRow],
+    ) -> Result<(), String>;
     async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), String>;
 }
 

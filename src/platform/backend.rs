@@ -45,7 +45,8 @@ impl HttpLabBackend {
             headers.push(("Authorization", bearer));
         }
         let url = format!("{}{path}", self.base_url);
-        match http::exchange(method, &url, &headers, &body.to_string(), self.timeout).await {
+        let body = body.to_string();
+        match http::exchange(method, &url, &headers, Some(&body), self.timeout).await {
             Ok(answer) => Ok(BackendReply {
                 status: answer.status,
                 body: answer.body,

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Env};
 
-use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery};
+use crate::lab::fleet::report::{KnownVm, Reconciliation};
+use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery, VmRow};
 use crate::lab::status::Status;
 use crate::platform::runtime::within;
 
@@ -57,25 +58,37 @@ async fn bounded<T>(
     })
 }
 
-/// Runs one writing statement, within `timeout`.
+/// Runs writing statements in one batch (one transaction), within `timeout`.
 async fn run(
     env: &Env,
-    statement: (String, Vec<Bind>),
+    statements: Vec<(String, Vec<Bind>)>,
     timeout: Duration,
 ) -> Result<(), IndexError> {
-    let statement = prepare(&database(env)?, statement)?;
+    let db = database(env)?;
+    let prepared = statements
+        .into_iter()
+        .map(|statement| prepare(&db, statement))
+        .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        statement.run().await.map(|_| ()).map_err(|e| e.to_string())
+        db.batch(prepared)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await
 }
 
-/// Writes `row` unless the index already holds a newer revision of it.
-pub async fn upsert(env: &Env, row: &IndexRow, timeout: Duration) -> Result<(), IndexError> {
-    run(env, index::upsert(row), timeout).await
+/// Writes `row` and its VMs' rows unless the index already holds a newer revision of them.
+pub async fn upsert(
+    env: &Env,
+    row: &IndexRow,
+    vms: &[VmRow],
+    timeout: Duration,
+) -> Result<(), IndexError> {
+    run(env, index::upsert_all(row, vms), timeout).await
 }
 
-/// Deletes the lab's row, unless the index holds a revision newer than `revision`.
+/// Deletes the lab's rows, unless the index holds a revision newer than `revision`.
 pub async fn delete(
     env: &Env,
     lab_request_id: &str,
@@ -152,4 +165,125 @@ pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Co
         })
     })
     .await
+}
+
+/// Runs reading statements in one batch and deserializes every row as `T`.
+async fn rows<T: for<'de> Deserialize<'de>>(
+    env: &Env,
+    statements: Vec<(String, Vec<Bind>)>,
+    timeout: Duration,
+) -> Result<Vec<T>, IndexError> {
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let db = database(env)?;
+    let prepared = statements
+        .into_iter()
+        .map(|statement| prepare(&db, statement))
+        .collect::<Result<Vec<_>, _>>()?;
+    bounded(timeout, async {
+        let results = db.batch(prepared).await.map_err(|e| e.to_string())?;
+        let mut all = Vec::new();
+        for result in results {
+            if let Some(error) = result.error() {
+                return Err(error);
+            }
+            all.extend(result.results::<T>().map_err(|e| e.to_string())?);
+        }
+        Ok(all)
+    })
+    .await
+}
+
+/// What the index knows of these VMs.
+pub async fn lookup(
+    env: &Env,
+    vm_ids: &[String],
+    timeout: Duration,
+) -> Result<Vec<KnownVm>, IndexError> {
+    let found: Vec<index::LookupRow> = rows(env, index::lookup(vm_ids), timeout).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(index::LookupRow::known)
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct Seen {
+    vm_id: String,
+    first_seen_at: i64,
+}
+
+/// When these VMs were first reported; with `record`, `now_ms` is remembered for the others.
+pub async fn first_seen(
+    env: &Env,
+    vm_ids: &[String],
+    now_ms: i64,
+    record: bool,
+    timeout: Duration,
+) -> Result<Vec<(String, i64)>, IndexError> {
+    let seen: Vec<Seen> = rows(env, index::first_seen(vm_ids), timeout).await?;
+    if record {
+        run(env, index::record_seen(vm_ids, now_ms), timeout).await?;
+    }
+    Ok(seen
+        .into_iter()
+        .map(|s| (s.vm_id, s.first_seen_at))
+        .collect())
+}
+
+pub async fn save_reconciliation(
+    env: &Env,
+    r: &Reconciliation,
+    timeout: Duration,
+) -> Result<(), IndexError> {
+    run(env, index::save_reconciliation(r), timeout).await
+}
+
+/// The last reconciliation, if any.
+pub async fn last_reconciliation(
+    env: &Env,
+    timeout: Duration,
+) -> Result<Option<index::ReconciliationRow>, IndexError> {
+    let last: Vec<index::ReconciliationRow> = rows(
+        env,
+        vec![(index::LAST_RECONCILIATION.to_string(), Vec::new())],
+        timeout,
+    )
+    .await?;
+    Ok(last.into_iter().next())
+}
+
+#[derive(Deserialize)]
+struct LabId {
+    lab_request_id: String,
+}
+
+pub async fn overdue(
+    env: &Env,
+    before_ms: i64,
+    limit: u32,
+    timeout: Duration,
+) -> Result<Vec<String>, IndexError> {
+    let ids: Vec<LabId> = rows(env, vec![index::overdue(before_ms, limit)], timeout).await?;
+    Ok(ids.into_iter().map(|l| l.lab_request_id).collect())
+}
+
+#[derive(Deserialize)]
+struct Value {
+    value: String,
+}
+
+pub async fn state(env: &Env, key: &str, timeout: Duration) -> Result<Option<String>, IndexError> {
+    let found: Vec<Value> = rows(env, vec![index::get_state(key)], timeout).await?;
+    Ok(found.into_iter().next().map(|v| v.value))
+}
+
+pub async fn set_state(
+    env: &Env,
+    key: &str,
+    value: Option<&str>,
+    timeout: Duration,
+) -> Result<(), IndexError> {
+    run(env, vec![index::set_state(key, value)], timeout).await
 }

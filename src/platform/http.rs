@@ -25,7 +25,7 @@ pub enum Failure {
     CutShort { status: u16, error: String },
 }
 
-/// Sends one request (`headers` besides none; `body` as text) and reads the whole answer, or
+/// Sends one request (`headers` besides none; `body` as text, none for a GET) and reads the whole answer, or
 /// gives up after `timeout` and aborts it. Written against the runtime's `fetch` directly
 /// (`web_sys`): the `worker` wrappers would convert every request and answer back and forth for
 /// nothing. A redirect is an answer, not a success: followed, a 3xx to a page that answers 200
@@ -34,7 +34,7 @@ pub async fn exchange(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
-    body: &str,
+    body: Option<&str>,
     timeout: Duration,
 ) -> Result<Answer, Failure> {
     let controller = web_sys::AbortController::new().map_err(network)?;
@@ -46,7 +46,9 @@ pub async fn exchange(
         let init = web_sys::RequestInit::new();
         init.set_method(method);
         init.set_headers(&list);
-        init.set_body(&JsValue::from_str(body));
+        if let Some(body) = body {
+            init.set_body(&JsValue::from_str(body));
+        }
         init.set_redirect(web_sys::RequestRedirect::Manual);
         init.set_signal(Some(&controller.signal()));
         let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod env;
+pub mod fleet;
 pub mod fleet_db;
 pub mod http;
 pub mod runtime;

@@ -7,7 +7,7 @@ use worker::{durable_object, DurableObject, Env, Request, Response, Result, Stat
 use crate::api::error::ApiError;
 use crate::api::respond;
 use crate::lab::config::{Config, Webhooks};
-use crate::lab::index::IndexRow;
+use crate::lab::index::{IndexRow, VmRow};
 use crate::lab::ports::{
     BackendError, BackendReply, Delivery, FleetIndex, LabBackend, Level, Logger, RecordStore,
     Runtime, StoreError, Stored, WebhookSender,
@@ -93,15 +93,18 @@ impl DurableObject for SessionManager {
         self.report(&ports, &path);
         match reply.map_err(|e| worker::Error::RustError(e.to_string()))? {
             Reply::Refused(refusal) => respond::error(&ApiError::from(refusal)),
+            Reply::Poked { revived } => {
+                respond::json(200, &serde_json::json!({ "revived": revived }))
+            }
             Reply::Lab {
                 status,
                 session,
                 line,
             } => {
                 let answer = respond::json(status, &session.view());
-                if let Some(line) = line {
-                    self.later(config, |ports, config| async move {
-                        ports.log(Level::Info, &line);
+                if let Some((level, line)) = line {
+                    self.later(config, move |ports, config| async move {
+                        ports.log(level, &line);
                         Lab::new(&ports, &config).sync_index().await
                     });
                 }
@@ -161,8 +164,8 @@ impl RecordStore for Workerd {
 }
 
 impl FleetIndex for Workerd {
-    async fn upsert(&self, row: &IndexRow) -> std::result::Result<(), String> {
-        fleet_db::upsert(&self.env, row, self.config.index_timeout()).await
+    async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), String> {
+        fleet_db::upsert(&self.env, row, vms, self.config.index_timeout()).await
     }
     async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), String> {
         fleet_db::delete(&self.env, id, revision, self.config.index_timeout()).await

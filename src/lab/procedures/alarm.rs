@@ -287,7 +287,7 @@ impl<P: Platform> Lab<'_, P> {
             return Ok(());
         }
         let row = index::row(&session, self.platform.now_ms());
-        let written = self.platform.upsert(&row).await;
+        let written = self.platform.upsert(&row, &index::vm_rows(&session)).await;
         // Read again: a request may have changed the record while the row was being written.
         let Some(mut latest) = self.load().await? else {
             return Ok(());

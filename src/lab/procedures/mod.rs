@@ -10,7 +10,9 @@ mod record;
 mod requests;
 
 use crate::lab::config::Config;
-use crate::lab::ports::{FleetIndex, LabBackend, Logger, RecordStore, Runtime, WebhookSender};
+use crate::lab::ports::{
+    FleetIndex, LabBackend, Level, Logger, RecordStore, Runtime, WebhookSender,
+};
 use crate::lab::session::{Refusal, Session};
 
 pub use alarm::{AlarmDone, Woke};
@@ -39,9 +41,13 @@ pub enum Reply {
     Lab {
         status: u16,
         session: Box<Session>,
-        line: Option<String>,
+        line: Option<(Level, String)>,
     },
     Refused(Refusal),
+    /// The sweep's poke: whether the alarm had to be set again.
+    Poked {
+        revived: bool,
+    },
 }
 
 impl<'a, P: Platform> Lab<'a, P> {

@@ -1,10 +1,12 @@
 //! The requests a lab's object answers: create, status, end now, extend, retry now.
 
+use crate::lab::fleet::report::ReportedVm;
+use crate::lab::ports::Level;
 use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform, Reply};
 use crate::lab::retry;
-use crate::lab::session::{LabType, NewSession, Refusal, Session, Status};
+use crate::lab::session::{LabType, NewSession, Origin, Refusal, Session, Status};
 use crate::lab::text::rfc3339;
 
 /// Every request a lab's object understands: one type, which the router sends and the object
@@ -14,8 +16,32 @@ pub enum Request {
     Create(NewSession),
     Status,
     End,
-    Extend { minutes: u64 },
+    Extend {
+        minutes: u64,
+    },
     Retry,
+    /// A VM an inventory reported and no lab lists: cleaned up now as a lab of its own.
+    Orphan(ReportedVm),
+    /// A VM counted deleted that an inventory still reports: deleted again.
+    DeleteAgain {
+        vm: String,
+    },
+    /// The sweep: run what is due, and set the alarm again if it is missing.
+    Poke,
+}
+
+/// The body of an internal orphan request.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OrphanVm {
+    lab_request_id: String,
+    user_id: String,
+    created_at_ms: Option<i64>,
+}
+
+/// The body of an internal delete-again request.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AgainVm {
+    vm: String,
 }
 
 /// The body of an internal extend request.
@@ -37,6 +63,22 @@ impl Request {
                 serde_json::to_string(&ExtendBy { minutes: *minutes }).ok(),
             ),
             Request::Retry => ("POST", "/retry", None),
+            Request::Orphan(vm) => (
+                "POST",
+                "/orphan",
+                serde_json::to_string(&OrphanVm {
+                    lab_request_id: vm.lab_request_id.clone(),
+                    user_id: vm.user_id.clone(),
+                    created_at_ms: vm.created_at_ms,
+                })
+                .ok(),
+            ),
+            Request::DeleteAgain { vm } => (
+                "POST",
+                "/delete-again",
+                serde_json::to_string(&AgainVm { vm: vm.clone() }).ok(),
+            ),
+            Request::Poke => ("POST", "/poke", None),
         }
     }
 
@@ -57,6 +99,21 @@ impl Request {
                 }
             }
             ("POST", "/retry") => Request::Retry,
+            ("POST", "/orphan") => {
+                let vm: OrphanVm =
+                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                Request::Orphan(ReportedVm {
+                    lab_request_id: vm.lab_request_id,
+                    user_id: vm.user_id,
+                    created_at_ms: vm.created_at_ms,
+                })
+            }
+            ("POST", "/delete-again") => {
+                let again: AgainVm =
+                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                Request::DeleteAgain { vm: again.vm }
+            }
+            ("POST", "/poke") => Request::Poke,
             _ => return Err(format!("no internal route for {method} {path}")),
         })
     }
@@ -71,6 +128,9 @@ impl<P: Platform> Lab<'_, P> {
             Request::End => self.end().await,
             Request::Extend { minutes } => self.extend(minutes).await,
             Request::Retry => self.retry().await,
+            Request::Orphan(vm) => self.orphan(vm).await,
+            Request::DeleteAgain { vm } => self.delete_again(&vm).await,
+            Request::Poke => self.poke().await,
         }
     }
 
@@ -87,15 +147,26 @@ impl<P: Platform> Lab<'_, P> {
     /// `line` logged after the answer.
     async fn changed(
         &self,
+        session: Session,
+        status: u16,
+        line: String,
+    ) -> Result<Reply, StoreError> {
+        self.changed_at(session, status, Level::Info, line).await
+    }
+
+    /// `changed`, with the line at `level`.
+    async fn changed_at(
+        &self,
         mut session: Session,
         status: u16,
+        level: Level,
         line: String,
     ) -> Result<Reply, StoreError> {
         self.persist(&mut session).await?;
         Ok(Reply::Lab {
             status,
             session: Box::new(session),
-            line: Some(line),
+            line: Some((level, line)),
         })
     }
 
@@ -225,5 +296,112 @@ impl<P: Platform> Lab<'_, P> {
             }
             Err(refusal) => Ok(Reply::Refused(refusal)),
         }
+    }
+
+    /// An orphan VM (an inventory reported it, no lab lists it): a lab of its own, expired now,
+    /// cleaned up at once by the alarm (201). Reported again, it answers 200 and changes nothing;
+    /// a lab of the same id that is not an orphan is never touched (409).
+    pub async fn orphan(&self, vm: ReportedVm) -> Result<Reply, StoreError> {
+        let existing = match self.find().await? {
+            Found::Session(existing) => Some(*existing),
+            Found::Nothing => None,
+            Found::Unreadable(problems) => {
+                return Ok(Reply::Refused(Refusal::Unreadable(problems)))
+            }
+        };
+        if let Some(existing) = existing {
+            return Ok(if existing.origin() == Origin::Inventory {
+                Self::unchanged(200, existing)
+            } else {
+                Reply::Refused(Refusal::Conflict(format!(
+                    "lab {} exists and is not an orphan",
+                    existing.lab_request_id
+                )))
+            });
+        }
+        let now = self.platform.now_ms();
+        let created = vm.created_at_ms.unwrap_or(now).min(now);
+        let mut session = Session::schedule(
+            NewSession {
+                lab_request_id: vm.lab_request_id,
+                user_id: vm.user_id,
+                worker_lab_request_ids: Vec::new(),
+                duration: 0,
+                vm_name: None,
+            },
+            created,
+            now.saturating_sub(created),
+        );
+        session.adoption.inventory_at_ms = Some(now);
+        // Expired already: no `lab.expiring` for it.
+        session.notices.warned_for_expiry_ms = Some(session.expires_at_ms);
+        let line = format!(
+            "Orphan VM {} of user {} (created {}) is listed by no lab: cleaning it up now, as a lab of its own",
+            session.lab_request_id,
+            session.user_id,
+            rfc3339(created)
+        );
+        self.changed_at(session, 201, Level::Warn, line).await
+    }
+
+    /// A VM this lab counted deleted (or already gone) that an inventory still reports: pending
+    /// again, and the next attempt now (202), with an error line. Already pending: 200.
+    pub async fn delete_again(&self, vm: &str) -> Result<Reply, StoreError> {
+        let mut session = match self.lab().await? {
+            Ok(session) => session,
+            Err(refusal) => return Ok(Reply::Refused(refusal)),
+        };
+        if session.position(vm).is_none() {
+            return Ok(Reply::Refused(Refusal::Conflict(format!(
+                "lab {} has no VM {vm}",
+                session.lab_request_id
+            ))));
+        }
+        if !session.is_done(vm) {
+            return Ok(Self::unchanged(200, session));
+        }
+        let now = self.platform.now_ms();
+        let was = if session.cleanup.deleted.iter().any(|d| d == vm) {
+            "deleted"
+        } else {
+            "already gone"
+        };
+        session.reopen(vm, now);
+        let line = format!(
+            "❌ VM {vm} of lab {} was counted {was}, yet the backend's inventory still lists it: deleting it again (attempt {} now)",
+            session.lab_request_id,
+            session.cleanup.attempts.saturating_add(1)
+        );
+        self.changed_at(session, 202, Level::Error, line).await
+    }
+
+    /// The sweep's poke: a lab with work left and no alarm (or one later than its work is due)
+    /// gets its alarm back, at the due time or now. Answers whether it had to.
+    pub async fn poke(&self) -> Result<Reply, StoreError> {
+        let session = match self.lab().await? {
+            Ok(session) => session,
+            Err(refusal) => return Ok(Reply::Refused(refusal)),
+        };
+        let Some(want) = self.alarm_at(&session) else {
+            return Ok(Reply::Poked { revived: false });
+        };
+        let now = self.platform.now_ms();
+        let at = want.max(now);
+        let current = self.platform.alarm().await?;
+        if current.is_some_and(|current| current <= at) {
+            return Ok(Reply::Poked { revived: false });
+        }
+        self.platform.set_alarm(at).await?;
+        self.warn(format!(
+            "Lab {} had {} while work was due at {}: alarm set for {} (the sweep)",
+            session.lab_request_id,
+            current.map_or("no alarm".to_string(), |c| format!(
+                "its alarm at {}",
+                rfc3339(c)
+            )),
+            rfc3339(want),
+            rfc3339(at)
+        ));
+        Ok(Reply::Poked { revived: true })
     }
 }

@@ -94,6 +94,33 @@ pub struct Cleanup {
 pub struct Adoption {
     /// When this session was adopted from the TypeScript worker's storage keys (see `legacy`).
     pub adopted_at_ms: Option<i64>,
+    /// When an inventory reported this VM, known to no lab, and it was scheduled for cleanup as
+    /// a lab of its own (see `lab::fleet::inventory`).
+    pub inventory_at_ms: Option<i64>,
+}
+
+/// Where a lab came from, as the status view and the index name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Scheduled by `POST /api/v1/labs/sessions`.
+    Api,
+    /// Adopted from the TypeScript worker's storage.
+    Legacy,
+    /// An orphan VM an inventory reported (`POST /api/v1/labs/inventory`, or the scheduled pull).
+    Inventory,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Legacy => "legacy",
+            Origin::Inventory => "inventory",
+        }
+    }
+
+    pub const ALL: [Origin; 3] = [Origin::Api, Origin::Legacy, Origin::Inventory];
 }
 
 /// How far the fleet index has caught up with the record (see `lab::index`).
@@ -176,6 +203,16 @@ impl Session {
 
     pub fn status(&self) -> Status {
         self.cleanup.status
+    }
+
+    pub fn origin(&self) -> Origin {
+        if self.adoption.inventory_at_ms.is_some() {
+            Origin::Inventory
+        } else if self.adoption.adopted_at_ms.is_some() {
+            Origin::Legacy
+        } else {
+            Origin::Api
+        }
     }
 
     pub fn lab_type(&self) -> LabType {
@@ -354,6 +391,21 @@ impl Session {
                 .saturating_mul(unit_ms),
         );
         Ok(())
+    }
+
+    /// Takes VM `id` back from deleted (or already gone) to pending, its next attempt at `now_ms`:
+    /// an inventory says it still runs. A completed lab is being cleaned up again.
+    pub fn reopen(&mut self, id: &str, now_ms: i64) {
+        let c = &mut self.cleanup;
+        c.deleted.retain(|d| d != id);
+        c.already_gone.retain(|d| d != id);
+        if c.status == Status::Completed {
+            c.status = Status::Retrying;
+            c.completed_at_ms = None;
+        }
+        if c.status == Status::Retrying {
+            c.next_attempt_at_ms = Some(now_ms);
+        }
     }
 
     /// Whether `new` asks for exactly this session (a retried create), ignoring the VM name.

@@ -34,6 +34,8 @@ struct Flat<'a> {
     dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     adopted_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inventory_at_ms: Option<i64>,
     revision: u64,
     index: &'a IndexSync,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,6 +75,8 @@ struct Owned {
     #[serde(default)]
     adopted_at_ms: Option<i64>,
     #[serde(default)]
+    inventory_at_ms: Option<i64>,
+    #[serde(default)]
     revision: u64,
     #[serde(default)]
     index: IndexSync,
@@ -108,6 +112,7 @@ impl Serialize for Session {
             extended_minutes: self.extended_minutes,
             dry_run: self.dry_run,
             adopted_at_ms: self.adoption.adopted_at_ms,
+            inventory_at_ms: self.adoption.inventory_at_ms,
             revision: self.sync.revision,
             index: &self.sync.index,
             warned_for_expiry_ms: self.notices.warned_for_expiry_ms,
@@ -145,6 +150,7 @@ impl<'de> Deserialize<'de> for Session {
             dry_run: o.dry_run,
             adoption: Adoption {
                 adopted_at_ms: o.adopted_at_ms,
+                inventory_at_ms: o.inventory_at_ms,
             },
             sync: Sync {
                 revision: o.revision,

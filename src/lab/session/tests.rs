@@ -220,7 +220,8 @@ fn view_is_the_documented_json() {
             "last_outcome": null,
             "completed_at": null,
             "dry_run": false,
-            "adopted_at": null
+            "adopted_at": null,
+            "origin": "api"
         })
     );
     s.begin_attempt(60_000, 1_000);

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::lab::session::{Cleanup, LabType, Outcome, Session, Status};
+use crate::lab::session::{Cleanup, LabType, Origin, Outcome, Session, Status};
 use crate::lab::text::rfc3339;
 
 /// The status body of a session, as answered by the API.
@@ -30,6 +30,8 @@ pub struct SessionView<'a> {
     /// When the lab was taken over from the TypeScript worker's storage; `null` for labs
     /// scheduled by this worker.
     pub adopted_at: Option<String>,
+    /// `api`, `legacy` (adopted) or `inventory` (an orphan VM an inventory reported).
+    pub origin: Origin,
 }
 
 impl Session {
@@ -70,6 +72,7 @@ impl Session {
             completed_at: cleanup.completed_at_ms.map(rfc3339),
             dry_run,
             adopted_at: self.adoption.adopted_at_ms.map(rfc3339),
+            origin: self.origin(),
         }
     }
 }

@@ -61,6 +61,7 @@ pub struct World {
     pub max_value_bytes: Cell<Option<usize>>,
     // index
     pub rows: RefCell<HashMap<String, IndexRow>>,
+    pub vm_rows: RefCell<HashMap<String, (String, crate::lab::fleet::inventory::VmState)>>,
     pub index_down: Cell<bool>,
     // webhooks
     pub deliveries: RefCell<Vec<Delivery>>,
@@ -120,6 +121,7 @@ impl World {
             dead: Cell::new(false),
             max_value_bytes: Cell::new(None),
             rows: RefCell::new(HashMap::new()),
+            vm_rows: RefCell::new(HashMap::new()),
             index_down: Cell::new(false),
             deliveries: RefCell::new(Vec::new()),
             receiver_down: Cell::new(false),
@@ -147,8 +149,13 @@ impl World {
     pub fn request(&self, request: Request) -> Result<Reply, StoreError> {
         self.invocation();
         let reply = block_on(self.lab().answer(request));
-        if let Ok(Reply::Lab { line: Some(_), .. }) = &reply {
-            // After the answer: the index row.
+        if let Ok(Reply::Lab {
+            line: Some((level, line)),
+            ..
+        }) = &reply
+        {
+            // After the answer: the line, the index row.
+            self.log(*level, line);
             let _ = block_on(self.lab().sync_index());
         }
         reply
@@ -376,7 +383,7 @@ impl RecordStore for World {
 }
 
 impl FleetIndex for World {
-    async fn upsert(&self, row: &IndexRow) -> Result<(), String> {
+    async fn upsert(&self, row: &IndexRow, vms: &[crate::lab::index::VmRow]) -> Result<(), String> {
         if self.index_down.get() {
             return Err("D1_ERROR: no such table: sessions".into());
         }
@@ -385,6 +392,10 @@ impl FleetIndex for World {
             Some(existing) if existing.revision >= row.revision => {}
             _ => {
                 rows.insert(row.lab_request_id.clone(), row.clone());
+                let mut known = self.vm_rows.borrow_mut();
+                for vm in vms {
+                    known.insert(vm.vm_id.clone(), (row.lab_request_id.clone(), vm.state));
+                }
             }
         }
         Ok(())
@@ -400,6 +411,9 @@ impl FleetIndex for World {
             .is_some_and(|r| r.revision <= revision)
         {
             rows.remove(lab_request_id);
+            self.vm_rows
+                .borrow_mut()
+                .retain(|_, (lab, _)| lab != lab_request_id);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use crate::lab::session::Refusal;
 fn status_of(reply: Reply) -> u16 {
     match reply {
         Reply::Lab { status, .. } => status,
-        Reply::Refused(r) => panic!("refused: {r:?}"),
+        other => panic!("not a lab: {other:?}"),
     }
 }
 
@@ -113,4 +113,116 @@ fn internal_requests_round_trip() {
     }
     assert!(Request::decode("POST", "/create", "{").is_err());
     assert!(Request::decode("PUT", "/end", "").is_err());
+}
+
+#[test]
+fn an_orphan_is_a_lab_of_its_own_cleaned_up_now_once() {
+    use crate::lab::fleet::report::ReportedVm;
+    use crate::lab::session::Origin;
+    let world = World::new(config(&[]));
+    let vm = ReportedVm {
+        lab_request_id: "stray-vm".into(),
+        user_id: "u-9".into(),
+        created_at_ms: Some(T0 - 90 * MINUTE),
+    };
+    assert_eq!(
+        status_of(world.request(Request::Orphan(vm.clone())).unwrap()),
+        201
+    );
+    let s = world.session().unwrap();
+    assert_eq!(s.origin(), Origin::Inventory);
+    assert_eq!(s.created_at_ms, T0 - 90 * MINUTE);
+    assert_eq!(s.expires_at_ms, T0);
+    assert_eq!(world.alarm.get(), Some(T0), "cleaned up at once");
+    assert_eq!(status_of(world.request(Request::Orphan(vm)).unwrap()), 200);
+    world.run(T0 + MINUTE);
+    assert_eq!(world.vm_calls("stray-vm").len(), 1);
+    assert!(world
+        .calls
+        .borrow()
+        .iter()
+        .any(|c| c.services && c.id == "stray-vm"));
+    assert_eq!(status(&world), Some(Status::Completed));
+    assert!(world.log_has("Orphan VM stray-vm of user u-9"));
+    // A lab that is not an orphan is never touched.
+    let world = World::new(config(&[]));
+    world.create(lab("real", &[], 60));
+    let stray = ReportedVm {
+        lab_request_id: "real".into(),
+        user_id: "u".into(),
+        created_at_ms: None,
+    };
+    assert!(matches!(
+        refusal(world.request(Request::Orphan(stray)).unwrap()),
+        Refusal::Conflict(_)
+    ));
+    assert_eq!(status(&world), Some(Status::Scheduled));
+}
+
+#[test]
+fn a_finished_vm_still_running_is_deleted_again() {
+    let world = World::new(config(&[]));
+    world.create(lab("m", &["w"], 1));
+    world.run(T0 + 2 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Completed));
+    assert_eq!(
+        status_of(
+            world
+                .request(Request::DeleteAgain { vm: "w".into() })
+                .unwrap()
+        ),
+        202
+    );
+    assert_eq!(status(&world), Some(Status::Retrying));
+    assert_eq!(
+        status_of(
+            world
+                .request(Request::DeleteAgain { vm: "w".into() })
+                .unwrap()
+        ),
+        200,
+        "already pending: nothing twice"
+    );
+    assert!(world.log_has(
+        "❌ VM w of lab m was counted deleted, yet the backend's inventory still lists it"
+    ));
+    world.gone.borrow_mut().remove("w");
+    world.run(world.now.get() + MINUTE);
+    assert_eq!(world.vm_calls("w").len(), 2);
+    assert_eq!(world.vm_calls("m").len(), 1, "only that VM");
+    assert_eq!(status(&world), Some(Status::Completed));
+    assert!(matches!(
+        refusal(
+            world
+                .request(Request::DeleteAgain { vm: "x".into() })
+                .unwrap()
+        ),
+        Refusal::Conflict(_)
+    ));
+}
+
+#[test]
+fn a_poke_gives_a_lab_its_alarm_back() {
+    let world = World::new(config(&[]));
+    world.create(lab("m", &[], 1));
+    let due = world.alarm.get().unwrap();
+    assert!(matches!(
+        world.request(Request::Poke).unwrap(),
+        Reply::Poked { revived: false }
+    ));
+    // The alarm is lost (as a storage fault could lose it): the poke sets it again.
+    world.alarm.set(None);
+    world.now.set(due + 10 * MINUTE);
+    assert!(matches!(
+        world.request(Request::Poke).unwrap(),
+        Reply::Poked { revived: true }
+    ));
+    assert_eq!(
+        world.alarm.get(),
+        Some(due + 10 * MINUTE),
+        "due long ago: now"
+    );
+    world.run(world.now.get() + MINUTE);
+    assert_eq!(status(&world), Some(Status::Completed));
+    assert!(world.log_has("had no alarm while work was due"));
 }

@@ -1,0 +1,57 @@
+//! Fleet-wide procedures, over many labs at once: reconciling the backend's inventory with what the labs list, and the safety-net sweep of labs whose object stopped waking up.
+
+pub mod inventory;
+pub mod report;
+pub mod sweep;
+
+use serde::Serialize;
+
+/// What a scheduled run (the Cron Trigger) did, logged as one structured record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    pub event: &'static str,
+    /// Labs whose due time had passed by more than `SWEEP_GRACE_SECONDS`.
+    pub overdue: usize,
+    /// Of those, the ones whose alarm was missing or late, and was set again.
+    pub revived: usize,
+    /// The inventory pulled in this run (absent without `INVENTORY_PATH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<inventory::Counts>,
+}
+
+/// The fleet index, as the fleet-wide procedures use it. Whatever goes wrong is told in words.
+#[allow(async_fn_in_trait)]
+pub trait FleetStore {
+    /// What the index knows of these VMs (those it lists).
+    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<inventory::KnownVm>, String>;
+    /// When each of these VMs was first reported (those seen before); with `record`, `now_ms`
+    /// is remembered for the others.
+    async fn first_seen(
+        &self,
+        vm_ids: &[String],
+        now_ms: i64,
+        record: bool,
+    ) -> Result<Vec<(String, i64)>, String>;
+    async fn save_reconciliation(&self, r: &inventory::Reconciliation) -> Result<(), String>;
+    /// Labs not completed whose due time passed before `before_ms`, oldest first.
+    async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, String>;
+    async fn state(&self, key: &str) -> Result<Option<String>, String>;
+    /// Sets (or, with `None`, removes) a piece of the fleet jobs' state.
+    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String>;
+}
+
+/// The labs' objects, as the fleet reaches them: one request, its status and JSON answer.
+#[allow(async_fn_in_trait)]
+pub trait Labs {
+    async fn send(
+        &self,
+        lab_request_id: &str,
+        request: crate::lab::procedures::Request,
+    ) -> Result<(u16, serde_json::Value), String>;
+}
+
+/// The backend's inventory (`GET {BACKEND_URL}{INVENTORY_PATH}`), one page at a time.
+#[allow(async_fn_in_trait)]
+pub trait InventorySource {
+    async fn page(&self, cursor: Option<&str>) -> Result<inventory::Page, String>;
+}

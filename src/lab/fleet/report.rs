@@ -1,0 +1,179 @@
+//! What an inventory says and what the index knows of a VM: the reported VMs, a pulled page, how far a VM's deletion got, a reconciliation's counts.
+
+use chrono::DateTime;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::lab::limits::{describe_char, id_problem, IdProblem};
+use crate::lab::status::Status;
+
+/// Most VMs in one report (a pushed body, a pulled page).
+pub const MAX_VMS_PER_REPORT: usize = 1_000;
+
+/// One VM the backend says it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedVm {
+    pub lab_request_id: String,
+    pub user_id: String,
+    /// When the backend created it, if it says.
+    pub created_at_ms: Option<i64>,
+}
+
+impl ReportedVm {
+    /// One entry of `vms`: `{"lab_request_id", "user_id", "created_at"?}`, ids checked as a
+    /// create's, `created_at` RFC 3339; the reason, in words, when it is not one.
+    pub fn from_json(value: &Value) -> Result<ReportedVm, String> {
+        let Value::Object(entry) = value else {
+            return Err("must be an object".into());
+        };
+        let id = |key: &str| -> Result<String, String> {
+            match entry.get(key) {
+                Some(Value::String(s)) => match id_problem(s) {
+                    None => Ok(s.clone()),
+                    Some(IdProblem::Empty) => Err(format!("{key} must not be empty")),
+                    Some(IdProblem::TooLong(_)) => {
+                        Err(format!("{key} must be at most 128 characters"))
+                    }
+                    Some(IdProblem::Character(c)) => Err(format!(
+                        "{key} contains {}; allowed are A-Z a-z 0-9 . _ : @ + -",
+                        describe_char(c)
+                    )),
+                },
+                Some(_) => Err(format!("{key} must be a string")),
+                None => Err(format!("{key} is required")),
+            }
+        };
+        let created_at_ms = match entry.get("created_at") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(
+                DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| "created_at must be an RFC 3339 time".to_string())?
+                    .timestamp_millis(),
+            ),
+            Some(_) => return Err("created_at must be an RFC 3339 time (a string)".into()),
+        };
+        Ok(ReportedVm {
+            lab_request_id: id("lab_request_id")?,
+            user_id: id("user_id")?,
+            created_at_ms,
+        })
+    }
+}
+
+/// One page of the backend's inventory (`GET {BACKEND_URL}{INVENTORY_PATH}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub vms: Vec<ReportedVm>,
+    pub next_cursor: Option<String>,
+    /// Entries that were not VMs as the contract says (skipped, counted, logged).
+    pub skipped: usize,
+}
+
+/// Reads a page: `{"vms": [...], "next_cursor": "..." | null}`. A page that is not that shape,
+/// or holds more than `MAX_VMS_PER_REPORT` VMs, is refused; a bad entry is skipped.
+pub fn parse_page(text: &str) -> Result<Page, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("the page is not JSON: {e}"))?;
+    let Some(Value::Array(vms)) = value.get("vms") else {
+        return Err("the page has no \"vms\" array".into());
+    };
+    if vms.len() > MAX_VMS_PER_REPORT {
+        return Err(format!(
+            "the page holds {} VMs; at most {MAX_VMS_PER_REPORT} are read",
+            vms.len()
+        ));
+    }
+    let next_cursor = match value.get("next_cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if !c.is_empty() && c.len() <= 2_000 => Some(c.clone()),
+        Some(_) => return Err("next_cursor must be a string (at most 2,000 bytes) or null".into()),
+    };
+    let parsed: Vec<Result<ReportedVm, String>> = vms.iter().map(ReportedVm::from_json).collect();
+    let skipped = parsed.iter().filter(|r| r.is_err()).count();
+    Ok(Page {
+        vms: parsed.into_iter().filter_map(Result::ok).collect(),
+        next_cursor,
+        skipped,
+    })
+}
+
+/// How far a known VM's deletion got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    Pending,
+    Deleted,
+    AlreadyGone,
+}
+
+impl VmState {
+    pub fn name(self) -> &'static str {
+        match self {
+            VmState::Pending => "pending",
+            VmState::Deleted => "deleted",
+            VmState::AlreadyGone => "already_gone",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<VmState> {
+        [VmState::Pending, VmState::Deleted, VmState::AlreadyGone]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
+/// What the index knows of a VM: its lab, and how far its deletion got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownVm {
+    pub vm_id: String,
+    pub lab_request_id: String,
+    pub state: VmState,
+    pub lab_status: Status,
+    pub expires_at_ms: i64,
+}
+
+/// Counts of one reconciliation (or a scheduled run's pages together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub tracked: usize,
+    pub overdue: usize,
+    pub finished: usize,
+    pub unknown: usize,
+    pub scheduled: usize,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.tracked += other.tracked;
+        self.overdue += other.overdue;
+        self.finished += other.finished;
+        self.unknown += other.unknown;
+        self.scheduled += other.scheduled;
+    }
+}
+
+/// Where a reconciliation's inventory came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `POST /api/v1/labs/inventory`.
+    Push,
+    /// The scheduled pull from the backend.
+    Pull,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Push => "push",
+            Source::Pull => "pull",
+        }
+    }
+}
+
+/// One reconciliation's record, kept for the stats and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub at_ms: i64,
+    pub source: Source,
+    pub act: bool,
+    pub counts: Counts,
+}

@@ -1,0 +1,176 @@
+//! The fleet-wide procedures' ports on workerd: the D1 index, the labs' objects (by name), the backend's inventory over HTTP, the console.
+
+use std::time::Duration;
+
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{web_sys, Env};
+
+use crate::lab::config::Config;
+use crate::lab::fleet::report::{parse_page, KnownVm, Page, Reconciliation};
+use crate::lab::fleet::{FleetStore, InventorySource, Labs};
+use crate::lab::ports::{Level, Logger};
+use crate::lab::procedures::Request;
+use crate::platform::http::{self, Failure};
+use crate::platform::runtime::ConsoleLogger;
+use crate::platform::{fleet_db, runtime};
+
+/// Name of the Durable Object binding in `wrangler.toml`.
+pub const SESSION_MANAGER_BINDING: &str = "SESSION_MANAGER";
+
+/// Sends `request` to the `SessionManager` object named `lab_request_id`; its answer as is.
+pub async fn call_lab(
+    env: &Env,
+    lab_request_id: &str,
+    request: &Request,
+) -> Result<web_sys::Response, String> {
+    let js = |e: JsValue| worker::Error::from(e).to_string();
+    let stub: worker::worker_sys::DurableObject = env
+        .durable_object(SESSION_MANAGER_BINDING)
+        .and_then(|ns| ns.id_from_name(lab_request_id)?.get_stub())
+        .map_err(|e| e.to_string())?
+        .into_rpc();
+    let (method, path, body) = request.encode();
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    if let Some(body) = body {
+        init.set_body(&JsValue::from_str(&body));
+    }
+    let request =
+        web_sys::Request::new_with_str_and_init(&format!("https://session-manager{path}"), &init)
+            .map_err(js)?;
+    let answer = stub.fetch_with_request(&request).map_err(js)?;
+    JsFuture::from(answer)
+        .await
+        .map_err(js)?
+        .dyn_into::<web_sys::Response>()
+        .map_err(js)
+}
+
+/// The fleet's ports for one request or scheduled run.
+pub struct WorkerdFleet<'a> {
+    env: &'a Env,
+    config: &'a Config,
+}
+
+impl<'a> WorkerdFleet<'a> {
+    pub fn new(env: &'a Env, config: &'a Config) -> Self {
+        WorkerdFleet { env, config }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.index_timeout()
+    }
+}
+
+impl FleetStore for WorkerdFleet<'_> {
+    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<KnownVm>, String> {
+        fleet_db::lookup(self.env, vm_ids, self.timeout()).await
+    }
+
+    async fn first_seen(
+        &self,
+        vm_ids: &[String],
+        now_ms: i64,
+        record: bool,
+    ) -> Result<Vec<(String, i64)>, String> {
+        fleet_db::first_seen(self.env, vm_ids, now_ms, record, self.timeout()).await
+    }
+
+    async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
+        fleet_db::save_reconciliation(self.env, r, self.timeout()).await
+    }
+
+    async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, String> {
+        fleet_db::overdue(self.env, before_ms, limit, self.timeout()).await
+    }
+
+    async fn state(&self, key: &str) -> Result<Option<String>, String> {
+        fleet_db::state(self.env, key, self.timeout()).await
+    }
+
+    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+        fleet_db::set_state(self.env, key, value, self.timeout()).await
+    }
+}
+
+impl Labs for WorkerdFleet<'_> {
+    async fn send(
+        &self,
+        lab_request_id: &str,
+        request: Request,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let answer = call_lab(self.env, lab_request_id, &request).await?;
+        let status = answer.status();
+        let text = match answer.text() {
+            Ok(promise) => JsFuture::from(promise)
+                .await
+                .ok()
+                .and_then(|t| t.as_string())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+    }
+}
+
+impl InventorySource for WorkerdFleet<'_> {
+    async fn page(&self, cursor: Option<&str>) -> Result<Page, String> {
+        let path = self.config.inventory_path.as_deref().unwrap_or("/");
+        let mut url = format!("{}{path}", self.config.backend_url);
+        if let Some(cursor) = cursor {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url.push(separator);
+            url.push_str("cursor=");
+            url.push_str(&encode_query(cursor));
+        }
+        let bearer = self
+            .config
+            .backend_api_token
+            .as_ref()
+            .map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Accept", "application/json")];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer));
+        }
+        let timeout = self.config.backend_timeout();
+        match http::exchange("GET", &url, &headers, None, timeout).await {
+            Ok(answer) if (200..300).contains(&answer.status) => parse_page(&answer.body),
+            Ok(answer) => Err(format!(
+                "the backend's inventory answered {}",
+                answer.status
+            )),
+            Err(Failure::Timeout) => Err(format!(
+                "the backend's inventory did not answer within {} s",
+                timeout.as_secs()
+            )),
+            Err(Failure::Network(e)) | Err(Failure::CutShort { error: e, .. }) => {
+                Err(format!("network error: {e}"))
+            }
+        }
+    }
+}
+
+impl Logger for WorkerdFleet<'_> {
+    fn log(&self, level: Level, message: &str) {
+        runtime::console(level, &format!("[fleet] {message}"));
+    }
+
+    fn record<T: serde::Serialize>(&self, record: &T) {
+        ConsoleLogger.record(record);
+    }
+}
+
+/// A cursor as a query parameter: every byte but unreserved ones percent-encoded.
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
