@@ -58,6 +58,8 @@ cat <<MSG
   API token (from .dev.vars):      $API_TOKEN
   Operator token (from .dev.vars): $OPERATOR_TOKEN
   Dashboard: http://127.0.0.1:$WORKER_PORT/dashboard/  (paste the operator token)
+  The Cron Trigger now (inventory pull from the mock, then the sweep):
+    curl -s "http://127.0.0.1:$WORKER_PORT/__scheduled?cron=*/15+*+*+*+*"
 
   Try the multi-node example (expires after duration x $DURATION_UNIT_SECONDS s):
     export API_TOKEN=$API_TOKEN
@@ -70,6 +72,7 @@ CI=true WRANGLER_SEND_METRICS=false setsid node_modules/.bin/wrangler dev \
   --ip 127.0.0.1 --port "$WORKER_PORT" --persist-to "$STATE_DIR" \
   --var "BACKEND_URL:http://127.0.0.1:$MOCK_PORT" \
   --var "DURATION_UNIT_SECONDS:$DURATION_UNIT_SECONDS" \
-  --var "CLEANUP_RETRY_SECONDS:$CLEANUP_RETRY_SECONDS" &
+  --var "CLEANUP_RETRY_SECONDS:$CLEANUP_RETRY_SECONDS" \
+  --var "INVENTORY_PATH:/api/v1/labs/inventory" --test-scheduled &
 pids+=($!)
 wait -n || true

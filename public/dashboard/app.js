@@ -126,6 +126,13 @@ async function loadStats() {
     ...cards.map(([label, value, kind]) =>
       el("div", { class: `card ${kind || ""}` }, el("div", { class: "value" }, value), el("div", { class: "label" }, label))),
   );
+  const r = s.reconcile;
+  const line = r
+    ? `Last reconciliation of the backend's inventory (${r.source}${r.act ? "" : ", dry run"}) ${time(r.at)}: ` +
+      `${r.tracked} tracked, ${r.overdue} overdue, ${r.finished} finished yet running, ${r.unknown} unknown; ${r.scheduled} scheduled.`
+    : "No reconciliation of the backend's inventory yet.";
+  $("#reconcile").textContent = visible(line);
+  $("#reconcile").dataset.reconcile = r ? r.source : "";
 }
 
 async function loadLabs() {
@@ -137,9 +144,9 @@ async function loadLabs() {
   const rows = page.sessions.map((lab) =>
     el(
       "tr",
-      { "data-lab": lab.lab_request_id },
+      { "data-lab": lab.lab_request_id, "data-origin": lab.origin },
       el("td", {}, el("button", { type: "button", class: "link", "data-open": lab.lab_request_id }, lab.lab_request_id),
-        el("div", { class: "muted" }, `${lab.lab_type === "multi_node" ? "multi-node" : "single VM"}, ${lab.vm_count} VM${lab.vm_count === 1 ? "" : "s"}`)),
+        el("div", { class: "muted" }, `${lab.lab_type === "multi_node" ? "multi-node" : "single VM"}, ${lab.vm_count} VM${lab.vm_count === 1 ? "" : "s"}${lab.origin === "inventory" ? ", orphan" : ""}`)),
       el("td", {}, lab.user_id),
       el("td", {}, badge(lab.status, lab.stuck)),
       el("td", { class: "num" }, lab.pending_count),
@@ -190,6 +197,7 @@ async function openLab(id, scroll = true) {
   ];
   if (lab.dry_run) facts.push(["Dry run", "yes: the calls were only logged"]);
   if (lab.adopted_at) facts.push(["Adopted from the previous worker", time(lab.adopted_at)]);
+  if (lab.origin === "inventory") facts.push(["Origin", "an orphan VM the backend's inventory reported; no lab listed it"]);
   $("#detail-body").replaceChildren(
     el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
     el("div", { class: "columns" },
@@ -247,6 +255,7 @@ function applyFilters(event) {
   const user = String(form.get("user_id") || "").trim();
   if (user) query.set("user_id", user);
   if (form.get("stuck")) query.set("stuck", form.get("stuck"));
+  if (form.get("origin")) query.set("origin", form.get("origin"));
   for (const name of ["expires_after", "expires_before"]) {
     const value = form.get(name);
     if (value) query.set(name, new Date(value).toISOString());

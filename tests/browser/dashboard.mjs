@@ -64,6 +64,23 @@ try {
   if (requests.some((u) => !u.startsWith(WORKER))) fail(`a request left the site: ${requests}`);
   await page.screenshot({ path: join(SHOTS, "dashboard-fleet.png"), fullPage: true });
 
+  step("the last reconciliation, and the orphan labs by their origin");
+  await page.waitForSelector("#reconcile[data-reconcile]");
+  const reconcile = await page.textContent("#reconcile");
+  if (!reconcile.includes("reconciliation")) fail(`the reconciliation reads: ${reconcile}`);
+  if (process.env.ORPHAN_LAB) {
+    await page.selectOption("#filter-origin", "inventory");
+    await page.click("#apply");
+    await page.waitForSelector(`#labs tr[data-lab="${process.env.ORPHAN_LAB}"]`);
+    const origins = await page.$$eval("#labs tbody tr", (trs) => trs.map((tr) => tr.dataset.origin));
+    if (origins.length === 0 || origins.some((o) => o !== "inventory")) fail(`the origin filter shows ${origins}`);
+    await page.selectOption("#filter-origin", "");
+    await page.click("#apply");
+    await page.waitForSelector(`#labs tr[data-lab="${SCHEDULED}"]`);
+  }
+  const escaped = await page.evaluate(() => visible("id\u202e\n\u2028x"));
+  if (escaped !== "id\\u{202e}\\u{a}\\u{2028}x") fail(`text from outside is shown as ${escaped}`);
+
   step("filter the stuck labs");
   await page.selectOption("#filter-stuck", "true");
   await page.click("#apply");

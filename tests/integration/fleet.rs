@@ -605,6 +605,20 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     });
     wait_row(ctx, "dash-user", stuck, 10, |r| r["stuck"] == true);
     poll_status(ctx, "dash-done", 15, |v| v["status"] == "completed");
+    // An orphan VM a reconciliation found: listed with its origin; the stats show the
+    // reconciliation.
+    let r = ctx.worker.operator(
+        "POST",
+        "/api/v1/labs/inventory",
+        json!({"vms": [{"lab_request_id": "dash-orphan", "user_id": "dash-user-3", "created_at": "2026-01-01T00:00:00Z"}], "act": true})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    poll_status(ctx, "dash-orphan", 15, |v| v["status"] == "completed");
+    wait_row(ctx, "dash-user-3", "dash-orphan", 10, |r| {
+        r["status"] == "completed"
+    });
 
     let out = std::process::Command::new("node")
         .current_dir(root)
@@ -614,6 +628,7 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         .env("MOCK_URL", ctx.mock.url())
         .env("STUCK_LAB", stuck)
         .env("SCHEDULED_LAB", "dash-scheduled")
+        .env("ORPHAN_LAB", "dash-orphan")
         .env("SCREENSHOTS", root.join("docs/screenshots"))
         .env("CHROMIUM", &chromium)
         .output()

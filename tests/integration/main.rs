@@ -10,6 +10,7 @@ mod bounds;
 mod cleanup;
 mod deploy;
 mod fleet;
+mod inventory;
 mod legacy;
 mod lifecycle;
 mod security;
@@ -32,6 +33,10 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    (
+        "the_scheduled_run_pulls_the_inventory_and_revives_a_lab",
+        inventory::the_scheduled_run_pulls_the_inventory_and_revives_a_lab,
+    ),
     (
         "a_chunked_body_is_read_up_to_the_limit",
         bounds::a_chunked_body_is_read_up_to_the_limit,
@@ -87,6 +92,18 @@ const LAST: &[(&str, MutTestFn)] = &[
 ];
 
 const PARALLEL: &[(&str, TestFn)] = &[
+    (
+        "inventory_classes_and_the_dry_run",
+        inventory::inventory_classes_and_the_dry_run,
+    ),
+    (
+        "inventory_acts_once_after_the_grace",
+        inventory::inventory_acts_once_after_the_grace,
+    ),
+    (
+        "inventory_refusals_schedule_nothing",
+        inventory::inventory_refusals_schedule_nothing,
+    ),
     (
         "a_malformed_cursor_is_a_400_and_stops_no_cleanup",
         bounds::a_malformed_cursor_is_a_400_and_stops_no_cleanup,

@@ -338,6 +338,8 @@ impl Worker {
             .arg("--env-file")
             .arg(&self.env_file)
             .arg("--show-interactive-dev-session=false")
+            // `GET /__scheduled` runs the Cron Trigger's handler once (the inventory tests).
+            .arg("--test-scheduled")
             .env("CI", "true")
             .env("WRANGLER_SEND_METRICS", "false")
             .env("FORCE_COLOR", "0")

@@ -20,6 +20,21 @@ use serde_json::{json, Value};
 pub const EXPOSE_PATH: &str = "/api/v1/expose/";
 /// Path of the VM deletion.
 pub const DELETE_VM_PATH: &str = "/api/v1/labs/delete";
+/// Path of the inventory of running VMs (`GET`, paged by `?cursor=`), the contract of
+/// docs/OPERATIONS.md.
+pub const INVENTORY_PATH: &str = "/api/v1/labs/inventory";
+
+/// A VM the mock runs: listed by its inventory until a deletion of it succeeds (unless
+/// `sticky`: a backend whose delete does not take).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningVm {
+    pub lab_request_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub sticky: bool,
+}
 
 /// Which backend endpoint a call or a fault is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -143,6 +158,9 @@ struct State {
     log_calls: bool,
     capacity: Option<Capacity>,
     stats: Stats,
+    running: std::collections::BTreeMap<String, RunningVm>,
+    /// VMs per inventory page (0: the default, 100).
+    page_size: usize,
 }
 
 struct Shared {
@@ -315,6 +333,24 @@ impl MockBackend {
         self.shared.lock().capacity = capacity;
     }
 
+    /// Runs `vm` from now on: the inventory lists it.
+    pub fn run_vm(&self, vm: RunningVm) {
+        self.shared
+            .lock()
+            .running
+            .insert(vm.lab_request_id.clone(), vm);
+    }
+
+    /// The VMs the inventory lists now.
+    pub fn running(&self) -> Vec<RunningVm> {
+        self.shared.lock().running.values().cloned().collect()
+    }
+
+    /// VMs per inventory page.
+    pub fn set_page_size(&self, n: usize) {
+        self.shared.lock().page_size = n;
+    }
+
     /// The counters of backend-endpoint calls.
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats
@@ -439,6 +475,12 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
         return write_json(writer, status, &body, None).is_ok();
     }
 
+    if method == "GET"
+        && (path == INVENTORY_PATH || path.starts_with(&format!("{INVENTORY_PATH}?")))
+    {
+        let (status, body) = inventory(&path, request.header("Authorization"), shared);
+        return write_json(writer, status, &body, None).is_ok();
+    }
     let endpoint = match (method.as_str(), path.as_str()) {
         ("DELETE", EXPOSE_PATH) => Some(Endpoint::Expose),
         ("POST", DELETE_VM_PATH) => Some(Endpoint::DeleteVm),
@@ -501,7 +543,15 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
                 }
             }
             Some(ep) => match take_fault(&mut state.faults, lab_request_id.as_deref(), ep) {
-                None => ok_plan(ep, lab_request_id.as_deref(), latency),
+                None => {
+                    if ep == Endpoint::DeleteVm {
+                        let id = lab_request_id.clone().unwrap_or_default();
+                        if state.running.get(&id).is_some_and(|vm| !vm.sticky) {
+                            state.running.remove(&id);
+                        }
+                    }
+                    ok_plan(ep, lab_request_id.as_deref(), latency)
+                }
                 Some(Action::Status { status }) => Plan::Answer {
                     status,
                     body: json!({"error": format!("mock backend: injected {status}")}),
@@ -636,6 +686,60 @@ fn ok_plan(endpoint: Endpoint, id: Option<&str>, latency: u64) -> Plan {
     }
 }
 
+/// `GET /api/v1/labs/inventory[?cursor=N]`: the VMs the mock runs, sorted by id, a page at a
+/// time; `next_cursor` is the offset of the next page, `null` on the last.
+fn inventory(path: &str, authorization: Option<&str>, shared: &Shared) -> (u16, Value) {
+    let mut state = shared.lock();
+    let seq = state.calls.len() as u64 + 1;
+    let ok = token_ok(&state.expected_token, authorization);
+    state.calls.push(Call {
+        seq,
+        at_ms: now_ms(),
+        done_ms: now_ms(),
+        method: "GET".into(),
+        path: path.to_string(),
+        endpoint: None,
+        lab_request_id: None,
+        user_id: None,
+        authorization: authorization.map(str::to_string),
+        status: Some(if ok { 200 } else { 401 }),
+    });
+    shared.changed.notify_all();
+    if !ok {
+        return (401, json!({"error": "missing or wrong bearer token"}));
+    }
+    let offset: usize = path
+        .split_once("cursor=")
+        .and_then(|(_, c)| c.split('&').next())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let size = if state.page_size == 0 {
+        100
+    } else {
+        state.page_size
+    };
+    let page: Vec<Value> = state
+        .running
+        .values()
+        .skip(offset)
+        .take(size)
+        .map(|vm| {
+            let mut entry = json!({"lab_request_id": vm.lab_request_id, "user_id": vm.user_id});
+            if let Some(at) = &vm.created_at {
+                entry["created_at"] = json!(at);
+            }
+            entry
+        })
+        .collect();
+    let next = offset + page.len();
+    let next_cursor = if next < state.running.len() {
+        json!(next.to_string())
+    } else {
+        Value::Null
+    };
+    (200, json!({"vms": page, "next_cursor": next_cursor}))
+}
+
 fn token_ok(expected: &Option<String>, authorization: Option<&str>) -> bool {
     match expected {
         None => true,
@@ -693,6 +797,24 @@ fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u
             }
             Err(e) => (400, json!({"error": format!("bad capacity: {e}")})),
         },
+        ("POST", "vms") => {
+            let vms: Result<Vec<RunningVm>, _> = serde_json::from_slice::<Vec<RunningVm>>(body)
+                .or_else(|_| serde_json::from_slice::<RunningVm>(body).map(|vm| vec![vm]));
+            match vms {
+                Ok(vms) => {
+                    let mut state = shared.lock();
+                    for vm in &vms {
+                        state.running.insert(vm.lab_request_id.clone(), vm.clone());
+                    }
+                    (201, json!({"running": state.running.len()}))
+                }
+                Err(e) => (400, json!({"error": format!("bad VM: {e}")})),
+            }
+        }
+        ("GET", "vms") => (
+            200,
+            json!(shared.lock().running.values().collect::<Vec<_>>()),
+        ),
         ("POST", "reset") => {
             let mut state = shared.lock();
             state.calls.clear();
@@ -701,7 +823,7 @@ fn control_request(method: &str, path: &str, body: &[u8], shared: &Shared) -> (u
         }
         _ => (
             404,
-            json!({"error": "control endpoints: GET calls, GET faults, POST faults, POST faults/clear, GET stats, POST capacity, POST reset"}),
+            json!({"error": "control endpoints: GET calls, GET faults, POST faults, POST faults/clear, GET stats, POST capacity, POST vms, GET vms, POST reset"}),
         ),
     }
 }
