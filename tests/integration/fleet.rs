@@ -302,7 +302,10 @@ pub fn stats_summarize_the_fleet(ctx: &Ctx) {
         let rows = list_all(ctx, "limit=200");
         let stats = ctx.worker.operator("GET", "/api/v1/labs/stats", b"");
         assert_eq!(stats.status, 200, "{}", stats.text());
-        let stats = stats.json();
+        let mut stats = stats.json();
+        // The last reconciliation is not the list's to compute (see the inventory tests).
+        assert!(stats["reconcile"].is_null() || stats["reconcile"].is_object());
+        stats.as_object_mut().unwrap().remove("reconcile");
         let again = list_all(ctx, "limit=200");
         let mut expected: HashMap<&str, u64> = HashMap::new();
         for s in ["scheduled", "cleaning_up", "retrying", "completed"] {
