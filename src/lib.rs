@@ -22,6 +22,7 @@ use crate::lab::procedures::Request as LabRequest;
 use crate::platform::fleet_db;
 use crate::platform::runtime::console;
 
+pub use crate::platform::budget::BackendBudget;
 pub use crate::platform::session_manager::SessionManager;
 
 /// A panic is logged as one error line, escaped like every other line: its message may quote
@@ -190,6 +191,19 @@ async fn api(
                     .await
                     .map_err(unavailable)?;
             json(200, &answer)
+        }
+        Route::Budget => {
+            let mut state = match config.backend_max_concurrency {
+                None => serde_json::json!({"limit": null, "in_flight": 0, "waiting": 0}),
+                Some(_) => platform::budget::state(env).await.map_err(|e| {
+                    console(Level::Error, &format!("[budget] {e}"));
+                    ApiError::Unavailable(
+                        "the budget's coordinator did not answer; try again".into(),
+                    )
+                })?,
+            };
+            state["max"] = serde_json::json!(config.backend_max_concurrency);
+            json(200, &state)
         }
         Route::Health => Err(ApiError::NotFound("no route for /api/healthz".into())),
     }

@@ -12,6 +12,8 @@ pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
 pub const STATS_PATH: &str = "/api/v1/labs/stats";
 /// Path of the inventory reconciliation.
 pub const INVENTORY_PATH: &str = "/api/v1/labs/inventory";
+/// Path of the fleet-wide budget's state.
+pub const BUDGET_PATH: &str = "/api/v1/labs/budget";
 
 /// A request the API serves; ids are taken from the path, percent-decoded, not yet validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub enum Route {
     Stats,
     /// `POST /api/v1/labs/inventory`: reconcile the backend's running VMs (operator).
     Inventory,
+    /// `GET /api/v1/labs/budget`: the fleet-wide budget of backend calls now (operator).
+    Budget,
     /// `.../sessions/{lab_request_id}[/...]`: an operation on one lab, answered by its object.
     Lab(String, LabRoute),
     /// `GET /healthz`: liveness, no detail.
@@ -78,17 +82,19 @@ enum Template {
     Retry,
     Stats,
     Inventory,
+    Budget,
     Health,
 }
 
 impl Template {
-    const ALL: [Template; 7] = [
+    const ALL: [Template; 8] = [
         Template::Sessions,
         Template::Session,
         Template::Extend,
         Template::Retry,
         Template::Stats,
         Template::Inventory,
+        Template::Budget,
         Template::Health,
     ];
 
@@ -101,6 +107,7 @@ impl Template {
             Template::Retry => "/api/v1/labs/sessions/{lab_request_id}/retry",
             Template::Stats => "/api/v1/labs/stats",
             Template::Inventory => "/api/v1/labs/inventory",
+            Template::Budget => "/api/v1/labs/budget",
             Template::Health => "/healthz",
         }
     }
@@ -110,7 +117,7 @@ impl Template {
             Template::Sessions => &["GET", "POST"],
             Template::Session => &["GET", "DELETE"],
             Template::Extend | Template::Retry | Template::Inventory => &["POST"],
-            Template::Stats | Template::Health => &["GET"],
+            Template::Stats | Template::Budget | Template::Health => &["GET"],
         }
     }
 }
@@ -128,7 +135,7 @@ impl Route {
     /// Which token the route needs.
     pub fn access(&self) -> Access {
         match self {
-            Route::ListSessions | Route::Stats | Route::Inventory => Access::Fleet,
+            Route::ListSessions | Route::Stats | Route::Inventory | Route::Budget => Access::Fleet,
             Route::Lab(_, op) => op.access(),
             Route::CreateSession | Route::Health => Access::PerLab,
         }
@@ -149,6 +156,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Stats, None)
     } else if path == INVENTORY_PATH {
         (Template::Inventory, None)
+    } else if path == BUDGET_PATH {
+        (Template::Budget, None)
     } else if path == "/healthz" {
         (Template::Health, None)
     } else {
@@ -172,6 +181,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Retry, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Retry)),
         (Template::Stats, "GET", None) => Ok(Route::Stats),
         (Template::Inventory, "POST", None) => Ok(Route::Inventory),
+        (Template::Budget, "GET", None) => Ok(Route::Budget),
         (Template::Health, "GET", None) => Ok(Route::Health),
         _ => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),

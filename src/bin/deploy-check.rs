@@ -92,6 +92,20 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
         )),
     }
 
+    // The fleet-wide budget's coordinator: without it a budget falls back to no budget.
+    match deployment
+        .durable_objects
+        .iter()
+        .find(|b| b.name == "BACKEND_BUDGET")
+    {
+        Some(b) if b.class_name == "BackendBudget" => report
+            .ok
+            .push("binding BACKEND_BUDGET -> class BackendBudget".into()),
+        _ => report.errors.push(format!(
+            "[env.{env}] needs [[env.{env}.durable_objects.bindings]] name = \"BACKEND_BUDGET\", class_name = \"BackendBudget\" (the fleet-wide budget's coordinator; bindings are not inherited from the top level)"
+        )),
+    }
+
     match deployment.d1_databases.iter().find(|d| d.binding == "DB") {
         Some(db) => match db.database_id.as_deref() {
             Some(id) if looks_like_a_database_id(id) => report.ok.push(format!(
@@ -245,7 +259,7 @@ mod tests {
             "environment": env,
             "name": "labs-cleanup",
             "vars": vars,
-            "durable_objects": [{"name": "SESSION_MANAGER", "class_name": "SessionManager"}],
+            "durable_objects": [{"name": "SESSION_MANAGER", "class_name": "SessionManager"}, {"name": "BACKEND_BUDGET", "class_name": "BackendBudget"}],
             "d1_databases": [{"binding": "DB", "database_name": "labs-cleanup", "database_id": "3f1c2d6e-8a4b-4c1d-9e2f-0a1b2c3d4e5f"}],
         }))
         .unwrap()

@@ -8,7 +8,10 @@ use std::cell::Cell;
 
 use futures::stream::{self, StreamExt};
 
-pub use crate::lab::ports::{BackendError, BackendReply, LabBackend, Level, Logger, Runtime};
+use crate::lab::fleet::budget::CallOutcome;
+pub use crate::lab::ports::{
+    BackendError, BackendReply, Budget, LabBackend, Level, Logger, Permit, Runtime,
+};
 use crate::lab::retry::{self, Policy};
 use crate::lab::session::{
     AttemptResult, Deletion, DeletionError, Ending, LabType, Outcome, Role, Session, Vm,
@@ -76,21 +79,28 @@ fn describe_reply(reply: &BackendReply) -> String {
 
 /// One attempt in progress: the backend calls it made, the reconnects it may still make, and
 /// whether the backend has refused (no further call then).
-struct Calls<'a, B: LabBackend, R: Runtime> {
+struct Calls<'a, B: LabBackend, R: Runtime, G: Budget> {
     backend: &'a B,
     runtime: &'a R,
+    budget: &'a G,
     plan: AttemptPlan,
+    /// The lab's expiry: its place in the budget's queue (older first).
+    priority: i64,
     made: Cell<usize>,
     spare: Cell<usize>,
     refused: Cell<bool>,
+    /// The budget's word when it had no permit: come back after this many ms.
+    budget_wait: Cell<Option<i64>>,
+    timeouts: Cell<usize>,
 }
 
-impl<B: LabBackend, R: Runtime> Calls<'_, B, R> {
+impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
     /// Makes one call (`call` is the request) and classifies the answer. Under the adaptive
     /// policy a connection that failed before any answer is tried once more after a short random
     /// pause (a deletion is idempotent: a 404 then counts as done), within the spare calls; and a
     /// refusal stops the attempt.
-    async fn make<F, Fut>(&self, call: F) -> Deletion
+    /// The permit goes back with how the call went (an overload: a timeout or a refusal).
+    async fn make<F, Fut>(&self, permit: Permit, call: F) -> Deletion
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<BackendReply, BackendError>>,
@@ -106,11 +116,40 @@ impl<B: LabBackend, R: Runtime> Calls<'_, B, R> {
                 .await;
             result = call().await;
         }
+        let timed_out = matches!(result, Err(BackendError::Timeout(_)));
+        if timed_out {
+            self.timeouts.set(self.timeouts.get() + 1);
+        }
         let deletion = classify_deletion(result, self.runtime.now_ms());
-        if adaptive && matches!(deletion, Deletion::Refused { .. }) {
+        let refused = matches!(deletion, Deletion::Refused { .. });
+        if adaptive && refused {
             self.refused.set(true);
         }
+        self.budget.release(
+            permit,
+            if timed_out || refused {
+                CallOutcome::Overloaded
+            } else {
+                CallOutcome::Answered
+            },
+        );
         deletion
+    }
+
+    /// A permit from the fleet-wide budget for the next call; `None` when the budget is taken
+    /// (no call then, and no further call in this attempt: it comes back when the budget says).
+    async fn permit(&self) -> Option<Permit> {
+        if self.refused.get() {
+            return None;
+        }
+        match self.budget.acquire(self.priority).await {
+            Permit::Wait(ms) => {
+                self.budget_wait.set(Some(ms));
+                self.refused.set(true);
+                None
+            }
+            permit => Some(permit),
+        }
     }
 }
 
@@ -130,6 +169,7 @@ pub async fn run_attempt(
     backend: &impl LabBackend,
     runtime: &impl Runtime,
     log: &impl Logger,
+    budget: &impl Budget,
     plan: AttemptPlan,
 ) -> AttemptResult {
     let info = |m: String| log.log(Level::Info, &m);
@@ -139,10 +179,14 @@ pub async fn run_attempt(
     let calls = Calls {
         backend,
         runtime,
+        budget,
         plan,
+        priority: session.expires_at_ms,
         made: Cell::new(0),
         spare: Cell::new(plan.spare_calls),
         refused: Cell::new(false),
+        budget_wait: Cell::new(None),
+        timeouts: Cell::new(0),
     };
 
     info(format!(
@@ -171,7 +215,7 @@ pub async fn run_attempt(
     }
 
     let services = if pending.iter().any(|vm| vm.role == Role::Master) {
-        Some(delete_services(master, &calls, log).await)
+        delete_services(master, &calls, log).await
     } else {
         None
     };
@@ -188,13 +232,16 @@ pub async fn run_attempt(
                 if calls.refused.get() {
                     return (vm, None);
                 }
+                let Some(permit) = calls.permit().await else {
+                    return (vm, None);
+                };
                 info(format!(
                     "Deleting {} VM for lab {}",
                     vm.role.as_str(),
                     vm.id
                 ));
                 let result = calls
-                    .make(|| calls.backend.delete_vm(vm.id, &session.user_id))
+                    .make(permit, || calls.backend.delete_vm(vm.id, &session.user_id))
                     .await;
                 match &result {
                     Deletion::Deleted => info(format!(
@@ -264,7 +311,21 @@ pub async fn run_attempt(
     };
     let left = pending.len() - outcome.successful_deletions;
 
-    if let Some(retry_after_ms) = refusal {
+    // The budget had no permit: like a refusal with its word on when to come back, whatever
+    // the retry policy (the budget is the fleet's, not one lab's guess).
+    let budget_wait = calls.budget_wait.get();
+    if let Some(wait) = budget_wait {
+        refusal = Some(Some(refusal.flatten().map_or(wait, |ra| ra.max(wait))));
+        log.log(
+            Level::Warn,
+            &format!(
+                "⏸ The fleet's budget of backend calls is taken: no further call in attempt {}; {not_tried} VM{} not tried, back in {}",
+                session.cleanup.attempts,
+                plural(not_tried),
+                seconds(wait)
+            ),
+        );
+    } else if let Some(retry_after_ms) = refusal {
         log.log(
             Level::Warn,
             &format!(
@@ -311,20 +372,23 @@ pub async fn run_attempt(
         services,
         ending,
         calls: calls.made.get(),
+        timeouts: calls.timeouts.get(),
     }
 }
 
-async fn delete_services<B: LabBackend, R: Runtime>(
+/// The services call; `None` when the fleet's budget had no permit for it.
+async fn delete_services<B: LabBackend, R: Runtime, G: Budget>(
     master: &str,
-    calls: &Calls<'_, B, R>,
+    calls: &Calls<'_, B, R, G>,
     log: &impl Logger,
-) -> Deletion {
+) -> Option<Deletion> {
+    let permit = calls.permit().await?;
     log.log(
         Level::Info,
         &format!("Deleting exposed services for master lab {master}"),
     );
     let result = calls
-        .make(|| calls.backend.delete_exposed_services(master))
+        .make(permit, || calls.backend.delete_exposed_services(master))
         .await;
     match &result {
         Deletion::Deleted => log.log(Level::Info, "✅ Exposed services deleted"),
@@ -345,7 +409,7 @@ async fn delete_services<B: LabBackend, R: Runtime>(
             ),
         ),
     }
-    result
+    Some(result)
 }
 
 /// The structured record of one attempt, logged as an object so that Workers Logs indexes its
@@ -531,6 +595,7 @@ mod tests {
             backend,
             &FakeRuntime::default(),
             log,
+            &crate::lab::ports::NoBudget,
             plan(Policy::Adaptive, concurrency),
         ))
     }
@@ -1032,6 +1097,7 @@ mod tests {
             &backend,
             &runtime,
             &Lines::default(),
+            &crate::lab::ports::NoBudget,
             plan(Policy::Fixed, 1),
         ));
         assert_eq!(backend.calls().len(), 4, "services + every VM, once each");
@@ -1061,6 +1127,7 @@ mod tests {
             &backend,
             &runtime,
             &Lines::default(),
+            &crate::lab::ports::NoBudget,
             plan(Policy::Adaptive, 6),
         ));
         assert_eq!(r.already_gone, vec!["w1"], "the retry's 404 counts as done");
@@ -1106,6 +1173,7 @@ mod tests {
             &backend,
             &runtime,
             &Lines::default(),
+            &crate::lab::ports::NoBudget,
             AttemptPlan {
                 spare_calls: 0,
                 ..plan(Policy::Adaptive, 6)

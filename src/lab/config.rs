@@ -147,6 +147,9 @@ pub struct Config {
     pub reconcile_act: bool,
     /// `SWEEP_GRACE_SECONDS`: how long past its due time a lab waits before the sweep pokes it.
     pub sweep_grace_seconds: u64,
+    /// `BACKEND_MAX_CONCURRENCY`: the most backend calls the whole fleet has in flight (unset:
+    /// no fleet-wide budget, each lab's own adaptive policy only).
+    pub backend_max_concurrency: Option<u32>,
 }
 
 /// Whether the worker sends webhooks.
@@ -319,6 +322,10 @@ impl Config {
                 }
             },
             reconcile_act: flag("RECONCILE_ACT")?,
+            backend_max_concurrency: match get("BACKEND_MAX_CONCURRENCY") {
+                None => None,
+                Some(_) => Some(number("BACKEND_MAX_CONCURRENCY", 0, 1, 10_000)? as u32),
+            },
             sweep_grace_seconds: number(
                 "SWEEP_GRACE_SECONDS",
                 DEFAULT_SWEEP_GRACE_SECONDS,

@@ -43,6 +43,36 @@ pub trait LabBackend {
     ) -> Result<BackendReply, BackendError>;
 }
 
+/// A permit for one backend call, from the fleet-wide budget (`BACKEND_MAX_CONCURRENCY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// This lease: return it after the call.
+    Granted(u64),
+    /// No budget (unset), or its coordinator could not be reached in time: call as before.
+    Unlimited,
+    /// The fleet's budget is taken: make no call now; come back after this many ms.
+    Wait(i64),
+}
+
+/// The fleet-wide budget of backend calls: a permit before each call, returned after it with
+/// how the call went.
+pub trait Budget {
+    /// A permit for one call of a lab expiring at `priority_ms` (older labs go first).
+    async fn acquire(&self, priority_ms: i64) -> Permit;
+    /// Returns `permit` (not awaited: the attempt never waits for the return).
+    fn release(&self, permit: Permit, outcome: crate::lab::fleet::budget::CallOutcome);
+}
+
+/// No budget: every call goes ahead.
+pub struct NoBudget;
+
+impl Budget for NoBudget {
+    async fn acquire(&self, _: i64) -> Permit {
+        Permit::Unlimited
+    }
+    fn release(&self, _: Permit, _: crate::lab::fleet::budget::CallOutcome) {}
+}
+
 /// The clock, randomness and sleeping.
 pub trait Runtime {
     /// Milliseconds since the Unix epoch.

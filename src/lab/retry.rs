@@ -100,6 +100,22 @@ pub fn next_attempt_at(
     Some(end_ms.saturating_add(wait_ms.max(1)))
 }
 
+/// The longest a lab whose calls keep timing out waits between attempts: `CLEANUP_RETRY_SECONDS`
+/// doubled per attempt that timed out in a row, at most this many times over (and an hour).
+pub const TIMEOUT_BACKOFF_MAX_FACTOR: i64 = 8;
+
+/// The pause after the `streak`-th attempt in a row whose calls timed out (budget on): `retry`
+/// doubled per attempt, capped at `TIMEOUT_BACKOFF_MAX_FACTOR` times and `MAX_RETRY_AFTER_MS`,
+/// plus up to 20 % of jitter, and never less than `retry` (`rand` in `[0, 1)`).
+pub fn timeout_backoff_ms(retry_ms: i64, streak: u32, rand: f64) -> i64 {
+    let factor = 1i64 << streak.saturating_sub(1).min(3);
+    let base = retry_ms
+        .saturating_mul(factor.min(TIMEOUT_BACKOFF_MAX_FACTOR))
+        .min(MAX_RETRY_AFTER_MS.max(retry_ms));
+    base.saturating_add((base as f64 * PAUSE_JITTER * rand.clamp(0.0, 1.0)) as i64)
+        .max(retry_ms)
+}
+
 /// The delay of a lab's first attempt after its expiry: uniform in `[0, spread_ms)` under the
 /// adaptive policy, so a class that expires in the same second does not call the backend in the
 /// same second. Never negative: no attempt before the expiry.

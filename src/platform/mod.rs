@@ -1,6 +1,7 @@
 //! Adapters to the Workers runtime: the `SessionManager` Durable Object, its storage, the D1 fleet index, outbound HTTP (the lab backend, the webhook receiver), the settings and the console.
 
 pub mod backend;
+pub mod budget;
 pub mod env;
 pub mod fleet;
 pub mod fleet_db;

@@ -2,33 +2,39 @@
 
 use std::rc::Rc;
 
+use wasm_bindgen::JsCast;
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 use crate::api::error::ApiError;
 use crate::api::respond;
 use crate::lab::config::{Config, Webhooks};
+use crate::lab::fleet::budget::CallOutcome;
 use crate::lab::index::{IndexRow, VmRow};
 use crate::lab::ports::{
-    BackendError, BackendReply, Delivery, FleetIndex, LabBackend, Level, Logger, RecordStore,
-    Runtime, StoreError, Stored, WebhookSender,
+    BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Level, Logger, Permit,
+    RecordStore, Runtime, StoreError, Stored, WebhookSender,
 };
 use crate::lab::procedures::{self, Lab, Reply};
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::runtime::{ConsoleLogger, WorkersRuntime};
 use crate::platform::store::Store;
-use crate::platform::{env, fleet_db, webhook_sender};
+use crate::platform::{budget, env, fleet_db, webhook_sender};
 
 #[durable_object]
 pub struct SessionManager {
     state: State,
-    /// The runtime's storage API, which `Store` calls directly.
+    /// The runtime's object state and storage APIs, which `Store` and the budget call directly.
+    raw: worker::worker_sys::DurableObjectState,
     storage: worker::worker_sys::DurableObjectStorage,
     env: Env,
 }
 
 /// The lab's ports on workerd, for one request, alarm or background task.
 struct Workerd {
+    /// Whether this invocation said already that the budget could not be reached.
+    budget_warned: std::cell::Cell<bool>,
     store: Store,
+    raw: worker::worker_sys::DurableObjectState,
     env: Env,
     config: Rc<Config>,
 }
@@ -36,7 +42,9 @@ struct Workerd {
 impl SessionManager {
     fn ports(&self, config: Rc<Config>) -> Workerd {
         Workerd {
+            budget_warned: std::cell::Cell::new(false),
             store: Store::new(&self.storage),
+            raw: self.raw.clone().unchecked_into(),
             env: self.env.clone(),
             config,
         }
@@ -69,6 +77,7 @@ impl DurableObject for SessionManager {
         let raw = state._inner();
         let storage = raw.storage().expect("a Durable Object always has storage");
         Self {
+            raw: raw.clone().unchecked_into(),
             state: State::from(raw),
             storage,
             env,
@@ -205,6 +214,28 @@ impl LabBackend for Workerd {
             return dry.delete_vm(id, user).await;
         }
         HttpLabBackend::new(&self.config).delete_vm(id, user).await
+    }
+}
+
+impl Budget for Workerd {
+    async fn acquire(&self, priority_ms: i64) -> Permit {
+        match budget::acquire(&self.env, &self.config, priority_ms).await {
+            Ok(permit) => permit,
+            Err(why) => {
+                if !self.budget_warned.replace(true) {
+                    self.log(
+                        Level::Warn,
+                        &format!(
+                            "The fleet's budget of backend calls could not be reached ({why}); calling without permits"
+                        ),
+                    );
+                }
+                Permit::Unlimited
+            }
+        }
+    }
+    fn release(&self, permit: Permit, outcome: CallOutcome) {
+        budget::release(&self.env, &self.raw, permit, outcome);
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod api;
 mod bounds;
+mod budget;
 mod cleanup;
 mod deploy;
 mod fleet;
@@ -33,6 +34,10 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    (
+        "budget_caps_the_fleet_and_loses_no_permit",
+        budget::budget_caps_the_fleet_and_loses_no_permit,
+    ),
     (
         "the_scheduled_run_pulls_the_inventory_and_revives_a_lab",
         inventory::the_scheduled_run_pulls_the_inventory_and_revives_a_lab,
@@ -92,6 +97,10 @@ const LAST: &[(&str, MutTestFn)] = &[
 ];
 
 const PARALLEL: &[(&str, TestFn)] = &[
+    (
+        "budget_unreachable_falls_back_to_no_budget",
+        budget::budget_unreachable_falls_back_to_no_budget,
+    ),
     (
         "inventory_classes_and_the_dry_run",
         inventory::inventory_classes_and_the_dry_run,

@@ -7,7 +7,7 @@ use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::retry;
-use crate::lab::session::{Session, Status};
+use crate::lab::session::{Ending, Session, Status};
 use crate::lab::text::rfc3339;
 use crate::lab::wake;
 use crate::lab::webhook::{self, EventType};
@@ -191,15 +191,31 @@ impl<P: Platform> Lab<'_, P> {
             spare_calls: spare_calls(&session, config.subrequest_limit),
         };
         let p = self.platform;
-        let result = cleanup::run_attempt(&session, p, p, p, plan).await;
+        let result = cleanup::run_attempt(&session, p, p, p, p, plan).await;
         let done_at = p.now_ms();
-        let next = retry::next_attempt_at(
+        let mut next = retry::next_attempt_at(
             config.retry_policy,
             result.ending,
             done_at,
             config.retry_ms(),
             p.random(),
         );
+        // With the fleet's budget on, a lab whose calls keep timing out waits longer: timeouts
+        // are overload too, and a backend that slows down sends no Retry-After.
+        let streak = if result.timeouts > 0 && result.ending == Ending::Failed {
+            session.cleanup.timeout_streak.saturating_add(1)
+        } else {
+            0
+        };
+        if config.backend_max_concurrency.is_some() && streak > 0 {
+            next = next.map(|at| {
+                at.max(done_at.saturating_add(retry::timeout_backoff_ms(
+                    config.retry_ms(),
+                    streak,
+                    p.random(),
+                )))
+            });
+        }
         // While the backend answered, a webhook delivery or an index write may have saved the
         // record: their results stay, the attempt's are added to them.
         let mut latest = match self.load().await? {
@@ -207,6 +223,7 @@ impl<P: Platform> Lab<'_, P> {
             _ => session,
         };
         latest.finish_attempt(&result, done_at, next.unwrap_or(done_at));
+        latest.cleanup.timeout_streak = streak;
         let record = cleanup::attempt_record(&latest, &result, done_at.saturating_sub(now));
         p.record(&record);
         if latest.every_call_answered_404() {

@@ -11,7 +11,7 @@ mod requests;
 
 use crate::lab::config::Config;
 use crate::lab::ports::{
-    FleetIndex, LabBackend, Level, Logger, RecordStore, Runtime, WebhookSender,
+    Budget, FleetIndex, LabBackend, Level, Logger, RecordStore, Runtime, WebhookSender,
 };
 use crate::lab::session::{Refusal, Session};
 
@@ -21,11 +21,14 @@ pub use requests::Request;
 /// Everything the procedures need from the outside world, in one value (the object's
 /// adapter, or a test's fake world).
 pub trait Platform:
-    RecordStore + FleetIndex + WebhookSender + LabBackend + Runtime + Logger
+    RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Runtime + Logger
 {
 }
 
-impl<T: RecordStore + FleetIndex + WebhookSender + LabBackend + Runtime + Logger> Platform for T {}
+impl<T: RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Runtime + Logger> Platform
+    for T
+{
+}
 
 /// One lab's object at work: its platform and the settings.
 pub struct Lab<'a, P: Platform> {

@@ -87,6 +87,8 @@ pub struct Cleanup {
     pub next_attempt_at_ms: Option<i64>,
     pub last_outcome: Option<Outcome>,
     pub completed_at_ms: Option<i64>,
+    /// Attempts in a row whose calls timed out (the budget's backoff, see `lab::retry`).
+    pub timeout_streak: u32,
 }
 
 /// Where the lab came from.
@@ -192,6 +194,7 @@ impl Session {
                 next_attempt_at_ms: None,
                 last_outcome: None,
                 completed_at_ms: None,
+                timeout_streak: 0,
             },
             extended_minutes: 0,
             dry_run: false,

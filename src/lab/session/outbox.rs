@@ -128,6 +128,7 @@ impl Snapshot {
                 not_tried: o.not_tried,
             }),
             completed_at_ms: self.completed_at_ms,
+            timeout_streak: 0,
         }
     }
 }

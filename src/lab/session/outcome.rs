@@ -68,6 +68,8 @@ pub struct AttemptResult {
     pub services: Option<Deletion>,
     pub ending: Ending,
     pub calls: usize,
+    /// Calls that got no answer in time.
+    pub timeouts: usize,
 }
 
 impl Default for AttemptResult {
@@ -79,6 +81,7 @@ impl Default for AttemptResult {
             services: None,
             ending: Ending::Failed,
             calls: 0,
+            timeouts: 0,
         }
     }
 }

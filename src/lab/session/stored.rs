@@ -30,6 +30,8 @@ struct Flat<'a> {
     next_attempt_at_ms: Option<i64>,
     last_outcome: &'a Option<Outcome>,
     completed_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    timeout_streak: u32,
     extended_minutes: u64,
     dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +71,8 @@ struct Owned {
     last_outcome: Option<Outcome>,
     completed_at_ms: Option<i64>,
     #[serde(default)]
+    timeout_streak: u32,
+    #[serde(default)]
     extended_minutes: u64,
     #[serde(default)]
     dry_run: bool,
@@ -86,6 +90,10 @@ struct Owned {
     stuck_notified: bool,
     #[serde(default)]
     outbox: Vec<OutboxEvent>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Serialize for Session {
@@ -109,6 +117,7 @@ impl Serialize for Session {
             next_attempt_at_ms: c.next_attempt_at_ms,
             last_outcome: &c.last_outcome,
             completed_at_ms: c.completed_at_ms,
+            timeout_streak: c.timeout_streak,
             extended_minutes: self.extended_minutes,
             dry_run: self.dry_run,
             adopted_at_ms: self.adoption.adopted_at_ms,
@@ -145,6 +154,7 @@ impl<'de> Deserialize<'de> for Session {
                 next_attempt_at_ms: o.next_attempt_at_ms,
                 last_outcome: o.last_outcome,
                 completed_at_ms: o.completed_at_ms,
+                timeout_streak: o.timeout_streak,
             },
             extended_minutes: o.extended_minutes,
             dry_run: o.dry_run,

@@ -1,6 +1,7 @@
 //! Native tests of the procedures against a fake world: in-memory storage, index, webhook receiver and backend, each able to fail on purpose, and a clock the tests move.
 
 mod bounds;
+mod budget;
 mod faults;
 mod requests;
 
@@ -74,6 +75,9 @@ pub struct World {
     pub error_body: RefCell<String>,
     /// Runs a delivery in the middle of the next VM deletion (another event of the object).
     pub deliver_during_delete: Cell<bool>,
+    /// The fleet's budget (`None`: off), and the most permits out at once.
+    pub budget: RefCell<Option<crate::lab::fleet::budget::Allocator>>,
+    pub permits_peak: Cell<usize>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -130,6 +134,8 @@ impl World {
             gone: RefCell::new(BTreeMap::new()),
             error_body: RefCell::new("{\"error\":\"busy\"}".into()),
             deliver_during_delete: Cell::new(false),
+            budget: RefCell::new(None),
+            permits_peak: Cell::new(0),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -291,6 +297,9 @@ impl World {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A scripted status of `TIMEOUT` stands for a call that got no answer in time.
+    pub const TIMEOUT: u16 = 0;
+
     fn backend_call(&self, services: bool, id: &str) -> Result<BackendReply, BackendError> {
         let status = if services {
             200
@@ -314,6 +323,9 @@ impl World {
             at: self.now.get(),
             status,
         });
+        if status == Self::TIMEOUT {
+            return Err(BackendError::Timeout(15));
+        }
         Ok(BackendReply {
             status,
             body: if (200..300).contains(&status) {
@@ -444,6 +456,41 @@ impl LabBackend for World {
             self.lab().deliver_due().await.expect("the delivery");
         }
         self.backend_call(false, lab_request_id)
+    }
+}
+
+impl crate::lab::ports::Budget for World {
+    async fn acquire(&self, priority_ms: i64) -> crate::lab::ports::Permit {
+        use crate::lab::ports::Permit;
+        let mut budget = self.budget.borrow_mut();
+        let Some(allocator) = budget.as_mut() else {
+            return Permit::Unlimited;
+        };
+        let now = self.now.get();
+        let ticket = allocator.request(priority_ms, now + 10_000);
+        match allocator.grant(now).into_iter().find(|(t, _)| *t == ticket) {
+            Some((_, lease)) => {
+                self.permits_peak
+                    .set(self.permits_peak.get().max(allocator.in_flight()));
+                Permit::Granted(lease.id)
+            }
+            None => {
+                allocator.cancel(ticket);
+                Permit::Wait(2_000)
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        permit: crate::lab::ports::Permit,
+        outcome: crate::lab::fleet::budget::CallOutcome,
+    ) {
+        if let (crate::lab::ports::Permit::Granted(lease), Some(allocator)) =
+            (permit, self.budget.borrow_mut().as_mut())
+        {
+            allocator.release(lease, outcome, self.now.get());
+        }
     }
 }
 

@@ -65,6 +65,7 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         next_attempt_at_ms: Some(BIG_I64),
         last_outcome: Some(outcome),
         completed_at_ms: Some(BIG_I64),
+        timeout_streak: u32::MAX,
     };
     s.extended_minutes = 525_600;
     s.adoption.adopted_at_ms = Some(BIG_I64);
