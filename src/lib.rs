@@ -172,14 +172,13 @@ async fn api(
                     "the stats route takes no query parameters".into(),
                 ));
             }
-            let timeout = config.index_timeout();
-            let counts = fleet_db::counts(env, config.stuck_after_attempts, timeout)
+            let counts = fleet_db::counts(env, config.stuck_after_attempts, config.index_timeout())
                 .await
                 .map_err(unavailable)?;
-            let last = fleet_db::last_reconciliation(env, timeout)
-                .await
-                .map_err(unavailable)?;
-            json(200, &fleet::stats(&counts, last.as_ref()))
+            json(
+                200,
+                &fleet::stats(&counts, counts.last_reconciliation.as_ref()),
+            )
         }
         Route::Inventory => {
             index_on(config)?;

@@ -327,6 +327,7 @@ mod tests {
                 vms_pending: 3,
                 oldest_pending_expiry: Some(1_000),
                 vms_already_gone: 4,
+                last_reconciliation: None,
             },
             Some(&ReconciliationRow {
                 at: 2_000,

@@ -516,14 +516,17 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
     (sql, binds)
 }
 
-/// The stats route's statements, run in one batch: labs by status; stuck labs; VMs pending and
-/// the oldest expiry among labs being cleaned up; VMs found already gone.
+/// The counts the index keeps up to date as rows change (`migrations/0003_fleet_counts.sql`):
+/// `status:<name>` per status, and `already_gone`.
+pub const COUNTS_TABLE: &str = "fleet_counts";
+
+/// The stats route's statements, run in one batch, none reading the whole table: the kept
+/// counts (labs by status, VMs found already gone); stuck labs (a partial index of the labs not
+/// completed); VMs pending and the oldest expiry among labs being cleaned up (a covering
+/// index); the last reconciliation.
 pub fn stats(stuck_after: u32) -> Vec<(String, Vec<Bind>)> {
     vec![
-        (
-            format!("SELECT status, COUNT(*) AS n FROM {TABLE} GROUP BY status"),
-            vec![],
-        ),
+        (format!("SELECT name, n FROM {COUNTS_TABLE}"), vec![]),
         (
             format!("SELECT COUNT(*) AS n FROM {TABLE} WHERE {}", stuck_sql(false)),
             vec![int(stuck_after)],
@@ -535,11 +538,24 @@ pub fn stats(stuck_after: u32) -> Vec<(String, Vec<Bind>)> {
             ),
             vec![],
         ),
-        (
-            format!("SELECT SUM(already_gone_count) AS n FROM {TABLE}"),
-            vec![],
-        ),
+        (LAST_RECONCILIATION.to_string(), vec![]),
     ]
+}
+
+/// The kept count named `name`, among the rows of `SELECT name, n FROM fleet_counts`.
+pub fn kept(counts: &[(String, i64)], name: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| (*v).max(0) as u64)
+}
+
+/// The labs by status, from the kept counts.
+pub fn by_status(counts: &[(String, i64)]) -> Vec<(Status, u64)> {
+    Status::ALL
+        .iter()
+        .map(|s| (*s, kept(counts, &format!("status:{}", s.name()))))
+        .collect()
 }
 
 /// Counts over the fleet, as read from the index.
@@ -550,6 +566,7 @@ pub struct Counts {
     pub vms_pending: u64,
     pub oldest_pending_expiry: Option<i64>,
     pub vms_already_gone: u64,
+    pub last_reconciliation: Option<ReconciliationRow>,
 }
 
 #[cfg(test)]
@@ -827,6 +844,22 @@ mod tests {
     fn the_stats_use_the_vocabulary() {
         let statements = stats(3);
         assert_eq!(statements.len(), 4);
+        assert_eq!(statements[0].0, "SELECT name, n FROM fleet_counts");
+        let kept_rows = vec![
+            ("status:retrying".to_string(), 2),
+            ("status:completed".to_string(), 7),
+            ("already_gone".to_string(), 3),
+        ];
+        assert_eq!(kept(&kept_rows, "already_gone"), 3);
+        assert_eq!(
+            by_status(&kept_rows),
+            vec![
+                (Status::Scheduled, 0),
+                (Status::CleaningUp, 0),
+                (Status::Retrying, 2),
+                (Status::Completed, 7)
+            ]
+        );
         assert_eq!(
             statements[1].0,
             "SELECT COUNT(*) AS n FROM sessions WHERE status != 'completed' AND attempts >= ?"

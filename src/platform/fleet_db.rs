@@ -8,7 +8,6 @@ use worker::{D1Database, D1PreparedStatement, Env};
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation};
 use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery, VmRow};
-use crate::lab::status::Status;
 use crate::platform::runtime::within;
 
 /// Name of the D1 binding in `wrangler.toml`.
@@ -117,9 +116,9 @@ pub async fn list(
 }
 
 #[derive(Deserialize)]
-struct StatusCount {
-    status: Status,
-    n: u64,
+struct Kept {
+    name: String,
+    n: i64,
 }
 
 #[derive(Deserialize)]
@@ -133,7 +132,7 @@ struct Pending {
     oldest: Option<i64>,
 }
 
-/// The stats route's counts, in one round trip (a D1 batch).
+/// The stats route's counts and the last reconciliation, in one round trip (a D1 batch).
 pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Counts, IndexError> {
     let db = database(env)?;
     let statements = index::stats(stuck_after)
@@ -142,26 +141,37 @@ pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Co
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
         let results = db.batch(statements).await.map_err(|e| e.to_string())?;
-        let [by_status, stuck, pending, gone] = results.as_slice() else {
+        let [kept, stuck, pending, last] = results.as_slice() else {
             return Err(format!(
                 "the index answered {} results for 4 queries",
                 results.len()
             ));
         };
         let e = |e: worker::Error| e.to_string();
-        let first = |rows: Vec<Number>| rows.into_iter().next().and_then(|r| r.n).unwrap_or(0);
+        let kept: Vec<(String, i64)> = kept
+            .results::<Kept>()
+            .map_err(e)?
+            .into_iter()
+            .map(|k| (k.name, k.n))
+            .collect();
         let pending = pending.results::<Pending>().map_err(e)?.into_iter().next();
         Ok(Counts {
-            by_status: by_status
-                .results::<StatusCount>()
+            by_status: index::by_status(&kept),
+            stuck: stuck
+                .results::<Number>()
                 .map_err(e)?
                 .into_iter()
-                .map(|c| (c.status, c.n))
-                .collect(),
-            stuck: first(stuck.results::<Number>().map_err(e)?),
+                .next()
+                .and_then(|r| r.n)
+                .unwrap_or(0),
             vms_pending: pending.as_ref().and_then(|p| p.vms_pending).unwrap_or(0),
             oldest_pending_expiry: pending.and_then(|p| p.oldest),
-            vms_already_gone: first(gone.results::<Number>().map_err(e)?),
+            vms_already_gone: index::kept(&kept, "already_gone"),
+            last_reconciliation: last
+                .results::<index::ReconciliationRow>()
+                .map_err(e)?
+                .into_iter()
+                .next(),
         })
     })
     .await
@@ -238,20 +248,6 @@ pub async fn save_reconciliation(
     timeout: Duration,
 ) -> Result<(), IndexError> {
     run(env, index::save_reconciliation(r), timeout).await
-}
-
-/// The last reconciliation, if any.
-pub async fn last_reconciliation(
-    env: &Env,
-    timeout: Duration,
-) -> Result<Option<index::ReconciliationRow>, IndexError> {
-    let last: Vec<index::ReconciliationRow> = rows(
-        env,
-        vec![(index::LAST_RECONCILIATION.to_string(), Vec::new())],
-        timeout,
-    )
-    .await?;
-    Ok(last.into_iter().next())
 }
 
 #[derive(Deserialize)]

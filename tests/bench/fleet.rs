@@ -6,37 +6,31 @@ use std::time::{Duration, Instant};
 
 use mock_backend::MockBackend;
 
+use labs_cleanup::lab::index::{Bind, Cursor, ListQuery};
+
 use crate::env_or;
 use crate::support::Worker;
 
-/// The labs seeded in the index: spread over expiries, users and states like a real fleet.
+/// The labs seeded in the index, in one statement (a recursive CTE): a fleet a month into
+/// retention, most labs completed (9 in 10), 1 in 20 scheduled, 1 in 40 retrying (half of those
+/// stuck), 1 in 40 being cleaned up; 5,000 users; expiries over 30 days.
 fn seed_sql(n: usize) -> String {
     let base = 1_900_000_000_000i64;
-    let mut sql = String::new();
-    let ids: Vec<usize> = (0..n).collect();
-    for chunk in ids.chunks(500) {
-        sql.push_str("INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision) VALUES\n");
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|&i| {
-                let (status, attempts, pending, error) = match i % 20 {
-                    0 => ("retrying", 5, 1, "'w: backend answered 500'"),
-                    1 => ("retrying", 1, 2, "'w: backend answered 503'"),
-                    2..=9 => ("completed", 1, 0, "NULL"),
-                    _ => ("scheduled", 0, 3, "NULL"),
-                };
-                format!(
-                    "('lab-{i:05}', 'user-{}', 'multi_node', 3, '{status}', {}, {}, {attempts}, NULL, {pending}, 0, {error}, NULL, {base}, 1)",
-                    i % 500,
-                    base - 3_600_000,
-                    base + (i as i64 % 3600) * 1000
-                )
-            })
-            .collect();
-        sql.push_str(&rows.join(",\n"));
-        sql.push_str(";\n");
-    }
-    sql
+    format!(
+        "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {last})
+INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin)
+SELECT printf('lab-%07d', i), 'user-' || (i % 5000), 'multi_node', 3,
+  CASE WHEN i % 40 = 0 THEN 'retrying' WHEN i % 40 = 1 THEN 'cleaning_up' WHEN i % 20 = 2 THEN 'scheduled' ELSE 'completed' END,
+  {base} - 3600000 + (i % 2592000) * 1000, {base} + (i % 2592000) * 1000,
+  CASE WHEN i % 40 = 0 THEN CASE WHEN i % 80 = 0 THEN 5 ELSE 1 END WHEN i % 40 = 1 THEN 1 WHEN i % 20 = 2 THEN 0 ELSE 1 END,
+  NULL,
+  CASE WHEN i % 40 IN (0, 1) THEN 1 WHEN i % 20 = 2 THEN 3 ELSE 0 END,
+  i % 7 = 0,
+  CASE WHEN i % 40 = 0 THEN 'w: backend answered 500' ELSE NULL END,
+  NULL, {base}, 1, 'api'
+FROM seq;",
+        last = n.saturating_sub(1)
+    )
 }
 
 /// p50 and p90 of `n` calls of GET `path` with the operator token, in ms.
@@ -53,9 +47,49 @@ fn time_get(worker: &Worker, path: &str, n: usize) -> (f64, f64) {
     (times[n / 2], times[n * 9 / 10])
 }
 
+/// One SQL statement as `wrangler d1 execute --command` takes it: the binds written in.
+fn inline(sql: &str, binds: &[Bind]) -> String {
+    let mut out = String::new();
+    let mut binds = binds.iter();
+    for c in sql.chars() {
+        if c == '?' {
+            match binds.next() {
+                Some(Bind::Text(t)) => out.push_str(&format!("'{}'", t.replace('\'', "''"))),
+                Some(Bind::Int(n)) => out.push_str(&n.to_string()),
+                Some(Bind::Null) | None => out.push_str("NULL"),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The rows D1 reports read for `sql` (`meta.rows_read`), and its query plan, on the worker's
+/// local index.
+fn rows_and_plan(worker: &Worker, sql: &str) -> (u64, String) {
+    let run = |command: &str| -> serde_json::Value {
+        let out = worker.d1_command(command);
+        let start = out.find('[').unwrap_or(0);
+        serde_json::from_str(&out[start..]).unwrap_or_else(|_| panic!("{out}"))
+    };
+    let result = run(sql);
+    let rows_read = result[0]["meta"]["rows_read"].as_u64().unwrap_or(0);
+    let plan = run(&format!("EXPLAIN QUERY PLAN {sql}"));
+    let steps: Vec<String> = plan[0]["results"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r["detail"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    (rows_read, steps.join("; "))
+}
+
 pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
-    let labs: usize = env_or("BENCH_FLEET_LABS", 10_000);
-    let requests: usize = env_or("BENCH_FLEET_REQUESTS", 200);
+    let labs: usize = env_or("BENCH_FLEET_LABS", 1_000_000);
+    let requests: usize = env_or("BENCH_FLEET_REQUESTS", 100);
     let worker = Worker::start(&work_dir.join("fleet"), &mock.url(), &[]);
     let seed = work_dir.join("fleet-seed.sql");
     std::fs::write(&seed, seed_sql(labs)).unwrap();
@@ -65,46 +99,71 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
         "fleet: {labs} rows seeded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    // The deep page: the cursor of the last page of 50.
-    let mut cursor = String::new();
-    let mut pages = 0;
-    loop {
-        let path = if cursor.is_empty() {
-            "/api/v1/labs/sessions?limit=200".to_string()
-        } else {
-            format!("/api/v1/labs/sessions?limit=200&cursor={cursor}")
-        };
-        let page = worker.operator("GET", &path, b"").json();
-        pages += 1;
-        match page["next_cursor"].as_str() {
-            Some(c) if pages < labs / 200 - 1 => cursor = c.to_string(),
-            _ => break,
-        }
-    }
-    let queries = [
-        ("first page, no filter", "/api/v1/labs/sessions".to_string()),
-        ("200 per page", "/api/v1/labs/sessions?limit=200".to_string()),
-        ("stuck labs", "/api/v1/labs/sessions?stuck=true".to_string()),
-        ("one status", "/api/v1/labs/sessions?status=retrying".to_string()),
-        ("one user", "/api/v1/labs/sessions?user_id=user-42".to_string()),
+    // A deep page: the cursor of a lab near the end of the order.
+    let near_end = Cursor {
+        expires_at: 1_900_000_000_000 + 2_592_000_000 - 60_000,
+        lab_request_id: "lab-0000000".into(),
+    };
+    let stuck_after = 3;
+    let query = |q: &str| labs_cleanup::api::fleet::parse(q).unwrap();
+    let queries: Vec<(&str, String, ListQuery)> = vec![
+        ("first page, no filter", "".into(), query("")),
+        ("200 per page", "limit=200".into(), query("limit=200")),
+        ("stuck labs", "stuck=true".into(), query("stuck=true")),
+        (
+            "one status",
+            "status=retrying".into(),
+            query("status=retrying"),
+        ),
+        (
+            "one user",
+            "user_id=user-42".into(),
+            query("user_id=user-42"),
+        ),
+        (
+            "orphans (origin)",
+            "origin=inventory".into(),
+            query("origin=inventory"),
+        ),
         (
             "expiry window",
-            "/api/v1/labs/sessions?expires_after=2030-03-17T17:50:00Z&expires_before=2030-03-17T18:10:00Z".to_string(),
+            "expires_after=2030-03-17T17:50:00Z&expires_before=2030-03-17T18:10:00Z".into(),
+            query("expires_after=2030-03-17T17:50:00Z&expires_before=2030-03-17T18:10:00Z"),
         ),
         (
             "a deep page (cursor near the end)",
-            format!("/api/v1/labs/sessions?cursor={cursor}"),
+            format!("cursor={}", near_end.encode()),
+            query(&format!("cursor={}", near_end.encode())),
         ),
-        ("stats", "/api/v1/labs/stats".to_string()),
     ];
     let mut md = format!(
-        "{labs} labs seeded in the local D1 index (1 in 10 retrying, half of those stuck; 4 in 10 completed; 500 users; expiries over an hour), then {requests} requests of each query, one at a time, with the operator token; `wrangler dev` on this machine. Target: p50 ≤ 50 ms. Indexes: `migrations/0001_sessions.sql`.\n\n| query | p50 | p90 |\n|---|---|---|\n"
+        "{labs} labs seeded in the local D1 index (a month into retention: 9 in 10 completed, 1 in 20 scheduled, 1 in 40 retrying, half of those stuck; 5,000 users; expiries over 30 days), then {requests} requests of each query, one at a time, with the operator token; `wrangler dev` on this machine. Target: p50 ≤ 50 ms. Rows read: what D1 reports (`meta.rows_read`) for the same SQL, run with `wrangler d1 execute --local`; the plan: SQLite's `EXPLAIN QUERY PLAN`. Indexes: `migrations/`.\n\n| query | p50 | p90 | rows read | plan |\n|---|---|---|---|---|\n"
     );
-    for (name, path) in queries {
+    for (name, params, q) in &queries {
+        let path = format!("/api/v1/labs/sessions?{params}");
         let (p50, p90) = time_get(&worker, &path, requests);
-        eprintln!("fleet: {name}: p50 {p50:.1} ms, p90 {p90:.1} ms");
-        let _ = writeln!(md, "| {name} | {p50:.1} ms | {p90:.1} ms |");
+        let (sql, binds) = labs_cleanup::lab::index::list(q, stuck_after);
+        let (rows, plan) = rows_and_plan(&worker, &inline(&sql, &binds));
+        eprintln!("fleet: {name}: p50 {p50:.1} ms, p90 {p90:.1} ms, {rows} rows read: {plan}");
+        let _ = writeln!(
+            md,
+            "| {name} | {p50:.1} ms | {p90:.1} ms | {rows} | {plan} |"
+        );
     }
+    let (p50, p90) = time_get(&worker, "/api/v1/labs/stats", requests);
+    let mut rows = 0;
+    let mut plans = Vec::new();
+    for (sql, binds) in labs_cleanup::lab::index::stats(stuck_after) {
+        let (r, plan) = rows_and_plan(&worker, &inline(&sql, &binds));
+        rows += r;
+        plans.push(plan);
+    }
+    eprintln!("fleet: stats: p50 {p50:.1} ms, p90 {p90:.1} ms, {rows} rows read");
+    let _ = writeln!(
+        md,
+        "| stats (4 statements, one batch) | {p50:.1} ms | {p90:.1} ms | {rows} | {} |",
+        plans.join(" / ")
+    );
     std::thread::sleep(Duration::from_millis(100));
     md
 }

@@ -136,6 +136,10 @@ pub struct Capacity {
     /// The refusal's `Retry-After` header, if any (e.g. `"2"`).
     #[serde(default)]
     pub retry_after: Option<String>,
+    /// A backend that slows down instead of refusing: it serves every call, each taking the
+    /// latency times (calls in flight / `max_in_flight`), at least once the latency.
+    #[serde(default)]
+    pub slow: bool,
 }
 
 /// Counters of the backend-endpoint calls, for the benchmark.
@@ -495,7 +499,15 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
     let (seq, plan, log_calls, serving) = {
         let mut state = shared.lock();
         let seq = state.calls.len() as u64 + 1;
-        let latency = state.latency_ms;
+        let mut latency = state.latency_ms;
+        if let Some(c) = state
+            .capacity
+            .as_ref()
+            .filter(|c| c.slow && endpoint.is_some())
+        {
+            let load = (state.stats.in_flight + 1) as u64;
+            latency = latency * load.max(c.max_in_flight as u64) / c.max_in_flight.max(1) as u64;
+        }
         // Refusals are answered at once and take no place among the calls being served.
         let mut at_once = endpoint.is_none();
         let plan = match endpoint {
@@ -509,12 +521,13 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
                 if state
                     .capacity
                     .as_ref()
-                    .is_some_and(|c| state.stats.in_flight >= c.max_in_flight) =>
+                    .is_some_and(|c| !c.slow && state.stats.in_flight >= c.max_in_flight) =>
             {
                 let capacity = state.capacity.clone().unwrap_or(Capacity {
                     max_in_flight: 0,
                     status: 429,
                     retry_after: None,
+                    slow: false,
                 });
                 state.stats.refused += 1;
                 at_once = true;
@@ -979,6 +992,7 @@ mod tests {
                     max_in_flight: 2,
                     status: 429,
                     retry_after: Some("2".into()),
+                    slow: false,
                 }),
                 ..Options::default()
             },

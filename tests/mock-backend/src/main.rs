@@ -56,6 +56,7 @@ fn main() {
                     max_in_flight: usize::MAX,
                     status: 429,
                     retry_after: None,
+                    slow: false,
                 });
                 let number = || {
                     v.parse::<usize>().unwrap_or_else(|_| {
