@@ -92,6 +92,8 @@ struct Calls<'a, B: LabBackend, R: Runtime, G: Budget> {
     /// The budget's word when it had no permit: come back after this many ms.
     budget_wait: Cell<Option<i64>>,
     timeouts: Cell<usize>,
+    /// VM deletions not started yet (what the attempt may still want permits for).
+    vms_left: Cell<usize>,
 }
 
 impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
@@ -136,13 +138,14 @@ impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
         deletion
     }
 
-    /// A permit from the fleet-wide budget for the next call; `None` when the budget is taken
-    /// (no call then, and no further call in this attempt: it comes back when the budget says).
-    async fn permit(&self) -> Option<Permit> {
+    /// A permit from the fleet-wide budget for the next call, `wanted` the calls that could
+    /// start now; `None` when the budget is taken (no call then, and no further call in this
+    /// attempt: it comes back when the budget says).
+    async fn permit(&self, wanted: usize) -> Option<Permit> {
         if self.refused.get() {
             return None;
         }
-        match self.budget.acquire(self.priority).await {
+        match self.budget.acquire(self.priority, wanted.max(1)).await {
             Permit::Wait(ms) => {
                 self.budget_wait.set(Some(ms));
                 self.refused.set(true);
@@ -187,6 +190,7 @@ pub async fn run_attempt(
         refused: Cell::new(false),
         budget_wait: Cell::new(None),
         timeouts: Cell::new(0),
+        vms_left: Cell::new(pending.len()),
     };
 
     info(format!(
@@ -232,7 +236,9 @@ pub async fn run_attempt(
                 if calls.refused.get() {
                     return (vm, None);
                 }
-                let Some(permit) = calls.permit().await else {
+                let left = calls.vms_left.get();
+                calls.vms_left.set(left.saturating_sub(1));
+                let Some(permit) = calls.permit(left.min(calls.plan.concurrency)).await else {
                     return (vm, None);
                 };
                 info(format!(
@@ -382,7 +388,7 @@ async fn delete_services<B: LabBackend, R: Runtime, G: Budget>(
     calls: &Calls<'_, B, R, G>,
     log: &impl Logger,
 ) -> Option<Deletion> {
-    let permit = calls.permit().await?;
+    let permit = calls.permit(1).await?;
     log.log(
         Level::Info,
         &format!("Deleting exposed services for master lab {master}"),

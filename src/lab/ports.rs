@@ -58,7 +58,9 @@ pub enum Permit {
 /// how the call went.
 pub trait Budget {
     /// A permit for one call of a lab expiring at `priority_ms` (older labs go first).
-    async fn acquire(&self, priority_ms: i64) -> Permit;
+    /// `wanted`: the calls the attempt can start now, this one included; an adapter may ask for
+    /// that many in one round trip and keep the others for the attempt's next calls.
+    async fn acquire(&self, priority_ms: i64, wanted: usize) -> Permit;
     /// Returns `permit` (not awaited: the attempt never waits for the return).
     fn release(&self, permit: Permit, outcome: crate::lab::fleet::budget::CallOutcome);
 }
@@ -67,7 +69,7 @@ pub trait Budget {
 pub struct NoBudget;
 
 impl Budget for NoBudget {
-    async fn acquire(&self, _: i64) -> Permit {
+    async fn acquire(&self, _: i64, _: usize) -> Permit {
         Permit::Unlimited
     }
     fn release(&self, _: Permit, _: crate::lab::fleet::budget::CallOutcome) {}

@@ -4,8 +4,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::rc::Rc;
+
 use futures::channel::oneshot;
-use futures::future::{select, Either};
+use futures::future::{select, Either, FutureExt, LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
@@ -15,6 +17,7 @@ use crate::lab::config::Config;
 use crate::lab::fleet::budget::{Allocator, CallOutcome, Lease};
 use crate::lab::ports::Permit;
 use crate::platform::runtime::{now_ms, within};
+use crate::platform::usage::{add, Usage};
 
 /// Name of the coordinator's binding in `wrangler.toml`.
 pub const BUDGET_BINDING: &str = "BACKEND_BUDGET";
@@ -34,12 +37,22 @@ struct Acquire {
     max: u32,
     lease_ms: i64,
     window_ms: i64,
+    /// Permits wanted at once (the calls the lab's attempt can start now).
+    #[serde(default = "one")]
+    wanted: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Serialize, Deserialize)]
 struct Release {
     lease: u64,
     overloaded: bool,
+    /// Never used for a call: the limit stays as it is.
+    #[serde(default)]
+    unused: bool,
 }
 
 /// The coordinator: one allocator in memory (a restart starts it afresh; leases are short), and
@@ -47,7 +60,7 @@ struct Release {
 #[durable_object]
 pub struct BackendBudget {
     allocator: RefCell<Option<Allocator>>,
-    waiters: RefCell<HashMap<u64, oneshot::Sender<Lease>>>,
+    waiters: RefCell<HashMap<u64, oneshot::Sender<Vec<Lease>>>>,
 }
 
 impl BackendBudget {
@@ -58,18 +71,19 @@ impl BackendBudget {
             Some(a) => a.grant(now),
             None => return,
         };
-        for (ticket, lease) in granted {
+        for (ticket, leases) in granted {
             let sender = self.waiters.borrow_mut().remove(&ticket);
             let undelivered = match sender {
-                Some(sender) => sender.send(lease).is_err(),
-                None => true,
+                Some(sender) => sender.send(leases).err(),
+                None => Some(leases),
             };
-            if undelivered {
-                if let Some(a) = self.allocator.borrow_mut().as_mut() {
-                    a.release(lease.id, CallOutcome::Answered, now);
+            if let (Some(leases), Some(a)) = (undelivered, self.allocator.borrow_mut().as_mut()) {
+                for lease in leases {
+                    a.give_back(lease.id);
                 }
             }
         }
+        let _ = now;
     }
 
     async fn acquire(&self, ask: Acquire) -> Result<Response> {
@@ -79,7 +93,7 @@ impl BackendBudget {
             let mut allocator = self.allocator.borrow_mut();
             let a = allocator
                 .get_or_insert_with(|| Allocator::new(ask.max, ask.lease_ms, ask.window_ms));
-            a.request(ask.priority, deadline)
+            a.request(ask.priority, deadline, ask.wanted)
         };
         let (sender, mut receiver) = oneshot::channel();
         self.waiters.borrow_mut().insert(ticket, sender);
@@ -95,15 +109,13 @@ impl BackendBudget {
                 .min(deadline);
             let pause = Duration::from_millis(next.saturating_sub(now).clamp(1, 1_000) as u64);
             match select(&mut receiver, worker::Delay::from(pause)).await {
-                Either::Left((Ok(lease), _)) => {
-                    return Response::from_json(&serde_json::json!({ "lease": lease.id }))
-                }
+                Either::Left((Ok(leases), _)) => return granted(&leases),
                 Either::Left((Err(_), _)) => break,
                 Either::Right(_) => {
                     let now = now_ms();
                     self.dispatch(now);
-                    if let Ok(Some(lease)) = receiver.try_recv() {
-                        return Response::from_json(&serde_json::json!({ "lease": lease.id }));
+                    if let Ok(Some(leases)) = receiver.try_recv() {
+                        return granted(&leases);
                     }
                     if now >= deadline {
                         break;
@@ -128,6 +140,12 @@ impl BackendBudget {
     }
 }
 
+/// The answer to a request that got permits: their lease ids.
+fn granted(leases: &[Lease]) -> Result<Response> {
+    let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
+    Response::from_json(&serde_json::json!({ "leases": ids }))
+}
+
 impl DurableObject for BackendBudget {
     fn new(_state: State, _env: Env) -> Self {
         BackendBudget {
@@ -148,12 +166,16 @@ impl DurableObject for BackendBudget {
                 Ok(r) => {
                     let now = now_ms();
                     if let Some(a) = self.allocator.borrow_mut().as_mut() {
-                        let outcome = if r.overloaded {
-                            CallOutcome::Overloaded
+                        if r.unused {
+                            a.give_back(r.lease);
                         } else {
-                            CallOutcome::Answered
-                        };
-                        a.release(r.lease, outcome, now);
+                            let outcome = if r.overloaded {
+                                CallOutcome::Overloaded
+                            } else {
+                                CallOutcome::Answered
+                            };
+                            a.release(r.lease, outcome, now);
+                        }
                     }
                     self.dispatch(now);
                     Response::empty()
@@ -199,59 +221,172 @@ async fn call(
     serde_json::from_str(&text).or(Ok(serde_json::Value::Null))
 }
 
-/// A permit for one backend call of a lab expiring at `priority`: none needed without
-/// `BACKEND_MAX_CONCURRENCY`. `Err` (why) when the coordinator cannot be reached in time: the
-/// call then goes ahead as before (the budget may never stop a cleanup).
-pub async fn acquire(
-    env: &Env,
-    config: &Config,
-    priority: i64,
-) -> std::result::Result<Permit, String> {
-    let Some(max) = config.backend_max_concurrency else {
-        return Ok(Permit::Unlimited);
-    };
-    let timeout_ms = (config.backend_timeout_seconds * 1000) as i64;
-    let ask = Acquire {
-        priority,
-        max,
-        lease_ms: timeout_ms.saturating_add(2_000),
-        window_ms: timeout_ms,
-    };
+/// How long a permit kept for a lab's next call stays usable: a lease lasts the backend timeout
+/// plus 2 s, so a call started within this still ends before its lease does.
+const SPARE_FRESH_MS: i64 = 1_000;
+
+/// What one request to the coordinator came back with, shared by the calls that waited for it.
+type Asked = Result<Option<i64>, String>;
+
+/// A lab's side of the budget for one invocation: asks the coordinator for as many permits as
+/// the attempt can use at once (one round trip for up to `CLEANUP_CONCURRENCY` calls), keeps the
+/// spare ones for its next calls a short while, and returns what it did not use.
+pub struct Permits {
+    env: Env,
+    state: worker::worker_sys::DurableObjectState,
+    max: Option<u32>,
+    timeout_ms: i64,
+    /// Leases granted and not used yet, with when they were granted.
+    spare: Rc<RefCell<Vec<(u64, i64)>>>,
+    /// The request to the coordinator in flight, which other calls of the attempt wait for.
+    asking: RefCell<Option<Shared<LocalBoxFuture<'static, Asked>>>>,
+    /// Counts the round trips to the coordinator.
+    usage: Rc<Usage>,
+}
+
+impl Permits {
+    pub fn new(
+        env: &Env,
+        state: &worker::worker_sys::DurableObjectState,
+        config: &Config,
+        usage: Rc<Usage>,
+    ) -> Self {
+        Permits {
+            usage,
+            env: env.clone(),
+            state: JsValue::from(state).unchecked_into(),
+            max: config.backend_max_concurrency,
+            timeout_ms: (config.backend_timeout_seconds * 1000) as i64,
+            spare: Rc::new(RefCell::new(Vec::new())),
+            asking: RefCell::new(None),
+        }
+    }
+
+    /// A spare permit still fresh enough for a call; stale ones go back.
+    fn take_spare(&self, now: i64) -> Option<u64> {
+        let mut spare = self.spare.borrow_mut();
+        let stale: Vec<u64> = spare
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(*at) >= SPARE_FRESH_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        spare.retain(|(id, _)| !stale.contains(id));
+        drop(spare);
+        for lease in stale {
+            self.give_back(lease);
+        }
+        self.spare.borrow_mut().pop().map(|(id, _)| id)
+    }
+
+    /// A permit for one backend call of a lab expiring at `priority`, `wanted` the calls it can
+    /// start now: none needed without `BACKEND_MAX_CONCURRENCY`. `Err` (why) when the
+    /// coordinator cannot be reached in time: the call then goes ahead as before (the budget
+    /// may never stop a cleanup).
+    pub async fn acquire(
+        &self,
+        priority: i64,
+        wanted: usize,
+    ) -> std::result::Result<Permit, String> {
+        let Some(max) = self.max else {
+            return Ok(Permit::Unlimited);
+        };
+        loop {
+            if let Some(lease) = self.take_spare(now_ms()) {
+                return Ok(Permit::Granted(lease));
+            }
+            let in_flight = self.asking.borrow().clone();
+            let asked = match in_flight {
+                // Another call of this attempt is asking: its answer may hold a permit for this one.
+                Some(asking) => asking.await,
+                None => {
+                    let ask = Acquire {
+                        priority,
+                        max,
+                        lease_ms: self.timeout_ms.saturating_add(2_000),
+                        window_ms: self.timeout_ms,
+                        wanted: wanted.clamp(1, 64) as u32,
+                    };
+                    add(&self.usage.budget_calls, 1);
+                    let asking = ask_for(self.env.clone(), ask, self.spare.clone())
+                        .boxed_local()
+                        .shared();
+                    *self.asking.borrow_mut() = Some(asking.clone());
+                    let asked = asking.await;
+                    *self.asking.borrow_mut() = None;
+                    asked
+                }
+            };
+            match asked {
+                Ok(None) => continue,
+                Ok(Some(wait_ms)) => return Ok(Permit::Wait(wait_ms)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Returns a permit used for a call, in the background of the object (the attempt never
+    /// waits for it).
+    pub fn release(&self, permit: Permit, outcome: CallOutcome) {
+        if let Permit::Granted(lease) = permit {
+            self.send_release(Release {
+                lease,
+                overloaded: outcome == CallOutcome::Overloaded,
+                unused: false,
+            });
+        }
+    }
+
+    fn give_back(&self, lease: u64) {
+        self.send_release(Release {
+            lease,
+            overloaded: false,
+            unused: true,
+        });
+    }
+
+    fn send_release(&self, release: Release) {
+        add(&self.usage.budget_calls, 1);
+        let body = serde_json::to_string(&release).unwrap_or_default();
+        let env = self.env.clone();
+        let promise = worker::wasm_bindgen_futures::future_to_promise(async move {
+            let _ = call(&env, "/release", body).await;
+            Ok(JsValue::UNDEFINED)
+        });
+        let _ = self.state.wait_until(&promise);
+    }
+}
+
+impl Drop for Permits {
+    /// The invocation is over: permits kept for calls that never came go back.
+    fn drop(&mut self) {
+        let spare: Vec<(u64, i64)> = self.spare.borrow_mut().drain(..).collect();
+        for (lease, _) in spare {
+            self.give_back(lease);
+        }
+    }
+}
+
+/// Asks the coordinator once; granted leases go to `spare`. `Ok(Some(ms))`: come back after
+/// `ms`.
+async fn ask_for(env: Env, ask: Acquire, spare: Rc<RefCell<Vec<(u64, i64)>>>) -> Asked {
     let body = serde_json::to_string(&ask).unwrap_or_default();
-    match within(UNREACHABLE_AFTER, call(env, "/acquire", body)).await {
-        Some(Ok(answer)) => Ok(match answer["lease"].as_u64() {
-            Some(lease) => Permit::Granted(lease),
-            None => Permit::Wait(answer["wait_ms"].as_i64().unwrap_or(COME_BACK_MS)),
-        }),
+    match within(UNREACHABLE_AFTER, call(&env, "/acquire", body)).await {
+        Some(Ok(answer)) => match answer["leases"].as_array() {
+            Some(leases) if !leases.is_empty() => {
+                let now = now_ms();
+                spare
+                    .borrow_mut()
+                    .extend(leases.iter().filter_map(|l| l.as_u64()).map(|id| (id, now)));
+                Ok(None)
+            }
+            _ => Ok(Some(answer["wait_ms"].as_i64().unwrap_or(COME_BACK_MS))),
+        },
         Some(Err(e)) => Err(e),
         None => Err(format!(
             "no answer within {} s",
             UNREACHABLE_AFTER.as_secs()
         )),
     }
-}
-
-/// Returns a permit, in the background of `state` (the attempt never waits for it).
-pub fn release(
-    env: &Env,
-    state: &worker::worker_sys::DurableObjectState,
-    permit: Permit,
-    outcome: CallOutcome,
-) {
-    let Permit::Granted(lease) = permit else {
-        return;
-    };
-    let body = serde_json::to_string(&Release {
-        lease,
-        overloaded: outcome == CallOutcome::Overloaded,
-    })
-    .unwrap_or_default();
-    let env = env.clone();
-    let promise = worker::wasm_bindgen_futures::future_to_promise(async move {
-        let _ = call(&env, "/release", body).await;
-        Ok(JsValue::UNDEFINED)
-    });
-    let _ = state.wait_until(&promise);
 }
 
 /// The coordinator's state (`GET /api/v1/labs/budget`): the limit now, permits out, requests

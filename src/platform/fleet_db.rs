@@ -57,22 +57,33 @@ async fn bounded<T>(
     })
 }
 
+/// The rows a batch read and wrote, as D1 reports them (`meta.rows_read`, `meta.rows_written`:
+/// what D1 bills).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rows {
+    pub read: u64,
+    pub written: u64,
+}
+
 /// Runs writing statements in one batch (one transaction), within `timeout`.
 async fn run(
     env: &Env,
     statements: Vec<(String, Vec<Bind>)>,
     timeout: Duration,
-) -> Result<(), IndexError> {
+) -> Result<Rows, IndexError> {
     let db = database(env)?;
     let prepared = statements
         .into_iter()
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        db.batch(prepared)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let results = db.batch(prepared).await.map_err(|e| e.to_string())?;
+        let mut rows = Rows::default();
+        for meta in results.iter().filter_map(|r| r.meta().ok().flatten()) {
+            rows.read += meta.rows_read.unwrap_or(0) as u64;
+            rows.written += meta.rows_written.unwrap_or(0) as u64;
+        }
+        Ok(rows)
     })
     .await
 }
@@ -83,7 +94,7 @@ pub async fn upsert(
     row: &IndexRow,
     vms: &[VmRow],
     timeout: Duration,
-) -> Result<(), IndexError> {
+) -> Result<Rows, IndexError> {
     run(env, index::upsert_all(row, vms), timeout).await
 }
 
@@ -93,7 +104,7 @@ pub async fn delete(
     lab_request_id: &str,
     revision: u64,
     timeout: Duration,
-) -> Result<(), IndexError> {
+) -> Result<Rows, IndexError> {
     run(env, index::delete(lab_request_id, revision), timeout).await
 }
 
@@ -247,7 +258,9 @@ pub async fn save_reconciliation(
     r: &Reconciliation,
     timeout: Duration,
 ) -> Result<(), IndexError> {
-    run(env, index::save_reconciliation(r), timeout).await
+    run(env, index::save_reconciliation(r), timeout)
+        .await
+        .map(|_| ())
 }
 
 #[derive(Deserialize)]
@@ -281,5 +294,7 @@ pub async fn set_state(
     value: Option<&str>,
     timeout: Duration,
 ) -> Result<(), IndexError> {
-    run(env, vec![index::set_state(key, value)], timeout).await
+    run(env, vec![index::set_state(key, value)], timeout)
+        .await
+        .map(|_| ())
 }

@@ -9,4 +9,5 @@ pub mod http;
 pub mod runtime;
 pub mod session_manager;
 pub mod store;
+pub mod usage;
 pub mod webhook_sender;

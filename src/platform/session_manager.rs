@@ -18,6 +18,7 @@ use crate::lab::procedures::{self, Lab, Reply};
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::runtime::{ConsoleLogger, WorkersRuntime};
 use crate::platform::store::Store;
+use crate::platform::usage::{add, Usage};
 use crate::platform::{budget, env, fleet_db, webhook_sender};
 
 #[durable_object]
@@ -33,42 +34,52 @@ pub struct SessionManager {
 struct Workerd {
     /// Whether this invocation said already that the budget could not be reached.
     budget_warned: std::cell::Cell<bool>,
+    usage: Rc<Usage>,
+    permits: budget::Permits,
     store: Store,
-    raw: worker::worker_sys::DurableObjectState,
     env: Env,
     config: Rc<Config>,
 }
 
 impl SessionManager {
     fn ports(&self, config: Rc<Config>) -> Workerd {
+        let usage = Rc::new(Usage::start());
         Workerd {
             budget_warned: std::cell::Cell::new(false),
-            store: Store::new(&self.storage),
-            raw: self.raw.clone().unchecked_into(),
+            store: Store::new(&self.storage, usage.clone()),
+            permits: budget::Permits::new(&self.env, &self.raw, &config, usage.clone()),
+            usage,
             env: self.env.clone(),
             config,
         }
     }
 
-    /// Runs `task` (a procedure on fresh ports) after the answer or the alarm: the answer never
-    /// waits for a log line, an index row or a webhook receiver.
-    fn later<F>(&self, config: Rc<Config>, task: impl FnOnce(Workerd, Rc<Config>) -> F + 'static)
-    where
+    /// Runs `task` (a procedure on fresh ports) after the answer or the alarm, `what` naming it
+    /// in the usage line: the answer never waits for a log line, an index row or a webhook
+    /// receiver.
+    fn later<F>(
+        &self,
+        config: Rc<Config>,
+        what: String,
+        task: impl FnOnce(Rc<Workerd>, Rc<Config>) -> F + 'static,
+    ) where
         F: std::future::Future<Output = std::result::Result<(), StoreError>> + 'static,
     {
-        let ports = self.ports(config.clone());
+        let ports = Rc::new(self.ports(config.clone()));
         self.state.wait_until(async move {
             worker::Delay::from(std::time::Duration::ZERO).await;
-            if let Err(e) = task(ports, config).await {
+            if let Err(e) = task(ports.clone(), config).await {
                 ConsoleLogger.log(Level::Error, &format!("background work stopped: {e}"));
             }
+            report(&ports, &format!("{what}, after the answer"));
         });
     }
+}
 
-    fn report(&self, ports: &Workerd, what: &str) {
-        if ports.config.log_storage_ops {
-            ports.store.report(what);
-        }
+/// Logs what the invocation used, when `LOG_STORAGE_OPS` is on.
+fn report(ports: &Workerd, what: &str) {
+    if ports.config.log_storage_ops {
+        ports.usage.report(what);
     }
 }
 
@@ -99,7 +110,7 @@ impl DurableObject for SessionManager {
         };
         let ports = self.ports(config.clone());
         let reply = Lab::new(&ports, &config).answer(lab_request).await;
-        self.report(&ports, &path);
+        report(&ports, &path);
         match reply.map_err(|e| worker::Error::RustError(e.to_string()))? {
             Reply::Refused(refusal) => respond::error(&ApiError::from(refusal)),
             Reply::Poked { revived } => {
@@ -112,9 +123,9 @@ impl DurableObject for SessionManager {
             } => {
                 let answer = respond::json(status, &session.view());
                 if let Some((level, line)) = line {
-                    self.later(config, move |ports, config| async move {
+                    self.later(config, path, move |ports, config| async move {
                         ports.log(level, &line);
-                        Lab::new(&ports, &config).sync_index().await
+                        Lab::new(&*ports, &config).sync_index().await
                     });
                 }
                 answer
@@ -127,12 +138,13 @@ impl DurableObject for SessionManager {
             Ok(config) => {
                 let ports = self.ports(config.clone());
                 let done = Lab::new(&ports, &config).alarm().await;
+                let what = format!("alarm ({})", describe(&done));
                 if matches!(done, Ok(d) if d.deliver) {
-                    self.later(config, |ports, config| async move {
-                        Lab::new(&ports, &config).deliver_due().await
+                    self.later(config, what.clone(), |ports, config| async move {
+                        Lab::new(&*ports, &config).deliver_due().await
                     });
                 }
-                self.report(&ports, &format!("alarm ({})", describe(&done)));
+                report(&ports, &what);
                 done
             }
             Err(e) => {
@@ -172,12 +184,25 @@ impl RecordStore for Workerd {
     }
 }
 
+impl Workerd {
+    fn count_d1(&self, rows: fleet_db::Rows) {
+        add(&self.usage.d1_rows_read, rows.read);
+        add(&self.usage.d1_rows_written, rows.written);
+    }
+}
+
 impl FleetIndex for Workerd {
     async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), String> {
-        fleet_db::upsert(&self.env, row, vms, self.config.index_timeout()).await
+        add(&self.usage.d1_batches, 1);
+        let rows = fleet_db::upsert(&self.env, row, vms, self.config.index_timeout()).await?;
+        self.count_d1(rows);
+        Ok(())
     }
     async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), String> {
-        fleet_db::delete(&self.env, id, revision, self.config.index_timeout()).await
+        add(&self.usage.d1_batches, 1);
+        let rows = fleet_db::delete(&self.env, id, revision, self.config.index_timeout()).await?;
+        self.count_d1(rows);
+        Ok(())
     }
 }
 
@@ -187,6 +212,7 @@ impl WebhookSender for Workerd {
             return Err("webhooks are off".into());
         };
         let timeout = std::time::Duration::from_millis(self.config.webhook_timeout_ms() as u64);
+        add(&self.usage.webhook_calls, 1);
         webhook_sender::send(&hooks.url, delivery, timeout).await
     }
 }
@@ -200,6 +226,7 @@ impl LabBackend for Workerd {
             let dry = DryRunBackend::new(&self.config.backend_url, &ConsoleLogger);
             return dry.delete_exposed_services(master).await;
         }
+        add(&self.usage.backend_calls, 1);
         HttpLabBackend::new(&self.config)
             .delete_exposed_services(master)
             .await
@@ -213,13 +240,14 @@ impl LabBackend for Workerd {
             let dry = DryRunBackend::new(&self.config.backend_url, &ConsoleLogger);
             return dry.delete_vm(id, user).await;
         }
+        add(&self.usage.backend_calls, 1);
         HttpLabBackend::new(&self.config).delete_vm(id, user).await
     }
 }
 
 impl Budget for Workerd {
-    async fn acquire(&self, priority_ms: i64) -> Permit {
-        match budget::acquire(&self.env, &self.config, priority_ms).await {
+    async fn acquire(&self, priority_ms: i64, wanted: usize) -> Permit {
+        match self.permits.acquire(priority_ms, wanted).await {
             Ok(permit) => permit,
             Err(why) => {
                 if !self.budget_warned.replace(true) {
@@ -235,7 +263,7 @@ impl Budget for Workerd {
         }
     }
     fn release(&self, permit: Permit, outcome: CallOutcome) {
-        budget::release(&self.env, &self.raw, permit, outcome);
+        self.permits.release(permit, outcome);
     }
 }
 

@@ -4,27 +4,25 @@
 //! in the same turn, so the runtime commits them as one atomic write, and the batch is awaited
 //! once (`Promise.all`) instead of once per operation.
 
-use std::cell::Cell;
+use std::rc::Rc;
 
 use wasm_bindgen::{JsCast, JsValue};
-use worker::console_debug;
 use worker::js_sys::{Array, Date, Map, Object, Promise};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::worker_sys::DurableObjectStorage;
 
-use crate::lab::cleanup::LOG_PREFIX;
 use crate::lab::legacy::{LegacyRecord, LegacyValue, LEGACY_KEYS};
 use crate::lab::ports::{StoreError, Stored};
+use crate::platform::usage::{add, Usage};
 
 /// Storage key of the session record (one JSON string, written in one operation).
 const SESSION_KEY: &str = "session";
 
-/// The object's storage as one request or alarm uses it, counting its operations (reported at
-/// debug level when `LOG_STORAGE_OPS` is on, and measured by the benchmark).
+/// The object's storage as one request or alarm uses it, counting its operations and rows in
+/// the invocation's `Usage`.
 pub struct Store {
     storage: DurableObjectStorage,
-    reads: Cell<u32>,
-    writes: Cell<u32>,
+    usage: Rc<Usage>,
 }
 
 fn js(e: JsValue) -> StoreError {
@@ -41,21 +39,28 @@ async fn all(promises: &[Promise]) -> Result<(), StoreError> {
 }
 
 impl Store {
-    pub fn new(storage: &DurableObjectStorage) -> Self {
+    pub fn new(storage: &DurableObjectStorage, usage: Rc<Usage>) -> Self {
         Self {
             storage: JsValue::from(storage).unchecked_into(),
-            reads: Cell::new(0),
-            writes: Cell::new(0),
+            usage,
         }
     }
 
-    fn count(cell: &Cell<u32>, n: u32) {
-        cell.set(cell.get() + n);
+    /// Counts one read operation of `rows` rows.
+    fn read(&self, rows: u64) {
+        add(&self.usage.storage_reads, 1);
+        add(&self.usage.rows_read, rows);
+    }
+
+    /// Counts one batch of `operations` writes, `rows` rows in all.
+    fn wrote(&self, operations: u64, rows: u64) {
+        add(&self.usage.storage_writes, operations);
+        add(&self.usage.rows_written, rows);
     }
 
     /// Reads the session record and the legacy keys in one operation.
     pub async fn load(&self) -> Result<Stored, StoreError> {
-        Self::count(&self.reads, 1);
+        self.read(1 + LEGACY_KEYS.len() as u64);
         let keys: Vec<JsValue> = std::iter::once(SESSION_KEY)
             .chain(LEGACY_KEYS)
             .map(JsValue::from_str)
@@ -84,7 +89,8 @@ impl Store {
 
     /// The time the object's alarm is set for, if any (not while the alarm handler runs).
     pub async fn alarm(&self) -> Result<Option<i64>, StoreError> {
-        Self::count(&self.reads, 1);
+        // The alarm's time is not a row of the storage's tables.
+        self.read(0);
         let at = JsFuture::from(self.storage.get_alarm(Object::new()).map_err(js)?)
             .await
             .map_err(js)?;
@@ -109,7 +115,7 @@ impl Store {
 
     /// Writes the record and its alarm (`None`: no alarm) in one atomic batch.
     pub async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
-        Self::count(&self.writes, 2);
+        self.wrote(2, 2);
         let batch = [self.put_record(record)?, self.write_alarm(alarm_at_ms)?];
         all(&batch).await
     }
@@ -117,7 +123,7 @@ impl Store {
     /// Writes an adopted legacy lab in this worker's format with its alarm, and removes the
     /// legacy keys, in one atomic batch: the lab is never in both formats, or in none.
     pub async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError> {
-        Self::count(&self.writes, 3);
+        self.wrote(3, 2 + LEGACY_KEYS.len() as u64);
         let keys: Vec<JsValue> = LEGACY_KEYS.iter().map(|k| JsValue::from_str(k)).collect();
         let batch = [
             self.put_record(record)?,
@@ -128,23 +134,16 @@ impl Store {
     }
 
     pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError> {
-        Self::count(&self.writes, 1);
+        self.wrote(1, 1);
         all(&[self.write_alarm(Some(at_ms))?]).await
     }
 
     /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
     /// dates from 2026-02-24).
     pub async fn delete_all(&self) -> Result<(), StoreError> {
-        Self::count(&self.writes, 1);
+        // The record and the alarm: the only rows a lab's object holds.
+        self.wrote(1, 2);
         all(&[self.storage.delete_all().map_err(js)?]).await
-    }
-
-    pub fn report(&self, what: &str) {
-        console_debug!(
-            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s)",
-            self.reads.get(),
-            self.writes.get()
-        );
     }
 }
 

@@ -422,9 +422,8 @@ pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String 
         ),
     )
     .unwrap();
-    let permit = permit_cost(work_dir, mock);
     format!(
-        "{labs} labs of 1 master + 2 workers expiring within one second; the mock backend serves 20 calls at once at 200 ms each and refuses the rest at once; `CLEANUP_RETRY_SECONDS=10`. The physical limit is {} calls x 0.2 s / 20 = **{limit:.1} s**. Time is from the first expiry until the last VM is deleted; every call that reached the backend counts, refused or not. Targets: within 3x the limit, at most 30 % refused; without `Retry-After`, fewer refused calls than the original policy.\n\n| policy | spread (first calls came over) | refusal | time | / limit | calls | refused | peak in flight |\n|---|---|---|---|---|---|---|---|\n{rows}\n![VMs deleted over time](perf/class.svg)\n\n#### With the fleet-wide budget (`BACKEND_MAX_CONCURRENCY`)\n\nThe same backend (20 calls at once, 200 ms each, the rest refused at once; or, for the slow backend, every call served but taking 200 ms x calls in flight / 20, with `BACKEND_TIMEOUT_SECONDS=2`). The limit is the VMs' calls x 0.2 s / 20 for each run's number of labs. Deletions a VM: the backend's 2xx answers per VM (above 1: a VM deleted more than once, e.g. a call the worker gave up on that the backend still carried out). Targets: at most 1.3x the limit and 1 % refused with the budget; above the capacity, no worse than the adaptive policy alone; the slow backend: at most 1.1 deletions a VM and 1.5 calls a VM.\n\n| run | labs | refusal | time | / limit | refused | peak in flight | deletions a VM | calls a VM |\n|---|---|---|---|---|---|---|---|---|\n{budget_rows}\n{permit}",
+        "{labs} labs of 1 master + 2 workers expiring within one second; the mock backend serves 20 calls at once at 200 ms each and refuses the rest at once; `CLEANUP_RETRY_SECONDS=10`. The physical limit is {} calls x 0.2 s / 20 = **{limit:.1} s**. Time is from the first expiry until the last VM is deleted; every call that reached the backend counts, refused or not. Targets: within 3x the limit, at most 30 % refused; without `Retry-After`, fewer refused calls than the original policy.\n\n| policy | spread (first calls came over) | refusal | time | / limit | calls | refused | peak in flight |\n|---|---|---|---|---|---|---|---|\n{rows}\n![VMs deleted over time](perf/class.svg)\n\n#### With the fleet-wide budget (`BACKEND_MAX_CONCURRENCY`)\n\nThe same backend (20 calls at once, 200 ms each, the rest refused at once; or, for the slow backend, every call served but taking 200 ms x calls in flight / 20, with `BACKEND_TIMEOUT_SECONDS=2`). The limit is the VMs' calls x 0.2 s / 20 for each run's number of labs. Deletions a VM: the backend's 2xx answers per VM (above 1: a VM deleted more than once, e.g. a call the worker gave up on that the backend still carried out). Targets: at most 1.3x the limit and 1 % refused with the budget; above the capacity, no worse than the adaptive policy alone; the slow backend: at most 1.1 deletions a VM and 1.5 calls a VM.\n\n| run | labs | refusal | time | / limit | refused | peak in flight | deletions a VM | calls a VM |\n|---|---|---|---|---|---|---|---|---|\n{budget_rows}",
         labs * 4,
     )
 }
@@ -432,7 +431,7 @@ pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String 
 /// What a permit costs a call: labs of 48 workers on an idle backend (no latency, no
 /// contention), cleaned up with and without the budget; the added time per call is the
 /// difference of the attempts' wall times, per call, at the p50 over the labs.
-fn permit_cost(work_dir: &Path, mock: &MockBackend) -> String {
+pub fn permit_cost(work_dir: &Path, mock: &MockBackend) -> String {
     let labs: usize = env_or("BENCH_PERMIT_LABS", 10);
     let mut walls = Vec::new();
     for (tag, budget) in [("permit-off", ""), ("permit-on", "1000")] {

@@ -14,9 +14,15 @@ pub fn storage_ops(worker: &Worker) -> String {
             .log()
             .lines()
             .rev()
-            .find(|l| l.contains(needle))
-            .and_then(|l| l.rsplit_once(": "))
-            .map(|(_, counts)| counts.trim().to_string())
+            .find_map(|l| l.split_once(&format!("{needle}: ")))
+            .map(|(_, counts)| {
+                counts
+                    .split(';')
+                    .next()
+                    .unwrap_or(counts)
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_else(|| "not found in the log".into())
     };
     format!(

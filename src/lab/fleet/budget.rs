@@ -1,4 +1,4 @@
-//! The fleet-wide budget of backend calls: permits leased one call at a time, oldest expiry first, within a limit that halves on overload and grows back on success.
+//! The fleet-wide budget of backend calls: permits leased one per call, oldest expiry first, within a limit that halves on overload and grows back on success.
 //!
 //! Pure: the coordinator's Durable Object (`platform::budget`) holds one `Allocator` and the
 //! clock comes in as an argument. A permit is a lease that expires a little after the backend
@@ -25,6 +25,8 @@ struct Waiter {
     ticket: u64,
     priority: i64,
     deadline_ms: i64,
+    /// Permits wanted (at least one): a lab with several calls to make asks for them at once.
+    wanted: u32,
 }
 
 /// Hands out permits within a limit that adapts: additive increase (one more per limit's worth
@@ -71,15 +73,16 @@ impl Allocator {
         self.waiting.len()
     }
 
-    /// Queues a request for one permit by a lab expiring at `priority` (older first), that
-    /// waits until `deadline_ms` at the latest. Returns its ticket.
-    pub fn request(&mut self, priority: i64, deadline_ms: i64) -> u64 {
+    /// Queues a request for up to `wanted` permits by a lab expiring at `priority` (older
+    /// first), that waits until `deadline_ms` at the latest. Returns its ticket.
+    pub fn request(&mut self, priority: i64, deadline_ms: i64, wanted: u32) -> u64 {
         let ticket = self.next_id;
         self.next_id += 1;
         self.waiting.push(Waiter {
             ticket,
             priority,
             deadline_ms,
+            wanted: wanted.max(1),
         });
         ticket
     }
@@ -97,24 +100,36 @@ impl Allocator {
     }
 
     /// Grants what the limit allows, oldest expiry first (then first come): the tickets served,
-    /// each with its lease.
-    pub fn grant(&mut self, now_ms: i64) -> Vec<(u64, Lease)> {
+    /// each with its leases (as many as it wanted, or what is left; a request never waits for
+    /// more than one).
+    pub fn grant(&mut self, now_ms: i64) -> Vec<(u64, Vec<Lease>)> {
         self.expire(now_ms);
         self.waiting.sort_by_key(|w| (w.priority, w.ticket));
-        let free = (self.limit() as usize).saturating_sub(self.leases.len());
-        let served: Vec<Waiter> = self.waiting.drain(..free.min(self.waiting.len())).collect();
+        let mut free = (self.limit() as usize).saturating_sub(self.leases.len());
+        let mut served = Vec::new();
+        while free > 0 && !self.waiting.is_empty() {
+            let w = self.waiting.remove(0);
+            let n = (w.wanted as usize).min(free);
+            free -= n;
+            let leases: Vec<Lease> = (0..n)
+                .map(|_| {
+                    let lease = Lease {
+                        id: self.next_id,
+                        expires_at_ms: now_ms.saturating_add(self.lease_ms),
+                    };
+                    self.next_id += 1;
+                    lease
+                })
+                .collect();
+            self.leases.extend(leases.iter().copied());
+            served.push((w.ticket, leases));
+        }
         served
-            .into_iter()
-            .map(|w| {
-                let lease = Lease {
-                    id: self.next_id,
-                    expires_at_ms: now_ms.saturating_add(self.lease_ms),
-                };
-                self.next_id += 1;
-                self.leases.push(lease);
-                (w.ticket, lease)
-            })
-            .collect()
+    }
+
+    /// A permit comes back unused (its holder had no call left for it): the limit stays.
+    pub fn give_back(&mut self, lease_id: u64) {
+        self.leases.retain(|l| l.id != lease_id);
     }
 
     /// A permit comes back, with how its call went.
@@ -157,9 +172,9 @@ mod tests {
     #[test]
     fn never_more_in_flight_than_the_limit_oldest_expiry_first() {
         let mut a = Allocator::new(2, 17_000, 15_000);
-        let late = a.request(T + 500, T + 30_000);
-        let early = a.request(T + 100, T + 30_000);
-        let middle = a.request(T + 300, T + 30_000);
+        let late = a.request(T + 500, T + 30_000, 1);
+        let early = a.request(T + 100, T + 30_000, 1);
+        let middle = a.request(T + 300, T + 30_000, 1);
         let granted: Vec<u64> = a.grant(T).iter().map(|(t, _)| *t).collect();
         assert_eq!(granted, vec![early, middle]);
         assert_eq!(a.in_flight(), 2);
@@ -171,11 +186,40 @@ mod tests {
     }
 
     #[test]
+    fn a_request_for_several_gets_what_is_free_and_the_oldest_lab_is_served_first() {
+        let mut a = Allocator::new(5, 17_000, 15_000);
+        let big = a.request(T + 100, T + 30_000, 6);
+        let single = a.request(T + 50, T + 30_000, 1);
+        let served = a.grant(T);
+        assert_eq!(served[0].0, single, "older expiry first");
+        assert_eq!(served[0].1.len(), 1);
+        assert_eq!(served[1].0, big);
+        assert_eq!(
+            served[1].1.len(),
+            4,
+            "what is left, without waiting for more"
+        );
+        assert_eq!(a.in_flight(), 5);
+        let more = a.request(T + 10, T + 30_000, 3);
+        assert!(a.grant(T).is_empty(), "full");
+        a.give_back(served[1].1[0].id);
+        a.give_back(served[1].1[1].id);
+        let next = a.grant(T);
+        assert_eq!(next, vec![(more, next[0].1.clone())]);
+        assert_eq!(next[0].1.len(), 2);
+        assert_eq!(
+            a.limit(),
+            5,
+            "an unused permit says nothing about the backend"
+        );
+    }
+
+    #[test]
     fn a_lease_never_returned_comes_back_by_itself() {
         let mut a = Allocator::new(1, 17_000, 15_000);
-        a.request(T, T + 60_000);
+        a.request(T, T + 60_000, 1);
         assert_eq!(a.grant(T).len(), 1);
-        a.request(T, T + 60_000);
+        a.request(T, T + 60_000, 1);
         assert!(a.grant(T + 16_999).is_empty());
         assert_eq!(a.next_change_ms(), Some(T + 17_000));
         assert_eq!(
@@ -218,13 +262,13 @@ mod tests {
     #[test]
     fn a_request_past_its_deadline_leaves_the_queue() {
         let mut a = Allocator::new(1, 17_000, 15_000);
-        a.request(T, T + 60_000);
+        a.request(T, T + 60_000, 1);
         a.grant(T);
-        let t = a.request(T, T + 5_000);
+        let t = a.request(T, T + 5_000, 1);
         assert_eq!(a.waiting(), 1);
         a.expire(T + 5_000);
         assert_eq!(a.waiting(), 0);
-        let u = a.request(T, T + 60_000);
+        let u = a.request(T, T + 60_000, 1);
         a.cancel(u);
         assert_eq!(a.waiting(), 0);
         assert_ne!(t, u);

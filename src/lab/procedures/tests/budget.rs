@@ -24,6 +24,22 @@ fn a_permit_before_each_call_and_every_vm_deleted_once() {
 }
 
 #[test]
+fn each_call_says_how_many_calls_could_start_with_it() {
+    let world = with_budget(20);
+    let workers: Vec<String> = (1..=8).map(|i| format!("w{i}")).collect();
+    let ids: Vec<&str> = workers.iter().map(String::as_str).collect();
+    world.create(lab("m", &ids, 1));
+    world.run(T0 + 10 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Completed));
+    // The services call alone, then the 9 VMs, 6 at once (`CLEANUP_CONCURRENCY`): never more
+    // than could start, never more than the VMs left.
+    assert_eq!(
+        *world.permits_wanted.borrow(),
+        vec![1, 6, 6, 6, 6, 5, 4, 3, 2, 1]
+    );
+}
+
+#[test]
 fn a_budget_taken_by_others_defers_the_attempt_and_never_fails_it() {
     let world = with_budget(1);
     // Leases that last an hour: the other lab's permit stays out until it returns it.
@@ -32,8 +48,8 @@ fn a_budget_taken_by_others_defers_the_attempt_and_never_fails_it() {
     let held = {
         let mut b = world.budget.borrow_mut();
         let a = b.as_mut().unwrap();
-        a.request(0, T0 + 3_600_000);
-        a.grant(T0)[0].1
+        a.request(0, T0 + 3_600_000, 1);
+        a.grant(T0)[0].1[0]
     };
     world.create(lab("m", &["w"], 1));
     world.run(T0 + MINUTE + 5 * SECOND);

@@ -78,6 +78,8 @@ pub struct World {
     /// The fleet's budget (`None`: off), and the most permits out at once.
     pub budget: RefCell<Option<crate::lab::fleet::budget::Allocator>>,
     pub permits_peak: Cell<usize>,
+    /// What each `acquire` said it wanted, in order.
+    pub permits_wanted: RefCell<Vec<usize>>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -136,6 +138,7 @@ impl World {
             deliver_during_delete: Cell::new(false),
             budget: RefCell::new(None),
             permits_peak: Cell::new(0),
+            permits_wanted: RefCell::new(Vec::new()),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -460,16 +463,18 @@ impl LabBackend for World {
 }
 
 impl crate::lab::ports::Budget for World {
-    async fn acquire(&self, priority_ms: i64) -> crate::lab::ports::Permit {
+    async fn acquire(&self, priority_ms: i64, wanted: usize) -> crate::lab::ports::Permit {
         use crate::lab::ports::Permit;
+        self.permits_wanted.borrow_mut().push(wanted);
         let mut budget = self.budget.borrow_mut();
         let Some(allocator) = budget.as_mut() else {
             return Permit::Unlimited;
         };
         let now = self.now.get();
-        let ticket = allocator.request(priority_ms, now + 10_000);
+        let ticket = allocator.request(priority_ms, now + 10_000, 1);
         match allocator.grant(now).into_iter().find(|(t, _)| *t == ticket) {
-            Some((_, lease)) => {
+            Some((_, leases)) => {
+                let lease = leases[0];
                 self.permits_peak
                     .set(self.permits_peak.get().max(allocator.in_flight()));
                 Permit::Granted(lease.id)
