@@ -65,6 +65,18 @@ pub struct Rows {
     pub written: u64,
 }
 
+impl Rows {
+    /// What a batch's results report.
+    fn of(results: &[worker::D1Result]) -> Rows {
+        let mut rows = Rows::default();
+        for meta in results.iter().filter_map(|r| r.meta().ok().flatten()) {
+            rows.read += meta.rows_read.unwrap_or(0) as u64;
+            rows.written += meta.rows_written.unwrap_or(0) as u64;
+        }
+        rows
+    }
+}
+
 /// Runs writing statements in one batch (one transaction), within `timeout`.
 async fn run(
     env: &Env,
@@ -78,12 +90,7 @@ async fn run(
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
         let results = db.batch(prepared).await.map_err(|e| e.to_string())?;
-        let mut rows = Rows::default();
-        for meta in results.iter().filter_map(|r| r.meta().ok().flatten()) {
-            rows.read += meta.rows_read.unwrap_or(0) as u64;
-            rows.written += meta.rows_written.unwrap_or(0) as u64;
-        }
-        Ok(rows)
+        Ok(Rows::of(&results))
     })
     .await
 }
@@ -108,20 +115,22 @@ pub async fn delete(
     run(env, index::delete(lab_request_id, revision), timeout).await
 }
 
-/// One page of the list route (one row more than the page when another follows).
+/// One page of the list route (one row more than the page when another follows), and the rows
+/// D1 read for it.
 pub async fn list(
     env: &Env,
     query: &ListQuery,
     stuck_after: u32,
     timeout: Duration,
-) -> Result<Vec<IndexRow>, IndexError> {
+) -> Result<(Vec<IndexRow>, Rows), IndexError> {
     let statement = prepare(&database(env)?, index::list(query, stuck_after))?;
     bounded(timeout, async {
         let result = statement.all().await.map_err(|e| e.to_string())?;
         if let Some(error) = result.error() {
             return Err(error);
         }
-        result.results::<IndexRow>().map_err(|e| e.to_string())
+        let rows = result.results::<IndexRow>().map_err(|e| e.to_string())?;
+        Ok((rows, Rows::of(std::slice::from_ref(&result))))
     })
     .await
 }
@@ -143,8 +152,13 @@ struct Pending {
     oldest: Option<i64>,
 }
 
-/// The stats route's counts and the last reconciliation, in one round trip (a D1 batch).
-pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Counts, IndexError> {
+/// The stats route's counts and the last reconciliation, in one round trip (a D1 batch), and the
+/// rows D1 read for them.
+pub async fn counts(
+    env: &Env,
+    stuck_after: u32,
+    timeout: Duration,
+) -> Result<(Counts, Rows), IndexError> {
     let db = database(env)?;
     let statements = index::stats(stuck_after)
         .into_iter()
@@ -166,7 +180,7 @@ pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Co
             .map(|k| (k.name, k.n))
             .collect();
         let pending = pending.results::<Pending>().map_err(e)?.into_iter().next();
-        Ok(Counts {
+        let counts = Counts {
             by_status: index::by_status(&kept),
             stuck: stuck
                 .results::<Number>()
@@ -183,7 +197,8 @@ pub async fn counts(env: &Env, stuck_after: u32, timeout: Duration) -> Result<Co
                 .map_err(e)?
                 .into_iter()
                 .next(),
-        })
+        };
+        Ok((counts, Rows::of(&results)))
     })
     .await
 }

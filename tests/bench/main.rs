@@ -119,7 +119,7 @@ fn main() {
     }
     if wanted("fleet") {
         let section = fleet::section(&work_dir, &mock);
-        writeln!(md, "### The fleet view over 10,000 labs\n\n{section}").unwrap();
+        writeln!(md, "### The fleet view over a million labs\n\n{section}").unwrap();
     }
     if wanted("load") {
         let load_report = load::section(&work_dir, &mock.url());

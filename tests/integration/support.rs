@@ -285,23 +285,6 @@ impl Worker {
         }
     }
 
-    /// Runs one SQL statement on this worker's local D1 index with `--json`; wrangler's output.
-    #[allow(dead_code)] // the benchmark's
-    pub fn d1_command(&self, sql: &str) -> String {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("node_modules/.bin/wrangler"))
-            .current_dir(root)
-            .args(["d1", "execute", "DB", "--local", "--json", "--persist-to"])
-            .arg(&self.state_dir)
-            .arg("--command")
-            .arg(sql)
-            .env("CI", "true")
-            .env("WRANGLER_SEND_METRICS", "false")
-            .output()
-            .expect("wrangler d1 execute");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
     fn spawn(&mut self) {
         self.migrate();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
