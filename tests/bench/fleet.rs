@@ -13,7 +13,8 @@ use crate::support::Worker;
 
 /// The labs seeded in the index, in one statement (a recursive CTE): a fleet a month into
 /// retention, most labs completed (9 in 10), 1 in 20 scheduled, 1 in 40 retrying (half of those
-/// stuck), 1 in 40 being cleaned up; 5,000 users; expiries over 30 days.
+/// stuck), 1 in 40 being cleaned up; 1 in 1,000 an orphan found in the inventory; 5,000 users;
+/// one expiry a second from `base` on.
 fn seed_sql(n: usize) -> String {
     let base = 1_900_000_000_000i64;
     format!(
@@ -27,7 +28,7 @@ SELECT printf('lab-%07d', i), 'user-' || (i % 5000), 'multi_node', 3,
   CASE WHEN i % 40 IN (0, 1) THEN 1 WHEN i % 20 = 2 THEN 3 ELSE 0 END,
   i % 7 = 0,
   CASE WHEN i % 40 = 0 THEN 'w: backend answered 500' ELSE NULL END,
-  NULL, {base}, 1, 'api'
+  NULL, {base}, 1, CASE WHEN i % 1000 = 3 THEN 'inventory' ELSE 'api' END
 FROM seq;",
         last = n.saturating_sub(1)
     )
@@ -111,10 +112,11 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
         "fleet: {labs} rows seeded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    // A deep page: the cursor of a lab near the end of the order.
+    // A deep page: the cursor nine tenths of the way through the order.
+    let deep = (labs * 9 / 10) as i64;
     let near_end = Cursor {
-        expires_at: 1_900_000_000_000 + 2_592_000_000 - 60_000,
-        lab_request_id: "lab-0000000".into(),
+        expires_at: 1_900_000_000_000 + deep * 1000,
+        lab_request_id: format!("lab-{deep:07}"),
     };
     let stuck_after = 3;
     let query = |q: &str| labs_cleanup::api::fleet::parse(q).unwrap();
@@ -143,13 +145,13 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
             query("expires_after=2030-03-17T17:50:00Z&expires_before=2030-03-17T18:10:00Z"),
         ),
         (
-            "a deep page (cursor near the end)",
+            "a deep page (cursor 9/10 of the way)",
             format!("cursor={}", near_end.encode()),
             query(&format!("cursor={}", near_end.encode())),
         ),
     ];
     let mut md = format!(
-        "{labs} labs seeded in the local D1 index (a month into retention: 9 in 10 completed, 1 in 20 scheduled, 1 in 40 retrying, half of those stuck; 5,000 users; expiries over 30 days), then {requests} requests of each query, one at a time, with the operator token; `wrangler dev` on this machine. Target: p50 ≤ 50 ms. Rows read: what D1 reported (`meta.rows_read`) to the worker for the last request (logged with `LOG_STORAGE_OPS`); the plan: SQLite's `EXPLAIN QUERY PLAN` for the same statement with the same values bound, on the same database file. Indexes: `migrations/`.\n\n| query | p50 | p90 | rows read | plan |\n|---|---|---|---|---|\n"
+        "{labs} labs seeded in the local D1 index (a month into retention: 9 in 10 completed, 1 in 20 scheduled, 1 in 40 retrying, half of those stuck; 1 in 1,000 an orphan; 5,000 users; one expiry a second), then {requests} requests of each query, one at a time, with the operator token; `wrangler dev` on this machine. Target: p50 ≤ 50 ms. Rows read: what D1 reported (`meta.rows_read`) to the worker for the last request (logged with `LOG_STORAGE_OPS`); the plan: SQLite's `EXPLAIN QUERY PLAN` for the same statement with the same values bound, on the same database file. Indexes: `migrations/`.\n\n| query | p50 | p90 | rows read | plan |\n|---|---|---|---|---|\n"
     );
     for (name, params, q) in &queries {
         let path = format!("/api/v1/labs/sessions?{params}");
