@@ -41,6 +41,7 @@ fn view_keys() -> BTreeSet<String> {
             worker_lab_request_ids: vec![],
             duration: 1,
             vm_name: None,
+            idle_timeout: None,
         },
         0,
         1,

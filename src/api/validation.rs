@@ -103,6 +103,7 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         worker_lab_request_ids,
         duration,
         vm_name,
+        idle_timeout: None,
     })
 }
 
@@ -433,6 +434,7 @@ mod tests {
                 ],
                 duration: 60,
                 vm_name: Some("k8s-master-1".into()),
+                idle_timeout: None,
             }
         );
     }

@@ -689,6 +689,7 @@ mod tests {
                 worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
                 duration: 60,
                 vm_name: None,
+                idle_timeout: None,
             },
             0,
             60_000,

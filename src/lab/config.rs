@@ -33,6 +33,12 @@ pub const DEFAULT_SUBREQUEST_LIMIT: u64 = 50;
 pub const CALLS_BESIDES_WORKERS: u64 = 2;
 /// Default warning before the expiry, in `duration` units (minutes): `lab.expiring`.
 pub const DEFAULT_WARN_BEFORE_MINUTES: u64 = 10;
+/// Most stages `WARN_BEFORE_MINUTES` may list (each is remembered in the lab's record).
+pub const MAX_WARN_STAGES: usize = 8;
+/// Default warning before an idle end, in `duration` units: `lab.idle_warning`.
+pub const DEFAULT_IDLE_WARN_MINUTES: u64 = 5;
+/// Default least time between two writes of a lab's activity (`POST .../activity`).
+pub const DEFAULT_ACTIVITY_WRITE_SECONDS: u64 = 60;
 /// Default number of attempts after which a lab that is not completed counts as stuck.
 pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
 /// Default age, in `duration` units, an unknown VM an inventory reports must reach before a
@@ -150,6 +156,11 @@ pub struct Config {
     /// `BACKEND_MAX_CONCURRENCY`: the most backend calls the whole fleet has in flight (unset:
     /// no fleet-wide budget, each lab's own adaptive policy only).
     pub backend_max_concurrency: Option<u32>,
+    /// `IDLE_TIMEOUT_MINUTES`: the idle timeout of a lab created without `idle_timeout`, in
+    /// `duration` units (unset: none).
+    pub idle_timeout_minutes: Option<u64>,
+    /// `ACTIVITY_WRITE_SECONDS`: a lab writes its activity at most once in this long.
+    pub activity_write_seconds: u64,
 }
 
 /// Whether the worker sends webhooks.
@@ -170,8 +181,11 @@ pub struct WebhookConfig {
     pub url: String,
     /// The key bytes of `WEBHOOK_SECRET` (the base64 after `whsec_`).
     pub secret: Vec<u8>,
-    /// `lab.expiring` this many `duration` units before the expiry.
-    pub warn_before_minutes: u64,
+    /// `lab.expiring` this many `duration` units before the expiry, once per stage; largest
+    /// first, no repeats, at most `MAX_WARN_STAGES`.
+    pub warn_stages: Vec<u64>,
+    /// `lab.idle_warning` this many `duration` units before an idle end.
+    pub idle_warn_minutes: u64,
     pub schedule: Schedule,
 }
 
@@ -332,6 +346,16 @@ impl Config {
                 0,
                 86_400,
             )?,
+            idle_timeout_minutes: match get("IDLE_TIMEOUT_MINUTES") {
+                None => None,
+                Some(_) => Some(number("IDLE_TIMEOUT_MINUTES", 0, 1, 525_600)?),
+            },
+            activity_write_seconds: number(
+                "ACTIVITY_WRITE_SECONDS",
+                DEFAULT_ACTIVITY_WRITE_SECONDS,
+                1,
+                3_600,
+            )?,
             webhooks: webhooks(&get),
             fleet_index: match get("FLEET_INDEX").as_deref().map(str::trim) {
                 None | Some("on") => true,
@@ -363,12 +387,26 @@ impl Config {
         }
     }
 
-    /// Milliseconds before the expiry `lab.expiring` is due, when webhooks are on.
-    pub fn warn_before_ms(&self) -> Option<i64> {
+    /// The stages of `lab.expiring`, in minutes before the expiry, largest first (none when
+    /// webhooks are off).
+    pub fn warn_stages(&self) -> Vec<u64> {
         match &self.webhooks {
-            Webhooks::On(w) => Some(self.duration_ms(w.warn_before_minutes)),
-            _ => None,
+            Webhooks::On(w) => w.warn_stages.clone(),
+            _ => Vec::new(),
         }
+    }
+
+    /// Milliseconds before an idle end `lab.idle_warning` is due (0 when webhooks are off).
+    pub fn idle_warn_ms(&self) -> i64 {
+        match &self.webhooks {
+            Webhooks::On(w) => self.duration_ms(w.idle_warn_minutes),
+            _ => 0,
+        }
+    }
+
+    /// Milliseconds at least between two writes of a lab's activity.
+    pub fn activity_write_ms(&self) -> i64 {
+        (self.activity_write_seconds * 1000) as i64
     }
 
     /// How long one backend call may take (`BACKEND_TIMEOUT_SECONDS`).
@@ -401,7 +439,9 @@ impl Config {
         Timing {
             retention_ms: self.retention_ms(),
             webhooks: matches!(self.webhooks, Webhooks::On(_)),
-            warn_before_ms: self.warn_before_ms().unwrap_or(0),
+            warn_stages: self.warn_stages(),
+            unit_ms: self.duration_unit_ms(),
+            idle_warn_ms: self.idle_warn_ms(),
         }
     }
 
@@ -459,6 +499,22 @@ fn whole_number(
     }
 }
 
+/// `WARN_BEFORE_MINUTES` as stages: whole minutes, largest first, repeats dropped.
+fn warn_stages(raw: &str) -> Option<Vec<u64>> {
+    let mut stages = raw
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=525_600).contains(n))
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    stages.sort_unstable_by(|a, b| b.cmp(a));
+    stages.dedup();
+    (!stages.is_empty() && stages.len() <= MAX_WARN_STAGES).then_some(stages)
+}
+
 /// Reads the webhook settings (only when `WEBHOOK_URL` is set).
 fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
     let Some(url) = get("WEBHOOK_URL") else {
@@ -478,9 +534,19 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
             value: None,
         })?;
         let whole = |name, default, min, max| whole_number(get, name, default, min, max);
-        let warn_before_minutes = whole(
-            "WARN_BEFORE_MINUTES",
-            DEFAULT_WARN_BEFORE_MINUTES,
+        let warn_stages = match get("WARN_BEFORE_MINUTES") {
+            None => vec![DEFAULT_WARN_BEFORE_MINUTES],
+            Some(raw) => warn_stages(&raw).ok_or(ConfigError::Invalid {
+                name: "WARN_BEFORE_MINUTES",
+                expected: format!(
+                    "minutes before the expiry (1 to 525600), comma-separated, at most {MAX_WARN_STAGES}, e.g. \"30,5\""
+                ),
+                value: Some(raw),
+            })?,
+        };
+        let idle_warn_minutes = whole(
+            "IDLE_WARN_MINUTES",
+            DEFAULT_IDLE_WARN_MINUTES,
             1,
             525_600,
         )?;
@@ -513,7 +579,8 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
         Ok(WebhookConfig {
             url,
             secret,
-            warn_before_minutes,
+            warn_stages,
+            idle_warn_minutes,
             schedule: Schedule {
                 pauses_ms: pauses.iter().map(|s| (*s * 1000) as i64).collect(),
                 max_age_ms: (max_age_seconds * 1000) as i64,
@@ -681,11 +748,22 @@ mod tests {
             panic!("{:?}", on.webhooks)
         };
         assert_eq!(w.secret.len(), 24);
-        assert_eq!(w.warn_before_minutes, 10);
+        assert_eq!(w.warn_stages, vec![10]);
+        assert_eq!(w.idle_warn_minutes, 5);
         assert_eq!(w.schedule.pauses_ms[..2], [5_000, 30_000]);
-        assert_eq!(on.warn_before_ms(), Some(600_000));
-        assert_eq!(on.timing().warn_before_ms, 600_000);
+        assert_eq!(on.warn_stages(), vec![10]);
+        assert_eq!(on.timing().warn_stages, vec![10]);
+        assert_eq!(on.idle_warn_ms(), 300_000);
         assert!(on.timing().webhooks);
+        // Stages: largest first, repeats dropped.
+        let staged = config(&[
+            ("BACKEND_URL", "http://x"),
+            ("WEBHOOK_URL", "https://hooks.example.com/labs"),
+            ("WEBHOOK_SECRET", secret),
+            ("WARN_BEFORE_MINUTES", " 5, 30,5 "),
+        ])
+        .unwrap();
+        assert_eq!(staged.warn_stages(), vec![30, 5]);
 
         for (pairs, name) in [
             (vec![("WEBHOOK_URL", "https://h")], "WEBHOOK_SECRET"),
@@ -712,6 +790,30 @@ mod tests {
                 vec![
                     ("WEBHOOK_URL", "https://h"),
                     ("WEBHOOK_SECRET", secret),
+                    ("WARN_BEFORE_MINUTES", "1,2,3,4,5,6,7,8,9"),
+                ],
+                "WARN_BEFORE_MINUTES",
+            ),
+            (
+                vec![
+                    ("WEBHOOK_URL", "https://h"),
+                    ("WEBHOOK_SECRET", secret),
+                    ("WARN_BEFORE_MINUTES", "30,"),
+                ],
+                "WARN_BEFORE_MINUTES",
+            ),
+            (
+                vec![
+                    ("WEBHOOK_URL", "https://h"),
+                    ("WEBHOOK_SECRET", secret),
+                    ("IDLE_WARN_MINUTES", "0"),
+                ],
+                "IDLE_WARN_MINUTES",
+            ),
+            (
+                vec![
+                    ("WEBHOOK_URL", "https://h"),
+                    ("WEBHOOK_SECRET", secret),
                     ("WEBHOOK_RETRY_SCHEDULE_SECONDS", "5,x"),
                 ],
                 "WEBHOOK_RETRY_SCHEDULE_SECONDS",
@@ -729,7 +831,7 @@ mod tests {
                 "never the secret: {}",
                 e.detail()
             );
-            assert_eq!(c.warn_before_ms(), None);
+            assert!(c.warn_stages().is_empty());
         }
     }
 

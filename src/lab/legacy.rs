@@ -163,6 +163,7 @@ impl LegacyRecord {
                 worker_lab_request_ids,
                 duration,
                 vm_name: None,
+                idle_timeout: None,
             },
             created_at_ms,
             expires_at_ms.saturating_sub(created_at_ms),

@@ -1,23 +1,26 @@
 //! The object's one alarm: what is due at a given moment, and when the alarm must fire next.
 //!
-//! A lab's object wakes for several reasons (its cleanup attempt, the end of retention); it has
-//! one alarm, so every path that saves the record sets the alarm to `next_wake`, and the alarm
-//! handler asks `due` what to do. Both come from the same per-reason times, so they cannot
-//! disagree.
+//! A lab's object wakes for several reasons (its warnings, its idle end, its cleanup attempt,
+//! an index repair, a delivery, the end of retention); it has one alarm, so every path that
+//! saves the record sets the alarm to `next_wake`, and the alarm handler asks `due` what to do.
+//! Both come from the same per-reason times, so they cannot disagree.
 
 use crate::lab::index;
 use crate::lab::session::{Session, Status};
-use crate::lab::webhook;
 
 /// The timing settings the wake-up times depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timing {
     /// How long a completed record is kept.
     pub retention_ms: i64,
     /// Whether webhooks are on. Off, no event is created and the outbox is left as it is.
     pub webhooks: bool,
-    /// How long before the expiry `lab.expiring` is due (webhooks on).
-    pub warn_before_ms: i64,
+    /// The stages of `lab.expiring`, in `duration` units before the expiry, largest first.
+    pub warn_stages: Vec<u64>,
+    /// Milliseconds in one `duration` unit.
+    pub unit_ms: i64,
+    /// How long before an idle end `lab.idle_warning` is due (webhooks on).
+    pub idle_warn_ms: i64,
 }
 
 /// What is due when the alarm fires.
@@ -29,24 +32,79 @@ pub struct Due {
     pub purge: bool,
     /// The index row is behind the record: write it.
     pub index: bool,
-    /// `lab.expiring` is due.
+    /// `lab.expiring` is due (a stage of `WARN_BEFORE_MINUTES`).
     pub warn: bool,
     /// An event of the outbox is due for delivery.
     pub deliver: bool,
+    /// `lab.idle_warning` is due.
+    pub idle_warn: bool,
+    /// The idle timeout has passed with no activity: the lab ends (reason `idle`).
+    pub idle_end: bool,
 }
 
 impl Due {
     pub fn any(&self) -> bool {
-        self.attempt || self.purge || self.index || self.warn || self.deliver
+        self.attempt
+            || self.purge
+            || self.index
+            || self.warn
+            || self.deliver
+            || self.idle_warn
+            || self.idle_end
     }
 }
 
-/// When `lab.expiring` is due (webhooks on, see `webhook::warning_at`).
+/// The stages of `lab.expiring` not yet sent for the lab's current expiry, with when each is
+/// due: `stage` units before the expiry, for a lab scheduled and longer than the stage.
+pub fn stages_ahead(session: &Session, timing: &Timing) -> Vec<(u64, i64)> {
+    if !timing.webhooks || session.status() != Status::Scheduled {
+        return Vec::new();
+    }
+    let lifetime = session.expires_at_ms.saturating_sub(session.created_at_ms);
+    let n = &session.notices;
+    let for_this_expiry = n.warned_for_expiry_ms == Some(session.expires_at_ms);
+    timing
+        .warn_stages
+        .iter()
+        .map(|&stage| {
+            let before = i64::try_from(stage)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(timing.unit_ms);
+            (stage, before)
+        })
+        .filter(|&(stage, before)| {
+            // A record of the version before stages warned once per expiry, with no list.
+            let warned = for_this_expiry
+                && (n.warned_stages.is_empty() || n.warned_stages.contains(&stage));
+            lifetime > before && !warned
+        })
+        .map(|(stage, before)| (stage, session.expires_at_ms.saturating_sub(before)))
+        .collect()
+}
+
+/// When the next `lab.expiring` is due (webhooks on).
 pub fn warn_at(session: &Session, timing: &Timing) -> Option<i64> {
+    stages_ahead(session, timing)
+        .into_iter()
+        .map(|(_, at)| at)
+        .min()
+}
+
+/// When the lab ends for want of activity (see `Session::idle_deadline`).
+pub fn idle_at(session: &Session) -> Option<i64> {
+    session.idle_deadline(None)
+}
+
+/// When `lab.idle_warning` is due: `IDLE_WARN_MINUTES` before the idle deadline, once per
+/// deadline (activity moves it), when the idle timeout is longer than the warning.
+pub fn idle_warn_at(session: &Session, timing: &Timing) -> Option<i64> {
     if !timing.webhooks {
         return None;
     }
-    webhook::warning_at(session, timing.warn_before_ms)
+    let deadline = idle_at(session)?;
+    let timeout = session.idle.timeout_ms?;
+    (timeout > timing.idle_warn_ms && session.notices.idle_warned_for_ms != Some(deadline))
+        .then(|| deadline.saturating_sub(timing.idle_warn_ms))
 }
 
 /// When the next outbox event is due for delivery (webhooks on).
@@ -106,6 +164,8 @@ pub fn next_wake(session: &Session, timing: &Timing) -> Option<i64> {
         index_at(session),
         warn_at(session, timing),
         deliver_at(session, timing),
+        idle_at(session),
+        idle_warn_at(session, timing),
     ]
     .into_iter()
     .flatten()
@@ -121,6 +181,8 @@ pub fn due(session: &Session, now_ms: i64, timing: &Timing) -> Due {
         index: index_at(session).is_some_and(|at| now_ms >= at),
         warn: warn_at(session, timing).is_some_and(|at| now_ms >= at),
         deliver: deliver_at(session, timing).is_some_and(|at| now_ms >= at),
+        idle_warn: idle_warn_at(session, timing).is_some_and(|at| now_ms >= at),
+        idle_end: idle_at(session).is_some_and(|at| now_ms >= at),
     }
 }
 
@@ -133,13 +195,20 @@ mod tests {
     const TIMING: Timing = Timing {
         retention_ms: 1_000,
         webhooks: false,
-        warn_before_ms: 20_000,
+        warn_stages: Vec::new(),
+        unit_ms: 1_000,
+        idle_warn_ms: 0,
     };
-    const WITH_WEBHOOKS: Timing = Timing {
-        retention_ms: 1_000,
-        webhooks: true,
-        warn_before_ms: 20_000,
-    };
+
+    /// Webhooks on; one stage, 20 units (20 s) before the expiry; idle warnings 5 s ahead.
+    fn with_webhooks() -> Timing {
+        Timing {
+            webhooks: true,
+            warn_stages: vec![20],
+            idle_warn_ms: 5_000,
+            ..TIMING
+        }
+    }
 
     fn session(workers: &[&str]) -> Session {
         Session::schedule(
@@ -149,6 +218,7 @@ mod tests {
                 worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
                 duration: 1,
                 vm_name: None,
+                idle_timeout: None,
             },
             T0,
             60_000,
@@ -168,6 +238,8 @@ mod tests {
         index: false,
         warn: false,
         deliver: false,
+        idle_warn: false,
+        idle_end: false,
     };
     const ATTEMPT: Due = Due {
         attempt: true,
@@ -291,9 +363,9 @@ mod tests {
         // Webhooks off: no warning.
         assert_eq!(next_wake(&s, &TIMING), Some(T0 + 60_000));
         // On: 20 s before the expiry.
-        assert_eq!(next_wake(&s, &WITH_WEBHOOKS), Some(T0 + 40_000));
+        assert_eq!(next_wake(&s, &with_webhooks()), Some(T0 + 40_000));
         assert_eq!(
-            due(&s, T0 + 40_000, &WITH_WEBHOOKS),
+            due(&s, T0 + 40_000, &with_webhooks()),
             Due {
                 warn: true,
                 ..NOTHING
@@ -303,9 +375,9 @@ mod tests {
         let mut event = new_event(EventType::Expiring, &s, T0 + 40_000, "msg_x".into());
         event.next_at_ms = T0 + 45_000;
         s.queue_event(event);
-        assert_eq!(next_wake(&s, &WITH_WEBHOOKS), Some(T0 + 45_000));
+        assert_eq!(next_wake(&s, &with_webhooks()), Some(T0 + 45_000));
         assert_eq!(
-            due(&s, T0 + 45_000, &WITH_WEBHOOKS),
+            due(&s, T0 + 45_000, &with_webhooks()),
             Due {
                 deliver: true,
                 ..NOTHING
@@ -314,14 +386,14 @@ mod tests {
         // A pending delivery holds the purge of a completed lab.
         s.begin_attempt(T0 + 60_000, 5_000);
         s.finish_attempt(&deleted(&["m"]), T0 + 61_000, T0 + 66_000);
-        assert_eq!(purge_at(&s, &WITH_WEBHOOKS), None);
+        assert_eq!(purge_at(&s, &with_webhooks()), None);
         assert_eq!(
             purge_at(&s, &TIMING),
             Some(T0 + 62_000),
             "webhooks off: ignored"
         );
         s.notices.outbox.clear();
-        assert_eq!(purge_at(&s, &WITH_WEBHOOKS), Some(T0 + 62_000));
+        assert_eq!(purge_at(&s, &with_webhooks()), Some(T0 + 62_000));
     }
 
     #[test]

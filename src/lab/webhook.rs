@@ -22,6 +22,8 @@ pub enum EventType {
     CleanupCompleted,
     /// `STUCK_AFTER_ATTEMPTS` attempts and VMs still pending (once).
     CleanupStuck,
+    /// `IDLE_WARN_MINUTES` before an idle end (once per idle deadline).
+    IdleWarning,
 }
 
 impl EventType {
@@ -30,6 +32,7 @@ impl EventType {
             EventType::Expiring => "lab.expiring",
             EventType::CleanupCompleted => "lab.cleanup_completed",
             EventType::CleanupStuck => "lab.cleanup_stuck",
+            EventType::IdleWarning => "lab.idle_warning",
         }
     }
 }
@@ -64,17 +67,6 @@ pub fn event_id(random: [f64; 4]) -> String {
         word(random[2]),
         word(random[3])
     )
-}
-
-/// When `lab.expiring` is due for the current expiry: `warn_before_ms` before it, while the lab
-/// is scheduled and not yet warned for this expiry. `None` when the whole lab is not longer than
-/// the warning, or it was ended early (no longer scheduled).
-pub fn warning_at(session: &Session, warn_before_ms: i64) -> Option<i64> {
-    let lifetime = session.expires_at_ms.saturating_sub(session.created_at_ms);
-    (session.status() == Status::Scheduled
-        && lifetime > warn_before_ms
-        && session.notices.warned_for_expiry_ms != Some(session.expires_at_ms))
-    .then(|| session.expires_at_ms.saturating_sub(warn_before_ms))
 }
 
 /// The events an attempt that `finish_attempt` has just recorded calls for: completed when
@@ -210,6 +202,7 @@ mod tests {
                 worker_lab_request_ids: vec!["w1".into()],
                 duration: duration_minutes as u64,
                 vm_name: None,
+                idle_timeout: None,
             },
             T0,
             duration_minutes * MINUTE,
@@ -340,24 +333,6 @@ mod tests {
         let id = event_id([0.1, 0.2, 0.3, 0.4]);
         assert_eq!(id.len(), 36);
         assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn the_warning_comes_before_the_expiry_once_per_expiry() {
-        let mut s = session(60);
-        assert_eq!(warning_at(&s, 10 * MINUTE), Some(T0 + 50 * MINUTE));
-        s.notices.warned_for_expiry_ms = Some(s.expires_at_ms);
-        assert_eq!(warning_at(&s, 10 * MINUTE), None, "sent already");
-        // Extended: a new expiry, a new warning (at once if its time has passed).
-        s.extend(5, MINUTE, 1_000).unwrap();
-        assert_eq!(warning_at(&s, 10 * MINUTE), Some(T0 + 55 * MINUTE));
-        // Not longer than the warning: none.
-        assert_eq!(warning_at(&session(10), 10 * MINUTE), None);
-        assert_eq!(warning_at(&session(11), 10 * MINUTE), Some(T0 + MINUTE));
-        // Ended early: none.
-        let mut s = session(60);
-        s.end_now(T0 + MINUTE);
-        assert_eq!(warning_at(&s, 10 * MINUTE), None);
     }
 
     #[test]

@@ -328,6 +328,7 @@ impl<P: Platform> Lab<'_, P> {
                 worker_lab_request_ids: Vec::new(),
                 duration: 0,
                 vm_name: None,
+                idle_timeout: None,
             },
             created,
             now.saturating_sub(created),

@@ -8,6 +8,7 @@ pub mod bound;
 pub mod outbox;
 pub mod outcome;
 mod stored;
+pub mod timeline;
 pub mod view;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ pub use crate::lab::status::{LabType, Role, Status};
 pub use crate::lab::text::rfc3339;
 pub use outbox::{OutboxEvent, Snapshot};
 pub use outcome::{AttemptResult, Deletion, DeletionError, Ending, Outcome};
+pub use timeline::{By, EndReason, Event, Kind, Timeline};
 pub use view::SessionView;
 
 /// A validated request to schedule a lab's cleanup: what the router forwards to the
@@ -29,6 +31,10 @@ pub struct NewSession {
     /// Lifetime in whole minutes (one unit of `DURATION_UNIT_SECONDS`).
     pub duration: u64,
     pub vm_name: Option<String>,
+    /// Minutes (`duration` units) without activity after which the lab ends early; `None`:
+    /// `IDLE_TIMEOUT_MINUTES` if set, else never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
 }
 
 /// One VM to delete.
@@ -62,6 +68,19 @@ pub struct Session {
     pub adoption: Adoption,
     pub sync: Sync,
     pub notices: Notices,
+    /// Why the lab ended (its cleanup started); `None` while it is scheduled.
+    pub end_reason: Option<EndReason>,
+    pub idle: Idle,
+    pub timeline: Timeline,
+}
+
+/// The lab's idle end (`idle_timeout`), when it has one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Idle {
+    /// How long without activity ends the lab; `None`: never.
+    pub timeout_ms: Option<i64>,
+    /// The latest activity written to the record (`ACTIVITY_WRITE_SECONDS` apart at most).
+    pub last_activity_ms: Option<i64>,
 }
 
 /// The cleanup's progress.
@@ -152,6 +171,12 @@ pub struct IndexSync {
 pub struct Notices {
     /// The expiry `lab.expiring` was created for (a new expiry after an extend warns again).
     pub warned_for_expiry_ms: Option<i64>,
+    /// The stages of `WARN_BEFORE_MINUTES` (minutes before the expiry) already warned for the
+    /// expiry `warned_for_expiry_ms`.
+    pub warned_stages: Vec<u64>,
+    /// The idle deadline `lab.idle_warning` was created for (activity moves the deadline, and a
+    /// new one warns again).
+    pub idle_warned_for_ms: Option<i64>,
     /// Whether `lab.cleanup_stuck` was created (it is sent once).
     pub stuck_notified: bool,
     /// Webhook events not yet delivered: at most one per event type (`bound`).
@@ -201,7 +226,49 @@ impl Session {
             adoption: Adoption::default(),
             sync: Sync::default(),
             notices: Notices::default(),
+            end_reason: None,
+            idle: Idle::default(),
+            timeline: Timeline::default(),
         }
+    }
+
+    /// Adds an event of `kind` at `at` to the timeline.
+    pub fn record(&mut self, kind: Kind, at: i64) {
+        self.timeline.push(Event::new(kind, at));
+    }
+
+    /// The lab's VM ids by position (the timeline's and the snapshots' references).
+    pub fn vm_ids(&self) -> Vec<&str> {
+        self.vms().map(|vm| vm.id).collect()
+    }
+
+    /// When the lab ends for want of activity: its idle timeout after the later of its creation
+    /// and its latest activity (`noted_ms`: one not yet written, if later). `None` without an
+    /// idle timeout, once it has ended, or when that is not before its expiry (the hard limit
+    /// comes first).
+    pub fn idle_deadline(&self, noted_ms: Option<i64>) -> Option<i64> {
+        let timeout = self.idle.timeout_ms?;
+        if self.cleanup.status != Status::Scheduled {
+            return None;
+        }
+        let since = [Some(self.created_at_ms), self.idle.last_activity_ms, noted_ms]
+            .into_iter()
+            .flatten()
+            .max()?;
+        let at = since.saturating_add(timeout);
+        (at < self.expires_at_ms).then_some(at)
+    }
+
+    /// Marks the lab ended for `reason` at `at` (the first reason only), on its timeline.
+    pub fn mark_ended(&mut self, reason: EndReason, at: i64) {
+        if self.end_reason.is_some() {
+            return;
+        }
+        self.end_reason = Some(reason);
+        self.timeline.push(Event {
+            reason: Some(reason),
+            ..Event::new(Kind::Ended, at)
+        });
     }
 
     pub fn status(&self) -> Status {

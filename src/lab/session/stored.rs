@@ -8,7 +8,8 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::lab::session::{
-    Adoption, Cleanup, IndexSync, Notices, OutboxEvent, Outcome, Session, Status, Sync,
+    Adoption, Cleanup, EndReason, Event, Idle, IndexSync, Notices, OutboxEvent, Outcome, Session,
+    Status, Sync, Timeline,
 };
 
 #[derive(Serialize)]
@@ -42,9 +43,23 @@ struct Flat<'a> {
     index: &'a IndexSync,
     #[serde(skip_serializing_if = "Option::is_none")]
     warned_for_expiry_ms: Option<i64>,
+    #[serde(skip_serializing_if = "<[u64]>::is_empty")]
+    warned_stages: &'a [u64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_warned_for_ms: Option<i64>,
     stuck_notified: bool,
     #[serde(skip_serializing_if = "<[OutboxEvent]>::is_empty")]
     outbox: &'a [OutboxEvent],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_reason: Option<EndReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_activity_ms: Option<i64>,
+    #[serde(skip_serializing_if = "<[Event]>::is_empty")]
+    timeline: &'a [Event],
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    timeline_truncated: u64,
 }
 
 #[derive(Deserialize)]
@@ -87,12 +102,30 @@ struct Owned {
     #[serde(default)]
     warned_for_expiry_ms: Option<i64>,
     #[serde(default)]
+    warned_stages: Vec<u64>,
+    #[serde(default)]
+    idle_warned_for_ms: Option<i64>,
+    #[serde(default)]
     stuck_notified: bool,
     #[serde(default)]
     outbox: Vec<OutboxEvent>,
+    #[serde(default)]
+    end_reason: Option<EndReason>,
+    #[serde(default)]
+    idle_timeout_ms: Option<i64>,
+    #[serde(default)]
+    last_activity_ms: Option<i64>,
+    #[serde(default)]
+    timeline: Vec<Event>,
+    #[serde(default)]
+    timeline_truncated: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -125,8 +158,15 @@ impl Serialize for Session {
             revision: self.sync.revision,
             index: &self.sync.index,
             warned_for_expiry_ms: self.notices.warned_for_expiry_ms,
+            warned_stages: &self.notices.warned_stages,
+            idle_warned_for_ms: self.notices.idle_warned_for_ms,
             stuck_notified: self.notices.stuck_notified,
             outbox: &self.notices.outbox,
+            end_reason: self.end_reason,
+            idle_timeout_ms: self.idle.timeout_ms,
+            last_activity_ms: self.idle.last_activity_ms,
+            timeline: &self.timeline.events,
+            timeline_truncated: self.timeline.truncated,
         }
         .serialize(serializer)
     }
@@ -168,8 +208,19 @@ impl<'de> Deserialize<'de> for Session {
             },
             notices: Notices {
                 warned_for_expiry_ms: o.warned_for_expiry_ms,
+                warned_stages: o.warned_stages,
+                idle_warned_for_ms: o.idle_warned_for_ms,
                 stuck_notified: o.stuck_notified,
                 outbox: o.outbox,
+            },
+            end_reason: o.end_reason,
+            idle: Idle {
+                timeout_ms: o.idle_timeout_ms,
+                last_activity_ms: o.last_activity_ms,
+            },
+            timeline: Timeline {
+                events: o.timeline,
+                truncated: o.timeline_truncated,
             },
         })
     }

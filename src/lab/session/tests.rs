@@ -19,6 +19,7 @@ fn new_session(workers: &[&str]) -> NewSession {
         worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
         duration: 60,
         vm_name: Some("k8s-master-1".into()),
+        idle_timeout: None,
     }
 }
 

@@ -109,6 +109,7 @@ pub fn lab(id: &str, workers: &[&str], duration: u64) -> NewSession {
         worker_lab_request_ids: workers.iter().map(|w| w.to_string()).collect(),
         duration,
         vm_name: Some("k8s-master".into()),
+        idle_timeout: None,
     }
 }
 

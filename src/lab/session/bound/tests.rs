@@ -34,6 +34,7 @@ fn worst_case(workers: usize, failing: usize) -> Session {
             worker_lab_request_ids: (1..=workers).map(id).collect(),
             duration: 525_600,
             vm_name: Some("😀".repeat(MAX_VM_NAME_LEN)),
+            idle_timeout: None,
         },
         BIG_I64,
         0,
@@ -79,9 +80,28 @@ fn worst_case(workers: usize, failing: usize) -> Session {
     };
     s.notices = Notices {
         warned_for_expiry_ms: Some(BIG_I64),
+        warned_stages: vec![525_600; crate::lab::config::MAX_WARN_STAGES],
+        idle_warned_for_ms: Some(BIG_I64),
         stuck_notified: false,
         outbox: Vec::new(),
     };
+    s.end_reason = Some(crate::lab::session::EndReason::Operator);
+    s.idle = crate::lab::session::Idle {
+        timeout_ms: Some(BIG_I64),
+        last_activity_ms: Some(BIG_I64),
+    };
+    // The events the byte bound never drops, each at its largest: an attempt where every VM
+    // failed with the longest code.
+    for _ in 0..crate::lab::session::timeline::KEEP_FIRST {
+        s.timeline.events.push(crate::lab::session::Event {
+            n: Some(u32::MAX),
+            ms: Some(BIG_I64),
+            failed: (0..=workers as u16).map(|p| (p, "cut_short".into())).collect(),
+            not_tried: u32::MAX,
+            ..crate::lab::session::Event::new(crate::lab::session::Kind::Attempt, BIG_I64)
+        });
+    }
+    s.timeline.truncated = BIG_U64;
     // One event of every type, each with the snapshot its type can have at its largest:
     // `lab.expiring` is created while the lab is scheduled (no attempt, no outcome);
     // `lab.cleanup_completed` when every VM is done (no error left: errors are kept for pending
