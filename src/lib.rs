@@ -72,7 +72,7 @@ async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiErr
         let config = ready_config(env)?;
         let route = routes::route(&method, &path)?;
         auth::authorize(caller, route.access(), config.api_token.is_some())?;
-        return api(route, request, env, &config).await;
+        return api(route, request, env, &config, caller).await;
     }
     match routes::route(&method, &path)? {
         Route::Health => health(env).map(Into::into),
@@ -140,6 +140,7 @@ async fn api(
     request: Request,
     env: &Env,
     config: &Config,
+    caller: auth::Caller,
 ) -> Result<web_sys::Response, ApiError> {
     match route {
         Route::CreateSession => create_session(request, env, config).await,
@@ -150,7 +151,7 @@ async fn api(
             } else {
                 Vec::new()
             };
-            forward(env, &id, op.request(&body, config)?).await
+            forward(env, &id, op.request(&body, config, caller)?).await
         }
         Route::ListSessions => {
             index_on(config)?;

@@ -12,7 +12,7 @@ use crate::api::{percent, validation};
 use crate::lab::index::{
     Counts, Cursor, IndexRow, ListQuery, ReconciliationRow, DEFAULT_LIMIT, MAX_LIMIT,
 };
-use crate::lab::session::Origin;
+use crate::lab::session::{EndReason, Origin};
 use crate::lab::status::{is_stuck, Status};
 use crate::lab::text::rfc3339;
 
@@ -65,6 +65,13 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
                 validation::check_id(&value, "user_id")?;
                 q.user_id = Some(value);
             }
+            "end_reason" => {
+                q.end_reason = Some(EndReason::parse(&value).ok_or_else(|| {
+                    invalid(
+                        "end_reason must be expired, idle, ended, operator or orphan".into(),
+                    )
+                })?)
+            }
             "origin" => {
                 q.origin = Some(
                     Origin::ALL
@@ -103,7 +110,7 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
             }
             other => {
                 return Err(invalid(format!(
-                    "unknown query parameter {:?}; known: status, origin, user_id, stuck, expires_before, expires_after, limit, cursor",
+                    "unknown query parameter {:?}; known: status, origin, end_reason, user_id, stuck, expires_before, expires_after, limit, cursor",
                     truncate(other)
                 )))
             }
@@ -146,6 +153,7 @@ pub struct ListedLab<'a> {
     /// Not completed after `STUCK_AFTER_ATTEMPTS` attempts or more.
     pub stuck: bool,
     pub origin: Origin,
+    pub end_reason: Option<EndReason>,
 }
 
 /// A lab of the list, as answered.
@@ -167,6 +175,7 @@ pub fn listed(row: &IndexRow, stuck_after: u32) -> ListedLab<'_> {
         updated_at: rfc3339(row.updated_at),
         stuck: is_stuck(row.status, row.attempts, stuck_after),
         origin: row.origin,
+        end_reason: row.end_reason,
     }
 }
 
@@ -284,6 +293,7 @@ mod tests {
             updated_at: 5,
             revision: 7,
             origin: Origin::Api,
+            end_reason: None,
         }
     }
 

@@ -1,10 +1,11 @@
 //! The public routes: maps a method and path to a `Route`, or to a 404/405 `ApiError`.
 
-use crate::api::auth::Access;
+use crate::api::auth::{Access, Caller};
 use crate::api::error::ApiError;
 use crate::api::{percent, validation};
 use crate::lab::config::Config;
 use crate::lab::procedures::Request as LabRequest;
+use crate::lab::session::By;
 
 /// Path of the collection of lab sessions.
 pub const SESSIONS_PATH: &str = "/api/v1/labs/sessions";
@@ -45,13 +46,21 @@ pub enum LabRoute {
     Extend,
     /// `POST /api/v1/labs/sessions/{lab_request_id}/retry`: the next attempt now (operator).
     Retry,
+    /// `GET /api/v1/labs/sessions/{lab_request_id}/events`: the lab's timeline.
+    Events,
+    /// `POST /api/v1/labs/sessions/{lab_request_id}/activity`: the student is active.
+    Activity,
 }
 
 impl LabRoute {
     pub fn access(self) -> Access {
         match self {
             LabRoute::Retry => Access::Fleet,
-            LabRoute::Status | LabRoute::End | LabRoute::Extend => Access::PerLab,
+            LabRoute::Status
+            | LabRoute::End
+            | LabRoute::Extend
+            | LabRoute::Events
+            | LabRoute::Activity => Access::PerLab,
         }
     }
 
@@ -60,15 +69,28 @@ impl LabRoute {
         matches!(self, LabRoute::Extend)
     }
 
-    /// The lab request this operation sends to the lab's object, from its checked body.
-    pub fn request(self, body: &[u8], config: &Config) -> Result<LabRequest, ApiError> {
+    /// The lab request this operation sends to the lab's object, from its checked body and
+    /// who asked.
+    pub fn request(
+        self,
+        body: &[u8],
+        config: &Config,
+        caller: Caller,
+    ) -> Result<LabRequest, ApiError> {
+        let by = match caller {
+            Caller::Frontend => By::Api,
+            Caller::Operator => By::Operator,
+        };
         Ok(match self {
             LabRoute::Status => LabRequest::Status,
-            LabRoute::End => LabRequest::End,
+            LabRoute::Events => LabRequest::Events,
+            LabRoute::End => LabRequest::End { by },
             LabRoute::Extend => LabRequest::Extend {
                 minutes: validation::parse_extend(body, config.max_duration_minutes)?,
+                by,
             },
             LabRoute::Retry => LabRequest::Retry,
+            LabRoute::Activity => LabRequest::Activity,
         })
     }
 }
@@ -80,6 +102,8 @@ enum Template {
     Session,
     Extend,
     Retry,
+    Events,
+    Activity,
     Stats,
     Inventory,
     Budget,
@@ -87,11 +111,13 @@ enum Template {
 }
 
 impl Template {
-    const ALL: [Template; 8] = [
+    const ALL: [Template; 10] = [
         Template::Sessions,
         Template::Session,
         Template::Extend,
         Template::Retry,
+        Template::Events,
+        Template::Activity,
         Template::Stats,
         Template::Inventory,
         Template::Budget,
@@ -105,6 +131,8 @@ impl Template {
             Template::Session => "/api/v1/labs/sessions/{lab_request_id}",
             Template::Extend => "/api/v1/labs/sessions/{lab_request_id}/extend",
             Template::Retry => "/api/v1/labs/sessions/{lab_request_id}/retry",
+            Template::Events => "/api/v1/labs/sessions/{lab_request_id}/events",
+            Template::Activity => "/api/v1/labs/sessions/{lab_request_id}/activity",
             Template::Stats => "/api/v1/labs/stats",
             Template::Inventory => "/api/v1/labs/inventory",
             Template::Budget => "/api/v1/labs/budget",
@@ -116,8 +144,10 @@ impl Template {
         match self {
             Template::Sessions => &["GET", "POST"],
             Template::Session => &["GET", "DELETE"],
-            Template::Extend | Template::Retry | Template::Inventory => &["POST"],
-            Template::Stats | Template::Budget | Template::Health => &["GET"],
+            Template::Extend | Template::Retry | Template::Activity | Template::Inventory => {
+                &["POST"]
+            }
+            Template::Stats | Template::Budget | Template::Events | Template::Health => &["GET"],
         }
     }
 }
@@ -169,6 +199,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             [segment] if !segment.is_empty() => (Template::Session, Some(id(segment)?)),
             [segment, "extend"] if !segment.is_empty() => (Template::Extend, Some(id(segment)?)),
             [segment, "retry"] if !segment.is_empty() => (Template::Retry, Some(id(segment)?)),
+            [segment, "events"] if !segment.is_empty() => (Template::Events, Some(id(segment)?)),
+            [segment, "activity"] if !segment.is_empty() => {
+                (Template::Activity, Some(id(segment)?))
+            }
             _ => return Err(not_found()),
         }
     };
@@ -179,6 +213,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Session, "DELETE", Some(id)) => Ok(Route::Lab(id, LabRoute::End)),
         (Template::Extend, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Extend)),
         (Template::Retry, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Retry)),
+        (Template::Events, "GET", Some(id)) => Ok(Route::Lab(id, LabRoute::Events)),
+        (Template::Activity, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Activity)),
         (Template::Stats, "GET", None) => Ok(Route::Stats),
         (Template::Inventory, "POST", None) => Ok(Route::Inventory),
         (Template::Budget, "GET", None) => Ok(Route::Budget),

@@ -199,6 +199,7 @@ fn the_fleet_schemas_are_what_the_code_answers() {
         updated_at: 3,
         revision: 4,
         origin: crate::lab::session::Origin::Inventory,
+        end_reason: None,
     };
     let listed = serde_json::to_value(fleet::listed(&row, 3)).unwrap();
     let (required, properties) =
@@ -236,6 +237,7 @@ fn the_webhooks_are_the_events_the_code_sends() {
         .collect();
     let sent: BTreeSet<String> = [
         EventType::Expiring,
+        EventType::IdleWarning,
         EventType::CleanupCompleted,
         EventType::CleanupStuck,
     ]

@@ -96,6 +96,15 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         &lab_request_id,
         limits.max_worker_nodes,
     )?;
+    // Optional; `null` is as absent (the setting's default applies).
+    let idle_timeout = match obj.get("idle_timeout") {
+        None | Some(Value::Null) => None,
+        value => Some(self::duration(
+            value,
+            "idle_timeout",
+            limits.max_duration_minutes,
+        )?),
+    };
 
     Ok(NewSession {
         lab_request_id,
@@ -103,7 +112,7 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         worker_lab_request_ids,
         duration,
         vm_name,
-        idle_timeout: None,
+        idle_timeout,
     })
 }
 
@@ -495,6 +504,26 @@ mod tests {
         );
         assert!(message(with("worker_nodes", json!(["w1"])))
             .starts_with("worker_nodes[0] must be an object"));
+    }
+
+    #[test]
+    fn an_idle_timeout_is_a_duration_and_optional() {
+        assert_eq!(
+            parse(with("idle_timeout", json!(15))).unwrap().idle_timeout,
+            Some(15)
+        );
+        assert_eq!(
+            parse(with("idle_timeout", json!(null)))
+                .unwrap()
+                .idle_timeout,
+            None
+        );
+        assert_eq!(
+            message(with("idle_timeout", json!(0))),
+            "idle_timeout must be at least 1 minute"
+        );
+        assert!(message(with("idle_timeout", json!("15"))).contains("got a string"));
+        assert!(message(with("idle_timeout", json!(10_081))).contains("at most 10080"));
     }
 
     #[test]

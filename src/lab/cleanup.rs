@@ -438,6 +438,8 @@ pub struct AttemptRecord<'a> {
     pub duration_ms: i64,
     pub next_attempt_at: Option<String>,
     pub dry_run: bool,
+    /// Why the lab ended: `expired`, `idle`, `ended`, `operator` or `orphan`.
+    pub end_reason: Option<&'static str>,
 }
 
 /// The record of the attempt `result`, for `session` as `finish_attempt` left it.
@@ -460,6 +462,7 @@ pub fn attempt_record<'a>(
         duration_ms,
         next_attempt_at: session.cleanup.next_attempt_at_ms.map(rfc3339),
         dry_run: session.dry_run,
+        end_reason: session.end_reason.map(|r| r.name()),
     }
 }
 
@@ -887,7 +890,8 @@ mod tests {
                 "pending": 1,
                 "duration_ms": 1234,
                 "next_attempt_at": "1970-01-01T00:06:01.000Z",
-                "dry_run": false
+                "dry_run": false,
+                "end_reason": null
             })
         );
     }

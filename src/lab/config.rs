@@ -544,12 +544,7 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
                 value: Some(raw),
             })?,
         };
-        let idle_warn_minutes = whole(
-            "IDLE_WARN_MINUTES",
-            DEFAULT_IDLE_WARN_MINUTES,
-            1,
-            525_600,
-        )?;
+        let idle_warn_minutes = whole("IDLE_WARN_MINUTES", DEFAULT_IDLE_WARN_MINUTES, 1, 525_600)?;
         let max_age_seconds = whole(
             "WEBHOOK_MAX_AGE_SECONDS",
             webhook::DEFAULT_MAX_AGE_SECONDS,

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation, VmState};
-use crate::lab::session::{Origin, Session};
+use crate::lab::session::{EndReason, Origin, Session};
 use crate::lab::status::{in_cleanup_sql, stuck_sql, Status};
 use crate::lab::text;
 
@@ -63,6 +63,9 @@ pub struct IndexRow {
     pub updated_at: i64,
     pub revision: u64,
     pub origin: Origin,
+    /// Why the lab ended (`None` while scheduled).
+    #[serde(default)]
+    pub end_reason: Option<EndReason>,
 }
 
 /// A VM's row in `vms`: which lab lists it, and how far its deletion got.
@@ -95,6 +98,7 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
         updated_at: now_ms,
         revision: session.sync.revision,
         origin: session.origin(),
+        end_reason: session.end_reason,
     }
 }
 
@@ -130,7 +134,7 @@ pub fn last_error(session: &Session) -> Option<String> {
 /// The index table and its columns, in the order of `migrations/` (0001's table, then the
 /// columns later migrations add).
 pub const TABLE: &str = "sessions";
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 17] = [
     "lab_request_id",
     "user_id",
     "lab_type",
@@ -147,6 +151,7 @@ pub const COLUMNS: [&str; 16] = [
     "updated_at",
     "revision",
     "origin",
+    "end_reason",
 ];
 
 /// D1 binds at most 100 parameters per statement.
@@ -222,6 +227,8 @@ pub fn upsert(row: &IndexRow) -> (String, Vec<Bind>) {
         int(row.updated_at),
         int(row.revision),
         Bind::Text(row.origin.name().into()),
+        row.end_reason
+            .map_or(Bind::Null, |r| Bind::Text(r.name().into())),
     ];
     (sql, binds)
 }
@@ -450,6 +457,7 @@ impl Cursor {
 pub struct ListQuery {
     pub statuses: Vec<Status>,
     pub origin: Option<Origin>,
+    pub end_reason: Option<EndReason>,
     pub user_id: Option<String>,
     pub stuck: Option<bool>,
     /// Exclusive bounds on `expires_at` (epoch ms).
@@ -464,6 +472,7 @@ impl Default for ListQuery {
         ListQuery {
             statuses: Vec::new(),
             origin: None,
+            end_reason: None,
             user_id: None,
             stuck: None,
             expires_before: None,
@@ -488,6 +497,10 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
     if let Some(origin) = q.origin {
         sql.push_str(" AND origin = ?");
         binds.push(Bind::Text(origin.name().into()));
+    }
+    if let Some(reason) = q.end_reason {
+        sql.push_str(" AND end_reason = ?");
+        binds.push(Bind::Text(reason.name().into()));
     }
     if let Some(user) = &q.user_id {
         sql.push_str(" AND user_id = ?");
@@ -685,7 +698,10 @@ mod tests {
             .filter_map(|line| line.split_whitespace().next())
             .collect();
         // Then the columns later migrations add, in order.
-        for later in [include_str!("../../migrations/0002_inventory.sql")] {
+        for later in [
+            include_str!("../../migrations/0002_inventory.sql"),
+            include_str!("../../migrations/0004_end_reason.sql"),
+        ] {
             for line in later.lines() {
                 if let Some(rest) = line.strip_prefix("ALTER TABLE sessions ADD COLUMN ") {
                     columns.extend(rest.split_whitespace().next());
@@ -773,6 +789,7 @@ mod tests {
     fn every_filter_is_bound() {
         let q = ListQuery {
             origin: None,
+            end_reason: None,
             statuses: vec![Status::Retrying, Status::CleaningUp],
             user_id: Some("user@x".into()),
             stuck: Some(true),

@@ -132,6 +132,13 @@ pub trait RecordStore {
     async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError>;
     /// Forgets everything, the alarm included.
     async fn delete_all(&self) -> Result<(), StoreError>;
+    /// Writes the record alone, its alarm as it is (a change that moves no wake-up earlier:
+    /// the latest activity).
+    async fn put(&self, record: &str) -> Result<(), StoreError>;
+    /// The latest activity this object noted in memory and has not written yet (lost when the
+    /// object is evicted: an idle lab may then end up to `ACTIVITY_WRITE_SECONDS` early).
+    fn noted_activity(&self) -> Option<i64>;
+    fn note_activity(&self, at_ms: i64);
 }
 
 /// The fleet index (a copy of every lab's row, for listing the fleet). Whatever goes wrong is

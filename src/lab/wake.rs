@@ -74,8 +74,8 @@ pub fn stages_ahead(session: &Session, timing: &Timing) -> Vec<(u64, i64)> {
         })
         .filter(|&(stage, before)| {
             // A record of the version before stages warned once per expiry, with no list.
-            let warned = for_this_expiry
-                && (n.warned_stages.is_empty() || n.warned_stages.contains(&stage));
+            let warned =
+                for_this_expiry && (n.warned_stages.is_empty() || n.warned_stages.contains(&stage));
             lifetime > before && !warned
         })
         .map(|(stage, before)| (stage, session.expires_at_ms.saturating_sub(before)))

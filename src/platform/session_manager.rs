@@ -28,6 +28,8 @@ pub struct SessionManager {
     raw: worker::worker_sys::DurableObjectState,
     storage: worker::worker_sys::DurableObjectStorage,
     env: Env,
+    /// The latest activity noted and not yet written (see `RecordStore::noted_activity`).
+    activity: Rc<std::cell::Cell<Option<i64>>>,
 }
 
 /// The lab's ports on workerd, for one request, alarm or background task.
@@ -35,6 +37,7 @@ struct Workerd {
     /// Whether this invocation said already that the budget could not be reached.
     budget_warned: std::cell::Cell<bool>,
     usage: Rc<Usage>,
+    activity: Rc<std::cell::Cell<Option<i64>>>,
     permits: budget::Permits,
     store: Store,
     env: Env,
@@ -49,6 +52,7 @@ impl SessionManager {
             store: Store::new(&self.storage, usage.clone()),
             permits: budget::Permits::new(&self.env, &self.raw, &config, usage.clone()),
             usage,
+            activity: self.activity.clone(),
             env: self.env.clone(),
             config,
         }
@@ -92,6 +96,7 @@ impl DurableObject for SessionManager {
             state: State::from(raw),
             storage,
             env,
+            activity: Rc::new(std::cell::Cell::new(None)),
         }
     }
 
@@ -113,6 +118,8 @@ impl DurableObject for SessionManager {
         report(&ports, &path);
         match reply.map_err(|e| worker::Error::RustError(e.to_string()))? {
             Reply::Refused(refusal) => respond::error(&ApiError::from(refusal)),
+            Reply::Events(events) => respond::json(200, &events),
+            Reply::Noted => Response::empty().map(|r| r.with_status(204)),
             Reply::Poked { revived } => {
                 respond::json(200, &serde_json::json!({ "revived": revived }))
             }
@@ -181,6 +188,15 @@ impl RecordStore for Workerd {
     }
     async fn delete_all(&self) -> std::result::Result<(), StoreError> {
         self.store.delete_all().await
+    }
+    async fn put(&self, record: &str) -> std::result::Result<(), StoreError> {
+        self.store.put(record).await
+    }
+    fn noted_activity(&self) -> Option<i64> {
+        self.activity.get()
+    }
+    fn note_activity(&self, at_ms: i64) {
+        self.activity.set(Some(at_ms));
     }
 }
 

@@ -133,6 +133,12 @@ impl Store {
         all(&batch).await
     }
 
+    /// Writes the record alone.
+    pub async fn put(&self, record: &str) -> Result<(), StoreError> {
+        self.wrote(1, 1);
+        all(&[self.put_record(record)?]).await
+    }
+
     pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError> {
         self.wrote(1, 1);
         all(&[self.write_alarm(Some(at_ms))?]).await

@@ -7,7 +7,7 @@ use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::retry;
-use crate::lab::session::{Ending, Session, Status};
+use crate::lab::session::{EndReason, Ending, Event, Kind, Session, Status};
 use crate::lab::text::rfc3339;
 use crate::lab::wake;
 use crate::lab::webhook::{self, EventType};
@@ -17,8 +17,10 @@ use crate::lab::webhook::{self, EventType};
 pub enum Woke {
     /// A cleanup attempt ran (after the warning, if that was due too).
     Attempt,
-    /// `lab.expiring` was queued.
+    /// `lab.expiring` or `lab.idle_warning` was queued.
     Warned,
+    /// Activity noted in memory moved the idle deadline: written, nothing else was due.
+    ActivityWritten,
     /// The index row was written again.
     IndexRepaired,
     /// Only deliveries were due (they run after the alarm, see `AlarmDone::deliver`).
@@ -44,7 +46,8 @@ impl Woke {
     pub fn describe(self) -> &'static str {
         match self {
             Woke::Attempt => "cleanup attempt",
-            Woke::Warned => "lab.expiring queued",
+            Woke::Warned => "warning queued",
+            Woke::ActivityWritten => "activity written, idle end moved",
             Woke::IndexRepaired => "index row written",
             Woke::Deliveries => "deliveries due",
             Woke::Purged => "retention purge",
@@ -91,7 +94,23 @@ impl<P: Platform> Lab<'_, P> {
                 session.lab_request_id
             ));
         }
-        let due = wake::due(&session, now, &self.config.timing());
+        // Activity noted in memory and not written yet moves the idle deadline: it counts
+        // before anything is decided, and is written now if it matters.
+        let noted = self.platform.noted_activity();
+        let written = session.idle.last_activity_ms.unwrap_or(i64::MIN);
+        let timing = self.config.timing();
+        if let Some(noted) = noted.filter(|&n| n > written) {
+            let before = wake::due(&session, now, &timing);
+            if (before.idle_end || before.idle_warn) && session.status() == Status::Scheduled {
+                session.idle.last_activity_ms = Some(noted);
+                session.record(Kind::Activity, noted);
+                if !wake::due(&session, now, &timing).any() {
+                    self.save(&mut session).await?;
+                    return Ok(AlarmDone::only(Woke::ActivityWritten));
+                }
+            }
+        }
+        let due = wake::due(&session, now, &timing);
         if due.purge {
             return self.purge(session).await.map(AlarmDone::only);
         }
@@ -110,11 +129,31 @@ impl<P: Platform> Lab<'_, P> {
             return Ok(AlarmDone::only(Woke::NothingDue));
         }
         let mut woke = Woke::Deliveries;
-        if due.warn {
-            session.notices.warned_for_expiry_ms = Some(session.expires_at_ms);
-            self.queue(&mut session, EventType::Expiring, now);
+        if due.warn || due.idle_warn {
+            if due.warn {
+                self.warn_stages(&mut session, now, &timing);
+            }
+            if due.idle_warn {
+                self.warn_idle(&mut session, now, &timing);
+            }
             self.save(&mut session).await?;
             woke = Woke::Warned;
+        }
+        let mut due = due;
+        if due.idle_end {
+            let idle_for = session
+                .idle
+                .timeout_minutes
+                .map(|m| format!("{m} minute{}", if m == 1 { "" } else { "s" }))
+                .unwrap_or_default();
+            session.end_now(now);
+            session.mark_ended(EndReason::Idle, now);
+            self.info(format!(
+                "Lab {} ended: no activity for {idle_for} (idle timeout); cleanup starts now",
+                session.lab_request_id
+            ));
+            self.persist(&mut session).await?;
+            due.attempt = true;
         }
         if due.attempt {
             self.attempt(session, now).await?;
@@ -127,8 +166,48 @@ impl<P: Platform> Lab<'_, P> {
         }
         Ok(AlarmDone {
             woke,
-            deliver: due.deliver || due.warn || due.attempt,
+            deliver: due.deliver || due.warn || due.idle_warn || due.attempt,
         })
+    }
+
+    /// The stages of `lab.expiring` due now: all marked sent for this expiry, and one event
+    /// queued (several due at once, after a pause or an extend, say the same thing: the most
+    /// urgent counts), with the minutes left.
+    fn warn_stages(&self, session: &mut Session, now: i64, timing: &wake::Timing) {
+        let due: Vec<u64> = wake::stages_ahead(session, timing)
+            .into_iter()
+            .filter(|&(_, at)| now >= at)
+            .map(|(stage, _)| stage)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let n = &mut session.notices;
+        if n.warned_for_expiry_ms != Some(session.expires_at_ms) {
+            n.warned_for_expiry_ms = Some(session.expires_at_ms);
+            n.warned_stages.clear();
+        }
+        n.warned_stages.extend(due);
+        let left = minutes_left(session.expires_at_ms, now, timing.unit_ms);
+        session.timeline.push(Event {
+            left: Some(left),
+            ..Event::new(Kind::Warned, now)
+        });
+        self.queue_with(session, EventType::Expiring, now, Some(left));
+    }
+
+    /// `lab.idle_warning` for the idle deadline now ahead, once.
+    fn warn_idle(&self, session: &mut Session, now: i64, timing: &wake::Timing) {
+        let Some(deadline) = wake::idle_at(session) else {
+            return;
+        };
+        session.notices.idle_warned_for_ms = Some(deadline);
+        let left = minutes_left(deadline, now, timing.unit_ms);
+        session.timeline.push(Event {
+            left: Some(left),
+            ..Event::new(Kind::IdleWarned, now)
+        });
+        self.queue_with(session, EventType::IdleWarning, now, Some(left));
     }
 
     /// The alarm when the settings are broken (`self.config` is then the defaults): a legacy
@@ -173,6 +252,8 @@ impl<P: Platform> Lab<'_, P> {
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
         // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
+        // The first attempt of a lab nobody ended: its time was up.
+        session.mark_ended(EndReason::Expired, session.expires_at_ms.min(now));
         if config.dry_run {
             session.dry_run = true;
         }
@@ -224,6 +305,7 @@ impl<P: Platform> Lab<'_, P> {
         };
         latest.finish_attempt(&result, done_at, next.unwrap_or(done_at));
         latest.cleanup.timeout_streak = streak;
+        latest.record_attempt(&result, now, done_at, config.stuck_after_attempts);
         let record = cleanup::attempt_record(&latest, &result, done_at.saturating_sub(now));
         p.record(&record);
         if latest.every_call_answered_404() {
@@ -328,6 +410,17 @@ impl<P: Platform> Lab<'_, P> {
     /// Adds a new event of `kind` to the lab's outbox, due now; its body is fixed now. An
     /// undelivered event of the same kind gives way to it.
     pub(crate) fn queue(&self, session: &mut Session, kind: EventType, now: i64) {
+        self.queue_with(session, kind, now, None)
+    }
+
+    /// `queue`, with the minutes left a warning tells (`data.minutes_left`).
+    fn queue_with(
+        &self,
+        session: &mut Session,
+        kind: EventType,
+        now: i64,
+        minutes_left: Option<u64>,
+    ) {
         let p = self.platform;
         let id = webhook::event_id([p.random(), p.random(), p.random(), p.random()]);
         self.info(format!(
@@ -335,7 +428,10 @@ impl<P: Platform> Lab<'_, P> {
             kind.name(),
             session.lab_request_id
         ));
-        let event = webhook::new_event(kind, session, now, id.clone());
+        let mut event = webhook::new_event(kind, session, now, id.clone());
+        if let Some(snapshot) = event.snapshot.as_mut() {
+            snapshot.minutes_left = minutes_left;
+        }
         for replaced in session.queue_event(event) {
             self.warn(format!(
                 "Event {} ({replaced}) for lab {} was not delivered yet; {id} replaces it",
@@ -344,6 +440,12 @@ impl<P: Platform> Lab<'_, P> {
             ));
         }
     }
+}
+
+/// Whole `duration` units from `now` to `at`, rounded up (a warning on time says its stage).
+fn minutes_left(at: i64, now: i64, unit_ms: i64) -> u64 {
+    let ms = at.saturating_sub(now).max(0);
+    u64::try_from(ms.saturating_add(unit_ms.max(1) - 1) / unit_ms.max(1)).unwrap_or(0)
 }
 
 /// Backend calls an attempt may make beyond one per planned call (the reconnects of calls whose

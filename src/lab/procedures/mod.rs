@@ -47,6 +47,10 @@ pub enum Reply {
         line: Option<(Level, String)>,
     },
     Refused(Refusal),
+    /// The lab's timeline (`GET .../events`).
+    Events(serde_json::Value),
+    /// Activity noted (204, no body).
+    Noted,
     /// The sweep's poke: whether the alarm had to be set again.
     Poked {
         revived: bool,

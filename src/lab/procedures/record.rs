@@ -58,6 +58,7 @@ impl<P: Platform> Lab<'_, P> {
         let retry_ms = self.config.retry_ms();
         match record.adopt(alarm, now, &self.config.adoption_rules()) {
             Ok(mut session) => {
+                session.record(crate::lab::session::Kind::Adopted, now);
                 index::touch(&mut session, now, retry_ms);
                 let at = wake::next_wake(&session, &self.config.timing()).unwrap_or(now);
                 let (text, _) = bound::encode(&mut session);
@@ -138,7 +139,7 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     fn dropped(&self, session: &Session, dropped: &[Dropped], why: &str) {
-        for d in dropped {
+        for d in dropped.iter().filter(|d| **d != Dropped::TimelineEvent) {
             self.error(format!(
                 "❌ Lab {}: dropped {d} {why}",
                 session.lab_request_id

@@ -1,4 +1,4 @@
-//! The requests a lab's object answers: create, status, end now, extend, retry now.
+//! The requests a lab's object answers: create, status, events, end now, extend, retry now, activity, and the fleet's (orphan, delete again, poke).
 
 use crate::lab::fleet::report::ReportedVm;
 use crate::lab::ports::Level;
@@ -6,7 +6,9 @@ use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform, Reply};
 use crate::lab::retry;
-use crate::lab::session::{LabType, NewSession, Origin, Refusal, Session, Status};
+use crate::lab::session::{
+    By, EndReason, Event, Kind, LabType, NewSession, Origin, Refusal, Session, Status,
+};
 use crate::lab::text::rfc3339;
 
 /// Every request a lab's object understands: one type, which the router sends and the object
@@ -15,11 +17,18 @@ use crate::lab::text::rfc3339;
 pub enum Request {
     Create(NewSession),
     Status,
-    End,
+    /// The lab's timeline.
+    Events,
+    End {
+        by: By,
+    },
     Extend {
         minutes: u64,
+        by: By,
     },
     Retry,
+    /// The student is active (an idle end moves later).
+    Activity,
     /// A VM an inventory reported and no lab lists: cleaned up now as a lab of its own.
     Orphan(ReportedVm),
     /// A VM counted deleted that an inventory still reports: deleted again.
@@ -48,6 +57,13 @@ struct AgainVm {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ExtendBy {
     minutes: u64,
+    by: By,
+}
+
+/// The body of an internal end request.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EndBy {
+    by: By,
 }
 
 impl Request {
@@ -56,13 +72,23 @@ impl Request {
         match self {
             Request::Create(new) => ("POST", "/create", serde_json::to_string(new).ok()),
             Request::Status => ("GET", "/status", None),
-            Request::End => ("POST", "/end", None),
-            Request::Extend { minutes } => (
+            Request::Events => ("GET", "/events", None),
+            Request::End { by } => (
+                "POST",
+                "/end",
+                serde_json::to_string(&EndBy { by: *by }).ok(),
+            ),
+            Request::Extend { minutes, by } => (
                 "POST",
                 "/extend",
-                serde_json::to_string(&ExtendBy { minutes: *minutes }).ok(),
+                serde_json::to_string(&ExtendBy {
+                    minutes: *minutes,
+                    by: *by,
+                })
+                .ok(),
             ),
             Request::Retry => ("POST", "/retry", None),
+            Request::Activity => ("POST", "/activity", None),
             Request::Orphan(vm) => (
                 "POST",
                 "/orphan",
@@ -90,15 +116,22 @@ impl Request {
                 serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?,
             ),
             ("GET", "/status") => Request::Status,
-            ("POST", "/end") => Request::End,
+            ("GET", "/events") => Request::Events,
+            ("POST", "/end") => {
+                let end: EndBy =
+                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                Request::End { by: end.by }
+            }
             ("POST", "/extend") => {
                 let by: ExtendBy =
                     serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
                 Request::Extend {
                     minutes: by.minutes,
+                    by: by.by,
                 }
             }
             ("POST", "/retry") => Request::Retry,
+            ("POST", "/activity") => Request::Activity,
             ("POST", "/orphan") => {
                 let vm: OrphanVm =
                     serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
@@ -125,9 +158,11 @@ impl<P: Platform> Lab<'_, P> {
         match request {
             Request::Create(new) => self.create(new).await,
             Request::Status => self.status().await,
-            Request::End => self.end().await,
-            Request::Extend { minutes } => self.extend(minutes).await,
+            Request::Events => self.events().await,
+            Request::End { by } => self.end(by).await,
+            Request::Extend { minutes, by } => self.extend(minutes, by).await,
             Request::Retry => self.retry().await,
+            Request::Activity => self.activity().await,
             Request::Orphan(vm) => self.orphan(vm).await,
             Request::DeleteAgain { vm } => self.delete_again(&vm).await,
             Request::Poke => self.poke().await,
@@ -191,7 +226,12 @@ impl<P: Platform> Lab<'_, P> {
         let Some(existing) = existing else {
             let config = self.config;
             let lifetime = config.duration_ms(new.duration);
-            let mut session = Session::schedule(new, self.platform.now_ms(), lifetime);
+            let idle = new.idle_timeout.or(config.idle_timeout_minutes);
+            let now = self.platform.now_ms();
+            let mut session = Session::schedule(new, now, lifetime);
+            session.idle.timeout_minutes = idle;
+            session.idle.timeout_ms = idle.map(|m| config.duration_ms(m));
+            session.record(Kind::Created, now);
             session.cleanup.start_delay_ms = retry::first_attempt_delay(
                 config.retry_policy,
                 config.expiry_spread_ms(),
@@ -235,8 +275,17 @@ impl<P: Platform> Lab<'_, P> {
         })
     }
 
+    /// `GET .../{id}/events`: the lab's timeline.
+    pub async fn events(&self) -> Result<Reply, StoreError> {
+        Ok(match self.lab().await? {
+            Ok(session) => Reply::Events(session.timeline.view(&session.vm_ids())),
+            Err(refusal) => Reply::Refused(refusal),
+        })
+    }
+
     /// `DELETE .../{id}`: the cleanup starts now (202); a completed lab answers 200 as it is.
-    pub async fn end(&self) -> Result<Reply, StoreError> {
+    /// The end reason says who asked: `ended` (the API token) or `operator`.
+    pub async fn end(&self, by: By) -> Result<Reply, StoreError> {
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
@@ -244,14 +293,55 @@ impl<P: Platform> Lab<'_, P> {
         if session.status() == Status::Completed {
             return Ok(Self::unchanged(200, session));
         }
-        if !session.end_now(self.platform.now_ms()) {
+        let now = self.platform.now_ms();
+        if !session.end_now(now) {
             return Ok(Self::unchanged(202, session));
         }
+        let reason = match by {
+            By::Api => EndReason::Ended,
+            By::Operator => EndReason::Operator,
+        };
+        session.mark_ended(reason, now);
         let line = format!(
-            "Lab {} ended by request; cleanup starts now",
-            session.lab_request_id
+            "Lab {} ended by request ({}); cleanup starts now",
+            session.lab_request_id,
+            match by {
+                By::Api => "the API token",
+                By::Operator => "the operator token",
+            }
         );
         self.changed(session, 202, line).await
+    }
+
+    /// `POST .../{id}/activity`: the student is active. Noted in the object's memory at once;
+    /// written to the record at most once per `ACTIVITY_WRITE_SECONDS` (the record alone: the
+    /// idle deadline only moves later, so the alarm stays as it is). 204; 409 once the lab has
+    /// ended.
+    pub async fn activity(&self) -> Result<Reply, StoreError> {
+        let mut session = match self.lab().await? {
+            Ok(session) => session,
+            Err(refusal) => return Ok(Reply::Refused(refusal)),
+        };
+        if session.status() != Status::Scheduled {
+            return Ok(Reply::Refused(Refusal::Conflict(format!(
+                "lab {} has ended ({}); activity no longer counts",
+                session.lab_request_id,
+                session.status().describe()
+            ))));
+        }
+        let now = self.platform.now_ms();
+        self.platform.note_activity(now);
+        let written = session
+            .idle
+            .last_activity_ms
+            .unwrap_or(session.created_at_ms);
+        if now.saturating_sub(written) >= self.config.activity_write_ms() {
+            session.idle.last_activity_ms = Some(now);
+            session.record(Kind::Activity, now);
+            let (text, _) = crate::lab::session::bound::encode(&mut session);
+            self.platform.put(&text).await?;
+        }
+        Ok(Reply::Noted)
     }
 
     /// `POST .../{id}/retry`: the next attempt of a retrying lab now (202).
@@ -260,9 +350,11 @@ impl<P: Platform> Lab<'_, P> {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         };
-        match session.retry_now(self.platform.now_ms()) {
+        let now = self.platform.now_ms();
+        match session.retry_now(now) {
             Ok(false) => Ok(Self::unchanged(202, session)),
             Ok(true) => {
+                session.record(Kind::RetryNow, now);
                 let line = format!(
                     "Retry of lab {} requested by an operator; attempt {} starts now",
                     session.lab_request_id,
@@ -275,18 +367,25 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// `POST .../{id}/extend`: the expiry `minutes` later, while the lab is scheduled (200).
-    pub async fn extend(&self, minutes: u64) -> Result<Reply, StoreError> {
+    pub async fn extend(&self, minutes: u64, by: By) -> Result<Reply, StoreError> {
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         };
         let config = self.config;
+        let from = session.expires_at_ms;
         match session.extend(
             minutes,
             config.duration_unit_ms(),
             config.max_duration_minutes,
         ) {
             Ok(()) => {
+                session.timeline.push(Event {
+                    from: Some(from),
+                    to: Some(session.expires_at_ms),
+                    by: Some(by),
+                    ..Event::new(Kind::Extended, self.platform.now_ms())
+                });
                 let line = format!(
                     "Lab {} extended by {minutes} minutes; now expires at {}",
                     session.lab_request_id,
@@ -336,6 +435,8 @@ impl<P: Platform> Lab<'_, P> {
         session.adoption.inventory_at_ms = Some(now);
         // Expired already: no `lab.expiring` for it.
         session.notices.warned_for_expiry_ms = Some(session.expires_at_ms);
+        session.record(Kind::Reconciled, now);
+        session.mark_ended(EndReason::Orphan, now);
         let line = format!(
             "Orphan VM {} of user {} (created {}) is listed by no lab: cleaning it up now, as a lab of its own",
             session.lab_request_id,
@@ -368,6 +469,10 @@ impl<P: Platform> Lab<'_, P> {
             "already gone"
         };
         session.reopen(vm, now);
+        session.timeline.push(Event {
+            vm: session.position(vm).and_then(|p| u16::try_from(p).ok()),
+            ..Event::new(Kind::Reconciled, now)
+        });
         let line = format!(
             "❌ VM {vm} of lab {} was counted {was}, yet the backend's inventory still lists it: deleting it again (attempt {} now)",
             session.lab_request_id,

@@ -7,7 +7,7 @@
 //! by validation, workers by `MAX_WORKERS`, errors by `bounded_errors`, the outbox by one event
 //! per type). `bound::tests` computes the worst case from these limits and fills a record to it.
 
-use crate::lab::session::{DeletionError, Session};
+use crate::lab::session::{timeline, DeletionError, Session};
 use crate::lab::text;
 
 /// Largest value of Durable Object key-value storage
@@ -52,6 +52,8 @@ pub enum Dropped {
     Event { id: String, event_type: String },
     /// The texts of the last attempt's errors (this many), replaced by a short note.
     ErrorTexts(usize),
+    /// An event of the timeline (counted in its `truncated`; not worth an error line).
+    TimelineEvent,
 }
 
 impl std::fmt::Display for Dropped {
@@ -61,20 +63,37 @@ impl std::fmt::Display for Dropped {
                 write!(f, "undelivered event {event_type} ({id})")
             }
             Dropped::ErrorTexts(n) => write!(f, "the texts of {n} errors of the last attempt"),
+            Dropped::TimelineEvent => write!(f, "an event of the timeline"),
         }
     }
 }
 
-/// The record as stored (JSON), within `MAX_RECORD_BYTES`. A record of this version always fits
-/// as it is; one written by an earlier version may not (its outbox events held whole copies of
-/// the view), and then what is expendable goes, oldest first: undelivered events, then the
-/// texts of the last attempt's errors. Never the cleanup's progress.
+/// The record as stored (JSON), within `MAX_RECORD_BYTES`. Of a record of this version only
+/// the timeline can outgrow the bound (everything else fits at its largest: `tests`), and then
+/// its oldest events after the first ones go; a record written by an earlier version may not fit
+/// (its outbox events held whole copies of the view), and then what is expendable goes, oldest
+/// first: the timeline's events, undelivered events, then the texts of the last attempt's
+/// errors. Never the cleanup's progress.
 pub fn encode(session: &mut Session) -> (String, Vec<Dropped>) {
     let mut dropped = Vec::new();
     loop {
         let text = serde_json::to_string(session).unwrap_or_default();
-        if utf16_bytes(&text) <= MAX_RECORD_BYTES {
+        let bytes = utf16_bytes(&text);
+        if bytes <= MAX_RECORD_BYTES {
             return (text, dropped);
+        }
+        // Many timeline events at once when they are what is over (one serialization, not one
+        // per event): each costs at least its own bytes.
+        let mut over = bytes - MAX_RECORD_BYTES;
+        while over > 0 && session.timeline.events.len() > timeline::KEEP_FIRST {
+            let event = &session.timeline.events[timeline::KEEP_FIRST];
+            let cost = utf16_bytes(&serde_json::to_string(event).unwrap_or_default()) + 2;
+            session.timeline.drop_one();
+            dropped.push(Dropped::TimelineEvent);
+            over = over.saturating_sub(cost);
+        }
+        if over == 0 {
+            continue;
         }
         match shed_one(session) {
             Some(d) => dropped.push(d),
@@ -94,6 +113,10 @@ pub fn shed(session: &mut Session) -> Vec<Dropped> {
 }
 
 fn shed_one(session: &mut Session) -> Option<Dropped> {
+    // The timeline first: its oldest events after the first ones (counted in `truncated`).
+    if session.timeline.drop_one() {
+        return Some(Dropped::TimelineEvent);
+    }
     let outbox = &mut session.notices.outbox;
     if let Some(oldest) = (0..outbox.len()).min_by_key(|&i| outbox[i].created_at_ms) {
         let event = outbox.remove(oldest);

@@ -77,7 +77,9 @@ pub struct Session {
 /// The lab's idle end (`idle_timeout`), when it has one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Idle {
-    /// How long without activity ends the lab; `None`: never.
+    /// How long without activity ends the lab, in `duration` units as asked, and in ms; `None`:
+    /// never.
+    pub timeout_minutes: Option<u64>,
     pub timeout_ms: Option<i64>,
     /// The latest activity written to the record (`ACTIVITY_WRITE_SECONDS` apart at most).
     pub last_activity_ms: Option<i64>,
@@ -232,6 +234,11 @@ impl Session {
         }
     }
 
+    /// The idle timeout as asked, in `duration` units.
+    pub fn idle_timeout_units(&self) -> Option<u64> {
+        self.idle.timeout_minutes
+    }
+
     /// Adds an event of `kind` at `at` to the timeline.
     pub fn record(&mut self, kind: Kind, at: i64) {
         self.timeline.push(Event::new(kind, at));
@@ -251,12 +258,67 @@ impl Session {
         if self.cleanup.status != Status::Scheduled {
             return None;
         }
-        let since = [Some(self.created_at_ms), self.idle.last_activity_ms, noted_ms]
-            .into_iter()
-            .flatten()
-            .max()?;
+        let since = [
+            Some(self.created_at_ms),
+            self.idle.last_activity_ms,
+            noted_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .max()?;
         let at = since.saturating_add(timeout);
         (at < self.expires_at_ms).then_some(at)
+    }
+
+    /// Adds the attempt that `finish_attempt` has just recorded to the timeline: its number, how
+    /// long it took, and each VM it tried by position (failures by status code or error class);
+    /// then `stuck` when it is the attempt that makes the lab stuck, or `completed`.
+    pub fn record_attempt(
+        &mut self,
+        result: &AttemptResult,
+        started_ms: i64,
+        done_ms: i64,
+        stuck_after: u32,
+    ) {
+        let position = |id: &str| -> Option<u16> { u16::try_from(self.position(id)?).ok() };
+        let event = Event {
+            n: Some(self.cleanup.attempts),
+            ms: Some(done_ms.saturating_sub(started_ms)),
+            deleted: result
+                .deleted
+                .iter()
+                .filter_map(|id| position(id))
+                .collect(),
+            gone: result
+                .already_gone
+                .iter()
+                .filter_map(|id| position(id))
+                .collect(),
+            failed: result
+                .outcome
+                .errors
+                .iter()
+                .filter_map(|e| {
+                    Some((
+                        position(&e.lab_request_id)?,
+                        timeline::failure_code(&e.error),
+                    ))
+                })
+                .collect(),
+            not_tried: u32::try_from(result.outcome.not_tried).unwrap_or(u32::MAX),
+            ..Event::new(Kind::Attempt, done_ms)
+        };
+        self.timeline.push(event);
+        match self.cleanup.status {
+            Status::Completed => self.record(Kind::Completed, done_ms),
+            Status::Retrying if self.cleanup.attempts == stuck_after => {
+                self.timeline.push(Event {
+                    n: Some(self.cleanup.attempts),
+                    ..Event::new(Kind::Stuck, done_ms)
+                });
+            }
+            _ => {}
+        }
     }
 
     /// Marks the lab ended for `reason` at `at` (the first reason only), on its timeline.

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lab::session::{Cleanup, DeletionError, Outcome, Session, Status};
+use crate::lab::session::{Cleanup, DeletionError, EndReason, Outcome, Session, Status};
 use crate::lab::text::rfc3339;
 
 /// An event waiting in the lab's outbox until its receiver accepts it.
@@ -52,6 +52,11 @@ pub struct Snapshot {
     pub completed_at_ms: Option<i64>,
     #[serde(default)]
     pub dry_run: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<EndReason>,
+    /// A warning's minutes (`duration` units) left, in its `data.minutes_left`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes_left: Option<u64>,
 }
 
 /// `last_outcome` at the moment, its errors by VM position.
@@ -96,6 +101,8 @@ impl Snapshot {
             }),
             completed_at_ms: c.completed_at_ms,
             dry_run: session.dry_run,
+            end_reason: session.end_reason,
+            minutes_left: None,
         }
     }
 
@@ -157,15 +164,20 @@ impl OutboxEvent {
         let data = match &self.snapshot {
             Some(snapshot) => {
                 let cleanup = snapshot.cleanup(session);
-                serde_json::to_value(session.view_at(
+                let mut data = serde_json::to_value(session.view_at(
                     &cleanup,
                     snapshot.expires_at_ms,
                     snapshot.dry_run,
+                    snapshot.end_reason,
                 ))
+                .unwrap_or_default();
+                if let (Some(left), Some(map)) = (snapshot.minutes_left, data.as_object_mut()) {
+                    map.insert("minutes_left".into(), left.into());
+                }
+                data
             }
-            None => serde_json::to_value(session.view()),
-        }
-        .unwrap_or_default();
+            None => serde_json::to_value(session.view()).unwrap_or_default(),
+        };
         serde_json::json!({
             "type": self.event_type,
             "timestamp": rfc3339(self.created_at_ms),

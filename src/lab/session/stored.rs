@@ -53,6 +53,8 @@ struct Flat<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     end_reason: Option<EndReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     idle_timeout_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_activity_ms: Option<i64>,
@@ -112,6 +114,8 @@ struct Owned {
     #[serde(default)]
     end_reason: Option<EndReason>,
     #[serde(default)]
+    idle_timeout: Option<u64>,
+    #[serde(default)]
     idle_timeout_ms: Option<i64>,
     #[serde(default)]
     last_activity_ms: Option<i64>,
@@ -163,6 +167,7 @@ impl Serialize for Session {
             stuck_notified: self.notices.stuck_notified,
             outbox: &self.notices.outbox,
             end_reason: self.end_reason,
+            idle_timeout: self.idle.timeout_minutes,
             idle_timeout_ms: self.idle.timeout_ms,
             last_activity_ms: self.idle.last_activity_ms,
             timeline: &self.timeline.events,
@@ -215,6 +220,7 @@ impl<'de> Deserialize<'de> for Session {
             },
             end_reason: o.end_reason,
             idle: Idle {
+                timeout_minutes: o.idle_timeout,
                 timeout_ms: o.idle_timeout_ms,
                 last_activity_ms: o.last_activity_ms,
             },

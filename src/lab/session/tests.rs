@@ -222,7 +222,10 @@ fn view_is_the_documented_json() {
             "completed_at": null,
             "dry_run": false,
             "adopted_at": null,
-            "origin": "api"
+            "origin": "api",
+            "end_reason": null,
+            "idle_timeout": null,
+            "last_activity_at": null
         })
     );
     s.begin_attempt(60_000, 1_000);

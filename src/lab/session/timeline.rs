@@ -15,9 +15,9 @@ use crate::lab::text::rfc3339;
 pub const KEEP_ATTEMPTS: usize = 50;
 /// Other events kept at each end (100 in all).
 pub const KEEP_OTHERS: usize = 50;
-/// Events the byte bound never drops: the start of the lab's story (`created`, the first
-/// warnings or its end).
-pub const KEEP_FIRST: usize = 4;
+/// Events the byte bound never drops: the start of the lab's story (`created` and what came
+/// right after it).
+pub const KEEP_FIRST: usize = 2;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,12 +231,16 @@ impl Event {
                         .iter()
                         .map(|p| json!({"id": id(*p), "result": "already_gone"})),
                 );
-                vm_results.extend(self.failed.iter().map(|(p, code)| {
-                    match code.parse::<u16>() {
-                        Ok(status) => json!({"id": id(*p), "result": "failed", "status": status}),
-                        Err(_) => json!({"id": id(*p), "result": "failed", "error": code}),
-                    }
-                }));
+                vm_results.extend(
+                    self.failed
+                        .iter()
+                        .map(|(p, code)| match code.parse::<u16>() {
+                            Ok(status) => {
+                                json!({"id": id(*p), "result": "failed", "status": status})
+                            }
+                            Err(_) => json!({"id": id(*p), "result": "failed", "error": code}),
+                        }),
+                );
                 put("vms", Value::Array(vm_results));
                 put("not_tried", json!(self.not_tried));
             }
@@ -247,11 +251,7 @@ impl Event {
                 }
                 None => put("action", json!("orphan_cleaned_up")),
             },
-            Kind::Created
-            | Kind::Activity
-            | Kind::Completed
-            | Kind::RetryNow
-            | Kind::Adopted => {}
+            Kind::Created | Kind::Activity | Kind::Completed | Kind::RetryNow | Kind::Adopted => {}
         }
         Value::Object(out)
     }
@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(t.events[KEEP_FIRST].at, KEEP_FIRST as i64 + 1);
         while t.drop_one() {}
         assert_eq!(t.events.len(), KEEP_FIRST);
-        assert_eq!(t.truncated, 6);
+        assert_eq!(t.truncated, 10 - KEEP_FIRST as u64);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::lab::session::{Cleanup, LabType, Origin, Outcome, Session, Status};
+use crate::lab::session::{Cleanup, EndReason, LabType, Origin, Outcome, Session, Status};
 use crate::lab::text::rfc3339;
 
 /// The status body of a session, as answered by the API.
@@ -32,22 +32,43 @@ pub struct SessionView<'a> {
     pub adopted_at: Option<String>,
     /// `api`, `legacy` (adopted) or `inventory` (an orphan VM an inventory reported).
     pub origin: Origin,
+    /// Why the lab ended: `expired`, `idle`, `ended`, `operator` or `orphan`; `null` while it is
+    /// scheduled.
+    pub end_reason: Option<EndReason>,
+    /// The idle timeout in `duration` units (`null`: none).
+    pub idle_timeout: Option<u64>,
+    /// The latest activity the lab recorded (`ACTIVITY_WRITE_SECONDS` apart at most).
+    pub last_activity_at: Option<String>,
 }
 
 impl Session {
     /// The JSON status body the API answers with.
     pub fn view(&self) -> SessionView<'_> {
-        self.view_at(&self.cleanup, self.expires_at_ms, self.dry_run)
+        SessionView {
+            last_activity_at: self.idle.last_activity_ms.map(rfc3339),
+            ..self.view_now()
+        }
+    }
+
+    fn view_now(&self) -> SessionView<'_> {
+        self.view_at(
+            &self.cleanup,
+            self.expires_at_ms,
+            self.dry_run,
+            self.end_reason,
+        )
     }
 
     /// The status body the lab had when its cleanup's progress was `cleanup`, its expiry
-    /// `expires_at_ms` and its dry-run mark `dry_run` (everything else of a lab never changes):
-    /// how a webhook's body is rebuilt from its snapshot.
+    /// `expires_at_ms`, its dry-run mark `dry_run` and its end reason `end_reason` (of the rest,
+    /// only the activity changes, and a webhook's body leaves it out): how a webhook's body is
+    /// rebuilt from its snapshot.
     pub fn view_at<'a>(
         &'a self,
         cleanup: &'a Cleanup,
         expires_at_ms: i64,
         dry_run: bool,
+        end_reason: Option<EndReason>,
     ) -> SessionView<'a> {
         let pending = self
             .vms()
@@ -73,6 +94,9 @@ impl Session {
             dry_run,
             adopted_at: self.adoption.adopted_at_ms.map(rfc3339),
             origin: self.origin(),
+            end_reason,
+            idle_timeout: self.idle_timeout_units(),
+            last_activity_at: None,
         }
     }
 }

@@ -28,7 +28,13 @@ fn the_largest_lab_stays_within_the_bound_whatever_happens() {
     world.receiver_down.set(true);
     world.create(new.clone());
     for _ in 0..1_000 {
-        match world.request(Request::Extend { minutes: 1 }).unwrap() {
+        match world
+            .request(Request::Extend {
+                minutes: 1,
+                by: crate::lab::session::By::Api,
+            })
+            .unwrap()
+        {
             Reply::Lab { .. } => {}
             other => panic!("{other:?}"),
         }

@@ -80,6 +80,10 @@ pub struct World {
     pub permits_peak: Cell<usize>,
     /// What each `acquire` said it wanted, in order.
     pub permits_wanted: RefCell<Vec<usize>>,
+    /// The activity noted in the object's memory (`evict` forgets it), and the record-only
+    /// writes.
+    pub noted: Cell<Option<i64>>,
+    pub puts: Cell<usize>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -140,6 +144,8 @@ impl World {
             budget: RefCell::new(None),
             permits_peak: Cell::new(0),
             permits_wanted: RefCell::new(Vec::new()),
+            noted: Cell::new(None),
+            puts: Cell::new(0),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -387,6 +393,22 @@ impl RecordStore for World {
         let crash = self.op()?;
         self.alarm.set(Some(at_ms));
         Self::after(crash)
+    }
+
+    async fn put(&self, record: &str) -> Result<(), StoreError> {
+        let crash = self.op()?;
+        *self.record.borrow_mut() = Some(record.to_string());
+        self.saved.borrow_mut().push(record.to_string());
+        self.puts.set(self.puts.get() + 1);
+        Self::after(crash)
+    }
+
+    fn noted_activity(&self) -> Option<i64> {
+        self.noted.get()
+    }
+
+    fn note_activity(&self, at_ms: i64) {
+        self.noted.set(Some(at_ms));
     }
 
     async fn delete_all(&self) -> Result<(), StoreError> {

@@ -52,9 +52,14 @@ fn unknown_labs_are_refused_and_nothing_is_stored() {
     let world = World::new(config(&[]));
     for request in [
         Request::Status,
-        Request::End,
+        Request::End {
+            by: crate::lab::session::By::Api,
+        },
         Request::Retry,
-        Request::Extend { minutes: 1 },
+        Request::Extend {
+            minutes: 1,
+            by: crate::lab::session::By::Api,
+        },
     ] {
         assert_eq!(refusal(world.request(request).unwrap()), Refusal::NotFound);
     }
@@ -67,29 +72,64 @@ fn end_extend_and_retry_follow_the_lab_state() {
     world.script("w", &[500]);
     world.create(lab("m", &["w"], 60));
     assert_eq!(
-        status_of(world.request(Request::Extend { minutes: 5 }).unwrap()),
+        status_of(
+            world
+                .request(Request::Extend {
+                    minutes: 5,
+                    by: crate::lab::session::By::Api,
+                })
+                .unwrap()
+        ),
         200
     );
     assert!(matches!(
-        refusal(world.request(Request::Extend { minutes: 100_000 }).unwrap()),
+        refusal(world.request(Request::Extend {
+            minutes: 100_000,
+            by: crate::lab::session::By::Api,
+        }).unwrap()),
         Refusal::Invalid(m) if m.contains("maximum")
     ));
     assert!(matches!(
         refusal(world.request(Request::Retry).unwrap()),
         Refusal::Conflict(m) if m.contains("scheduled")
     ));
-    assert_eq!(status_of(world.request(Request::End).unwrap()), 202);
+    assert_eq!(
+        status_of(
+            world
+                .request(Request::End {
+                    by: crate::lab::session::By::Api,
+                })
+                .unwrap()
+        ),
+        202
+    );
     world.run(world.now.get());
     assert_eq!(status(&world), Some(Status::Retrying));
     assert!(world.deleted().contains_key("m"));
     assert!(matches!(
-        refusal(world.request(Request::Extend { minutes: 1 }).unwrap()),
+        refusal(
+            world
+                .request(Request::Extend {
+                    minutes: 1,
+                    by: crate::lab::session::By::Api,
+                })
+                .unwrap()
+        ),
         Refusal::Conflict(_)
     ));
     assert_eq!(status_of(world.request(Request::Retry).unwrap()), 202);
     world.run(world.now.get());
     assert_eq!(status(&world), Some(Status::Completed));
-    assert_eq!(status_of(world.request(Request::End).unwrap()), 200);
+    assert_eq!(
+        status_of(
+            world
+                .request(Request::End {
+                    by: crate::lab::session::By::Api,
+                })
+                .unwrap()
+        ),
+        200
+    );
     assert!(matches!(
         refusal(world.request(Request::Retry).unwrap()),
         Refusal::Conflict(m) if m.contains("already cleaned up")
@@ -101,8 +141,13 @@ fn internal_requests_round_trip() {
     for request in [
         Request::Create(lab("m", &["w"], 60)),
         Request::Status,
-        Request::End,
-        Request::Extend { minutes: 7 },
+        Request::End {
+            by: crate::lab::session::By::Api,
+        },
+        Request::Extend {
+            minutes: 7,
+            by: crate::lab::session::By::Api,
+        },
         Request::Retry,
     ] {
         let (method, path, body) = request.encode();

@@ -87,6 +87,7 @@ fn worst_case(workers: usize, failing: usize) -> Session {
     };
     s.end_reason = Some(crate::lab::session::EndReason::Operator);
     s.idle = crate::lab::session::Idle {
+        timeout_minutes: Some(BIG_U64),
         timeout_ms: Some(BIG_I64),
         last_activity_ms: Some(BIG_I64),
     };
@@ -96,7 +97,9 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         s.timeline.events.push(crate::lab::session::Event {
             n: Some(u32::MAX),
             ms: Some(BIG_I64),
-            failed: (0..=workers as u16).map(|p| (p, "cut_short".into())).collect(),
+            failed: (0..=workers as u16)
+                .map(|p| (p, "cut_short".into()))
+                .collect(),
             not_tried: u32::MAX,
             ..crate::lab::session::Event::new(crate::lab::session::Kind::Attempt, BIG_I64)
         });
@@ -126,8 +129,13 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         }),
         ..stuck.clone()
     };
+    let warning = Snapshot {
+        minutes_left: Some(BIG_U64),
+        ..scheduled.clone()
+    };
     for (kind, snapshot) in [
-        (EventType::Expiring, scheduled),
+        (EventType::Expiring, warning.clone()),
+        (EventType::IdleWarning, warning),
         (EventType::CleanupCompleted, completed),
         (EventType::CleanupStuck, stuck),
     ] {
@@ -229,7 +237,8 @@ fn an_old_record_too_large_sheds_its_events_oldest_first() {
 fn a_failed_save_sheds_everything_expendable() {
     let mut s = worst_case(MAX_WORKERS, 5);
     let dropped = shed(&mut s);
-    assert_eq!(dropped.len(), 4, "{dropped:?}");
+    // One event of each of the four types, then the errors' texts.
+    assert_eq!(dropped.len(), 5, "{dropped:?}");
     assert!(s.notices.outbox.is_empty());
     let outcome = s.cleanup.last_outcome.as_ref().unwrap();
     assert_eq!(outcome.errors.len(), 5, "which VMs failed is kept");
