@@ -4,6 +4,7 @@ mod bounds;
 mod budget;
 mod faults;
 mod requests;
+mod timeline;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
