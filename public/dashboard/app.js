@@ -149,6 +149,7 @@ async function loadLabs() {
         el("div", { class: "muted" }, `${lab.lab_type === "multi_node" ? "multi-node" : "single VM"}, ${lab.vm_count} VM${lab.vm_count === 1 ? "" : "s"}${lab.origin === "inventory" ? ", orphan" : ""}`)),
       el("td", {}, lab.user_id),
       el("td", {}, badge(lab.status, lab.stuck)),
+      el("td", { "data-end-reason": lab.end_reason || "" }, REASONS[lab.end_reason] || "—"),
       el("td", { class: "num" }, lab.pending_count),
       el("td", { class: "num" }, lab.attempts),
       el("td", {}, time(lab.expires_at)),
@@ -180,6 +181,46 @@ function list(title, items) {
   return el("div", {}, el("h3", {}, title), items.length ? el("ul", {}, ...items.map((i) => el("li", {}, i))) : el("p", { class: "muted" }, "none"));
 }
 
+/** Why a lab ended, in words. */
+const REASONS = {
+  expired: "expired",
+  idle: "idle",
+  ended: "ended by the student",
+  operator: "ended by an operator",
+  orphan: "orphan",
+};
+
+/** One event of the timeline, in words. */
+function describe(e) {
+  switch (e.type) {
+    case "created": return "created";
+    case "extended": return `extended by ${e.by === "operator" ? "an operator" : "the API"}: expiry ${time(e.from)} → ${time(e.to)}`;
+    case "warned": return `warned: ${e.minutes_left} minute${e.minutes_left === 1 ? "" : "s"} left`;
+    case "idle_warned": return `idle warning: ends in ${e.minutes_left} minute${e.minutes_left === 1 ? "" : "s"} without activity`;
+    case "activity": return "latest activity";
+    case "ended": return `ended: ${REASONS[e.reason] || e.reason}`;
+    case "attempt": {
+      const vms = e.vms.map((v) => `${v.id} ${v.result === "failed" ? `failed (${v.status ?? v.error})` : v.result.replace("_", " ")}`);
+      if (e.not_tried) vms.push(`${e.not_tried} not tried (backend overloaded)`);
+      return `attempt ${e.number} (${e.duration_ms} ms): ${vms.join(", ") || "nothing to delete"}`;
+    }
+    case "stuck": return `stuck after ${e.attempts} attempts`;
+    case "completed": return "every VM deleted";
+    case "retry_now": return "retry now (operator)";
+    case "adopted": return "adopted from the previous worker";
+    case "reconciled": return e.vm ? `the inventory still listed ${e.vm}: deleting it again` : "an orphan VM the inventory reported: cleaning it up";
+    default: return e.type;
+  }
+}
+
+async function loadTimeline(id) {
+  const t = await api("GET", `/api/v1/labs/sessions/${encodeURIComponent(id)}/events`);
+  const items = t.events.map((e) =>
+    el("li", { "data-event": e.type }, el("time", { dateTime: e.at }, time(e.at)), " ", describe(e)));
+  if (t.truncated) items.push(el("li", { class: "muted" }, `${t.truncated} older event${t.truncated === 1 ? "" : "s"} left out`));
+  $("#timeline").replaceChildren(...items);
+}
+
 async function openLab(id, scroll = true) {
   const lab = await api("GET", `/api/v1/labs/sessions/${encodeURIComponent(id)}`);
   state.open = id;
@@ -187,6 +228,7 @@ async function openLab(id, scroll = true) {
   const errors = lab.last_outcome ? lab.last_outcome.errors : [];
   const facts = [
     ["Status", badge(lab.status, false)],
+    ["Ended", lab.end_reason ? REASONS[lab.end_reason] || lab.end_reason : "not yet"],
     ["User", lab.user_id],
     ["Type", lab.lab_type === "multi_node" ? "multi-node" : "single VM"],
     ["Created", time(lab.created_at)],
@@ -195,6 +237,7 @@ async function openLab(id, scroll = true) {
     ["Next attempt", time(lab.next_attempt_at)],
     ["Completed", time(lab.completed_at)],
   ];
+  if (lab.idle_timeout) facts.push(["Idle timeout", `${lab.idle_timeout} minutes (latest activity ${time(lab.last_activity_at)})`]);
   if (lab.dry_run) facts.push(["Dry run", "yes: the calls were only logged"]);
   if (lab.adopted_at) facts.push(["Adopted from the previous worker", time(lab.adopted_at)]);
   if (lab.origin === "inventory") facts.push(["Origin", "an orphan VM the backend's inventory reported; no lab listed it"]);
@@ -208,7 +251,10 @@ async function openLab(id, scroll = true) {
     errors.length
       ? el("ul", { class: "errors" }, ...errors.map((e) => el("li", {}, el("strong", {}, e.lab_request_id), ": ", e.error)))
       : el("p", { class: "muted" }, lab.last_outcome ? "none" : "no attempt yet"),
+    el("h3", {}, "Timeline"),
+    el("ol", { id: "timeline", class: "timeline" }),
   );
+  await loadTimeline(id);
   $("#end-now").disabled = lab.status === "completed";
   $("#extend").disabled = lab.status !== "scheduled";
   $("#retry-now").disabled = lab.status !== "retrying";
@@ -256,6 +302,7 @@ function applyFilters(event) {
   if (user) query.set("user_id", user);
   if (form.get("stuck")) query.set("stuck", form.get("stuck"));
   if (form.get("origin")) query.set("origin", form.get("origin"));
+  if (form.get("end_reason")) query.set("end_reason", form.get("end_reason"));
   for (const name of ["expires_after", "expires_before"]) {
     const value = form.get(name);
     if (value) query.set(name, new Date(value).toISOString());

@@ -78,6 +78,16 @@ try {
     await page.click("#apply");
     await page.waitForSelector(`#labs tr[data-lab="${SCHEDULED}"]`);
   }
+  if (process.env.ORPHAN_LAB) {
+    await page.selectOption("#filter-end-reason", "orphan");
+    await page.click("#apply");
+    await page.waitForSelector(`#labs tr[data-lab="${process.env.ORPHAN_LAB}"]`);
+    const reasons = await page.$$eval("#labs tbody tr td[data-end-reason]", (tds) => tds.map((td) => td.dataset.endReason));
+    if (reasons.length === 0 || reasons.some((r) => r !== "orphan")) fail(`the end-reason filter shows ${reasons}`);
+    await page.selectOption("#filter-end-reason", "");
+    await page.click("#apply");
+    await page.waitForSelector(`#labs tr[data-lab="${SCHEDULED}"]`);
+  }
   const escaped = await page.evaluate(() => visible("id\u202e\n\u2028x"));
   if (escaped !== "id\\u{202e}\\u{a}\\u{2028}x") fail(`text from outside is shown as ${escaped}`);
 
@@ -100,6 +110,13 @@ try {
   const detail = await page.textContent("#detail");
   if (!detail.includes("retrying") || !detail.includes("backend answered")) fail(`the detail reads: ${detail}`);
   if (await page.isDisabled("#retry-now")) fail("Retry now is disabled for a retrying lab");
+  // The timeline: created, ended (expired), its failed attempts, stuck.
+  const events = await page.$$eval("#timeline li[data-event]", (lis) => lis.map((li) => li.dataset.event));
+  for (const expected of ["created", "ended", "attempt", "stuck"]) {
+    if (!events.includes(expected)) fail(`the timeline has no ${expected}: ${events}`);
+  }
+  const timeline = await page.textContent("#timeline");
+  if (!timeline.includes("ended: expired") || !timeline.includes("failed (500)")) fail(`the timeline reads: ${timeline}`);
   await page.screenshot({ path: join(SHOTS, "dashboard-detail.png"), fullPage: true });
 
   step("the backend recovers; press Retry now and watch the lab complete");
@@ -110,6 +127,8 @@ try {
   if (!cleared.ok) fail(`the mock's faults could not be cleared: ${cleared.status}`);
   await page.click("#retry-now");
   await page.waitForSelector('#detail [data-status="completed"]', { timeout: 30_000 });
+  await page.waitForSelector('#timeline li[data-event="completed"]');
+  await page.waitForSelector('#timeline li[data-event="retry_now"]');
   const done = await page.textContent("#message");
   if (!done.includes("Retry now: done")) fail(`after Retry now the message reads: ${done}`);
   await page.screenshot({ path: join(SHOTS, "dashboard-completed.png"), fullPage: true });

@@ -16,6 +16,7 @@ mod legacy;
 mod lifecycle;
 mod security;
 mod support;
+mod timeline;
 mod webhooks;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -34,6 +35,14 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    (
+        "timeline_idle_ends_and_activity",
+        timeline::timeline_idle_ends_and_activity,
+    ),
+    (
+        "heartbeats_write_once_per_interval",
+        timeline::heartbeats_write_once_per_interval,
+    ),
     (
         "budget_caps_the_fleet_and_loses_no_permit",
         budget::budget_caps_the_fleet_and_loses_no_permit,
