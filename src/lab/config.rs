@@ -308,9 +308,15 @@ impl Config {
                     value: Some(raw),
                 })?,
             },
+            // With the fleet-wide budget, the budget paces a class expiring at once: no spread
+            // unless one is asked for.
             expiry_spread_seconds: number(
                 "EXPIRY_SPREAD_SECONDS",
-                DEFAULT_EXPIRY_SPREAD_SECONDS,
+                if get("BACKEND_MAX_CONCURRENCY").is_some() {
+                    0
+                } else {
+                    DEFAULT_EXPIRY_SPREAD_SECONDS
+                },
                 0,
                 3_600,
             )?,
@@ -726,6 +732,21 @@ mod tests {
         assert!(e.to_string().contains("from 0 to 48"), "{e}");
         let e = config(&[("BACKEND_URL", "http://x"), ("SUBREQUEST_LIMIT", "10")]).unwrap_err();
         assert!(e.to_string().contains("(8)"), "{e}");
+    }
+
+    #[test]
+    fn the_budget_makes_the_spread_unnecessary_unless_asked_for() {
+        let base = ("BACKEND_URL", "http://x");
+        assert_eq!(config(&[base]).unwrap().expiry_spread_seconds, 5);
+        let budget = ("BACKEND_MAX_CONCURRENCY", "20");
+        assert_eq!(config(&[base, budget]).unwrap().expiry_spread_seconds, 0);
+        let asked = ("EXPIRY_SPREAD_SECONDS", "3");
+        assert_eq!(
+            config(&[base, budget, asked])
+                .unwrap()
+                .expiry_spread_seconds,
+            3
+        );
     }
 
     #[test]

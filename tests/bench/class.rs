@@ -286,19 +286,23 @@ pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String 
         Run {
             color: "#2ca02c",
             budget: Some(20),
+            spread: 0,
             ..Run::new("budget 20", "adaptive", 429, Some("2"))
         },
         Run {
             color: "#98df8a",
             budget: Some(20),
+            spread: 0,
             ..Run::new("budget 20", "adaptive", 503, None)
         },
         Run {
             budget: Some(40),
+            spread: 0,
             ..Run::new("budget 40 (above the capacity)", "adaptive", 429, Some("2"))
         },
         Run {
             budget: Some(20),
+            spread: 0,
             labs: big,
             ..Run::new(
                 &format!("budget 20, {big} labs"),
@@ -320,6 +324,7 @@ pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String 
             slow: true,
             timeout: 2,
             budget: Some(20),
+            spread: 0,
             ..Run::new("budget 20, slow backend", "adaptive", 429, None)
         },
     ];
