@@ -42,6 +42,7 @@ fn view_keys() -> BTreeSet<String> {
             duration: 1,
             vm_name: None,
             idle_timeout: None,
+            labels: Default::default(),
         },
         0,
         1,

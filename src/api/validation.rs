@@ -106,6 +106,8 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         )?),
     };
 
+    let labels = labels(obj.get("labels"))?;
+
     Ok(NewSession {
         lab_request_id,
         user_id,
@@ -113,6 +115,7 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         duration,
         vm_name,
         idle_timeout,
+        labels,
     })
 }
 
@@ -304,6 +307,43 @@ pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
     duration(obj.get("minutes"), "minutes", max_minutes)
 }
 
+/// `labels`: an object of at most `MAX_LABELS` string values, keys `[a-z0-9_.-]{1,63}`, values
+/// 1 to 128 printable characters; missing or `null` is none.
+fn labels(value: Option<&Value>) -> Result<crate::lab::session::Labels, ApiError> {
+    use crate::lab::limits::{label_problem, MAX_LABELS};
+    let entries = match value {
+        None | Some(Value::Null) => return Ok(Default::default()),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
+            return Err(invalid(format!(
+                "labels must be an object, got {}",
+                type_name(other)
+            )))
+        }
+    };
+    if entries.len() > MAX_LABELS {
+        return Err(invalid(format!(
+            "labels may hold at most {MAX_LABELS} entries, got {}",
+            entries.len()
+        )));
+    }
+    let mut labels = crate::lab::session::Labels::new();
+    for (key, value) in entries {
+        let Value::String(value) = value else {
+            return Err(invalid(format!(
+                "label {} must be a string, got {}",
+                truncate(key, 70),
+                type_name(value)
+            )));
+        };
+        if let Some(problem) = label_problem(key, value) {
+            return Err(invalid(crate::lab::text::shorten(&problem, 200)));
+        }
+        labels.insert(key.clone(), value.clone());
+    }
+    Ok(labels)
+}
+
 fn vm_name(value: Option<&Value>) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -444,6 +484,7 @@ mod tests {
                 duration: 60,
                 vm_name: Some("k8s-master-1".into()),
                 idle_timeout: None,
+                labels: Default::default(),
             }
         );
     }
@@ -504,6 +545,30 @@ mod tests {
         );
         assert!(message(with("worker_nodes", json!(["w1"])))
             .starts_with("worker_nodes[0] must be an object"));
+    }
+
+    #[test]
+    fn labels_are_bounded_and_plain() {
+        let ok = parse(with("labels", json!({"class": "cka-2026-11-30", "course": "cka"}))).unwrap();
+        assert_eq!(ok.labels["class"], "cka-2026-11-30");
+        assert!(parse(with("labels", json!(null))).unwrap().labels.is_empty());
+        assert!(message(with("labels", json!([]))).contains("must be an object"));
+        assert!(message(with("labels", json!({"Class": "x"}))).contains("a-z 0-9"));
+        assert!(message(with("labels", json!({"a:b": "x"}))).contains("a-z 0-9"));
+        assert!(message(with("labels", json!({"k".repeat(64): "x"}))).contains("1 to 63"));
+        assert!(message(with("labels", json!({"": "x"}))).contains("1 to 63"));
+        assert!(message(with("labels", json!({"k": ""}))).contains("1 to 128"));
+        assert!(message(with("labels", json!({"k": "v".repeat(129)}))).contains("1 to 128"));
+        assert!(message(with("labels", json!({"k": "a\u{202e}b"}))).contains("printable"));
+        assert!(message(with("labels", json!({"k": 5}))).contains("must be a string"));
+        let eleven: serde_json::Map<String, Value> =
+            (0..11).map(|i| (format!("k{i}"), json!("v"))).collect();
+        assert!(message(with("labels", Value::Object(eleven))).contains("at most 10"));
+        // Unicode values within the rule are fine.
+        assert_eq!(
+            parse(with("labels", json!({"room": "Zürich 😀"}))).unwrap().labels["room"],
+            "Zürich 😀"
+        );
     }
 
     #[test]

@@ -693,6 +693,7 @@ mod tests {
                 duration: 60,
                 vm_name: None,
                 idle_timeout: None,
+                labels: Default::default(),
             },
             0,
             60_000,

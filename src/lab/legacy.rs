@@ -164,6 +164,7 @@ impl LegacyRecord {
                 duration,
                 vm_name: None,
                 idle_timeout: None,
+                labels: Default::default(),
             },
             created_at_ms,
             expires_at_ms.saturating_sub(created_at_ms),

@@ -5,6 +5,43 @@ pub const MAX_ID_LEN: usize = 128;
 /// Longest `vm.name` (kept for logs and the status view), in characters.
 pub const MAX_VM_NAME_LEN: usize = 256;
 
+/// Most labels a lab may carry.
+pub const MAX_LABELS: usize = 10;
+/// Longest label key (`[a-z0-9_.-]`), and longest label value (printable characters).
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+pub const MAX_LABEL_VALUE_LEN: usize = 128;
+
+/// Why a label is refused, in words (the key is named by the caller).
+pub fn label_problem(key: &str, value: &str) -> Option<String> {
+    if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN {
+        return Some(format!(
+            "a label key must be 1 to {MAX_LABEL_KEY_LEN} characters"
+        ));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(*c)))
+    {
+        return Some(format!(
+            "label key {key:?} has {}; keys are a-z 0-9 _ . -",
+            describe_char(c)
+        ));
+    }
+    let n = value.chars().count();
+    if n == 0 || n > MAX_LABEL_VALUE_LEN {
+        return Some(format!(
+            "label {key} must be 1 to {MAX_LABEL_VALUE_LEN} characters, got {n}"
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| crate::lab::text::is_unsafe(*c)) {
+        return Some(format!(
+            "label {key} has {}; values are printable characters",
+            describe_char(c)
+        ));
+    }
+    None
+}
+
 /// Why a text is not an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdProblem {

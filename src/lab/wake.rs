@@ -219,6 +219,7 @@ mod tests {
                 duration: 1,
                 vm_name: None,
                 idle_timeout: None,
+                labels: Default::default(),
             },
             T0,
             60_000,

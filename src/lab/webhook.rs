@@ -203,6 +203,7 @@ mod tests {
                 duration: duration_minutes as u64,
                 vm_name: None,
                 idle_timeout: None,
+                labels: Default::default(),
             },
             T0,
             duration_minutes * MINUTE,

@@ -29,15 +29,27 @@ fn types(timeline: &Value) -> Vec<String> {
         .collect()
 }
 
-fn activity(ctx: &Ctx, id: &str) -> u16 {
-    ctx.worker
-        .raw(
+/// `POST .../activity`: its status. The local runtime's proxy sometimes answers a POST it lost
+/// to a restart of its own with a 503 that asks to send it again; so does this (at most thrice),
+/// as a real client would.
+fn activity_on(worker: &Worker, id: &str) -> u16 {
+    for _ in 0..3 {
+        let r = worker.raw(
             "POST",
             &format!("/api/v1/labs/sessions/{id}/activity"),
             &[],
             b"",
-        )
-        .status
+        );
+        if !(r.status == 503 && r.text().contains("restarted mid-request")) {
+            return r.status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    503
+}
+
+fn activity(ctx: &Ctx, id: &str) -> u16 {
+    activity_on(&ctx.worker, id)
 }
 
 /// Everything of issue 20 that needs its own settings (warning stages, the storage counter),
@@ -167,11 +179,11 @@ pub fn timeline_idle_ends_and_activity(ctx: &mut Ctx) {
         ["created", "ended", "attempt"]
     );
 
-    // A lab kept alive by activity (idle timeout 3 s, a heartbeat every half second) until its
-    // hard expiry (8 s).
+    // A lab kept alive by activity (idle timeout 6 s, a heartbeat every half second) until its
+    // hard expiry (14 s).
     let alive = "tl-alive";
     let r = ctx.worker.create(&json!({
-        "lab_request_id": alive, "user_id": "tl-user", "duration": 8, "idle_timeout": 3,
+        "lab_request_id": alive, "user_id": "tl-user", "duration": 14, "idle_timeout": 6,
     }));
     assert_eq!(r.status, 201, "{}", r.text());
     let expires_at = epoch_ms(&r.json()["expires_at"]);
@@ -194,6 +206,7 @@ pub fn timeline_idle_ends_and_activity(ctx: &mut Ctx) {
 pub fn heartbeats_write_once_per_interval(ctx: &mut Ctx) {
     ctx.worker.restart_with(&[("LOG_STORAGE_OPS", "true")], &[]);
     let labs: Vec<String> = (0..200).map(|i| format!("hb-{i:03}")).collect();
+    let first_created = Instant::now();
     for id in &labs {
         let r = ctx.worker.create(&json!({
             "lab_request_id": id, "user_id": "hb-user", "duration": 600, "idle_timeout": 300,
@@ -215,13 +228,7 @@ pub fn heartbeats_write_once_per_interval(ctx: &mut Ctx) {
                         std::thread::sleep(wait);
                     }
                     for id in chunk {
-                        let r = worker.raw(
-                            "POST",
-                            &format!("/api/v1/labs/sessions/{id}/activity"),
-                            &[],
-                            b"",
-                        );
-                        assert_eq!(r.status, 204, "{}", r.text());
+                        assert_eq!(activity_on(worker, id), 204, "{id}");
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -254,10 +261,12 @@ pub fn heartbeats_write_once_per_interval(ctx: &mut Ctx) {
         sent as f64 / elapsed,
         lines.len()
     );
-    assert_eq!(lines.len(), sent, "one storage line per heartbeat");
-    // A minute (plus the time to send them) at one write per 60 s: at most two per lab, and
-    // never one a heartbeat.
-    let intervals = (elapsed / 60.0).ceil() as usize + 1;
+    // One storage line per heartbeat the object answered (a retried one may have two).
+    assert!(lines.len() >= sent, "{} lines for {sent} heartbeats", lines.len());
+    // One write per 60 s at most, counted from each lab's creation: over a minute of
+    // heartbeats (plus the time the creates took), at most two or three per lab, never one a
+    // heartbeat.
+    let intervals = (first_created.elapsed().as_secs_f64() / 60.0).ceil() as usize;
     assert!(
         writes <= labs.len() * intervals,
         "{writes} writes for {} labs over {elapsed:.0} s",

@@ -428,6 +428,7 @@ impl<P: Platform> Lab<'_, P> {
                 duration: 0,
                 vm_name: None,
                 idle_timeout: None,
+                labels: Default::default(),
             },
             created,
             now.saturating_sub(created),

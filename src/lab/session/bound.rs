@@ -22,7 +22,7 @@ pub const MAX_WORKERS: usize = 48;
 pub const MAX_ERROR_CHARS: usize = 200;
 /// All error texts of one attempt together, in characters: a lab with many failing VMs keeps a
 /// shorter error for each (at least `MIN_ERROR_CHARS`).
-pub const ERROR_BUDGET_CHARS: usize = 2_400;
+pub const ERROR_BUDGET_CHARS: usize = 2_000;
 pub const MIN_ERROR_CHARS: usize = 40;
 /// Longest stored error of a webhook delivery, in characters.
 pub const MAX_DELIVERY_ERROR_CHARS: usize = 120;

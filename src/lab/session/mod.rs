@@ -35,7 +35,14 @@ pub struct NewSession {
     /// `IDLE_TIMEOUT_MINUTES` if set, else never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u64>,
+    /// Labels (`{"class": "cka-2026-11-30"}`), at most `limits::MAX_LABELS`; part of the create's
+    /// identity.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
+
+/// A lab's labels, sorted by key.
+pub type Labels = std::collections::BTreeMap<String, String>;
 
 /// One VM to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +79,7 @@ pub struct Session {
     pub end_reason: Option<EndReason>,
     pub idle: Idle,
     pub timeline: Timeline,
+    pub labels: Labels,
 }
 
 /// The lab's idle end (`idle_timeout`), when it has one.
@@ -231,6 +239,7 @@ impl Session {
             end_reason: None,
             idle: Idle::default(),
             timeline: Timeline::default(),
+            labels: new.labels,
         }
     }
 
@@ -546,6 +555,7 @@ impl Session {
             && self.user_id == new.user_id
             && self.worker_lab_request_ids == new.worker_lab_request_ids
             && self.duration == new.duration
+            && self.labels == new.labels
     }
 }
 

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::lab::session::{
-    Adoption, Cleanup, EndReason, Event, Idle, IndexSync, Notices, OutboxEvent, Outcome, Session,
-    Status, Sync, Timeline,
+    Adoption, Cleanup, EndReason, Event, Idle, IndexSync, Labels, Notices, OutboxEvent, Outcome,
+    Session, Status, Sync, Timeline,
 };
 
 #[derive(Serialize)]
@@ -62,6 +62,8 @@ struct Flat<'a> {
     timeline: &'a [Event],
     #[serde(skip_serializing_if = "is_zero_u64")]
     timeline_truncated: u64,
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    labels: &'a Labels,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +125,8 @@ struct Owned {
     timeline: Vec<Event>,
     #[serde(default)]
     timeline_truncated: u64,
+    #[serde(default)]
+    labels: Labels,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -172,6 +176,7 @@ impl Serialize for Session {
             last_activity_ms: self.idle.last_activity_ms,
             timeline: &self.timeline.events,
             timeline_truncated: self.timeline.truncated,
+            labels: &self.labels,
         }
         .serialize(serializer)
     }
@@ -228,6 +233,7 @@ impl<'de> Deserialize<'de> for Session {
                 events: o.timeline,
                 truncated: o.timeline_truncated,
             },
+            labels: o.labels,
         })
     }
 }

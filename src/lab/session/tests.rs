@@ -20,6 +20,7 @@ fn new_session(workers: &[&str]) -> NewSession {
         duration: 60,
         vm_name: Some("k8s-master-1".into()),
         idle_timeout: None,
+        labels: Default::default(),
     }
 }
 
@@ -225,7 +226,8 @@ fn view_is_the_documented_json() {
             "origin": "api",
             "end_reason": null,
             "idle_timeout": null,
-            "last_activity_at": null
+            "last_activity_at": null,
+            "labels": {}
         })
     );
     s.begin_attempt(60_000, 1_000);

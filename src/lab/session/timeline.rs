@@ -15,9 +15,9 @@ use crate::lab::text::rfc3339;
 pub const KEEP_ATTEMPTS: usize = 50;
 /// Other events kept at each end (100 in all).
 pub const KEEP_OTHERS: usize = 50;
-/// Events the byte bound never drops: the start of the lab's story (`created` and what came
-/// right after it).
-pub const KEEP_FIRST: usize = 2;
+/// Events the byte bound never drops: the start of the lab's story (`created`, or `adopted`, or
+/// an orphan's `reconciled`).
+pub const KEEP_FIRST: usize = 1;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

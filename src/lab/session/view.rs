@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use crate::lab::session::{Cleanup, EndReason, LabType, Origin, Outcome, Session, Status};
+use crate::lab::session::{
+    Cleanup, EndReason, LabType, Labels, Origin, Outcome, Session, Status,
+};
 use crate::lab::text::rfc3339;
 
 /// The status body of a session, as answered by the API.
@@ -39,6 +41,8 @@ pub struct SessionView<'a> {
     pub idle_timeout: Option<u64>,
     /// The latest activity the lab recorded (`ACTIVITY_WRITE_SECONDS` apart at most).
     pub last_activity_at: Option<String>,
+    /// The lab's labels (`{}` for none).
+    pub labels: &'a Labels,
 }
 
 impl Session {
@@ -97,6 +101,7 @@ impl Session {
             end_reason,
             idle_timeout: self.idle_timeout_units(),
             last_activity_at: None,
+            labels: &self.labels,
         }
     }
 }

@@ -115,6 +115,7 @@ pub fn lab(id: &str, workers: &[&str], duration: u64) -> NewSession {
         duration,
         vm_name: Some("k8s-master".into()),
         idle_timeout: None,
+        labels: Default::default(),
     }
 }
 

@@ -35,6 +35,7 @@ fn worst_case(workers: usize, failing: usize) -> Session {
             duration: 525_600,
             vm_name: Some("😀".repeat(MAX_VM_NAME_LEN)),
             idle_timeout: None,
+            labels: Default::default(),
         },
         BIG_I64,
         0,
@@ -105,6 +106,14 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         });
     }
     s.timeline.truncated = BIG_U64;
+    // Every label at its longest, each value costing two UTF-16 units a character.
+    use crate::lab::limits::{MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN};
+    s.labels = (0..MAX_LABELS)
+        .map(|n| {
+            let key = format!("{n}{}", "k".repeat(MAX_LABEL_KEY_LEN - 1));
+            (key, costly(MAX_LABEL_VALUE_LEN))
+        })
+        .collect();
     // One event of every type, each with the snapshot its type can have at its largest:
     // `lab.expiring` is created while the lab is scheduled (no attempt, no outcome);
     // `lab.cleanup_completed` when every VM is done (no error left: errors are kept for pending
