@@ -70,6 +70,12 @@ pub fn read_message(reader: &mut impl BufRead, is_response: bool) -> io::Result<
     let chunked = message
         .header("Transfer-Encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    // A 1xx, 204 or 304 answer has no body, whatever its headers (RFC 9110, 6.4.1): reading one
+    // until the connection closes would wait on a server that keeps it open.
+    let status = message.start_line.split_whitespace().nth(1).unwrap_or("");
+    if is_response && (status.starts_with('1') || status == "204" || status == "304") {
+        return Ok(Some(message));
+    }
     if chunked {
         message.body = read_chunked(reader)?;
     } else if let Some(len) = message.header("Content-Length") {
@@ -194,6 +200,13 @@ pub fn json_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_204_has_no_body_even_on_a_connection_left_open() {
+        let raw = b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\nnot a body";
+        let m = read_message(&mut &raw[..], true).unwrap().unwrap();
+        assert!(m.body.is_empty());
+    }
 
     #[test]
     fn parses_content_length_and_chunked_bodies() {
