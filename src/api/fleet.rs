@@ -38,7 +38,8 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
                 truncate(&key)
             ))
         })?;
-        if seen.contains(&key) {
+        // `label` may repeat (every one must match); any other parameter once.
+        if key != "label" && seen.contains(&key) {
             return Err(invalid(format!(
                 "{} is given more than once",
                 truncate(&key)
@@ -64,6 +65,21 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
             "user_id" => {
                 validation::check_id(&value, "user_id")?;
                 q.user_id = Some(value);
+            }
+            "label" => {
+                let (key, label) = value.split_once(':').ok_or_else(|| {
+                    invalid("label must be key:value, e.g. label=class:cka-2026-11-30".into())
+                })?;
+                if let Some(problem) = crate::lab::limits::label_problem(key, label) {
+                    return Err(invalid(crate::lab::text::shorten(&problem, 200)));
+                }
+                if q.labels.len() >= crate::lab::limits::MAX_LABELS {
+                    return Err(invalid(format!(
+                        "at most {} label filters",
+                        crate::lab::limits::MAX_LABELS
+                    )));
+                }
+                q.labels.push((key.to_string(), label.to_string()));
             }
             "end_reason" => {
                 q.end_reason = Some(EndReason::parse(&value).ok_or_else(|| {
@@ -110,7 +126,7 @@ pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
             }
             other => {
                 return Err(invalid(format!(
-                    "unknown query parameter {:?}; known: status, origin, end_reason, user_id, stuck, expires_before, expires_after, limit, cursor",
+                    "unknown query parameter {:?}; known: status, origin, end_reason, label, user_id, stuck, expires_before, expires_after, limit, cursor",
                     truncate(other)
                 )))
             }
@@ -154,6 +170,7 @@ pub struct ListedLab<'a> {
     pub stuck: bool,
     pub origin: Origin,
     pub end_reason: Option<EndReason>,
+    pub labels: &'a crate::lab::session::Labels,
 }
 
 /// A lab of the list, as answered.
@@ -176,6 +193,7 @@ pub fn listed(row: &IndexRow, stuck_after: u32) -> ListedLab<'_> {
         stuck: is_stuck(row.status, row.attempts, stuck_after),
         origin: row.origin,
         end_reason: row.end_reason,
+        labels: &row.labels,
     }
 }
 
@@ -294,6 +312,7 @@ mod tests {
             revision: 7,
             origin: Origin::Api,
             end_reason: None,
+            labels: Default::default(),
         }
     }
 

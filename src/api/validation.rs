@@ -549,9 +549,16 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_and_plain() {
-        let ok = parse(with("labels", json!({"class": "cka-2026-11-30", "course": "cka"}))).unwrap();
+        let ok = parse(with(
+            "labels",
+            json!({"class": "cka-2026-11-30", "course": "cka"}),
+        ))
+        .unwrap();
         assert_eq!(ok.labels["class"], "cka-2026-11-30");
-        assert!(parse(with("labels", json!(null))).unwrap().labels.is_empty());
+        assert!(parse(with("labels", json!(null)))
+            .unwrap()
+            .labels
+            .is_empty());
         assert!(message(with("labels", json!([]))).contains("must be an object"));
         assert!(message(with("labels", json!({"Class": "x"}))).contains("a-z 0-9"));
         assert!(message(with("labels", json!({"a:b": "x"}))).contains("a-z 0-9"));
@@ -566,7 +573,9 @@ mod tests {
         assert!(message(with("labels", Value::Object(eleven))).contains("at most 10"));
         // Unicode values within the rule are fine.
         assert_eq!(
-            parse(with("labels", json!({"room": "Zürich 😀"}))).unwrap().labels["room"],
+            parse(with("labels", json!({"room": "Zürich 😀"})))
+                .unwrap()
+                .labels["room"],
             "Zürich 😀"
         );
     }

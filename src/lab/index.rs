@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation, VmState};
-use crate::lab::session::{EndReason, Origin, Session};
+use crate::lab::session::{EndReason, Labels, Origin, Session};
 use crate::lab::status::{in_cleanup_sql, stuck_sql, Status};
 use crate::lab::text;
 
@@ -66,6 +66,17 @@ pub struct IndexRow {
     /// Why the lab ended (`None` while scheduled).
     #[serde(default)]
     pub end_reason: Option<EndReason>,
+    /// The lab's labels: written to `labels` (its own table), read back as one JSON object.
+    #[serde(default, deserialize_with = "labels_json")]
+    pub labels: Labels,
+}
+
+/// The labels of a list row: the JSON object `json_group_object` made (`null` without labels).
+fn labels_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
 }
 
 /// A VM's row in `vms`: which lab lists it, and how far its deletion got.
@@ -99,6 +110,7 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
         revision: session.sync.revision,
         origin: session.origin(),
         end_reason: session.end_reason,
+        labels: session.labels.clone(),
     }
 }
 
@@ -178,6 +190,28 @@ fn optional(n: Option<i64>) -> Bind {
 /// in `vms`, each unless the index holds a newer revision.
 pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
     let mut statements = vec![upsert(row)];
+    // The labels never change: written once (an existing row is left as it is, and costs no
+    // write).
+    if !row.labels.is_empty() {
+        let marks = vec!["(?, ?, ?)"; row.labels.len()].join(", ");
+        let binds = row
+            .labels
+            .iter()
+            .flat_map(|(k, v)| {
+                [
+                    Bind::Text(row.lab_request_id.clone()),
+                    Bind::Text(k.clone()),
+                    Bind::Text(v.clone()),
+                ]
+            })
+            .collect();
+        statements.push((
+            format!(
+                "INSERT OR IGNORE INTO {LABELS_TABLE} (lab_request_id, key, value) VALUES {marks}"
+            ),
+            binds,
+        ));
+    }
     for chunk in vms.chunks(MAX_BINDS / 4) {
         let marks = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
         let mut binds = Vec::with_capacity(chunk.len() * 4);
@@ -244,10 +278,18 @@ pub fn delete(lab_request_id: &str, revision: u64) -> Vec<(String, Vec<Bind>)> {
         ),
         (
             "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2".into(),
+            binds.clone(),
+        ),
+        // Only when the lab's row went (no newer lab of the same id holds it).
+        (
+            format!("DELETE FROM {LABELS_TABLE} WHERE lab_request_id = ?1 AND NOT EXISTS (SELECT 1 FROM {TABLE} WHERE lab_request_id = ?1 AND revision > ?2)"),
             binds,
         ),
     ]
 }
+
+/// The labels' table (`migrations/0005_labels.sql`).
+pub const LABELS_TABLE: &str = "labels";
 
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
@@ -458,6 +500,8 @@ pub struct ListQuery {
     pub statuses: Vec<Status>,
     pub origin: Option<Origin>,
     pub end_reason: Option<EndReason>,
+    /// `label=key:value`, repeatable: every one must match.
+    pub labels: Vec<(String, String)>,
     pub user_id: Option<String>,
     pub stuck: Option<bool>,
     /// Exclusive bounds on `expires_at` (epoch ms).
@@ -473,6 +517,7 @@ impl Default for ListQuery {
             statuses: Vec::new(),
             origin: None,
             end_reason: None,
+            labels: Vec::new(),
             user_id: None,
             stuck: None,
             expires_before: None,
@@ -487,8 +532,19 @@ impl Default for ListQuery {
 /// whether another page follows). Paging is by key (`expires_at`, then `lab_request_id`), so a
 /// lab is listed once however many labs are added while paging.
 pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
-    let mut sql = format!("SELECT {} FROM {TABLE} WHERE 1 = 1", COLUMNS.join(", "));
+    let mut sql = format!(
+        "SELECT {}, (SELECT json_group_object(key, value) FROM {LABELS_TABLE} l WHERE l.lab_request_id = {TABLE}.lab_request_id) AS labels FROM {TABLE} WHERE 1 = 1",
+        COLUMNS.join(", ")
+    );
     let mut binds = Vec::new();
+    // Each label: the labs that carry it, from its index (SQLite probes the sessions by key).
+    for (key, value) in &q.labels {
+        sql.push_str(&format!(
+            " AND lab_request_id IN (SELECT lab_request_id FROM {LABELS_TABLE} WHERE key = ? AND value = ?)"
+        ));
+        binds.push(Bind::Text(key.clone()));
+        binds.push(Bind::Text(value.clone()));
+    }
     if !q.statuses.is_empty() {
         let marks = vec!["?"; q.statuses.len()].join(", ");
         sql.push_str(&format!(" AND status IN ({marks})"));
@@ -792,6 +848,7 @@ mod tests {
         let q = ListQuery {
             origin: None,
             end_reason: None,
+            labels: vec![("class".into(), "cka".into())],
             statuses: vec![Status::Retrying, Status::CleaningUp],
             user_id: Some("user@x".into()),
             stuck: Some(true),
@@ -803,11 +860,13 @@ mod tests {
         let (sql, binds) = list(&q, 3);
         assert_eq!(
             sql,
-            format!("SELECT {} FROM sessions WHERE 1 = 1 AND status IN (?, ?) AND user_id = ? AND status != 'completed' AND attempts >= ? AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", COLUMNS.join(", "))
+            format!("SELECT {}, (SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1 AND lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?) AND status IN (?, ?) AND user_id = ? AND status != 'completed' AND attempts >= ? AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", COLUMNS.join(", "))
         );
         assert_eq!(
             binds,
             vec![
+                Bind::Text("class".into()),
+                Bind::Text("cka".into()),
                 Bind::Text("retrying".into()),
                 Bind::Text("cleaning_up".into()),
                 Bind::Text("user@x".into()),

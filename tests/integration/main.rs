@@ -39,7 +39,6 @@ const LAST: &[(&str, MutTestFn)] = &[
         "timeline_idle_ends_and_activity",
         timeline::timeline_idle_ends_and_activity,
     ),
-
     (
         "budget_caps_the_fleet_and_loses_no_permit",
         budget::budget_caps_the_fleet_and_loses_no_permit,

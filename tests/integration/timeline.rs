@@ -262,7 +262,11 @@ pub fn heartbeats_write_once_per_interval(ctx: &mut Ctx) {
         lines.len()
     );
     // One storage line per heartbeat the object answered (a retried one may have two).
-    assert!(lines.len() >= sent, "{} lines for {sent} heartbeats", lines.len());
+    assert!(
+        lines.len() >= sent,
+        "{} lines for {sent} heartbeats",
+        lines.len()
+    );
     // One write per 60 s at most, counted from each lab's creation: over a minute of
     // heartbeats (plus the time the creates took), at most two or three per lab, never one a
     // heartbeat.

@@ -2,9 +2,7 @@
 
 use serde::Serialize;
 
-use crate::lab::session::{
-    Cleanup, EndReason, LabType, Labels, Origin, Outcome, Session, Status,
-};
+use crate::lab::session::{Cleanup, EndReason, LabType, Labels, Origin, Outcome, Session, Status};
 use crate::lab::text::rfc3339;
 
 /// The status body of a session, as answered by the API.
