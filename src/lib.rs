@@ -58,7 +58,7 @@ async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, ApiErr
     let path = request.path();
     // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
     let method = request.inner().method();
-    if path.starts_with("/api/") {
+    if path.starts_with("/api/") || path == routes::METRICS_PATH {
         // Authentication first, from the two secrets alone: a caller without a valid token
         // learns nothing else (not even that a setting is broken).
         let secret = |name: &str| platform::env::var(env, name);
@@ -174,15 +174,40 @@ async fn api(
                     "the stats route takes no query parameters".into(),
                 ));
             }
-            let (counts, read) =
-                fleet_db::counts(env, config.stuck_after_attempts, config.index_timeout())
-                    .await
-                    .map_err(unavailable)?;
+            let now = platform::runtime::now_ms();
+            let (counts, read) = fleet_db::counts(
+                env,
+                config.stuck_after_attempts,
+                now,
+                config.index_timeout(),
+            )
+            .await
+            .map_err(unavailable)?;
             report_rows(config, "stats", read);
             json(
                 200,
-                &fleet::stats(&counts, counts.last_reconciliation.as_ref()),
+                &fleet::stats(&counts, counts.last_reconciliation.as_ref(), now),
             )
+        }
+        Route::Metrics => {
+            index_on(config)?;
+            let now = platform::runtime::now_ms();
+            let (counts, read) = fleet_db::counts(
+                env,
+                config.stuck_after_attempts,
+                now,
+                config.index_timeout(),
+            )
+            .await
+            .map_err(unavailable)?;
+            report_rows(config, "metrics", read);
+            respond::text(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &fleet::metrics(&counts, now),
+            )
+            .map(Into::into)
+            .map_err(internal)
         }
         Route::Inventory => {
             index_on(config)?;

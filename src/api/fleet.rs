@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
 use crate::api::{percent, validation};
+use crate::lab::fleet::levels;
 use crate::lab::index::{
     Counts, Cursor, IndexRow, ListQuery, ReconciliationRow, DEFAULT_LIMIT, MAX_LIMIT,
 };
@@ -217,9 +218,13 @@ pub fn page(mut rows: Vec<IndexRow>, q: &ListQuery, stuck_after: u32) -> Value {
 }
 
 /// The stats answer: every status counted (0 where none), stuck labs, the VMs still to delete
-/// and the oldest expiry among labs being cleaned up, the VMs found already gone (404), and the
-/// last reconciliation of an inventory (`null` before the first).
-pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>) -> Value {
+/// and the oldest expiry among labs being cleaned up, the VMs found already gone (404), the
+/// last reconciliation of an inventory (`null` before the first), and the service levels over
+/// the last 24 hours at `now_ms` (labs completed, their lag's percentiles, the VMs overdue now,
+/// and per hour: labs completed, their p95 lag, the backlog).
+pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>, now_ms: i64) -> Value {
+    let levels = levels::levels(now_ms, &counts.completions, &counts.overdue);
+    let secs = |ms: i64| ms as f64 / 1000.0;
     let by_status: serde_json::Map<String, Value> = Status::ALL
         .iter()
         .map(|status| {
@@ -247,7 +252,52 @@ pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>) -> Value {
             "unknown": r.unknown,
             "scheduled": r.scheduled,
         })),
+        "completed_24h": levels.completed_24h,
+        "cleanup_lag_seconds": levels.lag.map(|l| json!({
+            "p50": secs(l.p50), "p95": secs(l.p95), "p99": secs(l.p99), "max": secs(l.max),
+        })),
+        "overdue_vms": levels.overdue_vms,
+        "hourly": levels.hours.iter().map(|h| json!({
+            "hour": rfc3339(h.start),
+            "completed": h.completed,
+            "p95_lag_seconds": h.p95_lag_ms.map(secs),
+            "vms_pending": h.vms_pending,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// `GET /metrics`: the stats as Prometheus text.
+pub fn metrics(counts: &Counts, now_ms: i64) -> String {
+    let levels = levels::levels(now_ms, &counts.completions, &counts.overdue);
+    let gauges = levels::Gauges {
+        by_status: Status::ALL
+            .iter()
+            .map(|status| {
+                let n = counts
+                    .by_status
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, n)| *n);
+                (status.name(), n)
+            })
+            .collect(),
+        stuck: counts.stuck,
+        vms_pending: counts.vms_pending,
+        vms_already_gone: counts.vms_already_gone,
+        reconciliation: counts.last_reconciliation.as_ref().map(|r| {
+            (
+                r.at,
+                vec![
+                    ("tracked", r.tracked),
+                    ("overdue", r.overdue),
+                    ("finished", r.finished),
+                    ("unknown", r.unknown),
+                    ("scheduled", r.scheduled),
+                ],
+            )
+        }),
+    };
+    levels::prometheus(&gauges, &levels)
 }
 
 #[cfg(test)]
@@ -357,6 +407,16 @@ mod tests {
                 oldest_pending_expiry: Some(1_000),
                 vms_already_gone: 4,
                 last_reconciliation: None,
+                completions: vec![crate::lab::fleet::levels::Completion {
+                    completed_at: 3_000,
+                    expires_at: 1_500,
+                    vm_count: 3,
+                    already_gone_count: 0,
+                }],
+                overdue: vec![crate::lab::fleet::levels::Overdue {
+                    expires_at: 2_500,
+                    pending_count: 2,
+                }],
             },
             Some(&ReconciliationRow {
                 at: 2_000,
@@ -368,7 +428,15 @@ mod tests {
                 unknown: 2,
                 scheduled: 2,
             }),
+            4_000,
         );
+        let hourly = v["hourly"].as_array().unwrap();
+        assert_eq!(hourly.len(), 24);
+        assert_eq!(hourly[23]["completed"], 1);
+        assert_eq!(hourly[23]["p95_lag_seconds"], 1.5);
+        assert_eq!(hourly[23]["vms_pending"], 2);
+        let mut v = v;
+        v.as_object_mut().unwrap().remove("hourly");
         assert_eq!(
             v,
             json!({
@@ -378,10 +446,14 @@ mod tests {
                 "oldest_pending_expiry": "1970-01-01T00:00:01.000Z",
                 "vms_already_gone": 4,
                 "reconcile": {"at": "1970-01-01T00:00:02.000Z", "source": "pull", "act": true,
-                    "tracked": 5, "overdue": 1, "finished": 0, "unknown": 2, "scheduled": 2}
+                    "tracked": 5, "overdue": 1, "finished": 0, "unknown": 2, "scheduled": 2},
+                "completed_24h": 1,
+                "cleanup_lag_seconds": {"p50": 1.5, "p95": 1.5, "p99": 1.5, "max": 1.5},
+                "overdue_vms": 2
             })
         );
-        let empty = stats(&Counts::default(), None);
+        let empty = stats(&Counts::default(), None, 4_000);
+        assert_eq!(empty["cleanup_lag_seconds"], Value::Null);
         assert_eq!(empty["oldest_pending_expiry"], Value::Null);
         assert_eq!(empty["reconcile"], Value::Null);
     }

@@ -1,4 +1,4 @@
-//! JSON responses: the one place where bodies and `ApiError`s become `worker::Response`s.
+//! Responses: the one place where bodies and `ApiError`s become `worker::Response`s (JSON, and the metrics' text).
 
 use serde::Serialize;
 use worker::{Headers, Response};
@@ -28,6 +28,16 @@ fn json_with_headers<T: Serialize>(
     }
     let text = serde_json::to_string(body).map_err(|e| worker::Error::RustError(e.to_string()))?;
     Ok(Response::ok(text)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// A text response of `content_type` with `status`, never cached (`GET /metrics`).
+pub fn text(status: u16, content_type: &str, body: &str) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", content_type)?;
+    headers.set("Cache-Control", "no-store")?;
+    Ok(Response::ok(body)?
         .with_status(status)
         .with_headers(headers))
 }

@@ -15,6 +15,8 @@ pub const STATS_PATH: &str = "/api/v1/labs/stats";
 pub const INVENTORY_PATH: &str = "/api/v1/labs/inventory";
 /// Path of the fleet-wide budget's state.
 pub const BUDGET_PATH: &str = "/api/v1/labs/budget";
+/// Path of the Prometheus metrics (operator token, like the API).
+pub const METRICS_PATH: &str = "/metrics";
 
 /// A request the API serves; ids are taken from the path, percent-decoded, not yet validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub enum Route {
     Inventory,
     /// `GET /api/v1/labs/budget`: the fleet-wide budget of backend calls now (operator).
     Budget,
+    /// `GET /metrics`: the stats and service levels as Prometheus text (operator).
+    Metrics,
     /// `.../sessions/{lab_request_id}[/...]`: an operation on one lab, answered by its object.
     Lab(String, LabRoute),
     /// `GET /healthz`: liveness, no detail.
@@ -107,11 +111,12 @@ enum Template {
     Stats,
     Inventory,
     Budget,
+    Metrics,
     Health,
 }
 
 impl Template {
-    const ALL: [Template; 10] = [
+    const ALL: [Template; 11] = [
         Template::Sessions,
         Template::Session,
         Template::Extend,
@@ -121,6 +126,7 @@ impl Template {
         Template::Stats,
         Template::Inventory,
         Template::Budget,
+        Template::Metrics,
         Template::Health,
     ];
 
@@ -136,6 +142,7 @@ impl Template {
             Template::Stats => "/api/v1/labs/stats",
             Template::Inventory => "/api/v1/labs/inventory",
             Template::Budget => "/api/v1/labs/budget",
+            Template::Metrics => METRICS_PATH,
             Template::Health => "/healthz",
         }
     }
@@ -147,7 +154,11 @@ impl Template {
             Template::Extend | Template::Retry | Template::Activity | Template::Inventory => {
                 &["POST"]
             }
-            Template::Stats | Template::Budget | Template::Events | Template::Health => &["GET"],
+            Template::Stats
+            | Template::Budget
+            | Template::Events
+            | Template::Metrics
+            | Template::Health => &["GET"],
         }
     }
 }
@@ -165,7 +176,11 @@ impl Route {
     /// Which token the route needs.
     pub fn access(&self) -> Access {
         match self {
-            Route::ListSessions | Route::Stats | Route::Inventory | Route::Budget => Access::Fleet,
+            Route::ListSessions
+            | Route::Stats
+            | Route::Inventory
+            | Route::Budget
+            | Route::Metrics => Access::Fleet,
             Route::Lab(_, op) => op.access(),
             Route::CreateSession | Route::Health => Access::PerLab,
         }
@@ -188,6 +203,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Inventory, None)
     } else if path == BUDGET_PATH {
         (Template::Budget, None)
+    } else if path == METRICS_PATH {
+        (Template::Metrics, None)
     } else if path == "/healthz" {
         (Template::Health, None)
     } else {
@@ -218,6 +235,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Stats, "GET", None) => Ok(Route::Stats),
         (Template::Inventory, "POST", None) => Ok(Route::Inventory),
         (Template::Budget, "GET", None) => Ok(Route::Budget),
+        (Template::Metrics, "GET", None) => Ok(Route::Metrics),
         (Template::Health, "GET", None) => Ok(Route::Health),
         _ => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),

@@ -590,11 +590,29 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
 /// `status:<name>` per status, and `already_gone`.
 pub const COUNTS_TABLE: &str = "fleet_counts";
 
+/// The labs completed since `since_ms`, for the service levels (`lab::fleet::levels`): from the
+/// covering index of `migrations/0006` alone.
+pub fn completions(since_ms: i64) -> (String, Vec<Bind>) {
+    (
+        format!("SELECT completed_at, expires_at, vm_count, already_gone_count FROM {TABLE} WHERE completed_at IS NOT NULL AND completed_at >= ?"),
+        vec![Bind::Int(since_ms)],
+    )
+}
+
+/// The labs past their expiry at `now_ms` and not completed (the backlog): from the partial
+/// index of the labs not completed.
+pub fn backlog(now_ms: i64) -> (String, Vec<Bind>) {
+    (
+        format!("SELECT expires_at, pending_count FROM {TABLE} WHERE status != 'completed' AND expires_at <= ?"),
+        vec![Bind::Int(now_ms)],
+    )
+}
+
 /// The stats route's statements, run in one batch, none reading the whole table: the kept
 /// counts (labs by status, VMs found already gone); stuck labs (a partial index of the labs not
 /// completed); VMs pending and the oldest expiry among labs being cleaned up (a covering
 /// index); the last reconciliation.
-pub fn stats(stuck_after: u32) -> Vec<(String, Vec<Bind>)> {
+pub fn stats(stuck_after: u32, now_ms: i64) -> Vec<(String, Vec<Bind>)> {
     vec![
         (format!("SELECT name, n FROM {COUNTS_TABLE}"), vec![]),
         (
@@ -609,6 +627,8 @@ pub fn stats(stuck_after: u32) -> Vec<(String, Vec<Bind>)> {
             vec![],
         ),
         (LAST_RECONCILIATION.to_string(), vec![]),
+        completions(now_ms.saturating_sub(crate::lab::fleet::levels::WINDOW_MS)),
+        backlog(now_ms),
     ]
 }
 
@@ -637,6 +657,9 @@ pub struct Counts {
     pub oldest_pending_expiry: Option<i64>,
     pub vms_already_gone: u64,
     pub last_reconciliation: Option<ReconciliationRow>,
+    /// The labs completed in the service levels' window, and the backlog now.
+    pub completions: Vec<crate::lab::fleet::levels::Completion>,
+    pub overdue: Vec<crate::lab::fleet::levels::Overdue>,
 }
 
 #[cfg(test)]
@@ -923,8 +946,10 @@ mod tests {
 
     #[test]
     fn the_stats_use_the_vocabulary() {
-        let statements = stats(3);
-        assert_eq!(statements.len(), 4);
+        let statements = stats(3, 90_000_000);
+        assert_eq!(statements.len(), 6);
+        assert_eq!(statements[4].1, vec![Bind::Int(90_000_000 - 86_400_000)]);
+        assert_eq!(statements[5].1, vec![Bind::Int(90_000_000)]);
         assert_eq!(statements[0].0, "SELECT name, n FROM fleet_counts");
         let kept_rows = vec![
             ("status:retrying".to_string(), 2),

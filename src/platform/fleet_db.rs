@@ -157,18 +157,19 @@ struct Pending {
 pub async fn counts(
     env: &Env,
     stuck_after: u32,
+    now_ms: i64,
     timeout: Duration,
 ) -> Result<(Counts, Rows), IndexError> {
     let db = database(env)?;
-    let statements = index::stats(stuck_after)
+    let statements = index::stats(stuck_after, now_ms)
         .into_iter()
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
         let results = db.batch(statements).await.map_err(|e| e.to_string())?;
-        let [kept, stuck, pending, last] = results.as_slice() else {
+        let [kept, stuck, pending, last, completions, overdue] = results.as_slice() else {
             return Err(format!(
-                "the index answered {} results for 4 queries",
+                "the index answered {} results for 6 queries",
                 results.len()
             ));
         };
@@ -197,6 +198,8 @@ pub async fn counts(
                 .map_err(e)?
                 .into_iter()
                 .next(),
+            completions: completions.results().map_err(e)?,
+            overdue: overdue.results().map_err(e)?,
         };
         Ok((counts, Rows::of(&results)))
     })

@@ -169,10 +169,11 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
     let (p50, p90) = time_get(&worker, "/api/v1/labs/stats", requests);
     std::thread::sleep(Duration::from_millis(200));
     let rows = rows_read(&worker, "stats");
-    let plans: Vec<String> = labs_cleanup::lab::index::stats(stuck_after)
-        .iter()
-        .map(|(sql, binds)| plan(&worker, sql, binds))
-        .collect();
+    let plans: Vec<String> =
+        labs_cleanup::lab::index::stats(stuck_after, 1_900_000_000_000 + labs as i64 * 1000)
+            .iter()
+            .map(|(sql, binds)| plan(&worker, sql, binds))
+            .collect();
     eprintln!("fleet: stats: p50 {p50:.1} ms, p90 {p90:.1} ms, {rows} rows read");
     let _ = writeln!(
         md,

@@ -646,3 +646,139 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     let v = poll_status(ctx, stuck, 5, |v| v["status"] == "completed");
     assert_eq!(v["attempts"], 5, "Retry now made the fifth attempt");
 }
+
+/// The service levels on a worker of its own (its index holds only what this test puts there):
+/// 100 labs completed an hour ago with lags of 1 to 100 s, and a lab 10 minutes past its expiry
+/// with 2 VMs pending; the stats' percentiles and backlog are those, and `GET /metrics` is read
+/// by the Prometheus client library's own parser (`prometheus_client.parser`).
+pub fn service_levels_and_metrics(ctx: &Ctx) {
+    let dir = ctx.work_dir.join("levels");
+    let worker = Worker::start_spec(
+        &dir,
+        &ctx.mock.url(),
+        &[],
+        Spec {
+            log_name: "levels.log",
+            config: None,
+            skip_build: true,
+            secrets: &[],
+        },
+    );
+    let now = now_ms() as i64;
+    let hour_ago = now - 3_600_000;
+    let mut sql = String::new();
+    for i in 1..=100i64 {
+        sql.push_str(&format!(
+            "INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin) VALUES ('sl-{i}', 'sl-user', 'multi_node', 3, 'completed', {c}, {e}, 1, NULL, 0, 0, NULL, {hour_ago}, {hour_ago}, 1, 'api');\n",
+            c = hour_ago - i * 1000 - 60_000,
+            e = hour_ago - i * 1000,
+        ));
+    }
+    sql.push_str(&format!(
+        "INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin) VALUES ('sl-late', 'sl-user', 'multi_node', 3, 'retrying', {c}, {e}, 4, NULL, 2, 0, 'w: backend answered 500', NULL, {now}, 1, 'api');\n",
+        c = now - 1_200_000,
+        e = now - 600_000,
+    ));
+    let file = dir.join("levels.sql");
+    std::fs::write(&file, sql).unwrap();
+    worker.d1(&file);
+
+    let r = worker.operator("GET", "/api/v1/labs/stats", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["completed_24h"], 100, "{v}");
+    assert_eq!(
+        v["cleanup_lag_seconds"],
+        json!({"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0})
+    );
+    assert_eq!(v["overdue_vms"], 2);
+    let hourly = v["hourly"].as_array().unwrap();
+    assert_eq!(hourly.len(), 24);
+    let completed: u64 = hourly
+        .iter()
+        .map(|h| h["completed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(completed, 100);
+    assert_eq!(hourly[23]["vms_pending"], 2, "the late lab's VMs, now");
+
+    // Operator token only, like the fleet routes.
+    let r = worker.raw("GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = worker.unauthenticated("GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 401);
+    let r = worker.operator("GET", "/metrics", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.message.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".tools/venv/bin/python");
+    let parse = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    out[family.name] = {"type": family.type, "samples": [[s.name, s.labels, s.value] for s in family.samples]}
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", python.display()));
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.text().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        r.text()
+    );
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sample = |family: &str, name: &str, label: Option<(&str, &str)>| -> f64 {
+        families[family]["samples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no family {family}: {families}"))
+            .iter()
+            .find(|s| s[0] == name && label.is_none_or(|(k, v)| s[1][k] == v))
+            .unwrap_or_else(|| panic!("no {name} {label:?} in {}", families[family]))[2]
+            .as_f64()
+            .unwrap()
+    };
+    let labs = "labs_cleanup_labs";
+    assert_eq!(families[labs]["type"], "gauge");
+    assert_eq!(sample(labs, labs, Some(("status", "completed"))), 100.0);
+    assert_eq!(sample(labs, labs, Some(("status", "retrying"))), 1.0);
+    assert_eq!(
+        sample("labs_cleanup_stuck_labs", "labs_cleanup_stuck_labs", None),
+        1.0
+    );
+    assert_eq!(
+        sample("labs_cleanup_overdue_vms", "labs_cleanup_overdue_vms", None),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            "labs_cleanup_vms_deleted_24h",
+            "labs_cleanup_vms_deleted_24h",
+            None
+        ),
+        300.0
+    );
+    let lag = "labs_cleanup_cleanup_lag_seconds";
+    assert_eq!(families[lag]["type"], "histogram");
+    let bucket = format!("{lag}_bucket");
+    assert_eq!(sample(lag, &bucket, Some(("le", "60"))), 60.0);
+    assert_eq!(sample(lag, &bucket, Some(("le", "+Inf"))), 100.0);
+    assert_eq!(sample(lag, &format!("{lag}_count"), None), 100.0);
+    assert_eq!(sample(lag, &format!("{lag}_sum"), None), 5050.0);
+}

@@ -108,6 +108,10 @@ const LAST: &[(&str, MutTestFn)] = &[
 
 const PARALLEL: &[(&str, TestFn)] = &[
     (
+        "service_levels_and_metrics",
+        fleet::service_levels_and_metrics,
+    ),
+    (
         "budget_unreachable_falls_back_to_no_budget",
         budget::budget_unreachable_falls_back_to_no_budget,
     ),

@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod inventory;
+pub mod levels;
 pub mod report;
 pub mod sweep;
 
