@@ -88,12 +88,13 @@ impl LabRoute {
         Ok(match self {
             LabRoute::Status => LabRequest::Status,
             LabRoute::Events => LabRequest::Events,
-            LabRoute::End => LabRequest::End { by },
+            LabRoute::End => LabRequest::End { by, job: None },
             LabRoute::Extend => LabRequest::Extend {
                 minutes: validation::parse_extend(body, config.max_duration_minutes)?,
                 by,
+                job: None,
             },
-            LabRoute::Retry => LabRequest::Retry,
+            LabRoute::Retry => LabRequest::Retry { job: None },
             LabRoute::Activity => LabRequest::Activity,
         })
     }

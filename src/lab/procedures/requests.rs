@@ -19,14 +19,20 @@ pub enum Request {
     Status,
     /// The lab's timeline.
     Events,
+    /// `job`: the bulk job asking (`lab::fleet::bulk`), applied once per lab however often it
+    /// asks.
     End {
         by: By,
+        job: Option<String>,
     },
     Extend {
         minutes: u64,
         by: By,
+        job: Option<String>,
     },
-    Retry,
+    Retry {
+        job: Option<String>,
+    },
     /// The student is active (an idle end moves later).
     Activity,
     /// A VM an inventory reported and no lab lists: cleaned up now as a lab of its own.
@@ -58,12 +64,23 @@ struct AgainVm {
 struct ExtendBy {
     minutes: u64,
     by: By,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
 }
 
 /// The body of an internal end request.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct EndBy {
     by: By,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
+}
+
+/// The body of an internal retry request (none from the single-lab route).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RetryFor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
 }
 
 impl Request {
@@ -73,21 +90,30 @@ impl Request {
             Request::Create(new) => ("POST", "/create", serde_json::to_string(new).ok()),
             Request::Status => ("GET", "/status", None),
             Request::Events => ("GET", "/events", None),
-            Request::End { by } => (
+            Request::End { by, job } => (
                 "POST",
                 "/end",
-                serde_json::to_string(&EndBy { by: *by }).ok(),
+                serde_json::to_string(&EndBy {
+                    by: *by,
+                    job: job.clone(),
+                })
+                .ok(),
             ),
-            Request::Extend { minutes, by } => (
+            Request::Extend { minutes, by, job } => (
                 "POST",
                 "/extend",
                 serde_json::to_string(&ExtendBy {
                     minutes: *minutes,
                     by: *by,
+                    job: job.clone(),
                 })
                 .ok(),
             ),
-            Request::Retry => ("POST", "/retry", None),
+            Request::Retry { job } => (
+                "POST",
+                "/retry",
+                serde_json::to_string(&RetryFor { job: job.clone() }).ok(),
+            ),
             Request::Activity => ("POST", "/activity", None),
             Request::Orphan(vm) => (
                 "POST",
@@ -120,7 +146,10 @@ impl Request {
             ("POST", "/end") => {
                 let end: EndBy =
                     serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
-                Request::End { by: end.by }
+                Request::End {
+                    by: end.by,
+                    job: end.job,
+                }
             }
             ("POST", "/extend") => {
                 let by: ExtendBy =
@@ -128,9 +157,17 @@ impl Request {
                 Request::Extend {
                     minutes: by.minutes,
                     by: by.by,
+                    job: by.job,
                 }
             }
-            ("POST", "/retry") => Request::Retry,
+            ("POST", "/retry") => {
+                let retry: RetryFor = if body.is_empty() {
+                    RetryFor { job: None }
+                } else {
+                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?
+                };
+                Request::Retry { job: retry.job }
+            }
             ("POST", "/activity") => Request::Activity,
             ("POST", "/orphan") => {
                 let vm: OrphanVm =
@@ -159,9 +196,9 @@ impl<P: Platform> Lab<'_, P> {
             Request::Create(new) => self.create(new).await,
             Request::Status => self.status().await,
             Request::Events => self.events().await,
-            Request::End { by } => self.end(by).await,
-            Request::Extend { minutes, by } => self.extend(minutes, by).await,
-            Request::Retry => self.retry().await,
+            Request::End { by, job } => self.end(by, job).await,
+            Request::Extend { minutes, by, job } => self.extend(minutes, by, job).await,
+            Request::Retry { job } => self.retry(job).await,
             Request::Activity => self.activity().await,
             Request::Orphan(vm) => self.orphan(vm).await,
             Request::DeleteAgain { vm } => self.delete_again(&vm).await,
@@ -285,11 +322,14 @@ impl<P: Platform> Lab<'_, P> {
 
     /// `DELETE .../{id}`: the cleanup starts now (202); a completed lab answers 200 as it is.
     /// The end reason says who asked: `ended` (the API token) or `operator`.
-    pub async fn end(&self, by: By) -> Result<Reply, StoreError> {
+    pub async fn end(&self, by: By, job: Option<String>) -> Result<Reply, StoreError> {
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         };
+        if session.applied(job.as_deref()) {
+            return Ok(Self::unchanged(202, session));
+        }
         if session.status() == Status::Completed {
             return Ok(Self::unchanged(200, session));
         }
@@ -302,6 +342,7 @@ impl<P: Platform> Lab<'_, P> {
             By::Operator => EndReason::Operator,
         };
         session.mark_ended(reason, now);
+        session.remember_job(job);
         let line = format!(
             "Lab {} ended by request ({}); cleanup starts now",
             session.lab_request_id,
@@ -345,16 +386,20 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// `POST .../{id}/retry`: the next attempt of a retrying lab now (202).
-    pub async fn retry(&self) -> Result<Reply, StoreError> {
+    pub async fn retry(&self, job: Option<String>) -> Result<Reply, StoreError> {
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         };
+        if session.applied(job.as_deref()) {
+            return Ok(Self::unchanged(202, session));
+        }
         let now = self.platform.now_ms();
         match session.retry_now(now) {
             Ok(false) => Ok(Self::unchanged(202, session)),
             Ok(true) => {
                 session.record(Kind::RetryNow, now);
+                session.remember_job(job);
                 let line = format!(
                     "Retry of lab {} requested by an operator; attempt {} starts now",
                     session.lab_request_id,
@@ -367,11 +412,19 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// `POST .../{id}/extend`: the expiry `minutes` later, while the lab is scheduled (200).
-    pub async fn extend(&self, minutes: u64, by: By) -> Result<Reply, StoreError> {
+    pub async fn extend(
+        &self,
+        minutes: u64,
+        by: By,
+        job: Option<String>,
+    ) -> Result<Reply, StoreError> {
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         };
+        if session.applied(job.as_deref()) {
+            return Ok(Self::unchanged(200, session));
+        }
         let config = self.config;
         let from = session.expires_at_ms;
         match session.extend(
@@ -386,6 +439,7 @@ impl<P: Platform> Lab<'_, P> {
                     by: Some(by),
                     ..Event::new(Kind::Extended, self.platform.now_ms())
                 });
+                session.remember_job(job);
                 let line = format!(
                     "Lab {} extended by {minutes} minutes; now expires at {}",
                     session.lab_request_id,

@@ -80,7 +80,13 @@ pub struct Session {
     pub idle: Idle,
     pub timeline: Timeline,
     pub labels: Labels,
+    /// The bulk jobs that changed this lab, latest last (at most `MAX_JOBS_KEPT`): a job asking
+    /// again (a retried batch) changes nothing.
+    pub jobs: Vec<String>,
 }
+
+/// Bulk jobs a lab remembers (a job retries a lab within minutes; eight is plenty).
+pub const MAX_JOBS_KEPT: usize = 8;
 
 /// The lab's idle end (`idle_timeout`), when it has one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -240,6 +246,22 @@ impl Session {
             idle: Idle::default(),
             timeline: Timeline::default(),
             labels: new.labels,
+            jobs: Vec::new(),
+        }
+    }
+
+    /// Whether the bulk job `job` already changed this lab.
+    pub fn applied(&self, job: Option<&str>) -> bool {
+        job.is_some_and(|job| self.jobs.iter().any(|j| j == job))
+    }
+
+    /// Remembers that the bulk job `job` (if any) changed this lab.
+    pub fn remember_job(&mut self, job: Option<String>) {
+        if let Some(job) = job {
+            self.jobs.push(job);
+            if self.jobs.len() > MAX_JOBS_KEPT {
+                self.jobs.remove(0);
+            }
         }
     }
 

@@ -64,6 +64,8 @@ struct Flat<'a> {
     timeline_truncated: u64,
     #[serde(skip_serializing_if = "Labels::is_empty")]
     labels: &'a Labels,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    jobs: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -127,6 +129,8 @@ struct Owned {
     timeline_truncated: u64,
     #[serde(default)]
     labels: Labels,
+    #[serde(default)]
+    jobs: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -177,6 +181,7 @@ impl Serialize for Session {
             timeline: &self.timeline.events,
             timeline_truncated: self.timeline.truncated,
             labels: &self.labels,
+            jobs: &self.jobs,
         }
         .serialize(serializer)
     }
@@ -234,6 +239,7 @@ impl<'de> Deserialize<'de> for Session {
                 truncated: o.timeline_truncated,
             },
             labels: o.labels,
+            jobs: o.jobs,
         })
     }
 }

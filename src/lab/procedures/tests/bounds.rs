@@ -32,6 +32,7 @@ fn the_largest_lab_stays_within_the_bound_whatever_happens() {
             .request(Request::Extend {
                 minutes: 1,
                 by: crate::lab::session::By::Api,
+                job: None,
             })
             .unwrap()
         {

@@ -54,11 +54,13 @@ fn unknown_labs_are_refused_and_nothing_is_stored() {
         Request::Status,
         Request::End {
             by: crate::lab::session::By::Api,
+            job: None,
         },
-        Request::Retry,
+        Request::Retry { job: None },
         Request::Extend {
             minutes: 1,
             by: crate::lab::session::By::Api,
+            job: None,
         },
     ] {
         assert_eq!(refusal(world.request(request).unwrap()), Refusal::NotFound);
@@ -77,6 +79,7 @@ fn end_extend_and_retry_follow_the_lab_state() {
                 .request(Request::Extend {
                     minutes: 5,
                     by: crate::lab::session::By::Api,
+                    job: None,
                 })
                 .unwrap()
         ),
@@ -86,11 +89,12 @@ fn end_extend_and_retry_follow_the_lab_state() {
         refusal(world.request(Request::Extend {
             minutes: 100_000,
             by: crate::lab::session::By::Api,
+            job: None,
         }).unwrap()),
         Refusal::Invalid(m) if m.contains("maximum")
     ));
     assert!(matches!(
-        refusal(world.request(Request::Retry).unwrap()),
+        refusal(world.request(Request::Retry { job: None }).unwrap()),
         Refusal::Conflict(m) if m.contains("scheduled")
     ));
     assert_eq!(
@@ -98,6 +102,7 @@ fn end_extend_and_retry_follow_the_lab_state() {
             world
                 .request(Request::End {
                     by: crate::lab::session::By::Api,
+                    job: None,
                 })
                 .unwrap()
         ),
@@ -112,12 +117,16 @@ fn end_extend_and_retry_follow_the_lab_state() {
                 .request(Request::Extend {
                     minutes: 1,
                     by: crate::lab::session::By::Api,
+                    job: None,
                 })
                 .unwrap()
         ),
         Refusal::Conflict(_)
     ));
-    assert_eq!(status_of(world.request(Request::Retry).unwrap()), 202);
+    assert_eq!(
+        status_of(world.request(Request::Retry { job: None }).unwrap()),
+        202
+    );
     world.run(world.now.get());
     assert_eq!(status(&world), Some(Status::Completed));
     assert_eq!(
@@ -125,13 +134,14 @@ fn end_extend_and_retry_follow_the_lab_state() {
             world
                 .request(Request::End {
                     by: crate::lab::session::By::Api,
+                    job: None,
                 })
                 .unwrap()
         ),
         200
     );
     assert!(matches!(
-        refusal(world.request(Request::Retry).unwrap()),
+        refusal(world.request(Request::Retry { job: None }).unwrap()),
         Refusal::Conflict(m) if m.contains("already cleaned up")
     ));
 }
@@ -143,12 +153,14 @@ fn internal_requests_round_trip() {
         Request::Status,
         Request::End {
             by: crate::lab::session::By::Api,
+            job: None,
         },
         Request::Extend {
             minutes: 7,
             by: crate::lab::session::By::Api,
+            job: None,
         },
-        Request::Retry,
+        Request::Retry { job: None },
     ] {
         let (method, path, body) = request.encode();
         assert_eq!(

@@ -44,6 +44,7 @@ fn a_whole_life_on_the_timeline() {
         .request(Request::Extend {
             minutes: 20,
             by: By::Operator,
+            job: None,
         })
         .unwrap();
     // w1 fails its first deletion.
@@ -51,7 +52,7 @@ fn a_whole_life_on_the_timeline() {
     world.run(T0 + 81 * MINUTE);
     assert_eq!(status(&world), Some(Status::Retrying));
     world.now.set(T0 + 82 * MINUTE);
-    world.request(Request::Retry).unwrap();
+    world.request(Request::Retry { job: None }).unwrap();
     world.run(T0 + 90 * MINUTE);
     assert_eq!(status(&world), Some(Status::Completed));
     assert_eq!(
@@ -121,7 +122,7 @@ fn end_reasons_say_who_ended_the_lab() {
         let world = World::new(config(&[]));
         world.create(lab("m", &[], 60));
         world.now.set(T0 + MINUTE);
-        world.request(Request::End { by }).unwrap();
+        world.request(Request::End { by, job: None }).unwrap();
         world.run(T0 + 10 * MINUTE);
         let s = world.session().unwrap();
         assert_eq!(s.end_reason.map(|r| r.name()), Some(reason));
@@ -130,7 +131,12 @@ fn end_reasons_say_who_ended_the_lab() {
             reason
         );
         // Ended once: a second end changes no reason.
-        world.request(Request::End { by: By::Api }).unwrap();
+        world
+            .request(Request::End {
+                by: By::Api,
+                job: None,
+            })
+            .unwrap();
         assert_eq!(
             world.session().unwrap().end_reason.map(|r| r.name()),
             Some(reason)
@@ -151,6 +157,7 @@ fn after_an_extend_the_stages_still_ahead_warn_again() {
         .request(Request::Extend {
             minutes: 20,
             by: By::Api,
+            job: None,
         })
         .unwrap();
     world.run(T0 + 79 * MINUTE);

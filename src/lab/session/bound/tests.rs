@@ -106,6 +106,10 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         });
     }
     s.timeline.truncated = BIG_U64;
+    // The bulk jobs remembered, each id at its longest (32 hex digits).
+    s.jobs = (0..crate::lab::session::MAX_JOBS_KEPT)
+        .map(|n| format!("{n:032x}"))
+        .collect();
     // Every label at its longest, each value costing two UTF-16 units a character.
     use crate::lab::limits::{MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN};
     s.labels = (0..MAX_LABELS)
