@@ -590,6 +590,74 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
 /// `status:<name>` per status, and `already_gone`.
 pub const COUNTS_TABLE: &str = "fleet_counts";
 
+/// The `FROM ... WHERE` of a bulk selector (`lab::fleet::bulk::Selector`) and its binds: driven
+/// by the first label's index (in lab id order) when there is one, by the user's otherwise.
+fn bulk_from(selector: &crate::lab::fleet::bulk::Selector) -> (String, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let mut sql = match selector.labels.first() {
+        Some((key, value)) => {
+            binds.push(Bind::Text(key.clone()));
+            binds.push(Bind::Text(value.clone()));
+            format!("FROM {LABELS_TABLE} l JOIN {TABLE} s ON s.lab_request_id = l.lab_request_id WHERE l.key = ? AND l.value = ?")
+        }
+        None => format!("FROM {TABLE} s WHERE 1 = 1"),
+    };
+    for (key, value) in selector.labels.iter().skip(1) {
+        sql.push_str(&format!(
+            " AND s.lab_request_id IN (SELECT lab_request_id FROM {LABELS_TABLE} WHERE key = ? AND value = ?)"
+        ));
+        binds.push(Bind::Text(key.clone()));
+        binds.push(Bind::Text(value.clone()));
+    }
+    if let Some(user) = &selector.user_id {
+        sql.push_str(" AND s.user_id = ?");
+        binds.push(Bind::Text(user.clone()));
+    }
+    if !selector.statuses.is_empty() {
+        let marks = vec!["?"; selector.statuses.len()].join(", ");
+        sql.push_str(&format!(" AND s.status IN ({marks})"));
+        binds.extend(
+            selector
+                .statuses
+                .iter()
+                .map(|s| Bind::Text(s.name().into())),
+        );
+    }
+    (sql, binds)
+}
+
+/// Up to `limit` labs a bulk selector matches with an id after `after`, in id order (the ids
+/// never change, so a job pages through them once whatever its action does to them).
+pub fn bulk_page(
+    selector: &crate::lab::fleet::bulk::Selector,
+    after: Option<&str>,
+    limit: u32,
+) -> (String, Vec<Bind>) {
+    let (from, mut binds) = bulk_from(selector);
+    // In the driving index's order: no sort of the whole class.
+    let id = if selector.labels.is_empty() {
+        "s.lab_request_id"
+    } else {
+        "l.lab_request_id"
+    };
+    let mut sql = format!(
+        "SELECT s.lab_request_id AS lab_request_id, s.status AS status, s.created_at AS created_at, s.expires_at AS expires_at {from}"
+    );
+    if let Some(after) = after {
+        sql.push_str(&format!(" AND {id} > ?"));
+        binds.push(Bind::Text(after.into()));
+    }
+    sql.push_str(&format!(" ORDER BY {id} LIMIT ?"));
+    binds.push(int(limit));
+    (sql, binds)
+}
+
+/// How many labs a bulk selector matches.
+pub fn bulk_count(selector: &crate::lab::fleet::bulk::Selector) -> (String, Vec<Bind>) {
+    let (from, binds) = bulk_from(selector);
+    (format!("SELECT COUNT(*) AS n {from}"), binds)
+}
+
 /// The labs completed since `since_ms`, for the service levels (`lab::fleet::levels`): from the
 /// covering index of `migrations/0006` alone.
 pub fn completions(since_ms: i64) -> (String, Vec<Bind>) {
@@ -942,6 +1010,36 @@ mod tests {
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bulk_selector_pages_in_its_index_order() {
+        use crate::lab::fleet::bulk::Selector;
+        let selector = Selector {
+            labels: vec![("class".into(), "c1".into()), ("course".into(), "k".into())],
+            statuses: vec![Status::Scheduled],
+            user_id: Some("u".into()),
+        };
+        let (sql, binds) = bulk_page(&selector, Some("lab-9"), 48);
+        assert_eq!(
+            sql,
+            "SELECT s.lab_request_id AS lab_request_id, s.status AS status, s.created_at AS created_at, s.expires_at AS expires_at FROM labels l JOIN sessions s ON s.lab_request_id = l.lab_request_id WHERE l.key = ? AND l.value = ? AND s.lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?) AND s.user_id = ? AND s.status IN (?) AND l.lab_request_id > ? ORDER BY l.lab_request_id LIMIT ?"
+        );
+        assert_eq!(binds.len(), 8);
+        let by_user = Selector {
+            user_id: Some("u".into()),
+            ..Selector::default()
+        };
+        let (sql, _) = bulk_page(&by_user, None, 48);
+        assert!(sql.ends_with(
+            "FROM sessions s WHERE 1 = 1 AND s.user_id = ? ORDER BY s.lab_request_id LIMIT ?"
+        ));
+        let (sql, binds) = bulk_count(&by_user);
+        assert_eq!(
+            sql,
+            "SELECT COUNT(*) AS n FROM sessions s WHERE 1 = 1 AND s.user_id = ?"
+        );
+        assert_eq!(binds, vec![Bind::Text("u".into())]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Fleet-wide procedures, over many labs at once: reconciling the backend's inventory with what the labs list, and the safety-net sweep of labs whose object stopped waking up.
 
 pub mod budget;
+pub mod bulk;
 pub mod inventory;
 pub mod levels;
 pub mod report;

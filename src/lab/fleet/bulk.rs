@@ -1,0 +1,533 @@
+//! Bulk actions over a class of labs: end, extend or retry every lab a selector matches, after a preview, as a job that works through them in batches.
+//!
+//! Pure: the labs are found in the fleet index (`Candidates`), in lab id order so that a lab is
+//! visited once however the action changes it, and each is changed through its own object
+//! (`Labs`), exactly as the single-lab route would. A batch stays within one invocation's
+//! subrequests (`SUBREQUEST_LIMIT`); the job (its own Durable Object, `platform::bulk`) saves
+//! its place after each batch, and a lab remembers the jobs that changed it, so a batch run
+//! again after a crash changes no lab twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lab::fleet::Labs;
+use crate::lab::procedures::Request;
+use crate::lab::session::By;
+use crate::lab::status::Status;
+use crate::lab::text::rfc3339;
+
+/// Most labs one job may act on (a selector matching more is refused: narrow it).
+pub const MAX_BULK_LABS: u64 = 10_000;
+/// Refusals a job keeps with their reason (the rest are counted).
+pub const KEEP_REFUSALS: usize = 100;
+/// Labs a dry run or a count reads from the index per query.
+pub const PAGE: u32 = 500;
+
+/// What to do to each lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    End,
+    Extend { minutes: u64 },
+    Retry,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::End => "end",
+            Action::Extend { .. } => "extend",
+            Action::Retry => "retry",
+        }
+    }
+
+    /// The request a lab's object gets for this action from job `job`.
+    pub fn request(self, job: &str) -> Request {
+        let job = Some(job.to_string());
+        match self {
+            Action::End => Request::End {
+                by: By::Operator,
+                job,
+            },
+            Action::Extend { minutes } => Request::Extend {
+                minutes,
+                by: By::Operator,
+                job,
+            },
+            Action::Retry => Request::Retry { job },
+        }
+    }
+}
+
+/// Which labs: every label given, and the statuses and the user if given. At least a label or
+/// a user (checked by the API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selector {
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
+    #[serde(default)]
+    pub statuses: Vec<Status>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// A job's whole request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub selector: Selector,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// A lab the selector matches, as the index has it (a row of `index::bulk_page`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Candidate {
+    pub lab_request_id: String,
+    pub status: Status,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What the action would do to `c`, from the index's copy of it (a dry run: the lab's object
+/// decides for real, under the same rules). `Err`: why it would be refused.
+pub fn would(
+    c: &Candidate,
+    action: Action,
+    unit_ms: i64,
+    max_minutes: u64,
+) -> Result<String, String> {
+    let status = c.status.describe();
+    match (action, c.status) {
+        (Action::End, Status::Scheduled) => Ok("end now".into()),
+        (Action::End, Status::Retrying) => Ok("retry now (its cleanup has started)".into()),
+        (Action::End, _) => Ok(format!("nothing: it is {status}")),
+        (Action::Extend { minutes }, Status::Scheduled) => {
+            let unit = unit_ms.max(1);
+            let lifetime = (c.expires_at.saturating_sub(c.created_at).max(0) / unit) as u64;
+            match lifetime.checked_add(minutes) {
+                Some(total) if total <= max_minutes => {
+                    let to = c
+                        .expires_at
+                        .saturating_add((minutes as i64).saturating_mul(unit));
+                    Ok(format!("extend to {}", rfc3339(to)))
+                }
+                _ => Err(format!(
+                    "its lifetime would pass {max_minutes} minutes (MAX_DURATION_MINUTES)"
+                )),
+            }
+        }
+        (Action::Extend { .. }, _) => Err(format!(
+            "it is {status}; only a scheduled lab can be extended"
+        )),
+        (Action::Retry, Status::Retrying) => Ok("retry now".into()),
+        (Action::Retry, Status::CleaningUp) => Ok("nothing: an attempt is under way".into()),
+        (Action::Retry, _) => Err(format!(
+            "it is {status}; only a retrying lab can be retried"
+        )),
+    }
+}
+
+/// The fleet index, as a job reads it.
+#[allow(async_fn_in_trait)]
+pub trait Candidates {
+    /// Up to `limit` labs `selector` matches with an id after `after`, in id order.
+    async fn page(
+        &self,
+        selector: &Selector,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Candidate>, String>;
+    /// How many labs `selector` matches now.
+    async fn count(&self, selector: &Selector) -> Result<u64, String>;
+}
+
+/// A lab the job could not change, and why (the lab's own answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub lab_request_id: String,
+    pub error: String,
+}
+
+/// A bulk job, as its object keeps it (bounded: its place, counts, the first refusals).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub plan: Plan,
+    /// The request's fingerprint: the same `Idempotency-Key` with another request is refused.
+    pub fingerprint: String,
+    pub created_at_ms: i64,
+    /// Labs the selector matched when the job started.
+    pub matched: u64,
+    /// The last lab handled (labs are handled in id order).
+    pub cursor: Option<String>,
+    pub visited: u64,
+    pub applied: u64,
+    pub refused: Vec<Refused>,
+    pub refused_count: u64,
+    pub done: bool,
+    pub finished_at_ms: Option<i64>,
+    /// Batches in a row that met a fault (the index or a lab's object did not answer).
+    pub faults: u32,
+    pub last_fault: Option<String>,
+}
+
+impl Job {
+    pub fn new(id: String, plan: Plan, fingerprint: String, matched: u64, now_ms: i64) -> Job {
+        Job {
+            id,
+            plan,
+            fingerprint,
+            created_at_ms: now_ms,
+            matched,
+            cursor: None,
+            visited: 0,
+            applied: 0,
+            refused: Vec::new(),
+            refused_count: 0,
+            done: false,
+            finished_at_ms: None,
+            faults: 0,
+            last_fault: None,
+        }
+    }
+
+    /// The job as `GET /api/v1/labs/bulk/{job_id}` answers it.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "job_id": self.id,
+            "action": self.plan.action.name(),
+            "matched": self.matched,
+            "visited": self.visited,
+            "applied": self.applied,
+            "refused": self.refused,
+            "refused_count": self.refused_count,
+            "done": self.done,
+            "created_at": rfc3339(self.created_at_ms),
+            "finished_at": self.finished_at_ms.map(rfc3339),
+            "last_fault": self.last_fault,
+        })
+    }
+}
+
+/// What the job does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Another batch at this time.
+    At(i64),
+    Done,
+}
+
+/// How long a job waits after a fault: 2 s, doubling, at most a minute.
+fn fault_pause_ms(faults: u32) -> i64 {
+    (2_000i64 << faults.min(5)).min(60_000)
+}
+
+/// One batch: up to `batch` labs after the job's place, each sent its action; the job's place
+/// and counts move past each lab that answered. A lab whose object did not answer (or answered
+/// 5xx) stops the batch before it: the next batch starts with it again.
+pub async fn step(
+    index: &impl Candidates,
+    labs: &impl Labs,
+    job: &mut Job,
+    batch: u32,
+    now_ms: i64,
+) -> Next {
+    if job.done {
+        return Next::Done;
+    }
+    let page = match index
+        .page(&job.plan.selector, job.cursor.as_deref(), batch.max(1))
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => {
+            job.faults = job.faults.saturating_add(1);
+            job.last_fault = Some(format!("the index did not answer: {e}"));
+            return Next::At(now_ms.saturating_add(fault_pause_ms(job.faults)));
+        }
+    };
+    let full = page.len() as u32 >= batch.max(1);
+    for c in &page {
+        match labs
+            .send(&c.lab_request_id, job.plan.action.request(&job.id))
+            .await
+        {
+            Ok((status, _)) if (200..300).contains(&status) => job.applied += 1,
+            Ok((status, answer)) if (400..500).contains(&status) => {
+                job.refused_count += 1;
+                if job.refused.len() < KEEP_REFUSALS {
+                    let message = answer["error"]["message"]
+                        .as_str()
+                        .map_or_else(|| format!("answered {status}"), str::to_string);
+                    job.refused.push(Refused {
+                        lab_request_id: c.lab_request_id.clone(),
+                        error: crate::lab::text::shorten(&message, 300),
+                    });
+                }
+            }
+            Ok((status, _)) => {
+                job.faults = job.faults.saturating_add(1);
+                job.last_fault = Some(format!(
+                    "lab {} answered {status}; trying it again",
+                    c.lab_request_id
+                ));
+                return Next::At(now_ms.saturating_add(fault_pause_ms(job.faults)));
+            }
+            Err(e) => {
+                job.faults = job.faults.saturating_add(1);
+                job.last_fault = Some(format!(
+                    "lab {} did not answer ({e}); trying it again",
+                    c.lab_request_id
+                ));
+                return Next::At(now_ms.saturating_add(fault_pause_ms(job.faults)));
+            }
+        }
+        job.visited += 1;
+        job.cursor = Some(c.lab_request_id.clone());
+    }
+    job.faults = 0;
+    if full {
+        Next::At(now_ms)
+    } else {
+        job.done = true;
+        job.finished_at_ms = Some(now_ms);
+        Next::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use futures::executor::block_on;
+
+    /// An index and the labs' objects in memory: each lab's status, and every request it got.
+    #[derive(Default)]
+    struct Fleet {
+        labs: RefCell<BTreeMap<String, Status>>,
+        got: RefCell<Vec<(String, Request)>>,
+        /// The lab whose object fails the next time it is asked.
+        failing: RefCell<Option<String>>,
+        index_down: std::cell::Cell<bool>,
+        /// Jobs each lab has applied (the object's own memory).
+        applied: RefCell<BTreeMap<String, Vec<String>>>,
+    }
+
+    impl Candidates for Fleet {
+        async fn page(
+            &self,
+            selector: &Selector,
+            after: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<Candidate>, String> {
+            if self.index_down.get() {
+                return Err("down".into());
+            }
+            Ok(self
+                .labs
+                .borrow()
+                .iter()
+                .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+                .filter(|(_, s)| selector.statuses.is_empty() || selector.statuses.contains(s))
+                .take(limit as usize)
+                .map(|(id, s)| Candidate {
+                    lab_request_id: id.clone(),
+                    status: *s,
+                    created_at: 0,
+                    expires_at: 3_600_000,
+                })
+                .collect())
+        }
+        async fn count(&self, _: &Selector) -> Result<u64, String> {
+            Ok(self.labs.borrow().len() as u64)
+        }
+    }
+
+    impl Labs for Fleet {
+        async fn send(
+            &self,
+            id: &str,
+            request: Request,
+        ) -> Result<(u16, serde_json::Value), String> {
+            if self.failing.borrow().as_deref() == Some(id) {
+                *self.failing.borrow_mut() = None;
+                return Err("connection reset".into());
+            }
+            self.got.borrow_mut().push((id.into(), request.clone()));
+            let job = match &request {
+                Request::Extend { job, .. } | Request::End { job, .. } | Request::Retry { job } => {
+                    job.clone().unwrap()
+                }
+                _ => unreachable!(),
+            };
+            let mut applied = self.applied.borrow_mut();
+            let mine = applied.entry(id.into()).or_default();
+            if mine.contains(&job) {
+                return Ok((200, serde_json::json!({})));
+            }
+            let status = self.labs.borrow()[id];
+            match (&request, status) {
+                (Request::Extend { .. }, Status::Scheduled) => {
+                    mine.push(job);
+                    Ok((200, serde_json::json!({})))
+                }
+                (Request::Extend { .. }, _) => Ok((
+                    409,
+                    serde_json::json!({"error": {"code": "conflict", "message": "only a scheduled lab can be extended"}}),
+                )),
+                _ => {
+                    mine.push(job);
+                    Ok((202, serde_json::json!({})))
+                }
+            }
+        }
+    }
+
+    fn fleet(n: usize) -> Fleet {
+        let f = Fleet::default();
+        for i in 0..n {
+            let status = if i % 10 == 0 {
+                Status::CleaningUp
+            } else {
+                Status::Scheduled
+            };
+            f.labs.borrow_mut().insert(format!("lab-{i:04}"), status);
+        }
+        f
+    }
+
+    fn job(action: Action) -> Job {
+        let plan = Plan {
+            selector: Selector {
+                labels: vec![("class".into(), "c1".into())],
+                ..Selector::default()
+            },
+            action,
+        };
+        Job::new("j1".into(), plan, "f".into(), 300, 0)
+    }
+
+    fn run(f: &Fleet, job: &mut Job, batch: u32) -> usize {
+        let mut batches = 0;
+        while let Next::At(_) = block_on(step(f, f, job, batch, 0)) {
+            batches += 1;
+            assert!(batches < 10_000);
+        }
+        batches + 1
+    }
+
+    #[test]
+    fn every_lab_once_in_batches_within_the_subrequests() {
+        let f = fleet(300);
+        let mut j = job(Action::Extend { minutes: 30 });
+        let batches = run(&f, &mut j, 48);
+        assert_eq!(batches, 7, "300 labs, 48 a batch");
+        assert!(j.done);
+        assert_eq!(j.visited, 300);
+        assert_eq!(j.applied, 270);
+        assert_eq!(j.refused_count, 30, "the labs being cleaned up");
+        assert_eq!(j.refused[0].lab_request_id, "lab-0000");
+        assert!(j.refused[0].error.contains("only a scheduled lab"));
+        let got = f.got.borrow();
+        assert_eq!(got.len(), 300, "one request per lab");
+        let mut ids: Vec<&String> = got.iter().map(|(id, _)| id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 300);
+    }
+
+    #[test]
+    fn a_lab_that_does_not_answer_is_asked_again_and_changed_once() {
+        let f = fleet(100);
+        *f.failing.borrow_mut() = Some("lab-0050".into());
+        let mut j = job(Action::End);
+        let next = block_on(step(&f, &f, &mut j, 48, 0));
+        assert_eq!(next, Next::At(0));
+        let next = block_on(step(&f, &f, &mut j, 48, 0));
+        assert_eq!(next, Next::At(4_000), "a fault pauses the job");
+        assert_eq!(j.cursor.as_deref(), Some("lab-0049"));
+        run(&f, &mut j, 48);
+        assert_eq!(j.visited, 100);
+        assert_eq!(j.applied, 100);
+        // A batch run again (its place lost in a crash) changes no lab twice: the labs remember.
+        j.cursor = None;
+        j.done = false;
+        run(&f, &mut j, 48);
+        let applied = f.applied.borrow();
+        assert!(applied.values().all(|jobs| jobs.len() == 1));
+    }
+
+    #[test]
+    fn a_fault_of_the_index_backs_off_and_changes_nothing() {
+        let f = fleet(10);
+        f.index_down.set(true);
+        let mut j = job(Action::End);
+        assert_eq!(block_on(step(&f, &f, &mut j, 48, 0)), Next::At(4_000));
+        assert_eq!(block_on(step(&f, &f, &mut j, 48, 0)), Next::At(8_000));
+        assert!(f.got.borrow().is_empty());
+        assert!(j.last_fault.as_deref().unwrap().contains("index"));
+        f.index_down.set(false);
+        run(&f, &mut j, 48);
+        assert_eq!(j.applied, 10);
+        assert_eq!(j.faults, 0);
+    }
+
+    #[test]
+    fn the_dry_run_says_what_each_lab_would_get() {
+        let c = |status| Candidate {
+            lab_request_id: "l".into(),
+            status,
+            created_at: 0,
+            expires_at: 60 * 60_000,
+        };
+        let unit = 60_000;
+        assert_eq!(
+            would(
+                &c(Status::Scheduled),
+                Action::Extend { minutes: 30 },
+                unit,
+                10_080
+            ),
+            Ok("extend to 1970-01-01T01:30:00.000Z".into())
+        );
+        assert!(would(
+            &c(Status::Scheduled),
+            Action::Extend { minutes: 30 },
+            unit,
+            80
+        )
+        .unwrap_err()
+        .contains("MAX_DURATION_MINUTES"));
+        assert!(would(
+            &c(Status::Retrying),
+            Action::Extend { minutes: 1 },
+            unit,
+            80
+        )
+        .is_err());
+        assert_eq!(
+            would(&c(Status::Scheduled), Action::End, unit, 80),
+            Ok("end now".into())
+        );
+        assert!(would(&c(Status::Completed), Action::End, unit, 80)
+            .unwrap()
+            .starts_with("nothing"));
+        assert!(would(&c(Status::Scheduled), Action::Retry, unit, 80).is_err());
+        assert_eq!(
+            would(&c(Status::Retrying), Action::Retry, unit, 80),
+            Ok("retry now".into())
+        );
+    }
+
+    #[test]
+    fn the_plan_reads_as_the_api_writes_it() {
+        let plan: Plan = serde_json::from_str(
+            r#"{"selector": {"labels": [["class", "c1"]], "statuses": ["scheduled"]}, "action": "extend", "minutes": 30}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.action, Action::Extend { minutes: 30 });
+        assert_eq!(plan.selector.statuses, vec![Status::Scheduled]);
+        let back: Plan = serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
+        assert_eq!(back, plan);
+    }
+}
