@@ -189,6 +189,27 @@ async fn api(
                 &fleet::stats(&counts, counts.last_reconciliation.as_ref(), now),
             )
         }
+        Route::Bulk => {
+            index_on(config)?;
+            let key = request
+                .headers()
+                .get("Idempotency-Key")
+                .ok()
+                .flatten()
+                .map(|k| api::bulk::job_id_for_key(&k))
+                .transpose()?;
+            let body = json_body(request).await?;
+            let (plan, dry_run) = api::bulk::parse(&body, config.max_duration_minutes)?;
+            bulk(env, config, plan, dry_run, key).await
+        }
+        Route::BulkJob(id) => {
+            if !api::bulk::is_job_id(&id) {
+                return Err(ApiError::NotFound("no bulk job with that id".into()));
+            }
+            platform::bulk::call(env, &id, "GET", "/status", None)
+                .await
+                .map_err(ApiError::Internal)
+        }
         Route::Metrics => {
             index_on(config)?;
             let now = platform::runtime::now_ms();
@@ -323,6 +344,76 @@ async fn create_session(
     )?;
     let id = new.lab_request_id.clone();
     forward(env, &id, LabRequest::Create(new)).await
+}
+
+/// `POST /api/v1/labs/bulk`: a dry run answers what each matching lab would get; a real run
+/// starts the job (`job_id`: from the `Idempotency-Key`, or random) and answers 202.
+async fn bulk(
+    env: &Env,
+    config: &Config,
+    plan: lab::fleet::bulk::Plan,
+    dry_run: bool,
+    job_id: Option<String>,
+) -> Result<web_sys::Response, ApiError> {
+    use lab::fleet::bulk::{self as b, Candidates};
+    let fleet = platform::fleet::WorkerdFleet::new(env, config);
+    let matched = fleet.count(&plan.selector).await.map_err(unavailable)?;
+    if matched > b::MAX_BULK_LABS {
+        return Err(ApiError::TooLarge(format!(
+            "the selector matches {matched} labs; a bulk action takes at most {}: narrow it",
+            b::MAX_BULK_LABS
+        )));
+    }
+    if dry_run {
+        let mut labs = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = fleet
+                .page(&plan.selector, after.as_deref(), b::PAGE)
+                .await
+                .map_err(unavailable)?;
+            for c in &page {
+                let would = match b::would(
+                    c,
+                    plan.action,
+                    config.duration_unit_ms(),
+                    config.max_duration_minutes,
+                ) {
+                    Ok(would) => would,
+                    Err(why) => format!("refused: {why}"),
+                };
+                labs.push(serde_json::json!({"lab_request_id": c.lab_request_id, "would": would}));
+            }
+            after = page.last().map(|c| c.lab_request_id.clone());
+            if (page.len() as u32) < b::PAGE || labs.len() as u64 >= b::MAX_BULK_LABS {
+                break;
+            }
+        }
+        return json(
+            200,
+            &serde_json::json!({"matched": labs.len(), "labs": labs}),
+        );
+    }
+    let id = match job_id {
+        Some(id) => id,
+        None => {
+            use lab::ports::Runtime as _;
+            let r = || platform::runtime::WorkersRuntime.random();
+            lab::webhook::event_id([r(), r(), r(), r()])[4..].to_string()
+        }
+    };
+    let fingerprint = api::bulk::fingerprint(&plan);
+    let job = b::Job::new(
+        id.clone(),
+        plan,
+        fingerprint,
+        matched,
+        platform::runtime::now_ms(),
+    );
+    let body = serde_json::to_string(&job).map_err(|e| internal(e.into()))?;
+    platform::bulk::call(env, &id, "POST", "/start", Some(body))
+        .await
+        .map_err(ApiError::Internal)
 }
 
 /// Sends `lab_request` to the `SessionManager` named `lab_request_id` and returns its answer as

@@ -1,6 +1,7 @@
 //! The HTTP API surface: routes, request validation, authentication, typed errors and JSON responses.
 
 pub mod auth;
+pub mod bulk;
 pub mod error;
 pub mod fleet;
 pub mod percent;

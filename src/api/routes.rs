@@ -15,6 +15,8 @@ pub const STATS_PATH: &str = "/api/v1/labs/stats";
 pub const INVENTORY_PATH: &str = "/api/v1/labs/inventory";
 /// Path of the fleet-wide budget's state.
 pub const BUDGET_PATH: &str = "/api/v1/labs/budget";
+/// Path of the bulk actions.
+pub const BULK_PATH: &str = "/api/v1/labs/bulk";
 /// Path of the Prometheus metrics (operator token, like the API).
 pub const METRICS_PATH: &str = "/metrics";
 
@@ -33,6 +35,10 @@ pub enum Route {
     Budget,
     /// `GET /metrics`: the stats and service levels as Prometheus text (operator).
     Metrics,
+    /// `POST /api/v1/labs/bulk`: end, extend or retry the labs a selector matches (operator).
+    Bulk,
+    /// `GET /api/v1/labs/bulk/{job_id}`: a bulk job's progress (operator).
+    BulkJob(String),
     /// `.../sessions/{lab_request_id}[/...]`: an operation on one lab, answered by its object.
     Lab(String, LabRoute),
     /// `GET /healthz`: liveness, no detail.
@@ -113,11 +119,13 @@ enum Template {
     Inventory,
     Budget,
     Metrics,
+    Bulk,
+    BulkJob,
     Health,
 }
 
 impl Template {
-    const ALL: [Template; 11] = [
+    const ALL: [Template; 13] = [
         Template::Sessions,
         Template::Session,
         Template::Extend,
@@ -128,6 +136,8 @@ impl Template {
         Template::Inventory,
         Template::Budget,
         Template::Metrics,
+        Template::Bulk,
+        Template::BulkJob,
         Template::Health,
     ];
 
@@ -144,6 +154,8 @@ impl Template {
             Template::Inventory => "/api/v1/labs/inventory",
             Template::Budget => "/api/v1/labs/budget",
             Template::Metrics => METRICS_PATH,
+            Template::Bulk => BULK_PATH,
+            Template::BulkJob => "/api/v1/labs/bulk/{job_id}",
             Template::Health => "/healthz",
         }
     }
@@ -152,13 +164,16 @@ impl Template {
         match self {
             Template::Sessions => &["GET", "POST"],
             Template::Session => &["GET", "DELETE"],
-            Template::Extend | Template::Retry | Template::Activity | Template::Inventory => {
-                &["POST"]
-            }
+            Template::Extend
+            | Template::Retry
+            | Template::Activity
+            | Template::Inventory
+            | Template::Bulk => &["POST"],
             Template::Stats
             | Template::Budget
             | Template::Events
             | Template::Metrics
+            | Template::BulkJob
             | Template::Health => &["GET"],
         }
     }
@@ -181,7 +196,9 @@ impl Route {
             | Route::Stats
             | Route::Inventory
             | Route::Budget
-            | Route::Metrics => Access::Fleet,
+            | Route::Metrics
+            | Route::Bulk
+            | Route::BulkJob(_) => Access::Fleet,
             Route::Lab(_, op) => op.access(),
             Route::CreateSession | Route::Health => Access::PerLab,
         }
@@ -206,6 +223,14 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Budget, None)
     } else if path == METRICS_PATH {
         (Template::Metrics, None)
+    } else if path == BULK_PATH {
+        (Template::Bulk, None)
+    } else if let Some(job) = path
+        .strip_prefix(BULK_PATH)
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|r| !r.is_empty() && !r.contains('/'))
+    {
+        (Template::BulkJob, Some(id(job)?))
     } else if path == "/healthz" {
         (Template::Health, None)
     } else {
@@ -237,6 +262,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Inventory, "POST", None) => Ok(Route::Inventory),
         (Template::Budget, "GET", None) => Ok(Route::Budget),
         (Template::Metrics, "GET", None) => Ok(Route::Metrics),
+        (Template::Bulk, "POST", None) => Ok(Route::Bulk),
+        (Template::BulkJob, "GET", Some(job)) => Ok(Route::BulkJob(job)),
         (Template::Health, "GET", None) => Ok(Route::Health),
         _ => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),

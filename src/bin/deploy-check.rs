@@ -106,6 +106,20 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
         )),
     }
 
+    // The bulk jobs' objects: without them `POST /api/v1/labs/bulk` cannot start a job.
+    match deployment
+        .durable_objects
+        .iter()
+        .find(|b| b.name == "BULK_JOBS")
+    {
+        Some(b) if b.class_name == "BulkJob" => report
+            .ok
+            .push("binding BULK_JOBS -> class BulkJob".into()),
+        _ => report.errors.push(format!(
+            "[env.{env}] needs [[env.{env}.durable_objects.bindings]] name = \"BULK_JOBS\", class_name = \"BulkJob\" (the bulk actions' jobs; bindings are not inherited from the top level)"
+        )),
+    }
+
     match deployment.d1_databases.iter().find(|d| d.binding == "DB") {
         Some(db) => match db.database_id.as_deref() {
             Some(id) if looks_like_a_database_id(id) => report.ok.push(format!(
@@ -259,7 +273,7 @@ mod tests {
             "environment": env,
             "name": "labs-cleanup",
             "vars": vars,
-            "durable_objects": [{"name": "SESSION_MANAGER", "class_name": "SessionManager"}, {"name": "BACKEND_BUDGET", "class_name": "BackendBudget"}],
+            "durable_objects": [{"name": "SESSION_MANAGER", "class_name": "SessionManager"}, {"name": "BACKEND_BUDGET", "class_name": "BackendBudget"}, {"name": "BULK_JOBS", "class_name": "BulkJob"}],
             "d1_databases": [{"binding": "DB", "database_name": "labs-cleanup", "database_id": "3f1c2d6e-8a4b-4c1d-9e2f-0a1b2c3d4e5f"}],
         }))
         .unwrap()

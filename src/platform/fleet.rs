@@ -114,6 +114,21 @@ impl Labs for WorkerdFleet<'_> {
     }
 }
 
+impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {
+    async fn page(
+        &self,
+        selector: &crate::lab::fleet::bulk::Selector,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, String> {
+        fleet_db::bulk_page(self.env, selector, after, limit, self.timeout()).await
+    }
+
+    async fn count(&self, selector: &crate::lab::fleet::bulk::Selector) -> Result<u64, String> {
+        fleet_db::bulk_count(self.env, selector, self.timeout()).await
+    }
+}
+
 impl InventorySource for WorkerdFleet<'_> {
     async fn page(&self, cursor: Option<&str>) -> Result<Page, String> {
         let path = self.config.inventory_path.as_deref().unwrap_or("/");

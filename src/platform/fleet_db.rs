@@ -316,3 +316,24 @@ pub async fn set_state(
         .await
         .map(|_| ())
 }
+
+/// Up to `limit` labs a bulk selector matches after `after`, in lab id order.
+pub async fn bulk_page(
+    env: &Env,
+    selector: &crate::lab::fleet::bulk::Selector,
+    after: Option<&str>,
+    limit: u32,
+    timeout: Duration,
+) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, IndexError> {
+    rows(env, vec![index::bulk_page(selector, after, limit)], timeout).await
+}
+
+/// How many labs a bulk selector matches.
+pub async fn bulk_count(
+    env: &Env,
+    selector: &crate::lab::fleet::bulk::Selector,
+    timeout: Duration,
+) -> Result<u64, IndexError> {
+    let found: Vec<Number> = rows(env, vec![index::bulk_count(selector)], timeout).await?;
+    Ok(found.first().and_then(|n| n.n).unwrap_or(0))
+}

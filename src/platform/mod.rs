@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod budget;
+pub mod bulk;
 pub mod env;
 pub mod fleet;
 pub mod fleet_db;

@@ -1,0 +1,178 @@
+//! The bulk actions' jobs on workerd: the `BulkJob` Durable Object (one per job, named by the job's id) that works through its labs a batch per alarm, and the router's calls to it.
+
+use std::time::Duration;
+
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{durable_object, web_sys, DurableObject, Env, Request, Response, Result, State};
+
+use crate::api::error::ApiError;
+use crate::api::respond;
+use crate::lab::fleet::bulk::{self, Job, Next};
+use crate::lab::ports::Level;
+use crate::platform::env;
+use crate::platform::fleet::WorkerdFleet;
+use crate::platform::runtime::{console, now_ms};
+
+/// Name of the jobs' binding in `wrangler.toml`.
+pub const BULK_BINDING: &str = "BULK_JOBS";
+/// Storage key of the job.
+const JOB_KEY: &str = "job";
+
+#[durable_object]
+pub struct BulkJob {
+    state: State,
+    env: Env,
+}
+
+impl BulkJob {
+    async fn job(&self) -> Result<Option<Job>> {
+        let text: Option<String> = self.state.storage().get(JOB_KEY).await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn save(&self, job: &Job) -> Result<()> {
+        let text =
+            serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.state.storage().put(JOB_KEY, text).await
+    }
+
+    /// Starts `job` (its first batch at once), or answers the job already started under this
+    /// id: the same request runs once; another one under the same `Idempotency-Key` is a 409.
+    async fn start(&self, job: Job) -> Result<Response> {
+        if let Some(existing) = self.job().await? {
+            if existing.fingerprint != job.fingerprint {
+                return respond::error(&ApiError::Conflict(
+                    "this Idempotency-Key was used for another bulk request".into(),
+                ));
+            }
+            return respond::json(202, &existing.view());
+        }
+        self.save(&job).await?;
+        self.state
+            .storage()
+            .set_alarm(Duration::from_millis(0))
+            .await?;
+        console(
+            Level::Info,
+            &format!(
+                "[bulk] Job {} started: {} over {} labs",
+                job.id,
+                job.plan.action.name(),
+                job.matched
+            ),
+        );
+        respond::json(202, &job.view())
+    }
+}
+
+impl DurableObject for BulkJob {
+    fn new(state: State, env: Env) -> Self {
+        BulkJob { state, env }
+    }
+
+    async fn fetch(&self, mut request: Request) -> Result<Response> {
+        match (request.method(), request.path().as_str()) {
+            (worker::Method::Post, "/start") => {
+                let body = request.text().await.unwrap_or_default();
+                match serde_json::from_str::<Job>(&body) {
+                    Ok(job) => self.start(job).await,
+                    Err(e) => respond::error(&ApiError::Internal(format!("bad job: {e}"))),
+                }
+            }
+            (worker::Method::Get, "/status") => match self.job().await? {
+                Some(job) => respond::json(200, &job.view()),
+                None => respond::error(&ApiError::NotFound("no bulk job with that id".into())),
+            },
+            _ => respond::error(&ApiError::NotFound("no such job route".into())),
+        }
+    }
+
+    /// One batch, then the next alarm (at once, or after a pause when something did not
+    /// answer). Only storage errors are returned (the platform runs the alarm again).
+    async fn alarm(&self) -> Result<Response> {
+        let Some(mut job) = self.job().await? else {
+            return Response::empty();
+        };
+        let config = match env::config(&self.env) {
+            Ok(config) => config,
+            Err(e) => {
+                console(
+                    Level::Error,
+                    &format!(
+                        "[bulk] Job {}: configuration error: {}; looking again in a minute",
+                        job.id,
+                        e.detail()
+                    ),
+                );
+                self.state
+                    .storage()
+                    .set_alarm(Duration::from_secs(60))
+                    .await?;
+                return Response::empty();
+            }
+        };
+        let fleet = WorkerdFleet::new(&self.env, &config);
+        // The index query and the labs' requests within one invocation's subrequests.
+        let batch = config.subrequest_limit.saturating_sub(2).clamp(1, 1_000) as u32;
+        let now = now_ms();
+        let next = bulk::step(&fleet, &fleet, &mut job, batch, now).await;
+        self.save(&job).await?;
+        match next {
+            Next::At(at) => {
+                let wait = at.saturating_sub(now_ms()).max(0) as u64;
+                self.state
+                    .storage()
+                    .set_alarm(Duration::from_millis(wait))
+                    .await?;
+                if let Some(fault) = job.last_fault.as_ref().filter(|_| job.faults > 0) {
+                    console(
+                        Level::Warn,
+                        &format!("[bulk] Job {}: {fault} (pausing {} ms)", job.id, wait),
+                    );
+                }
+            }
+            Next::Done => console(
+                Level::Info,
+                &format!(
+                    "[bulk] Job {} done: {} over {} labs, {} applied, {} refused",
+                    job.id,
+                    job.plan.action.name(),
+                    job.visited,
+                    job.applied,
+                    job.refused_count
+                ),
+            ),
+        }
+        Response::empty()
+    }
+}
+
+/// One request to the job `job_id`'s object: its status and JSON answer.
+pub async fn call(
+    env: &Env,
+    job_id: &str,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> std::result::Result<web_sys::Response, String> {
+    let js = |e: JsValue| worker::Error::from(e).to_string();
+    let stub: worker::worker_sys::DurableObject = env
+        .durable_object(BULK_BINDING)
+        .and_then(|ns| ns.id_from_name(job_id)?.get_stub())
+        .map_err(|e| e.to_string())?
+        .into_rpc();
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    if let Some(body) = body {
+        init.set_body(&JsValue::from_str(&body));
+    }
+    let request =
+        web_sys::Request::new_with_str_and_init(&format!("https://bulk-job{path}"), &init)
+            .map_err(js)?;
+    JsFuture::from(stub.fetch_with_request(&request).map_err(js)?)
+        .await
+        .map_err(js)?
+        .dyn_into::<web_sys::Response>()
+        .map_err(js)
+}
