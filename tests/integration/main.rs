@@ -8,6 +8,7 @@
 mod api;
 mod bounds;
 mod budget;
+mod bulk;
 mod cleanup;
 mod deploy;
 mod fleet;
@@ -99,7 +100,8 @@ const LAST: &[(&str, MutTestFn)] = &[
         security::missing_api_token_fails_closed,
     ),
     ("secrets_never_in_output", security::secrets_never_in_output),
-    // Last: its 200 labs would fill the first page of any list a later test reads.
+    // Last: their labs would fill the first page of any list a later test reads.
+    ("bulk_actions_over_a_class", bulk::bulk_actions_over_a_class),
     (
         "heartbeats_write_once_per_interval",
         timeline::heartbeats_write_once_per_interval,
