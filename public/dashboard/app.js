@@ -28,25 +28,28 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path) {
+async function api(method, path, body = undefined, extraHeaders = {}) {
   let response;
+  const headers = { Authorization: `Bearer ${token()}`, ...extraHeaders };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   try {
     response = await fetch(path, {
       method,
-      headers: { Authorization: `Bearer ${token()}` },
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
     });
   } catch (e) {
     throw new ApiError(0, "network_error", `The worker could not be reached: ${e.message}`);
   }
-  let body = null;
+  let answer = null;
   try {
-    body = await response.json();
+    answer = await response.json();
   } catch {
     // not JSON: described below
   }
   if (!response.ok) {
-    const error = body && body.error;
+    const error = answer && answer.error;
     if (response.status === 401) forget();
     throw new ApiError(
       response.status,
@@ -54,7 +57,7 @@ async function api(method, path) {
       error ? error.message : `The worker answered ${response.status} ${response.statusText}.`,
     );
   }
-  return body;
+  return answer;
 }
 
 function say(text, kind = "error") {
@@ -133,6 +136,80 @@ async function loadStats() {
     : "No reconciliation of the backend's inventory yet.";
   $("#reconcile").textContent = visible(line);
   $("#reconcile").dataset.reconcile = r ? r.source : "";
+  const lag = s.cleanup_lag_seconds;
+  $("#levels").textContent = lag
+    ? `Last 24 hours: ${s.completed_24h} labs completed; VMs outlived their labs by ${seconds(lag.p50)} at the median, ${seconds(lag.p95)} at p95, ${seconds(lag.p99)} at p99, ${seconds(lag.max)} at most; ${s.overdue_vms} VMs overdue now.`
+    : `Last 24 hours: no lab completed; ${s.overdue_vms} VMs overdue now.`;
+  drawPlots(s.hourly);
+}
+
+/** Seconds, short: 0.4 s, 12 s, 3.5 min, 2.1 h. */
+function seconds(n) {
+  if (n < 10) return `${n.toFixed(1)} s`;
+  if (n < 120) return `${Math.round(n)} s`;
+  if (n < 7200) return `${(n / 60).toFixed(1)} min`;
+  return `${(n / 3600).toFixed(1)} h`;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+/**
+ * One plot of the last 24 hours: bars (`bars`, left axis) and a line (`line`, right axis), one
+ * point per hour. Drawn with the page's own SVG, no library.
+ */
+function plot(id, title, hourly, bars, line) {
+  const W = 560, H = 180, L = 44, R = 52, T = 24, B = 26;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title, id });
+  root.append(svg("text", { x: L, y: 14, class: "plot-title" }, title));
+  const n = hourly.length || 1;
+  const step = (W - L - R) / n;
+  const maxBar = Math.max(1, ...hourly.map((h) => h[bars.key] || 0));
+  const maxLine = Math.max(1, ...hourly.map((h) => h[line.key] || 0));
+  const y = (v, max) => T + (H - T - B) * (1 - v / max);
+  root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
+  root.append(svg("text", { x: L - 6, y: T + 4, class: "tick", "text-anchor": "end" }, String(maxBar)));
+  root.append(svg("text", { x: L - 6, y: H - B, class: "tick", "text-anchor": "end" }, "0"));
+  root.append(svg("text", { x: W - R + 6, y: T + 4, class: "tick line-tick" }, line.format(maxLine)));
+  hourly.forEach((h, i) => {
+    const v = h[bars.key] || 0;
+    if (v > 0) {
+      root.append(svg("rect", {
+        x: L + i * step + 1, y: y(v, maxBar), width: Math.max(1, step - 2), height: H - B - y(v, maxBar),
+        class: "bar", "data-hour": h.hour, "data-value": v,
+      }));
+    }
+    if (i % 6 === 0) {
+      const d = new Date(h.hour);
+      root.append(svg("text", { x: L + i * step, y: H - 8, class: "tick" },
+        d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })));
+    }
+  });
+  const points = hourly
+    .map((h, i) => [h[line.key], i])
+    .filter(([v]) => v !== null && v !== undefined)
+    .map(([v, i]) => `${(L + (i + 0.5) * step).toFixed(1)},${y(v, maxLine).toFixed(1)}`);
+  if (points.length) root.append(svg("polyline", { points: points.join(" "), class: "line" }));
+  const legend = svg("text", { x: W - R, y: 14, class: "tick", "text-anchor": "end" }, `bars: ${bars.label} · line: ${line.label}`);
+  root.append(legend);
+  return root;
+}
+
+function drawPlots(hourly) {
+  if (!hourly) return;
+  $("#plots").replaceChildren(
+    plot("plot-completed", "Labs completed per hour, and the p95 lag", hourly,
+      { key: "completed", label: "labs completed" },
+      { key: "p95_lag_seconds", label: "p95 lag", format: seconds }),
+    plot("plot-backlog", "The backlog: VMs past their lab's expiry, not yet deleted", hourly,
+      { key: "vms_pending", label: "VMs pending" },
+      { key: "vms_pending", label: "VMs pending", format: (v) => String(Math.round(v)) }),
+  );
 }
 
 async function loadLabs() {
@@ -303,6 +380,9 @@ function applyFilters(event) {
   if (form.get("stuck")) query.set("stuck", form.get("stuck"));
   if (form.get("origin")) query.set("origin", form.get("origin"));
   if (form.get("end_reason")) query.set("end_reason", form.get("end_reason"));
+  for (const label of String(form.get("label") || "").split(",").map((l) => l.trim()).filter(Boolean)) {
+    query.append("label", label);
+  }
   for (const name of ["expires_after", "expires_before"]) {
     const value = form.get(name);
     if (value) query.set(name, new Date(value).toISOString());
@@ -311,7 +391,87 @@ function applyFilters(event) {
   state.query = query;
   state.cursors = [null];
   say("");
+  showBulk();
   loadLabs().catch((e) => say(String(e)));
+}
+
+/** The selector of the filters applied, for a bulk action: labels, statuses, user. */
+function selector() {
+  const labels = {};
+  for (const label of state.query.getAll("label")) {
+    const at = label.indexOf(":");
+    if (at > 0) labels[label.slice(0, at)] = label.slice(at + 1);
+  }
+  const status = (state.query.get("status") || "").split(",").filter(Boolean);
+  const user = state.query.get("user_id");
+  return { labels, status, user_id: user || null };
+}
+
+/** The bulk panel is offered when the filters name a label or a user (a class, or a student). */
+function showBulk() {
+  const s = selector();
+  const ready = Object.keys(s.labels).length > 0 || s.user_id;
+  $("#bulk").hidden = !ready;
+  $("#bulk-preview").replaceChildren();
+  $("#bulk-run").hidden = true;
+  state.preview = null;
+}
+
+function bulkBody(dryRun) {
+  const action = $("#bulk-action").value;
+  const body = { selector: selector(), action, dry_run: dryRun };
+  if (action === "extend") body.minutes = Number($("#bulk-minutes").value);
+  return body;
+}
+
+async function previewBulk() {
+  const body = bulkBody(true);
+  try {
+    const answer = await api("POST", "/api/v1/labs/bulk", body);
+    const refused = answer.labs.filter((l) => l.would.startsWith("refused"));
+    state.preview = { body: bulkBody(false), key: crypto.randomUUID() };
+    $("#bulk-preview").replaceChildren(
+      el("p", { id: "bulk-count", "data-matched": answer.matched },
+        `${body.action} ${body.minutes ? `by ${body.minutes} minutes ` : ""}would reach ${answer.matched} lab${answer.matched === 1 ? "" : "s"}; ${refused.length} would refuse.`),
+      refused.length
+        ? el("ul", { class: "errors" }, ...refused.slice(0, 5).map((l) => el("li", {}, el("strong", {}, l.lab_request_id), ": ", l.would)))
+        : el("p", { class: "muted" }, "No lab would refuse."),
+    );
+    $("#bulk-run").hidden = answer.matched === 0;
+  } catch (e) {
+    say(`Preview failed: ${explain(e)}`);
+  }
+}
+
+async function runBulk() {
+  const preview = state.preview;
+  if (!preview || !confirm(`Run ${preview.body.action} on the previewed labs now?`)) return;
+  try {
+    // One key per preview: pressing Run twice starts one job.
+    const job = await api("POST", "/api/v1/labs/bulk", preview.body, { "Idempotency-Key": preview.key });
+    $("#bulk-run").hidden = true;
+    await followJob(job.job_id);
+  } catch (e) {
+    say(`The bulk action failed: ${explain(e)}`);
+  }
+}
+
+async function followJob(id) {
+  const box = $("#bulk-job");
+  for (let i = 0; i < 600; i++) {
+    const job = await api("GET", `/api/v1/labs/bulk/${id}`);
+    const line = `Job ${job.job_id}: ${job.action}, ${job.visited} of ${job.matched} labs handled, ${job.applied} applied, ${job.refused_count} refused${job.done ? ", done." : "…"}`;
+    box.replaceChildren(
+      el("progress", { max: Math.max(1, job.matched), value: job.visited }),
+      el("p", { "data-done": job.done ? "true" : "false", id: "bulk-status" }, line),
+      job.refused.length
+        ? el("ul", { class: "errors" }, ...job.refused.slice(0, 5).map((r) => el("li", {}, el("strong", {}, r.lab_request_id), ": ", r.error)))
+        : el("span"),
+    );
+    if (job.done) break;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  await refresh();
 }
 
 function start() {
@@ -338,6 +498,12 @@ function start() {
     const button = event.target.closest("button[data-open]");
     if (button) openLab(button.dataset.open).catch((e) => say(String(e)));
   });
+  $("#bulk-action").addEventListener("change", () => {
+    $("#bulk-minutes-label").hidden = $("#bulk-action").value !== "extend";
+    showBulk();
+  });
+  $("#bulk-preview-button").addEventListener("click", () => previewBulk());
+  $("#bulk-run").addEventListener("click", () => runBulk());
   $("#close-detail").addEventListener("click", () => {
     state.open = null;
     $("#detail").hidden = true;

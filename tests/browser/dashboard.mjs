@@ -3,7 +3,8 @@
 // and watch it complete; an API error shown in words; the page on a phone. Screenshots go to
 // docs/screenshots/. Run by the integration test `the_dashboard_in_a_real_browser`, which seeds
 // the labs and passes, in the environment: WORKER_URL, OPERATOR_TOKEN, MOCK_URL, STUCK_LAB,
-// SCHEDULED_LAB, SCREENSHOTS (a directory), CHROMIUM (the browser's path).
+// SCHEDULED_LAB, CLASS_LABEL (a label some seeded labs carry), SCREENSHOTS (a directory), CHROMIUM
+// (the browser's path).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -62,7 +63,41 @@ try {
   if (!stored.some((k) => k.includes("operator-token"))) fail("the token is not in sessionStorage");
   if (requests.some((u) => u.includes(TOKEN))) fail("the token went into a URL");
   if (requests.some((u) => !u.startsWith(WORKER))) fail(`a request left the site: ${requests}`);
+  // The service levels: their line, and the two plots of the last 24 hours.
+  await page.waitForSelector("#plot-completed");
+  await page.waitForSelector("#plot-backlog");
+  const levels = await page.textContent("#levels");
+  if (!levels.includes("Last 24 hours")) fail(`the service levels read: ${levels}`);
+  const bars = await page.$$eval("#plot-completed rect.bar", (rects) => rects.length);
+  if (bars === 0) fail("the plot of labs completed per hour has no bar");
   await page.screenshot({ path: join(SHOTS, "dashboard-fleet.png"), fullPage: true });
+
+  if (process.env.CLASS_LABEL) {
+    step("a class by its label: preview an extend, run it, follow the job");
+    const label = process.env.CLASS_LABEL;
+    await page.fill("#filter-label", label);
+    await page.click("#apply");
+    await page.waitForSelector("#bulk:not([hidden])");
+    await page.waitForFunction(() => document.querySelectorAll("#labs tbody tr").length > 0);
+    const shown = await page.$$eval("#labs tbody tr", (trs) => trs.map((tr) => tr.dataset.lab));
+    if (shown.some((id) => !id.startsWith("dash-class-"))) fail(`the label filter shows ${shown}`);
+    await page.selectOption("#bulk-action", "extend");
+    await page.fill("#bulk-minutes", "15");
+    await page.click("#bulk-preview-button");
+    await page.waitForSelector("#bulk-count");
+    const matched = Number(await page.getAttribute("#bulk-count", "data-matched"));
+    if (matched !== shown.length) fail(`the preview matched ${matched}, the list shows ${shown.length}`);
+    await page.screenshot({ path: join(SHOTS, "dashboard-bulk-preview.png"), fullPage: true });
+    await page.click("#bulk-run");
+    await page.waitForSelector('#bulk-status[data-done="true"]', { timeout: 60_000 });
+    const status = await page.textContent("#bulk-status");
+    if (!status.includes(`${matched} applied`)) fail(`the job reads: ${status}`);
+    await page.screenshot({ path: join(SHOTS, "dashboard-bulk-job.png"), fullPage: true });
+    await page.fill("#filter-label", "");
+    await page.click("#apply");
+    await page.waitForSelector(`#labs tr[data-lab="${SCHEDULED}"]`);
+    if (!(await page.isHidden("#bulk"))) fail("the bulk panel shows without a label or a user");
+  }
 
   step("the last reconciliation, and the orphan labs by their origin");
   await page.waitForSelector("#reconcile[data-reconcile]");
@@ -72,6 +107,10 @@ try {
     await page.selectOption("#filter-origin", "inventory");
     await page.click("#apply");
     await page.waitForSelector(`#labs tr[data-lab="${process.env.ORPHAN_LAB}"]`);
+    // The filtered page replaces the one before it (which may hold the orphan too).
+    await page
+      .waitForFunction(() => [...document.querySelectorAll("#labs tbody tr")].every((tr) => tr.dataset.origin === "inventory"), null, { timeout: 10_000 })
+      .catch(() => {});
     const origins = await page.$$eval("#labs tbody tr", (trs) => trs.map((tr) => tr.dataset.origin));
     if (origins.length === 0 || origins.some((o) => o !== "inventory")) fail(`the origin filter shows ${origins}`);
     await page.selectOption("#filter-origin", "");
@@ -82,6 +121,9 @@ try {
     await page.selectOption("#filter-end-reason", "orphan");
     await page.click("#apply");
     await page.waitForSelector(`#labs tr[data-lab="${process.env.ORPHAN_LAB}"]`);
+    await page
+      .waitForFunction(() => [...document.querySelectorAll("#labs tbody td[data-end-reason]")].every((td) => td.dataset.endReason === "orphan"), null, { timeout: 10_000 })
+      .catch(() => {});
     const reasons = await page.$$eval("#labs tbody tr td[data-end-reason]", (tds) => tds.map((td) => td.dataset.endReason));
     if (reasons.length === 0 || reasons.some((r) => r !== "orphan")) fail(`the end-reason filter shows ${reasons}`);
     await page.selectOption("#filter-end-reason", "");

@@ -601,6 +601,13 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     );
     create_lab(ctx, stuck, "dash-user", 1, &[worker_vm]);
     create_lab(ctx, "dash-scheduled", "dash-user", 6000, &[]);
+    for i in 0..3 {
+        let r = ctx.worker.create(&json!({
+            "lab_request_id": format!("dash-class-{i}"), "user_id": "dash-user-4", "duration": 6000,
+            "labels": {"class": "dash-class"},
+        }));
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
     create_lab(ctx, "dash-done", "dash-user-2", 1, &[]);
     // Three failed attempts, then parked for an hour by the Retry-After: stuck, and waiting.
     poll_status(ctx, stuck, 30, |v| {
@@ -632,6 +639,7 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         .env("STUCK_LAB", stuck)
         .env("SCHEDULED_LAB", "dash-scheduled")
         .env("ORPHAN_LAB", "dash-orphan")
+        .env("CLASS_LABEL", "class:dash-class")
         .env("SCREENSHOTS", root.join("docs/screenshots"))
         .env("CHROMIUM", &chromium)
         .output()
@@ -645,6 +653,24 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     assert!(out.status.success(), "the browser test failed:\n{text}");
     let v = poll_status(ctx, stuck, 5, |v| v["status"] == "completed");
     assert_eq!(v["attempts"], 5, "Retry now made the fifth attempt");
+    // The class's labs were extended once, by the job the page started.
+    for i in 0..3 {
+        let v = poll_status(ctx, &format!("dash-class-{i}"), 5, |_| true);
+        assert_eq!(v["status"], "scheduled");
+        let r = ctx.worker.raw(
+            "GET",
+            &format!("/api/v1/labs/sessions/dash-class-{i}/events"),
+            &[],
+            b"",
+        );
+        let extended = r.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "extended")
+            .count();
+        assert_eq!(extended, 1);
+    }
 }
 
 /// The service levels on a worker of its own (its index holds only what this test puts there):
