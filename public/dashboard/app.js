@@ -164,7 +164,7 @@ function svg(tag, attrs = {}, text = null) {
  * point per hour. Drawn with the page's own SVG, no library.
  */
 function plot(id, title, hourly, bars, line) {
-  const W = 560, H = 180, L = 44, R = 52, T = 24, B = 26;
+  const W = 560, H = 190, L = 44, R = 52, T = 36, B = 26;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title, id });
   root.append(svg("text", { x: L, y: 14, class: "plot-title" }, title));
   const n = hourly.length || 1;
@@ -195,8 +195,8 @@ function plot(id, title, hourly, bars, line) {
     .filter(([v]) => v !== null && v !== undefined)
     .map(([v, i]) => `${(L + (i + 0.5) * step).toFixed(1)},${y(v, maxLine).toFixed(1)}`);
   if (points.length) root.append(svg("polyline", { points: points.join(" "), class: "line" }));
-  const legend = svg("text", { x: W - R, y: 14, class: "tick", "text-anchor": "end" }, `bars: ${bars.label} · line: ${line.label}`);
-  root.append(legend);
+  root.append(svg("text", { x: L, y: 28, class: "tick" },
+    bars.key === line.key ? `bars: ${bars.label}` : `bars: ${bars.label} · line: ${line.label}`));
   return root;
 }
 
@@ -206,7 +206,7 @@ function drawPlots(hourly) {
     plot("plot-completed", "Labs completed per hour, and the p95 lag", hourly,
       { key: "completed", label: "labs completed" },
       { key: "p95_lag_seconds", label: "p95 lag", format: seconds }),
-    plot("plot-backlog", "The backlog: VMs past their lab's expiry, not yet deleted", hourly,
+    plot("plot-backlog", "The backlog: VMs past their lab's end, not yet deleted", hourly,
       { key: "vms_pending", label: "VMs pending" },
       { key: "vms_pending", label: "VMs pending", format: (v) => String(Math.round(v)) }),
   );
