@@ -174,16 +174,7 @@ async fn api(
                     "the stats route takes no query parameters".into(),
                 ));
             }
-            let now = platform::runtime::now_ms();
-            let (counts, read) = fleet_db::counts(
-                env,
-                config.stuck_after_attempts,
-                now,
-                config.index_timeout(),
-            )
-            .await
-            .map_err(unavailable)?;
-            report_rows(config, "stats", read);
+            let (counts, now) = fleet_counts(env, config, "stats").await?;
             json(
                 200,
                 &fleet::stats(&counts, counts.last_reconciliation.as_ref(), now),
@@ -212,16 +203,7 @@ async fn api(
         }
         Route::Metrics => {
             index_on(config)?;
-            let now = platform::runtime::now_ms();
-            let (counts, read) = fleet_db::counts(
-                env,
-                config.stuck_after_attempts,
-                now,
-                config.index_timeout(),
-            )
-            .await
-            .map_err(unavailable)?;
-            report_rows(config, "metrics", read);
+            let (counts, now) = fleet_counts(env, config, "metrics").await?;
             respond::text(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -277,6 +259,25 @@ fn query_string(request: &Request) -> String {
     url.split_once('?')
         .map(|(_, q)| q.to_string())
         .unwrap_or_default()
+}
+
+/// The fleet's counts and service levels now (one D1 batch), for the route `what`; and now.
+async fn fleet_counts(
+    env: &Env,
+    config: &Config,
+    what: &str,
+) -> Result<(lab::index::Counts, i64), ApiError> {
+    let now = platform::runtime::now_ms();
+    let (counts, read) = fleet_db::counts(
+        env,
+        config.stuck_after_attempts,
+        now,
+        config.index_timeout(),
+    )
+    .await
+    .map_err(unavailable)?;
+    report_rows(config, what, read);
+    Ok((counts, now))
 }
 
 /// The rows D1 read for a fleet route, at debug level when `LOG_STORAGE_OPS` is on (the

@@ -225,16 +225,9 @@ pub fn page(mut rows: Vec<IndexRow>, q: &ListQuery, stuck_after: u32) -> Value {
 pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>, now_ms: i64) -> Value {
     let levels = levels::levels(now_ms, &counts.completions, &counts.overdue);
     let secs = |ms: i64| ms as f64 / 1000.0;
-    let by_status: serde_json::Map<String, Value> = Status::ALL
-        .iter()
-        .map(|status| {
-            let n = counts
-                .by_status
-                .iter()
-                .find(|(s, _)| s == status)
-                .map_or(0, |(_, n)| *n);
-            (status.name().to_string(), json!(n))
-        })
+    let by_status: serde_json::Map<String, Value> = every_status(counts)
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), json!(n)))
         .collect();
     json!({
         "by_status": by_status,
@@ -266,21 +259,26 @@ pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>, now_ms: i64
     })
 }
 
+/// Every status with its count (0 where none).
+fn every_status(counts: &Counts) -> Vec<(&'static str, u64)> {
+    Status::ALL
+        .iter()
+        .map(|status| {
+            let n = counts
+                .by_status
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            (status.name(), n)
+        })
+        .collect()
+}
+
 /// `GET /metrics`: the stats as Prometheus text.
 pub fn metrics(counts: &Counts, now_ms: i64) -> String {
     let levels = levels::levels(now_ms, &counts.completions, &counts.overdue);
     let gauges = levels::Gauges {
-        by_status: Status::ALL
-            .iter()
-            .map(|status| {
-                let n = counts
-                    .by_status
-                    .iter()
-                    .find(|(s, _)| s == status)
-                    .map_or(0, |(_, n)| *n);
-                (status.name(), n)
-            })
-            .collect(),
+        by_status: every_status(counts),
         stuck: counts.stuck,
         vms_pending: counts.vms_pending,
         vms_already_gone: counts.vms_already_gone,

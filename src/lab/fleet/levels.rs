@@ -185,43 +185,41 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
         "Labs in the fleet index, by status.",
         &by_status,
     );
-    let one = |n: u64| vec![(String::new(), n.to_string())];
-    family(
-        "stuck_labs",
-        "gauge",
-        "Labs not completed after STUCK_AFTER_ATTEMPTS attempts.",
-        &one(gauges.stuck),
-    );
-    family(
-        "vms_pending",
-        "gauge",
-        "VMs of labs being cleaned up, not yet deleted.",
-        &one(gauges.vms_pending),
-    );
-    family(
-        "overdue_vms",
-        "gauge",
-        "VMs of labs past their expiry, still pending now.",
-        &one(levels.overdue_vms),
-    );
-    family(
-        "vms_already_gone",
-        "gauge",
-        "VMs the backend answered 404 for, over the labs in the index.",
-        &one(gauges.vms_already_gone),
-    );
-    family(
-        "vms_deleted_24h",
-        "gauge",
-        "VMs the backend confirmed deleting, for the labs completed in the last 24 hours.",
-        &one(levels.vms_deleted_24h),
-    );
-    family(
-        "labs_completed_24h",
-        "gauge",
-        "Labs completed in the last 24 hours.",
-        &one(levels.completed_24h),
-    );
+    // The single gauges: name, help, value.
+    for (name, help, n) in [
+        (
+            "stuck_labs",
+            "Labs not completed after STUCK_AFTER_ATTEMPTS attempts.",
+            gauges.stuck,
+        ),
+        (
+            "vms_pending",
+            "VMs of labs being cleaned up, not yet deleted.",
+            gauges.vms_pending,
+        ),
+        (
+            "overdue_vms",
+            "VMs of labs past their expiry, still pending now.",
+            levels.overdue_vms,
+        ),
+        (
+            "vms_already_gone",
+            "VMs the backend answered 404 for, over the labs in the index.",
+            gauges.vms_already_gone,
+        ),
+        (
+            "vms_deleted_24h",
+            "VMs the backend confirmed deleting, for the labs completed in the last 24 hours.",
+            levels.vms_deleted_24h,
+        ),
+        (
+            "labs_completed_24h",
+            "Labs completed in the last 24 hours.",
+            levels.completed_24h,
+        ),
+    ] {
+        family(name, "gauge", help, &[(String::new(), n.to_string())]);
+    }
     // The histogram of the last 24 hours' lags: a window, not a running total (read its buckets
     // with histogram_quantile as they are; rate() does not apply).
     let mut buckets: Vec<(String, String)> = LAG_BUCKETS_SECONDS
