@@ -83,6 +83,22 @@ pub fn bad_inputs_are_rejected_and_store_nothing(ctx: &Ctx) {
             "duration must be at most 10080 minutes",
         ),
         (json!([id(15)]), "request body must be a JSON object"),
+        (
+            json!({"lab_request_id": id(20), "user_id": "u", "duration": 1, "labels": {"Class": "x"}}),
+            "label key \"Class\" has the character 'C'; keys are a-z 0-9 _ . -",
+        ),
+        (
+            json!({"lab_request_id": id(21), "user_id": "u", "duration": 1, "labels": (0..11).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<String, Value>>()}),
+            "labels may hold at most 10 entries, got 11",
+        ),
+        (
+            json!({"lab_request_id": id(22), "user_id": "u", "duration": 1, "labels": {"class": "v".repeat(129)}}),
+            "label class must be 1 to 128 characters, got 129",
+        ),
+        (
+            json!({"lab_request_id": id(23), "user_id": "u", "duration": 1, "idle_timeout": 0}),
+            "idle_timeout must be at least 1 minute",
+        ),
     ];
     for (body, message) in &cases {
         let r = ctx.worker.create(body);
@@ -131,14 +147,14 @@ pub fn bad_inputs_are_rejected_and_store_nothing(ctx: &Ctx) {
     std::thread::sleep(std::time::Duration::from_secs(
         2 * DURATION_UNIT_SECONDS + 1,
     ));
-    let ids: Vec<String> = (0..20).map(id).collect();
+    let ids: Vec<String> = (0..24).map(id).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert!(
         ctx.mock.calls_for_any(&refs).is_empty(),
         "{}",
         show(&ctx.mock.calls_for_any(&refs))
     );
-    for n in [1, 2, 3, 5, 10, 14, 16, 17, 18, 19] {
+    for n in [1, 2, 3, 5, 10, 14, 16, 17, 18, 19, 20, 23] {
         let r = ctx
             .worker
             .create(&json!({"lab_request_id": id(n), "user_id": "u", "duration": 60}));
