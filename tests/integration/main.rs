@@ -36,6 +36,13 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    // A worker of its own: started while nothing else starts one.
+    ("service_levels_and_metrics", |ctx| {
+        fleet::service_levels_and_metrics(ctx)
+    }),
+    ("budget_unreachable_falls_back_to_no_budget", |ctx| {
+        budget::budget_unreachable_falls_back_to_no_budget(ctx)
+    }),
     (
         "timeline_idle_ends_and_activity",
         timeline::timeline_idle_ends_and_activity,
@@ -109,14 +116,6 @@ const LAST: &[(&str, MutTestFn)] = &[
 ];
 
 const PARALLEL: &[(&str, TestFn)] = &[
-    (
-        "service_levels_and_metrics",
-        fleet::service_levels_and_metrics,
-    ),
-    (
-        "budget_unreachable_falls_back_to_no_budget",
-        budget::budget_unreachable_falls_back_to_no_budget,
-    ),
     (
         "inventory_classes_and_the_dry_run",
         inventory::inventory_classes_and_the_dry_run,
