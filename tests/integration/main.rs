@@ -71,6 +71,12 @@ const LAST: &[(&str, MutTestFn)] = &[
         "the_dashboard_in_a_real_browser",
         fleet::the_dashboard_in_a_real_browser,
     ),
+    // After the dashboard: their labs would fill the first page it reads.
+    ("bulk_actions_over_a_class", bulk::bulk_actions_over_a_class),
+    (
+        "heartbeats_write_once_per_interval",
+        timeline::heartbeats_write_once_per_interval,
+    ),
     (
         "paging_ten_thousand_labs_while_adding",
         fleet::paging_ten_thousand_labs_while_adding,
@@ -107,12 +113,6 @@ const LAST: &[(&str, MutTestFn)] = &[
         security::missing_api_token_fails_closed,
     ),
     ("secrets_never_in_output", security::secrets_never_in_output),
-    // Last: their labs would fill the first page of any list a later test reads.
-    ("bulk_actions_over_a_class", bulk::bulk_actions_over_a_class),
-    (
-        "heartbeats_write_once_per_interval",
-        timeline::heartbeats_write_once_per_interval,
-    ),
 ];
 
 const PARALLEL: &[(&str, TestFn)] = &[
