@@ -328,6 +328,16 @@ pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String 
             ..Run::new("budget 20, slow backend", "adaptive", 429, None)
         },
     ];
+    // `BENCH_CLASS_RUNS`: only the runs whose name holds one of these (comma-separated).
+    let only: Vec<String> = std::env::var("BENCH_CLASS_RUNS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let chosen = |r: &Run| only.is_empty() || only.iter().any(|o| r.name.contains(o.as_str()));
+    let runs: Vec<Run> = runs.into_iter().filter(|r| chosen(r)).collect();
+    let budget_runs: Vec<Run> = budget_runs.into_iter().filter(|r| chosen(r)).collect();
     let mut rows = String::new();
     let mut budget_rows = String::new();
     let mut series = Vec::new();

@@ -5,7 +5,8 @@
 //! run rewrites the results between the markers of `docs/PERFORMANCE.md` and the plots in
 //! `docs/perf/`, a partial run only prints. Settings of each section: `BENCH_LATENCY_MS` (200),
 //! `BENCH_REPS` (5), `BENCH_WORKERS` ("0,1,5,20,48"), `BENCH_CLASS_LABS` (100),
-//! `BENCH_CLASS_BIG_LABS` (1000), `BENCH_CLASS_SPREADS` ("0,2,10"), `BENCH_PERMIT_LABS` (10),
+//! `BENCH_CLASS_BIG_LABS` (1000), `BENCH_CLASS_SPREADS` ("0,2,10"), `BENCH_CLASS_RUNS` (all;
+//! names to pick runs by), `BENCH_PERMIT_LABS` (10),
 //! `BENCH_CREATE_REQUESTS` (1000), `BENCH_FLEET_LABS` (1000000), `BENCH_FLEET_REQUESTS` (100),
 //! `BENCH_LOAD_SECONDS` (10), `BENCH_LOAD_CONNECTIONS` (16), `BENCH_COST_LABS` (5).
 
