@@ -113,8 +113,11 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
         slow: s.slow,
     }));
 
-    // Create every lab within about a second (8 threads), each expiring `duration` s later.
-    let duration = 6;
+    // Every lab expires at about the same second, however long the creates take: each asks for
+    // the whole seconds left until a common expiry (`duration` units are seconds here), so a
+    // class of 1,000 created over many seconds still expires within about a second.
+    let started = std::time::Instant::now();
+    let target_secs = 6 + (s.labs as u64).div_ceil(40);
     let ids: Vec<(String, String, String)> = (0..s.labs)
         .map(|i| {
             (
@@ -133,6 +136,9 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
                     chunk
                         .iter()
                         .map(|(m, w1, w2)| {
+                            let duration = target_secs
+                                .saturating_sub(started.elapsed().as_secs())
+                                .max(1);
                             let body = json!({
                                 "lab_request_id": m, "user_id": "class-user", "duration": duration,
                                 "worker_nodes": [{"worker_lab_request_id": w1}, {"worker_lab_request_id": w2}],
