@@ -411,7 +411,7 @@ async fn bulk(
         matched,
         platform::runtime::now_ms(),
     );
-    let body = serde_json::to_string(&job).map_err(|e| internal(e.into()))?;
+    let body = job.to_value().to_string();
     platform::bulk::call(env, &id, "POST", "/start", Some(body))
         .await
         .map_err(ApiError::Internal)

@@ -103,9 +103,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The request's fingerprint: the same `Idempotency-Key` with another request is a 409.
 pub fn fingerprint(plan: &Plan) -> String {
-    hex(&Sha256::digest(
-        serde_json::to_string(plan).unwrap_or_default().as_bytes(),
-    ))
+    hex(&Sha256::digest(plan.canonical().as_bytes()))
 }
 
 /// The job id for `Idempotency-Key: key` (the same key, the same job): 32 hex digits. A key is

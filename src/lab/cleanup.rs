@@ -348,13 +348,13 @@ pub async fn run_attempt(
         // The seed's exact line, "all 1 VMs" included: dashboards and alerts match on it.
         info(format!("✅ Successfully deleted all {total} VMs"));
     } else {
+        // In the lab's order: the master first, then the workers as the create listed them.
         let done: Vec<&String> = deleted.iter().chain(&already_gone).collect();
-        let mut still: Vec<&str> = pending
+        let still: Vec<&str> = pending
             .iter()
             .map(|vm| vm.id)
             .filter(|id| !done.iter().any(|d| d == id))
             .collect();
-        still.sort_unstable();
         log.log(
             Level::Warn,
             &format!(

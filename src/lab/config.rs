@@ -516,7 +516,14 @@ fn warn_stages(raw: &str) -> Option<Vec<u64>> {
                 .filter(|n| (1..=525_600).contains(n))
         })
         .collect::<Option<Vec<u64>>>()?;
-    stages.sort_unstable_by(|a, b| b.cmp(a));
+    // Largest first, by insertion (at most a handful: a sort's code would cost the worker more).
+    for i in 1..stages.len() {
+        let mut j = i;
+        while j > 0 && stages[j - 1] < stages[j] {
+            stages.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     stages.dedup();
     (!stages.is_empty() && stages.len() <= MAX_WARN_STAGES).then_some(stages)
 }

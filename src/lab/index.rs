@@ -404,7 +404,7 @@ pub fn save_reconciliation(r: &Reconciliation) -> Vec<(String, Vec<Bind>)> {
 pub const LAST_RECONCILIATION: &str = "SELECT at, source, act, tracked, overdue, finished, unknown, scheduled FROM reconciliations ORDER BY id DESC LIMIT 1";
 
 /// A row of `LAST_RECONCILIATION`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconciliationRow {
     pub at: i64,
     pub source: String,

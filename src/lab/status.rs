@@ -3,11 +3,10 @@
 //! The API, the index's SQL, the webhooks and the dashboard spell these names; they all take them
 //! from here (the SQL is built from them, and a test checks the migration and the page).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Where a lab is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Waiting for the lab to expire.
     Scheduled,
@@ -81,6 +80,8 @@ pub fn in_cleanup_sql() -> String {
         Status::Retrying.name()
     )
 }
+
+crate::lab::named_enum!(Status, Status::from_name);
 
 /// A single-VM lab, or a multi-node Kubernetes lab (a master and its workers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::rc::Rc;
 
 use futures::channel::oneshot;
-use futures::future::{select, Either, FutureExt, LocalBoxFuture, Shared};
+use futures::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
@@ -242,7 +242,8 @@ pub struct Permits {
     /// Leases granted and not used yet, with when they were granted.
     spare: Rc<RefCell<Vec<(u64, i64)>>>,
     /// The request to the coordinator in flight, which other calls of the attempt wait for.
-    asking: RefCell<Option<Shared<LocalBoxFuture<'static, Asked>>>>,
+    /// `Some` while a request is in flight: the calls waiting for its answer.
+    asking: RefCell<Option<Vec<oneshot::Sender<Asked>>>>,
     /// Counts the round trips to the coordinator.
     usage: Rc<Usage>,
 }
@@ -297,10 +298,16 @@ impl Permits {
             if let Some(lease) = self.take_spare(now_ms()) {
                 return Ok(Permit::Granted(lease));
             }
-            let in_flight = self.asking.borrow().clone();
-            let asked = match in_flight {
-                // Another call of this attempt is asking: its answer may hold a permit for this one.
-                Some(asking) => asking.await,
+            // Another call of this attempt is asking: its answer may hold a permit for this one.
+            let waiting = self.asking.borrow_mut().as_mut().map(|waiters| {
+                let (sender, receiver) = oneshot::channel();
+                waiters.push(sender);
+                receiver
+            });
+            let asked = match waiting {
+                Some(receiver) => receiver
+                    .await
+                    .unwrap_or_else(|_| Err("the request for permits was dropped".into())),
                 None => {
                     let ask = Acquire {
                         priority,
@@ -310,12 +317,11 @@ impl Permits {
                         wanted: wanted.clamp(1, 64) as u32,
                     };
                     add(&self.usage.budget_calls, 1);
-                    let asking = ask_for(self.env.clone(), ask, self.spare.clone())
-                        .boxed_local()
-                        .shared();
-                    *self.asking.borrow_mut() = Some(asking.clone());
-                    let asked = asking.await;
-                    *self.asking.borrow_mut() = None;
+                    *self.asking.borrow_mut() = Some(Vec::new());
+                    let asked = ask_for(self.env.clone(), ask, self.spare.clone()).await;
+                    for waiter in self.asking.borrow_mut().take().unwrap_or_default() {
+                        let _ = waiter.send(asked.clone());
+                    }
                     asked
                 }
             };

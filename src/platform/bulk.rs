@@ -28,12 +28,14 @@ pub struct BulkJob {
 impl BulkJob {
     async fn job(&self) -> Result<Option<Job>> {
         let text: Option<String> = self.state.storage().get(JOB_KEY).await?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        Ok(text
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| Job::from_value(&v)))
     }
 
     async fn save(&self, job: &Job) -> Result<()> {
-        let text =
-            serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let text = serde_json::to_string(&job.to_value())
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.state.storage().put(JOB_KEY, text).await
     }
 
@@ -75,9 +77,12 @@ impl DurableObject for BulkJob {
         match (request.method(), request.path().as_str()) {
             (worker::Method::Post, "/start") => {
                 let body = request.text().await.unwrap_or_default();
-                match serde_json::from_str::<Job>(&body) {
-                    Ok(job) => self.start(job).await,
-                    Err(e) => respond::error(&ApiError::Internal(format!("bad job: {e}"))),
+                match serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| Job::from_value(&v))
+                {
+                    Some(job) => self.start(job).await,
+                    None => respond::error(&ApiError::Internal("an unreadable job".into())),
                 }
             }
             (worker::Method::Get, "/status") => match self.job().await? {

@@ -135,25 +135,24 @@ pub async fn list(
     .await
 }
 
-#[derive(Deserialize)]
-struct Kept {
-    name: String,
-    n: i64,
+/// The rows of one result as JSON values (one deserializer for every shape: each typed row
+/// struct would add its own to the worker).
+fn values(result: &worker::D1Result) -> Result<Vec<serde_json::Value>, IndexError> {
+    result
+        .results::<serde_json::Value>()
+        .map_err(|e| e.to_string())
 }
 
-#[derive(Deserialize)]
-struct Number {
-    n: Option<u64>,
+fn int(row: &serde_json::Value, name: &str) -> Option<i64> {
+    row[name].as_i64()
 }
 
-#[derive(Deserialize)]
-struct Pending {
-    vms_pending: Option<u64>,
-    oldest: Option<i64>,
+fn count(row: &serde_json::Value, name: &str) -> u64 {
+    row[name].as_u64().unwrap_or(0)
 }
 
-/// The stats route's counts and the last reconciliation, in one round trip (a D1 batch), and the
-/// rows D1 read for them.
+/// The stats route's counts, the last reconciliation and the service levels' rows, in one round
+/// trip (a D1 batch), and the rows D1 read for them.
 pub async fn counts(
     env: &Env,
     stuck_after: u32,
@@ -173,33 +172,48 @@ pub async fn counts(
                 results.len()
             ));
         };
-        let e = |e: worker::Error| e.to_string();
-        let kept: Vec<(String, i64)> = kept
-            .results::<Kept>()
-            .map_err(e)?
-            .into_iter()
-            .map(|k| (k.name, k.n))
+        let kept: Vec<(String, i64)> = values(kept)?
+            .iter()
+            .map(|k| {
+                (
+                    k["name"].as_str().unwrap_or("").to_string(),
+                    int(k, "n").unwrap_or(0),
+                )
+            })
             .collect();
-        let pending = pending.results::<Pending>().map_err(e)?.into_iter().next();
+        let pending = values(pending)?.into_iter().next().unwrap_or_default();
         let counts = Counts {
             by_status: index::by_status(&kept),
-            stuck: stuck
-                .results::<Number>()
-                .map_err(e)?
-                .into_iter()
-                .next()
-                .and_then(|r| r.n)
-                .unwrap_or(0),
-            vms_pending: pending.as_ref().and_then(|p| p.vms_pending).unwrap_or(0),
-            oldest_pending_expiry: pending.and_then(|p| p.oldest),
+            stuck: values(stuck)?.first().map_or(0, |r| count(r, "n")),
+            vms_pending: count(&pending, "vms_pending"),
+            oldest_pending_expiry: int(&pending, "oldest"),
             vms_already_gone: index::kept(&kept, "already_gone"),
-            last_reconciliation: last
-                .results::<index::ReconciliationRow>()
-                .map_err(e)?
-                .into_iter()
-                .next(),
-            completions: completions.results().map_err(e)?,
-            overdue: overdue.results().map_err(e)?,
+            last_reconciliation: values(last)?.first().map(|r| index::ReconciliationRow {
+                at: int(r, "at").unwrap_or(0),
+                source: r["source"].as_str().unwrap_or("").to_string(),
+                act: int(r, "act").unwrap_or(0),
+                tracked: count(r, "tracked"),
+                overdue: count(r, "overdue"),
+                finished: count(r, "finished"),
+                unknown: count(r, "unknown"),
+                scheduled: count(r, "scheduled"),
+            }),
+            completions: values(completions)?
+                .iter()
+                .map(|r| crate::lab::fleet::levels::Completion {
+                    completed_at: int(r, "completed_at").unwrap_or(0),
+                    expires_at: int(r, "expires_at").unwrap_or(0),
+                    vm_count: count(r, "vm_count") as u32,
+                    already_gone_count: count(r, "already_gone_count") as u32,
+                })
+                .collect(),
+            overdue: values(overdue)?
+                .iter()
+                .map(|r| crate::lab::fleet::levels::Overdue {
+                    expires_at: int(r, "expires_at").unwrap_or(0),
+                    pending_count: count(r, "pending_count") as u32,
+                })
+                .collect(),
         };
         Ok((counts, Rows::of(&results)))
     })
@@ -325,7 +339,19 @@ pub async fn bulk_page(
     limit: u32,
     timeout: Duration,
 ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, IndexError> {
-    rows(env, vec![index::bulk_page(selector, after, limit)], timeout).await
+    let found: Vec<serde_json::Value> =
+        rows(env, vec![index::bulk_page(selector, after, limit)], timeout).await?;
+    Ok(found
+        .iter()
+        .filter_map(|r| {
+            Some(crate::lab::fleet::bulk::Candidate {
+                lab_request_id: r["lab_request_id"].as_str()?.to_string(),
+                status: crate::lab::status::Status::from_name(r["status"].as_str()?)?,
+                created_at: int(r, "created_at")?,
+                expires_at: int(r, "expires_at")?,
+            })
+        })
+        .collect())
 }
 
 /// How many labs a bulk selector matches.
@@ -334,6 +360,7 @@ pub async fn bulk_count(
     selector: &crate::lab::fleet::bulk::Selector,
     timeout: Duration,
 ) -> Result<u64, IndexError> {
-    let found: Vec<Number> = rows(env, vec![index::bulk_count(selector)], timeout).await?;
-    Ok(found.first().and_then(|n| n.n).unwrap_or(0))
+    let found: Vec<serde_json::Value> =
+        rows(env, vec![index::bulk_count(selector)], timeout).await?;
+    Ok(found.first().map_or(0, |r| count(r, "n")))
 }

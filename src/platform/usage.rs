@@ -52,9 +52,10 @@ impl Usage {
     /// Logs the counts at debug level, `what` naming the invocation. The first part keeps the
     /// words of the line this replaced ("storage ops for …: N read(s), M write(s)").
     pub fn report(&self, what: &str) {
-        let wall_ms = (worker::js_sys::Date::now() - self.started_ms).max(0.0);
+        // Whole milliseconds (formatting a float would add float printing to the worker).
+        let wall_ms = (worker::js_sys::Date::now() - self.started_ms).max(0.0) as u64;
         console_debug!(
-            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s); usage: {wall_ms:.0} ms wall, {} storage row(s) read, {} written, {} D1 batch(es), {} D1 row(s) read, {} written, {} backend call(s), {} webhook call(s), {} budget call(s)",
+            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s); usage: {wall_ms} ms wall, {} storage row(s) read, {} written, {} D1 batch(es), {} D1 row(s) read, {} written, {} backend call(s), {} webhook call(s), {} budget call(s)",
             self.storage_reads.get(),
             self.storage_writes.get(),
             self.rows_read.get(),

@@ -78,12 +78,18 @@ impl Allocator {
     pub fn request(&mut self, priority: i64, deadline_ms: i64, wanted: u32) -> u64 {
         let ticket = self.next_id;
         self.next_id += 1;
-        self.waiting.push(Waiter {
-            ticket,
-            priority,
-            deadline_ms,
-            wanted: wanted.max(1),
-        });
+        // The queue stays in grant order (oldest expiry, then first come): a new ticket is the
+        // latest, so it goes after every waiter of its priority or an older one.
+        let at = self.waiting.partition_point(|w| w.priority <= priority);
+        self.waiting.insert(
+            at,
+            Waiter {
+                ticket,
+                priority,
+                deadline_ms,
+                wanted: wanted.max(1),
+            },
+        );
         ticket
     }
 
@@ -104,7 +110,6 @@ impl Allocator {
     /// more than one).
     pub fn grant(&mut self, now_ms: i64) -> Vec<(u64, Vec<Lease>)> {
         self.expire(now_ms);
-        self.waiting.sort_by_key(|w| (w.priority, w.ticket));
         let mut free = (self.limit() as usize).saturating_sub(self.leases.len());
         let mut served = Vec::new();
         while free > 0 && !self.waiting.is_empty() {

@@ -7,7 +7,7 @@
 //! its place after each batch, and a lab remembers the jobs that changed it, so a batch run
 //! again after a crash changes no lab twice.
 
-use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::lab::fleet::Labs;
 use crate::lab::procedures::Request;
@@ -23,8 +23,7 @@ pub const KEEP_REFUSALS: usize = 100;
 pub const PAGE: u32 = 500;
 
 /// What to do to each lab.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     End,
     Extend { minutes: u64 },
@@ -60,26 +59,36 @@ impl Action {
 
 /// Which labs: every label given, and the statuses and the user if given. At least a label or
 /// a user (checked by the API).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
-    #[serde(default)]
     pub labels: Vec<(String, String)>,
-    #[serde(default)]
     pub statuses: Vec<Status>,
-    #[serde(default)]
     pub user_id: Option<String>,
 }
 
 /// A job's whole request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub selector: Selector,
-    #[serde(flatten)]
     pub action: Action,
 }
 
+impl Plan {
+    /// The plan in one line, the same for the same request (its fingerprint's input).
+    pub fn canonical(&self) -> String {
+        let minutes = match self.action {
+            Action::Extend { minutes } => minutes.to_string(),
+            _ => String::new(),
+        };
+        let s = &self.selector;
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let statuses: Vec<&str> = s.statuses.iter().map(|s| s.name()).collect();
+        serde_json::json!([self.action.name(), minutes, labels, statuses, s.user_id]).to_string()
+    }
+}
+
 /// A lab the selector matches, as the index has it (a row of `index::bulk_page`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub lab_request_id: String,
     pub status: Status,
@@ -141,14 +150,16 @@ pub trait Candidates {
 }
 
 /// A lab the job could not change, and why (the lab's own answer).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub lab_request_id: String,
     pub error: String,
 }
 
-/// A bulk job, as its object keeps it (bounded: its place, counts, the first refusals).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A bulk job, as its object keeps it (bounded: its place, counts, the first refusals). Stored
+/// as JSON through `serde_json::Value` (`to_value`, `from_value`): derived (de)serializers of
+/// these types would add their own code to the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub id: String,
     pub plan: Plan,
@@ -190,20 +201,112 @@ impl Job {
         }
     }
 
+    fn refused_json(&self) -> Vec<Value> {
+        self.refused
+            .iter()
+            .map(|r| json!({"lab_request_id": r.lab_request_id, "error": r.error}))
+            .collect()
+    }
+
     /// The job as `GET /api/v1/labs/bulk/{job_id}` answers it.
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
+    pub fn view(&self) -> Value {
+        json!({
             "job_id": self.id,
             "action": self.plan.action.name(),
             "matched": self.matched,
             "visited": self.visited,
             "applied": self.applied,
-            "refused": self.refused,
+            "refused": self.refused_json(),
             "refused_count": self.refused_count,
             "done": self.done,
             "created_at": rfc3339(self.created_at_ms),
             "finished_at": self.finished_at_ms.map(rfc3339),
             "last_fault": self.last_fault,
+        })
+    }
+
+    /// The job as stored (and as the router hands it to its object).
+    pub fn to_value(&self) -> Value {
+        let minutes = match self.plan.action {
+            Action::Extend { minutes } => Some(minutes),
+            _ => None,
+        };
+        let selector = &self.plan.selector;
+        json!({
+            "id": self.id,
+            "action": self.plan.action.name(),
+            "minutes": minutes,
+            "labels": selector.labels.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "statuses": selector.statuses.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "user_id": selector.user_id,
+            "fingerprint": self.fingerprint,
+            "created_at_ms": self.created_at_ms,
+            "matched": self.matched,
+            "cursor": self.cursor,
+            "visited": self.visited,
+            "applied": self.applied,
+            "refused": self.refused_json(),
+            "refused_count": self.refused_count,
+            "done": self.done,
+            "finished_at_ms": self.finished_at_ms,
+            "faults": self.faults,
+            "last_fault": self.last_fault,
+        })
+    }
+
+    /// The job `to_value` wrote; `None` for anything else.
+    pub fn from_value(v: &Value) -> Option<Job> {
+        let text = |name: &str| v[name].as_str().map(str::to_string);
+        let action = match v["action"].as_str()? {
+            "end" => Action::End,
+            "retry" => Action::Retry,
+            "extend" => Action::Extend {
+                minutes: v["minutes"].as_u64()?,
+            },
+            _ => return None,
+        };
+        let labels = v["labels"]
+            .as_array()?
+            .iter()
+            .map(|pair| Some((pair[0].as_str()?.to_string(), pair[1].as_str()?.to_string())))
+            .collect::<Option<Vec<_>>>()?;
+        let statuses = v["statuses"]
+            .as_array()?
+            .iter()
+            .map(|s| Status::from_name(s.as_str()?))
+            .collect::<Option<Vec<_>>>()?;
+        let refused = v["refused"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                Some(Refused {
+                    lab_request_id: r["lab_request_id"].as_str()?.to_string(),
+                    error: r["error"].as_str()?.to_string(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Job {
+            id: text("id")?,
+            plan: Plan {
+                selector: Selector {
+                    labels,
+                    statuses,
+                    user_id: text("user_id"),
+                },
+                action,
+            },
+            fingerprint: text("fingerprint")?,
+            created_at_ms: v["created_at_ms"].as_i64()?,
+            matched: v["matched"].as_u64()?,
+            cursor: text("cursor"),
+            visited: v["visited"].as_u64()?,
+            applied: v["applied"].as_u64()?,
+            refused,
+            refused_count: v["refused_count"].as_u64()?,
+            done: v["done"].as_bool()?,
+            finished_at_ms: v["finished_at_ms"].as_i64(),
+            faults: v["faults"].as_u64()? as u32,
+            last_fault: text("last_fault"),
         })
     }
 }
@@ -520,14 +623,22 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_reads_as_the_api_writes_it() {
-        let plan: Plan = serde_json::from_str(
-            r#"{"selector": {"labels": [["class", "c1"]], "statuses": ["scheduled"]}, "action": "extend", "minutes": 30}"#,
-        )
-        .unwrap();
-        assert_eq!(plan.action, Action::Extend { minutes: 30 });
-        assert_eq!(plan.selector.statuses, vec![Status::Scheduled]);
-        let back: Plan = serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
-        assert_eq!(back, plan);
+    fn a_job_round_trips_as_its_object_stores_it() {
+        let mut j = job(Action::Extend { minutes: 30 });
+        j.plan.selector.statuses = vec![Status::Scheduled, Status::Retrying];
+        j.plan.selector.user_id = Some("u".into());
+        j.cursor = Some("lab-0047".into());
+        j.refused.push(Refused {
+            lab_request_id: "lab-0001".into(),
+            error: "only a scheduled lab can be extended".into(),
+        });
+        j.finished_at_ms = Some(9);
+        j.last_fault = Some("x".into());
+        let text = serde_json::to_string(&j.to_value()).unwrap();
+        let back = Job::from_value(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, j);
+        let end = job(Action::End);
+        assert_eq!(Job::from_value(&end.to_value()), Some(end));
+        assert_eq!(Job::from_value(&json!({"action": "nuke"})), None);
     }
 }

@@ -3,14 +3,12 @@
 //! Pure: the index hands over the labs completed in the window and the labs past their expiry
 //! and not completed (`lab::index::{completions, backlog}`), the clock comes in as an argument.
 
-use serde::{Deserialize, Serialize};
-
 /// The window the service levels look back over.
 pub const WINDOW_MS: i64 = 24 * 3_600_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// A lab completed in the window (a row of `index::completions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
     pub completed_at: i64,
     /// The expiry, or the end time of a lab ended early (an end sets it).
@@ -27,7 +25,7 @@ impl Completion {
 }
 
 /// A lab past its expiry and not completed (a row of `index::backlog`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overdue {
     pub expires_at: i64,
     pub pending_count: u32,

@@ -137,8 +137,7 @@ pub struct Adoption {
 }
 
 /// Where a lab came from, as the status view and the index name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// Scheduled by `POST /api/v1/labs/sessions`.
     Api,
@@ -158,7 +157,13 @@ impl Origin {
     }
 
     pub const ALL: [Origin; 3] = [Origin::Api, Origin::Legacy, Origin::Inventory];
+
+    pub fn parse(name: &str) -> Option<Origin> {
+        Self::ALL.into_iter().find(|o| o.name() == name)
+    }
 }
+
+crate::lab::named_enum!(Origin, Origin::parse);
 
 /// How far the fleet index has caught up with the record (see `lab::index`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -20,8 +20,7 @@ pub const KEEP_OTHERS: usize = 50;
 pub const KEEP_FIRST: usize = 1;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Created,
     Extended,
@@ -38,8 +37,7 @@ pub enum Kind {
 }
 
 /// Why a lab ended (its cleanup started).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     /// Its time was up.
     Expired,
@@ -78,12 +76,68 @@ impl EndReason {
 }
 
 /// Which token asked for a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum By {
     Api,
     Operator,
 }
+
+impl By {
+    pub fn name(self) -> &'static str {
+        match self {
+            By::Api => "api",
+            By::Operator => "operator",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<By> {
+        [By::Api, By::Operator]
+            .into_iter()
+            .find(|b| b.name() == name)
+    }
+}
+
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Created,
+        Kind::Extended,
+        Kind::Warned,
+        Kind::IdleWarned,
+        Kind::Activity,
+        Kind::Ended,
+        Kind::Attempt,
+        Kind::Stuck,
+        Kind::Completed,
+        Kind::RetryNow,
+        Kind::Adopted,
+        Kind::Reconciled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Created => "created",
+            Kind::Extended => "extended",
+            Kind::Warned => "warned",
+            Kind::IdleWarned => "idle_warned",
+            Kind::Activity => "activity",
+            Kind::Ended => "ended",
+            Kind::Attempt => "attempt",
+            Kind::Stuck => "stuck",
+            Kind::Completed => "completed",
+            Kind::RetryNow => "retry_now",
+            Kind::Adopted => "adopted",
+            Kind::Reconciled => "reconciled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+crate::lab::named_enum!(Kind, Kind::parse);
+crate::lab::named_enum!(By, By::parse);
+crate::lab::named_enum!(EndReason, EndReason::parse);
 
 /// One event as stored: its time, its kind, and the fields of its kind (the others absent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
