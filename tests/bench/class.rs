@@ -63,7 +63,10 @@ impl Measured {
 /// A create that tries again when the local machine refuses the connection for a moment (a
 /// thousand creates while a thousand cleanups run can fill the local runtime's accept queue: the
 /// connect fails with EAGAIN). A repeated create of the same lab answers 200 with the lab.
-fn create_retrying(worker: &Worker, body: &serde_json::Value) -> mock_backend::http::Response {
+pub(crate) fn create_retrying(
+    worker: &Worker,
+    body: &serde_json::Value,
+) -> mock_backend::http::Response {
     let bearer = format!("Bearer {}", crate::support::API_TOKEN);
     for attempt in 0..10 {
         match mock_backend::http::request(

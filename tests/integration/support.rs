@@ -423,6 +423,13 @@ impl Worker {
         self.spawn();
     }
 
+    /// Starts the worker again after `stop`, on the same persisted state, port and build.
+    #[allow(dead_code)] // the benchmark's
+    pub fn start_again(&mut self) {
+        self.skip_build = true;
+        self.spawn();
+    }
+
     /// Restarts with the secret `name` set to `value`.
     pub fn restart_with_secret(&mut self, name: &str, value: &str) {
         self.secrets.retain(|(n, _)| n != name);
