@@ -540,6 +540,32 @@ mod tests {
     }
 
     #[test]
+    fn a_class_of_two_thousand_on_the_free_plan() {
+        // 50 subrequests an invocation: a batch of 48 labs (one page read, one write back).
+        let f = fleet(2000);
+        let mut j = job(Action::Extend { minutes: 30 });
+        j.matched = 2000;
+        let mut batches = 0;
+        loop {
+            let before = f.got.borrow().len();
+            let next = block_on(step(&f, &f, &mut j, 48, 0));
+            let sent = f.got.borrow().len() - before;
+            assert!(sent <= 48, "batch {batches} sent {sent}");
+            batches += 1;
+            if !matches!(next, Next::At(_)) {
+                break;
+            }
+        }
+        assert_eq!(batches, 42, "2,000 labs, 48 a batch");
+        assert!(j.done);
+        // Every tenth lab is being cleaned up: refused with its own reason.
+        assert_eq!((j.visited, j.applied, j.refused_count), (2000, 1800, 200));
+        let got = f.got.borrow();
+        let ids: std::collections::BTreeSet<&String> = got.iter().map(|(id, _)| id).collect();
+        assert_eq!((got.len(), ids.len()), (2000, 2000), "each lab asked once");
+    }
+
+    #[test]
     fn a_lab_that_does_not_answer_is_asked_again_and_changed_once() {
         let f = fleet(100);
         *f.failing.borrow_mut() = Some("lab-0050".into());
