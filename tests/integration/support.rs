@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mock_backend::http::{self, Response};
@@ -31,6 +32,9 @@ pub const OPERATOR_TOKEN: &str = "itest-operator-token-31b8aa";
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
+/// Whether this process has built the project's worker already (`build/`).
+static BUILT: AtomicBool = AtomicBool::new(false);
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -324,7 +328,8 @@ impl Worker {
         ];
         vars.extend(self.extra_vars.iter().cloned());
         let mut command = Command::new(root.join("node_modules/.bin/wrangler"));
-        if self.skip_build {
+        // The project's worker is built once per process: the code does not change under it.
+        if self.skip_build || (self.config.is_none() && BUILT.load(Ordering::Relaxed)) {
             command.env("LABS_CLEANUP_SKIP_BUILD", "1");
         }
         command
@@ -360,6 +365,9 @@ impl Worker {
         self.addr = format!("127.0.0.1:{}", self.port);
         self.child = Some(child);
         self.wait_ready();
+        if self.config.is_none() {
+            BUILT.store(true, Ordering::Relaxed);
+        }
     }
 
     fn wait_ready(&mut self) {
