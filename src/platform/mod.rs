@@ -7,6 +7,7 @@ pub mod env;
 pub mod fleet;
 pub mod fleet_db;
 pub mod http;
+pub mod lab_ports;
 pub mod runtime;
 pub mod session_manager;
 pub mod store;

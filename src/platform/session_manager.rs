@@ -1,4 +1,4 @@
-//! The `SessionManager` Durable Object, one per lab: an adapter that reads a request, calls the lab's procedure (`lab::procedures`) on workerd's ports, and writes the answer.
+//! The `SessionManager` Durable Object, one per lab: an adapter that reads a request, calls the lab's procedure (`lab::procedures`) on workerd's ports (`platform::lab_ports`), and writes the answer.
 
 use std::rc::Rc;
 
@@ -7,19 +7,12 @@ use worker::{durable_object, DurableObject, Env, Request, Response, Result, Stat
 
 use crate::api::error::ApiError;
 use crate::api::respond;
-use crate::lab::config::{Config, Webhooks};
-use crate::lab::fleet::budget::CallOutcome;
-use crate::lab::index::{IndexRow, VmRow};
-use crate::lab::ports::{
-    BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Level, Logger, Permit,
-    RecordStore, Runtime, StoreError, Stored, WebhookSender,
-};
+use crate::lab::config::Config;
+use crate::lab::ports::{Level, Logger, StoreError};
 use crate::lab::procedures::{self, Lab, Reply};
-use crate::platform::backend::{DryRunBackend, HttpLabBackend};
-use crate::platform::runtime::{ConsoleLogger, WorkersRuntime};
-use crate::platform::store::Store;
-use crate::platform::usage::{add, Usage};
-use crate::platform::{budget, env, fleet_db, webhook_sender};
+use crate::platform::env;
+use crate::platform::lab_ports::{report, Workerd};
+use crate::platform::runtime::ConsoleLogger;
 
 #[durable_object]
 pub struct SessionManager {
@@ -32,30 +25,15 @@ pub struct SessionManager {
     activity: Rc<std::cell::Cell<Option<i64>>>,
 }
 
-/// The lab's ports on workerd, for one request, alarm or background task.
-struct Workerd {
-    /// Whether this invocation said already that the budget could not be reached.
-    budget_warned: std::cell::Cell<bool>,
-    usage: Rc<Usage>,
-    activity: Rc<std::cell::Cell<Option<i64>>>,
-    permits: budget::Permits,
-    store: Store,
-    env: Env,
-    config: Rc<Config>,
-}
-
 impl SessionManager {
     fn ports(&self, config: Rc<Config>) -> Workerd {
-        let usage = Rc::new(Usage::start());
-        Workerd {
-            budget_warned: std::cell::Cell::new(false),
-            store: Store::new(&self.storage, usage.clone()),
-            permits: budget::Permits::new(&self.env, &self.raw, &config, usage.clone()),
-            usage,
-            activity: self.activity.clone(),
-            env: self.env.clone(),
+        Workerd::new(
+            &self.storage,
+            &self.raw,
+            &self.env,
             config,
-        }
+            self.activity.clone(),
+        )
     }
 
     /// Runs `task` (a procedure on fresh ports) after the answer or the alarm, `what` naming it
@@ -77,13 +55,6 @@ impl SessionManager {
             }
             report(&ports, &format!("{what}, after the answer"));
         });
-    }
-}
-
-/// Logs what the invocation used, when `LOG_STORAGE_OPS` is on.
-fn report(ports: &Workerd, what: &str) {
-    if ports.config.log_storage_ops {
-        ports.usage.report(what);
     }
 }
 
@@ -168,138 +139,4 @@ impl DurableObject for SessionManager {
 
 fn describe(done: &std::result::Result<procedures::AlarmDone, StoreError>) -> &'static str {
     done.as_ref().map_or("storage error", |d| d.woke.describe())
-}
-
-impl RecordStore for Workerd {
-    async fn load(&self) -> std::result::Result<Stored, StoreError> {
-        self.store.load().await
-    }
-    async fn alarm(&self) -> std::result::Result<Option<i64>, StoreError> {
-        self.store.alarm().await
-    }
-    async fn save(&self, record: &str, at: Option<i64>) -> std::result::Result<(), StoreError> {
-        self.store.save(record, at).await
-    }
-    async fn adopt(&self, record: &str, at: i64) -> std::result::Result<(), StoreError> {
-        self.store.adopt(record, at).await
-    }
-    async fn set_alarm(&self, at: i64) -> std::result::Result<(), StoreError> {
-        self.store.set_alarm(at).await
-    }
-    async fn delete_all(&self) -> std::result::Result<(), StoreError> {
-        self.store.delete_all().await
-    }
-    async fn put(&self, record: &str) -> std::result::Result<(), StoreError> {
-        self.store.put(record).await
-    }
-    fn noted_activity(&self) -> Option<i64> {
-        self.activity.get()
-    }
-    fn note_activity(&self, at_ms: i64) {
-        self.activity.set(Some(at_ms));
-    }
-}
-
-impl Workerd {
-    fn count_d1(&self, rows: fleet_db::Rows) {
-        add(&self.usage.d1_rows_read, rows.read);
-        add(&self.usage.d1_rows_written, rows.written);
-    }
-}
-
-impl FleetIndex for Workerd {
-    async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), String> {
-        add(&self.usage.d1_batches, 1);
-        let rows = fleet_db::upsert(&self.env, row, vms, self.config.index_timeout()).await?;
-        self.count_d1(rows);
-        Ok(())
-    }
-    async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), String> {
-        add(&self.usage.d1_batches, 1);
-        let rows = fleet_db::delete(&self.env, id, revision, self.config.index_timeout()).await?;
-        self.count_d1(rows);
-        Ok(())
-    }
-}
-
-impl WebhookSender for Workerd {
-    async fn send(&self, delivery: &Delivery) -> std::result::Result<u16, String> {
-        let Webhooks::On(hooks) = &self.config.webhooks else {
-            return Err("webhooks are off".into());
-        };
-        let timeout = std::time::Duration::from_millis(self.config.webhook_timeout_ms() as u64);
-        add(&self.usage.webhook_calls, 1);
-        webhook_sender::send(&hooks.url, delivery, timeout).await
-    }
-}
-
-impl LabBackend for Workerd {
-    async fn delete_exposed_services(
-        &self,
-        master: &str,
-    ) -> std::result::Result<BackendReply, BackendError> {
-        if self.config.dry_run {
-            let dry = DryRunBackend::new(&self.config.backend_url, &ConsoleLogger);
-            return dry.delete_exposed_services(master).await;
-        }
-        add(&self.usage.backend_calls, 1);
-        HttpLabBackend::new(&self.config)
-            .delete_exposed_services(master)
-            .await
-    }
-    async fn delete_vm(
-        &self,
-        id: &str,
-        user: &str,
-    ) -> std::result::Result<BackendReply, BackendError> {
-        if self.config.dry_run {
-            let dry = DryRunBackend::new(&self.config.backend_url, &ConsoleLogger);
-            return dry.delete_vm(id, user).await;
-        }
-        add(&self.usage.backend_calls, 1);
-        HttpLabBackend::new(&self.config).delete_vm(id, user).await
-    }
-}
-
-impl Budget for Workerd {
-    async fn acquire(&self, priority_ms: i64, wanted: usize) -> Permit {
-        match self.permits.acquire(priority_ms, wanted).await {
-            Ok(permit) => permit,
-            Err(why) => {
-                if !self.budget_warned.replace(true) {
-                    self.log(
-                        Level::Warn,
-                        &format!(
-                            "The fleet's budget of backend calls could not be reached ({why}); calling without permits"
-                        ),
-                    );
-                }
-                Permit::Unlimited
-            }
-        }
-    }
-    fn release(&self, permit: Permit, outcome: CallOutcome) {
-        self.permits.release(permit, outcome);
-    }
-}
-
-impl Runtime for Workerd {
-    fn now_ms(&self) -> i64 {
-        WorkersRuntime.now_ms()
-    }
-    fn random(&self) -> f64 {
-        WorkersRuntime.random()
-    }
-    async fn sleep(&self, ms: u64) {
-        WorkersRuntime.sleep(ms).await
-    }
-}
-
-impl Logger for Workerd {
-    fn log(&self, level: Level, message: &str) {
-        ConsoleLogger.log(level, message)
-    }
-    fn record<T: serde::Serialize>(&self, record: &T) {
-        ConsoleLogger.record(record)
-    }
 }
