@@ -293,14 +293,18 @@ pub const LABELS_TABLE: &str = "labels";
 
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
-    vm_ids
-        .chunks(MAX_BINDS)
+    in_chunks(
+        &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
+        vm_ids,
+    )
+}
+
+/// `select` followed by `(?, ?, ...)`, once per chunk of `ids` that D1's bound values allow.
+fn in_chunks(select: &str, ids: &[String]) -> Vec<(String, Vec<Bind>)> {
+    ids.chunks(MAX_BINDS)
         .map(|chunk| {
             (
-                format!(
-                    "SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN ({})",
-                    vec!["?"; chunk.len()].join(", ")
-                ),
+                format!("{select} ({})", vec!["?"; chunk.len()].join(", ")),
                 chunk.iter().cloned().map(Bind::Text).collect(),
             )
         })
@@ -331,18 +335,10 @@ impl LookupRow {
 
 /// When these VMs were first reported.
 pub fn first_seen(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
-    vm_ids
-        .chunks(MAX_BINDS)
-        .map(|chunk| {
-            (
-                format!(
-                    "SELECT vm_id, first_seen_at FROM inventory_seen WHERE vm_id IN ({})",
-                    vec!["?"; chunk.len()].join(", ")
-                ),
-                chunk.iter().cloned().map(Bind::Text).collect(),
-            )
-        })
-        .collect()
+    in_chunks(
+        "SELECT vm_id, first_seen_at FROM inventory_seen WHERE vm_id IN",
+        vm_ids,
+    )
 }
 
 /// How long a first sighting is remembered (a VM reported again after that starts anew).
