@@ -101,16 +101,18 @@ impl BackendBudget {
         let (sender, mut receiver) = oneshot::channel();
         self.waiters.borrow_mut().insert(ticket, sender);
         self.dispatch(now);
+        // Woken by a grant (a release or a new request dispatches), else at the next lease's
+        // expiry or this request's deadline, whichever comes first.
         loop {
             let now = now_ms();
             let next = self
                 .allocator
                 .borrow()
                 .as_ref()
-                .and_then(Allocator::next_change_ms)
+                .and_then(Allocator::next_lease_expiry_ms)
                 .unwrap_or(deadline)
                 .min(deadline);
-            let pause = Duration::from_millis(next.saturating_sub(now).clamp(1, 1_000) as u64);
+            let pause = Duration::from_millis(next.saturating_sub(now).max(1) as u64);
             match select(&mut receiver, worker::Delay::from(pause)).await {
                 Either::Left((Ok(leases), _)) => return granted(&leases),
                 Either::Left((Err(_), _)) => break,
