@@ -353,17 +353,31 @@ pub fn section(work_dir: &Path, mock: &MockBackend, plot_path: &Path) -> String 
             labs: big,
             ..Run::new(&format!("adaptive, {big} labs"), "adaptive", 429, Some("2"))
         },
+        // A slow backend bites with many labs: 100 labs keep about 30 calls in flight (300 ms
+        // each, far from the 2 s timeout); a thousand keep hundreds.
         Run {
             slow: true,
             timeout: 2,
-            ..Run::new("adaptive, slow backend", "adaptive", 429, None)
+            labs: big,
+            ..Run::new(
+                &format!("adaptive, slow backend, {big} labs"),
+                "adaptive",
+                429,
+                None,
+            )
         },
         Run {
             slow: true,
             timeout: 2,
             budget: Some(20),
             spread: 0,
-            ..Run::new("budget 20, slow backend", "adaptive", 429, None)
+            labs: big,
+            ..Run::new(
+                &format!("budget 20, slow backend, {big} labs"),
+                "adaptive",
+                429,
+                None,
+            )
         },
     ];
     // `BENCH_CLASS_RUNS`: only the runs whose name holds one of these (comma-separated).
