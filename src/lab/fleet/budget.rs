@@ -31,7 +31,9 @@ struct Waiter {
 
 /// Hands out permits within a limit that adapts: additive increase (one more per limit's worth
 /// of answered calls) and multiplicative decrease (halved on overload, at most once per
-/// `window_ms`), between 1 and `max`, as TCP's congestion window.
+/// `window_ms`), between 1 and `max`, as TCP's congestion window. Within a window, an overload
+/// takes back what the limit grew since the last decrease: a limit set above the backend's
+/// capacity settles at it instead of overshooting again for a whole window.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     max: u32,
@@ -39,6 +41,8 @@ pub struct Allocator {
     lease_ms: i64,
     window_ms: i64,
     last_decrease_ms: i64,
+    /// The limit right after the last decrease.
+    after_decrease: f64,
     next_id: u64,
     leases: Vec<Lease>,
     waiting: Vec<Waiter>,
@@ -54,6 +58,7 @@ impl Allocator {
             lease_ms,
             window_ms,
             last_decrease_ms: i64::MIN,
+            after_decrease: f64::from(max.max(1)),
             next_id: 1,
             leases: Vec::new(),
             waiting: Vec::new(),
@@ -152,6 +157,9 @@ impl Allocator {
                 if now_ms.saturating_sub(self.last_decrease_ms) >= self.window_ms {
                     self.limit = (self.limit / 2.0).max(1.0);
                     self.last_decrease_ms = now_ms;
+                    self.after_decrease = self.limit;
+                } else {
+                    self.limit = self.limit.min(self.after_decrease);
                 }
             }
         }
@@ -259,6 +267,26 @@ mod tests {
             a.release(0, CallOutcome::Answered, now);
         }
         assert_eq!(a.limit(), 20, "never above the maximum");
+    }
+
+    #[test]
+    fn an_overload_within_the_window_takes_back_the_growth() {
+        // A limit of 40 against a backend that serves 20: halved once, then it settles.
+        let mut a = Allocator::new(40, 17_000, 15_000);
+        a.release(0, CallOutcome::Overloaded, T);
+        assert_eq!(a.limit(), 20);
+        for _ in 0..25 {
+            a.release(0, CallOutcome::Answered, T + 1_000);
+        }
+        assert_eq!(a.limit(), 21, "grew by one");
+        a.release(0, CallOutcome::Overloaded, T + 2_000);
+        assert_eq!(
+            a.limit(),
+            20,
+            "back to where the last decrease left it, not halved"
+        );
+        a.release(0, CallOutcome::Overloaded, T + 15_000);
+        assert_eq!(a.limit(), 10, "a new window halves again");
     }
 
     #[test]
