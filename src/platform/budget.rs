@@ -28,6 +28,12 @@ const COORDINATOR: &str = "fleet";
 const MAX_WAIT_MS: i64 = 4_000;
 /// What "come back later" says.
 const COME_BACK_MS: i64 = 2_000;
+/// How long a lab's attempt keeps asking again after "come back later" before it ends and comes
+/// back as after a `Retry-After`. Asking again keeps its place (oldest expiry first) at the cost
+/// of one round trip per `MAX_WAIT_MS`; ending the attempt costs a save, an index write and a
+/// new alarm each time: 1,000 labs expiring together against a budget of 20 made 2,773 attempts
+/// that way, and the work starved the coordinator's answers on the local runtime.
+const WAIT_IN_ATTEMPT_MS: i64 = 60_000;
 /// How long a lab waits for the coordinator to answer at all before it calls without a permit:
 /// well past `MAX_WAIT_MS`, so a coordinator busy with a thousand waiting labs (each answered
 /// within `MAX_WAIT_MS` of its own turn) still counts as reachable. Measured with 1,000 labs
@@ -248,6 +254,8 @@ pub struct Permits {
     asking: RefCell<Option<Vec<oneshot::Sender<Asked>>>>,
     /// Counts the round trips to the coordinator.
     usage: Rc<Usage>,
+    /// Since when this invocation has been told to come back later, without a grant since.
+    waiting_since: std::cell::Cell<Option<i64>>,
 }
 
 impl Permits {
@@ -265,6 +273,7 @@ impl Permits {
             timeout_ms: (config.backend_timeout_seconds * 1000) as i64,
             spare: Rc::new(RefCell::new(Vec::new())),
             asking: RefCell::new(None),
+            waiting_since: std::cell::Cell::new(None),
         }
     }
 
@@ -328,8 +337,20 @@ impl Permits {
                 }
             };
             match asked {
-                Ok(None) => continue,
-                Ok(Some(wait_ms)) => return Ok(Permit::Wait(wait_ms)),
+                Ok(None) => {
+                    self.waiting_since.set(None);
+                    continue;
+                }
+                Ok(Some(wait_ms)) => {
+                    let now = now_ms();
+                    let since = *self.waiting_since.get().get_or_insert(now);
+                    self.waiting_since.set(Some(since));
+                    if now.saturating_sub(since) < WAIT_IN_ATTEMPT_MS {
+                        continue;
+                    }
+                    self.waiting_since.set(None);
+                    return Ok(Permit::Wait(wait_ms));
+                }
                 Err(e) => return Err(e),
             }
         }
