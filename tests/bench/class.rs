@@ -107,6 +107,12 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
             ("BACKEND_MAX_CONCURRENCY", &budget),
         ],
     );
+    // Calls of the previous run the worker gave up on may still be held by the mock (a slow
+    // backend serves them for as long as their load said); they would count in this run's load.
+    let drained = std::time::Instant::now() + Duration::from_secs(300);
+    while mock.stats().in_flight > 0 && std::time::Instant::now() < drained {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     mock.reset();
     mock.set_latency(Duration::from_millis(s.latency_ms));
     mock.set_capacity(Some(Capacity {
