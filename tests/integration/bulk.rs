@@ -44,22 +44,6 @@ fn wait_job(ctx: &Ctx, job_id: &str, secs: u64) -> Value {
     }
 }
 
-fn kinds(ctx: &Ctx, id: &str) -> Vec<String> {
-    let r = ctx.worker.raw(
-        "GET",
-        &format!("/api/v1/labs/sessions/{id}/events"),
-        &[],
-        b"",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect()
-}
-
 pub fn bulk_actions_over_a_class(ctx: &mut Ctx) {
     // The shared worker runs with the Free plan's subrequests (`SUBREQUEST_LIMIT` unset: 50): a
     // job's batch is 48 labs.
@@ -131,16 +115,8 @@ pub fn bulk_actions_over_a_class(ctx: &mut Ctx) {
     );
     assert_eq!(r.json()["sessions"], json!([]));
     // The dry run changed nothing.
-    let before = ctx
-        .worker
-        .raw(
-            "GET",
-            &format!("/api/v1/labs/sessions/{}", ids[100]),
-            &[],
-            b"",
-        )
-        .json();
-    assert_eq!(kinds(ctx, &ids[100]), ["created"]);
+    let before = poll_status(ctx, &ids[100], 5, |_| true);
+    assert_eq!(event_types(&lab_events(ctx, &ids[100])), ["created"]);
 
     // The extend, for real.
     let extend = json!({"selector": selector, "action": "extend", "minutes": 30});
@@ -167,18 +143,13 @@ pub fn bulk_actions_over_a_class(ctx: &mut Ctx) {
     std::thread::sleep(Duration::from_secs(2));
     // Every scheduled lab extended exactly once, as the single-lab route would.
     for id in &ids[20..] {
-        let extended = kinds(ctx, id).iter().filter(|k| *k == "extended").count();
+        let extended = event_types(&lab_events(ctx, id))
+            .iter()
+            .filter(|k| *k == "extended")
+            .count();
         assert_eq!(extended, 1, "{id}");
     }
-    let after = ctx
-        .worker
-        .raw(
-            "GET",
-            &format!("/api/v1/labs/sessions/{}", ids[100]),
-            &[],
-            b"",
-        )
-        .json();
+    let after = poll_status(ctx, &ids[100], 5, |_| true);
     assert_eq!(
         epoch_ms(&after["expires_at"]),
         epoch_ms(&before["expires_at"]) + 30_000

@@ -658,17 +658,9 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     for i in 0..3 {
         let v = poll_status(ctx, &format!("dash-class-{i}"), 5, |_| true);
         assert_eq!(v["status"], "scheduled");
-        let r = ctx.worker.raw(
-            "GET",
-            &format!("/api/v1/labs/sessions/dash-class-{i}/events"),
-            &[],
-            b"",
-        );
-        let extended = r.json()["events"]
-            .as_array()
-            .unwrap()
+        let extended = event_types(&lab_events(ctx, &format!("dash-class-{i}")))
             .iter()
-            .filter(|e| e["type"] == "extended")
+            .filter(|t| *t == "extended")
             .count();
         assert_eq!(extended, 1);
     }

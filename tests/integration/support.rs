@@ -724,6 +724,28 @@ pub fn assert_authorized(calls: &[Call]) {
     }
 }
 
+/// The lab's timeline (`GET .../events`): `{"events": [...], "truncated": n}`.
+pub fn lab_events(ctx: &Ctx, id: &str) -> Value {
+    let r = ctx.worker.raw(
+        "GET",
+        &format!("/api/v1/labs/sessions/{id}/events"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// The types of a timeline's events, in order.
+pub fn event_types(timeline: &Value) -> Vec<String> {
+    timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Polls `GET /api/v1/labs/sessions/{id}` until `done(body)` holds; returns that body.
 pub fn poll_status(ctx: &Ctx, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);

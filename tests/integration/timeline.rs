@@ -9,26 +9,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn events(ctx: &Ctx, id: &str) -> Value {
-    let r = ctx.worker.raw(
-        "GET",
-        &format!("/api/v1/labs/sessions/{id}/events"),
-        &[],
-        b"",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
-fn types(timeline: &Value) -> Vec<String> {
-    timeline["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// `POST .../activity`: its status. The local runtime's proxy sometimes answers a POST it lost
 /// to a restart of its own with a 503 that asks to send it again; so does this (at most thrice),
 /// as a real client would.
@@ -91,9 +71,9 @@ pub fn timeline_idle_ends_and_activity(ctx: &mut Ctx) {
         .operator("POST", &format!("/api/v1/labs/sessions/{m}/retry"), b"");
     assert_eq!(r.status, 202, "{}", r.text());
     poll_status(ctx, m, 15, |v| v["status"] == "completed");
-    let timeline = events(ctx, m);
+    let timeline = lab_events(ctx, m);
     assert_eq!(
-        types(&timeline),
+        event_types(&timeline),
         [
             "created",
             "extended",
@@ -175,7 +155,7 @@ pub fn timeline_idle_ends_and_activity(ctx: &mut Ctx) {
     assert_eq!(calls[0].endpoint, Some(Endpoint::Expose), "services first");
     assert_not_before(&calls, created_at + 4_000);
     assert_eq!(
-        types(&events(ctx, idle))[..3],
+        event_types(&lab_events(ctx, idle))[..3],
         ["created", "ended", "attempt"]
     );
 
