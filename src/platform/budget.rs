@@ -24,7 +24,7 @@ pub const BUDGET_BINDING: &str = "BACKEND_BUDGET";
 /// The one coordinator's name.
 const COORDINATOR: &str = "fleet";
 /// How long the coordinator keeps a request for a permit waiting before it answers "come back
-/// later" (the lab's attempt then stops its calls and comes back, as after a Retry-After).
+/// later" (the lab then asks again, for up to `WAIT_IN_ATTEMPT_MS`).
 const MAX_WAIT_MS: i64 = 4_000;
 /// What "come back later" says.
 const COME_BACK_MS: i64 = 2_000;
@@ -343,7 +343,7 @@ impl Permits {
                 }
                 Ok(Some(wait_ms)) => {
                     let now = now_ms();
-                    let since = *self.waiting_since.get().get_or_insert(now);
+                    let since = self.waiting_since.get().unwrap_or(now);
                     self.waiting_since.set(Some(since));
                     if now.saturating_sub(since) < WAIT_IN_ATTEMPT_MS {
                         continue;
