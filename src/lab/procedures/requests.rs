@@ -136,24 +136,23 @@ impl Request {
 
     /// The request `encode` made, from its method, path and body; a reason when it is not one.
     pub fn decode(method: &str, path: &str, body: &str) -> Result<Request, String> {
-        let json = |what: &str| format!("unreadable internal request {what}");
+        fn read<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, String> {
+            serde_json::from_str(body)
+                .map_err(|e| format!("unreadable internal request {path}: {e}"))
+        }
         Ok(match (method, path) {
-            ("POST", "/create") => Request::Create(
-                serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?,
-            ),
+            ("POST", "/create") => Request::Create(read(path, body)?),
             ("GET", "/status") => Request::Status,
             ("GET", "/events") => Request::Events,
             ("POST", "/end") => {
-                let end: EndBy =
-                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                let end: EndBy = read(path, body)?;
                 Request::End {
                     by: end.by,
                     job: end.job,
                 }
             }
             ("POST", "/extend") => {
-                let by: ExtendBy =
-                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                let by: ExtendBy = read(path, body)?;
                 Request::Extend {
                     minutes: by.minutes,
                     by: by.by,
@@ -164,14 +163,13 @@ impl Request {
                 let retry: RetryFor = if body.is_empty() {
                     RetryFor { job: None }
                 } else {
-                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?
+                    read(path, body)?
                 };
                 Request::Retry { job: retry.job }
             }
             ("POST", "/activity") => Request::Activity,
             ("POST", "/orphan") => {
-                let vm: OrphanVm =
-                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                let vm: OrphanVm = read(path, body)?;
                 Request::Orphan(ReportedVm {
                     lab_request_id: vm.lab_request_id,
                     user_id: vm.user_id,
@@ -179,8 +177,7 @@ impl Request {
                 })
             }
             ("POST", "/delete-again") => {
-                let again: AgainVm =
-                    serde_json::from_str(body).map_err(|e| format!("{}: {e}", json(path)))?;
+                let again: AgainVm = read(path, body)?;
                 Request::DeleteAgain { vm: again.vm }
             }
             ("POST", "/poke") => Request::Poke,
