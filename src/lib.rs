@@ -366,30 +366,14 @@ async fn bulk(
         )));
     }
     if dry_run {
-        let mut labs = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = fleet
-                .page(&plan.selector, after.as_deref(), b::PAGE)
-                .await
-                .map_err(unavailable)?;
-            for c in &page {
-                let would = match b::would(
-                    c,
-                    plan.action,
-                    config.duration_unit_ms(),
-                    config.max_duration_minutes,
-                ) {
-                    Ok(would) => would,
-                    Err(why) => format!("refused: {why}"),
-                };
-                labs.push(serde_json::json!({"lab_request_id": c.lab_request_id, "would": would}));
-            }
-            after = page.last().map(|c| c.lab_request_id.clone());
-            if (page.len() as u32) < b::PAGE || labs.len() as u64 >= b::MAX_BULK_LABS {
-                break;
-            }
-        }
+        let labs = b::preview(
+            &fleet,
+            &plan,
+            config.duration_unit_ms(),
+            config.max_duration_minutes,
+        )
+        .await
+        .map_err(unavailable)?;
         return json(
             200,
             &serde_json::json!({"matched": labs.len(), "labs": labs}),

@@ -96,6 +96,30 @@ pub struct Candidate {
     pub expires_at: i64,
 }
 
+/// A dry run: what `plan` would do to each lab it matches, `{"lab_request_id", "would"}` in lab
+/// id order, read from the index `PAGE` labs at a time, at most `MAX_BULK_LABS`. Changes nothing.
+pub async fn preview(
+    index: &impl Candidates,
+    plan: &Plan,
+    unit_ms: i64,
+    max_minutes: u64,
+) -> Result<Vec<Value>, String> {
+    let mut labs = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = index.page(&plan.selector, after.as_deref(), PAGE).await?;
+        for c in &page {
+            let would = would(c, plan.action, unit_ms, max_minutes)
+                .unwrap_or_else(|why| format!("refused: {why}"));
+            labs.push(json!({"lab_request_id": c.lab_request_id, "would": would}));
+        }
+        after = page.last().map(|c| c.lab_request_id.clone());
+        if (page.len() as u32) < PAGE || labs.len() as u64 >= MAX_BULK_LABS {
+            return Ok(labs);
+        }
+    }
+}
+
 /// What the action would do to `c`, from the index's copy of it (a dry run: the lab's object
 /// decides for real, under the same rules). `Err`: why it would be refused.
 pub fn would(
@@ -599,6 +623,28 @@ mod tests {
         run(&f, &mut j, 48);
         assert_eq!(j.applied, 10);
         assert_eq!(j.faults, 0);
+    }
+
+    #[test]
+    fn a_preview_reads_every_page_and_changes_nothing() {
+        let f = fleet(1_200);
+        let plan = job(Action::Extend { minutes: 30 }).plan;
+        let labs = block_on(preview(&f, &plan, 60_000, 10_000)).unwrap();
+        assert_eq!(labs.len(), 1_200, "three pages of {PAGE}");
+        assert_eq!(labs[0]["lab_request_id"], "lab-0000");
+        let refused = labs[0]["would"].as_str().unwrap();
+        assert!(
+            refused.starts_with("refused: it is ") && refused.contains("only a scheduled lab"),
+            "{refused}"
+        );
+        assert!(labs[1]["would"].as_str().unwrap().starts_with("extend to"));
+        assert_eq!(labs[1_199]["lab_request_id"], "lab-1199");
+        assert!(f.got.borrow().is_empty(), "no lab was asked anything");
+        f.index_down.set(true);
+        assert_eq!(
+            block_on(preview(&f, &plan, 60_000, 10_000)),
+            Err("down".into())
+        );
     }
 
     #[test]
