@@ -91,6 +91,40 @@ pub(crate) fn create_retrying(
     unreachable!()
 }
 
+/// Creates a lab for each of `items` on eight threads, the body of item i from `body(i, item)`
+/// (built when its create is sent); the labs' expiries (epoch ms), in the order of `items`.
+pub(crate) fn create_all<T: Sync>(
+    worker: &Worker,
+    items: &[T],
+    body: impl Fn(usize, &T) -> serde_json::Value + Sync,
+) -> Vec<u64> {
+    let per_thread = items.len().div_ceil(8).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let body = &body;
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(k, item)| {
+                            let r = create_retrying(worker, &body(c * per_thread + k, item));
+                            assert!(matches!(r.status, 200 | 201), "{}", r.text());
+                            epoch_ms(&r.json()["expires_at"])
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
 pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
     let spread = s.spread_seconds.to_string();
     let retry = s.retry_seconds.to_string();
@@ -136,34 +170,14 @@ pub fn run(dir: &Path, mock: &MockBackend, s: &Scenario) -> Measured {
             )
         })
         .collect();
-    let expiries: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ids
-            .chunks(s.labs.div_ceil(8))
-            .map(|chunk| {
-                let worker = &worker;
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(m, w1, w2)| {
-                            let duration = target_secs
-                                .saturating_sub(started.elapsed().as_secs())
-                                .max(1);
-                            let body = json!({
-                                "lab_request_id": m, "user_id": "class-user", "duration": duration,
-                                "worker_nodes": [{"worker_lab_request_id": w1}, {"worker_lab_request_id": w2}],
-                            });
-                            let r = create_retrying(worker, &body);
-                            assert!(matches!(r.status, 200 | 201), "{}", r.text());
-                            epoch_ms(&r.json()["expires_at"])
-                        })
-                        .collect::<Vec<u64>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let expiries = create_all(&worker, &ids, |_, (m, w1, w2)| {
+        let duration = target_secs
+            .saturating_sub(started.elapsed().as_secs())
+            .max(1);
+        json!({
+            "lab_request_id": m, "user_id": "class-user", "duration": duration,
+            "worker_nodes": [{"worker_lab_request_id": w1}, {"worker_lab_request_id": w2}],
+        })
     });
     let first_expiry = *expiries.iter().min().unwrap();
     let last_expiry = *expiries.iter().max().unwrap();

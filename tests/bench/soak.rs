@@ -8,7 +8,7 @@ use mock_backend::{Action, Endpoint, Fault, MockBackend};
 use serde_json::json;
 
 use crate::env_or;
-use crate::support::{epoch_ms, now_ms, Worker};
+use crate::support::{now_ms, Worker};
 
 /// A small deterministic generator (xorshift64*), so a rerun draws the same labs and faults.
 struct Draw(u64);
@@ -102,40 +102,19 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
     // creates; lab i at start + (i mod window).
     let started = Instant::now();
     let start_secs = 10 + (labs as u64).div_ceil(30);
-    let expiries: Vec<(usize, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = plan
-            .chunks(labs.div_ceil(8))
-            .enumerate()
-            .map(|(c, chunk)| {
-                let worker = &worker;
-                let base = c * labs.div_ceil(8);
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(k, (m, ws))| {
-                            let i = base + k;
-                            let due = start_secs + (i as u64 % window);
-                            let duration = due.saturating_sub(started.elapsed().as_secs()).max(1);
-                            let nodes: Vec<_> = ws
-                                .iter()
-                                .map(|w| json!({"worker_lab_request_id": w}))
-                                .collect();
-                            let body = json!({"lab_request_id": m, "user_id": "soak-user",
-                                "duration": duration, "worker_nodes": nodes});
-                            let r = crate::class::create_retrying(worker, &body);
-                            assert!(matches!(r.status, 200 | 201), "{}", r.text());
-                            (i, epoch_ms(&r.json()["expires_at"]))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
+    let expiries: Vec<(usize, u64)> = crate::class::create_all(&worker, &plan, |i, (m, ws)| {
+        let due = start_secs + (i as u64 % window);
+        let duration = due.saturating_sub(started.elapsed().as_secs()).max(1);
+        let nodes: Vec<_> = ws
+            .iter()
+            .map(|w| json!({"worker_lab_request_id": w}))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+        json!({"lab_request_id": m, "user_id": "soak-user",
+            "duration": duration, "worker_nodes": nodes})
+    })
+    .into_iter()
+    .enumerate()
+    .collect();
     let created_in = started.elapsed().as_secs_f64();
     let expiry_of: HashMap<&str, u64> = expiries
         .iter()
