@@ -56,6 +56,7 @@ impl From<crate::lab::session::Refusal> for ApiError {
             Refusal::NotFound => ApiError::NotFound("no session with this lab_request_id".into()),
             Refusal::Conflict(message) => ApiError::Conflict(message),
             Refusal::Invalid(message) => ApiError::InvalidRequest(message),
+            Refusal::Unavailable(message) => ApiError::Unavailable(message),
             Refusal::Unreadable(problems) => {
                 let named: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 ApiError::Internal(format!(

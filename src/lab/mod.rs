@@ -32,6 +32,7 @@ pub mod legacy;
 pub mod limits;
 pub mod ports;
 pub mod procedures;
+pub mod protocol;
 pub mod retry;
 pub mod session;
 pub mod status;

@@ -108,6 +108,9 @@ pub enum Stored {
     Record(String),
     /// No session record, but the TypeScript worker's keys (see `lab::legacy`).
     Legacy(LegacyRecord),
+    /// No session record: this object's VM is a worker VM a lab claimed (`lab::session::claim`),
+    /// as the JSON text it was saved as.
+    Claim(String),
     /// Nothing at all.
     Empty,
 }
@@ -124,8 +127,12 @@ pub trait RecordStore {
     async fn load(&self) -> Result<Stored, StoreError>;
     /// The time the alarm is set for, if any.
     async fn alarm(&self) -> Result<Option<i64>, StoreError>;
-    /// Writes the record and its alarm (`None`: no alarm) in one batch.
+    /// Writes the record and its alarm (`None`: no alarm) in one batch; a claim the object held
+    /// is removed in the same batch (a lab's record replaces it).
     async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError>;
+    /// Writes a claim and its alarm (`None`: no alarm) in one batch; a record the object held is
+    /// removed in the same batch (an orphan cleanup a claim cancels).
+    async fn save_claim(&self, claim: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError>;
     /// Writes an adopted record with its alarm and removes the legacy keys, in one batch: the
     /// lab is never in both formats, or in none.
     async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError>;
@@ -139,6 +146,20 @@ pub trait RecordStore {
     /// object is evicted: an idle lab may then end up to `ACTIVITY_WRITE_SECONDS` early).
     fn noted_activity(&self) -> Option<i64>;
     fn note_activity(&self, at_ms: i64);
+    /// The worker VMs a create in this object is claiming now (memory only: a create cut short
+    /// takes its list with it, and answered nobody).
+    fn claiming(&self) -> Vec<String>;
+    fn set_claiming(&self, vm_ids: Vec<String>);
+}
+
+/// Other labs' objects, reached by name: one request of the protocol, and the answer's status
+/// and JSON body (`lab::protocol` reads them). Whatever goes wrong on the way is told in words.
+pub trait Labs {
+    async fn call(
+        &self,
+        lab_request_id: &str,
+        request: crate::lab::protocol::Request,
+    ) -> Result<(u16, serde_json::Value), String>;
 }
 
 /// The fleet index (a copy of every lab's row, for listing the fleet). Whatever goes wrong is

@@ -95,23 +95,33 @@ impl FleetStore for WorkerdFleet<'_> {
 }
 
 impl Labs for WorkerdFleet<'_> {
-    async fn send(
+    async fn call(
         &self,
         lab_request_id: &str,
         request: Request,
     ) -> Result<(u16, serde_json::Value), String> {
-        let answer = call_lab(self.env, lab_request_id, &request).await?;
-        let status = answer.status();
-        let text = match answer.text() {
-            Ok(promise) => JsFuture::from(promise)
-                .await
-                .ok()
-                .and_then(|t| t.as_string())
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+        send(self.env, lab_request_id, &request).await
     }
+}
+
+/// Sends `request` to the `SessionManager` named `lab_request_id`: the answer's status and JSON
+/// body (`null` when it has none).
+pub async fn send(
+    env: &Env,
+    lab_request_id: &str,
+    request: &Request,
+) -> Result<(u16, serde_json::Value), String> {
+    let answer = call_lab(env, lab_request_id, request).await?;
+    let status = answer.status();
+    let text = match answer.text() {
+        Ok(promise) => JsFuture::from(promise)
+            .await
+            .ok()
+            .and_then(|t| t.as_string())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    Ok((status, serde_json::from_str(&text).unwrap_or_default()))
 }
 
 impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {

@@ -9,8 +9,8 @@ use crate::lab::config::{Config, Webhooks};
 use crate::lab::fleet::budget::CallOutcome;
 use crate::lab::index::{IndexRow, VmRow};
 use crate::lab::ports::{
-    BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Level, Logger, Permit,
-    RecordStore, Runtime, StoreError, Stored, WebhookSender,
+    BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Labs, Level, Logger,
+    Permit, RecordStore, Runtime, StoreError, Stored, WebhookSender,
 };
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::runtime::{ConsoleLogger, WorkersRuntime};
@@ -24,6 +24,7 @@ pub struct Workerd {
     budget_warned: Cell<bool>,
     usage: Rc<Usage>,
     activity: Rc<Cell<Option<i64>>>,
+    claiming: Rc<std::cell::RefCell<Vec<String>>>,
     permits: budget::Permits,
     store: Store,
     env: Env,
@@ -37,6 +38,7 @@ impl Workerd {
         env: &Env,
         config: Rc<Config>,
         activity: Rc<Cell<Option<i64>>>,
+        claiming: Rc<std::cell::RefCell<Vec<String>>>,
     ) -> Workerd {
         let usage = Rc::new(Usage::start());
         Workerd {
@@ -45,6 +47,7 @@ impl Workerd {
             permits: budget::Permits::new(env, raw, &config, usage.clone()),
             usage,
             activity,
+            claiming,
             env: env.clone(),
             config,
         }
@@ -82,8 +85,21 @@ impl RecordStore for Workerd {
     async fn delete_all(&self) -> std::result::Result<(), StoreError> {
         self.store.delete_all().await
     }
+    async fn save_claim(
+        &self,
+        claim: &str,
+        at: Option<i64>,
+    ) -> std::result::Result<(), StoreError> {
+        self.store.save_claim(claim, at).await
+    }
     async fn put(&self, record: &str) -> std::result::Result<(), StoreError> {
         self.store.put(record).await
+    }
+    fn claiming(&self) -> Vec<String> {
+        self.claiming.borrow().clone()
+    }
+    fn set_claiming(&self, vm_ids: Vec<String>) {
+        *self.claiming.borrow_mut() = vm_ids;
     }
     fn noted_activity(&self) -> Option<i64> {
         self.activity.get()
@@ -166,6 +182,17 @@ impl Budget for Workerd {
     }
     fn release(&self, permit: Permit, outcome: CallOutcome) {
         self.permits.release(permit, outcome);
+    }
+}
+
+impl Labs for Workerd {
+    async fn call(
+        &self,
+        lab_request_id: &str,
+        request: crate::lab::protocol::Request,
+    ) -> std::result::Result<(u16, serde_json::Value), String> {
+        add(&self.usage.object_calls, 1);
+        crate::platform::fleet::send(&self.env, lab_request_id, &request).await
     }
 }
 

@@ -23,6 +23,8 @@ pub struct SessionManager {
     env: Env,
     /// The latest activity noted and not yet written (see `RecordStore::noted_activity`).
     activity: Rc<std::cell::Cell<Option<i64>>>,
+    /// The worker VMs a create is claiming (see `RecordStore::claiming`).
+    claiming: Rc<std::cell::RefCell<Vec<String>>>,
 }
 
 impl SessionManager {
@@ -33,6 +35,7 @@ impl SessionManager {
             &self.env,
             config,
             self.activity.clone(),
+            self.claiming.clone(),
         )
     }
 
@@ -68,6 +71,7 @@ impl DurableObject for SessionManager {
             storage,
             env,
             activity: Rc::new(std::cell::Cell::new(None)),
+            claiming: Rc::new(std::cell::RefCell::new(Vec::new())),
         }
     }
 
@@ -94,6 +98,8 @@ impl DurableObject for SessionManager {
             Reply::Poked { revived } => {
                 respond::json(200, &serde_json::json!({ "revived": revived }))
             }
+            Reply::Claim(answer) => respond::json(200, &answer),
+            Reply::Owns(answer) => respond::json(200, &answer),
             Reply::Lab {
                 status,
                 session,

@@ -17,12 +17,23 @@ use crate::platform::usage::{add, Usage};
 
 /// Storage key of the session record (one JSON string, written in one operation).
 const SESSION_KEY: &str = "session";
+/// Storage key of a worker VM's claim (`lab::session::claim`): never beside a record.
+const CLAIM_KEY: &str = "claim";
+
+/// Which of the two keys the last read found, so that a write of one removes the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Record,
+    Claim,
+    Neither,
+}
 
 /// The object's storage as one request or alarm uses it, counting its operations and rows in
 /// the invocation's `Usage`.
 pub struct Store {
     storage: DurableObjectStorage,
     usage: Rc<Usage>,
+    seen: std::cell::Cell<Seen>,
 }
 
 fn js(e: JsValue) -> StoreError {
@@ -43,6 +54,7 @@ impl Store {
         Self {
             storage: JsValue::from(storage).unchecked_into(),
             usage,
+            seen: std::cell::Cell::new(Seen::Neither),
         }
     }
 
@@ -58,10 +70,11 @@ impl Store {
         add(&self.usage.rows_written, rows);
     }
 
-    /// Reads the session record and the legacy keys in one operation.
+    /// Reads the session record, a claim and the legacy keys in one operation.
     pub async fn load(&self) -> Result<Stored, StoreError> {
-        self.read(1 + LEGACY_KEYS.len() as u64);
-        let keys: Vec<JsValue> = std::iter::once(SESSION_KEY)
+        self.read(2 + LEGACY_KEYS.len() as u64);
+        let keys: Vec<JsValue> = [SESSION_KEY, CLAIM_KEY]
+            .into_iter()
             .chain(LEGACY_KEYS)
             .map(JsValue::from_str)
             .collect();
@@ -72,8 +85,14 @@ impl Store {
             .map_err(js)?;
         let get = |key: &str| found.get(&JsValue::from_str(key));
         if let Some(text) = get(SESSION_KEY).as_string() {
+            self.seen.set(Seen::Record);
             return Ok(Stored::Record(text));
         }
+        if let Some(text) = get(CLAIM_KEY).as_string() {
+            self.seen.set(Seen::Claim);
+            return Ok(Stored::Claim(text));
+        }
+        self.seen.set(Seen::Neither);
         let legacy = LegacyRecord {
             lab_request_id: legacy_value(get(LEGACY_KEYS[0])),
             user_id: legacy_value(get(LEGACY_KEYS[1])),
@@ -113,11 +132,39 @@ impl Store {
         .map_err(js)
     }
 
-    /// Writes the record and its alarm (`None`: no alarm) in one atomic batch.
+    /// Writes the record and its alarm (`None`: no alarm) in one atomic batch, removing the
+    /// claim the last read found.
     pub async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
-        self.wrote(2, 2);
-        let batch = [self.put_record(record)?, self.write_alarm(alarm_at_ms)?];
-        all(&batch).await
+        let mut batch = vec![self.put_record(record)?, self.write_alarm(alarm_at_ms)?];
+        if self.seen.get() == Seen::Claim {
+            batch.push(self.storage.delete(CLAIM_KEY).map_err(js)?);
+        }
+        self.wrote(batch.len() as u64, batch.len() as u64);
+        all(&batch).await?;
+        self.seen.set(Seen::Record);
+        Ok(())
+    }
+
+    /// Writes a claim and its alarm in one atomic batch, removing the record the last read
+    /// found.
+    pub async fn save_claim(
+        &self,
+        claim: &str,
+        alarm_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = vec![
+            self.storage
+                .put(CLAIM_KEY, JsValue::from_str(claim))
+                .map_err(js)?,
+            self.write_alarm(alarm_at_ms)?,
+        ];
+        if self.seen.get() == Seen::Record {
+            batch.push(self.storage.delete(SESSION_KEY).map_err(js)?);
+        }
+        self.wrote(batch.len() as u64, batch.len() as u64);
+        all(&batch).await?;
+        self.seen.set(Seen::Claim);
+        Ok(())
     }
 
     /// Writes an adopted legacy lab in this worker's format with its alarm, and removes the

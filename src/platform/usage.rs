@@ -25,6 +25,8 @@ pub struct Usage {
     pub backend_calls: Cell<u64>,
     pub webhook_calls: Cell<u64>,
     pub budget_calls: Cell<u64>,
+    /// Calls to other labs' objects (a create's claims, a claim's question to its lab).
+    pub object_calls: Cell<u64>,
 }
 
 /// Adds `n` to a counter.
@@ -46,6 +48,7 @@ impl Usage {
             backend_calls: Cell::new(0),
             webhook_calls: Cell::new(0),
             budget_calls: Cell::new(0),
+            object_calls: Cell::new(0),
         }
     }
 
@@ -55,7 +58,7 @@ impl Usage {
         // Whole milliseconds (formatting a float would add float printing to the worker).
         let wall_ms = (worker::js_sys::Date::now() - self.started_ms).max(0.0) as u64;
         console_debug!(
-            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s); usage: {wall_ms} ms wall, {} storage row(s) read, {} written, {} D1 batch(es), {} D1 row(s) read, {} written, {} backend call(s), {} webhook call(s), {} budget call(s)",
+            "{LOG_PREFIX} storage ops for {what}: {} read(s), {} write(s); usage: {wall_ms} ms wall, {} storage row(s) read, {} written, {} D1 batch(es), {} D1 row(s) read, {} written, {} backend call(s), {} webhook call(s), {} budget call(s), {} object call(s)",
             self.storage_reads.get(),
             self.storage_writes.get(),
             self.rows_read.get(),
@@ -66,6 +69,7 @@ impl Usage {
             self.backend_calls.get(),
             self.webhook_calls.get(),
             self.budget_calls.get(),
+            self.object_calls.get(),
         );
     }
 }

@@ -375,7 +375,7 @@ pub async fn step(
     let full = page.len() as u32 >= batch.max(1);
     for c in &page {
         match labs
-            .send(&c.lab_request_id, job.plan.action.request(&job.id))
+            .call(&c.lab_request_id, job.plan.action.request(&job.id))
             .await
         {
             Ok((status, _)) if (200..300).contains(&status) => job.applied += 1,
@@ -472,7 +472,7 @@ mod tests {
     }
 
     impl Labs for Fleet {
-        async fn send(
+        async fn call(
             &self,
             id: &str,
             request: Request,

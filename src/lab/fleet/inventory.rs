@@ -219,7 +219,7 @@ async fn perform<F: Labs + Logger>(fleet: &F, action: Action, now_ms: i64) -> Op
             (lab, vm.clone(), Request::DeleteAgain { vm }, "delete_again")
         }
     };
-    match fleet.send(&lab, request).await {
+    match fleet.call(&lab, request).await {
         // 201: a new orphan lab; 202: a VM scheduled again.
         Ok((201, _)) | Ok((202, _)) => Some(Scheduled {
             lab_request_id: vm,

@@ -43,15 +43,7 @@ pub trait FleetStore {
     async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String>;
 }
 
-/// The labs' objects, as the fleet reaches them: one request, its status and JSON answer.
-#[allow(async_fn_in_trait)]
-pub trait Labs {
-    async fn send(
-        &self,
-        lab_request_id: &str,
-        request: crate::lab::procedures::Request,
-    ) -> Result<(u16, serde_json::Value), String>;
-}
+pub use crate::lab::ports::Labs;
 
 /// The backend's inventory (`GET {BACKEND_URL}{INVENTORY_PATH}`), one page at a time.
 #[allow(async_fn_in_trait)]

@@ -28,7 +28,7 @@ pub async fn sweep<F: FleetStore + Labs + Logger>(
     let overdue = fleet.overdue(before, MAX_POKES_PER_RUN).await?;
     let revived: Vec<bool> = stream::iter(overdue.iter())
         .map(|lab| async move {
-            match fleet.send(lab, Request::Poke).await {
+            match fleet.call(lab, Request::Poke).await {
                 Ok((_, body)) => body["revived"].as_bool().unwrap_or(false),
                 Err(e) => {
                     fleet.log(

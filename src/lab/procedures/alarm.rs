@@ -39,6 +39,8 @@ pub enum Woke {
     NoSession,
     /// The previous worker's record is unreadable; it is kept.
     Unreadable,
+    /// The object holds a claim: the row of the orphan cleanup it cancelled was looked after.
+    Claim,
 }
 
 impl Woke {
@@ -57,6 +59,7 @@ impl Woke {
             Woke::ConfigError => "configuration error",
             Woke::NoSession => "no session",
             Woke::Unreadable => "unreadable legacy record, kept",
+            Woke::Claim => "claimed VM: index row of a cancelled orphan cleanup",
         }
     }
 }
@@ -236,6 +239,10 @@ impl<P: Platform> Lab<'_, P> {
         Ok(match self.find().await? {
             Found::Session(session) => Ok(*session),
             Found::Unreadable(_) => Err(AlarmDone::only(Woke::Unreadable)),
+            Found::Claimed(text, claim) => {
+                self.claim_alarm(text, claim).await?;
+                Err(AlarmDone::only(Woke::Claim))
+            }
             Found::Nothing => {
                 self.error(
                     "❌ Alarm fired for an object that holds no session and no legacy record; nothing to clean up".into(),

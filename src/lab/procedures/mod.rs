@@ -5,28 +5,31 @@
 //! fakes that fail on purpose (`tests`).
 
 mod alarm;
+mod claims;
 mod deliver;
 mod record;
 mod requests;
 
 use crate::lab::config::Config;
 use crate::lab::ports::{
-    Budget, FleetIndex, LabBackend, Level, Logger, RecordStore, Runtime, WebhookSender,
+    Budget, FleetIndex, LabBackend, Labs, Level, Logger, RecordStore, Runtime, WebhookSender,
 };
+use crate::lab::protocol::{ClaimAnswer, OwnsAnswer};
 use crate::lab::session::{Refusal, Session};
 
+pub use crate::lab::protocol::Request;
 pub use alarm::{AlarmDone, Woke};
-pub use requests::Request;
 
 /// Everything the procedures need from the outside world, in one value (the object's
 /// adapter, or a test's fake world).
 pub trait Platform:
-    RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Runtime + Logger
+    RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Labs + Runtime + Logger
 {
 }
 
-impl<T: RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Runtime + Logger> Platform
-    for T
+impl<
+        T: RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Labs + Runtime + Logger,
+    > Platform for T
 {
 }
 
@@ -55,6 +58,10 @@ pub enum Reply {
     Poked {
         revived: bool,
     },
+    /// A worker VM's object, asked to claim it for a lab.
+    Claim(ClaimAnswer),
+    /// A lab's object, asked whether it lists a VM.
+    Owns(OwnsAnswer),
 }
 
 impl<'a, P: Platform> Lab<'a, P> {

@@ -3,8 +3,10 @@
 use crate::lab::index;
 use crate::lab::legacy::LegacyProblem;
 use crate::lab::ports::{Level, StoreError, Stored};
+use crate::lab::procedures::claims::Held;
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::session::bound::{self, Dropped};
+use crate::lab::session::claim::Claim;
 use crate::lab::session::Session;
 use crate::lab::text::rfc3339;
 use crate::lab::wake;
@@ -14,6 +16,8 @@ pub(crate) enum Found {
     Session(Box<Session>),
     /// The TypeScript worker's keys, unreadable; kept as they are (see `lab::legacy`).
     Unreadable(Vec<LegacyProblem>),
+    /// No lab: this object's VM is a worker VM a lab claimed (the claim as stored, and read).
+    Claimed(String, Claim),
     Nothing,
 }
 
@@ -39,7 +43,7 @@ impl<P: Platform> Lab<'_, P> {
     pub(crate) async fn load(&self) -> Result<Option<Session>, StoreError> {
         match self.platform.load().await? {
             Stored::Record(text) => decode(&text).map(Some),
-            Stored::Legacy(_) | Stored::Empty => Ok(None),
+            Stored::Legacy(_) | Stored::Claim(_) | Stored::Empty => Ok(None),
         }
     }
 
@@ -48,9 +52,29 @@ impl<P: Platform> Lab<'_, P> {
     /// Unreadable legacy keys are logged as an error, never dropped, and the alarm is kept (set
     /// `CLEANUP_RETRY_SECONDS` ahead if there is none) so the object looks again.
     pub(crate) async fn find(&self) -> Result<Found, StoreError> {
-        let record = match self.platform.load().await? {
-            Stored::Record(text) => return decode(&text).map(|s| Found::Session(Box::new(s))),
-            Stored::Empty => return Ok(Found::Nothing),
+        Ok(self.find_held().await?.0)
+    }
+
+    /// `find`, and what the object held (as `Held` compares it), to check before a write that
+    /// follows a wait on another object that nothing changed meanwhile.
+    pub(crate) async fn find_held(&self) -> Result<(Found, Held), StoreError> {
+        let stored = self.platform.load().await?;
+        let held = Held::of(&stored);
+        let record = match stored {
+            Stored::Record(text) => {
+                return decode(&text).map(|s| (Found::Session(Box::new(s)), held))
+            }
+            Stored::Empty => return Ok((Found::Nothing, held)),
+            Stored::Claim(text) => {
+                return Ok((
+                    match Claim::decode(&text) {
+                        Some(claim) => Found::Claimed(text, claim),
+                        // Unreadable: as good as none (the next create rewrites it).
+                        None => Found::Nothing,
+                    },
+                    held,
+                ));
+            }
             Stored::Legacy(record) => record,
         };
         let now = self.platform.now_ms();
@@ -63,6 +87,7 @@ impl<P: Platform> Lab<'_, P> {
                 let at = wake::next_wake(&session, &self.config.timing()).unwrap_or(now);
                 let (text, _) = bound::encode(&mut session);
                 self.platform.adopt(&text, at).await?;
+                let held = Held::Text(text);
                 self.info(format!(
                     "Adopted lab {} of user {} ({} VM{}) from the previous worker's storage; expires at {}",
                     session.lab_request_id,
@@ -71,7 +96,7 @@ impl<P: Platform> Lab<'_, P> {
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
                 ));
-                Ok(Found::Session(Box::new(session)))
+                Ok((Found::Session(Box::new(session)), held))
             }
             Err(problems) => {
                 let retry_at = match alarm {
@@ -89,7 +114,7 @@ impl<P: Platform> Lab<'_, P> {
                     named.join("; "),
                     rfc3339(retry_at)
                 ));
-                Ok(Found::Unreadable(problems))
+                Ok((Found::Unreadable(problems), Held::Nothing))
             }
         }
     }

@@ -3,188 +3,15 @@
 use crate::lab::fleet::report::ReportedVm;
 use crate::lab::ports::Level;
 use crate::lab::ports::StoreError;
+use crate::lab::procedures::claims::{orphan_started, Claiming, Owner};
 use crate::lab::procedures::record::Found;
+use crate::lab::procedures::Request;
 use crate::lab::procedures::{Lab, Platform, Reply};
 use crate::lab::retry;
 use crate::lab::session::{
     By, EndReason, Event, Kind, LabType, NewSession, Origin, Refusal, Session, Status,
 };
 use crate::lab::text::rfc3339;
-
-/// Every request a lab's object understands: one type, which the router sends and the object
-/// reads (`encode` / `decode`), so a new operation is one variant and its procedure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Create(NewSession),
-    Status,
-    /// The lab's timeline.
-    Events,
-    /// `job`: the bulk job asking (`lab::fleet::bulk`), applied once per lab however often it
-    /// asks.
-    End {
-        by: By,
-        job: Option<String>,
-    },
-    Extend {
-        minutes: u64,
-        by: By,
-        job: Option<String>,
-    },
-    Retry {
-        job: Option<String>,
-    },
-    /// The student is active (an idle end moves later).
-    Activity,
-    /// A VM an inventory reported and no lab lists: cleaned up now as a lab of its own.
-    Orphan(ReportedVm),
-    /// A VM counted deleted that an inventory still reports: deleted again.
-    DeleteAgain {
-        vm: String,
-    },
-    /// The sweep: run what is due, and set the alarm again if it is missing.
-    Poke,
-}
-
-/// The body of an internal orphan request.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct OrphanVm {
-    lab_request_id: String,
-    user_id: String,
-    created_at_ms: Option<i64>,
-}
-
-/// The body of an internal delete-again request.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct AgainVm {
-    vm: String,
-}
-
-/// The body of an internal extend request.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ExtendBy {
-    minutes: u64,
-    by: By,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    job: Option<String>,
-}
-
-/// The body of an internal end request.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct EndBy {
-    by: By,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    job: Option<String>,
-}
-
-/// The body of an internal retry request (none from the single-lab route).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct RetryFor {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    job: Option<String>,
-}
-
-impl Request {
-    /// The internal request's method, path and JSON body.
-    pub fn encode(&self) -> (&'static str, &'static str, Option<String>) {
-        match self {
-            Request::Create(new) => ("POST", "/create", serde_json::to_string(new).ok()),
-            Request::Status => ("GET", "/status", None),
-            Request::Events => ("GET", "/events", None),
-            Request::End { by, job } => (
-                "POST",
-                "/end",
-                serde_json::to_string(&EndBy {
-                    by: *by,
-                    job: job.clone(),
-                })
-                .ok(),
-            ),
-            Request::Extend { minutes, by, job } => (
-                "POST",
-                "/extend",
-                serde_json::to_string(&ExtendBy {
-                    minutes: *minutes,
-                    by: *by,
-                    job: job.clone(),
-                })
-                .ok(),
-            ),
-            Request::Retry { job } => (
-                "POST",
-                "/retry",
-                serde_json::to_string(&RetryFor { job: job.clone() }).ok(),
-            ),
-            Request::Activity => ("POST", "/activity", None),
-            Request::Orphan(vm) => (
-                "POST",
-                "/orphan",
-                serde_json::to_string(&OrphanVm {
-                    lab_request_id: vm.lab_request_id.clone(),
-                    user_id: vm.user_id.clone(),
-                    created_at_ms: vm.created_at_ms,
-                })
-                .ok(),
-            ),
-            Request::DeleteAgain { vm } => (
-                "POST",
-                "/delete-again",
-                serde_json::to_string(&AgainVm { vm: vm.clone() }).ok(),
-            ),
-            Request::Poke => ("POST", "/poke", None),
-        }
-    }
-
-    /// The request `encode` made, from its method, path and body; a reason when it is not one.
-    pub fn decode(method: &str, path: &str, body: &str) -> Result<Request, String> {
-        fn read<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, String> {
-            serde_json::from_str(body)
-                .map_err(|e| format!("unreadable internal request {path}: {e}"))
-        }
-        Ok(match (method, path) {
-            ("POST", "/create") => Request::Create(read(path, body)?),
-            ("GET", "/status") => Request::Status,
-            ("GET", "/events") => Request::Events,
-            ("POST", "/end") => {
-                let end: EndBy = read(path, body)?;
-                Request::End {
-                    by: end.by,
-                    job: end.job,
-                }
-            }
-            ("POST", "/extend") => {
-                let by: ExtendBy = read(path, body)?;
-                Request::Extend {
-                    minutes: by.minutes,
-                    by: by.by,
-                    job: by.job,
-                }
-            }
-            ("POST", "/retry") => {
-                let retry: RetryFor = if body.is_empty() {
-                    RetryFor { job: None }
-                } else {
-                    read(path, body)?
-                };
-                Request::Retry { job: retry.job }
-            }
-            ("POST", "/activity") => Request::Activity,
-            ("POST", "/orphan") => {
-                let vm: OrphanVm = read(path, body)?;
-                Request::Orphan(ReportedVm {
-                    lab_request_id: vm.lab_request_id,
-                    user_id: vm.user_id,
-                    created_at_ms: vm.created_at_ms,
-                })
-            }
-            ("POST", "/delete-again") => {
-                let again: AgainVm = read(path, body)?;
-                Request::DeleteAgain { vm: again.vm }
-            }
-            ("POST", "/poke") => Request::Poke,
-            _ => return Err(format!("no internal route for {method} {path}")),
-        })
-    }
-}
 
 impl<P: Platform> Lab<'_, P> {
     /// Answers `request` with its procedure.
@@ -200,6 +27,8 @@ impl<P: Platform> Lab<'_, P> {
             Request::Orphan(vm) => self.orphan(vm).await,
             Request::DeleteAgain { vm } => self.delete_again(&vm).await,
             Request::Poke => self.poke().await,
+            Request::Claim { lab, vm } => self.claim(&lab, &vm).await,
+            Request::Owns { vm } => self.owns(&vm).await,
         }
     }
 
@@ -207,7 +36,7 @@ impl<P: Platform> Lab<'_, P> {
     async fn lab(&self) -> Result<Result<Session, Refusal>, StoreError> {
         Ok(match self.find().await? {
             Found::Session(session) => Ok(*session),
-            Found::Nothing => Err(Refusal::NotFound),
+            Found::Nothing | Found::Claimed(..) => Err(Refusal::NotFound),
             Found::Unreadable(problems) => Err(Refusal::Unreadable(problems)),
         })
     }
@@ -249,28 +78,72 @@ impl<P: Platform> Lab<'_, P> {
 
     /// `POST /api/v1/labs/sessions`: schedules the lab (201); a retried POST of the same lab
     /// answers its current state unchanged (200); anything else about an existing lab is a 409.
+    /// A multi-node lab claims each worker VM in the VM's object first (`claims`): a VM that is
+    /// another lab's, or whose orphan cleanup started, refuses the create (409); an orphan
+    /// cleanup not started yet is cancelled, for the master VM as for a worker.
     pub async fn create(&self, new: NewSession) -> Result<Reply, StoreError> {
-        let existing = match self.find().await? {
+        self.after_other_creates().await;
+        let (found, held) = self.find_held().await?;
+        let mut waited = false;
+        let mut replaces = None;
+        let existing = match found {
+            Found::Session(orphan)
+                if orphan.origin() == Origin::Inventory && orphan.cleanup.attempts == 0 =>
+            {
+                replaces = Some(*orphan);
+                None
+            }
+            Found::Session(orphan) if orphan.origin() == Origin::Inventory => {
+                return Ok(Reply::Refused(Refusal::Conflict(orphan_started(&orphan))))
+            }
             Found::Session(existing) => Some(*existing),
             Found::Nothing => None,
+            Found::Claimed(_, claim) => {
+                waited = true;
+                match self.owner(&claim.lab, &new.lab_request_id).await {
+                    Owner::Lists => {
+                        return Ok(Reply::Refused(Refusal::Conflict(format!(
+                            "VM {} is a worker VM of lab {}; it cannot be the master VM of another lab",
+                            new.lab_request_id, claim.lab
+                        ))))
+                    }
+                    Owner::Unreachable(e) => {
+                        return Ok(Reply::Refused(Refusal::Unavailable(format!(
+                            "lab {}, which claimed VM {} as a worker VM, did not answer whether it still does ({e}); nothing was changed, try again",
+                            claim.lab, new.lab_request_id
+                        ))))
+                    }
+                    Owner::DoesNot => None,
+                }
+            }
             Found::Unreadable(problems) => {
                 return Ok(Reply::Refused(Refusal::Unreadable(problems)))
             }
         };
         let Some(existing) = existing else {
-            let config = self.config;
-            let lifetime = config.duration_ms(new.duration);
-            let idle = new.idle_timeout.or(config.idle_timeout_minutes);
-            let now = self.platform.now_ms();
-            let mut session = Session::schedule(new, now, lifetime);
-            session.idle.timeout_minutes = idle;
-            session.idle.timeout_ms = idle.map(|m| config.duration_ms(m));
-            session.record(Kind::Created, now);
-            session.cleanup.start_delay_ms = retry::first_attempt_delay(
-                config.retry_policy,
-                config.expiry_spread_ms(),
-                self.platform.random(),
-            );
+            let mut session = self.scheduled(new);
+            let _claiming = Claiming::start(self.platform, &session.worker_lab_request_ids);
+            if !session.worker_lab_request_ids.is_empty() {
+                waited = true;
+                if let Err(refusal) = self.claim_workers(&session).await {
+                    return Ok(Reply::Refused(refusal));
+                }
+            }
+            // Waiting on other objects let other requests in: write only over what was read.
+            if waited && !self.still(&held).await? {
+                return Ok(Reply::Refused(Refusal::Unavailable(format!(
+                    "lab {} changed while it was being created; nothing was scheduled, try again",
+                    session.lab_request_id
+                ))));
+            }
+            if let Some(orphan) = replaces {
+                // Its index row is this lab's from now on: the revisions go on from its.
+                session.sync.revision = orphan.sync.revision;
+                self.warn(format!(
+                    "The orphan cleanup of VM {} was cancelled before it started: lab {} was created for it",
+                    orphan.lab_request_id, session.lab_request_id
+                ));
+            }
             let line = format!(
                 "Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
                 match session.lab_type() {
@@ -299,6 +172,24 @@ impl<P: Platform> Lab<'_, P> {
                 status.describe()
             ))),
         })
+    }
+
+    /// The session a create schedules now, not saved yet.
+    fn scheduled(&self, new: NewSession) -> Session {
+        let config = self.config;
+        let lifetime = config.duration_ms(new.duration);
+        let idle = new.idle_timeout.or(config.idle_timeout_minutes);
+        let now = self.platform.now_ms();
+        let mut session = Session::schedule(new, now, lifetime);
+        session.idle.timeout_minutes = idle;
+        session.idle.timeout_ms = idle.map(|m| config.duration_ms(m));
+        session.record(Kind::Created, now);
+        session.cleanup.start_delay_ms = retry::first_attempt_delay(
+            config.retry_policy,
+            config.expiry_spread_ms(),
+            self.platform.random(),
+        );
+        session
     }
 
     /// `GET .../{id}`: the lab's status view.
@@ -450,24 +341,57 @@ impl<P: Platform> Lab<'_, P> {
 
     /// An orphan VM (an inventory reported it, no lab lists it): a lab of its own, expired now,
     /// cleaned up at once by the alarm (201). Reported again, it answers 200 and changes nothing;
-    /// a lab of the same id that is not an orphan is never touched (409).
+    /// a lab of the same id that is not an orphan is never touched (409), nor a worker VM that
+    /// the lab its claim names still lists (409: asked right now, not the index).
     pub async fn orphan(&self, vm: ReportedVm) -> Result<Reply, StoreError> {
-        let existing = match self.find().await? {
-            Found::Session(existing) => Some(*existing),
-            Found::Nothing => None,
+        if !self.platform.claiming().is_empty() {
+            return Ok(Reply::Refused(Refusal::Conflict(format!(
+                "lab {} is being created",
+                vm.lab_request_id
+            ))));
+        }
+        let (found, held) = self.find_held().await?;
+        let mut revision = 0;
+        match found {
+            Found::Session(existing) => {
+                return Ok(if existing.origin() == Origin::Inventory {
+                    Self::unchanged(200, *existing)
+                } else {
+                    Reply::Refused(Refusal::Conflict(format!(
+                        "lab {} exists and is not an orphan",
+                        existing.lab_request_id
+                    )))
+                });
+            }
             Found::Unreadable(problems) => {
                 return Ok(Reply::Refused(Refusal::Unreadable(problems)))
             }
-        };
-        if let Some(existing) = existing {
-            return Ok(if existing.origin() == Origin::Inventory {
-                Self::unchanged(200, existing)
-            } else {
-                Reply::Refused(Refusal::Conflict(format!(
-                    "lab {} exists and is not an orphan",
-                    existing.lab_request_id
-                )))
-            });
+            Found::Nothing => {}
+            Found::Claimed(_, claim) => {
+                match self.owner(&claim.lab, &vm.lab_request_id).await {
+                    Owner::Lists => {
+                        return Ok(Reply::Refused(Refusal::Conflict(format!(
+                            "VM {} is a worker VM of lab {}: not an orphan",
+                            vm.lab_request_id, claim.lab
+                        ))))
+                    }
+                    Owner::Unreachable(e) => {
+                        return Ok(Reply::Refused(Refusal::Unavailable(format!(
+                            "lab {}, which claimed VM {}, did not answer whether it still lists it ({e}); the VM is left alone",
+                            claim.lab, vm.lab_request_id
+                        ))))
+                    }
+                    Owner::DoesNot if self.still(&held).await? => {
+                        revision = claim.stale_row.unwrap_or(0);
+                    }
+                    Owner::DoesNot => {
+                        return Ok(Reply::Refused(Refusal::Conflict(format!(
+                            "VM {} was claimed by a lab meanwhile: not an orphan",
+                            vm.lab_request_id
+                        ))))
+                    }
+                }
+            }
         }
         let now = self.platform.now_ms();
         let created = vm.created_at_ms.unwrap_or(now).min(now);
@@ -484,6 +408,7 @@ impl<P: Platform> Lab<'_, P> {
             created,
             now.saturating_sub(created),
         );
+        session.sync.revision = revision;
         session.adoption.inventory_at_ms = Some(now);
         // Expired already: no `lab.expiring` for it.
         session.notices.warned_for_expiry_ms = Some(session.expires_at_ms);
@@ -536,9 +461,22 @@ impl<P: Platform> Lab<'_, P> {
     /// The sweep's poke: a lab with work left and no alarm (or one later than its work is due)
     /// gets its alarm back, at the due time or now. Answers whether it had to.
     pub async fn poke(&self) -> Result<Reply, StoreError> {
-        let session = match self.lab().await? {
-            Ok(session) => session,
-            Err(refusal) => return Ok(Reply::Refused(refusal)),
+        let session = match self.find().await? {
+            Found::Session(session) => *session,
+            // The sweep found an index row for this VM as a lab: the row of an orphan cleanup
+            // its claim cancelled, still there. It goes now.
+            Found::Claimed(text, claim) => {
+                let claim = crate::lab::session::claim::Claim {
+                    stale_row: Some(u64::try_from(i64::MAX).unwrap_or(0)),
+                    ..claim
+                };
+                self.claim_alarm(text, claim).await?;
+                return Ok(Reply::Poked { revived: false });
+            }
+            Found::Nothing => return Ok(Reply::Refused(Refusal::NotFound)),
+            Found::Unreadable(problems) => {
+                return Ok(Reply::Refused(Refusal::Unreadable(problems)))
+            }
         };
         let Some(want) = self.alarm_at(&session) else {
             return Ok(Reply::Poked { revived: false });

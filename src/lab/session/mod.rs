@@ -5,6 +5,7 @@
 //! flattened into it (the stored JSON has one level), and it has one size bound (`bound`).
 
 pub mod bound;
+pub mod claim;
 pub mod outbox;
 pub mod outcome;
 mod stored;
@@ -216,6 +217,8 @@ pub enum Refusal {
     Invalid(String),
     /// The previous worker left this lab's record unreadable; it is kept as it is (500).
     Unreadable(Vec<crate::lab::legacy::LegacyProblem>),
+    /// Another object the answer depends on did not answer: nothing changed, try again (503).
+    Unavailable(String),
 }
 
 impl Session {

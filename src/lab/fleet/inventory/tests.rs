@@ -86,7 +86,7 @@ impl FleetStore for Fake {
 }
 
 impl Labs for Fake {
-    async fn send(&self, lab: &str, request: Request) -> Result<(u16, serde_json::Value), String> {
+    async fn call(&self, lab: &str, request: Request) -> Result<(u16, serde_json::Value), String> {
         match request {
             Request::Orphan(vm) if self.taken.contains(&vm.lab_request_id) => {
                 Ok((409, serde_json::Value::Null))

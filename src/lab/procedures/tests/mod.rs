@@ -2,12 +2,14 @@
 
 mod bounds;
 mod budget;
+mod claims;
 mod faults;
 mod requests;
 mod timeline;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
 
 use futures::executor::block_on;
 
@@ -25,6 +27,9 @@ use crate::lab::session::{NewSession, Session, Status};
 pub const T0: i64 = 1_796_083_200_000;
 pub const SECOND: i64 = 1_000;
 pub const MINUTE: i64 = 60_000;
+
+/// Other events, run while a request to another object waits for its answer.
+pub type Meanwhile = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
 
 /// How a storage crash is injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,19 @@ pub struct World {
     // storage
     pub record: RefCell<Option<String>>,
     pub legacy: RefCell<Option<LegacyRecord>>,
+    /// A claim on this object's VM (`lab::session::claim`), as stored.
+    pub claim: RefCell<Option<String>>,
+    /// The worker VMs a create is claiming (the object's memory).
+    pub claiming: RefCell<Vec<String>>,
+    /// Every object of the test by name (`Labs`), shared by all of them; and every request this
+    /// one sent.
+    pub peers: Rc<RefCell<HashMap<String, Rc<World>>>>,
+    pub sent: RefCell<Vec<(String, Request)>>,
+    /// Every other object fails to answer.
+    pub peers_down: Cell<bool>,
+    /// Runs once, in the middle of the request to a peer whose number (1-based, counted in
+    /// `sent`) it names: other events meanwhile.
+    pub during_send: RefCell<Option<(usize, Meanwhile)>>,
     pub alarm: Cell<Option<i64>>,
     pub saved: RefCell<Vec<String>>,
     /// Storage operations so far, and the one that crashes (1-based), if any.
@@ -127,6 +145,12 @@ impl World {
             seed: Cell::new(42),
             record: RefCell::new(None),
             legacy: RefCell::new(None),
+            claim: RefCell::new(None),
+            claiming: RefCell::new(Vec::new()),
+            peers: Rc::new(RefCell::new(HashMap::new())),
+            sent: RefCell::new(Vec::new()),
+            peers_down: Cell::new(false),
+            during_send: RefCell::new(None),
             alarm: Cell::new(None),
             saved: RefCell::new(Vec::new()),
             ops: Cell::new(0),
@@ -151,6 +175,33 @@ impl World {
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
+    }
+
+    /// A world that other objects reach as `name` (`Labs`).
+    pub fn named(config: Config, name: &str) -> Rc<World> {
+        let world = Rc::new(World::new(config));
+        world
+            .peers
+            .borrow_mut()
+            .insert(name.to_string(), world.clone());
+        world
+    }
+
+    /// The object named `name` in this world's fleet (a new, empty one the first time), with
+    /// this world's settings and clock.
+    pub fn peer(&self, name: &str) -> Rc<World> {
+        if let Some(peer) = self.peers.borrow().get(name) {
+            peer.now.set(self.now.get());
+            return peer.clone();
+        }
+        let mut peer = World::new(self.config.clone());
+        peer.peers = self.peers.clone();
+        peer.now.set(self.now.get());
+        let peer = Rc::new(peer);
+        self.peers
+            .borrow_mut()
+            .insert(name.to_string(), peer.clone());
+        peer
     }
 
     pub fn lab(&self) -> Lab<'_, World> {
@@ -356,6 +407,9 @@ impl RecordStore for World {
         if let Some(text) = self.record.borrow().clone() {
             return Ok(Stored::Record(text));
         }
+        if let Some(text) = self.claim.borrow().clone() {
+            return Ok(Stored::Claim(text));
+        }
         Ok(match self.legacy.borrow().clone() {
             Some(legacy) => Stored::Legacy(legacy),
             None => Stored::Empty,
@@ -378,9 +432,26 @@ impl RecordStore for World {
             }
         }
         *self.record.borrow_mut() = Some(record.to_string());
+        *self.claim.borrow_mut() = None;
         self.saved.borrow_mut().push(record.to_string());
         self.alarm.set(alarm_at_ms);
         Self::after(crash)
+    }
+
+    async fn save_claim(&self, claim: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
+        let crash = self.op()?;
+        *self.claim.borrow_mut() = Some(claim.to_string());
+        *self.record.borrow_mut() = None;
+        self.alarm.set(alarm_at_ms);
+        Self::after(crash)
+    }
+
+    fn claiming(&self) -> Vec<String> {
+        self.claiming.borrow().clone()
+    }
+
+    fn set_claiming(&self, vm_ids: Vec<String>) {
+        *self.claiming.borrow_mut() = vm_ids;
     }
 
     async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError> {
@@ -417,6 +488,7 @@ impl RecordStore for World {
         let crash = self.op()?;
         *self.record.borrow_mut() = None;
         *self.legacy.borrow_mut() = None;
+        *self.claim.borrow_mut() = None;
         self.alarm.set(None);
         Self::after(crash)
     }
@@ -521,6 +593,63 @@ impl crate::lab::ports::Budget for World {
         {
             allocator.release(lease, outcome, self.now.get());
         }
+    }
+}
+
+impl crate::lab::ports::Labs for World {
+    async fn call(
+        &self,
+        lab_request_id: &str,
+        request: Request,
+    ) -> Result<(u16, serde_json::Value), String> {
+        self.sent
+            .borrow_mut()
+            .push((lab_request_id.to_string(), request.clone()));
+        let due =
+            matches!(&*self.during_send.borrow(), Some((n, _)) if *n == self.sent.borrow().len());
+        if due {
+            let hook = self.during_send.borrow_mut().take();
+            if let Some((_, meanwhile)) = hook {
+                meanwhile().await;
+            }
+        }
+        if self.peers_down.get() {
+            return Err("Durable Object reset because its code was updated.".into());
+        }
+        // Every name has an object: a new one, empty, the first time it is reached.
+        let peer = self.peer(lab_request_id);
+        peer.now.set(self.now.get());
+        peer.invocation();
+        // Boxed: the peer's procedure may call a peer in turn.
+        let answer: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
+            Box::pin(async move { peer.lab().answer(request).await });
+        let reply = answer.await.map_err(|e| e.to_string())?;
+        Ok(wire(&reply))
+    }
+}
+
+/// A reply as the object's adapter answers it: its status and JSON body.
+pub fn wire(reply: &Reply) -> (u16, serde_json::Value) {
+    use crate::lab::session::Refusal;
+    match reply {
+        Reply::Lab {
+            status, session, ..
+        } => (*status, serde_json::to_value(session.view()).unwrap()),
+        Reply::Refused(refusal) => (
+            match refusal {
+                Refusal::NotFound => 404,
+                Refusal::Conflict(_) => 409,
+                Refusal::Invalid(_) => 400,
+                Refusal::Unreadable(_) => 500,
+                Refusal::Unavailable(_) => 503,
+            },
+            serde_json::json!({"error": {"message": format!("{refusal:?}")}}),
+        ),
+        Reply::Events(events) => (200, events.clone()),
+        Reply::Noted => (204, serde_json::Value::Null),
+        Reply::Poked { revived } => (200, serde_json::json!({ "revived": revived })),
+        Reply::Claim(answer) => (200, serde_json::to_value(answer).unwrap()),
+        Reply::Owns(answer) => (200, serde_json::to_value(answer).unwrap()),
     }
 }
 

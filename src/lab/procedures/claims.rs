@@ -1,0 +1,320 @@
+//! Claims between objects: a multi-node lab's create claims each worker VM in the VM's own object before it answers; an orphan cleanup asks the lab a claim names before it starts; a claim cancels an orphan cleanup that has not started.
+
+use futures::stream::{self, StreamExt};
+
+use crate::lab::ports::{RecordStore, StoreError, Stored};
+use crate::lab::procedures::record::Found;
+use crate::lab::procedures::{Lab, Platform, Reply};
+use crate::lab::protocol::{ClaimAnswer, OwnsAnswer, Request};
+use crate::lab::session::claim::Claim;
+use crate::lab::session::{Origin, Refusal, Session};
+use crate::lab::text::{rfc3339, safe};
+
+/// Worker VMs' objects a create claims at once (the platform's outbound connection limit).
+const CLAIMS_AT_ONCE: usize = 6;
+/// Refusals a create's answer names (the rest are counted).
+const REFUSALS_NAMED: usize = 3;
+/// How long a create waits for another create of the same lab that is claiming its workers,
+/// in steps of `WAIT_STEP_MS`.
+const WAIT_STEPS: u32 = 400;
+const WAIT_STEP_MS: u64 = 25;
+
+/// Whether the lab a claim names lists the VM.
+pub(crate) enum Owner {
+    Lists,
+    DoesNot,
+    /// Its object did not answer as the protocol says (in words).
+    Unreachable(String),
+}
+
+/// The worker VMs a create is claiming, in the object's memory while it claims them (another
+/// object asking `Owns` then hears yes): cleared when the create is done, however it ends.
+pub(crate) struct Claiming<'a, P: RecordStore>(&'a P);
+
+impl<'a, P: RecordStore> Claiming<'a, P> {
+    pub(crate) fn start(store: &'a P, vm_ids: &[String]) -> Self {
+        store.set_claiming(vm_ids.to_vec());
+        Claiming(store)
+    }
+}
+
+impl<P: RecordStore> Drop for Claiming<'_, P> {
+    fn drop(&mut self) {
+        self.0.set_claiming(Vec::new());
+    }
+}
+
+/// What the object held when a procedure read it, to see before it writes that nothing changed
+/// while it waited on another object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Held {
+    Nothing,
+    Text(String),
+}
+
+impl Held {
+    pub(crate) fn of(stored: &Stored) -> Held {
+        match stored {
+            Stored::Record(text) | Stored::Claim(text) => Held::Text(text.clone()),
+            Stored::Legacy(_) | Stored::Empty => Held::Nothing,
+        }
+    }
+}
+
+/// Why an orphan cleanup that started cannot be undone, in words.
+pub(crate) fn orphan_started(orphan: &Session) -> String {
+    format!(
+        "VM {} was found running with no lab (an orphan VM the backend's inventory reported) at {}, and its deletion has started; it cannot be part of a lab now",
+        orphan.lab_request_id,
+        rfc3339(
+            orphan
+                .adoption
+                .inventory_at_ms
+                .unwrap_or(orphan.expires_at_ms)
+        )
+    )
+}
+
+impl<P: Platform> Lab<'_, P> {
+    /// Whether the object still holds what `held` says (read again, right before a write).
+    pub(crate) async fn still(&self, held: &Held) -> Result<bool, StoreError> {
+        Ok(Held::of(&self.platform.load().await?) == *held)
+    }
+
+    /// Asks lab `lab` whether it lists VM `vm`.
+    pub(crate) async fn owner(&self, lab: &str, vm: &str) -> Owner {
+        let request = Request::Owns { vm: vm.to_string() };
+        match self.platform.call(lab, request).await {
+            Ok((200, body)) => match serde_json::from_value::<OwnsAnswer>(body) {
+                Ok(OwnsAnswer { owns: true }) => Owner::Lists,
+                Ok(OwnsAnswer { owns: false }) => Owner::DoesNot,
+                Err(e) => Owner::Unreachable(format!("an unreadable answer: {e}")),
+            },
+            Ok((status, _)) => Owner::Unreachable(format!("it answered {status}")),
+            Err(e) => Owner::Unreachable(safe(&e, 200)),
+        }
+    }
+
+    /// `Request::Owns`: whether this lab lists VM `vm`, or is creating a lab that does.
+    pub async fn owns(&self, vm: &str) -> Result<Reply, StoreError> {
+        let owns = self.platform.claiming().iter().any(|w| w == vm)
+            || match self.find().await? {
+                Found::Session(session) => session.position(vm).is_some(),
+                _ => false,
+            };
+        Ok(Reply::Owns(OwnsAnswer { owns }))
+    }
+
+    /// `Request::Claim`: lab `lab` claims this object's VM `vm` as one of its worker VMs.
+    pub async fn claim(&self, lab: &str, vm: &str) -> Result<Reply, StoreError> {
+        Ok(Reply::Claim(self.claim_vm(lab, vm).await?))
+    }
+
+    async fn claim_vm(&self, lab: &str, vm: &str) -> Result<ClaimAnswer, StoreError> {
+        if !self.platform.claiming().is_empty() {
+            return Ok(refused(format!(
+                "VM {vm} is the master VM of a lab being created"
+            )));
+        }
+        let now = self.platform.now_ms();
+        let claim = Claim::new(lab, vm, now);
+        Ok(match self.find().await? {
+            Found::Session(orphan)
+                if orphan.origin() == Origin::Inventory && orphan.cleanup.attempts == 0 =>
+            {
+                let claim = Claim {
+                    stale_row: Some(orphan.sync.revision),
+                    ..claim
+                };
+                self.save_claim(&claim, now).await?;
+                self.warn(format!(
+                    "The orphan cleanup of VM {vm} was cancelled before it started: lab {lab} lists it as a worker VM"
+                ));
+                ClaimAnswer::Claimed {
+                    cancelled_orphan: true,
+                }
+            }
+            Found::Session(orphan) if orphan.origin() == Origin::Inventory => {
+                refused(orphan_started(&orphan))
+            }
+            Found::Session(session) => refused(format!(
+                "VM {vm} is the master VM of lab {}",
+                session.lab_request_id
+            )),
+            Found::Unreadable(_) => refused(format!(
+                "VM {vm} is the master VM of a lab the previous worker scheduled, whose record cannot be read"
+            )),
+            Found::Claimed(_, held) if held.lab == lab => ClaimAnswer::Claimed {
+                cancelled_orphan: false,
+            },
+            Found::Claimed(text, held) => match self.owner(&held.lab, vm).await {
+                Owner::Lists => refused(format!("VM {vm} is a worker VM of lab {}", held.lab)),
+                Owner::Unreachable(e) => ClaimAnswer::Unavailable {
+                    reason: format!(
+                        "lab {}, which claimed VM {vm} before, did not answer whether it still lists it ({e})",
+                        held.lab
+                    ),
+                },
+                // A stale claim: replaced, unless another claim took its place meanwhile.
+                Owner::DoesNot if self.still(&Held::Text(text)).await? => {
+                    let claim = Claim {
+                        stale_row: held.stale_row,
+                        ..claim
+                    };
+                    self.save_claim(&claim, now).await?;
+                    ClaimAnswer::Claimed {
+                        cancelled_orphan: false,
+                    }
+                }
+                Owner::DoesNot => ClaimAnswer::Unavailable {
+                    reason: format!("VM {vm} was claimed by another lab meanwhile"),
+                },
+            },
+            Found::Nothing => {
+                self.save_claim(&claim, now).await?;
+                ClaimAnswer::Claimed {
+                    cancelled_orphan: false,
+                }
+            }
+        })
+    }
+
+    /// Saves `claim`, with an alarm now while it owes the deletion of an index row.
+    async fn save_claim(&self, claim: &Claim, now: i64) -> Result<(), StoreError> {
+        let alarm = claim
+            .stale_row
+            .filter(|_| self.config.fleet_index)
+            .map(|_| now);
+        self.platform.save_claim(&claim.encode(), alarm).await
+    }
+
+    /// Claims every worker VM of `session` for it, a few at once. `Err`: the refusal the create
+    /// answers (nothing is scheduled; claims taken are stale, and found so when next asked).
+    pub(crate) async fn claim_workers(&self, session: &Session) -> Result<(), Refusal> {
+        let lab = session.lab_request_id.as_str();
+        let answers: Vec<(&String, ClaimAnswer)> =
+            stream::iter(session.worker_lab_request_ids.iter())
+                .map(|vm| async move { (vm, self.ask_claim(lab, vm).await) })
+                .buffered(CLAIMS_AT_ONCE)
+                .collect()
+                .await;
+        let mut refused = Vec::new();
+        let mut unavailable = Vec::new();
+        for (vm, answer) in answers {
+            match answer {
+                ClaimAnswer::Claimed {
+                    cancelled_orphan: true,
+                } => self.warn(format!(
+                    "Lab {lab}: worker VM {vm} was pending as an orphan; its cleanup is cancelled and the lab is created as asked"
+                )),
+                ClaimAnswer::Claimed { .. } => {}
+                ClaimAnswer::Refused { reason } => refused.push(reason),
+                ClaimAnswer::Unavailable { reason } => unavailable.push(reason),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Refusal::Conflict(format!(
+                "lab {lab} is not scheduled: {}",
+                named(&refused)
+            )));
+        }
+        if !unavailable.is_empty() {
+            return Err(Refusal::Unavailable(format!(
+                "lab {lab} is not scheduled: {}; nothing was changed, try again",
+                named(&unavailable)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Claims `vm` for `lab` through the VM's object.
+    async fn ask_claim(&self, lab: &str, vm: &str) -> ClaimAnswer {
+        let request = Request::Claim {
+            lab: lab.to_string(),
+            vm: vm.to_string(),
+        };
+        match self.platform.call(vm, request).await {
+            Ok((200, body)) => {
+                serde_json::from_value(body).unwrap_or_else(|e| ClaimAnswer::Unavailable {
+                    reason: format!("the object of worker VM {vm} answered unreadably ({e})"),
+                })
+            }
+            Ok((status, _)) => ClaimAnswer::Unavailable {
+                reason: format!("the object of worker VM {vm} answered {status}"),
+            },
+            Err(e) => ClaimAnswer::Unavailable {
+                reason: format!(
+                    "the object of worker VM {vm} did not answer ({})",
+                    safe(&e, 200)
+                ),
+            },
+        }
+    }
+
+    /// Waits while another create in this object claims its workers (it answers first; this
+    /// one then finds its record).
+    pub(crate) async fn after_other_creates(&self) {
+        for _ in 0..WAIT_STEPS {
+            if self.platform.claiming().is_empty() {
+                return;
+            }
+            self.platform.sleep(WAIT_STEP_MS).await;
+        }
+    }
+
+    /// The alarm of an object that holds a claim: the index row of the orphan cleanup it
+    /// cancelled is deleted (again later if the index fails).
+    pub(crate) async fn claim_alarm(&self, text: String, claim: Claim) -> Result<(), StoreError> {
+        let Some(revision) = claim.stale_row else {
+            return Ok(());
+        };
+        if !self.config.fleet_index {
+            return self.forget_row(text, claim).await;
+        }
+        match self.platform.delete(&claim.vm, revision).await {
+            Ok(()) => self.forget_row(text, claim).await,
+            Err(e) => {
+                let again = self
+                    .platform
+                    .now_ms()
+                    .saturating_add(self.config.retry_ms());
+                self.warn(format!(
+                    "The index row of the cancelled orphan cleanup of VM {} could not be deleted ({}); trying again at {}",
+                    claim.vm,
+                    safe(&e, 200),
+                    rfc3339(again)
+                ));
+                self.platform.set_alarm(again).await
+            }
+        }
+    }
+
+    async fn forget_row(&self, text: String, claim: Claim) -> Result<(), StoreError> {
+        if !self.still(&Held::Text(text)).await? {
+            return Ok(());
+        }
+        let claim = Claim {
+            stale_row: None,
+            ..claim
+        };
+        self.platform.save_claim(&claim.encode(), None).await
+    }
+}
+
+fn refused(reason: String) -> ClaimAnswer {
+    ClaimAnswer::Refused { reason }
+}
+
+/// The first few reasons, and how many more.
+fn named(reasons: &[String]) -> String {
+    let mut text = reasons
+        .iter()
+        .take(REFUSALS_NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if reasons.len() > REFUSALS_NAMED {
+        text.push_str(&format!("; and {} more", reasons.len() - REFUSALS_NAMED));
+    }
+    text
+}
