@@ -11,9 +11,8 @@ pub use crate::lab::limits::{MAX_ID_LEN, MAX_VM_NAME_LEN};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Largest accepted inventory body: `MAX_VMS_PER_REPORT` entries of two 128-character ids and a
-/// time each (about 350 bytes), with room for white space.
-pub const MAX_INVENTORY_BODY_BYTES: usize = 512 * 1024;
+/// Largest accepted inventory body (the same bound as a pulled page).
+pub const MAX_INVENTORY_BODY_BYTES: usize = crate::lab::fleet::report::MAX_REPORT_BYTES;
 
 /// Accepts `application/json` and `application/<anything>+json`, with parameters such as
 /// `charset`, in any letter case. A body with no `Content-Type`, or with `text/plain` (what a

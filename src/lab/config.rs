@@ -44,6 +44,10 @@ pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
 /// Default age, in `duration` units, an unknown VM an inventory reports must reach before a
 /// reconciliation that acts schedules it for cleanup.
 pub const DEFAULT_ORPHAN_GRACE_MINUTES: u64 = 60;
+/// Default least time, in `duration` units, between the two reports of an unknown VM that
+/// confirm it an orphan (and after a VM's deletion before an inventory that still lists it has
+/// it deleted again): more than one Cron Trigger interval (15 minutes), so that two runs confirm.
+pub const DEFAULT_ORPHAN_CONFIRM_MINUTES: u64 = 10;
 /// Default grace before the sweep pokes a lab whose due time has passed.
 pub const DEFAULT_SWEEP_GRACE_SECONDS: u64 = 300;
 /// Default spread of first attempts after the expiry: a class that expires in the same second
@@ -146,6 +150,10 @@ pub struct Config {
     pub fleet_index: bool,
     /// `ORPHAN_GRACE_MINUTES`: how old an unknown VM must be before a reconciliation acts on it.
     pub orphan_grace_minutes: u64,
+    /// `ORPHAN_CONFIRM_MINUTES`: an unknown VM is an orphan only when reported unknown again at
+    /// least this long after its first report; a finished VM is deleted again only this long
+    /// after its lab last changed.
+    pub orphan_confirm_minutes: u64,
     /// `INVENTORY_PATH`: where the scheduled run pulls the backend's inventory from (unset: no
     /// pull).
     pub inventory_path: Option<String>,
@@ -326,6 +334,12 @@ impl Config {
                 DEFAULT_ORPHAN_GRACE_MINUTES,
                 0,
                 525_600,
+            )?,
+            orphan_confirm_minutes: number(
+                "ORPHAN_CONFIRM_MINUTES",
+                DEFAULT_ORPHAN_CONFIRM_MINUTES,
+                0,
+                10_080,
             )?,
             inventory_path: match get("INVENTORY_PATH") {
                 None => None,

@@ -294,7 +294,7 @@ pub const LABELS_TABLE: &str = "labels";
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     in_chunks(
-        &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
+        &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, s.updated_at AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
         vm_ids,
     )
 }
@@ -319,6 +319,7 @@ pub struct LookupRow {
     pub state: String,
     pub status: Status,
     pub expires_at: i64,
+    pub updated_at: i64,
 }
 
 impl LookupRow {
@@ -329,6 +330,7 @@ impl LookupRow {
             state: VmState::from_name(&self.state)?,
             lab_status: self.status,
             expires_at_ms: self.expires_at,
+            changed_at_ms: self.updated_at,
         })
     }
 }
@@ -342,31 +344,46 @@ pub fn first_seen(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
 }
 
 /// How long a first sighting is remembered (a VM reported again after that starts anew).
-pub const SEEN_KEPT_MS: i64 = 30 * 86_400_000;
+pub const SEEN_KEPT_MS: i64 = 7 * 86_400_000;
+/// Most first sightings remembered: past this, new unknown VMs wait for room (the oldest
+/// sightings are the ones closest to confirmation; they are kept).
+pub const MAX_SEEN_ROWS: u64 = 100_000;
 
-/// Remembers `now_ms` as the first sighting of these VMs (those seen before keep theirs), and
-/// forgets sightings older than `SEEN_KEPT_MS`.
+/// Remembers `now_ms` as the first sighting of these VMs (those seen before keep theirs): one
+/// statement per `MAX_BINDS - 1` VMs, the time bound once.
 pub fn record_seen(vm_ids: &[String], now_ms: i64) -> Vec<(String, Vec<Bind>)> {
-    let mut statements: Vec<(String, Vec<Bind>)> = vm_ids
-        .chunks(MAX_BINDS / 2)
+    vm_ids
+        .chunks(MAX_BINDS - 1)
         .map(|chunk| {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(?{}, ?1)", i + 2))
+                .collect();
             (
                 format!(
                     "INSERT OR IGNORE INTO inventory_seen (vm_id, first_seen_at) VALUES {}",
-                    vec!["(?, ?)"; chunk.len()].join(", ")
+                    values.join(", ")
                 ),
-                chunk
-                    .iter()
-                    .flat_map(|id| [Bind::Text(id.clone()), Bind::Int(now_ms)])
+                std::iter::once(Bind::Int(now_ms))
+                    .chain(chunk.iter().cloned().map(Bind::Text))
                     .collect(),
             )
         })
-        .collect();
-    statements.push((
-        "DELETE FROM inventory_seen WHERE first_seen_at < ?".into(),
-        vec![Bind::Int(now_ms.saturating_sub(SEEN_KEPT_MS))],
-    ));
-    statements
+        .collect()
+}
+
+/// Forgets sightings older than `SEEN_KEPT_MS`, then counts those left (up to `MAX_SEEN_ROWS`
+/// and one: enough to know whether there is room), as `n`.
+pub fn tidy_seen(now_ms: i64) -> Vec<(String, Vec<Bind>)> {
+    vec![
+        (
+            "DELETE FROM inventory_seen WHERE first_seen_at < ?".into(),
+            vec![Bind::Int(now_ms.saturating_sub(SEEN_KEPT_MS))],
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM inventory_seen LIMIT ?)".into(),
+            vec![Bind::Int(MAX_SEEN_ROWS as i64 + 1)],
+        ),
+    ]
 }
 
 /// How many reconciliations are kept.

@@ -46,7 +46,16 @@ impl HttpLabBackend {
         }
         let url = format!("{}{path}", self.base_url);
         let body = body.to_string();
-        match http::exchange(method, &url, &headers, Some(&body), self.timeout).await {
+        match http::exchange(
+            method,
+            &url,
+            &headers,
+            Some(&body),
+            self.timeout,
+            http::MAX_ANSWER_BYTES,
+        )
+        .await
+        {
             Ok(answer) => Ok(BackendReply {
                 status: answer.status,
                 body: answer.body,

@@ -7,7 +7,9 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::{web_sys, Env};
 
 use crate::lab::config::Config;
-use crate::lab::fleet::report::{parse_page, KnownVm, Page, Reconciliation};
+use crate::lab::fleet::report::{
+    parse_page, KnownVm, Page, PageError, Reconciliation, MAX_REPORT_BYTES,
+};
 use crate::lab::fleet::{FleetStore, InventorySource, Labs};
 use crate::lab::ports::{Level, Logger};
 use crate::lab::procedures::Request;
@@ -68,13 +70,16 @@ impl FleetStore for WorkerdFleet<'_> {
         fleet_db::lookup(self.env, vm_ids, self.timeout()).await
     }
 
-    async fn first_seen(
-        &self,
-        vm_ids: &[String],
-        now_ms: i64,
-        record: bool,
-    ) -> Result<Vec<(String, i64)>, String> {
-        fleet_db::first_seen(self.env, vm_ids, now_ms, record, self.timeout()).await
+    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String> {
+        fleet_db::first_seen(self.env, vm_ids, self.timeout()).await
+    }
+
+    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String> {
+        fleet_db::remember_seen(self.env, vm_ids, now_ms, self.timeout()).await
+    }
+
+    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String> {
+        fleet_db::tidy_seen(self.env, now_ms, self.timeout()).await
     }
 
     async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
@@ -140,7 +145,7 @@ impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {
 }
 
 impl InventorySource for WorkerdFleet<'_> {
-    async fn page(&self, cursor: Option<&str>) -> Result<Page, String> {
+    async fn page(&self, cursor: Option<&str>) -> Result<Page, PageError> {
         let path = self.config.inventory_path.as_deref().unwrap_or("/");
         let mut url = format!("{}{path}", self.config.backend_url);
         if let Some(cursor) = cursor {
@@ -159,18 +164,27 @@ impl InventorySource for WorkerdFleet<'_> {
             headers.push(("Authorization", bearer));
         }
         let timeout = self.config.backend_timeout();
-        match http::exchange("GET", &url, &headers, None, timeout).await {
-            Ok(answer) if (200..300).contains(&answer.status) => parse_page(&answer.body),
-            Ok(answer) => Err(format!(
+        let failed = |why: String| Err(PageError::Failed(why));
+        match http::exchange("GET", &url, &headers, None, timeout, MAX_REPORT_BYTES).await {
+            Ok(answer) if answer.truncated => failed(format!(
+                "a page of the backend's inventory is over {MAX_REPORT_BYTES} bytes; it was not read further"
+            )),
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                parse_page(&answer.body).map_err(PageError::Failed)
+            }
+            Ok(answer) if (400..500).contains(&answer.status) => {
+                Err(PageError::Refused(answer.status))
+            }
+            Ok(answer) => failed(format!(
                 "the backend's inventory answered {}",
                 answer.status
             )),
-            Err(Failure::Timeout) => Err(format!(
+            Err(Failure::Timeout) => failed(format!(
                 "the backend's inventory did not answer within {} s",
                 timeout.as_secs()
             )),
             Err(Failure::Network(e)) | Err(Failure::CutShort { error: e, .. }) => {
-                Err(format!("network error: {e}"))
+                failed(format!("network error: {e}"))
             }
         }
     }

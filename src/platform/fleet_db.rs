@@ -267,22 +267,43 @@ struct Seen {
     first_seen_at: i64,
 }
 
-/// When these VMs were first reported; with `record`, `now_ms` is remembered for the others.
+/// When these VMs were first reported (those seen before).
 pub async fn first_seen(
     env: &Env,
     vm_ids: &[String],
-    now_ms: i64,
-    record: bool,
     timeout: Duration,
 ) -> Result<Vec<(String, i64)>, IndexError> {
     let seen: Vec<Seen> = rows(env, index::first_seen(vm_ids), timeout).await?;
-    if record {
-        run(env, index::record_seen(vm_ids, now_ms), timeout).await?;
-    }
     Ok(seen
         .into_iter()
         .map(|s| (s.vm_id, s.first_seen_at))
         .collect())
+}
+
+/// Remembers `now_ms` as the first sighting of these VMs.
+pub async fn remember_seen(
+    env: &Env,
+    vm_ids: &[String],
+    now_ms: i64,
+    timeout: Duration,
+) -> Result<(), IndexError> {
+    if vm_ids.is_empty() {
+        return Ok(());
+    }
+    run(env, index::record_seen(vm_ids, now_ms), timeout)
+        .await
+        .map(|_| ())
+}
+
+#[derive(Deserialize)]
+struct N {
+    n: u64,
+}
+
+/// Forgets old sightings; the sightings left (counted up to `MAX_SEEN_ROWS` and one).
+pub async fn tidy_seen(env: &Env, now_ms: i64, timeout: Duration) -> Result<u64, IndexError> {
+    let left: Vec<N> = rows(env, index::tidy_seen(now_ms), timeout).await?;
+    Ok(left.first().map_or(0, |l| l.n))
 }
 
 pub async fn save_reconciliation(

@@ -8,12 +8,19 @@ use worker::{js_sys, web_sys};
 
 use crate::platform::runtime::within;
 
-/// An answer, read to its end.
+/// An answer, read to its end or to the limit.
 pub struct Answer {
     pub status: u16,
     pub body: String,
     pub retry_after: Option<String>,
+    /// The body went on past the limit: `body` holds its first bytes only (the rest was not
+    /// read).
+    pub truncated: bool,
 }
+
+/// Most bytes of an answer read from the lab backend or the webhook receiver (only the
+/// inventory reads more): an error body is logged shortened anyway, and an isolate has 128 MB.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Why there is no answer.
 pub enum Failure {
@@ -25,8 +32,8 @@ pub enum Failure {
     CutShort { status: u16, error: String },
 }
 
-/// Sends one request (`headers` besides none; `body` as text, none for a GET) and reads the whole answer, or
-/// gives up after `timeout` and aborts it. Written against the runtime's `fetch` directly
+/// Sends one request (`headers` besides none; `body` as text, none for a GET) and reads the
+/// answer up to `limit` bytes, or gives up after `timeout` and aborts it. Written against the runtime's `fetch` directly
 /// (`web_sys`): the `worker` wrappers would convert every request and answer back and forth for
 /// nothing. A redirect is an answer, not a success: followed, a 3xx to a page that answers 200
 /// would count as done (a wrong URL, a login page); manual mode hands the 3xx back.
@@ -36,6 +43,7 @@ pub async fn exchange(
     headers: &[(&str, &str)],
     body: Option<&str>,
     timeout: Duration,
+    limit: usize,
 ) -> Result<Answer, Failure> {
     let controller = web_sys::AbortController::new().map_err(network)?;
     let work = async {
@@ -66,15 +74,12 @@ pub async fn exchange(
             status,
             error: message(&e),
         };
-        let body = JsFuture::from(response.text().map_err(cut_short)?)
-            .await
-            .map_err(cut_short)?
-            .as_string()
-            .unwrap_or_default();
+        let (body, truncated) = read_within(&response, limit).await.map_err(cut_short)?;
         Ok(Answer {
             status,
             body,
             retry_after,
+            truncated,
         })
     };
     match within(timeout, work).await {
@@ -83,6 +88,36 @@ pub async fn exchange(
             controller.abort();
             Err(Failure::Timeout)
         }
+    }
+}
+
+/// Reads an answer's body chunk by chunk, keeping at most `limit` bytes: past it, the stream is
+/// cancelled unread. Whether it was.
+async fn read_within(
+    response: &web_sys::Response,
+    limit: usize,
+) -> Result<(String, bool), JsValue> {
+    let Some(stream) = response.body() else {
+        return Ok((String::new(), false));
+    };
+    let reader: web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    let mut bytes: Vec<u8> = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await?;
+        if js_sys::Reflect::get(&chunk, &JsValue::from_str("done"))?.is_truthy() {
+            return Ok((String::from_utf8_lossy(&bytes).into_owned(), false));
+        }
+        let value: js_sys::Uint8Array =
+            js_sys::Reflect::get(&chunk, &JsValue::from_str("value"))?.unchecked_into();
+        let room = limit.saturating_sub(bytes.len());
+        let length = value.length() as usize;
+        if length > room {
+            bytes.extend(value.subarray(0, room as u32).to_vec());
+            // Nothing more is read; the connection is let go.
+            let _ = reader.cancel();
+            return Ok((String::from_utf8_lossy(&bytes).into_owned(), true));
+        }
+        bytes.extend(value.to_vec());
     }
 }
 

@@ -20,7 +20,16 @@ pub async fn send(url: &str, delivery: &Delivery, timeout: Duration) -> Result<u
         ("webhook-timestamp", timestamp.as_str()),
         ("webhook-signature", delivery.signature.as_str()),
     ];
-    match http::exchange("POST", url, &headers, Some(&delivery.body), timeout).await {
+    match http::exchange(
+        "POST",
+        url,
+        &headers,
+        Some(&delivery.body),
+        timeout,
+        http::MAX_ANSWER_BYTES,
+    )
+    .await
+    {
         Ok(answer) => Ok(answer.status),
         Err(Failure::CutShort { status, .. }) => Ok(status),
         Err(Failure::Timeout) => Err(format!("no answer within {} s", timeout.as_secs())),

@@ -13,12 +13,23 @@ use crate::lab::procedures::Request;
 use crate::lab::status::Status;
 use crate::lab::text::{rfc3339, safe};
 
-/// Most labs one reconciliation acts on (an orphan scheduled, a VM deleted again): each is a
-/// call to a lab's object, and an invocation has 1,000 subrequests to Cloudflare's services on
-/// the Free plan. What is left is acted on when the same VMs are reported again.
-pub const MAX_ACTIONS_PER_CALL: usize = 100;
+/// Most labs one reconciliation acts on, a push or a whole scheduled pull (an orphan scheduled,
+/// a VM deleted again): each is a call to a lab's object, and an invocation has 1,000
+/// subrequests to Cloudflare's services on the Free plan. What is left is acted on when the same
+/// VMs are reported again.
+pub const MAX_ACTIONS_PER_RUN: usize = 100;
 /// Calls to labs' objects in flight at once.
 const LAB_CALLS_AT_ONCE: usize = 6;
+
+/// What one run (a push, or a scheduled pull over several pages) has done so far: each VM is
+/// acted on at most once in it, and it takes at most `MAX_ACTIONS_PER_RUN` actions.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    acted: std::collections::HashSet<String>,
+    actions: usize,
+    /// First reports this run may still remember (`None`: not counted yet).
+    seen_room: Option<u64>,
+}
 
 /// The four answers about a reported VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +79,11 @@ pub struct Answer {
     pub finished: Vec<Entry>,
     pub unknown: Vec<Entry>,
     pub scheduled: Vec<Scheduled>,
-    /// Actions called for beyond `MAX_ACTIONS_PER_CALL`: taken when the VMs are reported again.
+    /// Unknown VMs past their grace whose first report is younger than
+    /// `ORPHAN_CONFIRM_MINUTES` (or this is their first), and finished VMs whose lab changed
+    /// more recently than that: acted on when reported again after it.
+    pub unconfirmed: usize,
+    /// Actions called for beyond `MAX_ACTIONS_PER_RUN`: taken when the VMs are reported again.
     pub deferred: usize,
     pub act: bool,
     pub checked_at: String,
@@ -92,18 +107,46 @@ enum Action {
     DeleteAgain { lab: String, vm: String },
 }
 
-/// Reconciles `vms` (distinct ids) at `now_ms`. Without `act` nothing changes anywhere (a dry
-/// run); with it, each unknown VM older than `ORPHAN_GRACE_MINUTES` (from its `created_at`, or
-/// from the first report that named it) becomes a lab of its own, cleaned up now, and each
-/// finished VM is deleted again by its lab, with an error line. A VM of a lab that is tracked is
-/// never touched. Acting twice on the same VM schedules nothing twice: the lab's object answers
-/// that it has it already.
+impl Action {
+    /// The VM it is about.
+    fn vm(&self) -> &str {
+        match self {
+            Action::Orphan(vm) => &vm.lab_request_id,
+            Action::DeleteAgain { vm, .. } => vm,
+        }
+    }
+}
+
+/// Reconciles `vms` (distinct ids) at `now_ms`, as a run of its own (a push).
 pub async fn reconcile<F: FleetStore + Labs + Logger>(
     fleet: &F,
     config: &Config,
     vms: &[ReportedVm],
     act: bool,
     now_ms: i64,
+) -> Result<Answer, String> {
+    reconcile_in(fleet, config, vms, act, now_ms, &mut Run::default()).await
+}
+
+/// Reconciles `vms` (distinct ids) at `now_ms` within `run`. Without `act` nothing changes
+/// anywhere (a dry run); with it:
+/// - an unknown VM older than `ORPHAN_GRACE_MINUTES` (from its `created_at`, or from its first
+///   report when it has none or one in the future) becomes a lab of its own, cleaned up now, once
+///   it is confirmed: reported unknown at least `ORPHAN_CONFIRM_MINUTES` after its first report.
+///   Its own object asks the lab that claimed it, if any, right before (`Request::Orphan`);
+/// - a finished VM is deleted again by its lab, with an error line, once its lab's row is
+///   `ORPHAN_CONFIRM_MINUTES` old (an inventory lags behind the deletions it lists).
+///
+/// A VM of a tracked lab is never touched; a VM is acted on once per run, and a run takes at
+/// most `MAX_ACTIONS_PER_RUN` actions. Acting twice on the same VM schedules nothing twice: the
+/// lab's object answers that it has it already.
+pub async fn reconcile_in<F: FleetStore + Labs + Logger>(
+    fleet: &F,
+    config: &Config,
+    vms: &[ReportedVm],
+    act: bool,
+    now_ms: i64,
+    run: &mut Run,
 ) -> Result<Answer, String> {
     let ids: Vec<String> = vms.iter().map(|v| v.lab_request_id.clone()).collect();
     let known: HashMap<String, KnownVm> = fleet
@@ -117,6 +160,7 @@ pub async fn reconcile<F: FleetStore + Labs + Logger>(
         checked_at: rfc3339(now_ms),
         ..Answer::default()
     };
+    let confirm_ms = config.duration_ms(config.orphan_confirm_minutes);
     let mut unknown: Vec<&ReportedVm> = Vec::new();
     let mut actions: Vec<Action> = Vec::new();
     for vm in vms {
@@ -125,53 +169,50 @@ pub async fn reconcile<F: FleetStore + Labs + Logger>(
             lab_request_id: vm.lab_request_id.clone(),
             lab: k.map(|k| k.lab_request_id.clone()),
         };
-        match classify(k, now_ms) {
-            Class::Tracked => answer.tracked.push(entry),
-            Class::Overdue => answer.overdue.push(entry),
-            Class::Finished => {
-                if let Some(k) = k {
+        match (classify(k, now_ms), k) {
+            (Class::Tracked, _) => answer.tracked.push(entry),
+            (Class::Overdue, _) => answer.overdue.push(entry),
+            (Class::Finished, Some(k)) => {
+                if now_ms.saturating_sub(k.changed_at_ms) >= confirm_ms {
                     actions.push(Action::DeleteAgain {
                         lab: k.lab_request_id.clone(),
                         vm: vm.lab_request_id.clone(),
                     });
+                } else {
+                    answer.unconfirmed += 1;
                 }
                 answer.finished.push(entry);
             }
-            Class::Unknown => {
+            (Class::Finished, None) | (Class::Unknown, _) => {
                 unknown.push(vm);
                 answer.unknown.push(entry);
             }
         }
     }
-    // The grace of a VM reported without `created_at` counts from the first report that named
-    // it (remembered only by reconciliations that act).
-    let undated: Vec<String> = unknown
-        .iter()
-        .filter(|v| v.created_at_ms.is_none())
-        .map(|v| v.lab_request_id.clone())
-        .collect();
-    let seen: HashMap<String, i64> = if undated.is_empty() {
-        HashMap::new()
-    } else {
-        fleet
-            .first_seen(&undated, now_ms, act)
-            .await?
-            .into_iter()
-            .collect()
-    };
+    let seen = sightings(fleet, &unknown, act, now_ms, run).await?;
     let grace_ms = config.duration_ms(config.orphan_grace_minutes);
     for vm in unknown {
-        let since = vm
-            .created_at_ms
-            .or_else(|| seen.get(&vm.lab_request_id).copied())
-            .unwrap_or(now_ms);
-        if now_ms.saturating_sub(since) >= grace_ms {
-            actions.push(Action::Orphan(vm.clone()));
+        let first = seen.get(&vm.lab_request_id).copied();
+        // A creation time ahead of now says nothing: the first report counts instead.
+        let created = vm.created_at_ms.filter(|&at| at <= now_ms);
+        let since = created.or(first).unwrap_or(now_ms);
+        if now_ms.saturating_sub(since) < grace_ms {
+            continue;
+        }
+        match first {
+            Some(first) if now_ms.saturating_sub(first) >= confirm_ms && first < now_ms => {
+                actions.push(Action::Orphan(vm.clone()))
+            }
+            _ => answer.unconfirmed += 1,
         }
     }
     if act {
-        answer.deferred = actions.len().saturating_sub(MAX_ACTIONS_PER_CALL);
-        actions.truncate(MAX_ACTIONS_PER_CALL);
+        actions.retain(|a| !run.acted.contains(a.vm()));
+        let room = MAX_ACTIONS_PER_RUN.saturating_sub(run.actions);
+        answer.deferred = actions.len().saturating_sub(room);
+        actions.truncate(room);
+        run.actions += actions.len();
+        run.acted.extend(actions.iter().map(|a| a.vm().to_string()));
         let done: Vec<Option<Scheduled>> = stream::iter(actions)
             .map(|action| perform(fleet, action, now_ms))
             .buffer_unordered(LAB_CALLS_AT_ONCE)
@@ -183,6 +224,40 @@ pub async fn reconcile<F: FleetStore + Labs + Logger>(
             .sort_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
     }
     Ok(answer)
+}
+
+/// When each unknown VM was first reported; an acting run remembers now for those reported for
+/// the first time, while the table has room (`index::MAX_SEEN_ROWS`).
+async fn sightings<F: FleetStore>(
+    fleet: &F,
+    unknown: &[&ReportedVm],
+    act: bool,
+    now_ms: i64,
+    run: &mut Run,
+) -> Result<HashMap<String, i64>, String> {
+    if unknown.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<String> = unknown.iter().map(|v| v.lab_request_id.clone()).collect();
+    // Old first reports are forgotten before they are read (once a run).
+    let room = match (act, run.seen_room) {
+        (false, _) => 0,
+        (true, Some(room)) => room,
+        (true, None) => {
+            crate::lab::index::MAX_SEEN_ROWS.saturating_sub(fleet.tidy_seen(now_ms).await?)
+        }
+    };
+    let seen: HashMap<String, i64> = fleet.first_seen(&ids).await?.into_iter().collect();
+    if act {
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !seen.contains_key(id))
+            .take(usize::try_from(room).unwrap_or(usize::MAX))
+            .collect();
+        fleet.remember_seen(&new, now_ms).await?;
+        run.seen_room = Some(room.saturating_sub(new.len() as u64));
+    }
+    Ok(seen)
 }
 
 /// `POST /api/v1/labs/inventory`: reconciles the pushed VMs and records the counts.

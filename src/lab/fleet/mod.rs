@@ -27,14 +27,13 @@ pub struct RunRecord {
 pub trait FleetStore {
     /// What the index knows of these VMs (those it lists).
     async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<inventory::KnownVm>, String>;
-    /// When each of these VMs was first reported (those seen before); with `record`, `now_ms`
-    /// is remembered for the others.
-    async fn first_seen(
-        &self,
-        vm_ids: &[String],
-        now_ms: i64,
-        record: bool,
-    ) -> Result<Vec<(String, i64)>, String>;
+    /// When each of these VMs was first reported unknown (those seen before).
+    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String>;
+    /// Remembers `now_ms` as the first report of these VMs.
+    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String>;
+    /// Forgets first reports older than `index::SEEN_KEPT_MS`; how many are left (counted up to
+    /// `index::MAX_SEEN_ROWS` and one).
+    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String>;
     async fn save_reconciliation(&self, r: &inventory::Reconciliation) -> Result<(), String>;
     /// Labs not completed whose due time passed before `before_ms`, oldest first.
     async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, String>;
@@ -48,5 +47,5 @@ pub use crate::lab::ports::Labs;
 /// The backend's inventory (`GET {BACKEND_URL}{INVENTORY_PATH}`), one page at a time.
 #[allow(async_fn_in_trait)]
 pub trait InventorySource {
-    async fn page(&self, cursor: Option<&str>) -> Result<inventory::Page, String>;
+    async fn page(&self, cursor: Option<&str>) -> Result<inventory::Page, report::PageError>;
 }

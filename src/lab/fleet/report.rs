@@ -9,6 +9,13 @@ use crate::lab::status::Status;
 
 /// Most VMs in one report (a pushed body, a pulled page).
 pub const MAX_VMS_PER_REPORT: usize = 1_000;
+/// Largest report read, pushed or pulled: `MAX_VMS_PER_REPORT` entries of two 128-character ids
+/// and a time each (about 350 bytes), with room for white space. A pulled page is read up to
+/// this and refused beyond it (an isolate has 128 MB: a page is never read whole first).
+pub const MAX_REPORT_BYTES: usize = 512 * 1024;
+/// Longest cursor kept and sent back: a longer one ends the pass (the next starts again from the
+/// first page).
+pub const MAX_CURSOR_BYTES: usize = 2_000;
 
 /// One VM the backend says it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +74,9 @@ pub struct Page {
     pub next_cursor: Option<String>,
     /// Entries that were not VMs as the contract says (skipped, counted, logged).
     pub skipped: usize,
+    /// The page's `next_cursor` was not one this worker sends back (over `MAX_CURSOR_BYTES`):
+    /// the pass ends with this page.
+    pub bad_cursor: bool,
 }
 
 /// Reads a page: `{"vms": [...], "next_cursor": "..." | null}`. A page that is not that shape,
@@ -83,10 +93,13 @@ pub fn parse_page(text: &str) -> Result<Page, String> {
             vms.len()
         ));
     }
-    let next_cursor = match value.get("next_cursor") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(c)) if !c.is_empty() && c.len() <= 2_000 => Some(c.clone()),
-        Some(_) => return Err("next_cursor must be a string (at most 2,000 bytes) or null".into()),
+    let (next_cursor, bad_cursor) = match value.get("next_cursor") {
+        None | Some(Value::Null) => (None, false),
+        Some(Value::String(c)) if !c.is_empty() && c.len() <= MAX_CURSOR_BYTES => {
+            (Some(c.clone()), false)
+        }
+        Some(Value::String(_)) => (None, true),
+        Some(_) => return Err("next_cursor must be a string or null".into()),
     };
     let parsed: Vec<Result<ReportedVm, String>> = vms.iter().map(ReportedVm::from_json).collect();
     let skipped = parsed.iter().filter(|r| r.is_err()).count();
@@ -94,7 +107,20 @@ pub fn parse_page(text: &str) -> Result<Page, String> {
         vms: parsed.into_iter().filter_map(Result::ok).collect(),
         next_cursor,
         skipped,
+        bad_cursor,
     })
+}
+
+/// Why a page of the inventory could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// The backend refused the request (a 4xx): with a cursor, the cursor is no longer good.
+    #[error("the backend's inventory answered {0}")]
+    Refused(u16),
+    /// Anything else: a 5xx, no answer in time, a page over `MAX_REPORT_BYTES` or not the
+    /// contract's (in words).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// How far a known VM's deletion got.
@@ -129,6 +155,8 @@ pub struct KnownVm {
     pub state: VmState,
     pub lab_status: Status,
     pub expires_at_ms: i64,
+    /// When the lab's index row last changed (after the VM's deletion, for a finished VM).
+    pub changed_at_ms: i64,
 }
 
 /// Counts of one reconciliation (or a scheduled run's pages together).

@@ -3,7 +3,10 @@
 use futures::stream::{self, StreamExt};
 
 use crate::lab::config::Config;
-use crate::lab::fleet::inventory::{self, Counts, Reconciliation, Source};
+use std::collections::HashSet;
+
+use crate::lab::fleet::inventory::{self, Counts, Reconciliation, Run, Source};
+use crate::lab::fleet::report::{PageError, ReportedVm, MAX_CURSOR_BYTES};
 use crate::lab::fleet::{FleetStore, InventorySource, Labs, RunRecord};
 use crate::lab::ports::{Level, Logger};
 use crate::lab::procedures::Request;
@@ -49,18 +52,69 @@ pub async fn sweep<F: FleetStore + Labs + Logger>(
 }
 
 /// Pulls the backend's inventory from where the last run stopped, at most `pages` pages, and
-/// reconciles each (acting when `RECONCILE_ACT` is on). The cursor is kept after every page, so
-/// the next run goes on from there; a full pass starts again from the first page.
+/// reconciles each (acting when `RECONCILE_ACT` is on) within one `Run`: a VM is acted on once,
+/// and the run takes at most `MAX_ACTIONS_PER_RUN` actions. The cursor is kept after every page,
+/// so the next run goes on from there; a full pass starts again from the first page. A backend
+/// that misbehaves cannot hold the pull in one place: a cursor it refuses (4xx) or one longer
+/// than `MAX_CURSOR_BYTES` starts again from the first page, and a cursor or a page met twice in
+/// one run ends the pass. The counts of the pages read are saved even when a later one fails.
 pub async fn pull<F: FleetStore + Labs + InventorySource + Logger>(
     fleet: &F,
     config: &Config,
     pages: usize,
     now_ms: i64,
 ) -> Result<Counts, String> {
-    let mut cursor = fleet.state(CURSOR_KEY).await?;
+    let mut cursor = match fleet.state(CURSOR_KEY).await? {
+        Some(stored) if stored.len() > MAX_CURSOR_BYTES => {
+            fleet.log(
+                Level::Warn,
+                &format!(
+                    "Inventory: the stored cursor is over {MAX_CURSOR_BYTES} bytes; starting again from the first page"
+                ),
+            );
+            None
+        }
+        stored => stored,
+    };
+    let mut run = Run::default();
     let mut counts = Counts::default();
-    for _ in 0..pages.max(1) {
-        let page = fleet.page(cursor.as_deref()).await?;
+    let mut asked: HashSet<Option<String>> = HashSet::new();
+    let mut contents: HashSet<u64> = HashSet::new();
+    let mut restarted = false;
+    let mut read = 0;
+    let mut failure = None;
+    while read < pages.max(1) {
+        if !asked.insert(cursor.clone()) {
+            fleet.log(
+                Level::Warn,
+                &format!(
+                    "Inventory: the backend's next_cursor {} leads back to a page this run read already; the pass ends here",
+                    quoted(cursor.as_deref())
+                ),
+            );
+            cursor = None;
+            break;
+        }
+        let page = match fleet.page(cursor.as_deref()).await {
+            Ok(page) => page,
+            Err(PageError::Refused(status)) if cursor.is_some() && !restarted => {
+                fleet.log(
+                    Level::Warn,
+                    &format!(
+                        "Inventory: the backend refused the cursor {} ({status}); starting again from the first page",
+                        quoted(cursor.as_deref())
+                    ),
+                );
+                restarted = true;
+                cursor = None;
+                continue;
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        };
+        read += 1;
         if page.skipped > 0 {
             fleet.log(
                 Level::Error,
@@ -70,27 +124,84 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Logger>(
                 ),
             );
         }
+        if page.bad_cursor {
+            fleet.log(
+                Level::Warn,
+                &format!(
+                    "Inventory: a page's next_cursor is over {MAX_CURSOR_BYTES} bytes; the pass ends with this page"
+                ),
+            );
+        }
         let mut vms = page.vms;
         vms.sort_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
         vms.dedup_by(|a, b| a.lab_request_id == b.lab_request_id);
-        let answer =
-            inventory::reconcile(fleet, config, &vms, config.reconcile_act, now_ms).await?;
-        counts.add(&answer.counts());
+        if !vms.is_empty() && !contents.insert(fingerprint(&vms)) {
+            fleet.log(
+                Level::Warn,
+                "Inventory: a page holds the same VMs as a page this run read already; the pass ends here",
+            );
+            cursor = None;
+            break;
+        }
+        match inventory::reconcile_in(fleet, config, &vms, config.reconcile_act, now_ms, &mut run)
+            .await
+        {
+            Ok(answer) => counts.add(&answer.counts()),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
         cursor = page.next_cursor;
-        fleet.set_state(CURSOR_KEY, cursor.as_deref()).await?;
+        if let Err(e) = fleet.set_state(CURSOR_KEY, cursor.as_deref()).await {
+            failure = Some(e);
+            break;
+        }
         if cursor.is_none() {
             break;
         }
     }
-    fleet
-        .save_reconciliation(&Reconciliation {
-            at_ms: now_ms,
-            source: Source::Pull,
-            act: config.reconcile_act,
-            counts,
-        })
-        .await?;
-    Ok(counts)
+    if failure.is_none() && cursor.is_none() {
+        // The pass ended (or looped): the next run starts from the first page.
+        if let Err(e) = fleet.set_state(CURSOR_KEY, None).await {
+            failure = Some(e);
+        }
+    }
+    if read > 0 {
+        let saved = fleet
+            .save_reconciliation(&Reconciliation {
+                at_ms: now_ms,
+                source: Source::Pull,
+                act: config.reconcile_act,
+                counts,
+            })
+            .await;
+        if let (Err(e), None) = (saved, &failure) {
+            failure = Some(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(counts),
+    }
+}
+
+/// A cursor as a log line shows it: quoted, escaped and shortened.
+fn quoted(cursor: Option<&str>) -> String {
+    match cursor {
+        Some(c) => format!("{:?}", safe(c, 80)),
+        None => "(the first page)".into(),
+    }
+}
+
+/// What a page holds, as a number: two pages with the same VMs have the same.
+fn fingerprint(vms: &[ReportedVm]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for vm in vms {
+        vm.lab_request_id.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// One scheduled run: the inventory (with `INVENTORY_PATH`), then the sweep; one structured

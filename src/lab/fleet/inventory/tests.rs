@@ -7,6 +7,8 @@ use futures::executor::block_on;
 
 use super::*;
 use crate::lab::config::Config;
+use crate::lab::fleet::sweep::{pull, CURSOR_KEY};
+use crate::lab::fleet::InventorySource;
 
 const NOW: i64 = 1_796_083_200_000;
 const MINUTE: i64 = 60_000;
@@ -22,6 +24,13 @@ struct Fake {
     taken: Vec<String>,
     saved: RefCell<Vec<Reconciliation>>,
     lines: RefCell<Vec<String>>,
+    /// Sightings the table holds besides `seen` (to fill it), and how often it was tidied.
+    seen_padding: std::cell::Cell<u64>,
+    tidied: std::cell::Cell<u32>,
+    /// The backend's inventory: each cursor's answer (`None`: the first page); what was asked.
+    pages: RefCell<HashMap<Option<String>, Result<Page, PageError>>>,
+    asked: RefCell<Vec<Option<String>>>,
+    state: RefCell<HashMap<String, String>>,
 }
 
 impl FleetStore for Fake {
@@ -52,23 +61,28 @@ impl FleetStore for Fake {
             .filter(|k| vm_ids.contains(&k.vm_id))
             .collect())
     }
-    async fn first_seen(
-        &self,
-        vm_ids: &[String],
-        now_ms: i64,
-        record: bool,
-    ) -> Result<Vec<(String, i64)>, String> {
-        let mut seen = self.seen.borrow_mut();
-        let before: Vec<(String, i64)> = vm_ids
+    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String> {
+        let seen = self.seen.borrow();
+        Ok(vm_ids
             .iter()
             .filter_map(|id| seen.get(id).map(|at| (id.clone(), *at)))
-            .collect();
-        if record {
-            for id in vm_ids {
-                seen.entry(id.clone()).or_insert(now_ms);
-            }
+            .collect())
+    }
+    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String> {
+        let mut seen = self.seen.borrow_mut();
+        for id in vm_ids {
+            assert!(
+                seen.insert(id.clone(), now_ms).is_none(),
+                "{id} remembered twice"
+            );
         }
-        Ok(before)
+        Ok(())
+    }
+    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String> {
+        let mut seen = self.seen.borrow_mut();
+        seen.retain(|_, at| *at >= now_ms - crate::lab::index::SEEN_KEPT_MS);
+        self.tidied.set(self.tidied.get() + 1);
+        Ok(seen.len() as u64 + self.seen_padding.get())
     }
     async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
         self.saved.borrow_mut().push(r.clone());
@@ -77,11 +91,27 @@ impl FleetStore for Fake {
     async fn overdue(&self, _: i64, _: u32) -> Result<Vec<String>, String> {
         Ok(Vec::new())
     }
-    async fn state(&self, _: &str) -> Result<Option<String>, String> {
-        Ok(None)
+    async fn state(&self, key: &str) -> Result<Option<String>, String> {
+        Ok(self.state.borrow().get(key).cloned())
     }
-    async fn set_state(&self, _: &str, _: Option<&str>) -> Result<(), String> {
+    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+        let mut state = self.state.borrow_mut();
+        match value {
+            Some(v) => state.insert(key.to_string(), v.to_string()),
+            None => state.remove(key),
+        };
         Ok(())
+    }
+}
+
+impl InventorySource for Fake {
+    async fn page(&self, cursor: Option<&str>) -> Result<Page, PageError> {
+        self.asked.borrow_mut().push(cursor.map(str::to_string));
+        self.pages
+            .borrow()
+            .get(&cursor.map(str::to_string))
+            .cloned()
+            .unwrap_or(Err(PageError::Refused(400)))
     }
 }
 
@@ -143,6 +173,8 @@ fn known_vm(vm: &str, lab: &str, state: VmState, status: Status, expires: i64) -
         state,
         lab_status: status,
         expires_at_ms: expires,
+        // Changed a minute after its expiry (its last attempt).
+        changed_at_ms: expires + MINUTE,
     }
 }
 
@@ -238,31 +270,67 @@ fn every_vm_is_in_exactly_one_class() {
 }
 
 #[test]
-fn acting_schedules_old_unknowns_and_finished_vms_once() {
+fn acting_needs_two_reports_and_then_schedules_each_vm_once() {
     let fake = world();
-    let a = block_on(reconcile(&fake, &config(), &report(), true, NOW)).unwrap();
-    let scheduled: Vec<(&str, &str)> = a
+    // The first report: every unknown VM past its grace and every finished VM whose lab changed
+    // less than ORPHAN_CONFIRM_MINUTES (10) ago waits; the unknown ones are remembered.
+    let first = block_on(reconcile(&fake, &config(), &report(), true, NOW)).unwrap();
+    assert!(first.scheduled.is_empty(), "{:?}", first.scheduled);
+    assert_eq!(first.unconfirmed, 4, "ghost-w, gone-w, old, raced");
+    for id in ["young", "old", "undated", "raced"] {
+        assert_eq!(fake.seen.borrow().get(id), Some(&NOW), "{id}");
+    }
+    // Nine minutes on: the finished VMs' labs changed ten minutes ago or more; the unknown ones
+    // were first reported nine minutes ago only.
+    let soon = block_on(reconcile(
+        &fake,
+        &config(),
+        &report(),
+        true,
+        NOW + 9 * MINUTE,
+    ))
+    .unwrap();
+    let scheduled: Vec<(&str, &str)> = soon
         .scheduled
         .iter()
         .map(|s| (s.lab_request_id.as_str(), s.action))
         .collect();
     assert_eq!(
         scheduled,
-        vec![
-            ("ghost-w", "delete_again"),
-            ("gone-w", "delete_again"),
-            ("old", "orphan")
-        ]
+        vec![("ghost-w", "delete_again"), ("gone-w", "delete_again")]
     );
-    // The young VM waits for its grace; the undated one's grace starts now; the raced one is a
-    // lab that is not an orphan (never touched); tracked and overdue VMs are left to their labs.
-    assert_eq!(*fake.orphans.borrow(), vec!["old"]);
-    assert_eq!(fake.seen.borrow().get("undated"), Some(&NOW));
+    // Ten minutes on: the unknown ones are confirmed.
+    let a = block_on(reconcile(
+        &fake,
+        &config(),
+        &report(),
+        true,
+        NOW + 10 * MINUTE,
+    ))
+    .unwrap();
+    let scheduled: Vec<(&str, &str)> = a
+        .scheduled
+        .iter()
+        .map(|s| (s.lab_request_id.as_str(), s.action))
+        .collect();
+    assert_eq!(scheduled, vec![("old", "orphan"), ("young", "orphan")]);
+    // The undated one's grace counts from its first report; the raced one is a lab that is not
+    // an orphan (never touched); tracked and overdue VMs are left to their labs.
+    let mut orphans = fake.orphans.borrow().clone();
+    orphans.sort();
+    assert_eq!(orphans, vec!["old", "young"]);
     // The same inventory again: nothing scheduled twice; what was scheduled is overdue now.
-    let again = block_on(reconcile(&fake, &config(), &report(), true, NOW)).unwrap();
+    let again = block_on(reconcile(
+        &fake,
+        &config(),
+        &report(),
+        true,
+        NOW + 10 * MINUTE,
+    ))
+    .unwrap();
     assert!(again.scheduled.is_empty(), "{:?}", again.scheduled);
     assert!(ids(&again.overdue).contains(&"old") && ids(&again.overdue).contains(&"ghost-w"));
-    // An hour after its first sighting, the undated VM is old enough.
+    // An hour after its first report, the undated VM is old enough.
     let later = block_on(reconcile(
         &fake,
         &config(),
@@ -276,20 +344,151 @@ fn acting_schedules_old_unknowns_and_finished_vms_once() {
         .iter()
         .map(|s| s.lab_request_id.as_str())
         .collect();
-    assert_eq!(orphans, vec!["undated", "young"]);
+    assert_eq!(orphans, vec!["undated"]);
 }
 
 #[test]
-fn at_most_so_many_actions_per_call() {
+fn a_finished_vm_is_deleted_again_only_after_its_lab_settled() {
+    let fake = Fake {
+        known: vec![KnownVm {
+            changed_at_ms: NOW - MINUTE,
+            ..known_vm(
+                "done-w",
+                "done-m",
+                VmState::Deleted,
+                Status::Completed,
+                NOW - 2 * MINUTE,
+            )
+        }],
+        ..Fake::default()
+    };
+    let report = vec![vm("done-w", None)];
+    let a = block_on(reconcile(&fake, &config(), &report, true, NOW)).unwrap();
+    assert!(a.scheduled.is_empty() && a.unconfirmed == 1);
+    let b = block_on(reconcile(&fake, &config(), &report, true, NOW + 9 * MINUTE)).unwrap();
+    assert_eq!(b.scheduled.len(), 1);
+}
+
+#[test]
+fn a_creation_time_in_the_future_counts_from_the_first_report() {
     let fake = Fake::default();
-    let many: Vec<ReportedVm> = (0..MAX_ACTIONS_PER_CALL + 7)
+    let far = ReportedVm {
+        created_at_ms: Some(32_503_680_000_000), // the year 3000
+        ..vm("far", None)
+    };
+    for at in [NOW, NOW + 59 * MINUTE] {
+        let a = block_on(reconcile(
+            &fake,
+            &config(),
+            std::slice::from_ref(&far),
+            true,
+            at,
+        ))
+        .unwrap();
+        assert!(a.scheduled.is_empty(), "too young at {at}");
+    }
+    let a = block_on(reconcile(&fake, &config(), &[far], true, NOW + 60 * MINUTE)).unwrap();
+    assert_eq!(
+        a.scheduled.len(),
+        1,
+        "an orphan an hour after its first report"
+    );
+}
+
+/// Reports `vms` twice, `ORPHAN_CONFIRM_MINUTES` apart: the second one acts.
+fn confirmed(fake: &Fake, vms: &[ReportedVm]) -> Answer {
+    block_on(reconcile(fake, &config(), vms, true, NOW)).unwrap();
+    block_on(reconcile(fake, &config(), vms, true, NOW + 10 * MINUTE)).unwrap()
+}
+
+#[test]
+fn at_most_so_many_actions_per_run_and_one_per_vm() {
+    let fake = Fake::default();
+    let many: Vec<ReportedVm> = (0..MAX_ACTIONS_PER_RUN + 7)
         .map(|n| vm(&format!("orphan-{n:04}"), Some(120)))
         .collect();
-    let a = block_on(reconcile(&fake, &config(), &many, true, NOW)).unwrap();
-    assert_eq!(a.scheduled.len(), MAX_ACTIONS_PER_CALL);
+    let a = confirmed(&fake, &many);
+    assert_eq!(a.scheduled.len(), MAX_ACTIONS_PER_RUN);
     assert_eq!(a.deferred, 7);
-    let b = block_on(reconcile(&fake, &config(), &many, true, NOW)).unwrap();
+    let b = block_on(reconcile(&fake, &config(), &many, true, NOW + 10 * MINUTE)).unwrap();
     assert_eq!(b.scheduled.len(), 7, "the rest when reported again");
+    // One run over pages: the cap is the run's, and a VM on two pages is acted on once.
+    let fake = Fake::default();
+    let pages: Vec<Vec<ReportedVm>> = (0..3)
+        .map(|p| {
+            (0..60)
+                .map(|n| vm(&format!("vm-{:04}", p * 50 + n), Some(120)))
+                .collect()
+        })
+        .collect();
+    for page in &pages {
+        block_on(reconcile(&fake, &config(), page, true, NOW)).unwrap();
+    }
+    let mut run = Run::default();
+    let answers: Vec<Answer> = pages
+        .iter()
+        .map(|page| {
+            block_on(reconcile_in(
+                &fake,
+                &config(),
+                page,
+                true,
+                NOW + 10 * MINUTE,
+                &mut run,
+            ))
+            .unwrap()
+        })
+        .collect();
+    let scheduled: Vec<usize> = answers.iter().map(|a| a.scheduled.len()).collect();
+    assert_eq!(
+        scheduled,
+        vec![60, 40, 0],
+        "pages overlap by 10 VMs: 100 in all"
+    );
+    assert_eq!(answers[1].deferred, 10);
+    assert_eq!(answers[2].deferred, 60, "the run's cap is reached");
+    let mut all: Vec<String> = fake.orphans.borrow().clone();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "no VM twice");
+}
+
+#[test]
+fn first_reports_are_bounded_and_tidied_once_per_run() {
+    let fake = Fake::default();
+    fake.seen_padding.set(crate::lab::index::MAX_SEEN_ROWS - 3);
+    let vms: Vec<ReportedVm> = (0..10).map(|n| vm(&format!("new-{n}"), None)).collect();
+    let mut run = Run::default();
+    for half in vms.chunks(5) {
+        block_on(reconcile_in(&fake, &config(), half, true, NOW, &mut run)).unwrap();
+    }
+    assert_eq!(
+        fake.seen.borrow().len(),
+        3,
+        "only as many as there is room for"
+    );
+    assert_eq!(fake.tidied.get(), 1);
+    // Old ones are forgotten.
+    block_on(reconcile(
+        &fake,
+        &config(),
+        &[],
+        true,
+        NOW + crate::lab::index::SEEN_KEPT_MS + 1,
+    ))
+    .unwrap();
+    let mut fresh = Run::default();
+    block_on(reconcile_in(
+        &fake,
+        &config(),
+        &vms[..1],
+        true,
+        NOW + crate::lab::index::SEEN_KEPT_MS + 1,
+        &mut fresh,
+    ))
+    .unwrap();
+    assert_eq!(fake.seen.borrow().len(), 1);
 }
 
 #[test]
@@ -335,4 +534,150 @@ fn pages_are_read_leniently_and_entries_strictly() {
         vec![r#"{"lab_request_id": "a", "user_id": "u"}"#; MAX_VMS_PER_REPORT + 1].join(",")
     );
     assert!(parse_page(&too_many).unwrap_err().contains("at most 1000"));
+}
+
+fn page(vms: &[&str], next: Option<&str>) -> Result<Page, PageError> {
+    Ok(Page {
+        vms: vms.iter().map(|id| vm(id, Some(120))).collect(),
+        next_cursor: next.map(str::to_string),
+        skipped: 0,
+        bad_cursor: false,
+    })
+}
+
+fn acting() -> Config {
+    Config::from_lookup(|name| match name {
+        "BACKEND_URL" => Some("https://backend.test".into()),
+        "RECONCILE_ACT" => Some("true".into()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+impl Fake {
+    fn set_state_now(&self, cursor: Option<&str>) {
+        block_on(self.set_state(CURSOR_KEY, cursor)).unwrap();
+    }
+
+    fn serve(&self, cursor: Option<&str>, answer: Result<Page, PageError>) {
+        self.pages
+            .borrow_mut()
+            .insert(cursor.map(str::to_string), answer);
+    }
+
+    fn cursor(&self) -> Option<String> {
+        self.state.borrow().get(CURSOR_KEY).cloned()
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.lines.borrow().iter().any(|l| l.contains(needle))
+    }
+}
+
+#[test]
+fn a_cursor_that_leads_back_ends_the_pass_and_nothing_is_done_twice() {
+    let fake = Fake::default();
+    fake.serve(None, page(&["a"], Some("p1")));
+    fake.serve(Some("p1"), page(&["b"], Some("p1")));
+    // Two runs ten minutes apart: the second confirms and acts.
+    for at in [NOW, NOW + 10 * MINUTE] {
+        fake.asked.borrow_mut().clear();
+        block_on(pull(&fake, &acting(), 20, at)).unwrap();
+        assert_eq!(
+            *fake.asked.borrow(),
+            vec![None, Some("p1".to_string())],
+            "each page once"
+        );
+        assert_eq!(
+            fake.cursor(),
+            None,
+            "the next run starts from the first page"
+        );
+    }
+    assert!(fake.logged("next_cursor \"p1\" leads back to a page this run read already"));
+    let mut orphans = fake.orphans.borrow().clone();
+    orphans.sort();
+    assert_eq!(orphans, vec!["a", "b"], "once each");
+    // A page that repeats another's VMs under a new cursor ends the pass too.
+    let fake = Fake::default();
+    fake.serve(None, page(&["a", "b"], Some("p1")));
+    fake.serve(Some("p1"), page(&["b", "a"], Some("p2")));
+    fake.serve(Some("p2"), page(&["c"], None));
+    block_on(pull(&fake, &acting(), 20, NOW)).unwrap();
+    assert_eq!(fake.asked.borrow().len(), 2);
+    assert!(fake.logged("a page holds the same VMs as a page this run read already"));
+}
+
+#[test]
+fn a_refused_or_oversized_cursor_starts_again_from_the_first_page() {
+    let fake = Fake::default();
+    fake.serve(None, page(&["a"], Some("p1")));
+    fake.serve(Some("p1"), page(&["b"], None));
+    // The backend no longer knows the stored cursor (it answers 400 for it).
+    fake.set_state_now(Some("expired"));
+    let counts = block_on(pull(&fake, &acting(), 20, NOW)).unwrap();
+    assert_eq!(counts.unknown, 2);
+    assert_eq!(
+        *fake.asked.borrow(),
+        vec![Some("expired".to_string()), None, Some("p1".to_string())]
+    );
+    assert!(fake.logged(
+        "the backend refused the cursor \"expired\" (400); starting again from the first page"
+    ));
+    // A stored cursor over the limit is not even sent.
+    fake.asked.borrow_mut().clear();
+    fake.set_state_now(Some(&"x".repeat(MAX_CURSOR_BYTES + 1)));
+    block_on(pull(&fake, &acting(), 20, NOW)).unwrap();
+    assert_eq!(fake.asked.borrow()[0], None);
+    assert!(fake.logged("the stored cursor is over 2000 bytes"));
+    // A page whose next_cursor is over the limit ends the pass.
+    let long = Fake::default();
+    long.serve(
+        None,
+        Ok(Page {
+            bad_cursor: true,
+            ..page(&["a"], None).unwrap()
+        }),
+    );
+    block_on(pull(&long, &acting(), 20, NOW)).unwrap();
+    assert_eq!(long.cursor(), None);
+    assert!(long.logged("a page's next_cursor is over 2000 bytes; the pass ends with this page"));
+}
+
+#[test]
+fn a_run_that_fails_on_a_later_page_saves_the_counts_it_has() {
+    let fake = Fake::default();
+    fake.serve(None, page(&["a", "b"], Some("p1")));
+    fake.serve(
+        Some("p1"),
+        Err(PageError::Failed(
+            "the backend's inventory answered 503".into(),
+        )),
+    );
+    let e = block_on(pull(&fake, &acting(), 20, NOW)).unwrap_err();
+    assert_eq!(e, "the backend's inventory answered 503");
+    let saved = fake.saved.borrow();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].counts.unknown, 2);
+    assert_eq!(
+        fake.cursor().as_deref(),
+        Some("p1"),
+        "the next run goes on from there"
+    );
+}
+
+#[test]
+fn a_pull_takes_at_most_so_many_actions_in_a_run() {
+    let fake = Fake::default();
+    for p in 0..20 {
+        let ids: Vec<String> = (0..30).map(|n| format!("vm-{p:02}-{n:02}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let next = (p < 19).then(|| format!("p{}", p + 1));
+        let cursor = (p > 0).then(|| format!("p{p}"));
+        fake.serve(cursor.as_deref(), page(&ids, next.as_deref()));
+    }
+    block_on(pull(&fake, &acting(), 20, NOW)).unwrap();
+    assert!(fake.orphans.borrow().is_empty(), "the first reports");
+    block_on(pull(&fake, &acting(), 20, NOW + 10 * MINUTE)).unwrap();
+    assert_eq!(fake.orphans.borrow().len(), MAX_ACTIONS_PER_RUN);
 }
