@@ -18,6 +18,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 /// name at least a label or a user. Returns the plan and whether it is a dry run.
 pub fn parse(body: &[u8], max_minutes: u64) -> Result<(Plan, bool), ApiError> {
     let obj = validation::json_object(body)?;
+    validation::only_fields(&obj, &["selector", "action", "minutes", "dry_run"], "")?;
     let selector = match obj.get("selector") {
         Some(Value::Object(s)) => selector(s)?,
         Some(_) => return Err(invalid("selector must be an object")),
@@ -49,6 +50,7 @@ pub fn parse(body: &[u8], max_minutes: u64) -> Result<(Plan, bool), ApiError> {
 }
 
 fn selector(s: &serde_json::Map<String, Value>) -> Result<Selector, ApiError> {
+    validation::only_fields(s, &["labels", "status", "user_id"], "selector.")?;
     let mut selector = Selector::default();
     match s.get("labels") {
         None | Some(Value::Null) => {}

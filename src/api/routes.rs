@@ -74,9 +74,13 @@ impl LabRoute {
         }
     }
 
-    /// Whether the operation reads a JSON body.
+    /// Whether the operation reads a JSON body (retry now and activity take none, and refuse
+    /// one with fields).
     pub fn has_body(self) -> bool {
-        matches!(self, LabRoute::Extend)
+        matches!(
+            self,
+            LabRoute::Extend | LabRoute::Retry | LabRoute::Activity
+        )
     }
 
     /// The lab request this operation sends to the lab's object, from its checked body and
@@ -100,8 +104,14 @@ impl LabRoute {
                 by,
                 job: None,
             },
-            LabRoute::Retry => LabRequest::Retry { job: None },
-            LabRoute::Activity => LabRequest::Activity,
+            LabRoute::Retry => {
+                validation::parse_empty(body)?;
+                LabRequest::Retry { job: None }
+            }
+            LabRoute::Activity => {
+                validation::parse_empty(body)?;
+                LabRequest::Activity
+            }
         })
     }
 }

@@ -86,6 +86,10 @@ fn invalid(message: impl Into<String>) -> ApiError {
 /// Parses and validates the JSON body of `POST /api/v1/labs/sessions`.
 pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiError> {
     let obj = json_object(body)?;
+    no_near_misses(&obj, CREATE_FIELDS, "")?;
+    if let Some(Value::Object(vm)) = obj.get("vm") {
+        no_near_misses(vm, VM_FIELDS, "vm.")?;
+    }
     let lab_request_id = required_id(&obj, "lab_request_id")?;
     let user_id = required_id(&obj, "user_id")?;
     let duration = duration(obj.get("duration"), "duration", limits.max_duration_minutes)?;
@@ -198,6 +202,118 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Refuses any field of `obj` not in `known` (an operator's body: a typo there is a different
+/// request, e.g. `dryRun` for `dry_run`), naming it and the field it resembles, if any.
+/// `within` prefixes the names (`"selector."`).
+pub fn only_fields(obj: &Map<String, Value>, known: &[&str], within: &str) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(invalid(match resembled(key, known, 1) {
+            Some(like) => format!(
+                "unknown field {within}{}; did you mean {within}{like}?",
+                shown(key)
+            ),
+            None if known.is_empty() => format!(
+                "unknown field {within}{}; this request takes no fields",
+                shown(key)
+            ),
+            None => format!(
+                "unknown field {within}{}; the fields are {}",
+                shown(key),
+                known.join(", ")
+            ),
+        })),
+    }
+}
+
+/// Refuses a field of `obj` that is not in `known` but nearly is one (`idle_timeot`,
+/// `worker_node`): a body the frontend sends may carry fields of its own, but a misspelt known
+/// one would be silently ignored and change what is scheduled.
+pub fn no_near_misses(
+    obj: &Map<String, Value>,
+    known: &[&str],
+    within: &str,
+) -> Result<(), ApiError> {
+    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        if let Some(like) = resembled(key, known, 0) {
+            return Err(invalid(format!(
+                "{within}{} is not a field; did you mean {within}{like}?",
+                shown(key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A field name from outside as a message shows it: quoted, escaped, shortened.
+fn shown(key: &str) -> String {
+    format!("{:?}", truncate(key, 70))
+}
+
+/// The known name `key` resembles: the same letters but for case, `_` and `-` (`dryRun`), or
+/// one edit away from a name of 5 characters or more (two from one of 10 or more; at least
+/// `least` edits from any name: a suggestion for a field refused anyway may be looser).
+fn resembled<'a>(key: &str, known: &[&'a str], least: usize) -> Option<&'a str> {
+    let plain = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let key_plain = plain(key);
+    known.iter().copied().find(|name| {
+        let allowed = match name.chars().count() {
+            0..=4 => 0,
+            5..=9 => 1,
+            _ => 2,
+        }
+        .max(least);
+        plain(name) == key_plain
+            || (key.chars().count() <= 70 && edits(&key_plain, &plain(name)) <= allowed)
+    })
+}
+
+/// Edits (insert, delete, replace, swap of neighbours) from `a` to `b`.
+fn edits(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The fields of a create's body, of its `vm` and of a `worker_nodes` entry.
+pub const CREATE_FIELDS: &[&str] = &[
+    "lab_request_id",
+    "user_id",
+    "duration",
+    "vm",
+    "worker_nodes",
+    "labels",
+    "idle_timeout",
+];
+const VM_FIELDS: &[&str] = &["name"];
+const WORKER_FIELDS: &[&str] = &["worker_lab_request_id"];
+/// The fields of an inventory push, and of one of its VMs.
+pub const INVENTORY_FIELDS: &[&str] = &["vms", "act"];
+const INVENTORY_VM_FIELDS: &[&str] = &["lab_request_id", "user_id", "created_at"];
+
 fn required_id(obj: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(invalid(format!("{field} is required"))),
@@ -261,6 +377,7 @@ pub fn duration(value: Option<&Value>, field: &str, max: u64) -> Result<u64, Api
 /// id twice. Returns the VMs and whether to act.
 pub fn parse_inventory(body: &[u8]) -> Result<(Vec<ReportedVm>, bool), ApiError> {
     let obj = json_object(body)?;
+    only_fields(&obj, INVENTORY_FIELDS, "")?;
     let vms = match obj.get("vms") {
         Some(Value::Array(vms)) => vms,
         None | Some(Value::Null) => return Err(invalid("vms is required (an array)")),
@@ -290,6 +407,9 @@ pub fn parse_inventory(body: &[u8]) -> Result<(Vec<ReportedVm>, bool), ApiError>
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut parsed = Vec::with_capacity(vms.len());
     for (i, entry) in vms.iter().enumerate() {
+        if let Value::Object(fields) = entry {
+            no_near_misses(fields, INVENTORY_VM_FIELDS, &format!("vms[{i}]."))?;
+        }
         let vm = ReportedVm::from_json(entry).map_err(|e| invalid(format!("vms[{i}]: {e}")))?;
         if let Some(first) = seen.insert(entry["lab_request_id"].as_str().unwrap_or_default(), i) {
             return Err(invalid(format!(
@@ -303,7 +423,16 @@ pub fn parse_inventory(body: &[u8]) -> Result<(Vec<ReportedVm>, bool), ApiError>
 
 pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
     let obj = json_object(body)?;
+    only_fields(&obj, &["minutes"], "")?;
     duration(obj.get("minutes"), "minutes", max_minutes)
+}
+
+/// The body of a request that takes no fields (retry now, activity): none, or `{}`.
+pub fn parse_empty(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    only_fields(&json_object(body)?, &[], "")
 }
 
 /// `labels`: an object of at most `MAX_LABELS` string values, keys `[a-z0-9_.-]{1,63}`, values
@@ -398,6 +527,7 @@ fn worker_ids(
                 type_name(entry)
             )));
         };
+        no_near_misses(node, WORKER_FIELDS, &format!("worker_nodes[{i}]."))?;
         let id = required_id(node, "worker_lab_request_id")
             .map_err(|e| invalid(e.to_string().replacen("worker_lab_request_id", &field, 1)))?;
         if id == master {
@@ -455,6 +585,88 @@ mod tests {
         let mut v = base();
         v[key] = value;
         v
+    }
+
+    #[test]
+    fn a_near_miss_of_a_known_field_is_refused_other_fields_are_not() {
+        for (key, like) in [
+            ("idle_timeot", "idle_timeout"),
+            ("idleTimeout", "idle_timeout"),
+            ("worker_node", "worker_nodes"),
+            ("durration", "duration"),
+            ("Lab-Request-Id", "lab_request_id"),
+            ("userid", "user_id"),
+            ("lables", "labels"),
+        ] {
+            assert_eq!(
+                message(with(key, json!(5))),
+                format!("{key:?} is not a field; did you mean {like}?"),
+                "{key}"
+            );
+        }
+        // The frontend's own fields go through.
+        for key in [
+            "course_id",
+            "template",
+            "lab_name",
+            "region",
+            "vm_size",
+            "x",
+        ] {
+            assert!(parse(with(key, json!("anything"))).is_ok(), "{key}");
+        }
+        let mut v = base();
+        v["worker_nodes"] = json!([{"worker_lab_request_id": "w1"}, {"worker_lab_request_ids": "w2", "worker_lab_request_id": "w3"}]);
+        assert_eq!(
+            message(v),
+            "worker_nodes[1].\"worker_lab_request_ids\" is not a field; did you mean worker_nodes[1].worker_lab_request_id?"
+        );
+        assert_eq!(
+            message(with("vm", json!({"nmae": "x", "Name": "y"}))),
+            "vm.\"Name\" is not a field; did you mean vm.name?"
+        );
+        // A key from outside is quoted, escaped and shortened in the message.
+        let long = format!("{}\n", "z".repeat(500));
+        assert!(parse(with(&long, json!(1))).is_ok());
+    }
+
+    #[test]
+    fn operator_bodies_refuse_every_unknown_field() {
+        let refused = |result: Result<(), ApiError>| match result {
+            Err(ApiError::InvalidRequest(m)) => m,
+            other => panic!("expected invalid_request, got {other:?}"),
+        };
+        assert_eq!(
+            refused(parse_extend(br#"{"minutes": 5, "minuts": 6}"#, 100).map(|_| ())),
+            "unknown field \"minuts\"; did you mean minutes?"
+        );
+        assert_eq!(
+            refused(parse_inventory(br#"{"vms": [], "acts": true}"#).map(|_| ())),
+            "unknown field \"acts\"; did you mean act?"
+        );
+        assert_eq!(
+            refused(parse_inventory(br#"{"vms": [], "force": true}"#).map(|_| ())),
+            "unknown field \"force\"; the fields are vms, act"
+        );
+        assert_eq!(
+            refused(
+                parse_inventory(
+                    br#"{"vms": [{"lab_request_id": "a", "user_id": "u", "createdAt": "2026-01-01T00:00:00Z"}]}"#
+                )
+                .map(|_| ())
+            ),
+            "vms[0].\"createdAt\" is not a field; did you mean vms[0].created_at?"
+        );
+        assert!(parse_inventory(
+            br#"{"vms": [{"lab_request_id": "a", "user_id": "u", "ip": "10.0.0.1"}]}"#
+        )
+        .is_ok());
+        assert_eq!(
+            refused(parse_empty(br#"{"now": true}"#)),
+            "unknown field \"now\"; this request takes no fields"
+        );
+        assert!(parse_empty(b"").is_ok() && parse_empty(b" {} ").is_ok());
+        assert!(parse_empty(b"[]").is_err());
     }
 
     #[test]

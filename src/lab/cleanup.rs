@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 use futures::stream::{self, StreamExt};
 
-use crate::lab::fleet::budget::CallOutcome;
+use crate::lab::fleet::budget::{Asker, CallOutcome};
 pub use crate::lab::ports::{
     BackendError, BackendReply, Budget, LabBackend, Level, Logger, Permit, Runtime,
 };
@@ -84,8 +84,11 @@ struct Calls<'a, B: LabBackend, R: Runtime, G: Budget> {
     runtime: &'a R,
     budget: &'a G,
     plan: AttemptPlan,
-    /// The lab's expiry: its place in the budget's queue (older first).
-    priority: i64,
+    /// The lab as the budget knows it, and its place in the budget's queue (`budget_priority`):
+    /// both change when a call of this attempt fails.
+    lab: &'a str,
+    failing: Cell<bool>,
+    priority: Cell<i64>,
     made: Cell<usize>,
     spare: Cell<usize>,
     refused: Cell<bool>,
@@ -124,6 +127,11 @@ impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
         }
         let deletion = classify_deletion(result, self.runtime.now_ms());
         let refused = matches!(deletion, Deletion::Refused { .. });
+        if matches!(deletion, Deletion::Failed(_)) && !self.failing.replace(true) {
+            // This lab's calls fail: its next permits come after the labs that did not fail.
+            self.priority
+                .set(self.priority.get().max(self.runtime.now_ms()));
+        }
         if adaptive && refused {
             self.refused.set(true);
         }
@@ -145,7 +153,18 @@ impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
         if self.refused.get() {
             return None;
         }
-        match self.budget.acquire(self.priority, wanted.max(1)).await {
+        match self
+            .budget
+            .acquire(
+                Asker {
+                    lab: self.lab,
+                    failing: self.failing.get(),
+                },
+                self.priority.get(),
+                wanted.max(1),
+            )
+            .await
+        {
             Permit::Wait(ms) => {
                 self.budget_wait.set(Some(ms));
                 self.refused.set(true);
@@ -154,6 +173,24 @@ impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
             permit => Some(permit),
         }
     }
+}
+
+/// A lab's place in the fleet's budget queue for an attempt starting at `now_ms`: its expiry
+/// (older first); after an attempt in which a deletion failed (an answer that was an error, or
+/// none), the attempt's start. A lab whose calls keep failing then waits behind every lab that
+/// expired before it retried, instead of going first for ever (its expiry being the oldest).
+pub fn budget_priority(session: &Session, now_ms: i64) -> i64 {
+    if failed_last_time(session) {
+        now_ms.max(session.expires_at_ms)
+    } else {
+        session.expires_at_ms
+    }
+}
+
+/// Whether a deletion failed in the lab's last attempt that made calls (an error answer, or
+/// none in time).
+fn failed_last_time(session: &Session) -> bool {
+    session.cleanup.failing
 }
 
 /// Runs one cleanup attempt for `session`, which `Session::begin_attempt` has just marked.
@@ -184,7 +221,9 @@ pub async fn run_attempt(
         runtime,
         budget,
         plan,
-        priority: session.expires_at_ms,
+        lab: &session.lab_request_id,
+        failing: Cell::new(failed_last_time(session)),
+        priority: Cell::new(budget_priority(session, runtime.now_ms())),
         made: Cell::new(0),
         spare: Cell::new(plan.spare_calls),
         refused: Cell::new(false),

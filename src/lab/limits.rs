@@ -33,6 +33,9 @@ pub fn label_problem(key: &str, value: &str) -> Option<String> {
             "label {key} must be 1 to {MAX_LABEL_VALUE_LEN} characters, got {n}"
         ));
     }
+    if value.trim().is_empty() {
+        return Some(format!("label {key} must not be only white space"));
+    }
     if let Some(c) = value.chars().find(|c| crate::lab::text::is_unsafe(*c)) {
         return Some(format!(
             "label {key} has {}; values are printable characters",

@@ -57,10 +57,16 @@ pub enum Permit {
 /// The fleet-wide budget of backend calls: a permit before each call, returned after it with
 /// how the call went.
 pub trait Budget {
-    /// A permit for one call of a lab expiring at `priority_ms` (older labs go first).
-    /// `wanted`: the calls the attempt can start now, this one included; an adapter may ask for
-    /// that many in one round trip and keep the others for the attempt's next calls.
-    async fn acquire(&self, priority_ms: i64, wanted: usize) -> Permit;
+    /// A permit for one call of lab `asker` at `priority_ms` (its expiry; after a failed attempt,
+    /// the attempt's start: labs that did not fail go first). `wanted`: the calls the attempt
+    /// can start now, this one included; an adapter may ask for that many in one round trip and
+    /// keep the others for the attempt's next calls.
+    async fn acquire(
+        &self,
+        asker: crate::lab::fleet::budget::Asker<'_>,
+        priority_ms: i64,
+        wanted: usize,
+    ) -> Permit;
     /// Returns `permit` (not awaited: the attempt never waits for the return).
     fn release(&self, permit: Permit, outcome: crate::lab::fleet::budget::CallOutcome);
 }
@@ -69,7 +75,7 @@ pub trait Budget {
 pub struct NoBudget;
 
 impl Budget for NoBudget {
-    async fn acquire(&self, _: i64, _: usize) -> Permit {
+    async fn acquire(&self, _: crate::lab::fleet::budget::Asker<'_>, _: i64, _: usize) -> Permit {
         Permit::Unlimited
     }
     fn release(&self, _: Permit, _: crate::lab::fleet::budget::CallOutcome) {}

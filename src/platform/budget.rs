@@ -14,7 +14,7 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, web_sys, DurableObject, Env, Request, Response, Result, State};
 
 use crate::lab::config::Config;
-use crate::lab::fleet::budget::{Allocator, CallOutcome, Lease};
+use crate::lab::fleet::budget::{Allocator, Asker, CallOutcome, Lease};
 use crate::lab::ports::Permit;
 use crate::platform::runtime::{now_ms, within};
 use crate::platform::usage::{add, Usage};
@@ -42,6 +42,12 @@ const UNREACHABLE_AFTER: Duration = Duration::from_millis(20_000);
 
 #[derive(Serialize, Deserialize)]
 struct Acquire {
+    /// The lab asking (labs are served fairly), and whether its last attempt failed; neither
+    /// from a lab of the previous version.
+    #[serde(default)]
+    lab: String,
+    #[serde(default)]
+    failing: bool,
     priority: i64,
     max: u32,
     lease_ms: i64,
@@ -102,7 +108,11 @@ impl BackendBudget {
             let mut allocator = self.allocator.borrow_mut();
             let a = allocator
                 .get_or_insert_with(|| Allocator::new(ask.max, ask.lease_ms, ask.window_ms));
-            a.request(ask.priority, deadline, ask.wanted)
+            let asker = Asker {
+                lab: &ask.lab,
+                failing: ask.failing,
+            };
+            a.request(asker, ask.priority, deadline, ask.wanted)
         };
         let (sender, mut receiver) = oneshot::channel();
         self.waiters.borrow_mut().insert(ticket, sender);
@@ -293,12 +303,13 @@ impl Permits {
         self.spare.borrow_mut().pop().map(|(id, _)| id)
     }
 
-    /// A permit for one backend call of a lab expiring at `priority`, `wanted` the calls it can
-    /// start now: none needed without `BACKEND_MAX_CONCURRENCY`. `Err` (why) when the
+    /// A permit for one backend call of lab `asker` at `priority` (see `lab::cleanup`),
+    /// `wanted` the calls it can start now: none needed without `BACKEND_MAX_CONCURRENCY`. `Err` (why) when the
     /// coordinator cannot be reached in time: the call then goes ahead as before (the budget
     /// may never stop a cleanup).
     pub async fn acquire(
         &self,
+        asker: Asker<'_>,
         priority: i64,
         wanted: usize,
     ) -> std::result::Result<Permit, String> {
@@ -321,6 +332,8 @@ impl Permits {
                     .unwrap_or_else(|_| Err("the request for permits was dropped".into())),
                 None => {
                     let ask = Acquire {
+                        lab: asker.lab.to_string(),
+                        failing: asker.failing,
                         priority,
                         max,
                         lease_ms: self.timeout_ms.saturating_add(2_000),

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use worker::Env;
 
 use crate::lab::config::{Config, Webhooks};
-use crate::lab::fleet::budget::CallOutcome;
+use crate::lab::fleet::budget::{Asker, CallOutcome};
 use crate::lab::index::{IndexRow, VmRow};
 use crate::lab::ports::{
     BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Labs, Level, Logger,
@@ -164,8 +164,8 @@ impl LabBackend for Workerd {
 }
 
 impl Budget for Workerd {
-    async fn acquire(&self, priority_ms: i64, wanted: usize) -> Permit {
-        match self.permits.acquire(priority_ms, wanted).await {
+    async fn acquire(&self, asker: Asker<'_>, priority_ms: i64, wanted: usize) -> Permit {
+        match self.permits.acquire(asker, priority_ms, wanted).await {
             Ok(permit) => permit,
             Err(why) => {
                 if !self.budget_warned.replace(true) {

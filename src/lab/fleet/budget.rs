@@ -1,4 +1,4 @@
-//! The fleet-wide budget of backend calls: permits leased one per call, oldest expiry first, within a limit that halves on overload and grows back on success.
+//! The fleet-wide budget of backend calls: permits leased one per call, fairly between labs (the lab holding the fewest goes first, then the oldest expiry), within a limit that halves on overload, grows back on success and probes upward on a timer.
 //!
 //! Pure: the coordinator's Durable Object (`platform::budget`) holds one `Allocator` and the
 //! clock comes in as an argument. A permit is a lease that expires a little after the backend
@@ -20,20 +20,49 @@ pub struct Lease {
     pub expires_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Who asks for permits: a lab, and whether its last attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asker<'a> {
+    /// The lab (its id): labs are served fairly, whatever their calls do.
+    pub lab: &'a str,
+    /// Its last attempt had a deletion fail: its calls are likely to hang or fail again.
+    pub failing: bool,
+}
+
+#[derive(Debug, Clone)]
 struct Waiter {
     ticket: u64,
+    holder: String,
+    failing: bool,
     priority: i64,
     deadline_ms: i64,
     /// Permits wanted (at least one): a lab with several calls to make asks for them at once.
     wanted: u32,
 }
 
+/// A lease out, and the lab holding it.
+#[derive(Debug, Clone)]
+struct Held {
+    lease: Lease,
+    holder: String,
+    failing: bool,
+}
+
 /// Hands out permits within a limit that adapts: additive increase (one more per limit's worth
 /// of answered calls) and multiplicative decrease (halved on overload, at most once per
 /// `window_ms`), between 1 and `max`, as TCP's congestion window. Within a window, an overload
 /// takes back what the limit grew since the last decrease: a limit set above the backend's
-/// capacity settles at it instead of overshooting again for a whole window.
+/// capacity settles at it instead of overshooting again for a whole window. A window without a
+/// decrease or a probe grows the limit by one even when no call was answered (calls that hang
+/// answer nothing): the limit never stays down for good.
+///
+/// Fairness: labs whose calls did not fail are served before labs whose calls did (`failing`:
+/// their last attempt, or this one, had a deletion fail); among each, the lab holding the fewest
+/// permits, then the oldest priority. Failing labs hold together at most half the limit (none
+/// while it is 1; the probe raises it within a window), so that labs whose calls hang for a
+/// whole timeout can never take every permit from labs the backend serves well; and their
+/// timeouts do not lower the limit (they say something about those VMs, not about the backend's
+/// load), while their answers raise it.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     max: u32,
@@ -43,8 +72,10 @@ pub struct Allocator {
     last_decrease_ms: i64,
     /// The limit right after the last decrease.
     after_decrease: f64,
+    /// When the limit last grew without an answer (a probe).
+    last_probe_ms: i64,
     next_id: u64,
-    leases: Vec<Lease>,
+    leases: Vec<Held>,
     waiting: Vec<Waiter>,
 }
 
@@ -59,6 +90,7 @@ impl Allocator {
             window_ms,
             last_decrease_ms: i64::MIN,
             after_decrease: f64::from(max.max(1)),
+            last_probe_ms: i64::MIN,
             next_id: 1,
             leases: Vec::new(),
             waiting: Vec::new(),
@@ -78,9 +110,16 @@ impl Allocator {
         self.waiting.len()
     }
 
-    /// Queues a request for up to `wanted` permits by a lab expiring at `priority` (older
-    /// first), that waits until `deadline_ms` at the latest. Returns its ticket.
-    pub fn request(&mut self, priority: i64, deadline_ms: i64, wanted: u32) -> u64 {
+    /// Queues a request for up to `wanted` permits by `asker` at `priority` (older first, among
+    /// labs holding as many permits), that waits until `deadline_ms` at the latest. Returns its
+    /// ticket.
+    pub fn request(
+        &mut self,
+        asker: Asker<'_>,
+        priority: i64,
+        deadline_ms: i64,
+        wanted: u32,
+    ) -> u64 {
         let ticket = self.next_id;
         self.next_id += 1;
         // The queue stays in grant order (oldest expiry, then first come): a new ticket is the
@@ -90,6 +129,8 @@ impl Allocator {
             at,
             Waiter {
                 ticket,
+                holder: asker.lab.to_string(),
+                failing: asker.failing,
                 priority,
                 deadline_ms,
                 wanted: wanted.max(1),
@@ -106,21 +147,47 @@ impl Allocator {
     /// Leases whose holder never returned them (past their expiry) come back; requests past
     /// their deadline leave the queue.
     pub fn expire(&mut self, now_ms: i64) {
-        self.leases.retain(|l| l.expires_at_ms > now_ms);
+        self.leases.retain(|l| l.lease.expires_at_ms > now_ms);
         self.waiting.retain(|w| w.deadline_ms > now_ms);
     }
 
-    /// Grants what the limit allows, oldest expiry first (then first come): the tickets served,
-    /// each with its leases (as many as it wanted, or what is left; a request never waits for
-    /// more than one).
+    /// Grants what the limit allows: the lab holding the fewest permits first, then the oldest
+    /// priority, then first come. The tickets served, each with its leases (as many as it
+    /// wanted, or what is left; a request never waits for more than one).
     pub fn grant(&mut self, now_ms: i64) -> Vec<(u64, Vec<Lease>)> {
         self.expire(now_ms);
+        self.probe(now_ms);
         let mut free = (self.limit() as usize).saturating_sub(self.leases.len());
         let mut served = Vec::new();
-        while free > 0 && !self.waiting.is_empty() {
-            let w = self.waiting.remove(0);
-            let n = (w.wanted as usize).min(free);
+        let mut held: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for h in &self.leases {
+            *held.entry(h.holder.clone()).or_default() += 1;
+        }
+        let failing_cap = self.limit() as usize / 2;
+        let mut failing_held = self.leases.iter().filter(|h| h.failing).count();
+        while free > 0 {
+            // Labs that did not fail first; then those holding the fewest; then the queue's
+            // (priority) order. Failing labs only while they hold less than their share.
+            let Some(next) = (0..self.waiting.len())
+                .filter(|&i| !self.waiting[i].failing || failing_held < failing_cap)
+                .min_by_key(|&i| {
+                    let w = &self.waiting[i];
+                    (w.failing, held.get(&w.holder).copied().unwrap_or(0), i)
+                })
+            else {
+                break;
+            };
+            let w = self.waiting.remove(next);
+            let room = if w.failing {
+                failing_cap - failing_held
+            } else {
+                free
+            };
+            let n = (w.wanted as usize).min(free).min(room);
             free -= n;
+            if w.failing {
+                failing_held += n;
+            }
             let leases: Vec<Lease> = (0..n)
                 .map(|_| {
                     let lease = Lease {
@@ -131,7 +198,12 @@ impl Allocator {
                     lease
                 })
                 .collect();
-            self.leases.extend(leases.iter().copied());
+            *held.entry(w.holder.clone()).or_default() += leases.len();
+            self.leases.extend(leases.iter().map(|&lease| Held {
+                lease,
+                holder: w.holder.clone(),
+                failing: w.failing,
+            }));
             served.push((w.ticket, leases));
         }
         served
@@ -139,17 +211,33 @@ impl Allocator {
 
     /// A permit comes back unused (its holder had no call left for it): the limit stays.
     pub fn give_back(&mut self, lease_id: u64) {
-        self.leases.retain(|l| l.id != lease_id);
+        self.leases.retain(|l| l.lease.id != lease_id);
+    }
+
+    /// A window without a decrease or a probe, and requests waiting: one more permit, answered
+    /// or not (the limit probes upward, as AIMD does on a timer).
+    fn probe(&mut self, now_ms: i64) {
+        let quiet_since = self.last_decrease_ms.max(self.last_probe_ms);
+        if !self.waiting.is_empty()
+            && self.limit < f64::from(self.max)
+            && now_ms.saturating_sub(quiet_since) >= self.window_ms
+        {
+            self.limit = (self.limit.floor() + 1.0).min(f64::from(self.max));
+            self.last_probe_ms = now_ms;
+        }
     }
 
     /// A permit comes back, with how its call went.
     pub fn release(&mut self, lease_id: u64, outcome: CallOutcome, now_ms: i64) {
-        let held = self.leases.len();
-        self.leases.retain(|l| l.id != lease_id);
-        if self.leases.len() == held {
-            // Expired already (or never leased): its call's word still counts.
-        }
+        // Expired already (or never leased): its call's word still counts.
+        let failing = self
+            .leases
+            .iter()
+            .any(|l| l.lease.id == lease_id && l.failing);
+        self.leases.retain(|l| l.lease.id != lease_id);
         match outcome {
+            // A failing lab's timeout says nothing new about the backend.
+            CallOutcome::Overloaded if failing => {}
             CallOutcome::Answered => {
                 self.limit = (self.limit + 1.0 / self.limit).min(f64::from(self.max));
             }
@@ -169,7 +257,7 @@ impl Allocator {
     /// request and its own deadline. Not the other requests' deadlines: with a thousand labs
     /// waiting, every waiter would wake at each of them (a million wake-ups for one class).
     pub fn next_lease_expiry_ms(&self) -> Option<i64> {
-        self.leases.iter().map(|l| l.expires_at_ms).min()
+        self.leases.iter().map(|l| l.lease.expires_at_ms).min()
     }
 }
 
@@ -178,18 +266,22 @@ mod tests {
     use super::*;
 
     const T: i64 = 1_000_000;
+    const LAB: Asker = Asker {
+        lab: "lab",
+        failing: false,
+    };
 
     #[test]
     fn never_more_in_flight_than_the_limit_oldest_expiry_first() {
         let mut a = Allocator::new(2, 17_000, 15_000);
-        let late = a.request(T + 500, T + 30_000, 1);
-        let early = a.request(T + 100, T + 30_000, 1);
-        let middle = a.request(T + 300, T + 30_000, 1);
+        let late = a.request(LAB, T + 500, T + 30_000, 1);
+        let early = a.request(LAB, T + 100, T + 30_000, 1);
+        let middle = a.request(LAB, T + 300, T + 30_000, 1);
         let granted: Vec<u64> = a.grant(T).iter().map(|(t, _)| *t).collect();
         assert_eq!(granted, vec![early, middle]);
         assert_eq!(a.in_flight(), 2);
         assert!(a.grant(T).is_empty(), "full");
-        let lease = a.leases[0].id;
+        let lease = a.leases[0].lease.id;
         a.release(lease, CallOutcome::Answered, T + 10);
         let next: Vec<u64> = a.grant(T + 10).iter().map(|(t, _)| *t).collect();
         assert_eq!(next, vec![late]);
@@ -198,8 +290,8 @@ mod tests {
     #[test]
     fn a_request_for_several_gets_what_is_free_and_the_oldest_lab_is_served_first() {
         let mut a = Allocator::new(5, 17_000, 15_000);
-        let big = a.request(T + 100, T + 30_000, 6);
-        let single = a.request(T + 50, T + 30_000, 1);
+        let big = a.request(LAB, T + 100, T + 30_000, 6);
+        let single = a.request(LAB, T + 50, T + 30_000, 1);
         let served = a.grant(T);
         assert_eq!(served[0].0, single, "older expiry first");
         assert_eq!(served[0].1.len(), 1);
@@ -210,7 +302,7 @@ mod tests {
             "what is left, without waiting for more"
         );
         assert_eq!(a.in_flight(), 5);
-        let more = a.request(T + 10, T + 30_000, 3);
+        let more = a.request(LAB, T + 10, T + 30_000, 3);
         assert!(a.grant(T).is_empty(), "full");
         a.give_back(served[1].1[0].id);
         a.give_back(served[1].1[1].id);
@@ -227,9 +319,9 @@ mod tests {
     #[test]
     fn a_lease_never_returned_comes_back_by_itself() {
         let mut a = Allocator::new(1, 17_000, 15_000);
-        a.request(T, T + 60_000, 1);
+        a.request(LAB, T, T + 60_000, 1);
         assert_eq!(a.grant(T).len(), 1);
-        a.request(T, T + 60_000, 1);
+        a.request(LAB, T, T + 60_000, 1);
         assert!(a.grant(T + 16_999).is_empty());
         assert_eq!(a.next_lease_expiry_ms(), Some(T + 17_000));
         assert_eq!(
@@ -292,15 +384,209 @@ mod tests {
     #[test]
     fn a_request_past_its_deadline_leaves_the_queue() {
         let mut a = Allocator::new(1, 17_000, 15_000);
-        a.request(T, T + 60_000, 1);
+        a.request(LAB, T, T + 60_000, 1);
         a.grant(T);
-        let t = a.request(T, T + 5_000, 1);
+        let t = a.request(LAB, T, T + 5_000, 1);
         assert_eq!(a.waiting(), 1);
         a.expire(T + 5_000);
         assert_eq!(a.waiting(), 0);
-        let u = a.request(T, T + 60_000, 1);
+        let u = a.request(LAB, T, T + 60_000, 1);
         a.cancel(u);
         assert_eq!(a.waiting(), 0);
         assert_ne!(t, u);
+    }
+
+    fn asker(lab: &str, failing: bool) -> Asker<'_> {
+        Asker { lab, failing }
+    }
+
+    #[test]
+    fn the_lab_holding_fewest_goes_first_and_failing_labs_hold_half_at_most() {
+        let mut a = Allocator::new(4, 17_000, 15_000);
+        // A lab holding two permits asks again, then another lab: the other goes first.
+        let first = a.request(asker("busy", false), T, T + 60_000, 2);
+        assert_eq!(a.grant(T)[0].0, first);
+        let again = a.request(asker("busy", false), T, T + 60_000, 1);
+        let other = a.request(asker("other", false), T + 500, T + 60_000, 1);
+        let served: Vec<u64> = a.grant(T).iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            served,
+            vec![other, again],
+            "fewest held first, then the older"
+        );
+        // Failing labs: at most half of the limit between them, whatever they ask.
+        let mut a = Allocator::new(4, 17_000, 15_000);
+        for lab in ["h1", "h2", "h3"] {
+            a.request(asker(lab, true), T - 60_000, T + 60_000, 6);
+        }
+        let granted: usize = a.grant(T).iter().map(|(_, l)| l.len()).sum();
+        assert_eq!(granted, 2);
+        assert_eq!(a.waiting(), 2);
+        let fresh = a.request(asker("fresh", false), T + 9_000, T + 60_000, 2);
+        assert_eq!(
+            a.grant(T)
+                .iter()
+                .map(|(t, l)| (*t, l.len()))
+                .collect::<Vec<_>>(),
+            vec![(fresh, 2)]
+        );
+    }
+
+    #[test]
+    fn a_failing_labs_timeouts_leave_the_limit_and_a_quiet_window_probes_upward() {
+        let mut a = Allocator::new(8, 17_000, 15_000);
+        a.request(asker("hangs", true), T, T + 60_000, 1);
+        let lease = a.grant(T)[0].1[0].id;
+        a.release(lease, CallOutcome::Overloaded, T + 15_000);
+        assert_eq!(a.limit(), 8, "a known failing lab's timeout");
+        // Real overload: down to one; then, with requests waiting and nothing answered, one
+        // more per window.
+        let mut now = T;
+        for _ in 0..4 {
+            now += 15_000;
+            a.release(0, CallOutcome::Overloaded, now);
+        }
+        assert_eq!(a.limit(), 1);
+        a.request(asker("holds", false), now, now + 600_000, 1);
+        assert_eq!(a.grant(now).len(), 1, "the one permit, held for long");
+        let mut probe = |at: i64| {
+            a.request(asker("waits", false), at, at + 600_000, 1);
+            a.grant(at);
+            a.limit()
+        };
+        assert_eq!(probe(now + 14_999), 1, "not within the window");
+        assert_eq!(probe(now + 15_000), 2);
+        assert_eq!(probe(now + 20_000), 2, "once a window");
+        assert_eq!(probe(now + 30_000), 3);
+    }
+
+    /// A lab in the simulation: VMs left, calls in flight (lease, when it ends, how), whether it
+    /// failed, when it may ask again.
+    struct SimLab {
+        name: String,
+        left: usize,
+        flying: Vec<(u64, i64, CallOutcome)>,
+        failing: bool,
+        priority: i64,
+        next_try: i64,
+        asked: Option<u64>,
+        done_at: Option<i64>,
+    }
+
+    /// 8 labs of 13 VMs whose deletions hang until the 15 s timeout (retried 5 s after each
+    /// attempt, for ever), and from `healthy_at` 3 labs of 4 VMs that the backend deletes in
+    /// 200 ms: when each healthy lab is done, in ms after its expiry.
+    fn simulate(healthy_at: i64, with_hanging: bool) -> Vec<i64> {
+        let mut a = Allocator::new(10, 17_000, 15_000);
+        let mut labs: Vec<SimLab> = Vec::new();
+        if with_hanging {
+            for n in 0..8 {
+                labs.push(SimLab {
+                    name: format!("hangs-{n}"),
+                    left: 13,
+                    flying: Vec::new(),
+                    failing: false,
+                    priority: T,
+                    next_try: T,
+                    asked: None,
+                    done_at: None,
+                });
+            }
+        }
+        for n in 0..3 {
+            labs.push(SimLab {
+                name: format!("healthy-{n}"),
+                left: 4,
+                flying: Vec::new(),
+                failing: false,
+                priority: healthy_at,
+                next_try: healthy_at,
+                asked: None,
+                done_at: None,
+            });
+        }
+        let mut now = T;
+        while now < healthy_at + 600_000
+            && labs
+                .iter()
+                .any(|l| l.name.starts_with("healthy") && l.done_at.is_none())
+        {
+            for lab in labs.iter_mut() {
+                let hangs = lab.name.starts_with("hangs");
+                // Calls that end now.
+                let (ended, still): (Vec<_>, Vec<_>) =
+                    lab.flying.drain(..).partition(|(_, end, _)| *end <= now);
+                lab.flying = still;
+                for (lease, _, outcome) in ended {
+                    a.release(lease, outcome, now);
+                    if outcome == CallOutcome::Overloaded && !lab.failing {
+                        lab.failing = true;
+                        lab.priority = now;
+                    }
+                }
+                if !hangs && lab.left == 0 && lab.flying.is_empty() && lab.done_at.is_none() {
+                    lab.done_at = Some(now - healthy_at);
+                }
+                // A hanging lab's attempt ends once every VM was tried; it retries 5 s later.
+                if hangs && lab.left == 0 && lab.flying.is_empty() {
+                    lab.left = 13;
+                    lab.next_try = now + 5_000;
+                }
+                let want = lab.left.min(6usize.saturating_sub(lab.flying.len()));
+                if lab.asked.is_none() && want > 0 && now >= lab.next_try && lab.done_at.is_none() {
+                    lab.asked = Some(a.request(
+                        asker(&lab.name, lab.failing),
+                        lab.priority,
+                        now + 4_000,
+                        want as u32,
+                    ));
+                }
+            }
+            for (ticket, leases) in a.grant(now) {
+                let lab = labs.iter_mut().find(|l| l.asked == Some(ticket)).unwrap();
+                lab.asked = None;
+                let hangs = lab.name.starts_with("hangs");
+                for lease in leases {
+                    lab.left -= 1;
+                    let (took, outcome) = if hangs {
+                        (15_000, CallOutcome::Overloaded)
+                    } else {
+                        (200, CallOutcome::Answered)
+                    };
+                    lab.flying.push((lease.id, now + took, outcome));
+                }
+            }
+            // A request past its deadline is asked again (the coordinator said come back).
+            for lab in labs.iter_mut() {
+                if now % 4_000 == 0 {
+                    if let Some(ticket) = lab.asked.take() {
+                        a.cancel(ticket);
+                    }
+                }
+            }
+            now += 50;
+        }
+        labs.iter()
+            .filter(|l| l.name.starts_with("healthy"))
+            .map(|l| l.done_at.unwrap_or(i64::MAX))
+            .collect()
+    }
+
+    #[test]
+    fn labs_whose_calls_hang_never_hold_up_healthy_labs_beyond_twice_their_time() {
+        let clean = *simulate(T + 60_000, false).iter().max().unwrap();
+        // Once the hanging labs failed a call each (here about 3 minutes: their first calls
+        // hang a whole timeout while the limit halves), healthy labs are served as if they
+        // were alone.
+        for healthy_at in [T + 300_000, T + 450_000, T + 900_000] {
+            let busy = simulate(healthy_at, true);
+            assert!(
+                busy.iter().all(|&t| t <= 2 * clean),
+                "healthy labs at {healthy_at}: {busy:?} against {clean} ms on a clean machine"
+            );
+        }
+        // Before that, they wait behind the hanging labs' first calls, never for ever.
+        let early = simulate(T + 60_000, true);
+        assert!(early.iter().all(|&t| t < 180_000), "{early:?}");
     }
 }

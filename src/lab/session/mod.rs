@@ -125,6 +125,9 @@ pub struct Cleanup {
     pub completed_at_ms: Option<i64>,
     /// Attempts in a row whose calls timed out (the budget's backoff, see `lab::retry`).
     pub timeout_streak: u32,
+    /// The last attempt that made calls had a deletion fail: the fleet's budget serves this lab
+    /// after the labs that did not fail (`lab::cleanup::budget_priority`).
+    pub failing: bool,
 }
 
 /// Where the lab came from.
@@ -244,6 +247,7 @@ impl Session {
                 last_outcome: None,
                 completed_at_ms: None,
                 timeout_streak: 0,
+                failing: false,
             },
             extended_minutes: 0,
             dry_run: false,
@@ -476,6 +480,13 @@ impl Session {
             c.services_answered_404 = *services == Deletion::AlreadyGone;
         }
         c.refused_last_attempt = matches!(result.ending, Ending::Refused { .. });
+        // An attempt that made no VM call (the budget or the backend deferred it) says nothing.
+        let o = &result.outcome;
+        if o.failed_deletions > 0 {
+            c.failing = true;
+        } else if o.successful_deletions > 0 {
+            c.failing = false;
+        }
         c.last_outcome = Some(Outcome {
             errors: bound::bounded_errors(&errors),
             ..result.outcome.clone()

@@ -136,6 +136,7 @@ impl Snapshot {
             }),
             completed_at_ms: self.completed_at_ms,
             timeout_streak: 0,
+            failing: false,
         }
     }
 }

@@ -33,6 +33,8 @@ struct Flat<'a> {
     completed_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "is_zero")]
     timeout_streak: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    failing: bool,
     extended_minutes: u64,
     dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +95,8 @@ struct Owned {
     completed_at_ms: Option<i64>,
     #[serde(default)]
     timeout_streak: u32,
+    #[serde(default)]
+    failing: bool,
     #[serde(default)]
     extended_minutes: u64,
     #[serde(default)]
@@ -163,6 +167,7 @@ impl Serialize for Session {
             last_outcome: &c.last_outcome,
             completed_at_ms: c.completed_at_ms,
             timeout_streak: c.timeout_streak,
+            failing: c.failing,
             extended_minutes: self.extended_minutes,
             dry_run: self.dry_run,
             adopted_at_ms: self.adoption.adopted_at_ms,
@@ -210,6 +215,7 @@ impl<'de> Deserialize<'de> for Session {
                 last_outcome: o.last_outcome,
                 completed_at_ms: o.completed_at_ms,
                 timeout_streak: o.timeout_streak,
+                failing: o.failing,
             },
             extended_minutes: o.extended_minutes,
             dry_run: o.dry_run,
@@ -242,4 +248,8 @@ impl<'de> Deserialize<'de> for Session {
             jobs: o.jobs,
         })
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

@@ -48,7 +48,11 @@ fn a_budget_taken_by_others_defers_the_attempt_and_never_fails_it() {
     let held = {
         let mut b = world.budget.borrow_mut();
         let a = b.as_mut().unwrap();
-        a.request(0, T0 + 3_600_000, 1);
+        let other = crate::lab::fleet::budget::Asker {
+            lab: "other",
+            failing: false,
+        };
+        a.request(other, 0, T0 + 3_600_000, 1);
         a.grant(T0)[0].1[0]
     };
     world.create(lab("m", &["w"], 1));

@@ -560,7 +560,12 @@ impl LabBackend for World {
 }
 
 impl crate::lab::ports::Budget for World {
-    async fn acquire(&self, priority_ms: i64, wanted: usize) -> crate::lab::ports::Permit {
+    async fn acquire(
+        &self,
+        asker: crate::lab::fleet::budget::Asker<'_>,
+        priority_ms: i64,
+        wanted: usize,
+    ) -> crate::lab::ports::Permit {
         use crate::lab::ports::Permit;
         self.permits_wanted.borrow_mut().push(wanted);
         let mut budget = self.budget.borrow_mut();
@@ -568,7 +573,7 @@ impl crate::lab::ports::Budget for World {
             return Permit::Unlimited;
         };
         let now = self.now.get();
-        let ticket = allocator.request(priority_ms, now + 10_000, 1);
+        let ticket = allocator.request(asker, priority_ms, now + 10_000, 1);
         match allocator.grant(now).into_iter().find(|(t, _)| *t == ticket) {
             Some((_, leases)) => {
                 let lease = leases[0];

@@ -68,6 +68,7 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         last_outcome: Some(outcome),
         completed_at_ms: Some(BIG_I64),
         timeout_streak: u32::MAX,
+        failing: true,
     };
     s.extended_minutes = 525_600;
     s.adoption.adopted_at_ms = Some(BIG_I64);
