@@ -83,6 +83,27 @@ proptest! {
     }
 
     #[test]
+    fn the_events_query_answers_any_query_string(query in text(), cursor in text()) {
+        let _ = validation::parse_events_query(&query);
+        let _ = validation::parse_events_query(&format!("cursor={cursor}&limit=5"));
+        if let Some(c) = crate::lab::session::timeline::EventsCursor::parse(&cursor) {
+            prop_assert_eq!(
+                crate::lab::session::timeline::EventsCursor::parse(&c.to_string()),
+                Some(c)
+            );
+        }
+    }
+
+    #[test]
+    fn operator_bodies_answer_any_json(body in json()) {
+        let text = body.to_string();
+        let _ = validation::parse_inventory(text.as_bytes());
+        let _ = validation::parse_extend(text.as_bytes(), 100);
+        let _ = validation::parse_empty(text.as_bytes());
+        let _ = crate::api::bulk::parse(text.as_bytes(), 100);
+    }
+
+    #[test]
     fn the_list_query_answers_any_query_string(query in text(), cursor in text()) {
         let _ = fleet::parse(&query);
         let _ = fleet::parse(&format!("cursor={cursor}&limit=5"));

@@ -146,13 +146,14 @@ async fn api(
         Route::CreateSession => create_session(request, env, config).await,
         Route::Lab(id, op) => {
             let id = path_id(id)?;
+            let query = query_string(&request);
             let body = match op {
                 _ if !op.has_body() => Vec::new(),
                 // Routes that take no fields: any body is read only to see that it has none.
                 routes::LabRoute::Retry | routes::LabRoute::Activity => any_body(request).await?,
                 _ => json_body(request).await?,
             };
-            forward(env, &id, op.request(&body, config, caller)?).await
+            forward(env, &id, op.request(&body, &query, config, caller)?).await
         }
         Route::ListSessions => {
             index_on(config)?;

@@ -83,11 +83,12 @@ impl LabRoute {
         )
     }
 
-    /// The lab request this operation sends to the lab's object, from its checked body and
-    /// who asked.
+    /// The lab request this operation sends to the lab's object, from its checked body, its
+    /// query string (without `?`) and who asked.
     pub fn request(
         self,
         body: &[u8],
+        query: &str,
         config: &Config,
         caller: Caller,
     ) -> Result<LabRequest, ApiError> {
@@ -97,7 +98,7 @@ impl LabRoute {
         };
         Ok(match self {
             LabRoute::Status => LabRequest::Status,
-            LabRoute::Events => LabRequest::Events,
+            LabRoute::Events => LabRequest::Events(validation::parse_events_query(query)?),
             LabRoute::End => LabRequest::End { by, job: None },
             LabRoute::Extend => LabRequest::Extend {
                 minutes: validation::parse_extend(body, config.max_duration_minutes)?,

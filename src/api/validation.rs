@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
 use crate::lab::fleet::report::{ReportedVm, MAX_VMS_PER_REPORT};
+use crate::lab::session::timeline::EventsPage;
 pub use crate::lab::session::NewSession;
 
 use crate::lab::limits::{describe_char, id_problem, IdProblem};
@@ -425,6 +426,46 @@ pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
     let obj = json_object(body)?;
     only_fields(&obj, &["minutes"], "")?;
     duration(obj.get("minutes"), "minutes", max_minutes)
+}
+
+/// The query string of `GET .../events` (without `?`): `limit` (1 to `MAX_EVENTS_PAGE`, default
+/// `DEFAULT_EVENTS_PAGE`) and `cursor` (a page's `next_cursor`), each at most once; nothing
+/// else.
+pub fn parse_events_query(query: &str) -> Result<EventsPage, ApiError> {
+    use crate::lab::session::timeline::{EventsCursor, MAX_EVENTS_PAGE};
+    let mut page = EventsPage::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if seen.contains(&key) {
+            return Err(invalid(format!("{} is given more than once", shown(key))));
+        }
+        seen.push(key);
+        match key {
+            "limit" => {
+                page.limit = match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_EVENTS_PAGE).contains(&n) && !value.starts_with('+') => n,
+                    _ => {
+                        return Err(invalid(format!(
+                            "limit must be a whole number from 1 to {MAX_EVENTS_PAGE}"
+                        )))
+                    }
+                }
+            }
+            "cursor" => {
+                page.after = Some(EventsCursor::parse(value).ok_or_else(|| {
+                    invalid("cursor must be the next_cursor of a page of this timeline")
+                })?)
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown query parameter {}; the parameters are limit and cursor",
+                    shown(key)
+                )))
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// The body of a request that takes no fields (retry now, activity): none, or `{}`.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lab::fleet::report::ReportedVm;
+use crate::lab::session::timeline::EventsPage;
 use crate::lab::session::{By, NewSession};
 
 /// Every request a lab's object understands: one type, which the router sends and the object
@@ -11,8 +12,8 @@ use crate::lab::session::{By, NewSession};
 pub enum Request {
     Create(NewSession),
     Status,
-    /// The lab's timeline.
-    Events,
+    /// A page of the lab's timeline.
+    Events(EventsPage),
     /// `job`: the bulk job asking (`lab::fleet::bulk`), applied once per lab however often it
     /// asks.
     End {
@@ -100,7 +101,8 @@ impl Request {
         match self {
             Request::Create(new) => ("POST", "/create", serde_json::to_string(new).ok()),
             Request::Status => ("GET", "/status", None),
-            Request::Events => ("GET", "/events", None),
+            Request::Events(page) if *page == EventsPage::default() => ("GET", "/events", None),
+            Request::Events(page) => ("POST", "/events", serde_json::to_string(page).ok()),
             Request::End { by, job } => (
                 "POST",
                 "/end",
@@ -168,7 +170,8 @@ impl Request {
         Ok(match (method, path) {
             ("POST", "/create") => Request::Create(read(path, body)?),
             ("GET", "/status") => Request::Status,
-            ("GET", "/events") => Request::Events,
+            ("GET", "/events") => Request::Events(EventsPage::default()),
+            ("POST", "/events") => Request::Events(read(path, body)?),
             ("POST", "/end") => {
                 let end: EndBy = read(path, body)?;
                 Request::End {

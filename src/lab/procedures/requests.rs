@@ -8,6 +8,7 @@ use crate::lab::procedures::record::Found;
 use crate::lab::procedures::Request;
 use crate::lab::procedures::{Lab, Platform, Reply};
 use crate::lab::retry;
+use crate::lab::session::timeline::EventsPage;
 use crate::lab::session::{
     By, EndReason, Event, Kind, LabType, NewSession, Origin, Refusal, Session, Status,
 };
@@ -19,7 +20,7 @@ impl<P: Platform> Lab<'_, P> {
         match request {
             Request::Create(new) => self.create(new).await,
             Request::Status => self.status().await,
-            Request::Events => self.events().await,
+            Request::Events(page) => self.events(&page).await,
             Request::End { by, job } => self.end(by, job).await,
             Request::Extend { minutes, by, job } => self.extend(minutes, by, job).await,
             Request::Retry { job } => self.retry(job).await,
@@ -201,9 +202,9 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// `GET .../{id}/events`: the lab's timeline.
-    pub async fn events(&self) -> Result<Reply, StoreError> {
+    pub async fn events(&self, page: &EventsPage) -> Result<Reply, StoreError> {
         Ok(match self.lab().await? {
-            Ok(session) => Reply::Events(session.timeline.view(&session.vm_ids())),
+            Ok(session) => Reply::Events(session.timeline.view(&session.vm_ids(), page)),
             Err(refusal) => Reply::Refused(refusal),
         })
     }

@@ -19,6 +19,57 @@ pub const KEEP_OTHERS: usize = 50;
 /// an orphan's `reconciled`).
 pub const KEEP_FIRST: usize = 1;
 
+/// Most events a page of the timeline holds, and how many by default.
+pub const MAX_EVENTS_PAGE: usize = 200;
+pub const DEFAULT_EVENTS_PAGE: usize = 100;
+
+/// Where a page of the timeline starts: after the `skip` events at time `at` (events are in
+/// time order; several may share a millisecond). Shown as `"<at>.<skip>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsCursor {
+    pub at: i64,
+    pub skip: u32,
+}
+
+impl std::fmt::Display for EventsCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.at, self.skip)
+    }
+}
+
+impl EventsCursor {
+    /// A cursor as `Display` shows it; `None` for anything else.
+    pub fn parse(text: &str) -> Option<EventsCursor> {
+        let (at, skip) = text.split_once('.')?;
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(at) || !digits(skip) {
+            return None;
+        }
+        Some(EventsCursor {
+            at: at.parse().ok()?,
+            skip: skip.parse().ok()?,
+        })
+    }
+}
+
+/// Which page of the timeline is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsPage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<EventsCursor>,
+    pub limit: usize,
+}
+
+impl Default for EventsPage {
+    fn default() -> Self {
+        EventsPage {
+            after: None,
+            limit: DEFAULT_EVENTS_PAGE,
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -221,7 +272,10 @@ impl Timeline {
             self.events.retain(|e| e.kind != Kind::Activity);
         }
         let attempt = event.kind == Kind::Attempt;
-        self.events.push(event);
+        // In time order (an activity noted in memory is written later than it happened): the
+        // pages of `view` rely on it.
+        let at = self.events.partition_point(|e| e.at <= event.at);
+        self.events.insert(at, event);
         let keep = if attempt { KEEP_ATTEMPTS } else { KEEP_OTHERS };
         let same: Vec<usize> = (0..self.events.len())
             .filter(|&i| (self.events[i].kind == Kind::Attempt) == attempt)
@@ -244,10 +298,44 @@ impl Timeline {
         true
     }
 
-    /// The events as the API answers them, VM positions turned back into `vms`' ids.
-    pub fn view(&self, vms: &[&str]) -> serde_json::Value {
-        let events: Vec<serde_json::Value> = self.events.iter().map(|e| e.view(vms)).collect();
-        serde_json::json!({ "events": events, "truncated": self.truncated })
+    /// The events as the API answers them, VM positions turned back into `vms`' ids, a page at
+    /// a time: those after `page.after`, at most `page.limit`, and the cursor of the next page
+    /// (`null` on the last).
+    pub fn view(&self, vms: &[&str], page: &EventsPage) -> serde_json::Value {
+        let start = match page.after {
+            None => 0,
+            // Events before the cursor's time, and the cursor's count of those at its time: a
+            // page stays where it was when older events are dropped meanwhile.
+            Some(after) => {
+                let before = self.events.partition_point(|e| e.at < after.at);
+                let same = self.events[before..]
+                    .iter()
+                    .take_while(|e| e.at == after.at)
+                    .count();
+                before + same.min(after.skip as usize)
+            }
+        };
+        let end = start
+            .saturating_add(page.limit.max(1))
+            .min(self.events.len());
+        let events: Vec<serde_json::Value> = self.events[start..end]
+            .iter()
+            .map(|e| e.view(vms))
+            .collect();
+        let next = (end < self.events.len()).then(|| {
+            let at = self.events[end - 1].at;
+            let skip = self.events[..end]
+                .iter()
+                .rev()
+                .take_while(|e| e.at == at)
+                .count();
+            EventsCursor {
+                at,
+                skip: u32::try_from(skip).unwrap_or(u32::MAX),
+            }
+            .to_string()
+        });
+        serde_json::json!({ "events": events, "truncated": self.truncated, "next_cursor": next })
     }
 }
 

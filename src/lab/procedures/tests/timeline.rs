@@ -71,7 +71,7 @@ fn a_whole_life_on_the_timeline() {
     );
     let s = world.session().unwrap();
     assert_eq!(s.end_reason, Some(EndReason::Expired));
-    let view = s.timeline.view(&s.vm_ids());
+    let view = s.timeline.view(&s.vm_ids(), &Default::default());
     let events = view["events"].as_array().unwrap();
     assert_eq!(events[1]["by"], "operator");
     assert_eq!(events[1]["to"], rfc(T0 + 80 * MINUTE));
@@ -307,7 +307,7 @@ fn idle_timeout_defaults_to_the_setting_and_activity_needs_a_lab() {
         Reply::Refused(crate::lab::session::Refusal::NotFound)
     ));
     assert!(matches!(
-        empty.request(Request::Events).unwrap(),
+        empty.request(Request::Events(Default::default())).unwrap(),
         Reply::Refused(crate::lab::session::Refusal::NotFound)
     ));
 }
@@ -370,5 +370,75 @@ fn thirty_days_of_failures_keep_the_record_under_64_kib() {
             utf16_bytes(&text),
             attempts.len()
         );
+    }
+}
+
+#[test]
+fn the_timeline_pages_through_every_kept_event_once_while_it_grows() {
+    use crate::lab::session::timeline::EventsPage;
+    let world = World::new(config(&[("STUCK_AFTER_ATTEMPTS", "3")]));
+    world.create(lab("m", &["w1"], 1));
+    world.script("w1", &[500; 10_000]);
+    // A day of failures: the timeline is at its count bound.
+    world.run(T0 + MINUTE + 24 * 60 * MINUTE);
+    let page = |after: Option<String>| -> serde_json::Value {
+        let after = after.map(|c| {
+            crate::lab::session::timeline::EventsCursor::parse(&c).expect("a cursor it made")
+        });
+        match world
+            .request(Request::Events(EventsPage { after, limit: 37 }))
+            .unwrap()
+        {
+            Reply::Events(v) => v,
+            other => panic!("{other:?}"),
+        }
+    };
+    let all = match world.request(Request::Events(EventsPage {
+        after: None,
+        limit: 200,
+    })) {
+        Ok(Reply::Events(v)) => v["events"].as_array().unwrap().clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(all.len() > 100, "{}", all.len());
+    // Page through, while attempts go on between pages (older events are dropped meanwhile).
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let v = page(cursor.clone());
+        let events = v["events"].as_array().unwrap();
+        assert!(events.len() <= 37);
+        seen.extend(events.iter().cloned());
+        pages += 1;
+        match v["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        let now = world.now.get();
+        world.run(now + 5 * MINUTE);
+    }
+    assert!(pages >= 3, "{pages}");
+    // In time order, no event twice, and every event of the first answer that is still kept
+    // was seen.
+    let at = |e: &serde_json::Value| e["at"].as_str().unwrap().to_string();
+    for pair in seen.windows(2) {
+        assert!(at(&pair[0]) <= at(&pair[1]));
+    }
+    let text: Vec<String> = seen.iter().map(|e| e.to_string()).collect();
+    let mut unique = text.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), text.len(), "no event twice");
+    let last_seen = at(seen.last().unwrap());
+    let kept_now = match world.request(Request::Events(EventsPage {
+        after: None,
+        limit: 200,
+    })) {
+        Ok(Reply::Events(v)) => v["events"].as_array().unwrap().clone(),
+        other => panic!("{other:?}"),
+    };
+    for e in kept_now.iter().filter(|e| at(e) <= last_seen) {
+        assert!(text.contains(&e.to_string()), "missed {e}");
     }
 }
