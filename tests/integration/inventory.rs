@@ -117,9 +117,9 @@ pub fn inventory_classes_and_the_dry_run(ctx: &Ctx) {
 }
 
 /// Acting: an old unknown VM is cleaned up once as a lab of its own (services first, its events
-/// as any lab's), a young one is left alone, a finished VM still running is deleted again with
-/// an error line, a tracked lab's VMs are never touched, and the same inventory twice schedules
-/// nothing twice.
+/// as any lab's) once a second report confirms it, a young one is left alone, a finished VM
+/// still running is deleted again with an error line once its lab settled, a tracked lab's VMs
+/// are never touched, and the same inventory twice schedules nothing twice.
 pub fn inventory_acts_once_after_the_grace(ctx: &Ctx) {
     let user = "inv-user-2";
     create_lab(ctx, "inv-keep", user, 600, &["inv-keep-w"]);
@@ -140,6 +140,13 @@ pub fn inventory_acts_once_after_the_grace(ctx: &Ctx) {
         ctx.mock
             .add_fault(Fault::on(id, Endpoint::DeleteVm, Action::Delay { ms: 1_500 }).times(1));
     }
+    // The first report confirms nothing: the old VM is remembered, the finished one's lab
+    // changed a moment ago.
+    let first = push(ctx, &report, true);
+    assert_eq!(first["scheduled"], json!([]), "{first}");
+    assert_eq!(first["unconfirmed"], 2, "{first}");
+    // ORPHAN_CONFIRM_MINUTES (10 units: 10 s here) later, the same report acts.
+    std::thread::sleep(Duration::from_secs(11));
     let answer = push(ctx, &report, true);
     let again = push(ctx, &report, true);
     assert_eq!(again["scheduled"], json!([]), "nothing twice: {again}");
@@ -382,6 +389,16 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
         .worker
         .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
+    // The first run remembers the orphans; a run ORPHAN_CONFIRM_MINUTES (10 s here) later acts.
+    std::thread::sleep(Duration::from_secs(11));
+    assert!(ctx
+        .mock
+        .calls_for_any(&["pull-orphan-1", "pull-orphan-2", "pull-orphan-3"])
+        .is_empty());
+    let r = ctx
+        .worker
+        .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
     // The lost lab is cleaned up after its poke.
     let done = poll_status(ctx, "sweep-lost", 20, |v| v["status"] == "completed");
     assert_eq!(done["attempts"], 1);
@@ -389,7 +406,8 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
     wait_log(ctx, "event: 'sweep'", 10);
     let log = ctx.worker.log();
     assert!(log.contains("revived: 1"), "{}", tail(&log, 40));
-    // The inventory: two pages, the orphans cleaned up once each, the tracked lab untouched.
+    // The inventory: two runs of two pages, the orphans cleaned up once each (by the second
+    // run), the tracked lab untouched.
     for orphan in ["pull-orphan-1", "pull-orphan-2", "pull-orphan-3"] {
         let v = poll_status(ctx, orphan, 20, |v| v["status"] == "completed");
         assert_eq!(v["origin"], "inventory");
@@ -409,10 +427,11 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
         .filter(|c| c.path.starts_with(INVENTORY))
         .map(|c| c.path.clone())
         .collect();
+    let pass = vec![INVENTORY.to_string(), format!("{INVENTORY}?cursor=2")];
     assert_eq!(
         pages,
-        vec![INVENTORY.to_string(), format!("{INVENTORY}?cursor=2")],
-        "two pages, the second from the first's cursor"
+        [pass.clone(), pass].concat(),
+        "two runs of two pages, the second from the first's cursor"
     );
     assert!(ctx
         .mock

@@ -15,6 +15,7 @@ mod fleet;
 mod inventory;
 mod legacy;
 mod lifecycle;
+mod reconcile;
 mod security;
 mod support;
 mod timeline;
@@ -80,6 +81,14 @@ const LAST: &[(&str, MutTestFn)] = &[
     (
         "paging_ten_thousand_labs_while_adding",
         fleet::paging_ten_thousand_labs_while_adding,
+    ),
+    // After the dashboard and the list's tests: their labs would fill the first pages.
+    ("creates_racing_acting_pushes_never_lose_a_vm", |ctx| {
+        reconcile::creates_racing_acting_pushes_never_lose_a_vm(ctx)
+    }),
+    (
+        "the_pull_races_no_create_and_survives_a_hostile_backend",
+        reconcile::the_pull_races_no_create_and_survives_a_hostile_backend,
     ),
     ("schemathesis_fuzz", security::schemathesis_fuzz),
     (
@@ -253,6 +262,11 @@ const PARALLEL: &[(&str, TestFn)] = &[
         fleet::stats_summarize_the_fleet,
     ),
     ("retry_now_in_each_state", fleet::retry_now_in_each_state),
+    (
+        "typos_are_refused_and_change_nothing",
+        reconcile::typos_are_refused_and_change_nothing,
+    ),
+    ("the_timeline_pages", reconcile::the_timeline_pages),
     (
         "the_fleet_routes_need_the_operator_token",
         fleet::the_fleet_routes_need_the_operator_token,

@@ -192,6 +192,26 @@ impl<P: Platform> Lab<'_, P> {
     /// answers (nothing is scheduled; claims taken are stale, and found so when next asked).
     pub(crate) async fn claim_workers(&self, session: &Session) -> Result<(), Refusal> {
         let lab = session.lab_request_id.as_str();
+        let (refused, unavailable) = self.claim_all(session).await;
+        if !refused.is_empty() {
+            return Err(Refusal::Conflict(format!(
+                "lab {lab} is not scheduled: {}",
+                named(&refused)
+            )));
+        }
+        if !unavailable.is_empty() {
+            return Err(Refusal::Unavailable(format!(
+                "lab {lab} is not scheduled: {}; nothing was changed, try again",
+                named(&unavailable)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Claims every worker VM of `session`, a few at once: the refusals and the failures to
+    /// get an answer, in words.
+    pub(crate) async fn claim_all(&self, session: &Session) -> (Vec<String>, Vec<String>) {
+        let lab = session.lab_request_id.as_str();
         let answers: Vec<(&String, ClaimAnswer)> =
             stream::iter(session.worker_lab_request_ids.iter())
                 .map(|vm| async move { (vm, self.ask_claim(lab, vm).await) })
@@ -212,19 +232,7 @@ impl<P: Platform> Lab<'_, P> {
                 ClaimAnswer::Unavailable { reason } => unavailable.push(reason),
             }
         }
-        if !refused.is_empty() {
-            return Err(Refusal::Conflict(format!(
-                "lab {lab} is not scheduled: {}",
-                named(&refused)
-            )));
-        }
-        if !unavailable.is_empty() {
-            return Err(Refusal::Unavailable(format!(
-                "lab {lab} is not scheduled: {}; nothing was changed, try again",
-                named(&unavailable)
-            )));
-        }
-        Ok(())
+        (refused, unavailable)
     }
 
     /// Claims `vm` for `lab` through the VM's object.

@@ -96,6 +96,16 @@ impl<P: Platform> Lab<'_, P> {
                     if session.vm_count() == 1 { "" } else { "s" },
                     rfc3339(session.expires_at_ms)
                 ));
+                // Its worker VMs' objects learn whose VMs they are, as a create's would (best
+                // effort: the lab is live already, whatever they answer).
+                let (refused, unavailable) = self.claim_all(&session).await;
+                if !refused.is_empty() || !unavailable.is_empty() {
+                    self.warn(format!(
+                        "Adopted lab {}: not every worker VM could be claimed ({}); an inventory that acts may take an unclaimed one for an orphan while the index does not list it",
+                        session.lab_request_id,
+                        [refused, unavailable].concat().join("; ")
+                    ));
+                }
                 Ok((Found::Session(Box::new(session)), held))
             }
             Err(problems) => {

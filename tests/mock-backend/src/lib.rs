@@ -165,6 +165,9 @@ struct State {
     running: std::collections::BTreeMap<String, RunningVm>,
     /// VMs per inventory page (0: the default, 100).
     page_size: usize,
+    /// Canned inventory answers by cursor (`""`: the first page), instead of the running VMs:
+    /// a misbehaving backend (a cursor that loops, a refused cursor, a huge page).
+    scripted_pages: Option<std::collections::HashMap<String, (u16, std::sync::Arc<String>)>>,
 }
 
 struct Shared {
@@ -350,6 +353,19 @@ impl MockBackend {
         self.shared.lock().running.values().cloned().collect()
     }
 
+    /// The inventory answers these instead of the running VMs: each cursor (`""` for the first
+    /// page) its status and body; a cursor not listed answers 400. `None`: the running VMs again.
+    pub fn script_inventory(&self, pages: Option<Vec<(&str, u16, String)>>) {
+        self.shared.lock().scripted_pages = pages.map(|pages| {
+            pages
+                .into_iter()
+                .map(|(cursor, status, body)| {
+                    (cursor.to_string(), (status, std::sync::Arc::new(body)))
+                })
+                .collect()
+        });
+    }
+
     /// VMs per inventory page.
     pub fn set_page_size(&self, n: usize) {
         self.shared.lock().page_size = n;
@@ -482,6 +498,9 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
     if method == "GET"
         && (path == INVENTORY_PATH || path.starts_with(&format!("{INVENTORY_PATH}?")))
     {
+        if let Some((status, body)) = scripted_page(&path, shared) {
+            return write_text(writer, status, &body).is_ok();
+        }
         let (status, body) = inventory(&path, request.header("Authorization"), shared);
         return write_json(writer, status, &body, None).is_ok();
     }
@@ -697,6 +716,49 @@ fn ok_plan(endpoint: Endpoint, id: Option<&str>, latency: u64) -> Plan {
         wait_ms: latency,
         retry_after: None,
     }
+}
+
+/// A canned inventory answer for `path`'s cursor, when answers are scripted (the call is
+/// recorded as any).
+fn scripted_page(path: &str, shared: &Shared) -> Option<(u16, std::sync::Arc<String>)> {
+    let mut state = shared.lock();
+    let pages = state.scripted_pages.as_ref()?;
+    let cursor = path
+        .split_once("cursor=")
+        .map(|(_, c)| c.split('&').next().unwrap_or(""))
+        .unwrap_or("");
+    let (status, body) = pages.get(cursor).cloned().unwrap_or((
+        400,
+        std::sync::Arc::new("{\"error\":\"unknown cursor\"}".into()),
+    ));
+    let seq = state.calls.len() as u64 + 1;
+    state.calls.push(Call {
+        seq,
+        at_ms: now_ms(),
+        done_ms: now_ms(),
+        method: "GET".into(),
+        path: path.to_string(),
+        endpoint: None,
+        lab_request_id: None,
+        user_id: None,
+        authorization: None,
+        status: Some(status),
+    });
+    shared.changed.notify_all();
+    Some((status, body))
+}
+
+/// Writes a JSON text as it is (a canned answer), in pieces: a large one is streamed.
+fn write_text(writer: &mut TcpStream, status: u16, text: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} Status\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        text.len()
+    );
+    writer.write_all(head.as_bytes())?;
+    for chunk in text.as_bytes().chunks(64 * 1024) {
+        writer.write_all(chunk)?;
+    }
+    writer.flush()
 }
 
 /// `GET /api/v1/labs/inventory[?cursor=N]`: the VMs the mock runs, sorted by id, a page at a

@@ -324,3 +324,26 @@ fn creates_and_orphans_in_every_order_never_delete_a_vm_early() {
     }
     assert_eq!(cases, 48);
 }
+
+#[test]
+fn an_adopted_legacy_lab_claims_its_workers() {
+    use crate::lab::legacy::{LegacyRecord, LegacyValue};
+    let m = World::named(config(&[]), "old-m");
+    *m.legacy.borrow_mut() = Some(LegacyRecord {
+        lab_request_id: LegacyValue::Text("old-m".into()),
+        user_id: LegacyValue::Text("old-u".into()),
+        worker_lab_request_ids: LegacyValue::Text(r#"["old-w1","old-w2"]"#.into()),
+        duration: LegacyValue::Number(60.0),
+    });
+    m.alarm.set(Some(T0 + HOUR));
+    // Any first request adopts it; its workers' objects then know whose VMs they are.
+    assert_eq!(status_of(&m.request(Request::Status)), 200);
+    for w in ["old-w1", "old-w2"] {
+        let claim = Claim::decode(m.peer(w).claim.borrow().as_deref().unwrap()).unwrap();
+        assert_eq!(claim.lab, "old-m");
+        assert!(matches!(
+            refusal(m.peer(w).request(orphan(w))),
+            Refusal::Conflict(message) if message.contains("is a worker VM of lab old-m")
+        ));
+    }
+}
