@@ -580,6 +580,14 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     // Completed labs stay listed for the length of the test.
     ctx.worker
         .restart_with(&[("RETENTION_UNIT_SECONDS", "600")], &[]);
+    // An orphan VM a reconciliation finds (below): its first report now, so that the one after
+    // ORPHAN_CONFIRM_MINUTES (10 s here) acts.
+    let orphan_report = json!({"vms": [{"lab_request_id": "dash-orphan", "user_id": "dash-user-3", "created_at": "2026-01-01T00:00:00Z"}], "act": true}).to_string();
+    let first_report = std::time::Instant::now();
+    let r = ctx
+        .worker
+        .operator("POST", "/api/v1/labs/inventory", orphan_report.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
     let (stuck, worker_vm) = ("dash-stuck", "dash-stuck-w1");
     ctx.mock.add_fault(
         Fault::on(
@@ -618,14 +626,14 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     poll_status(ctx, "dash-done", 15, |v| v["status"] == "completed");
     // An orphan VM a reconciliation found: listed with its origin; the stats show the
     // reconciliation.
-    let r = ctx.worker.operator(
-        "POST",
-        "/api/v1/labs/inventory",
-        json!({"vms": [{"lab_request_id": "dash-orphan", "user_id": "dash-user-3", "created_at": "2026-01-01T00:00:00Z"}], "act": true})
-            .to_string()
-            .as_bytes(),
+    std::thread::sleep(
+        std::time::Duration::from_secs(11).saturating_sub(first_report.elapsed()),
     );
+    let r = ctx
+        .worker
+        .operator("POST", "/api/v1/labs/inventory", orphan_report.as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scheduled"].as_array().map(Vec::len), Some(1), "{}", r.text());
     poll_status(ctx, "dash-orphan", 15, |v| v["status"] == "completed");
     wait_row(ctx, "dash-user-3", "dash-orphan", 10, |r| {
         r["status"] == "completed"
