@@ -294,7 +294,7 @@ pub const LABELS_TABLE: &str = "labels";
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     in_chunks(
-        &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, s.updated_at AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
+        &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
         vm_ids,
     )
 }

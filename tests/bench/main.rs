@@ -115,7 +115,11 @@ fn main() {
     }
     if wanted("fair") {
         let section = fair::section(&work_dir, &mock);
-        writeln!(md, "### Labs whose calls hang, and healthy labs beside them\n\n{section}").unwrap();
+        writeln!(
+            md,
+            "### Labs whose calls hang, and healthy labs beside them\n\n{section}"
+        )
+        .unwrap();
     }
     if wanted("create") {
         let (same_work, _) = create::section(

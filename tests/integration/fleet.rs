@@ -626,14 +626,17 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
     poll_status(ctx, "dash-done", 15, |v| v["status"] == "completed");
     // An orphan VM a reconciliation found: listed with its origin; the stats show the
     // reconciliation.
-    std::thread::sleep(
-        std::time::Duration::from_secs(11).saturating_sub(first_report.elapsed()),
-    );
+    std::thread::sleep(std::time::Duration::from_secs(11).saturating_sub(first_report.elapsed()));
     let r = ctx
         .worker
         .operator("POST", "/api/v1/labs/inventory", orphan_report.as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["scheduled"].as_array().map(Vec::len), Some(1), "{}", r.text());
+    assert_eq!(
+        r.json()["scheduled"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text()
+    );
     poll_status(ctx, "dash-orphan", 15, |v| v["status"] == "completed");
     wait_row(ctx, "dash-user-3", "dash-orphan", 10, |r| {
         r["status"] == "completed"

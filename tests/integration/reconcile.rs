@@ -240,7 +240,16 @@ pub fn the_pull_races_no_create_and_survives_a_hostile_backend(ctx: &mut Ctx) {
     assert_eq!(outcomes.created.len() + outcomes.refused.len(), N);
     check(ctx, &outcomes);
 
-    // A backend whose inventory misbehaves.
+    // A backend whose inventory misbehaves. Runs started above may still be under way: let them
+    // end, and start from the first page.
+    std::thread::sleep(Duration::from_secs(5));
+    let sql = ctx.work_dir.join("no-cursor.sql");
+    std::fs::write(
+        &sql,
+        "DELETE FROM fleet_state WHERE key = 'inventory_cursor';",
+    )
+    .unwrap();
+    ctx.worker.d1(&sql);
     let inventory_calls = |ctx: &Ctx| -> Vec<String> {
         ctx.mock
             .calls()

@@ -155,7 +155,8 @@ pub struct KnownVm {
     pub state: VmState,
     pub lab_status: Status,
     pub expires_at_ms: i64,
-    /// When the lab's index row last changed (after the VM's deletion, for a finished VM).
+    /// When the lab completed, or else when its index row last changed: after the VM's
+    /// deletion, for a finished VM.
     pub changed_at_ms: i64,
 }
 

@@ -12,6 +12,9 @@ use crate::lab::text::rfc3339;
 use crate::lab::wake;
 use crate::lab::webhook::{self, EventType};
 
+/// How long an alarm waits for a create that is claiming its workers in the same object.
+const CLAIMING_PAUSE_MS: i64 = 1_000;
+
 /// What an alarm did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woke {
@@ -90,6 +93,14 @@ impl<P: Platform> Lab<'_, P> {
             Ok(session) => session,
             Err(done) => return Ok(done),
         };
+        // A create is claiming its workers in this object (it is replacing an orphan cleanup
+        // that has not started): the cleanup waits for the create's answer.
+        if !self.platform.claiming().is_empty() {
+            self.platform
+                .set_alarm(now.saturating_add(CLAIMING_PAUSE_MS))
+                .await?;
+            return Ok(AlarmDone::only(Woke::NothingDue));
+        }
         if let Webhooks::Broken(e) = &self.config.webhooks {
             self.error(format!(
                 "Webhooks are misconfigured: {}; no event is sent for lab {}, its cleanup goes on",

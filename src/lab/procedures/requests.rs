@@ -14,6 +14,9 @@ use crate::lab::session::{
 };
 use crate::lab::text::rfc3339;
 
+/// How often a create looks again when its object changed while it claimed its workers.
+const CREATE_TRIES: usize = 3;
+
 impl<P: Platform> Lab<'_, P> {
     /// Answers `request` with its procedure.
     pub async fn answer(&self, request: Request) -> Result<Reply, StoreError> {
@@ -83,6 +86,21 @@ impl<P: Platform> Lab<'_, P> {
     /// another lab's, or whose orphan cleanup started, refuses the create (409); an orphan
     /// cleanup not started yet is cancelled, for the master VM as for a worker.
     pub async fn create(&self, new: NewSession) -> Result<Reply, StoreError> {
+        // A create that waited on other objects (its claims) writes only over what it read; if
+        // something changed meanwhile (an orphan cleanup of its VM arrived, say), it looks again.
+        for _ in 0..CREATE_TRIES {
+            if let Some(reply) = self.try_create(new.clone()).await? {
+                return Ok(reply);
+            }
+        }
+        Ok(Reply::Refused(Refusal::Unavailable(format!(
+            "lab {} kept changing while it was being created; nothing was scheduled, try again",
+            new.lab_request_id
+        ))))
+    }
+
+    /// One try of `create`; `None` when the object changed while it waited on other objects.
+    async fn try_create(&self, new: NewSession) -> Result<Option<Reply>, StoreError> {
         self.after_other_creates().await;
         let (found, held) = self.find_held().await?;
         let mut waited = false;
@@ -95,7 +113,9 @@ impl<P: Platform> Lab<'_, P> {
                 None
             }
             Found::Session(orphan) if orphan.origin() == Origin::Inventory => {
-                return Ok(Reply::Refused(Refusal::Conflict(orphan_started(&orphan))))
+                return Ok(Some(Reply::Refused(Refusal::Conflict(orphan_started(
+                    &orphan,
+                )))))
             }
             Found::Session(existing) => Some(*existing),
             Found::Nothing => None,
@@ -103,22 +123,22 @@ impl<P: Platform> Lab<'_, P> {
                 waited = true;
                 match self.owner(&claim.lab, &new.lab_request_id).await {
                     Owner::Lists => {
-                        return Ok(Reply::Refused(Refusal::Conflict(format!(
+                        return Ok(Some(Reply::Refused(Refusal::Conflict(format!(
                             "VM {} is a worker VM of lab {}; it cannot be the master VM of another lab",
                             new.lab_request_id, claim.lab
-                        ))))
+                        )))))
                     }
                     Owner::Unreachable(e) => {
-                        return Ok(Reply::Refused(Refusal::Unavailable(format!(
+                        return Ok(Some(Reply::Refused(Refusal::Unavailable(format!(
                             "lab {}, which claimed VM {} as a worker VM, did not answer whether it still does ({e}); nothing was changed, try again",
                             claim.lab, new.lab_request_id
-                        ))))
+                        )))))
                     }
                     Owner::DoesNot => None,
                 }
             }
             Found::Unreadable(problems) => {
-                return Ok(Reply::Refused(Refusal::Unreadable(problems)))
+                return Ok(Some(Reply::Refused(Refusal::Unreadable(problems))))
             }
         };
         let Some(existing) = existing else {
@@ -127,15 +147,12 @@ impl<P: Platform> Lab<'_, P> {
             if !session.worker_lab_request_ids.is_empty() {
                 waited = true;
                 if let Err(refusal) = self.claim_workers(&session).await {
-                    return Ok(Reply::Refused(refusal));
+                    return Ok(Some(Reply::Refused(refusal)));
                 }
             }
             // Waiting on other objects let other requests in: write only over what was read.
             if waited && !self.still(&held).await? {
-                return Ok(Reply::Refused(Refusal::Unavailable(format!(
-                    "lab {} changed while it was being created; nothing was scheduled, try again",
-                    session.lab_request_id
-                ))));
+                return Ok(None);
             }
             if let Some(orphan) = replaces {
                 // Its index row is this lab's from now on: the revisions go on from its.
@@ -157,9 +174,9 @@ impl<P: Platform> Lab<'_, P> {
                 if session.vm_count() == 1 { "" } else { "s" },
                 rfc3339(session.expires_at_ms)
             );
-            return self.changed(session, 201, line).await;
+            return self.changed(session, 201, line).await.map(Some);
         };
-        Ok(match existing.status() {
+        Ok(Some(match existing.status() {
             // A retried POST of the same lab: answer with the current state, change nothing (in
             // particular, do not push the expiry back).
             Status::Scheduled if existing.same_request(&new) => Self::unchanged(200, existing),
@@ -172,7 +189,7 @@ impl<P: Platform> Lab<'_, P> {
                 existing.lab_request_id,
                 status.describe()
             ))),
-        })
+        }))
     }
 
     /// The session a create schedules now, not saved yet.

@@ -347,3 +347,25 @@ fn an_adopted_legacy_lab_claims_its_workers() {
         ));
     }
 }
+
+#[test]
+fn an_orphan_cleanup_waits_while_a_create_of_its_vm_claims_workers() {
+    let m = World::named(config(&[]), "m1");
+    assert_eq!(status_of(&m.request(orphan("m1"))), 201);
+    // Its alarm fires while the create claims the lab's worker VMs.
+    let fleet = m.clone();
+    *m.during_send.borrow_mut() = Some((
+        1,
+        Box::new(move || {
+            Box::pin(async move {
+                let done = fleet.lab().alarm().await.expect("the alarm");
+                assert_eq!(done.woke, crate::lab::procedures::Woke::NothingDue);
+            })
+        }),
+    ));
+    let created = m.create(lab("m1", &["w1"], 60));
+    assert_eq!(created.origin(), Origin::Api);
+    assert!(deletions(&m, "m1").is_empty(), "the cleanup waited");
+    m.run(T0 + 2 * HOUR);
+    assert_eq!(deletions(&m, "m1"), vec![T0 + 60 * MINUTE]);
+}
