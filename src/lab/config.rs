@@ -25,10 +25,14 @@ pub const DEFAULT_RETENTION_DAYS: u64 = 7;
 pub const DEFAULT_RETENTION_UNIT_SECONDS: u64 = 86_400;
 /// Default timeout of one backend call.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 15;
-/// Default subrequests one invocation may make: the Workers Free plan's 50 external subrequests
-/// per invocation; the Paid plan allows 10,000 by default
-/// (<https://developers.cloudflare.com/workers/platform/limits/#subrequests>).
-pub const DEFAULT_SUBREQUEST_LIMIT: u64 = 50;
+/// Default seconds after its start an attempt may start a backend call (`ATTEMPT_DEADLINE_SECONDS`),
+/// and the most it may be: an alarm has 15 minutes of wall time, and the last call must end
+/// within it (`ATTEMPT_DEADLINE_SECONDS + BACKEND_TIMEOUT_SECONDS` at most `MAX_ATTEMPT_WALL_SECONDS`).
+pub const DEFAULT_ATTEMPT_DEADLINE_SECONDS: u64 = 600;
+pub const MAX_ATTEMPT_DEADLINE_SECONDS: u64 = 840;
+pub const MAX_ATTEMPT_WALL_SECONDS: u64 = ((crate::lab::invocation::plan::WALL_MS
+    - crate::lab::invocation::plan::WALL_MARGIN_MS)
+    / 1_000) as u64;
 /// Backend calls of a cleanup attempt besides the workers': the master VM and the services call.
 pub const CALLS_BESIDES_WORKERS: u64 = 2;
 /// Default warning before the expiry, in `duration` units (minutes): `lab.expiring`.
@@ -134,8 +138,17 @@ pub struct Config {
     pub backend_timeout_seconds: u64,
     pub retention_days: u64,
     pub retention_unit_seconds: u64,
-    /// Subrequests one invocation may make (the account's plan); bounds `max_worker_nodes`.
+    /// `PLAN`: the Workers plan whose limits every invocation stays within (free by default).
+    pub plan: crate::lab::invocation::Plan,
+    /// Subrequests to the Internet one invocation may make: the plan's, or `SUBREQUEST_LIMIT`
+    /// (a Paid account that configured another number); bounds `max_worker_nodes`.
     pub subrequest_limit: u64,
+    /// `ENFORCE_PLAN_LIMITS = "true"` (dev and tests): a call past the plan's limit fails as the
+    /// platform fails it.
+    pub enforce_plan_limits: bool,
+    /// `ATTEMPT_DEADLINE_SECONDS`: an attempt starts no backend call later than this after it
+    /// started (the rest goes on in the next alarm, a second later).
+    pub attempt_deadline_seconds: u64,
     /// `RETRY_POLICY`: adaptive (default) or fixed (the original behaviour, for comparison).
     pub retry_policy: Policy,
     /// First attempts start up to this long after the expiry, at random (adaptive policy).
@@ -209,12 +222,54 @@ impl Config {
         let backend_url = http_url("BACKEND_URL", backend_url.trim().trim_end_matches('/'))?;
         let number = |name, default, min, max| whole_number(&get, name, default, min, max);
 
+        use crate::lab::invocation::Plan;
+        let plan = match get("PLAN") {
+            None => Plan::Free,
+            Some(raw) => Plan::parse(&raw).ok_or(ConfigError::Invalid {
+                name: "PLAN",
+                expected: "\"free\" or \"paid\" (the account's Workers plan)".into(),
+                value: Some(raw),
+            })?,
+        };
+        let plan_external = plan.limits().external;
         let subrequest_limit = number(
             "SUBREQUEST_LIMIT",
-            DEFAULT_SUBREQUEST_LIMIT,
+            plan_external,
             CALLS_BESIDES_WORKERS + 1,
             10_000_000,
         )?;
+        if plan == Plan::Free && subrequest_limit > plan_external {
+            return Err(ConfigError::Invalid {
+                name: "SUBREQUEST_LIMIT",
+                expected: format!(
+                    "at most {plan_external} with PLAN=free (the Workers Free plan's subrequests per invocation); on Workers Paid set PLAN=paid"
+                ),
+                value: Some(subrequest_limit.to_string()),
+            });
+        }
+        let backend_timeout_seconds = number(
+            "BACKEND_TIMEOUT_SECONDS",
+            DEFAULT_BACKEND_TIMEOUT_SECONDS,
+            1,
+            600,
+        )?;
+        // The last call of an attempt must end within the alarm's wall time.
+        let wall_room = MAX_ATTEMPT_WALL_SECONDS.saturating_sub(backend_timeout_seconds);
+        let attempt_deadline_seconds = number(
+            "ATTEMPT_DEADLINE_SECONDS",
+            DEFAULT_ATTEMPT_DEADLINE_SECONDS.min(wall_room),
+            1,
+            MAX_ATTEMPT_DEADLINE_SECONDS,
+        )?;
+        if attempt_deadline_seconds > wall_room {
+            return Err(ConfigError::Invalid {
+                name: "ATTEMPT_DEADLINE_SECONDS",
+                expected: format!(
+                    "at most {wall_room} with BACKEND_TIMEOUT_SECONDS={backend_timeout_seconds}: the sum must stay within {MAX_ATTEMPT_WALL_SECONDS} s (an alarm has 15 minutes of wall time)"
+                ),
+                value: Some(attempt_deadline_seconds.to_string()),
+            });
+        }
         // At most what a lab's record can hold (`session::bound`).
         let max_worker_nodes = number(
             "MAX_WORKER_NODES",
@@ -294,12 +349,7 @@ impl Config {
                 1,
                 MAX_CONCURRENT_CONNECTIONS as u64,
             )? as usize,
-            backend_timeout_seconds: number(
-                "BACKEND_TIMEOUT_SECONDS",
-                DEFAULT_BACKEND_TIMEOUT_SECONDS,
-                1,
-                600,
-            )?,
+            backend_timeout_seconds,
             retention_days: number("RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 0, 3_650)?,
             retention_unit_seconds: number(
                 "RETENTION_UNIT_SECONDS",
@@ -307,7 +357,10 @@ impl Config {
                 1,
                 86_400,
             )?,
+            plan,
             subrequest_limit,
+            enforce_plan_limits: flag("ENFORCE_PLAN_LIMITS")?,
+            attempt_deadline_seconds,
             retry_policy: match get("RETRY_POLICY") {
                 None => Policy::Adaptive,
                 Some(raw) => Policy::parse(&raw).ok_or(ConfigError::Invalid {
@@ -396,6 +449,19 @@ impl Config {
     pub fn defaults() -> Config {
         Config::from_lookup(|name| (name == "BACKEND_URL").then(|| "https://unset.invalid".into()))
             .expect("the defaults are a valid configuration (unit-tested)")
+    }
+
+    /// What one invocation may use on the account's plan (`SUBREQUEST_LIMIT` for the Internet).
+    pub fn limits(&self) -> crate::lab::invocation::Limits {
+        crate::lab::invocation::Limits {
+            external: self.subrequest_limit,
+            ..self.plan.limits()
+        }
+    }
+
+    /// Milliseconds after its start an attempt may start a call.
+    pub fn attempt_deadline_ms(&self) -> i64 {
+        (self.attempt_deadline_seconds * 1000) as i64
     }
 
     /// The rules an adopted legacy record must meet (today's, see `lab::legacy`).

@@ -28,6 +28,7 @@ pub mod cleanup;
 pub mod config;
 pub mod fleet;
 pub mod index;
+pub mod invocation;
 pub mod legacy;
 pub mod limits;
 pub mod ports;

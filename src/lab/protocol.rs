@@ -227,7 +227,7 @@ impl Request {
 
 /// A worker VM's object, asked by a create to claim the VM for its lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "claim", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ClaimAnswer {
     /// The VM is the lab's now (or was already). `cancelled_orphan`: an orphan cleanup of this
     /// VM was scheduled and had not started; it is cancelled.
