@@ -811,6 +811,7 @@ mod tests {
         // More than a lab's record can hold, whatever the plan (`session::bound`).
         let e = config(&[
             ("BACKEND_URL", "http://x"),
+            ("PLAN", "paid"),
             ("SUBREQUEST_LIMIT", "10000"),
             ("MAX_WORKER_NODES", "49"),
         ])
@@ -819,6 +820,49 @@ mod tests {
         assert!(e.to_string().contains("from 0 to 48"), "{e}");
         let e = config(&[("BACKEND_URL", "http://x"), ("SUBREQUEST_LIMIT", "10")]).unwrap_err();
         assert!(e.to_string().contains("(8)"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_sets_the_limits_and_subrequest_limit_overrides_them_on_paid_only() {
+        let base = ("BACKEND_URL", "http://x");
+        let free = config(&[base]).unwrap();
+        assert_eq!(free.plan, crate::lab::invocation::Plan::Free);
+        assert_eq!(free.limits(), crate::lab::invocation::plan::FREE);
+        let paid = config(&[base, ("PLAN", "paid")]).unwrap();
+        assert_eq!(paid.subrequest_limit, 10_000);
+        assert_eq!(paid.limits().d1_queries, 1_000);
+        let raised = config(&[base, ("PLAN", "paid"), ("SUBREQUEST_LIMIT", "50000")]).unwrap();
+        assert_eq!(raised.limits().external, 50_000);
+        // A Paid account's number on the Free plan: the setting and the plan named.
+        let e = config(&[base, ("SUBREQUEST_LIMIT", "10000")]).unwrap_err();
+        assert_eq!(e.setting(), "SUBREQUEST_LIMIT");
+        assert!(
+            e.to_string().contains("PLAN=free") && e.to_string().contains("PLAN=paid"),
+            "{e}"
+        );
+        assert_eq!(
+            config(&[base, ("PLAN", "pro")]).unwrap_err().setting(),
+            "PLAN"
+        );
+    }
+
+    #[test]
+    fn an_attempt_ends_its_calls_within_the_alarms_wall_time() {
+        let base = ("BACKEND_URL", "http://x");
+        assert_eq!(config(&[base]).unwrap().attempt_deadline_seconds, 600);
+        // The default gives way to a long backend timeout; an explicit value does not.
+        let slow = config(&[base, ("BACKEND_TIMEOUT_SECONDS", "600")]).unwrap();
+        assert_eq!(slow.attempt_deadline_seconds, 270);
+        let e = config(&[
+            base,
+            ("BACKEND_TIMEOUT_SECONDS", "600"),
+            ("ATTEMPT_DEADLINE_SECONDS", "600"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting(), "ATTEMPT_DEADLINE_SECONDS");
+        assert!(e.to_string().contains("at most 270"), "{e}");
+        let e = config(&[base, ("ATTEMPT_DEADLINE_SECONDS", "841")]).unwrap_err();
+        assert!(e.to_string().contains("from 1 to 840"), "{e}");
     }
 
     #[test]

@@ -81,6 +81,14 @@ impl Budget for NoBudget {
     fn release(&self, _: Permit, _: crate::lab::fleet::budget::CallOutcome) {}
 }
 
+/// What the invocation may still use within its plan (`lab::invocation`): the ports charge each
+/// call to the invocation's ledger as they make it; the procedures ask before they plan.
+pub trait Allowance {
+    fn left(&self, meter: crate::lab::invocation::Meter) -> u64;
+    /// When the invocation started.
+    fn invocation_started_ms(&self) -> i64;
+}
+
 /// The clock, randomness and sleeping.
 pub trait Runtime {
     /// Milliseconds since the Unix epoch.

@@ -340,6 +340,9 @@ impl Permits {
                         window_ms: self.timeout_ms,
                         wanted: wanted.clamp(1, 64) as u32,
                     };
+                    self.usage
+                        .charge(crate::lab::invocation::Meter::Service, 1)
+                        .map_err(|e| e.to_string())?;
                     add(&self.usage.budget_calls, 1);
                     *self.asking.borrow_mut() = Some(Vec::new());
                     let asked = ask_for(self.env.clone(), ask, self.spare.clone()).await;
@@ -390,6 +393,14 @@ impl Permits {
     }
 
     fn send_release(&self, release: Release) {
+        // Past the plan's limit the release is not sent: the lease comes back by itself.
+        if self
+            .usage
+            .charge(crate::lab::invocation::Meter::Service, 1)
+            .is_err()
+        {
+            return;
+        }
         add(&self.usage.budget_calls, 1);
         let body = serde_json::to_string(&release).unwrap_or_default();
         let env = self.env.clone();

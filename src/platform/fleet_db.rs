@@ -7,7 +7,7 @@ use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Env};
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation};
-use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery, VmRow};
+use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery};
 use crate::platform::runtime::within;
 
 /// Name of the D1 binding in `wrangler.toml`.
@@ -95,24 +95,14 @@ async fn run(
     .await
 }
 
-/// Writes `row` and its VMs' rows unless the index already holds a newer revision of them.
-pub async fn upsert(
+/// Runs `statements` (a lab's row written or deleted, as `lab::index` builds them) in one
+/// batch, within `timeout`.
+pub async fn write(
     env: &Env,
-    row: &IndexRow,
-    vms: &[VmRow],
+    statements: Vec<(String, Vec<Bind>)>,
     timeout: Duration,
 ) -> Result<Rows, IndexError> {
-    run(env, index::upsert_all(row, vms), timeout).await
-}
-
-/// Deletes the lab's rows, unless the index holds a revision newer than `revision`.
-pub async fn delete(
-    env: &Env,
-    lab_request_id: &str,
-    revision: u64,
-    timeout: Duration,
-) -> Result<Rows, IndexError> {
-    run(env, index::delete(lab_request_id, revision), timeout).await
+    run(env, statements, timeout).await
 }
 
 /// One page of the list route (one row more than the page when another follows), and the rows

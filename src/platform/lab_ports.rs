@@ -8,9 +8,10 @@ use worker::Env;
 use crate::lab::config::{Config, Webhooks};
 use crate::lab::fleet::budget::{Asker, CallOutcome};
 use crate::lab::index::{IndexRow, VmRow};
+use crate::lab::invocation::{Exceeded, Meter};
 use crate::lab::ports::{
-    BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Labs, Level, Logger,
-    Permit, RecordStore, Runtime, StoreError, Stored, WebhookSender,
+    Allowance, BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Labs, Level,
+    Logger, Permit, RecordStore, Runtime, StoreError, Stored, WebhookSender,
 };
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::runtime::{ConsoleLogger, WorkersRuntime};
@@ -37,10 +38,10 @@ impl Workerd {
         raw: &worker::worker_sys::DurableObjectState,
         env: &Env,
         config: Rc<Config>,
-        activity: Rc<Cell<Option<i64>>>,
-        claiming: Rc<std::cell::RefCell<Vec<String>>>,
+        memory: &Memory,
+        usage: Rc<Usage>,
     ) -> Workerd {
-        let usage = Rc::new(Usage::start());
+        let (activity, claiming) = (memory.activity.clone(), memory.claiming.clone());
         Workerd {
             budget_warned: Cell::new(false),
             store: Store::new(storage, usage.clone()),
@@ -59,11 +60,27 @@ impl Workerd {
     }
 }
 
-/// Logs what the invocation used, when `LOG_STORAGE_OPS` is on.
-pub fn report(ports: &Workerd, what: &str) {
-    if ports.config.log_storage_ops {
-        ports.usage.report(what);
+/// What a lab's object keeps in memory between its invocations.
+#[derive(Default)]
+pub struct Memory {
+    /// The latest activity noted and not yet written (see `RecordStore::noted_activity`).
+    pub activity: Rc<Cell<Option<i64>>>,
+    /// The worker VMs a create is claiming (see `RecordStore::claiming`).
+    pub claiming: Rc<std::cell::RefCell<Vec<String>>>,
+}
+
+/// Logs what the invocation used: its structured `invocation` line (`kind`), and the debug
+/// line of `LOG_STORAGE_OPS` (`what`).
+pub fn report(usage: &Usage, config: &Config, kind: &str, what: &str) {
+    usage.record(kind);
+    if config.log_storage_ops {
+        usage.report(what);
     }
+}
+
+/// A charge refused by the plan (`ENFORCE_PLAN_LIMITS`), as the port's error says it.
+fn refused(e: Exceeded) -> String {
+    e.to_string()
 }
 
 impl RecordStore for Workerd {
@@ -109,18 +126,29 @@ impl RecordStore for Workerd {
     }
 }
 
-impl FleetIndex for Workerd {
-    async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), String> {
+impl Workerd {
+    /// One D1 batch: a call to a service, and a query per statement.
+    async fn d1(
+        &self,
+        statements: Vec<(String, Vec<crate::lab::index::Bind>)>,
+    ) -> std::result::Result<(), String> {
+        self.usage.charge(Meter::Service, 1).map_err(refused)?;
+        self.usage
+            .charge(Meter::D1Query, statements.len() as u64)
+            .map_err(refused)?;
         add(&self.usage.d1_batches, 1);
-        let rows = fleet_db::upsert(&self.env, row, vms, self.config.index_timeout()).await?;
+        let rows = fleet_db::write(&self.env, statements, self.config.index_timeout()).await?;
         self.count_d1(rows);
         Ok(())
     }
+}
+
+impl FleetIndex for Workerd {
+    async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), String> {
+        self.d1(crate::lab::index::upsert_all(row, vms)).await
+    }
     async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), String> {
-        add(&self.usage.d1_batches, 1);
-        let rows = fleet_db::delete(&self.env, id, revision, self.config.index_timeout()).await?;
-        self.count_d1(rows);
-        Ok(())
+        self.d1(crate::lab::index::delete(id, revision)).await
     }
 }
 
@@ -130,6 +158,7 @@ impl WebhookSender for Workerd {
             return Err("webhooks are off".into());
         };
         let timeout = std::time::Duration::from_millis(self.config.webhook_timeout_ms() as u64);
+        self.usage.charge(Meter::External, 1).map_err(refused)?;
         add(&self.usage.webhook_calls, 1);
         webhook_sender::send(&hooks.url, delivery, timeout).await
     }
@@ -144,6 +173,9 @@ impl LabBackend for Workerd {
             let dry = DryRunBackend::new(&self.config.backend_url, &ConsoleLogger);
             return dry.delete_exposed_services(master).await;
         }
+        self.usage
+            .charge(Meter::External, 1)
+            .map_err(|e| BackendError::Network(refused(e)))?;
         add(&self.usage.backend_calls, 1);
         HttpLabBackend::new(&self.config)
             .delete_exposed_services(master)
@@ -158,6 +190,9 @@ impl LabBackend for Workerd {
             let dry = DryRunBackend::new(&self.config.backend_url, &ConsoleLogger);
             return dry.delete_vm(id, user).await;
         }
+        self.usage
+            .charge(Meter::External, 1)
+            .map_err(|e| BackendError::Network(refused(e)))?;
         add(&self.usage.backend_calls, 1);
         HttpLabBackend::new(&self.config).delete_vm(id, user).await
     }
@@ -191,8 +226,18 @@ impl Labs for Workerd {
         lab_request_id: &str,
         request: crate::lab::protocol::Request,
     ) -> std::result::Result<(u16, serde_json::Value), String> {
+        self.usage.charge(Meter::Service, 1).map_err(refused)?;
         add(&self.usage.object_calls, 1);
         crate::platform::fleet::send(&self.env, lab_request_id, &request).await
+    }
+}
+
+impl Allowance for Workerd {
+    fn left(&self, meter: Meter) -> u64 {
+        self.usage.left(meter)
+    }
+    fn invocation_started_ms(&self) -> i64 {
+        self.usage.started_ms()
     }
 }
 

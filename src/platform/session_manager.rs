@@ -11,8 +11,9 @@ use crate::lab::config::Config;
 use crate::lab::ports::{Level, Logger, StoreError};
 use crate::lab::procedures::{self, Lab, Reply};
 use crate::platform::env;
-use crate::platform::lab_ports::{report, Workerd};
+use crate::platform::lab_ports::{report, Memory, Workerd};
 use crate::platform::runtime::ConsoleLogger;
+use crate::platform::usage::Usage;
 
 #[durable_object]
 pub struct SessionManager {
@@ -21,42 +22,41 @@ pub struct SessionManager {
     raw: worker::worker_sys::DurableObjectState,
     storage: worker::worker_sys::DurableObjectStorage,
     env: Env,
-    /// The latest activity noted and not yet written (see `RecordStore::noted_activity`).
-    activity: Rc<std::cell::Cell<Option<i64>>>,
-    /// The worker VMs a create is claiming (see `RecordStore::claiming`).
-    claiming: Rc<std::cell::RefCell<Vec<String>>>,
+    /// What the object keeps in memory between invocations (see `lab_ports::Memory`).
+    memory: Memory,
 }
 
 impl SessionManager {
-    fn ports(&self, config: Rc<Config>) -> Workerd {
+    fn ports(&self, config: Rc<Config>, usage: Rc<Usage>) -> Workerd {
         Workerd::new(
             &self.storage,
             &self.raw,
             &self.env,
             config,
-            self.activity.clone(),
-            self.claiming.clone(),
+            &self.memory,
+            usage,
         )
     }
 
-    /// Runs `task` (a procedure on fresh ports) after the answer or the alarm, `what` naming it
-    /// in the usage line: the answer never waits for a log line, an index row or a webhook
-    /// receiver.
+    /// Runs `task` (a procedure on fresh ports, charged to the same invocation's `usage`) after
+    /// the answer or the alarm, then logs what the invocation used (`kind`, `what`): the answer
+    /// never waits for a log line, an index row or a webhook receiver.
     fn later<F>(
         &self,
         config: Rc<Config>,
-        what: String,
+        usage: Rc<Usage>,
+        (kind, what): (String, String),
         task: impl FnOnce(Rc<Workerd>, Rc<Config>) -> F + 'static,
     ) where
         F: std::future::Future<Output = std::result::Result<(), StoreError>> + 'static,
     {
-        let ports = Rc::new(self.ports(config.clone()));
+        let ports = Rc::new(self.ports(config.clone(), usage.clone()));
         self.state.wait_until(async move {
             worker::Delay::from(std::time::Duration::ZERO).await;
-            if let Err(e) = task(ports.clone(), config).await {
+            if let Err(e) = task(ports, config.clone()).await {
                 ConsoleLogger.log(Level::Error, &format!("background work stopped: {e}"));
             }
-            report(&ports, &format!("{what}, after the answer"));
+            report(&usage, &config, &kind, &format!("{what}, after the answer"));
         });
     }
 }
@@ -70,8 +70,7 @@ impl DurableObject for SessionManager {
             state: State::from(raw),
             storage,
             env,
-            activity: Rc::new(std::cell::Cell::new(None)),
-            claiming: Rc::new(std::cell::RefCell::new(Vec::new())),
+            memory: Memory::default(),
         }
     }
 
@@ -80,7 +79,9 @@ impl DurableObject for SessionManager {
             Ok(config) => config,
             Err(e) => return respond::error(&ApiError::from(e)),
         };
+        let usage = Rc::new(Usage::start(&config));
         let path = request.path();
+        let kind = path.trim_start_matches('/').to_string();
         // The raw method: `Request::method()` maps the ones it does not know to GET.
         let method = request.inner().method();
         let body = request.text().await.unwrap_or_default();
@@ -88,10 +89,13 @@ impl DurableObject for SessionManager {
             Ok(lab_request) => lab_request,
             Err(e) => return respond::error(&ApiError::InvalidRequest(e)),
         };
-        let ports = self.ports(config.clone());
+        let ports = self.ports(config.clone(), usage.clone());
         let reply = Lab::new(&ports, &config).answer(lab_request).await;
-        report(&ports, &path);
-        match reply.map_err(|e| worker::Error::RustError(e.to_string()))? {
+        let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
+        if !matches!(&reply, Reply::Lab { line: Some(_), .. }) {
+            report(&usage, &config, &kind, &path);
+        }
+        match reply {
             Reply::Refused(refusal) => respond::error(&ApiError::from(refusal)),
             Reply::Events(events) => respond::json(200, &events),
             Reply::Noted => Response::empty().map(|r| r.with_status(204)),
@@ -107,10 +111,15 @@ impl DurableObject for SessionManager {
             } => {
                 let answer = respond::json(status, &session.view());
                 if let Some((level, line)) = line {
-                    self.later(config, path, move |ports, config| async move {
-                        ports.log(level, &line);
-                        Lab::new(&*ports, &config).sync_index().await
-                    });
+                    self.later(
+                        config,
+                        usage,
+                        (kind, path),
+                        move |ports, config| async move {
+                            ports.log(level, &line);
+                            Lab::new(&*ports, &config).sync_index().await
+                        },
+                    );
                 }
                 answer
             }
@@ -120,20 +129,26 @@ impl DurableObject for SessionManager {
     async fn alarm(&self) -> Result<Response> {
         let done = match env::config(&self.env) {
             Ok(config) => {
-                let ports = self.ports(config.clone());
+                let usage = Rc::new(Usage::start(&config));
+                let ports = self.ports(config.clone(), usage.clone());
                 let done = Lab::new(&ports, &config).alarm().await;
                 let what = format!("alarm ({})", describe(&done));
                 if matches!(done, Ok(d) if d.deliver) {
-                    self.later(config, what.clone(), |ports, config| async move {
-                        Lab::new(&*ports, &config).deliver_due().await
-                    });
+                    self.later(
+                        config,
+                        usage,
+                        ("alarm".into(), what),
+                        |ports, config| async move { Lab::new(&*ports, &config).deliver_due().await },
+                    );
+                } else {
+                    report(&usage, &config, "alarm", &what);
                 }
-                report(&ports, &what);
                 done
             }
             Err(e) => {
                 let defaults = Rc::new(Config::defaults());
-                let ports = self.ports(defaults.clone());
+                let usage = Rc::new(Usage::start(&defaults));
+                let ports = self.ports(defaults.clone(), usage);
                 Lab::new(&ports, &defaults).alarm_misconfigured(&e).await
             }
         };

@@ -1,7 +1,9 @@
-//! What one invocation of a lab's object used, counted as it goes and logged at debug level when
-//! `LOG_STORAGE_OPS` is on: the benchmark prices a lab from these lines (docs/PERFORMANCE.md).
+//! What one invocation used, counted as it goes: its ledger against the plan (`lab::invocation`), logged as one structured `invocation` line; and, at debug level when `LOG_STORAGE_OPS` is on, its storage operations (the benchmark prices a lab from these lines, docs/PERFORMANCE.md).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+
+use crate::lab::config::Config;
+use crate::lab::invocation::{Exceeded, InvocationRecord, Ledger, Meter};
 
 use worker::console_debug;
 
@@ -27,6 +29,9 @@ pub struct Usage {
     pub budget_calls: Cell<u64>,
     /// Calls to other labs' objects (a create's claims, a claim's question to its lab).
     pub object_calls: Cell<u64>,
+    /// The invocation against its plan's limits.
+    pub ledger: RefCell<Ledger>,
+    plan: &'static str,
 }
 
 /// Adds `n` to a counter.
@@ -35,9 +40,16 @@ pub fn add(cell: &Cell<u64>, n: u64) {
 }
 
 impl Usage {
-    pub fn start() -> Self {
+    pub fn start(config: &Config) -> Self {
+        let started_ms = worker::js_sys::Date::now();
         Self {
-            started_ms: worker::js_sys::Date::now(),
+            ledger: RefCell::new(Ledger::new(
+                config.limits(),
+                config.enforce_plan_limits,
+                started_ms as i64,
+            )),
+            plan: config.plan.name(),
+            started_ms,
             storage_reads: Cell::new(0),
             storage_writes: Cell::new(0),
             rows_read: Cell::new(0),
@@ -50,6 +62,33 @@ impl Usage {
             budget_calls: Cell::new(0),
             object_calls: Cell::new(0),
         }
+    }
+
+    /// Charges one call (or `n`) to the ledger: `Err` (the platform's words) when it is past the
+    /// plan's limit and `ENFORCE_PLAN_LIMITS` is on.
+    pub fn charge(&self, meter: Meter, n: u64) -> Result<(), Exceeded> {
+        self.ledger.borrow_mut().charge(meter, n)
+    }
+
+    pub fn left(&self, meter: Meter) -> u64 {
+        self.ledger.borrow().left(meter)
+    }
+
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms as i64
+    }
+
+    /// Logs the invocation's one structured line (`event: invocation`), `kind` naming it.
+    pub fn record(&self, kind: &str) {
+        let record = InvocationRecord::new(
+            kind,
+            &self.ledger.borrow(),
+            self.plan,
+            worker::js_sys::Date::now() as i64,
+            self.rows_written.get(),
+            self.d1_rows_written.get(),
+        );
+        crate::platform::runtime::log_object(&record);
     }
 
     /// Logs the counts at debug level, `what` naming the invocation. The first part keeps the

@@ -82,7 +82,7 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
     for id in &hang_ids {
         loop {
             let v = status(&worker, id);
-            if v["attempts"].as_u64().unwrap_or(0) >= 2 {
+            if v["last_outcome"]["failed_deletions"].as_u64().unwrap_or(0) > 0 {
                 break;
             }
             assert!(
@@ -93,6 +93,8 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
         }
     }
     let failing_after = started.elapsed().as_secs_f64();
+    let budget_then = worker.operator("GET", "/api/v1/labs/budget", b"").text();
+    eprintln!("fair: the budget when the healthy labs are created: {budget_then}");
     let busy_ids: Vec<String> = (0..healthy).map(|i| format!("fair-busy-{i}")).collect();
     for id in &busy_ids {
         create(&worker, id, 3, 2);

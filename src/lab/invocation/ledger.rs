@@ -166,7 +166,11 @@ mod tests {
             enforced.charge(Meter::External, 1),
             Err(Exceeded::Subrequests)
         );
-        assert_eq!(enforced.used().external, 50, "a refused call is not counted");
+        assert_eq!(
+            enforced.used().external,
+            50,
+            "a refused call is not counted"
+        );
         assert_eq!(
             enforced.charge(Meter::D1Query, 51).unwrap_err().to_string(),
             "D1_ERROR: Too many API requests by single worker invocation."

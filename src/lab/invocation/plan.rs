@@ -1,7 +1,5 @@
 //! The Workers plans' limits on one invocation, each constant citing the page it comes from.
 
-
-
 /// Which Workers plan the account is on (`PLAN`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {

@@ -12,7 +12,8 @@ mod requests;
 
 use crate::lab::config::Config;
 use crate::lab::ports::{
-    Budget, FleetIndex, LabBackend, Labs, Level, Logger, RecordStore, Runtime, WebhookSender,
+    Allowance, Budget, FleetIndex, LabBackend, Labs, Level, Logger, RecordStore, Runtime,
+    WebhookSender,
 };
 use crate::lab::protocol::{ClaimAnswer, OwnsAnswer};
 use crate::lab::session::{Refusal, Session};
@@ -23,12 +24,20 @@ pub use alarm::{AlarmDone, Woke};
 /// Everything the procedures need from the outside world, in one value (the object's
 /// adapter, or a test's fake world).
 pub trait Platform:
-    RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Labs + Runtime + Logger
+    RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Labs + Allowance + Runtime + Logger
 {
 }
 
 impl<
-        T: RecordStore + FleetIndex + WebhookSender + LabBackend + Budget + Labs + Runtime + Logger,
+        T: RecordStore
+            + FleetIndex
+            + WebhookSender
+            + LabBackend
+            + Budget
+            + Labs
+            + Allowance
+            + Runtime
+            + Logger,
     > Platform for T
 {
 }

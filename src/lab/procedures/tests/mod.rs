@@ -103,6 +103,13 @@ pub struct World {
     /// writes.
     pub noted: Cell<Option<i64>>,
     pub puts: Cell<usize>,
+    // the invocation's ledger, and what each invocation used (the latest last)
+    pub ledger: RefCell<crate::lab::invocation::Ledger>,
+    pub used: RefCell<Vec<crate::lab::invocation::ledger::Used>>,
+    /// Calls the plan refused (`ENFORCE_PLAN_LIMITS`): none may happen.
+    pub exceeded: Cell<usize>,
+    /// How long each backend call takes (the clock moves by it).
+    pub call_ms: Cell<i64>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -139,6 +146,8 @@ pub fn lab(id: &str, workers: &[&str], duration: u64) -> NewSession {
 
 impl World {
     pub fn new(config: Config) -> World {
+        let ledger =
+            crate::lab::invocation::Ledger::new(config.limits(), config.enforce_plan_limits, T0);
         World {
             config,
             now: Cell::new(T0),
@@ -172,6 +181,10 @@ impl World {
             permits_wanted: RefCell::new(Vec::new()),
             noted: Cell::new(None),
             puts: Cell::new(0),
+            ledger: RefCell::new(ledger),
+            used: RefCell::new(Vec::new()),
+            exceeded: Cell::new(0),
+            call_ms: Cell::new(0),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -341,6 +354,34 @@ impl World {
     /// A new invocation of the object (a request, an alarm, a background task).
     fn invocation(&self) {
         self.dead.set(false);
+        let fresh = crate::lab::invocation::Ledger::new(
+            self.config.limits(),
+            self.config.enforce_plan_limits,
+            self.now.get(),
+        );
+        let done = self.ledger.replace(fresh);
+        if done.used() != Default::default() {
+            self.used.borrow_mut().push(done.used());
+        }
+    }
+
+    /// Charges a call to the invocation's ledger; the platform's words when the plan refuses.
+    fn charge(&self, meter: crate::lab::invocation::Meter, n: u64) -> Result<(), String> {
+        self.ledger.borrow_mut().charge(meter, n).map_err(|e| {
+            self.exceeded.set(self.exceeded.get() + 1);
+            e.to_string()
+        })
+    }
+
+    /// The most any invocation used so far, per meter (the current one included).
+    pub fn peak(&self) -> crate::lab::invocation::ledger::Used {
+        let mut peak = self.ledger.borrow().used();
+        for u in self.used.borrow().iter() {
+            peak.external = peak.external.max(u.external);
+            peak.services = peak.services.max(u.services);
+            peak.d1 = peak.d1.max(u.d1);
+        }
+        peak
     }
 
     fn after(crash: Option<Crash>) -> Result<(), StoreError> {
@@ -364,6 +405,9 @@ impl World {
     pub const TIMEOUT: u16 = 0;
 
     fn backend_call(&self, services: bool, id: &str) -> Result<BackendReply, BackendError> {
+        self.charge(crate::lab::invocation::Meter::External, 1)
+            .map_err(BackendError::Network)?;
+        self.now.set(self.now.get() + self.call_ms.get());
         let status = if services {
             200
         } else if self.gone.borrow().contains_key(id) {
@@ -496,6 +540,11 @@ impl RecordStore for World {
 
 impl FleetIndex for World {
     async fn upsert(&self, row: &IndexRow, vms: &[crate::lab::index::VmRow]) -> Result<(), String> {
+        self.charge(crate::lab::invocation::Meter::Service, 1)?;
+        self.charge(
+            crate::lab::invocation::Meter::D1Query,
+            crate::lab::index::upsert_all(row, vms).len() as u64,
+        )?;
         if self.index_down.get() {
             return Err("D1_ERROR: no such table: sessions".into());
         }
@@ -514,6 +563,11 @@ impl FleetIndex for World {
     }
 
     async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), String> {
+        self.charge(crate::lab::invocation::Meter::Service, 1)?;
+        self.charge(
+            crate::lab::invocation::Meter::D1Query,
+            crate::lab::index::delete(lab_request_id, revision).len() as u64,
+        )?;
         if self.index_down.get() {
             return Err("D1_ERROR: no such table: sessions".into());
         }
@@ -533,6 +587,7 @@ impl FleetIndex for World {
 
 impl WebhookSender for World {
     async fn send(&self, delivery: &Delivery) -> Result<u16, String> {
+        self.charge(crate::lab::invocation::Meter::External, 1)?;
         if self.receiver_down.get() {
             return Err("network error: connection refused".into());
         }
@@ -567,6 +622,13 @@ impl crate::lab::ports::Budget for World {
         wanted: usize,
     ) -> crate::lab::ports::Permit {
         use crate::lab::ports::Permit;
+        if self.budget.borrow().is_some()
+            && self
+                .charge(crate::lab::invocation::Meter::Service, 1)
+                .is_err()
+        {
+            return Permit::Unlimited;
+        }
         self.permits_wanted.borrow_mut().push(wanted);
         let mut budget = self.budget.borrow_mut();
         let Some(allocator) = budget.as_mut() else {
@@ -593,6 +655,13 @@ impl crate::lab::ports::Budget for World {
         permit: crate::lab::ports::Permit,
         outcome: crate::lab::fleet::budget::CallOutcome,
     ) {
+        if matches!(permit, crate::lab::ports::Permit::Granted(_))
+            && self
+                .charge(crate::lab::invocation::Meter::Service, 1)
+                .is_err()
+        {
+            return;
+        }
         if let (crate::lab::ports::Permit::Granted(lease), Some(allocator)) =
             (permit, self.budget.borrow_mut().as_mut())
         {
@@ -607,6 +676,7 @@ impl crate::lab::ports::Labs for World {
         lab_request_id: &str,
         request: Request,
     ) -> Result<(u16, serde_json::Value), String> {
+        self.charge(crate::lab::invocation::Meter::Service, 1)?;
         self.sent
             .borrow_mut()
             .push((lab_request_id.to_string(), request.clone()));
@@ -655,6 +725,15 @@ pub fn wire(reply: &Reply) -> (u16, serde_json::Value) {
         Reply::Poked { revived } => (200, serde_json::json!({ "revived": revived })),
         Reply::Claim(answer) => (200, serde_json::to_value(answer).unwrap()),
         Reply::Owns(answer) => (200, serde_json::to_value(answer).unwrap()),
+    }
+}
+
+impl crate::lab::ports::Allowance for World {
+    fn left(&self, meter: crate::lab::invocation::Meter) -> u64 {
+        self.ledger.borrow().left(meter)
+    }
+    fn invocation_started_ms(&self) -> i64 {
+        self.ledger.borrow().started_ms()
     }
 }
 
