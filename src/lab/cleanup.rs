@@ -23,6 +23,21 @@ pub const LOG_PREFIX: &str = "[SessionManager]";
 /// How much of a backend's error body goes into a log line or a stored error.
 const MAX_BODY_SNIPPET: usize = 200;
 
+/// Where an attempt reports each VM confirmed gone, as it happens: the lab's procedure saves
+/// them every few seconds, so that an attempt cut short repeats none it had saved.
+#[allow(async_fn_in_trait)]
+pub trait Progress {
+    /// `vm` is gone: deleted (2xx), or already gone (404).
+    async fn confirmed(&self, vm: &str, already_gone: bool);
+}
+
+/// Progress kept nowhere but in the attempt's result.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    async fn confirmed(&self, _: &str, _: bool) {}
+}
+
 /// How an attempt is to be run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptPlan {
@@ -32,6 +47,12 @@ pub struct AttemptPlan {
     /// Backend calls this attempt may make beyond one per planned call (the reconnects), within
     /// the invocation's subrequest limit.
     pub spare_calls: usize,
+    /// Backend calls this attempt may make in all: what the invocation's plan leaves
+    /// (`lab::invocation`); the VMs beyond are tried by the next attempt, a moment later.
+    pub max_calls: usize,
+    /// No call starts at or after this time (`ATTEMPT_DEADLINE_SECONDS`, and the alarm's wall
+    /// time): the attempt then ends with what it has, saved, and the next one goes on.
+    pub deadline_ms: i64,
 }
 
 /// Classifies a deletion call's result: 2xx and 404 are done; 429 and 503 are refusals (with
@@ -92,6 +113,10 @@ struct Calls<'a, B: LabBackend, R: Runtime, G: Budget> {
     made: Cell<usize>,
     spare: Cell<usize>,
     refused: Cell<bool>,
+    /// Calls granted so far (`max_calls` caps them), and whether the cap or the deadline kept a
+    /// call from starting.
+    granted: Cell<usize>,
+    capped: Cell<bool>,
     /// The budget's word when it had no permit: come back after this many ms.
     budget_wait: Cell<Option<i64>>,
     timeouts: Cell<usize>,
@@ -113,8 +138,14 @@ impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
         let adaptive = self.plan.policy == Policy::Adaptive;
         self.made.set(self.made.get() + 1);
         let mut result = call().await;
-        if adaptive && matches!(result, Err(BackendError::Network(_))) && self.spare.get() > 0 {
+        if adaptive
+            && matches!(result, Err(BackendError::Network(_)))
+            && self.spare.get() > 0
+            && self.granted.get() < self.plan.max_calls
+            && self.runtime.now_ms() < self.plan.deadline_ms
+        {
             self.spare.set(self.spare.get() - 1);
+            self.granted.set(self.granted.get() + 1);
             self.made.set(self.made.get() + 1);
             self.runtime
                 .sleep(retry::reconnect_pause_ms(self.runtime.random()))
@@ -153,6 +184,13 @@ impl<B: LabBackend, R: Runtime, G: Budget> Calls<'_, B, R, G> {
         if self.refused.get() {
             return None;
         }
+        if self.granted.get() >= self.plan.max_calls
+            || self.runtime.now_ms() >= self.plan.deadline_ms
+        {
+            self.capped.set(true);
+            return None;
+        }
+        self.granted.set(self.granted.get() + 1);
         match self
             .budget
             .acquire(
@@ -211,6 +249,7 @@ pub async fn run_attempt(
     log: &impl Logger,
     budget: &impl Budget,
     plan: AttemptPlan,
+    progress: &impl Progress,
 ) -> AttemptResult {
     let info = |m: String| log.log(Level::Info, &m);
     let master = session.lab_request_id.as_str();
@@ -227,6 +266,8 @@ pub async fn run_attempt(
         made: Cell::new(0),
         spare: Cell::new(plan.spare_calls),
         refused: Cell::new(false),
+        granted: Cell::new(0),
+        capped: Cell::new(false),
         budget_wait: Cell::new(None),
         timeouts: Cell::new(0),
         vms_left: Cell::new(pending.len()),
@@ -289,16 +330,22 @@ pub async fn run_attempt(
                     .make(permit, || calls.backend.delete_vm(vm.id, &session.user_id))
                     .await;
                 match &result {
-                    Deletion::Deleted => info(format!(
-                        "✅ {} VM deleted successfully ({})",
-                        vm.role.as_str(),
-                        vm.id
-                    )),
-                    Deletion::AlreadyGone => info(format!(
-                        "✅ {} VM already deleted, backend answered 404 ({})",
-                        vm.role.as_str(),
-                        vm.id
-                    )),
+                    Deletion::Deleted => {
+                        info(format!(
+                            "✅ {} VM deleted successfully ({})",
+                            vm.role.as_str(),
+                            vm.id
+                        ));
+                        progress.confirmed(vm.id, false).await;
+                    }
+                    Deletion::AlreadyGone => {
+                        info(format!(
+                            "✅ {} VM already deleted, backend answered 404 ({})",
+                            vm.role.as_str(),
+                            vm.id
+                        ));
+                        progress.confirmed(vm.id, true).await;
+                    }
                     Deletion::Refused { error, .. } | Deletion::Failed(error) => log.log(
                         Level::Error,
                         &format!(
@@ -408,8 +455,22 @@ pub async fn run_attempt(
     let ending = match (left, refusal) {
         (0, _) => Ending::Done,
         (_, Some(retry_after_ms)) => Ending::Refused { retry_after_ms },
+        (_, None) if calls.capped.get() && not_tried > 0 => Ending::Continued,
         (_, None) => Ending::Failed,
     };
+    if ending == Ending::Continued {
+        log.log(
+            Level::Info,
+            &format!(
+                "⏩ Attempt {} reached the invocation's limits ({} backend call{}, or its deadline); {not_tried} VM{} go on in the next attempt, in {}",
+                session.cleanup.attempts,
+                calls.granted.get(),
+                plural(calls.granted.get()),
+                plural(not_tried),
+                seconds(retry::CONTINUE_MS)
+            ),
+        );
+    }
     AttemptResult {
         deleted,
         already_gone,
@@ -633,6 +694,8 @@ mod tests {
             policy,
             concurrency,
             spare_calls: 10,
+            max_calls: 1_000,
+            deadline_ms: i64::MAX,
         }
     }
 
@@ -645,6 +708,7 @@ mod tests {
             log,
             &crate::lab::ports::NoBudget,
             plan(Policy::Adaptive, concurrency),
+            &NoProgress,
         ))
     }
 
@@ -1150,6 +1214,7 @@ mod tests {
             &Lines::default(),
             &crate::lab::ports::NoBudget,
             plan(Policy::Fixed, 1),
+            &NoProgress,
         ));
         assert_eq!(backend.calls().len(), 4, "services + every VM, once each");
         assert_eq!(r.deleted, vec!["w2"]);
@@ -1180,6 +1245,7 @@ mod tests {
             &Lines::default(),
             &crate::lab::ports::NoBudget,
             plan(Policy::Adaptive, 6),
+            &NoProgress,
         ));
         assert_eq!(r.already_gone, vec!["w1"], "the retry's 404 counts as done");
         assert_eq!(r.ending, Ending::Done);
@@ -1229,6 +1295,7 @@ mod tests {
                 spare_calls: 0,
                 ..plan(Policy::Adaptive, 6)
             },
+            &NoProgress,
         ));
         assert_eq!(r.calls, 4, "no spare subrequest: no reconnect");
         assert_eq!(r.outcome.failed_deletions, 1);

@@ -85,6 +85,7 @@ pub fn next_attempt_at(
     let rand = rand.clamp(0.0, 1.0);
     let wait_ms = match (policy, ending) {
         (_, Ending::Done) => return None,
+        (_, Ending::Continued) => CONTINUE_MS,
         (Policy::Fixed, _) => retry_ms,
         (
             Policy::Adaptive,
@@ -99,6 +100,9 @@ pub fn next_attempt_at(
     };
     Some(end_ms.saturating_add(wait_ms.max(1)))
 }
+
+/// How long after an attempt that its invocation's limits cut short the next one starts.
+pub const CONTINUE_MS: i64 = 1_000;
 
 /// The longest a lab whose calls keep timing out waits between attempts: `CLEANUP_RETRY_SECONDS`
 /// doubled per attempt that timed out in a row, at most this many times over (and an hour).

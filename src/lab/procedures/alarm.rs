@@ -3,6 +3,7 @@
 use crate::lab::cleanup::{self, AttemptPlan};
 use crate::lab::config::{ConfigError, Webhooks};
 use crate::lab::index;
+use crate::lab::invocation::Meter;
 use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform};
@@ -178,6 +179,13 @@ impl<P: Platform> Lab<'_, P> {
                 woke = Woke::IndexRepaired;
             }
         }
+        if woke == Woke::Deliveries {
+            // Nothing else was due, and nothing was written: the deliveries run within the alarm,
+            // not after it, so that a failure runs the alarm again (nothing else would: the
+            // alarm is spent, and no save set another).
+            self.deliver_due().await?;
+            return Ok(AlarmDone::only(Woke::Deliveries));
+        }
         Ok(AlarmDone {
             woke,
             deliver: due.deliver || due.warn || due.idle_warn || due.attempt,
@@ -287,10 +295,18 @@ impl<P: Platform> Lab<'_, P> {
             } else {
                 config.cleanup_concurrency
             },
-            spare_calls: spare_calls(&session, config.subrequest_limit),
+            spare_calls: spare_calls(&session, self.platform.left(Meter::External)),
+            max_calls: usize::try_from(self.platform.left(Meter::External)).unwrap_or(usize::MAX),
+            deadline_ms: self.attempt_deadline(now),
         };
         let p = self.platform;
-        let result = cleanup::run_attempt(&session, p, p, p, p, plan).await;
+        let saver = Saver {
+            lab: self,
+            attempts: session.cleanup.attempts,
+            saved_at: std::cell::Cell::new(now),
+            confirmed: std::cell::RefCell::new(Vec::new()),
+        };
+        let result = cleanup::run_attempt(&session, p, p, p, p, plan, &saver).await;
         let done_at = p.now_ms();
         let mut next = retry::next_attempt_at(
             config.retry_policy,
@@ -340,6 +356,21 @@ impl<P: Platform> Lab<'_, P> {
         self.persist(&mut latest).await?;
         // The row after the deletions, never before them: the index never holds up a cleanup.
         self.sync_index().await
+    }
+
+    /// When an attempt starting at `now` starts its last call: `ATTEMPT_DEADLINE_SECONDS` after
+    /// `now`, and no later than a call can start and still end within the alarm's wall time.
+    fn attempt_deadline(&self, now: i64) -> i64 {
+        let wall = self.config.limits().wall_ms;
+        let timeout = (self.config.backend_timeout_seconds * 1000) as i64;
+        let last_start = self
+            .platform
+            .invocation_started_ms()
+            .saturating_add(wall)
+            .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
+            .saturating_sub(timeout);
+        now.saturating_add(self.config.attempt_deadline_ms())
+            .min(last_start)
     }
 
     /// The end of retention: the lab's index row is deleted, then everything the object holds.
@@ -460,6 +491,39 @@ impl<P: Platform> Lab<'_, P> {
     }
 }
 
+/// How often an attempt saves the VMs it confirmed gone so far (besides at its end): an attempt
+/// cut short (an eviction, the platform's limits) repeats at most this much of its work.
+pub const PROGRESS_SAVE_MS: i64 = 3_000;
+
+/// Saves an attempt's confirmed deletions as it goes, every `PROGRESS_SAVE_MS` at most, into
+/// the record as it is then (its revision unchanged: the index row follows the attempt's end).
+struct Saver<'l, 'a, P: Platform> {
+    lab: &'l Lab<'a, P>,
+    attempts: u32,
+    saved_at: std::cell::Cell<i64>,
+    confirmed: std::cell::RefCell<Vec<(String, bool)>>,
+}
+
+impl<P: Platform> cleanup::Progress for Saver<'_, '_, P> {
+    async fn confirmed(&self, vm: &str, already_gone: bool) {
+        self.confirmed
+            .borrow_mut()
+            .push((vm.to_string(), already_gone));
+        let now = self.lab.platform.now_ms();
+        if now.saturating_sub(self.saved_at.get()) < PROGRESS_SAVE_MS {
+            return;
+        }
+        self.saved_at.set(now);
+        let confirmed = self.confirmed.take();
+        // The attempt's end saves everything anyway: a failure here loses nothing.
+        if let Ok(Some(mut latest)) = self.lab.load().await {
+            if latest.cleanup.attempts == self.attempts && latest.add_confirmed(&confirmed) {
+                let _ = self.lab.save(&mut latest).await;
+            }
+        }
+    }
+}
+
 /// Whole `duration` units from `now` to `at`, rounded up (a warning on time says its stage).
 fn minutes_left(at: i64, now: i64, unit_ms: i64) -> u64 {
     let ms = at.saturating_sub(now).max(0);
@@ -467,8 +531,8 @@ fn minutes_left(at: i64, now: i64, unit_ms: i64) -> u64 {
 }
 
 /// Backend calls an attempt may make beyond one per planned call (the reconnects of calls whose
-/// connection failed), within the invocation's subrequest limit.
-fn spare_calls(session: &Session, subrequest_limit: u64) -> usize {
+/// connection failed), within what the invocation has left of its subrequests.
+fn spare_calls(session: &Session, external_left: u64) -> usize {
     let planned = session.pending().len() as u64 + 1;
-    subrequest_limit.saturating_sub(planned) as usize
+    external_left.saturating_sub(planned) as usize
 }

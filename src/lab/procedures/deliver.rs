@@ -29,12 +29,24 @@ impl<P: Platform> Lab<'_, P> {
         };
         let p = self.platform;
         let now = p.now_ms();
+        // Within what the invocation has left: its subrequests, and time for a delivery to end
+        // within the alarm's wall time. The rest is due still: the next alarm delivers it.
+        let last_start = p
+            .invocation_started_ms()
+            .saturating_add(self.config.limits().wall_ms)
+            .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
+            .saturating_sub(self.config.webhook_timeout_ms());
+        let room = if now > last_start {
+            0
+        } else {
+            usize::try_from(p.left(crate::lab::invocation::Meter::External)).unwrap_or(usize::MAX)
+        };
         let due: Vec<OutboxEvent> = session
             .notices
             .outbox
             .iter()
             .filter(|e| e.next_at_ms <= now)
-            .take(MAX_DELIVERIES_PER_WAKE)
+            .take(MAX_DELIVERIES_PER_WAKE.min(room))
             .cloned()
             .collect();
         if due.is_empty() {

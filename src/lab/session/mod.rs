@@ -453,6 +453,24 @@ impl Session {
     /// Records what an attempt deleted and how it went, and moves to `Completed` when no VM is
     /// left, or to `Retrying` with the next attempt at `next_attempt_at_ms` (the retry policy
     /// decides when; see `lab::retry`). The stored errors are bounded (`bound::bounded_errors`).
+    /// Adds VMs an attempt confirmed gone (`true`: already gone) before its end; whether any was
+    /// new.
+    pub fn add_confirmed(&mut self, confirmed: &[(String, bool)]) -> bool {
+        let mut added = false;
+        for (id, gone) in confirmed {
+            if !self.is_done(id) && self.position(id).is_some() {
+                let list = if *gone {
+                    &mut self.cleanup.already_gone
+                } else {
+                    &mut self.cleanup.deleted
+                };
+                list.push(id.clone());
+                added = true;
+            }
+        }
+        added
+    }
+
     pub fn finish_attempt(&mut self, result: &AttemptResult, now_ms: i64, next_attempt_at_ms: i64) {
         for id in &result.deleted {
             if !self.is_done(id) && self.position(id).is_some() {

@@ -55,6 +55,9 @@ pub enum Ending {
     Refused { retry_after_ms: Option<i64> },
     /// Some deletion failed otherwise (5xx, timeout, network, ...).
     Failed,
+    /// The invocation's limits (its subrequests, or the attempt's deadline) left VMs untried:
+    /// the next attempt goes on with them a moment later, in an invocation of its own.
+    Continued,
 }
 
 /// What an attempt did: the VM ids the backend confirmed deleting and those it said were already

@@ -4,6 +4,7 @@ mod bounds;
 mod budget;
 mod claims;
 mod faults;
+mod limits;
 mod requests;
 mod timeline;
 
@@ -108,8 +109,9 @@ pub struct World {
     pub used: RefCell<Vec<crate::lab::invocation::ledger::Used>>,
     /// Calls the plan refused (`ENFORCE_PLAN_LIMITS`): none may happen.
     pub exceeded: Cell<usize>,
-    /// How long each backend call takes (the clock moves by it).
+    /// How long each backend call takes (the clock moves by it), and one that times out.
     pub call_ms: Cell<i64>,
+    pub timeout_ms: Cell<i64>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -185,6 +187,7 @@ impl World {
             used: RefCell::new(Vec::new()),
             exceeded: Cell::new(0),
             call_ms: Cell::new(0),
+            timeout_ms: Cell::new(0),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -405,9 +408,12 @@ impl World {
     pub const TIMEOUT: u16 = 0;
 
     fn backend_call(&self, services: bool, id: &str) -> Result<BackendReply, BackendError> {
+        if self.dead.get() {
+            // The invocation crashed: its calls not made yet never are.
+            return Err(BackendError::Network("the invocation is gone".into()));
+        }
         self.charge(crate::lab::invocation::Meter::External, 1)
             .map_err(BackendError::Network)?;
-        self.now.set(self.now.get() + self.call_ms.get());
         let status = if services {
             200
         } else if self.gone.borrow().contains_key(id) {
@@ -424,6 +430,14 @@ impl World {
             }
             status
         };
+        self.now.set(
+            self.now.get()
+                + if status == Self::TIMEOUT {
+                    self.timeout_ms.get()
+                } else {
+                    self.call_ms.get()
+                },
+        );
         self.calls.borrow_mut().push(Call {
             services,
             id: id.into(),
