@@ -158,14 +158,10 @@ async fn api(
         Route::ListSessions => {
             index_on(config)?;
             let query = fleet::parse(&query_string(&request))?;
-            let (rows, read) = fleet_db::list(
-                env,
-                &query,
-                config.stuck_after_attempts,
-                config.index_timeout(),
-            )
-            .await
-            .map_err(unavailable)?;
+            let fleet = platform::fleet::WorkerdFleet::new(env, config);
+            let listed = fleet.list(&query).await;
+            fleet.report("list");
+            let (rows, read) = listed.map_err(unavailable)?;
             report_rows(config, "list", read);
             json(200, &fleet::page(rows, &query, config.stuck_after_attempts))
         }
@@ -221,9 +217,9 @@ async fn api(
             let fleet = platform::fleet::WorkerdFleet::new(env, config);
             let answer =
                 lab::fleet::inventory::push(&fleet, config, &vms, act, platform::runtime::now_ms())
-                    .await
-                    .map_err(unavailable)?;
-            json(200, &answer)
+                    .await;
+            fleet.report("inventory");
+            json(200, &answer.map_err(unavailable)?)
         }
         Route::Budget => {
             let mut state = match config.backend_max_concurrency {
@@ -270,14 +266,10 @@ async fn fleet_counts(
     what: &str,
 ) -> Result<(lab::index::Counts, i64), ApiError> {
     let now = platform::runtime::now_ms();
-    let (counts, read) = fleet_db::counts(
-        env,
-        config.stuck_after_attempts,
-        now,
-        config.index_timeout(),
-    )
-    .await
-    .map_err(unavailable)?;
+    let fleet = platform::fleet::WorkerdFleet::new(env, config);
+    let counted = fleet.counts(now).await;
+    fleet.report(what);
+    let (counts, read) = counted.map_err(unavailable)?;
     report_rows(config, what, read);
     Ok((counts, now))
 }
@@ -446,4 +438,5 @@ async fn scheduled(_event: worker::ScheduledEvent, env: Env, _ctx: worker::Sched
     }
     let fleet = platform::fleet::WorkerdFleet::new(&env, &config);
     lab::fleet::sweep::run(&fleet, &config, platform::runtime::now_ms()).await;
+    fleet.report("cron");
 }

@@ -293,22 +293,26 @@ pub const LABELS_TABLE: &str = "labels";
 
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
-    in_chunks(
+    in_set(
         &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
         vm_ids,
     )
 }
 
-/// `select` followed by `(?, ?, ...)`, once per chunk of `ids` that D1's bound values allow.
-fn in_chunks(select: &str, ids: &[String]) -> Vec<(String, Vec<Bind>)> {
-    ids.chunks(MAX_BINDS)
-        .map(|chunk| {
-            (
-                format!("{select} ({})", vec!["?"; chunk.len()].join(", ")),
-                chunk.iter().cloned().map(Bind::Text).collect(),
-            )
-        })
-        .collect()
+/// `select` followed by a set of `ids`, in one statement whatever their number: the ids are
+/// bound once, as a JSON array that `json_each` reads (a D1 query per statement is what an
+/// invocation is limited to: 50 on the Free plan; a set of 1,000 ids in chunks of `MAX_BINDS`
+/// was 10 of them). `None` without ids.
+fn in_set(select: &str, ids: &[String]) -> Vec<(String, Vec<Bind>)> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    vec![(
+        format!("{select} (SELECT value FROM json_each(?))"),
+        vec![Bind::Text(
+            serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()),
+        )],
+    )]
 }
 
 /// A row of `lookup`.
@@ -337,7 +341,7 @@ impl LookupRow {
 
 /// When these VMs were first reported.
 pub fn first_seen(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
-    in_chunks(
+    in_set(
         "SELECT vm_id, first_seen_at FROM inventory_seen WHERE vm_id IN",
         vm_ids,
     )
@@ -350,25 +354,18 @@ pub const SEEN_KEPT_MS: i64 = 7 * 86_400_000;
 pub const MAX_SEEN_ROWS: u64 = 100_000;
 
 /// Remembers `now_ms` as the first sighting of these VMs (those seen before keep theirs): one
-/// statement per `MAX_BINDS - 1` VMs, the time bound once.
+/// statement, the ids bound once as a JSON array.
 pub fn record_seen(vm_ids: &[String], now_ms: i64) -> Vec<(String, Vec<Bind>)> {
-    vm_ids
-        .chunks(MAX_BINDS - 1)
-        .map(|chunk| {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(?{}, ?1)", i + 2))
-                .collect();
-            (
-                format!(
-                    "INSERT OR IGNORE INTO inventory_seen (vm_id, first_seen_at) VALUES {}",
-                    values.join(", ")
-                ),
-                std::iter::once(Bind::Int(now_ms))
-                    .chain(chunk.iter().cloned().map(Bind::Text))
-                    .collect(),
-            )
-        })
-        .collect()
+    if vm_ids.is_empty() {
+        return Vec::new();
+    }
+    vec![(
+        "INSERT OR IGNORE INTO inventory_seen (vm_id, first_seen_at) SELECT value, ? FROM json_each(?)".into(),
+        vec![
+            Bind::Int(now_ms),
+            Bind::Text(serde_json::to_string(vm_ids).unwrap_or_else(|_| "[]".into())),
+        ],
+    )]
 }
 
 /// Forgets sightings older than `SEEN_KEPT_MS`, then counts those left (up to `MAX_SEEN_ROWS`
@@ -935,9 +932,19 @@ mod tests {
         assert!(statements[1]
             .0
             .ends_with("WHERE excluded.revision > vms.revision"));
-        let lookups = lookup(&(0..250).map(|n| format!("v{n}")).collect::<Vec<_>>());
-        assert_eq!(lookups.len(), 3);
-        assert!(lookups.iter().all(|(_, b)| b.len() <= MAX_BINDS));
+        // A set of ids is one query however large, bound once as a JSON array.
+        let ids: Vec<String> = (0..1_000).map(|n| format!("v{n}")).collect();
+        let lookups = lookup(&ids);
+        assert_eq!(lookups.len(), 1);
+        assert!(lookups[0]
+            .0
+            .ends_with("IN (SELECT value FROM json_each(?))"));
+        assert_eq!(
+            lookups[0].1,
+            vec![Bind::Text(serde_json::to_string(&ids).unwrap())]
+        );
+        assert_eq!(record_seen(&ids, T0).len(), 1);
+        assert!(lookup(&[]).is_empty() && record_seen(&[], T0).is_empty());
     }
 
     #[test]

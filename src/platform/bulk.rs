@@ -118,10 +118,11 @@ impl DurableObject for BulkJob {
             }
         };
         let fleet = WorkerdFleet::new(&self.env, &config);
-        // The index query and the labs' requests within one invocation's subrequests.
-        let batch = config.subrequest_limit.saturating_sub(2).clamp(1, 1_000) as u32;
+        // The index query and the labs' requests within one invocation's calls to services.
+        let batch = bulk::batch(&fleet);
         let now = now_ms();
         let next = bulk::step(&fleet, &fleet, &mut job, batch, now).await;
+        fleet.report("bulk");
         self.save(&job).await?;
         match next {
             Next::At(at) => {

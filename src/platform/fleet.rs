@@ -11,10 +11,12 @@ use crate::lab::fleet::report::{
     parse_page, KnownVm, Page, PageError, Reconciliation, MAX_REPORT_BYTES,
 };
 use crate::lab::fleet::{FleetStore, InventorySource, Labs};
-use crate::lab::ports::{Level, Logger};
+use crate::lab::invocation::Meter;
+use crate::lab::ports::{Allowance, Level, Logger};
 use crate::lab::procedures::Request;
 use crate::platform::http::{self, Failure};
 use crate::platform::runtime::ConsoleLogger;
+use crate::platform::usage::{add, Usage};
 use crate::platform::{fleet_db, runtime};
 
 /// Name of the Durable Object binding in `wrangler.toml`.
@@ -49,52 +51,114 @@ pub async fn call_lab(
         .map_err(js)
 }
 
-/// The fleet's ports for one request or scheduled run.
+/// The fleet's ports for one request or scheduled run, charging what it uses to the
+/// invocation's ledger (`lab::invocation`).
 pub struct WorkerdFleet<'a> {
     env: &'a Env,
     config: &'a Config,
+    usage: Usage,
 }
 
 impl<'a> WorkerdFleet<'a> {
     pub fn new(env: &'a Env, config: &'a Config) -> Self {
-        WorkerdFleet { env, config }
+        WorkerdFleet {
+            env,
+            config,
+            usage: Usage::start(config),
+        }
     }
 
     fn timeout(&self) -> Duration {
         self.config.index_timeout()
     }
+
+    /// One D1 batch of `statements` statements: a call to a service, a query each.
+    fn d1(&self, statements: usize) -> Result<(), String> {
+        self.usage
+            .charge(Meter::Service, 1)
+            .and_then(|()| self.usage.charge(Meter::D1Query, statements as u64))
+            .map_err(|e| e.to_string())?;
+        add(&self.usage.d1_batches, 1);
+        Ok(())
+    }
+
+    /// Logs the invocation's one structured line (`kind`: what it was).
+    pub fn report(&self, kind: &str) {
+        self.usage.record(kind);
+    }
+
+    /// A page of the list route.
+    pub async fn list(
+        &self,
+        query: &crate::lab::index::ListQuery,
+    ) -> Result<(Vec<crate::lab::index::IndexRow>, fleet_db::Rows), String> {
+        self.d1(1)?;
+        fleet_db::list(
+            self.env,
+            query,
+            self.config.stuck_after_attempts,
+            self.timeout(),
+        )
+        .await
+    }
+
+    /// The stats' and the metrics' counts.
+    pub async fn counts(
+        &self,
+        now_ms: i64,
+    ) -> Result<(crate::lab::index::Counts, fleet_db::Rows), String> {
+        self.d1(crate::lab::index::stats(self.config.stuck_after_attempts, now_ms).len())?;
+        fleet_db::counts(
+            self.env,
+            self.config.stuck_after_attempts,
+            now_ms,
+            self.timeout(),
+        )
+        .await
+    }
 }
 
 impl FleetStore for WorkerdFleet<'_> {
     async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<KnownVm>, String> {
+        self.d1(crate::lab::index::lookup(vm_ids).len())?;
         fleet_db::lookup(self.env, vm_ids, self.timeout()).await
     }
 
     async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String> {
+        self.d1(crate::lab::index::first_seen(vm_ids).len())?;
         fleet_db::first_seen(self.env, vm_ids, self.timeout()).await
     }
 
     async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String> {
+        if vm_ids.is_empty() {
+            return Ok(());
+        }
+        self.d1(crate::lab::index::record_seen(vm_ids, now_ms).len())?;
         fleet_db::remember_seen(self.env, vm_ids, now_ms, self.timeout()).await
     }
 
     async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String> {
+        self.d1(crate::lab::index::tidy_seen(now_ms).len())?;
         fleet_db::tidy_seen(self.env, now_ms, self.timeout()).await
     }
 
     async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
+        self.d1(crate::lab::index::save_reconciliation(r).len())?;
         fleet_db::save_reconciliation(self.env, r, self.timeout()).await
     }
 
     async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, String> {
+        self.d1(1)?;
         fleet_db::overdue(self.env, before_ms, limit, self.timeout()).await
     }
 
     async fn state(&self, key: &str) -> Result<Option<String>, String> {
+        self.d1(1)?;
         fleet_db::state(self.env, key, self.timeout()).await
     }
 
     async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+        self.d1(1)?;
         fleet_db::set_state(self.env, key, value, self.timeout()).await
     }
 }
@@ -105,7 +169,20 @@ impl Labs for WorkerdFleet<'_> {
         lab_request_id: &str,
         request: Request,
     ) -> Result<(u16, serde_json::Value), String> {
+        self.usage
+            .charge(Meter::Service, 1)
+            .map_err(|e| e.to_string())?;
+        add(&self.usage.object_calls, 1);
         send(self.env, lab_request_id, &request).await
+    }
+}
+
+impl Allowance for WorkerdFleet<'_> {
+    fn left(&self, meter: Meter) -> u64 {
+        self.usage.left(meter)
+    }
+    fn invocation_started_ms(&self) -> i64 {
+        self.usage.started_ms()
     }
 }
 
@@ -136,10 +213,12 @@ impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, String> {
+        self.d1(1)?;
         fleet_db::bulk_page(self.env, selector, after, limit, self.timeout()).await
     }
 
     async fn count(&self, selector: &crate::lab::fleet::bulk::Selector) -> Result<u64, String> {
+        self.d1(1)?;
         fleet_db::bulk_count(self.env, selector, self.timeout()).await
     }
 }
@@ -165,6 +244,9 @@ impl InventorySource for WorkerdFleet<'_> {
         }
         let timeout = self.config.backend_timeout();
         let failed = |why: String| Err(PageError::Failed(why));
+        if let Err(e) = self.usage.charge(Meter::External, 1) {
+            return failed(e.to_string());
+        }
         match http::exchange("GET", &url, &headers, None, timeout, MAX_REPORT_BYTES).await {
             Ok(answer) if answer.truncated => failed(format!(
                 "a page of the backend's inventory is over {MAX_REPORT_BYTES} bytes; it was not read further"

@@ -3,7 +3,7 @@
 //! Pure: the labs are found in the fleet index (`Candidates`), in lab id order so that a lab is
 //! visited once however the action changes it, and each is changed through its own object
 //! (`Labs`), exactly as the single-lab route would. A batch stays within one invocation's
-//! subrequests (`SUBREQUEST_LIMIT`); the job (its own Durable Object, `platform::bulk`) saves
+//! calls to services (`batch`); the job (its own Durable Object, `platform::bulk`) saves
 //! its place after each batch, and a lab remembers the jobs that changed it, so a batch run
 //! again after a crash changes no lab twice.
 
@@ -21,6 +21,18 @@ pub const MAX_BULK_LABS: u64 = 10_000;
 pub const KEEP_REFUSALS: usize = 100;
 /// Labs a dry run or a count reads from the index per query.
 pub const PAGE: u32 = 500;
+/// Most labs one batch (an alarm of the job) sends its action to: each is a call to a lab's
+/// object, well within the 1,000 calls to services an invocation may make on either plan.
+pub const MAX_BATCH: u32 = 100;
+
+/// The labs the next batch may take within what its invocation has left of its calls to
+/// services (one of them is the batch's query of the index).
+pub fn batch(allowance: &impl crate::lab::ports::Allowance) -> u32 {
+    let left = allowance
+        .left(crate::lab::invocation::Meter::Service)
+        .saturating_sub(1);
+    u32::try_from(left).unwrap_or(u32::MAX).min(MAX_BATCH)
+}
 
 /// What to do to each lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,6 +451,31 @@ mod tests {
         index_down: std::cell::Cell<bool>,
         /// Jobs each lab has applied (the object's own memory).
         applied: RefCell<BTreeMap<String, Vec<String>>>,
+        /// The invocation's ledger (a job's alarm), enforced; `None`: no limit.
+        ledger: RefCell<Option<crate::lab::invocation::Ledger>>,
+    }
+
+    impl Fleet {
+        fn charge(&self) -> Result<(), String> {
+            match self.ledger.borrow_mut().as_mut() {
+                Some(l) => l
+                    .charge(crate::lab::invocation::Meter::Service, 1)
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl crate::lab::ports::Allowance for Fleet {
+        fn left(&self, meter: crate::lab::invocation::Meter) -> u64 {
+            self.ledger
+                .borrow()
+                .as_ref()
+                .map_or(u64::MAX, |l| l.left(meter))
+        }
+        fn invocation_started_ms(&self) -> i64 {
+            0
+        }
     }
 
     impl Candidates for Fleet {
@@ -448,6 +485,7 @@ mod tests {
             after: Option<&str>,
             limit: u32,
         ) -> Result<Vec<Candidate>, String> {
+            self.charge()?;
             if self.index_down.get() {
                 return Err("down".into());
             }
@@ -477,6 +515,7 @@ mod tests {
             id: &str,
             request: Request,
         ) -> Result<(u16, serde_json::Value), String> {
+            self.charge()?;
             if self.failing.borrow().as_deref() == Some(id) {
                 *self.failing.borrow_mut() = None;
                 return Err("connection reset".into());
@@ -587,6 +626,41 @@ mod tests {
         let got = f.got.borrow();
         let ids: std::collections::BTreeSet<&String> = got.iter().map(|(id, _)| id).collect();
         assert_eq!((got.len(), ids.len()), (2000, 2000), "each lab asked once");
+    }
+
+    #[test]
+    fn a_job_over_ten_thousand_labs_stays_within_each_alarms_calls() {
+        use crate::lab::invocation::plan::{FREE, PAID};
+        for limits in [FREE, PAID] {
+            let f = fleet(10_000);
+            let mut j = job(Action::End);
+            j.matched = 10_000;
+            let mut batches = 0;
+            loop {
+                // Each batch is an alarm of the job's object: an invocation of its own.
+                *f.ledger.borrow_mut() = Some(crate::lab::invocation::Ledger::new(limits, true, 0));
+                let next = block_on(step(&f, &f, &mut j, batch(&f), 0));
+                let used = f.ledger.borrow().as_ref().unwrap().used();
+                assert!(used.services <= limits.services, "{used:?}");
+                batches += 1;
+                if !matches!(next, Next::At(_)) {
+                    break;
+                }
+            }
+            assert!(
+                j.done && j.visited == 10_000 && j.applied == 10_000,
+                "{j:?}"
+            );
+            // 100 labs a batch; the last batch finds none after a full one.
+            assert_eq!(batches, 101, "{} labs a batch", MAX_BATCH);
+            let got = f.got.borrow();
+            let ids: std::collections::BTreeSet<&String> = got.iter().map(|(id, _)| id).collect();
+            assert_eq!(
+                (got.len(), ids.len()),
+                (10_000, 10_000),
+                "each lab asked once"
+            );
+        }
     }
 
     #[test]

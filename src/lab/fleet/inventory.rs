@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::lab::config::Config;
 pub use crate::lab::fleet::report::*;
 use crate::lab::fleet::{FleetStore, Labs};
-use crate::lab::ports::{Level, Logger};
+use crate::lab::invocation::Meter;
+use crate::lab::ports::{Allowance, Level, Logger};
 use crate::lab::procedures::Request;
 use crate::lab::status::Status;
 use crate::lab::text::{rfc3339, safe};
@@ -29,7 +30,24 @@ pub struct Run {
     actions: usize,
     /// First reports this run may still remember (`None`: not counted yet).
     seen_room: Option<u64>,
+    /// Calls to services the invocation keeps for what follows this reconciliation (the
+    /// sweep's pokes, the counts' save): actions never use them.
+    reserve_services: u64,
 }
+
+impl Run {
+    /// A run that keeps `reserve_services` calls to services for what follows it.
+    pub fn keeping(reserve_services: u64) -> Run {
+        Run {
+            reserve_services,
+            ..Run::default()
+        }
+    }
+}
+
+/// Calls to services one reconciliation makes besides its actions: its D1 batches (lookup,
+/// first reports, remembering, tidying).
+pub const SERVICES_BESIDES_ACTIONS: u64 = 4;
 
 /// The four answers about a reported VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +136,7 @@ impl Action {
 }
 
 /// Reconciles `vms` (distinct ids) at `now_ms`, as a run of its own (a push).
-pub async fn reconcile<F: FleetStore + Labs + Logger>(
+pub async fn reconcile<F: FleetStore + Labs + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     vms: &[ReportedVm],
@@ -140,7 +158,7 @@ pub async fn reconcile<F: FleetStore + Labs + Logger>(
 /// A VM of a tracked lab is never touched; a VM is acted on once per run, and a run takes at
 /// most `MAX_ACTIONS_PER_RUN` actions. Acting twice on the same VM schedules nothing twice: the
 /// lab's object answers that it has it already.
-pub async fn reconcile_in<F: FleetStore + Labs + Logger>(
+pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     vms: &[ReportedVm],
@@ -208,7 +226,13 @@ pub async fn reconcile_in<F: FleetStore + Labs + Logger>(
     }
     if act {
         actions.retain(|a| !run.acted.contains(a.vm()));
-        let room = MAX_ACTIONS_PER_RUN.saturating_sub(run.actions);
+        // Within the run's cap and what the invocation has left of its calls to services.
+        let services = fleet
+            .left(Meter::Service)
+            .saturating_sub(run.reserve_services);
+        let room = MAX_ACTIONS_PER_RUN
+            .saturating_sub(run.actions)
+            .min(usize::try_from(services).unwrap_or(usize::MAX));
         answer.deferred = actions.len().saturating_sub(room);
         actions.truncate(room);
         run.actions += actions.len();
@@ -261,14 +285,16 @@ async fn sightings<F: FleetStore>(
 }
 
 /// `POST /api/v1/labs/inventory`: reconciles the pushed VMs and records the counts.
-pub async fn push<F: FleetStore + Labs + Logger>(
+pub async fn push<F: FleetStore + Labs + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     vms: &[ReportedVm],
     act: bool,
     now_ms: i64,
 ) -> Result<Answer, String> {
-    let answer = reconcile(fleet, config, vms, act, now_ms).await?;
+    // The counts' save follows.
+    let mut run = Run::keeping(1);
+    let answer = reconcile_in(fleet, config, vms, act, now_ms, &mut run).await?;
     fleet
         .save_reconciliation(&Reconciliation {
             at_ms: now_ms,

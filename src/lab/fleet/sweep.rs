@@ -8,12 +8,15 @@ use std::collections::HashSet;
 use crate::lab::fleet::inventory::{self, Counts, Reconciliation, Run, Source};
 use crate::lab::fleet::report::{PageError, ReportedVm, MAX_CURSOR_BYTES};
 use crate::lab::fleet::{FleetStore, InventorySource, Labs, RunRecord};
-use crate::lab::ports::{Level, Logger};
+use crate::lab::invocation::Meter;
+use crate::lab::ports::{Allowance, Level, Logger};
 use crate::lab::procedures::Request;
 use crate::lab::text::safe;
 
 /// Most labs one run pokes (each a call to its object).
 pub const MAX_POKES_PER_RUN: u32 = 200;
+/// Most inventory pages one run reads (fewer when its invocation's limits say so).
+pub const MAX_PAGES_PER_RUN: usize = 20;
 /// Where the pull stopped, in `fleet_state`.
 pub const CURSOR_KEY: &str = "inventory_cursor";
 /// Calls to labs' objects in flight at once.
@@ -22,13 +25,18 @@ const POKES_AT_ONCE: usize = 6;
 /// Pokes every lab not completed whose due time (its next attempt, else its expiry) passed more
 /// than `SWEEP_GRACE_SECONDS` before `now_ms`: its object runs what is due and sets its alarm
 /// again if it had none. Returns (overdue, revived).
-pub async fn sweep<F: FleetStore + Labs + Logger>(
+pub async fn sweep<F: FleetStore + Labs + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     now_ms: i64,
 ) -> Result<(usize, usize), String> {
     let before = now_ms.saturating_sub((config.sweep_grace_seconds * 1000) as i64);
-    let overdue = fleet.overdue(before, MAX_POKES_PER_RUN).await?;
+    // Within what the run has left of its calls to services (the query is one of them).
+    let pokes = u64::from(MAX_POKES_PER_RUN).min(fleet.left(Meter::Service).saturating_sub(1));
+    if pokes == 0 || fleet.left(Meter::D1Query) == 0 {
+        return Ok((0, 0));
+    }
+    let overdue = fleet.overdue(before, pokes as u32).await?;
     let revived: Vec<bool> = stream::iter(overdue.iter())
         .map(|lab| async move {
             match fleet.call(lab, Request::Poke).await {
@@ -58,7 +66,7 @@ pub async fn sweep<F: FleetStore + Labs + Logger>(
 /// that misbehaves cannot hold the pull in one place: a cursor it refuses (4xx) or one longer
 /// than `MAX_CURSOR_BYTES` starts again from the first page, and a cursor or a page met twice in
 /// one run ends the pass. The counts of the pages read are saved even when a later one fails.
-pub async fn pull<F: FleetStore + Labs + InventorySource + Logger>(
+pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     pages: usize,
@@ -76,7 +84,7 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Logger>(
         }
         stored => stored,
     };
-    let mut run = Run::default();
+    let mut run = Run::keeping(RESERVED_SERVICES);
     let mut counts = Counts::default();
     let mut asked: HashSet<Option<String>> = HashSet::new();
     let mut contents: HashSet<u64> = HashSet::new();
@@ -84,6 +92,16 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Logger>(
     let mut read = 0;
     let mut failure = None;
     while read < pages.max(1) {
+        if !page_fits(fleet, config, now_ms) {
+            fleet.log(
+                Level::Info,
+                &format!(
+                    "Inventory: the run read {read} page{} within its invocation's limits; the next run goes on from here",
+                    if read == 1 { "" } else { "s" }
+                ),
+            );
+            break;
+        }
         if !asked.insert(cursor.clone()) {
             fleet.log(
                 Level::Warn,
@@ -186,6 +204,29 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Logger>(
     }
 }
 
+/// What a page of a pull may use at most besides its actions: one fetch; its D1 queries, each
+/// a batch of its own (lookup, first reports, remembering them, the cursor).
+pub const PAGE_D1_QUERIES: u64 = 4;
+/// What a run keeps for its end: the counts' save (a batch of 2 queries), the first reports'
+/// tidying (2, once), the sweep's query (1) and its pokes (calls to services).
+pub const RESERVED_D1_QUERIES: u64 = 5;
+pub const RESERVED_SERVICES: u64 = 3 + MAX_POKES_PER_RUN as u64;
+
+/// Whether the invocation has what one more page needs, and time for it within the wall time
+/// of a Cron Trigger run.
+fn page_fits<F: Allowance>(fleet: &F, config: &Config, now_ms: i64) -> bool {
+    let last_start = fleet
+        .invocation_started_ms()
+        .saturating_add(config.limits().wall_ms)
+        .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
+        .saturating_sub((config.backend_timeout_seconds * 1000) as i64);
+    fleet.left(Meter::External) >= 1
+        && fleet.left(Meter::D1Query) >= PAGE_D1_QUERIES + RESERVED_D1_QUERIES
+        && fleet.left(Meter::Service)
+            >= PAGE_D1_QUERIES + inventory::SERVICES_BESIDES_ACTIONS + RESERVED_SERVICES
+        && now_ms <= last_start
+}
+
 /// A cursor as a log line shows it: quoted, escaped and shortened.
 fn quoted(cursor: Option<&str>) -> String {
     match cursor {
@@ -206,7 +247,7 @@ fn fingerprint(vms: &[ReportedVm]) -> u64 {
 
 /// One scheduled run: the inventory (with `INVENTORY_PATH`), then the sweep; one structured
 /// record says what it did. A failing part is logged and never stops the other.
-pub async fn run<F: FleetStore + Labs + InventorySource + Logger>(
+pub async fn run<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     now_ms: i64,
@@ -216,7 +257,7 @@ pub async fn run<F: FleetStore + Labs + InventorySource + Logger>(
         ..RunRecord::default()
     };
     if config.inventory_path.is_some() {
-        let pages = (config.subrequest_limit.saturating_sub(2) as usize).min(20);
+        let pages = MAX_PAGES_PER_RUN;
         match pull(fleet, config, pages, now_ms).await {
             Ok(counts) => record.inventory = Some(counts),
             Err(e) => fleet.log(

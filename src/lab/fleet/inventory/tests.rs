@@ -19,9 +19,13 @@ struct Fake {
     seen: RefCell<HashMap<String, i64>>,
     /// The labs' objects: what each has (orphans scheduled, VMs deleted again).
     orphans: RefCell<Vec<String>>,
+    orphan_set: RefCell<std::collections::HashSet<String>>,
     again: RefCell<Vec<(String, String)>>,
     /// Labs whose object answers 409 (a lab of that id that is not an orphan).
     taken: Vec<String>,
+    /// Labs the index lists as overdue (for the sweep), and the pokes they got.
+    overdue: Vec<String>,
+    pokes: RefCell<Vec<String>>,
     saved: RefCell<Vec<Reconciliation>>,
     lines: RefCell<Vec<String>>,
     /// Sightings the table holds besides `seen` (to fill it), and how often it was tidied.
@@ -31,37 +35,80 @@ struct Fake {
     pages: RefCell<HashMap<Option<String>, Result<Page, PageError>>>,
     asked: RefCell<Vec<Option<String>>>,
     state: RefCell<HashMap<String, String>>,
+    /// The invocation's ledger (`None`: no limit), what each ended invocation used, and the
+    /// calls its plan refused.
+    ledger: RefCell<Option<crate::lab::invocation::Ledger>>,
+    used: RefCell<Vec<crate::lab::invocation::ledger::Used>>,
+    exceeded: std::cell::Cell<usize>,
+}
+
+impl Fake {
+    /// A new invocation on `limits`, enforced as the platform enforces them.
+    fn invocation(&self, limits: crate::lab::invocation::Limits, now: i64) {
+        let done = self
+            .ledger
+            .replace(Some(crate::lab::invocation::Ledger::new(limits, true, now)));
+        if let Some(done) = done {
+            self.used.borrow_mut().push(done.used());
+        }
+    }
+
+    fn charge(&self, meter: crate::lab::invocation::Meter, n: u64) -> Result<(), String> {
+        match self.ledger.borrow_mut().as_mut() {
+            Some(ledger) => ledger.charge(meter, n).map_err(|e| {
+                self.exceeded.set(self.exceeded.get() + 1);
+                e.to_string()
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn d1(&self, queries: u64) -> Result<(), String> {
+        self.charge(crate::lab::invocation::Meter::Service, 1)?;
+        self.charge(crate::lab::invocation::Meter::D1Query, queries)
+    }
+}
+
+impl crate::lab::ports::Allowance for Fake {
+    fn left(&self, meter: crate::lab::invocation::Meter) -> u64 {
+        self.ledger
+            .borrow()
+            .as_ref()
+            .map_or(u64::MAX, |l| l.left(meter))
+    }
+    fn invocation_started_ms(&self) -> i64 {
+        self.ledger
+            .borrow()
+            .as_ref()
+            .map_or(NOW, |l| l.started_ms())
+    }
 }
 
 impl FleetStore for Fake {
     async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<KnownVm>, String> {
+        self.d1(1)?;
         // What the labs' objects did shows in the index (their rows follow their answers):
         // an orphan is a lab of its own being cleaned up, a VM deleted again is pending.
-        let orphans = self.orphans.borrow();
+        let orphans = self.orphan_set.borrow();
         let again = self.again.borrow();
-        let mut known: Vec<KnownVm> = self
-            .known
+        Ok(vm_ids
             .iter()
-            .map(|k| match again.iter().find(|(_, vm)| *vm == k.vm_id) {
-                Some(_) => KnownVm {
+            .filter_map(|id| match self.known.iter().find(|k| &k.vm_id == id) {
+                Some(k) if again.iter().any(|(_, vm)| vm == id) => Some(KnownVm {
                     state: VmState::Pending,
                     lab_status: Status::Retrying,
                     ..k.clone()
-                },
-                None => k.clone(),
+                }),
+                Some(k) => Some(k.clone()),
+                None if orphans.contains(id) => {
+                    Some(known_vm(id, id, VmState::Pending, Status::CleaningUp, NOW))
+                }
+                None => None,
             })
-            .collect();
-        known.extend(
-            orphans
-                .iter()
-                .map(|id| known_vm(id, id, VmState::Pending, Status::CleaningUp, NOW)),
-        );
-        Ok(known
-            .into_iter()
-            .filter(|k| vm_ids.contains(&k.vm_id))
             .collect())
     }
     async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String> {
+        self.d1(1)?;
         let seen = self.seen.borrow();
         Ok(vm_ids
             .iter()
@@ -69,6 +116,9 @@ impl FleetStore for Fake {
             .collect())
     }
     async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String> {
+        if !vm_ids.is_empty() {
+            self.d1(1)?;
+        }
         let mut seen = self.seen.borrow_mut();
         for id in vm_ids {
             assert!(
@@ -79,22 +129,27 @@ impl FleetStore for Fake {
         Ok(())
     }
     async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String> {
+        self.d1(2)?;
         let mut seen = self.seen.borrow_mut();
         seen.retain(|_, at| *at >= now_ms - crate::lab::index::SEEN_KEPT_MS);
         self.tidied.set(self.tidied.get() + 1);
         Ok(seen.len() as u64 + self.seen_padding.get())
     }
     async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
+        self.d1(2)?;
         self.saved.borrow_mut().push(r.clone());
         Ok(())
     }
-    async fn overdue(&self, _: i64, _: u32) -> Result<Vec<String>, String> {
-        Ok(Vec::new())
+    async fn overdue(&self, _: i64, limit: u32) -> Result<Vec<String>, String> {
+        self.d1(1)?;
+        Ok(self.overdue.iter().take(limit as usize).cloned().collect())
     }
     async fn state(&self, key: &str) -> Result<Option<String>, String> {
+        self.d1(1)?;
         Ok(self.state.borrow().get(key).cloned())
     }
     async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+        self.d1(1)?;
         let mut state = self.state.borrow_mut();
         match value {
             Some(v) => state.insert(key.to_string(), v.to_string()),
@@ -106,6 +161,8 @@ impl FleetStore for Fake {
 
 impl InventorySource for Fake {
     async fn page(&self, cursor: Option<&str>) -> Result<Page, PageError> {
+        self.charge(crate::lab::invocation::Meter::External, 1)
+            .map_err(PageError::Failed)?;
         self.asked.borrow_mut().push(cursor.map(str::to_string));
         self.pages
             .borrow()
@@ -117,17 +174,25 @@ impl InventorySource for Fake {
 
 impl Labs for Fake {
     async fn call(&self, lab: &str, request: Request) -> Result<(u16, serde_json::Value), String> {
+        self.charge(crate::lab::invocation::Meter::Service, 1)?;
         match request {
             Request::Orphan(vm) if self.taken.contains(&vm.lab_request_id) => {
                 Ok((409, serde_json::Value::Null))
             }
             Request::Orphan(vm) => {
-                let mut orphans = self.orphans.borrow_mut();
-                if orphans.contains(&vm.lab_request_id) {
+                if !self
+                    .orphan_set
+                    .borrow_mut()
+                    .insert(vm.lab_request_id.clone())
+                {
                     return Ok((200, serde_json::Value::Null));
                 }
-                orphans.push(vm.lab_request_id);
+                self.orphans.borrow_mut().push(vm.lab_request_id);
                 Ok((201, serde_json::Value::Null))
+            }
+            Request::Poke => {
+                self.pokes.borrow_mut().push(lab.to_string());
+                Ok((200, serde_json::json!({"revived": false})))
             }
             Request::DeleteAgain { vm } => {
                 let mut again = self.again.borrow_mut();
@@ -680,4 +745,105 @@ fn a_pull_takes_at_most_so_many_actions_in_a_run() {
     assert!(fake.orphans.borrow().is_empty(), "the first reports");
     block_on(pull(&fake, &acting(), 20, NOW + 10 * MINUTE)).unwrap();
     assert_eq!(fake.orphans.borrow().len(), MAX_ACTIONS_PER_RUN);
+}
+
+/// The backend runs `pages` pages of `per_page` VMs, all unknown and long past their grace.
+fn big_inventory(fake: &Fake, pages: usize, per_page: usize) {
+    for p in 0..pages {
+        let vms: Vec<ReportedVm> = (0..per_page)
+            .map(|n| vm(&format!("vm-{p:03}-{n:04}"), Some(24 * 60)))
+            .collect();
+        let cursor = (p > 0).then(|| format!("p{p}"));
+        let next = (p + 1 < pages).then(|| format!("p{}", p + 1));
+        fake.serve(
+            cursor.as_deref(),
+            Ok(Page {
+                vms,
+                next_cursor: next,
+                skipped: 0,
+                bad_cursor: false,
+            }),
+        );
+    }
+}
+
+#[test]
+fn a_hundred_thousand_orphans_are_handled_over_runs_each_within_the_plan() {
+    use crate::lab::invocation::plan::{FREE, PAID};
+    for (plan, limits) in [("free", FREE), ("paid", PAID)] {
+        let fake = Fake::default();
+        big_inventory(&fake, 100, 1_000);
+        let config = Config::from_lookup(|name| match name {
+            "BACKEND_URL" => Some("https://backend.test".into()),
+            "RECONCILE_ACT" => Some("true".into()),
+            "INVENTORY_PATH" => Some("/inventory".into()),
+            "PLAN" => Some(plan.into()),
+            _ => None,
+        })
+        .unwrap();
+        let mut now = NOW;
+        let mut runs = 0;
+        while fake.orphans.borrow().len() < 100_000 {
+            fake.invocation(limits, now);
+
+            block_on(crate::lab::fleet::sweep::run(&fake, &config, now));
+            runs += 1;
+            now += 15 * MINUTE;
+            assert!(
+                runs < 3_000,
+                "{plan}: {} orphans after {runs} runs",
+                fake.orphans.borrow().len()
+            );
+        }
+        fake.invocation(limits, now);
+        assert_eq!(fake.exceeded.get(), 0, "{plan}: a call past the plan");
+        let used = fake.used.borrow();
+        let peak_d1 = used.iter().map(|u| u.d1).max().unwrap();
+        let peak_services = used.iter().map(|u| u.services).max().unwrap();
+        let peak_external = used.iter().map(|u| u.external).max().unwrap();
+        assert!(
+            peak_d1 <= limits.d1_queries
+                && peak_services <= limits.services
+                && peak_external <= limits.external
+        );
+        // Every orphan once, at 100 a run after the first pass confirmed them.
+        let mut all = fake.orphans.borrow().clone();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "{plan}: no orphan twice");
+        assert!(runs >= 1_000, "{plan}: {runs} runs");
+        eprintln!("{plan}: 100,000 orphans in {runs} runs; per run at most {peak_d1} D1 queries, {peak_services} calls to services, {peak_external} fetches");
+    }
+}
+
+#[test]
+fn five_thousand_overdue_labs_are_poked_over_runs_each_within_the_plan() {
+    use crate::lab::invocation::plan::FREE;
+    let fake = Fake {
+        overdue: (0..5_000).map(|n| format!("late-{n:04}")).collect(),
+        ..Fake::default()
+    };
+    let config = Config::from_lookup(|name| match name {
+        "BACKEND_URL" => Some("https://backend.test".into()),
+        _ => None,
+    })
+    .unwrap();
+    // The fake's index lists the labs not poked yet, oldest first.
+    let mut runs = 0;
+    while fake.pokes.borrow().len() < 5_000 {
+        fake.invocation(FREE, NOW);
+        let left: Vec<String> = fake.overdue[fake.pokes.borrow().len()..].to_vec();
+        let step = Fake {
+            overdue: left,
+            ledger: RefCell::new(fake.ledger.borrow().clone()),
+            ..Fake::default()
+        };
+        block_on(crate::lab::fleet::sweep::sweep(&step, &config, NOW)).unwrap();
+        assert_eq!(step.exceeded.get(), 0);
+        fake.pokes.borrow_mut().extend(step.pokes.take());
+        runs += 1;
+        assert!(runs <= 25, "{runs} runs");
+    }
+    assert_eq!(runs, 25, "200 labs a run");
 }
