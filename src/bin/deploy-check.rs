@@ -160,7 +160,9 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
             .cloned()
             .or_else(|| secrets.iter().any(|s| s == name).then(|| stand_in(name)))
     };
-    match Config::from_lookup(lookup) {
+    match Config::from_lookup(lookup)
+        .and_then(|c| labs_cleanup::lab::invocation::worst::check(&c).map(|()| c))
+    {
         Ok(config) => {
             report.ok.push(format!(
                 "settings are valid; BACKEND_URL = {}",

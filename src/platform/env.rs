@@ -17,7 +17,11 @@ pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
     CACHED.with(|cached| {
         cached
             .borrow_mut()
-            .get_or_insert_with(|| Config::from_lookup(|name| var(env, name)).map(Rc::new))
+            .get_or_insert_with(|| {
+                let config = Config::from_lookup(|name| var(env, name))?;
+                crate::lab::invocation::worst::check(&config)?;
+                Ok(Rc::new(config))
+            })
             .clone()
     })
 }

@@ -15,6 +15,7 @@ mod fleet;
 mod inventory;
 mod legacy;
 mod lifecycle;
+mod limits;
 mod reconcile;
 mod security;
 mod support;
@@ -94,6 +95,10 @@ const LAST: &[(&str, MutTestFn)] = &[
     (
         "the_pull_races_no_create_and_survives_a_hostile_backend",
         reconcile::the_pull_races_no_create_and_survives_a_hostile_backend,
+    ),
+    (
+        "free_plan_enforced_largest_lab_and_a_large_inventory",
+        limits::free_plan_enforced_largest_lab_and_a_large_inventory,
     ),
     ("schemathesis_fuzz", security::schemathesis_fuzz),
     (

@@ -6,7 +6,7 @@
 
 mod alarm;
 mod claims;
-mod deliver;
+pub mod deliver;
 mod record;
 mod requests;
 

@@ -1,0 +1,171 @@
+//! The Free plan's limits enforced on workerd (`ENFORCE_PLAN_LIMITS`): the largest lab with both webhooks, the index and the budget on, and an inventory of 5,000 unknown VMs over Cron Trigger runs, each invocation within the plan as its own ledger line says.
+
+use std::time::{Duration, Instant};
+
+use mock_backend::{Endpoint, RunningVm};
+
+use crate::support::*;
+
+/// The `invocation` records of the worker's log (a logged object, printed over several lines:
+/// `{`, `event: 'invocation',`, `kind: 'cron',`, ..., `}`), as (kind, external, services, d1).
+fn invocations(log: &str) -> Vec<(String, u64, u64, u64)> {
+    let mut found = Vec::new();
+    let mut lines = log.lines();
+    while let Some(line) = lines.next() {
+        if !line.contains("event: 'invocation'") {
+            continue;
+        }
+        // The record's fields, up to its closing brace (or on this one line).
+        let mut record = line.to_string();
+        if !line.contains('}') {
+            for next in lines.by_ref() {
+                record.push(' ');
+                record.push_str(next.trim());
+                if next.trim_start().starts_with('}') {
+                    break;
+                }
+            }
+        }
+        let field = |name: &str| -> Option<String> {
+            let at = record.find(&format!("{name}: "))? + name.len() + 2;
+            let rest = &record[at..];
+            let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim_matches('\'').to_string())
+        };
+        if let (Some(kind), Some(e), Some(s), Some(d)) = (
+            field("kind"),
+            field("external").and_then(|v| v.parse().ok()),
+            field("services").and_then(|v| v.parse().ok()),
+            field("d1").and_then(|v| v.parse().ok()),
+        ) {
+            found.push((kind, e, s, d));
+        }
+    }
+    found
+}
+
+/// Every invocation line since `from` within the Free plan; how many there were of `kind`.
+fn within_free(log: &str, from: usize, kind: &str) -> usize {
+    let lines = invocations(&log[from..]);
+    for (k, external, services, d1) in &lines {
+        assert!(
+            *external <= 50 && *services <= 1_000 && *d1 <= 50,
+            "{k}: {external} subrequests, {services} calls to services, {d1} D1 queries"
+        );
+    }
+    lines.iter().filter(|(k, ..)| k == kind).count()
+}
+
+pub fn free_plan_enforced_largest_lab_and_a_large_inventory(ctx: &mut Ctx) {
+    ctx.worker.restart_with(
+        &[
+            ("PLAN", "free"),
+            ("ENFORCE_PLAN_LIMITS", "true"),
+            ("BACKEND_MAX_CONCURRENCY", "10"),
+            ("INVENTORY_PATH", "/api/v1/labs/inventory"),
+            ("RECONCILE_ACT", "true"),
+        ],
+        &[],
+    );
+    let log_from = ctx.worker.log().len();
+    // 1. The largest lab: 1 master + 48 workers, both webhooks (the warning, the completion).
+    let workers: Vec<String> = (0..48).map(|w| format!("free-big-w{w:02}")).collect();
+    let refs: Vec<&str> = workers.iter().map(String::as_str).collect();
+    create_lab(ctx, "free-big", "free-user", WARN_BEFORE + 3, &refs);
+    let done = poll_status(ctx, "free-big", 60, |v| v["status"] == "completed");
+    assert_eq!(done["deleted"].as_array().unwrap().len(), 49, "{done}");
+    let mut ids = refs.clone();
+    ids.push("free-big");
+    for id in &ids {
+        let deletions = ctx
+            .mock
+            .calls_for(id)
+            .iter()
+            .filter(|c| c.endpoint == Some(Endpoint::DeleteVm) && c.status == Some(200))
+            .count();
+        assert_eq!(deletions, 1, "{id}");
+    }
+    ctx.receiver.wait("free-big", 30, |d| {
+        d.iter().any(|e| e["type"] == "lab.expiring")
+            && d.iter().any(|e| e["type"] == "lab.cleanup_completed")
+    });
+    wait_log(ctx, "kind: 'alarm'", 10);
+    let log = ctx.worker.log();
+    assert!(
+        within_free(&log, log_from, "alarm") >= 2,
+        "{}",
+        tail(&log, 40)
+    );
+    assert!(!log[log_from..].contains("Too many subrequests"));
+
+    // 2. An inventory of 5,000 VMs no lab knows, long past their grace: read and confirmed
+    //    over runs, then acted on at most 100 a run, each run within the plan.
+    ctx.mock.set_page_size(1_000);
+    for n in 0..5_000 {
+        ctx.mock.run_vm(RunningVm {
+            lab_request_id: format!("free-inv-{n:04}"),
+            user_id: "free-user-9".into(),
+            created_at: Some("2026-01-01T00:00:00Z".into()),
+            sticky: false,
+        });
+    }
+    let from = ctx.worker.log().len();
+    let scheduled = |ctx: &Ctx| {
+        let r = ctx
+            .worker
+            .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    scheduled(ctx);
+    wait_log(ctx, "event: 'sweep'", 30);
+    std::thread::sleep(Duration::from_secs(11));
+    let orphans = |ctx: &Ctx| {
+        ctx.worker
+            .operator(
+                "GET",
+                "/api/v1/labs/sessions?origin=inventory&user_id=free-user-9&limit=1",
+                b"",
+            )
+            .json()
+    };
+    let started = Instant::now();
+    let mut runs = 1;
+    loop {
+        scheduled(ctx);
+        runs += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        // The orphans the runs scheduled are the VMs no longer running.
+        let left = ctx
+            .mock
+            .running()
+            .iter()
+            .filter(|v| v.lab_request_id.starts_with("free-inv-"))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "{left} VMs still run after {runs} runs"
+        );
+    }
+    let log = ctx.worker.log();
+    let crons = within_free(&log, from, "cron");
+    eprintln!(
+        "5,000 orphans over {runs} cron runs, {crons} ledger lines, each within the Free plan"
+    );
+    assert!(runs >= 50, "100 actions a run at most: {runs} runs");
+    assert!(!orphans(ctx)["sessions"].as_array().unwrap().is_empty());
+    assert!(!log[from..].contains("Too many subrequests"));
+    ctx.mock.set_page_size(0);
+    ctx.worker.restart_with(
+        &[
+            ("PLAN", ""),
+            ("ENFORCE_PLAN_LIMITS", "false"),
+            ("BACKEND_MAX_CONCURRENCY", ""),
+            ("INVENTORY_PATH", ""),
+            ("RECONCILE_ACT", "false"),
+        ],
+        &[],
+    );
+}
