@@ -6,7 +6,23 @@ cd "$(dirname "$0")/.."
 
 # A deploy goes through scripts/deploy.sh, which checks the settings and secrets first; a bare
 # `wrangler deploy` (which runs this build) is refused so that a broken configuration never ships.
-if [ "${WRANGLER_COMMAND:-}" = deploy ] && [ -z "${LABS_CLEANUP_DEPLOY_CHECKED:-}" ]; then
+# A dry run uploads nothing (`wrangler deploy --dry-run`, and `wrangler check startup`, which
+# builds through one): it is let through. Wrangler tells the build only WRANGLER_COMMAND, so the
+# dry run is read from the command lines of the processes above this one.
+dry_run() {
+  local pid=$$ n=0 args
+  while [ "$pid" -gt 1 ] && [ $n -lt 6 ]; do
+    args=$(ps -o args= -p "$pid" 2>/dev/null || true)
+    case "$args" in
+      *"--dry-run"*|*"check startup"*) return 0 ;;
+    esac
+    pid=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ' || echo 1)
+    [ -n "$pid" ] || pid=1
+    n=$((n + 1))
+  done
+  return 1
+}
+if [ "${WRANGLER_COMMAND:-}" = deploy ] && [ -z "${LABS_CLEANUP_DEPLOY_CHECKED:-}" ] && ! dry_run; then
   echo "build-worker: deploy with 'bash scripts/deploy.sh production' (or staging); it checks the" >&2
   echo "settings and secrets first. A bare 'wrangler deploy' is refused." >&2
   exit 1

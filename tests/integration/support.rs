@@ -60,6 +60,8 @@ pub struct Worker {
     skip_build: bool,
     /// Whether the D1 migrations were applied to the state directory.
     migrated: bool,
+    /// The inspector's port (the Chrome DevTools protocol: the benchmark samples CPU with it).
+    pub inspector_port: u16,
 }
 
 /// How to start a `wrangler dev` other than the shared one.
@@ -220,6 +222,7 @@ impl Worker {
             config: spec.config.map(|c| root.join(c)),
             skip_build: spec.skip_build,
             migrated: false,
+            inspector_port: 0,
         };
         worker.secrets.extend(
             spec.secrets
@@ -337,7 +340,10 @@ impl Worker {
             .args(["dev", "--ip", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--inspector-port")
-            .arg(free_port().to_string())
+            .arg({
+                self.inspector_port = free_port();
+                self.inspector_port.to_string()
+            })
             .arg("--persist-to")
             .arg(&self.state_dir)
             .arg("--env-file")

@@ -17,6 +17,17 @@ use crate::lab::text::safe;
 pub const MAX_POKES_PER_RUN: u32 = 200;
 /// Most inventory pages one run reads (fewer when its invocation's limits say so).
 pub const MAX_PAGES_PER_RUN: usize = 20;
+
+/// Pages a run reads on `config`'s plan: one on the Free plan, whose 10 ms of CPU a page of
+/// 1,000 VMs already strains (docs/PERFORMANCE.md, "CPU time per invocation kind"); else
+/// `MAX_PAGES_PER_RUN`, within the run's other limits.
+pub fn pages_per_run(config: &Config) -> usize {
+    if config.limits().cpu_ms < 1_000 {
+        1
+    } else {
+        MAX_PAGES_PER_RUN
+    }
+}
 /// Where the pull stopped, in `fleet_state`.
 pub const CURSOR_KEY: &str = "inventory_cursor";
 /// Calls to labs' objects in flight at once.
@@ -257,7 +268,7 @@ pub async fn run<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
         ..RunRecord::default()
     };
     if config.inventory_path.is_some() {
-        let pages = MAX_PAGES_PER_RUN;
+        let pages = pages_per_run(config);
         match pull(fleet, config, pages, now_ms).await {
             Ok(counts) => record.inventory = Some(counts),
             Err(e) => fleet.log(

@@ -167,7 +167,7 @@ pub fn cron(config: &Config) -> Worst {
     let limits = config.limits();
     let per_page = sweep::PAGE_D1_QUERIES;
     let reserved = sweep::RESERVED_D1_QUERIES;
-    let pages = (sweep::MAX_PAGES_PER_RUN as u64)
+    let pages = (sweep::pages_per_run(config) as u64)
         .min(limits.d1_queries.saturating_sub(reserved + 1) / per_page)
         .min(limits.external);
     Worst {
@@ -303,9 +303,10 @@ mod tests {
             alarm(&free).wall_ms,
             Some(600_000 + 15_000 + WALL_MARGIN_MS)
         );
-        // A Free cron run: as many pages as its D1 queries allow.
+        // A Free cron run: one page (its CPU); on Paid as many as its D1 queries allow.
         let cron = cron(&free);
-        assert_eq!(cron.external, 11);
+        assert_eq!(cron.external, 1);
+        assert_eq!(super::cron(&config(&[("PLAN", "paid")])).external, 20);
         assert!(cron.d1 <= 50, "{cron:?}");
         assert_eq!(
             Worst {
