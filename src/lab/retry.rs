@@ -130,6 +130,25 @@ pub fn first_attempt_delay(policy: Policy, spread_ms: i64, rand: f64) -> i64 {
     }
 }
 
+/// An attempt whose alarm fires this much later than planned is late: the runtime was paused
+/// or restarted (an outage, a deploy), and every lab that fell due meanwhile fires at once.
+/// Alarms otherwise fire within a second or two of their time.
+pub const LATE_AFTER_MS: i64 = 30_000;
+/// The longest a late attempt is put off to spread such a burst.
+pub const LATE_SPREAD_MAX_MS: i64 = 60_000;
+
+/// How long to put off an attempt `late_ms` past its time (adaptive policy): uniform in
+/// `[0, min(late, LATE_SPREAD_MAX_MS))`, so the labs that fell due during a pause start over
+/// about as long as they took to fall due (at most a minute more), instead of all in the
+/// same second on the one budget coordinator and the backend. `None`: not late, start now.
+pub fn late_start_delay(policy: Policy, late_ms: i64, rand: f64) -> Option<i64> {
+    if policy == Policy::Fixed || late_ms <= LATE_AFTER_MS {
+        return None;
+    }
+    let spread = late_ms.min(LATE_SPREAD_MAX_MS);
+    Some((spread as f64 * rand.clamp(0.0, 1.0)) as i64)
+}
+
 /// The pause before the one reconnect of a call whose connection failed before any answer.
 pub fn reconnect_pause_ms(rand: f64) -> u64 {
     let (low, high) = RECONNECT_PAUSE_MS;
@@ -141,6 +160,18 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_795_000_000_000;
+
+    #[test]
+    fn a_late_attempt_is_spread_over_how_late_it_is_at_most_a_minute() {
+        let a = Policy::Adaptive;
+        assert_eq!(late_start_delay(a, 0, 0.5), None);
+        assert_eq!(late_start_delay(a, LATE_AFTER_MS, 0.99), None);
+        assert_eq!(late_start_delay(Policy::Fixed, 600_000, 0.5), None);
+        assert_eq!(late_start_delay(a, 40_000, 0.5), Some(20_000));
+        assert_eq!(late_start_delay(a, 40_000, 0.0), Some(0));
+        assert_eq!(late_start_delay(a, 3_600_000, 0.999), Some(59_940));
+        assert_eq!(late_start_delay(a, i64::MAX, 2.0), Some(LATE_SPREAD_MAX_MS));
+    }
 
     #[test]
     fn retry_after_in_seconds() {

@@ -108,6 +108,12 @@ impl BackendBudget {
             let mut allocator = self.allocator.borrow_mut();
             let a = allocator
                 .get_or_insert_with(|| Allocator::new(ask.max, ask.lease_ms, ask.window_ms));
+            // A full queue: ask again after a pause (spread), not one more connection held.
+            if let Some(pause) = a.shed(now, crate::platform::runtime::random()) {
+                return Response::from_json(
+                    &serde_json::json!({ "wait_ms": COME_BACK_MS, "retry_in_ms": pause }),
+                );
+            }
             let asker = Asker {
                 lab: &ask.lab,
                 failing: ask.failing,
@@ -247,7 +253,15 @@ async fn call(
 const SPARE_FRESH_MS: i64 = 1_000;
 
 /// What one request to the coordinator came back with, shared by the calls that waited for it.
-type Asked = Result<Option<i64>, String>;
+/// `Ok(None)`: permits granted (in `spare`); `Ok(Some(wait))`: come back later, after the
+/// pause it says (`retry_in_ms`, 0 when the coordinator held the request already).
+type Asked = Result<Option<ComeBack>, String>;
+
+#[derive(Debug, Clone, Copy)]
+struct ComeBack {
+    wait_ms: i64,
+    retry_in_ms: i64,
+}
 
 /// A lab's side of the budget for one invocation: asks the coordinator for as many permits as
 /// the attempt can use at once (one round trip for up to `CLEANUP_CONCURRENCY` calls), keeps the
@@ -357,15 +371,19 @@ impl Permits {
                     self.waiting_since.set(None);
                     continue;
                 }
-                Ok(Some(wait_ms)) => {
+                Ok(Some(come_back)) => {
                     let now = now_ms();
                     let since = self.waiting_since.get().unwrap_or(now);
                     self.waiting_since.set(Some(since));
                     if now.saturating_sub(since) < WAIT_IN_ATTEMPT_MS {
+                        if come_back.retry_in_ms > 0 {
+                            let pause = come_back.retry_in_ms.min(WAIT_IN_ATTEMPT_MS) as u64;
+                            worker::Delay::from(Duration::from_millis(pause)).await;
+                        }
                         continue;
                     }
                     self.waiting_since.set(None);
-                    return Ok(Permit::Wait(wait_ms));
+                    return Ok(Permit::Wait(come_back.wait_ms));
                 }
                 Err(e) => return Err(e),
             }
@@ -435,7 +453,10 @@ async fn ask_for(env: Env, ask: Acquire, spare: Rc<RefCell<Vec<(u64, i64)>>>) ->
                     .extend(leases.iter().filter_map(|l| l.as_u64()).map(|id| (id, now)));
                 Ok(None)
             }
-            _ => Ok(Some(answer["wait_ms"].as_i64().unwrap_or(COME_BACK_MS))),
+            _ => Ok(Some(ComeBack {
+                wait_ms: answer["wait_ms"].as_i64().unwrap_or(COME_BACK_MS),
+                retry_in_ms: answer["retry_in_ms"].as_i64().unwrap_or(0).clamp(0, 60_000),
+            })),
         },
         Some(Err(e)) => Err(e),
         None => Err(format!(

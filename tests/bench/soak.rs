@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mock_backend::{Action, Endpoint, Fault, MockBackend};
@@ -24,6 +26,35 @@ impl Draw {
     /// A number in `0..n`.
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// One status request of the prober: when it was sent (epoch ms) and how long it took to be
+/// answered with a 200 (`None`: an error or another status).
+type Probe = (u64, Option<u64>);
+
+/// Asks for a lab's status every 250 ms, one at a time, until `stop`: the API must answer
+/// throughout the soak, whatever the cleanups do.
+fn probe(addr: String, labs: Vec<String>, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<Probe>>>) {
+    let bearer = format!("Bearer {}", crate::support::API_TOKEN);
+    let mut draw = Draw(0x0b5e_55ed);
+    while !stop.load(Ordering::Relaxed) {
+        let lab = &labs[draw.below(labs.len() as u64) as usize];
+        let sent = now_ms();
+        let t = Instant::now();
+        let answered = mock_backend::http::request(
+            &addr,
+            "GET",
+            &format!("/api/v1/labs/sessions/{lab}"),
+            &[("Authorization", bearer.as_str())],
+            b"",
+            Duration::from_secs(10),
+        )
+        .ok()
+        .filter(|r| r.status == 200)
+        .map(|_| t.elapsed().as_millis() as u64);
+        out.lock().unwrap().push((sent, answered));
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -134,6 +165,15 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
 
     // Two restarts while labs fall due: the runtime is down for `down` seconds each time, and
     // every lab that fell due meanwhile fires when it comes back.
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
+    let prober = {
+        let (addr, stop, out) = (worker.addr.clone(), stop_probes.clone(), probes.clone());
+        let labs: Vec<String> = plan.iter().map(|(m, _)| m.clone()).collect();
+        std::thread::spawn(move || probe(addr, labs, stop, out))
+    };
+    // While the runtime is down (and the first 5 s back), a status cannot be answered.
+    let mut down_windows: Vec<(u64, u64)> = Vec::new();
     let mut restarts = Vec::new();
     for at in [window / 4, window * 5 / 8] {
         let when = first_expiry + at * 1000;
@@ -142,9 +182,11 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
             std::thread::sleep(Duration::from_millis(when - now));
         }
         let t = Instant::now();
+        let stopped = now_ms();
         worker.stop();
         std::thread::sleep(Duration::from_secs(down));
         worker.start_again();
+        down_windows.push((stopped.saturating_sub(10_000), now_ms() + 5_000));
         restarts.push(format!(
             "{:.0} s after the first expiry, back after {:.0} s",
             (when - first_expiry) as f64 / 1000.0,
@@ -174,8 +216,27 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
     // Let calls still in flight or about to be retried finish before counting.
     std::thread::sleep(Duration::from_secs(timeout_s + retry_s * 3));
     calls = mock.calls();
+    stop_probes.store(true, Ordering::Relaxed);
+    prober.join().expect("the status prober");
     let log = worker.log();
     worker.stop();
+    let up: Vec<Probe> = probes
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|(at, _)| !down_windows.iter().any(|(a, b)| at >= a && at <= b))
+        .collect();
+    let unanswered = up.iter().filter(|(_, ms)| ms.is_none()).count();
+    let mut latencies: Vec<u64> = up.iter().filter_map(|(_, ms)| *ms).collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (p50, p99, slowest) = (pct(0.5), pct(0.99), latencies.last().copied().unwrap_or(0));
     mock.set_latency(Duration::ZERO);
 
     let mut deletions: HashMap<&str, usize> = HashMap::new();
@@ -213,7 +274,7 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
         ours.len()
     );
     format!(
-        "{labs} labs of 1 master + 0 to 4 workers ({vm_count} VMs), falling due over {:.0} s; the mock backend answers in {latency_ms} ms, without a capacity limit, and fails one deletion of about one VM in eight once ({}; a hang lasts past the timeout, a late 200 is carried out but answered after it); `BACKEND_MAX_CONCURRENCY={budget}`, `BACKEND_TIMEOUT_SECONDS={timeout_s}`, `CLEANUP_RETRY_SECONDS={retry_s}`. The local runtime was stopped twice while labs fell due, each time for {down} s ({}). Targets: every VM deleted, none early, at most 5 % of VMs deleted more than once and none more than twice.\n\n| VMs deleted | calls before a lab's expiry | backend calls | calls a VM | peak in flight | VMs deleted more than once | most deletions of one VM | last deletion after the last expiry | \"Too many open files\" in the runtime's log |\n|---|---|---|---|---|---|---|---|---|\n| {deleted} of {vm_count} | {early} | {} | {:.2} | {peak} | {twice} (**{:.1} %**) | {most} | {:.0} s | {fd_errors} |\n",
+        "{labs} labs of 1 master + 0 to 4 workers ({vm_count} VMs), falling due over {:.0} s; the mock backend answers in {latency_ms} ms, without a capacity limit, and fails one deletion of about one VM in eight once ({}; a hang lasts past the timeout, a late 200 is carried out but answered after it); `BACKEND_MAX_CONCURRENCY={budget}`, `BACKEND_TIMEOUT_SECONDS={timeout_s}`, `CLEANUP_RETRY_SECONDS={retry_s}`. The local runtime was stopped twice while labs fell due, each time for {down} s ({}). A late attempt is put off by up to a minute (spread), and the budget's coordinator holds at most 200 requests waiting (the rest ask again after 2-10 s). Meanwhile a lab's status was asked every 250 ms, one request at a time, with a 10 s timeout (not counted: the runtime's down time, from 10 s before to 5 s after). Targets: every VM deleted, none early, at most 5 % of VMs deleted more than once and none more than twice, no \"Too many open files\", every status answered.\n\n| VMs deleted | calls before a lab's expiry | backend calls | calls a VM | peak in flight | VMs deleted more than once | most deletions of one VM | last deletion after the last expiry | \"Too many open files\" in the runtime's log |\n|---|---|---|---|---|---|---|---|---|\n| {deleted} of {vm_count} | {early} | {} | {:.2} | {peak} | {twice} (**{:.1} %**) | {most} | {:.0} s | {fd_errors} |\n\n| status requests | unanswered | p50 | p99 | slowest |\n|---|---|---|---|---|\n| {} | {unanswered} | {p50} ms | {p99} ms | {slowest} ms |\n",
         (last_expiry - first_expiry) as f64 / 1000.0,
         fault_list.join(", "),
         restarts.join("; "),
@@ -221,5 +282,6 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
         ours.len() as f64 / vm_count as f64,
         100.0 * twice as f64 / vm_count as f64,
         last_deleted.saturating_sub(last_expiry) as f64 / 1000.0,
+        up.len(),
     )
 }

@@ -29,6 +29,16 @@ pub struct Asker<'a> {
     pub failing: bool,
 }
 
+/// Requests the coordinator keeps waiting at once, per permit of the largest limit, and at
+/// least `MIN_WAITING`: each is a connection held open to the one coordinator. After a pause of
+/// the runtime every lab that fell due asks at once (3,000 in the soak); past this the
+/// coordinator answers at once "ask again in a moment" (`shed`) rather than holding them all.
+pub const WAITING_PER_PERMIT: usize = 4;
+pub const MIN_WAITING: usize = 64;
+/// How long a request turned away waits before it asks again: uniform in this range, so those
+/// turned away together do not all come back together.
+pub const SHED_PAUSE_MS: (i64, i64) = (2_000, 10_000);
+
 #[derive(Debug, Clone)]
 struct Waiter {
     ticket: u64,
@@ -137,6 +147,24 @@ impl Allocator {
             },
         );
         ticket
+    }
+
+    /// Most requests kept waiting at once.
+    pub fn max_waiting(&self) -> usize {
+        (self.max as usize)
+            .saturating_mul(WAITING_PER_PERMIT)
+            .max(MIN_WAITING)
+    }
+
+    /// Whether a new request is turned away at `now_ms` because the queue is full, and then how
+    /// long its lab waits before it asks again (`rand` in `[0, 1)`).
+    pub fn shed(&mut self, now_ms: i64, rand: f64) -> Option<i64> {
+        self.expire(now_ms);
+        if self.waiting.len() < self.max_waiting() {
+            return None;
+        }
+        let (low, high) = SHED_PAUSE_MS;
+        Some(low + ((high - low) as f64 * rand.clamp(0.0, 1.0)) as i64)
     }
 
     /// Withdraws a request that no longer waits.
@@ -270,6 +298,52 @@ mod tests {
         lab: "lab",
         failing: false,
     };
+
+    #[test]
+    fn a_full_queue_turns_new_requests_away_for_a_spread_pause() {
+        let mut a = Allocator::new(10, 5_000, 1_000);
+        assert_eq!(a.max_waiting(), 64);
+        assert_eq!(Allocator::new(50, 5_000, 1_000).max_waiting(), 200);
+        let lab = |i: usize| format!("lab-{i}");
+        for i in 0..64 {
+            assert_eq!(a.shed(0, 0.5), None, "request {i} waits");
+            let name = lab(i);
+            let asker = Asker {
+                lab: &name,
+                failing: false,
+            };
+            a.request(asker, i as i64, 4_000, 1);
+        }
+        assert_eq!(a.shed(0, 0.0), Some(2_000));
+        assert_eq!(a.shed(0, 0.5), Some(6_000));
+        assert!(a.shed(0, 0.999).is_some_and(|ms| ms < 10_000));
+        // Served or past their deadline, the waiters make room again.
+        let served: usize = a.grant(1).iter().map(|(_, l)| l.len()).sum();
+        assert_eq!(served, 10);
+        assert_eq!(a.shed(1, 0.5), None);
+        a.request(
+            Asker {
+                lab: "late",
+                failing: false,
+            },
+            99,
+            4_000,
+            1,
+        );
+        for _ in 0..10 {
+            a.request(
+                Asker {
+                    lab: "late",
+                    failing: false,
+                },
+                99,
+                4_000,
+                1,
+            );
+        }
+        assert!(a.shed(1, 0.5).is_some());
+        assert_eq!(a.shed(4_000, 0.5), None, "every waiter past its deadline");
+    }
 
     #[test]
     fn never_more_in_flight_than_the_limit_oldest_expiry_first() {

@@ -35,6 +35,9 @@ pub enum Woke {
     PurgeHeld,
     /// Nothing was due yet: the alarm is set again.
     NothingDue,
+    /// The attempt fired late (a pause of the runtime): put off a little, spread with the
+    /// others that fell due meanwhile.
+    PutOff,
     /// Nothing is left to do.
     NothingLeft,
     /// The settings are broken: nothing done, the alarm set again.
@@ -59,6 +62,7 @@ impl Woke {
             Woke::Purged => "retention purge",
             Woke::PurgeHeld => "purge held: index row delete failed",
             Woke::NothingDue => "nothing due, re-armed",
+            Woke::PutOff => "late attempt put off, spread",
             Woke::NothingLeft => "nothing left to do",
             Woke::ConfigError => "configuration error",
             Woke::NoSession => "no session",
@@ -170,6 +174,18 @@ impl<P: Platform> Lab<'_, P> {
             self.persist(&mut session).await?;
             due.attempt = true;
         }
+        if due.attempt && !due.idle_end {
+            let late = wake::attempt_at(&session).map_or(0, |at| now.saturating_sub(at));
+            if let Some(delay) =
+                retry::late_start_delay(self.config.retry_policy, late, self.platform.random())
+            {
+                self.put_off(&mut session, now, late, delay).await?;
+                return Ok(AlarmDone {
+                    woke: Woke::PutOff,
+                    deliver: due.deliver || due.warn || due.idle_warn,
+                });
+            }
+        }
         if due.attempt {
             self.attempt(session, now).await?;
             woke = Woke::Attempt;
@@ -190,6 +206,32 @@ impl<P: Platform> Lab<'_, P> {
             woke,
             deliver: due.deliver || due.warn || due.idle_warn || due.attempt,
         })
+    }
+
+    /// Puts off an attempt that fired `late` ms past its time by `delay` (see
+    /// `retry::late_start_delay`): the labs that fell due during a pause of the runtime start
+    /// spread out, not in one burst.
+    async fn put_off(
+        &self,
+        session: &mut Session,
+        now: i64,
+        late: i64,
+        delay: i64,
+    ) -> Result<(), StoreError> {
+        let at = now.saturating_add(delay);
+        match session.status() {
+            Status::Scheduled => {
+                session.cleanup.start_delay_ms = at.saturating_sub(session.expires_at_ms).max(0);
+            }
+            _ => session.cleanup.next_attempt_at_ms = Some(at),
+        }
+        self.info(format!(
+            "⏸ Cleanup of lab {} was due {} s ago (the runtime was paused): it starts at {}, spread with the labs that fell due meanwhile",
+            session.lab_request_id,
+            late / 1000,
+            rfc3339(at)
+        ));
+        self.save(session).await
     }
 
     /// The stages of `lab.expiring` due now: all marked sent for this expiry, and one event

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::lab::procedures::alarm::Woke;
 use crate::lab::session::OutboxEvent;
 
 /// A 1+2 lab whose second worker fails once: its attempt, retry, events and purge.
@@ -317,4 +318,55 @@ fn legacy_records_are_adopted_or_kept() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A pause of the runtime (an outage, a deploy): the alarm of a lab that fell due meanwhile
+/// fires late, at once with every other such lab. Its attempt is put off by a random part of
+/// how late it is (at most a minute), then runs; never before the expiry, nothing lost.
+#[test]
+fn an_attempt_late_after_a_pause_is_spread_then_runs() {
+    for (seed, pause) in [(1, 5 * MINUTE), (2, 40 * SECOND), (3, 3 * 60 * MINUTE)] {
+        let world = World::new(config(&[]));
+        world.seed.set(seed);
+        let expires = scenario(&world);
+        // The runtime is down from the expiry on, for `pause`.
+        let back = expires + pause;
+        world.now.set(back);
+        world.invocation();
+        let done = block_on(world.lab().alarm()).unwrap();
+        assert_eq!(done.woke, Woke::PutOff, "pause {pause}");
+        assert!(
+            world.calls.borrow().is_empty(),
+            "no call when it fires late"
+        );
+        assert!(world.log_has("(the runtime was paused): it starts at"));
+        world.run(T0 + 30 * 86_400_000);
+        assert_nothing_lost(&world, expires, "after a pause");
+        let first = world.vm_calls("m")[0].at;
+        let spread = pause.min(crate::lab::retry::LATE_SPREAD_MAX_MS);
+        assert!(
+            first >= back && first < back + spread,
+            "{first} within the spread"
+        );
+        let put_off = world
+            .lines
+            .borrow()
+            .iter()
+            .filter(|(_, l)| l.contains("the runtime was paused"))
+            .count();
+        assert_eq!(put_off, 1, "put off once, then on time");
+    }
+    // A retry that falls in a pause is spread too; one only a little late is not.
+    let world = World::new(config(&[]));
+    let expires = scenario(&world);
+    world.run(expires + SECOND);
+    let retry_at = world.alarm.get().unwrap();
+    assert_eq!(status(&world), Some(Status::Retrying));
+    world.now.set(retry_at + 10 * MINUTE);
+    world.invocation();
+    assert_eq!(block_on(world.lab().alarm()).unwrap().woke, Woke::PutOff);
+    world.now.set(world.alarm.get().unwrap() + 20 * SECOND);
+    world.invocation();
+    assert_eq!(block_on(world.lab().alarm()).unwrap().woke, Woke::Attempt);
+    assert_eq!(status(&world), Some(Status::Completed));
 }

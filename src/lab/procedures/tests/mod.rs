@@ -54,7 +54,7 @@ pub struct Call {
 pub struct World {
     pub config: Config,
     pub now: Cell<i64>,
-    seed: Cell<u64>,
+    pub seed: Cell<u64>,
     // storage
     pub record: RefCell<Option<String>>,
     pub legacy: RefCell<Option<LegacyRecord>>,
@@ -355,7 +355,7 @@ impl World {
     }
 
     /// A new invocation of the object (a request, an alarm, a background task).
-    fn invocation(&self) {
+    pub fn invocation(&self) {
         self.dead.set(false);
         let fresh = crate::lab::invocation::Ledger::new(
             self.config.limits(),
