@@ -197,7 +197,7 @@ async fn api(
             }
             platform::bulk::call(env, &id, "GET", "/status", None)
                 .await
-                .map_err(ApiError::Internal)
+                .map_err(|e| ApiError::Internal(e.to_string()))
         }
         Route::Metrics => {
             index_on(config)?;
@@ -401,7 +401,7 @@ async fn bulk(
     let body = job.to_value().to_string();
     platform::bulk::call(env, &id, "POST", "/start", Some(body))
         .await
-        .map_err(ApiError::Internal)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Sends `lab_request` to the `SessionManager` named `lab_request_id` and returns its answer as
@@ -413,7 +413,7 @@ async fn forward(
 ) -> Result<web_sys::Response, ApiError> {
     platform::fleet::call_lab(env, lab_request_id, &lab_request)
         .await
-        .map_err(ApiError::Internal)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The Cron Trigger (`[triggers] crons` in `wrangler.toml`): the inventory pull (with

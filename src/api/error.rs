@@ -49,9 +49,9 @@ impl From<crate::lab::config::ConfigError> for ApiError {
 }
 
 /// A lab procedure's refusal, as the API answers it: the one mapping, for every route.
-impl From<crate::lab::session::Refusal> for ApiError {
-    fn from(refusal: crate::lab::session::Refusal) -> Self {
-        use crate::lab::session::Refusal;
+impl From<crate::lab::refusal::Refusal> for ApiError {
+    fn from(refusal: crate::lab::refusal::Refusal) -> Self {
+        use crate::lab::refusal::Refusal;
         match refusal {
             Refusal::NotFound => ApiError::NotFound("no session with this lab_request_id".into()),
             Refusal::Conflict(message) => ApiError::Conflict(message),

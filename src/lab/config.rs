@@ -3,7 +3,6 @@
 use thiserror::Error;
 
 use crate::lab::session::bound::MAX_WORKERS;
-use crate::lab::wake::Timing;
 use crate::lab::webhook::{self, Schedule};
 
 /// Default seconds between cleanup attempts while any VM is still undeleted.
@@ -115,6 +114,21 @@ impl ConfigError {
 }
 
 /// The checked configuration of the worker and of the `SessionManager` object.
+/// The timing settings the wake-up times depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a completed record is kept.
+    pub retention_ms: i64,
+    /// Whether webhooks are on. Off, no event is created and the outbox is left as it is.
+    pub webhooks: bool,
+    /// The stages of `lab.expiring`, in `duration` units before the expiry, largest first.
+    pub warn_stages: Vec<u64>,
+    /// Milliseconds in one `duration` unit.
+    pub unit_ms: i64,
+    /// How long before an idle end `lab.idle_warning` is due (webhooks on).
+    pub idle_warn_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Base URL of the lab backend, without a trailing slash.

@@ -602,7 +602,7 @@ pub const COUNTS_TABLE: &str = "fleet_counts";
 
 /// The `FROM ... WHERE` of a bulk selector (`lab::fleet::bulk::Selector`) and its binds: driven
 /// by the first label's index (in lab id order) when there is one, by the user's otherwise.
-fn bulk_from(selector: &crate::lab::fleet::bulk::Selector) -> (String, Vec<Bind>) {
+fn bulk_from(selector: &crate::lab::fleet::selector::Selector) -> (String, Vec<Bind>) {
     let mut binds = Vec::new();
     let mut sql = match selector.labels.first() {
         Some((key, value)) => {
@@ -639,7 +639,7 @@ fn bulk_from(selector: &crate::lab::fleet::bulk::Selector) -> (String, Vec<Bind>
 /// Up to `limit` labs a bulk selector matches with an id after `after`, in id order (the ids
 /// never change, so a job pages through them once whatever its action does to them).
 pub fn bulk_page(
-    selector: &crate::lab::fleet::bulk::Selector,
+    selector: &crate::lab::fleet::selector::Selector,
     after: Option<&str>,
     limit: u32,
 ) -> (String, Vec<Bind>) {
@@ -663,7 +663,7 @@ pub fn bulk_page(
 }
 
 /// How many labs a bulk selector matches.
-pub fn bulk_count(selector: &crate::lab::fleet::bulk::Selector) -> (String, Vec<Bind>) {
+pub fn bulk_count(selector: &crate::lab::fleet::selector::Selector) -> (String, Vec<Bind>) {
     let (from, binds) = bulk_from(selector);
     (format!("SELECT COUNT(*) AS n {from}"), binds)
 }
@@ -1034,7 +1034,7 @@ mod tests {
 
     #[test]
     fn a_bulk_selector_pages_in_its_index_order() {
-        use crate::lab::fleet::bulk::Selector;
+        use crate::lab::fleet::selector::Selector;
         let selector = Selector {
             labels: vec![("class".into(), "c1".into()), ("course".into(), "k".into())],
             statuses: vec![Status::Scheduled],

@@ -6,6 +6,7 @@
 //! touching storage, whether they make a session and, if not, what is wrong with them.
 
 use crate::lab::limits::{describe_char, id_problem, IdProblem};
+pub use crate::lab::refusal::LegacyProblem;
 use crate::lab::session::{NewSession, Session};
 
 /// The keys the TypeScript worker wrote, in the order they are reported.
@@ -46,24 +47,6 @@ pub struct LegacyRecord {
     pub user_id: LegacyValue,
     pub worker_lab_request_ids: LegacyValue,
     pub duration: LegacyValue,
-}
-
-/// One unreadable legacy key: its name, the type found, and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LegacyProblem {
-    pub key: &'static str,
-    pub found: String,
-    pub expected: &'static str,
-}
-
-impl std::fmt::Display for LegacyProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "key `{}` is {} (expected {})",
-            self.key, self.found, self.expected
-        )
-    }
 }
 
 impl LegacyRecord {

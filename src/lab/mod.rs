@@ -26,6 +26,7 @@ pub(crate) use named_enum;
 
 pub mod cleanup;
 pub mod config;
+pub mod error;
 pub mod fleet;
 pub mod index;
 pub mod invocation;
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod ports;
 pub mod procedures;
 pub mod protocol;
+pub mod refusal;
 pub mod retry;
 pub mod session;
 pub mod status;

@@ -31,6 +31,8 @@ pub enum BackendError {
     CutShort { status: u16, error: String },
 }
 
+pub use crate::lab::error::ServiceError;
+
 /// The two calls the cleanup makes on the lab backend.
 pub trait LabBackend {
     /// `DELETE /api/v1/expose/` with `{"lab_request_id": master_id}`.
@@ -166,14 +168,14 @@ pub trait RecordStore {
     fn set_claiming(&self, vm_ids: Vec<String>);
 }
 
-/// Other labs' objects, reached by name: one request of the protocol, and the answer's status
-/// and JSON body (`lab::protocol` reads them). Whatever goes wrong on the way is told in words.
+/// Other labs' objects, reached by name: one request of the protocol, and its answer as
+/// `protocol::Answer::read` decodes it.
 pub trait Labs {
     async fn call(
         &self,
         lab_request_id: &str,
         request: crate::lab::protocol::Request,
-    ) -> Result<(u16, serde_json::Value), String>;
+    ) -> Result<crate::lab::protocol::Answer, ServiceError>;
 }
 
 /// The fleet index (a copy of every lab's row, for listing the fleet). Whatever goes wrong is
@@ -184,8 +186,8 @@ pub trait FleetIndex {
         &self,
         row: &crate::lab::index::IndexRow,
         vms: &[crate::lab::index::VmRow],
-    ) -> Result<(), String>;
-    async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), String>;
+    ) -> Result<(), ServiceError>;
+    async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), ServiceError>;
 }
 
 /// One signed webhook delivery, ready to send.
@@ -202,5 +204,5 @@ pub struct Delivery {
 
 /// The webhook receiver: the status it answered, or why there was none.
 pub trait WebhookSender {
-    async fn send(&self, delivery: &Delivery) -> Result<u16, String>;
+    async fn send(&self, delivery: &Delivery) -> Result<u16, ServiceError>;
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lab::error::{Malformed, ServiceError};
 use crate::lab::fleet::report::ReportedVm;
 use crate::lab::session::timeline::EventsPage;
 use crate::lab::session::{By, NewSession};
@@ -162,10 +163,10 @@ impl Request {
     }
 
     /// The request `encode` made, from its method, path and body; a reason when it is not one.
-    pub fn decode(method: &str, path: &str, body: &str) -> Result<Request, String> {
-        fn read<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, String> {
+    pub fn decode(method: &str, path: &str, body: &str) -> Result<Request, Malformed> {
+        fn read<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, Malformed> {
             serde_json::from_str(body)
-                .map_err(|e| format!("unreadable internal request {path}: {e}"))
+                .map_err(|e| Malformed(format!("unreadable internal request {path}: {e}")))
         }
         Ok(match (method, path) {
             ("POST", "/create") => Request::Create(read(path, body)?),
@@ -220,7 +221,7 @@ impl Request {
                 let vm: AgainVm = read(path, body)?;
                 Request::Owns { vm: vm.vm }
             }
-            _ => return Err(format!("no internal route for {method} {path}")),
+            _ => return Err(Malformed(format!("no internal route for {method} {path}"))),
         })
     }
 }
@@ -245,4 +246,214 @@ pub enum ClaimAnswer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnsAnswer {
     pub owns: bool,
+}
+
+/// What a lab's object answered a request of another part of the worker (the sweep, the
+/// inventory, a bulk job, a create claiming its workers), as the caller reads it: one decoding
+/// of the answer's status and body (`Answer::read`, the inverse of what the object sends), so
+/// that the core never reads a status code or picks a field out of JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Carried out, and a lab of its own created for it (201: an orphan's cleanup).
+    Created,
+    /// Carried out, and a VM scheduled for deletion again (202).
+    Scheduled,
+    /// Carried out (any other 2xx).
+    Done,
+    /// The sweep's poke: whether the alarm had to be set again.
+    Poked {
+        revived: bool,
+    },
+    Claim(ClaimAnswer),
+    Owns(OwnsAnswer),
+    /// Refused (4xx), with the object's words.
+    Refused {
+        status: u16,
+        message: String,
+    },
+}
+
+/// The body of a poke's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PokeAnswer {
+    pub revived: bool,
+}
+
+/// The body of a refusal, as `api::error` writes it.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorMessage,
+}
+
+#[derive(Deserialize)]
+struct ErrorMessage {
+    message: String,
+}
+
+impl Answer {
+    /// The answer to `request` whose status is `status` and body `body`. `Err`: the object
+    /// failed (5xx) or answered what the request cannot have (an object of a version that
+    /// does not know it).
+    pub fn read(request: &Request, status: u16, body: &str) -> Result<Answer, ServiceError> {
+        fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ServiceError> {
+            serde_json::from_str(body)
+                .map_err(|e| ServiceError::Failed(format!("an unreadable answer: {e}")))
+        }
+        match status {
+            200..=299 => Ok(match request {
+                Request::Poke => Answer::Poked {
+                    revived: parse::<PokeAnswer>(body)?.revived,
+                },
+                Request::Claim { .. } => Answer::Claim(parse(body)?),
+                Request::Owns { .. } => Answer::Owns(parse(body)?),
+                _ if status == 201 => Answer::Created,
+                _ if status == 202 => Answer::Scheduled,
+                _ => Answer::Done,
+            }),
+            400..=499 => Ok(Answer::Refused {
+                status,
+                message: serde_json::from_str::<ErrorBody>(body)
+                    .map_or_else(|_| format!("answered {status}"), |b| b.error.message),
+            }),
+            _ => Err(ServiceError::Answered(status)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> String {
+        "vm-1".into()
+    }
+
+    /// The answers as the object sends them today, and as the previous version sent them (the
+    /// same bodies: a deploy mixes both), read into the one typed answer.
+    #[test]
+    fn every_answer_of_this_and_the_previous_version_reads_as_its_type() {
+        let poke = Request::Poke;
+        assert_eq!(
+            Answer::read(&poke, 200, r#"{"revived":true}"#),
+            Ok(Answer::Poked { revived: true })
+        );
+        let claim = Request::Claim {
+            lab: "m".into(),
+            vm: vm(),
+        };
+        assert_eq!(
+            Answer::read(&claim, 200, r#"{"claimed":{"cancelled_orphan":true}}"#),
+            Ok(Answer::Claim(ClaimAnswer::Claimed {
+                cancelled_orphan: true
+            }))
+        );
+        assert_eq!(
+            Answer::read(&claim, 200, r#"{"refused":{"reason":"no"}}"#),
+            Ok(Answer::Claim(ClaimAnswer::Refused {
+                reason: "no".into()
+            }))
+        );
+        let owns = Request::Owns { vm: vm() };
+        assert_eq!(
+            Answer::read(&owns, 200, r#"{"owns":false}"#),
+            Ok(Answer::Owns(OwnsAnswer { owns: false }))
+        );
+        // A lab's view: only the status matters to an internal caller.
+        let view = r#"{"lab_request_id":"vm-1","status":"cleaning_up"}"#;
+        let orphan = Request::Orphan(ReportedVm {
+            lab_request_id: vm(),
+            user_id: "u".into(),
+            created_at_ms: None,
+        });
+        assert_eq!(Answer::read(&orphan, 201, view), Ok(Answer::Created));
+        assert_eq!(Answer::read(&orphan, 200, view), Ok(Answer::Done));
+        let again = Request::DeleteAgain { vm: vm() };
+        assert_eq!(Answer::read(&again, 202, view), Ok(Answer::Scheduled));
+        let end = Request::End {
+            by: By::Operator,
+            job: Some("job-1".into()),
+        };
+        assert_eq!(Answer::read(&end, 200, view), Ok(Answer::Done));
+        // Refusals carry the object's words; without a body, the status.
+        assert_eq!(
+            Answer::read(
+                &end,
+                409,
+                r#"{"error":{"code":"conflict","message":"lab m is completed"}}"#
+            ),
+            Ok(Answer::Refused {
+                status: 409,
+                message: "lab m is completed".into()
+            })
+        );
+        assert_eq!(
+            Answer::read(&end, 404, ""),
+            Ok(Answer::Refused {
+                status: 404,
+                message: "answered 404".into()
+            })
+        );
+        // An object of a version that does not know the request refuses it (400): a refusal,
+        // which the claim reads as "unavailable", never as a claim.
+        assert!(matches!(
+            Answer::read(
+                &claim,
+                400,
+                r#"{"error":{"code":"invalid_request","message":"no internal route for POST /claim"}}"#
+            ),
+            Ok(Answer::Refused { status: 400, .. })
+        ));
+        // The object failed: an error, with its status.
+        assert_eq!(
+            Answer::read(&poke, 500, "boom"),
+            Err(ServiceError::Answered(500))
+        );
+        assert_eq!(
+            Answer::read(&end, 503, ""),
+            Err(ServiceError::Answered(503))
+        );
+        // A 200 whose body is not the request's answer is unreadable, not a default.
+        assert!(matches!(
+            Answer::read(&poke, 200, "{}"),
+            Err(ServiceError::Failed(words)) if words.starts_with("an unreadable answer")
+        ));
+        assert!(Answer::read(&owns, 200, "null").is_err());
+    }
+
+    #[test]
+    fn every_request_decodes_as_it_was_encoded() {
+        let requests = vec![
+            Request::Status,
+            Request::Events(EventsPage::default()),
+            Request::End {
+                by: By::Operator,
+                job: None,
+            },
+            Request::Extend {
+                minutes: 5,
+                by: By::Operator,
+                job: Some("j".into()),
+            },
+            Request::Retry { job: None },
+            Request::Activity,
+            Request::Orphan(ReportedVm {
+                lab_request_id: vm(),
+                user_id: "u".into(),
+                created_at_ms: Some(1),
+            }),
+            Request::DeleteAgain { vm: vm() },
+            Request::Poke,
+            Request::Claim {
+                lab: "m".into(),
+                vm: vm(),
+            },
+            Request::Owns { vm: vm() },
+        ];
+        for request in requests {
+            let (method, path, body) = request.encode();
+            let decoded = Request::decode(method, path, body.as_deref().unwrap_or(""));
+            assert_eq!(decoded, Ok(request), "{method} {path}");
+        }
+        assert!(Request::decode("POST", "/nowhere", "").is_err());
+    }
 }

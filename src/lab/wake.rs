@@ -8,20 +8,7 @@
 use crate::lab::index;
 use crate::lab::session::{Session, Status};
 
-/// The timing settings the wake-up times depend on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timing {
-    /// How long a completed record is kept.
-    pub retention_ms: i64,
-    /// Whether webhooks are on. Off, no event is created and the outbox is left as it is.
-    pub webhooks: bool,
-    /// The stages of `lab.expiring`, in `duration` units before the expiry, largest first.
-    pub warn_stages: Vec<u64>,
-    /// Milliseconds in one `duration` unit.
-    pub unit_ms: i64,
-    /// How long before an idle end `lab.idle_warning` is due (webhooks on).
-    pub idle_warn_ms: i64,
-}
+pub use crate::lab::config::Timing;
 
 /// What is due when the alarm fires.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

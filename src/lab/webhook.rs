@@ -102,7 +102,7 @@ pub enum AfterDelivery {
 /// the event is dropped.
 pub fn after_delivery(
     event: &mut OutboxEvent,
-    result: Result<u16, String>,
+    result: Result<u16, crate::lab::error::ServiceError>,
     now_ms: i64,
     schedule: &Schedule,
 ) -> AfterDelivery {
@@ -110,7 +110,7 @@ pub fn after_delivery(
     let error = match result {
         Ok(status) if (200..300).contains(&status) => return AfterDelivery::Delivered,
         Ok(status) => format!("the receiver answered {status}"),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     event.last_error = Some(text::safe(&error, MAX_DELIVERY_ERROR_CHARS));
     let index = (event.attempts as usize - 1).min(schedule.pauses_ms.len().saturating_sub(1));

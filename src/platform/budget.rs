@@ -1,5 +1,6 @@
 //! The fleet-wide budget of backend calls on workerd: the `BackendBudget` Durable Object (one, named `fleet`) that leases permits, and the client every lab's attempt asks before each call.
 
+use crate::lab::error::ServiceError;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -220,12 +221,12 @@ async fn call(
     env: &Env,
     path: &str,
     body: String,
-) -> std::result::Result<serde_json::Value, String> {
+) -> std::result::Result<serde_json::Value, ServiceError> {
     let js = |e: JsValue| worker::Error::from(e).to_string();
     let stub: worker::worker_sys::DurableObject = env
         .durable_object(BUDGET_BINDING)
         .and_then(|ns| ns.id_from_name(COORDINATOR)?.get_stub())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ServiceError::Failed(e.to_string()))?
         .into_rpc();
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
@@ -238,7 +239,10 @@ async fn call(
         .dyn_into()
         .map_err(js)?;
     if !answer.ok() {
-        return Err(format!("the budget answered {}", answer.status()));
+        return Err(ServiceError::Failed(format!(
+            "the budget answered {}",
+            answer.status()
+        )));
     }
     let text = JsFuture::from(answer.text().map_err(js)?)
         .await
@@ -255,7 +259,7 @@ const SPARE_FRESH_MS: i64 = 1_000;
 /// What one request to the coordinator came back with, shared by the calls that waited for it.
 /// `Ok(None)`: permits granted (in `spare`); `Ok(Some(wait))`: come back later, after the
 /// pause it says (`retry_in_ms`, 0 when the coordinator held the request already).
-type Asked = Result<Option<ComeBack>, String>;
+type Asked = Result<Option<ComeBack>, ServiceError>;
 
 #[derive(Debug, Clone, Copy)]
 struct ComeBack {
@@ -326,7 +330,7 @@ impl Permits {
         asker: Asker<'_>,
         priority: i64,
         wanted: usize,
-    ) -> std::result::Result<Permit, String> {
+    ) -> std::result::Result<Permit, ServiceError> {
         let Some(max) = self.max else {
             return Ok(Permit::Unlimited);
         };
@@ -341,9 +345,11 @@ impl Permits {
                 receiver
             });
             let asked = match waiting {
-                Some(receiver) => receiver
-                    .await
-                    .unwrap_or_else(|_| Err("the request for permits was dropped".into())),
+                Some(receiver) => receiver.await.unwrap_or_else(|_| {
+                    Err(ServiceError::Failed(
+                        "the request for permits was dropped".to_string(),
+                    ))
+                }),
                 None => {
                     let ask = Acquire {
                         lab: asker.lab.to_string(),
@@ -356,7 +362,7 @@ impl Permits {
                     };
                     self.usage
                         .charge(crate::lab::invocation::Meter::Service, 1)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| ServiceError::Failed(e.to_string()))?;
                     add(&self.usage.budget_calls, 1);
                     *self.asking.borrow_mut() = Some(Vec::new());
                     let asked = ask_for(self.env.clone(), ask, self.spare.clone()).await;
@@ -459,15 +465,15 @@ async fn ask_for(env: Env, ask: Acquire, spare: Rc<RefCell<Vec<(u64, i64)>>>) ->
             })),
         },
         Some(Err(e)) => Err(e),
-        None => Err(format!(
+        None => Err(ServiceError::Failed(format!(
             "no answer within {} s",
             UNREACHABLE_AFTER.as_secs()
-        )),
+        ))),
     }
 }
 
 /// The coordinator's state (`GET /api/v1/labs/budget`): the limit now, permits out, requests
 /// waiting.
-pub async fn state(env: &Env) -> std::result::Result<serde_json::Value, String> {
+pub async fn state(env: &Env) -> std::result::Result<serde_json::Value, ServiceError> {
     call(env, "/state", String::new()).await
 }

@@ -1,5 +1,6 @@
 //! The bulk actions' jobs on workerd: the `BulkJob` Durable Object (one per job, named by the job's id) that works through its labs a batch per alarm, and the router's calls to it.
 
+use crate::lab::error::ServiceError;
 use std::time::Duration;
 
 use wasm_bindgen::{JsCast, JsValue};
@@ -161,12 +162,12 @@ pub async fn call(
     method: &str,
     path: &str,
     body: Option<String>,
-) -> std::result::Result<web_sys::Response, String> {
-    let js = |e: JsValue| worker::Error::from(e).to_string();
+) -> std::result::Result<web_sys::Response, ServiceError> {
+    let js = |e: JsValue| ServiceError::Failed(worker::Error::from(e).to_string());
     let stub: worker::worker_sys::DurableObject = env
         .durable_object(BULK_BINDING)
         .and_then(|ns| ns.id_from_name(job_id)?.get_stub())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ServiceError::Failed(e.to_string()))?
         .into_rpc();
     let init = web_sys::RequestInit::new();
     init.set_method(method);

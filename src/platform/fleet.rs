@@ -1,5 +1,6 @@
 //! The fleet-wide procedures' ports on workerd: the D1 index, the labs' objects (by name), the backend's inventory over HTTP, the console.
 
+use crate::lab::error::ServiceError;
 use std::time::Duration;
 
 use wasm_bindgen::{JsCast, JsValue};
@@ -13,7 +14,7 @@ use crate::lab::fleet::report::{
 use crate::lab::fleet::{FleetStore, InventorySource, Labs};
 use crate::lab::invocation::Meter;
 use crate::lab::ports::{Allowance, Level, Logger};
-use crate::lab::procedures::Request;
+use crate::lab::protocol::{Answer, Request};
 use crate::platform::http::{self, Failure};
 use crate::platform::runtime::ConsoleLogger;
 use crate::platform::usage::{add, Usage};
@@ -27,12 +28,12 @@ pub async fn call_lab(
     env: &Env,
     lab_request_id: &str,
     request: &Request,
-) -> Result<web_sys::Response, String> {
-    let js = |e: JsValue| worker::Error::from(e).to_string();
+) -> Result<web_sys::Response, ServiceError> {
+    let js = |e: JsValue| ServiceError::Failed(worker::Error::from(e).to_string());
     let stub: worker::worker_sys::DurableObject = env
         .durable_object(SESSION_MANAGER_BINDING)
         .and_then(|ns| ns.id_from_name(lab_request_id)?.get_stub())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ServiceError::Failed(e.to_string()))?
         .into_rpc();
     let (method, path, body) = request.encode();
     let init = web_sys::RequestInit::new();
@@ -73,11 +74,11 @@ impl<'a> WorkerdFleet<'a> {
     }
 
     /// One D1 batch of `statements` statements: a call to a service, a query each.
-    fn d1(&self, statements: usize) -> Result<(), String> {
+    fn d1(&self, statements: usize) -> Result<(), ServiceError> {
         self.usage
             .charge(Meter::Service, 1)
             .and_then(|()| self.usage.charge(Meter::D1Query, statements as u64))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ServiceError::Failed(e.to_string()))?;
         add(&self.usage.d1_batches, 1);
         Ok(())
     }
@@ -91,7 +92,7 @@ impl<'a> WorkerdFleet<'a> {
     pub async fn list(
         &self,
         query: &crate::lab::index::ListQuery,
-    ) -> Result<(Vec<crate::lab::index::IndexRow>, fleet_db::Rows), String> {
+    ) -> Result<(Vec<crate::lab::index::IndexRow>, fleet_db::Rows), ServiceError> {
         self.d1(1)?;
         fleet_db::list(
             self.env,
@@ -106,7 +107,7 @@ impl<'a> WorkerdFleet<'a> {
     pub async fn counts(
         &self,
         now_ms: i64,
-    ) -> Result<(crate::lab::index::Counts, fleet_db::Rows), String> {
+    ) -> Result<(crate::lab::index::Counts, fleet_db::Rows), ServiceError> {
         self.d1(crate::lab::index::stats(self.config.stuck_after_attempts, now_ms).len())?;
         fleet_db::counts(
             self.env,
@@ -119,17 +120,17 @@ impl<'a> WorkerdFleet<'a> {
 }
 
 impl FleetStore for WorkerdFleet<'_> {
-    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<KnownVm>, String> {
+    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<KnownVm>, ServiceError> {
         self.d1(crate::lab::index::lookup(vm_ids).len())?;
         fleet_db::lookup(self.env, vm_ids, self.timeout()).await
     }
 
-    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String> {
+    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, ServiceError> {
         self.d1(crate::lab::index::first_seen(vm_ids).len())?;
         fleet_db::first_seen(self.env, vm_ids, self.timeout()).await
     }
 
-    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String> {
+    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), ServiceError> {
         if vm_ids.is_empty() {
             return Ok(());
         }
@@ -137,41 +138,37 @@ impl FleetStore for WorkerdFleet<'_> {
         fleet_db::remember_seen(self.env, vm_ids, now_ms, self.timeout()).await
     }
 
-    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String> {
+    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, ServiceError> {
         self.d1(crate::lab::index::tidy_seen(now_ms).len())?;
         fleet_db::tidy_seen(self.env, now_ms, self.timeout()).await
     }
 
-    async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
+    async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), ServiceError> {
         self.d1(crate::lab::index::save_reconciliation(r).len())?;
         fleet_db::save_reconciliation(self.env, r, self.timeout()).await
     }
 
-    async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, String> {
+    async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, ServiceError> {
         self.d1(1)?;
         fleet_db::overdue(self.env, before_ms, limit, self.timeout()).await
     }
 
-    async fn state(&self, key: &str) -> Result<Option<String>, String> {
+    async fn state(&self, key: &str) -> Result<Option<String>, ServiceError> {
         self.d1(1)?;
         fleet_db::state(self.env, key, self.timeout()).await
     }
 
-    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), ServiceError> {
         self.d1(1)?;
         fleet_db::set_state(self.env, key, value, self.timeout()).await
     }
 }
 
 impl Labs for WorkerdFleet<'_> {
-    async fn call(
-        &self,
-        lab_request_id: &str,
-        request: Request,
-    ) -> Result<(u16, serde_json::Value), String> {
+    async fn call(&self, lab_request_id: &str, request: Request) -> Result<Answer, ServiceError> {
         self.usage
             .charge(Meter::Service, 1)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ServiceError::Failed(e.to_string()))?;
         add(&self.usage.object_calls, 1);
         send(self.env, lab_request_id, &request).await
     }
@@ -186,13 +183,13 @@ impl Allowance for WorkerdFleet<'_> {
     }
 }
 
-/// Sends `request` to the `SessionManager` named `lab_request_id`: the answer's status and JSON
-/// body (`null` when it has none).
+/// Sends `request` to the `SessionManager` named `lab_request_id`: its answer, as
+/// `protocol::Answer::read` decodes it.
 pub async fn send(
     env: &Env,
     lab_request_id: &str,
     request: &Request,
-) -> Result<(u16, serde_json::Value), String> {
+) -> Result<Answer, ServiceError> {
     let answer = call_lab(env, lab_request_id, request).await?;
     let status = answer.status();
     let text = match answer.text() {
@@ -203,7 +200,7 @@ pub async fn send(
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+    Answer::read(request, status, &text)
 }
 
 impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {
@@ -212,12 +209,15 @@ impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {
         selector: &crate::lab::fleet::bulk::Selector,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, String> {
+    ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, ServiceError> {
         self.d1(1)?;
         fleet_db::bulk_page(self.env, selector, after, limit, self.timeout()).await
     }
 
-    async fn count(&self, selector: &crate::lab::fleet::bulk::Selector) -> Result<u64, String> {
+    async fn count(
+        &self,
+        selector: &crate::lab::fleet::bulk::Selector,
+    ) -> Result<u64, ServiceError> {
         self.d1(1)?;
         fleet_db::bulk_count(self.env, selector, self.timeout()).await
     }
@@ -252,7 +252,7 @@ impl InventorySource for WorkerdFleet<'_> {
                 "a page of the backend's inventory is over {MAX_REPORT_BYTES} bytes; it was not read further"
             )),
             Ok(answer) if (200..300).contains(&answer.status) => {
-                parse_page(&answer.body).map_err(PageError::Failed)
+                parse_page(&answer.body).map_err(|e| PageError::Failed(e.0))
             }
             Ok(answer) if (400..500).contains(&answer.status) => {
                 Err(PageError::Refused(answer.status))

@@ -13,12 +13,12 @@ use crate::platform::runtime::within;
 /// Name of the D1 binding in `wrangler.toml`.
 pub const DB_BINDING: &str = "DB";
 
-/// Whatever went wrong with the index, in words (it is logged, never shown to an API caller).
-pub type IndexError = String;
+/// Whatever went wrong with the index (it is logged, never shown to an API caller).
+pub use crate::lab::error::ServiceError as IndexError;
 
 fn database(env: &Env) -> Result<D1Database, IndexError> {
     env.d1(DB_BINDING)
-        .map_err(|e| format!("no D1 binding {DB_BINDING}: {e}"))
+        .map_err(|e| IndexError::Failed(format!("no D1 binding {DB_BINDING}: {e}")))
 }
 
 /// Whether the `DB` binding exists (for the readiness check).
@@ -40,7 +40,9 @@ fn prepare(
     (sql, binds): (String, Vec<Bind>),
 ) -> Result<D1PreparedStatement, IndexError> {
     let binds: Vec<JsValue> = binds.iter().map(js).collect();
-    db.prepare(sql).bind(&binds).map_err(|e| e.to_string())
+    db.prepare(sql)
+        .bind(&binds)
+        .map_err(|e| IndexError::from(e.to_string()))
 }
 
 /// Runs `work`, or gives up after `timeout`: an index that does not answer never holds a
@@ -50,10 +52,10 @@ async fn bounded<T>(
     work: impl std::future::Future<Output = Result<T, IndexError>>,
 ) -> Result<T, IndexError> {
     within(timeout, work).await.unwrap_or_else(|| {
-        Err(format!(
+        Err(IndexError::Failed(format!(
             "the index did not answer within {} s",
             timeout.as_secs()
-        ))
+        )))
     })
 }
 
@@ -89,7 +91,10 @@ async fn run(
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        let results = db.batch(prepared).await.map_err(|e| e.to_string())?;
+        let results = db
+            .batch(prepared)
+            .await
+            .map_err(|e| IndexError::from(e.to_string()))?;
         Ok(Rows::of(&results))
     })
     .await
@@ -115,11 +120,16 @@ pub async fn list(
 ) -> Result<(Vec<IndexRow>, Rows), IndexError> {
     let statement = prepare(&database(env)?, index::list(query, stuck_after))?;
     bounded(timeout, async {
-        let result = statement.all().await.map_err(|e| e.to_string())?;
+        let result = statement
+            .all()
+            .await
+            .map_err(|e| IndexError::from(e.to_string()))?;
         if let Some(error) = result.error() {
-            return Err(error);
+            return Err(error.into());
         }
-        let rows = result.results::<IndexRow>().map_err(|e| e.to_string())?;
+        let rows = result
+            .results::<IndexRow>()
+            .map_err(|e| IndexError::from(e.to_string()))?;
         Ok((rows, Rows::of(std::slice::from_ref(&result))))
     })
     .await
@@ -130,7 +140,7 @@ pub async fn list(
 fn values(result: &worker::D1Result) -> Result<Vec<serde_json::Value>, IndexError> {
     result
         .results::<serde_json::Value>()
-        .map_err(|e| e.to_string())
+        .map_err(|e| IndexError::from(e.to_string()))
 }
 
 fn int(row: &serde_json::Value, name: &str) -> Option<i64> {
@@ -155,12 +165,15 @@ pub async fn counts(
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        let results = db.batch(statements).await.map_err(|e| e.to_string())?;
+        let results = db
+            .batch(statements)
+            .await
+            .map_err(|e| IndexError::from(e.to_string()))?;
         let [kept, stuck, pending, last, completions, overdue] = results.as_slice() else {
-            return Err(format!(
+            return Err(IndexError::Failed(format!(
                 "the index answered {} results for 6 queries",
                 results.len()
-            ));
+            )));
         };
         let kept: Vec<(String, i64)> = values(kept)?
             .iter()
@@ -225,13 +238,20 @@ async fn rows<T: for<'de> Deserialize<'de>>(
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        let results = db.batch(prepared).await.map_err(|e| e.to_string())?;
+        let results = db
+            .batch(prepared)
+            .await
+            .map_err(|e| IndexError::from(e.to_string()))?;
         let mut all = Vec::new();
         for result in results {
             if let Some(error) = result.error() {
-                return Err(error);
+                return Err(error.into());
             }
-            all.extend(result.results::<T>().map_err(|e| e.to_string())?);
+            all.extend(
+                result
+                    .results::<T>()
+                    .map_err(|e| IndexError::from(e.to_string()))?,
+            );
         }
         Ok(all)
     })

@@ -1,5 +1,6 @@
 //! The lab's ports on workerd: its storage, the fleet index, the webhook receiver, the lab backend, the fleet's budget, the clock and the console, for one invocation of its object, with what it used counted.
 
+use crate::lab::error::ServiceError;
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -131,11 +132,13 @@ impl Workerd {
     async fn d1(
         &self,
         statements: Vec<(String, Vec<crate::lab::index::Bind>)>,
-    ) -> std::result::Result<(), String> {
-        self.usage.charge(Meter::Service, 1).map_err(refused)?;
+    ) -> std::result::Result<(), ServiceError> {
+        self.usage
+            .charge(Meter::Service, 1)
+            .map_err(ServiceError::from)?;
         self.usage
             .charge(Meter::D1Query, statements.len() as u64)
-            .map_err(refused)?;
+            .map_err(ServiceError::from)?;
         add(&self.usage.d1_batches, 1);
         let rows = fleet_db::write(&self.env, statements, self.config.index_timeout()).await?;
         self.count_d1(rows);
@@ -144,21 +147,23 @@ impl Workerd {
 }
 
 impl FleetIndex for Workerd {
-    async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), String> {
+    async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), ServiceError> {
         self.d1(crate::lab::index::upsert_all(row, vms)).await
     }
-    async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), String> {
+    async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), ServiceError> {
         self.d1(crate::lab::index::delete(id, revision)).await
     }
 }
 
 impl WebhookSender for Workerd {
-    async fn send(&self, delivery: &Delivery) -> std::result::Result<u16, String> {
+    async fn send(&self, delivery: &Delivery) -> std::result::Result<u16, ServiceError> {
         let Webhooks::On(hooks) = &self.config.webhooks else {
-            return Err("webhooks are off".into());
+            return Err(ServiceError::Failed("webhooks are off".to_string()));
         };
         let timeout = std::time::Duration::from_millis(self.config.webhook_timeout_ms() as u64);
-        self.usage.charge(Meter::External, 1).map_err(refused)?;
+        self.usage
+            .charge(Meter::External, 1)
+            .map_err(ServiceError::from)?;
         add(&self.usage.webhook_calls, 1);
         webhook_sender::send(&hooks.url, delivery, timeout).await
     }
@@ -225,8 +230,10 @@ impl Labs for Workerd {
         &self,
         lab_request_id: &str,
         request: crate::lab::protocol::Request,
-    ) -> std::result::Result<(u16, serde_json::Value), String> {
-        self.usage.charge(Meter::Service, 1).map_err(refused)?;
+    ) -> std::result::Result<crate::lab::protocol::Answer, ServiceError> {
+        self.usage
+            .charge(Meter::Service, 1)
+            .map_err(ServiceError::from)?;
         add(&self.usage.object_calls, 1);
         crate::platform::fleet::send(&self.env, lab_request_id, &request).await
     }

@@ -87,7 +87,7 @@ impl DurableObject for SessionManager {
         let body = request.text().await.unwrap_or_default();
         let lab_request = match procedures::Request::decode(&method, &path, &body) {
             Ok(lab_request) => lab_request,
-            Err(e) => return respond::error(&ApiError::InvalidRequest(e)),
+            Err(e) => return respond::error(&ApiError::InvalidRequest(e.0)),
         };
         let ports = self.ports(config.clone(), usage.clone());
         let reply = Lab::new(&ports, &config).answer(lab_request).await;

@@ -1,5 +1,6 @@
 //! Sends a signed webhook delivery to `WEBHOOK_URL` over HTTP, bounded by a timeout.
 
+use crate::lab::error::ServiceError;
 use std::time::Duration;
 
 use crate::lab::ports::Delivery;
@@ -11,7 +12,7 @@ pub const USER_AGENT: &str = concat!("labs-cleanup/", env!("CARGO_PKG_VERSION"))
 /// POSTs `delivery` to `url` once, with the Standard Webhooks headers: the status it got, or why
 /// there was none (timeout, network error). Redirects are not followed (a 3xx is not a
 /// delivery); an answer cut short after its status still counts by its status.
-pub async fn send(url: &str, delivery: &Delivery, timeout: Duration) -> Result<u16, String> {
+pub async fn send(url: &str, delivery: &Delivery, timeout: Duration) -> Result<u16, ServiceError> {
     let timestamp = delivery.timestamp.to_string();
     let headers = [
         ("Content-Type", "application/json"),
@@ -32,7 +33,10 @@ pub async fn send(url: &str, delivery: &Delivery, timeout: Duration) -> Result<u
     {
         Ok(answer) => Ok(answer.status),
         Err(Failure::CutShort { status, .. }) => Ok(status),
-        Err(Failure::Timeout) => Err(format!("no answer within {} s", timeout.as_secs())),
-        Err(Failure::Network(e)) => Err(format!("network error: {e}")),
+        Err(Failure::Timeout) => Err(ServiceError::Failed(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+        Err(Failure::Network(e)) => Err(ServiceError::Failed(format!("network error: {e}"))),
     }
 }

@@ -262,6 +262,26 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
             last_deleted = last_deleted.max(c.done_ms);
         }
     }
+    // The VMs deleted most often, with their calls, for the reader of a bad run; and the
+    // runtime's log beside the report.
+    let mut worst: Vec<(&str, usize)> = deletions.iter().map(|(k, v)| (*k, *v)).collect();
+    worst.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (vm, n) in worst.iter().take(3).filter(|(_, n)| *n > 2) {
+        let times: Vec<String> = ours
+            .iter()
+            .filter(|c| c.lab_request_id.as_deref() == Some(*vm))
+            .map(|c| {
+                format!(
+                    "{}+{}ms:{:?}",
+                    c.at_ms.saturating_sub(expiry_of[vm]),
+                    c.done_ms.saturating_sub(c.at_ms),
+                    c.status
+                )
+            })
+            .collect();
+        eprintln!("soak: {vm} deleted {n} times: {}", times.join(" "));
+    }
+    let _ = std::fs::write(work_dir.join("..").join("soak-last.log"), &log);
     let deleted = deletions.len();
     let twice = deletions.values().filter(|n| **n >= 2).count();
     let most = deletions.values().copied().max().unwrap_or(0);

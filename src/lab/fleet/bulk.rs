@@ -9,8 +9,9 @@
 
 use serde_json::{json, Value};
 
+use crate::lab::error::ServiceError;
 use crate::lab::fleet::Labs;
-use crate::lab::procedures::Request;
+use crate::lab::protocol::{Answer, Request};
 use crate::lab::session::By;
 use crate::lab::status::Status;
 use crate::lab::text::rfc3339;
@@ -69,14 +70,7 @@ impl Action {
     }
 }
 
-/// Which labs: every label given, and the statuses and the user if given. At least a label or
-/// a user (checked by the API).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector {
-    pub labels: Vec<(String, String)>,
-    pub statuses: Vec<Status>,
-    pub user_id: Option<String>,
-}
+pub use crate::lab::fleet::selector::Selector;
 
 /// A job's whole request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +109,7 @@ pub async fn preview(
     plan: &Plan,
     unit_ms: i64,
     max_minutes: u64,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, ServiceError> {
     let mut labs = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -132,6 +126,18 @@ pub async fn preview(
     }
 }
 
+/// Why an action would be refused, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WouldRefuse(pub String);
+
+impl std::ops::Deref for WouldRefuse {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What the action would do to `c`, from the index's copy of it (a dry run: the lab's object
 /// decides for real, under the same rules). `Err`: why it would be refused.
 pub fn would(
@@ -139,7 +145,7 @@ pub fn would(
     action: Action,
     unit_ms: i64,
     max_minutes: u64,
-) -> Result<String, String> {
+) -> Result<String, WouldRefuse> {
     let status = c.status.describe();
     match (action, c.status) {
         (Action::End, Status::Scheduled) => Ok("end now".into()),
@@ -155,19 +161,19 @@ pub fn would(
                         .saturating_add((minutes as i64).saturating_mul(unit));
                     Ok(format!("extend to {}", rfc3339(to)))
                 }
-                _ => Err(format!(
+                _ => Err(WouldRefuse(format!(
                     "its lifetime would pass {max_minutes} minutes (MAX_DURATION_MINUTES)"
-                )),
+                ))),
             }
         }
-        (Action::Extend { .. }, _) => Err(format!(
+        (Action::Extend { .. }, _) => Err(WouldRefuse(format!(
             "it is {status}; only a scheduled lab can be extended"
-        )),
+        ))),
         (Action::Retry, Status::Retrying) => Ok("retry now".into()),
         (Action::Retry, Status::CleaningUp) => Ok("nothing: an attempt is under way".into()),
-        (Action::Retry, _) => Err(format!(
+        (Action::Retry, _) => Err(WouldRefuse(format!(
             "it is {status}; only a retrying lab can be retried"
-        )),
+        ))),
     }
 }
 
@@ -180,9 +186,9 @@ pub trait Candidates {
         selector: &Selector,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Candidate>, String>;
+    ) -> Result<Vec<Candidate>, ServiceError>;
     /// How many labs `selector` matches now.
-    async fn count(&self, selector: &Selector) -> Result<u64, String>;
+    async fn count(&self, selector: &Selector) -> Result<u64, ServiceError>;
 }
 
 /// A lab the job could not change, and why (the lab's own answer).
@@ -390,20 +396,17 @@ pub async fn step(
             .call(&c.lab_request_id, job.plan.action.request(&job.id))
             .await
         {
-            Ok((status, _)) if (200..300).contains(&status) => job.applied += 1,
-            Ok((status, answer)) if (400..500).contains(&status) => {
+            Ok(Answer::Refused { message, .. }) => {
                 job.refused_count += 1;
                 if job.refused.len() < KEEP_REFUSALS {
-                    let message = answer["error"]["message"]
-                        .as_str()
-                        .map_or_else(|| format!("answered {status}"), str::to_string);
                     job.refused.push(Refused {
                         lab_request_id: c.lab_request_id.clone(),
                         error: crate::lab::text::shorten(&message, 300),
                     });
                 }
             }
-            Ok((status, _)) => {
+            Ok(_) => job.applied += 1,
+            Err(ServiceError::Answered(status)) => {
                 job.faults = job.faults.saturating_add(1);
                 job.last_fault = Some(format!(
                     "lab {} answered {status}; trying it again",
@@ -456,11 +459,11 @@ mod tests {
     }
 
     impl Fleet {
-        fn charge(&self) -> Result<(), String> {
+        fn charge(&self) -> Result<(), ServiceError> {
             match self.ledger.borrow_mut().as_mut() {
                 Some(l) => l
                     .charge(crate::lab::invocation::Meter::Service, 1)
-                    .map_err(|e| e.to_string()),
+                    .map_err(ServiceError::from),
                 None => Ok(()),
             }
         }
@@ -484,7 +487,7 @@ mod tests {
             selector: &Selector,
             after: Option<&str>,
             limit: u32,
-        ) -> Result<Vec<Candidate>, String> {
+        ) -> Result<Vec<Candidate>, ServiceError> {
             self.charge()?;
             if self.index_down.get() {
                 return Err("down".into());
@@ -504,7 +507,7 @@ mod tests {
                 })
                 .collect())
         }
-        async fn count(&self, _: &Selector) -> Result<u64, String> {
+        async fn count(&self, _: &Selector) -> Result<u64, ServiceError> {
             Ok(self.labs.borrow().len() as u64)
         }
     }
@@ -514,7 +517,19 @@ mod tests {
             &self,
             id: &str,
             request: Request,
-        ) -> Result<(u16, serde_json::Value), String> {
+        ) -> Result<crate::lab::protocol::Answer, ServiceError> {
+            let sent = request.clone();
+            let (status, body) = self.call_wire(id, request).await?;
+            crate::lab::protocol::Answer::read(&sent, status, &body.to_string())
+        }
+    }
+
+    impl Fleet {
+        async fn call_wire(
+            &self,
+            id: &str,
+            request: Request,
+        ) -> Result<(u16, serde_json::Value), ServiceError> {
             self.charge()?;
             if self.failing.borrow().as_deref() == Some(id) {
                 *self.failing.borrow_mut() = None;

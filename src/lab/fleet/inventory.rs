@@ -6,11 +6,12 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::lab::config::Config;
+use crate::lab::error::ServiceError;
 pub use crate::lab::fleet::report::*;
 use crate::lab::fleet::{FleetStore, Labs};
 use crate::lab::invocation::Meter;
 use crate::lab::ports::{Allowance, Level, Logger};
-use crate::lab::procedures::Request;
+use crate::lab::protocol::{Answer as LabAnswer, Request};
 use crate::lab::status::Status;
 use crate::lab::text::{rfc3339, safe};
 
@@ -142,7 +143,7 @@ pub async fn reconcile<F: FleetStore + Labs + Allowance + Logger>(
     vms: &[ReportedVm],
     act: bool,
     now_ms: i64,
-) -> Result<Answer, String> {
+) -> Result<Answer, ServiceError> {
     reconcile_in(fleet, config, vms, act, now_ms, &mut Run::default()).await
 }
 
@@ -165,7 +166,7 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
     act: bool,
     now_ms: i64,
     run: &mut Run,
-) -> Result<Answer, String> {
+) -> Result<Answer, ServiceError> {
     let ids: Vec<String> = vms.iter().map(|v| v.lab_request_id.clone()).collect();
     let known: HashMap<String, KnownVm> = fleet
         .lookup(&ids)
@@ -258,7 +259,7 @@ async fn sightings<F: FleetStore>(
     act: bool,
     now_ms: i64,
     run: &mut Run,
-) -> Result<HashMap<String, i64>, String> {
+) -> Result<HashMap<String, i64>, ServiceError> {
     if unknown.is_empty() {
         return Ok(HashMap::new());
     }
@@ -291,7 +292,7 @@ pub async fn push<F: FleetStore + Labs + Allowance + Logger>(
     vms: &[ReportedVm],
     act: bool,
     now_ms: i64,
-) -> Result<Answer, String> {
+) -> Result<Answer, ServiceError> {
     // The counts' save follows.
     let mut run = Run::keeping(1);
     let answer = reconcile_in(fleet, config, vms, act, now_ms, &mut run).await?;
@@ -321,8 +322,7 @@ async fn perform<F: Labs + Logger>(fleet: &F, action: Action, now_ms: i64) -> Op
         }
     };
     match fleet.call(&lab, request).await {
-        // 201: a new orphan lab; 202: a VM scheduled again.
-        Ok((201, _)) | Ok((202, _)) => Some(Scheduled {
+        Ok(LabAnswer::Created) | Ok(LabAnswer::Scheduled) => Some(Scheduled {
             lab_request_id: vm,
             action: what,
             lab,
@@ -334,7 +334,7 @@ async fn perform<F: Labs + Logger>(fleet: &F, action: Action, now_ms: i64) -> Op
                 &format!(
                     "Reconciliation at {}: {what} of VM {vm} (lab {lab}) failed: {}; it is taken again when the VM is reported again",
                     rfc3339(now_ms),
-                    safe(&e, 200)
+                    safe(&e.to_string(), 200)
                 ),
             );
             None

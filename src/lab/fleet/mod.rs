@@ -5,9 +5,12 @@ pub mod bulk;
 pub mod inventory;
 pub mod levels;
 pub mod report;
+pub mod selector;
 pub mod sweep;
 
 use serde::Serialize;
+
+use crate::lab::ports::ServiceError;
 
 /// What a scheduled run (the Cron Trigger) did, logged as one structured record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -22,24 +25,24 @@ pub struct RunRecord {
     pub inventory: Option<inventory::Counts>,
 }
 
-/// The fleet index, as the fleet-wide procedures use it. Whatever goes wrong is told in words.
+/// The fleet index, as the fleet-wide procedures use it. Whatever goes wrong is a `ServiceError`.
 #[allow(async_fn_in_trait)]
 pub trait FleetStore {
     /// What the index knows of these VMs (those it lists).
-    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<inventory::KnownVm>, String>;
+    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<inventory::KnownVm>, ServiceError>;
     /// When each of these VMs was first reported unknown (those seen before).
-    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String>;
+    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, ServiceError>;
     /// Remembers `now_ms` as the first report of these VMs.
-    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String>;
+    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), ServiceError>;
     /// Forgets first reports older than `index::SEEN_KEPT_MS`; how many are left (counted up to
     /// `index::MAX_SEEN_ROWS` and one).
-    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String>;
-    async fn save_reconciliation(&self, r: &inventory::Reconciliation) -> Result<(), String>;
+    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, ServiceError>;
+    async fn save_reconciliation(&self, r: &inventory::Reconciliation) -> Result<(), ServiceError>;
     /// Labs not completed whose due time passed before `before_ms`, oldest first.
-    async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, String>;
-    async fn state(&self, key: &str) -> Result<Option<String>, String>;
+    async fn overdue(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, ServiceError>;
+    async fn state(&self, key: &str) -> Result<Option<String>, ServiceError>;
     /// Sets (or, with `None`, removes) a piece of the fleet jobs' state.
-    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String>;
+    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), ServiceError>;
 }
 
 pub use crate::lab::ports::Labs;

@@ -4,6 +4,7 @@ use chrono::DateTime;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::lab::error::Malformed;
 use crate::lab::limits::{describe_char, id_problem, IdProblem};
 use crate::lab::status::Status;
 
@@ -29,35 +30,39 @@ pub struct ReportedVm {
 impl ReportedVm {
     /// One entry of `vms`: `{"lab_request_id", "user_id", "created_at"?}`, ids checked as a
     /// create's, `created_at` RFC 3339; the reason, in words, when it is not one.
-    pub fn from_json(value: &Value) -> Result<ReportedVm, String> {
+    pub fn from_json(value: &Value) -> Result<ReportedVm, Malformed> {
         let Value::Object(entry) = value else {
-            return Err("must be an object".into());
+            return Err(Malformed("must be an object".to_string()));
         };
-        let id = |key: &str| -> Result<String, String> {
+        let id = |key: &str| -> Result<String, Malformed> {
             match entry.get(key) {
                 Some(Value::String(s)) => match id_problem(s) {
                     None => Ok(s.clone()),
-                    Some(IdProblem::Empty) => Err(format!("{key} must not be empty")),
+                    Some(IdProblem::Empty) => Err(Malformed(format!("{key} must not be empty"))),
                     Some(IdProblem::TooLong(_)) => {
-                        Err(format!("{key} must be at most 128 characters"))
+                        Err(Malformed(format!("{key} must be at most 128 characters")))
                     }
-                    Some(IdProblem::Character(c)) => Err(format!(
+                    Some(IdProblem::Character(c)) => Err(Malformed(format!(
                         "{key} contains {}; allowed are A-Z a-z 0-9 . _ : @ + -",
                         describe_char(c)
-                    )),
+                    ))),
                 },
-                Some(_) => Err(format!("{key} must be a string")),
-                None => Err(format!("{key} is required")),
+                Some(_) => Err(Malformed(format!("{key} must be a string"))),
+                None => Err(Malformed(format!("{key} is required"))),
             }
         };
         let created_at_ms = match entry.get("created_at") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(
                 DateTime::parse_from_rfc3339(s)
-                    .map_err(|_| "created_at must be an RFC 3339 time".to_string())?
+                    .map_err(|_| Malformed("created_at must be an RFC 3339 time".into()))?
                     .timestamp_millis(),
             ),
-            Some(_) => return Err("created_at must be an RFC 3339 time (a string)".into()),
+            Some(_) => {
+                return Err(Malformed(
+                    "created_at must be an RFC 3339 time (a string)".to_string(),
+                ))
+            }
         };
         Ok(ReportedVm {
             lab_request_id: id("lab_request_id")?,
@@ -81,17 +86,17 @@ pub struct Page {
 
 /// Reads a page: `{"vms": [...], "next_cursor": "..." | null}`. A page that is not that shape,
 /// or holds more than `MAX_VMS_PER_REPORT` VMs, is refused; a bad entry is skipped.
-pub fn parse_page(text: &str) -> Result<Page, String> {
+pub fn parse_page(text: &str) -> Result<Page, Malformed> {
     let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("the page is not JSON: {e}"))?;
+        serde_json::from_str(text).map_err(|e| Malformed(format!("the page is not JSON: {e}")))?;
     let Some(Value::Array(vms)) = value.get("vms") else {
-        return Err("the page has no \"vms\" array".into());
+        return Err(Malformed("the page has no \"vms\" array".to_string()));
     };
     if vms.len() > MAX_VMS_PER_REPORT {
-        return Err(format!(
+        return Err(Malformed(format!(
             "the page holds {} VMs; at most {MAX_VMS_PER_REPORT} are read",
             vms.len()
-        ));
+        )));
     }
     let (next_cursor, bad_cursor) = match value.get("next_cursor") {
         None | Some(Value::Null) => (None, false),
@@ -99,9 +104,14 @@ pub fn parse_page(text: &str) -> Result<Page, String> {
             (Some(c.clone()), false)
         }
         Some(Value::String(_)) => (None, true),
-        Some(_) => return Err("next_cursor must be a string or null".into()),
+        Some(_) => {
+            return Err(Malformed(
+                "next_cursor must be a string or null".to_string(),
+            ))
+        }
     };
-    let parsed: Vec<Result<ReportedVm, String>> = vms.iter().map(ReportedVm::from_json).collect();
+    let parsed: Vec<Result<ReportedVm, Malformed>> =
+        vms.iter().map(ReportedVm::from_json).collect();
     let skipped = parsed.iter().filter(|r| r.is_err()).count();
     Ok(Page {
         vms: parsed.into_iter().filter_map(Result::ok).collect(),

@@ -5,12 +5,13 @@ use futures::stream::{self, StreamExt};
 use crate::lab::config::Config;
 use std::collections::HashSet;
 
+use crate::lab::error::ServiceError;
 use crate::lab::fleet::inventory::{self, Counts, Reconciliation, Run, Source};
 use crate::lab::fleet::report::{PageError, ReportedVm, MAX_CURSOR_BYTES};
 use crate::lab::fleet::{FleetStore, InventorySource, Labs, RunRecord};
 use crate::lab::invocation::Meter;
 use crate::lab::ports::{Allowance, Level, Logger};
-use crate::lab::procedures::Request;
+use crate::lab::protocol::{Answer, Request};
 use crate::lab::text::safe;
 
 /// Most labs one run pokes (each a call to its object).
@@ -40,7 +41,7 @@ pub async fn sweep<F: FleetStore + Labs + Allowance + Logger>(
     fleet: &F,
     config: &Config,
     now_ms: i64,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), ServiceError> {
     let before = now_ms.saturating_sub((config.sweep_grace_seconds * 1000) as i64);
     // Within what the run has left of its calls to services (the query is one of them).
     let pokes = u64::from(MAX_POKES_PER_RUN).min(fleet.left(Meter::Service).saturating_sub(1));
@@ -51,13 +52,14 @@ pub async fn sweep<F: FleetStore + Labs + Allowance + Logger>(
     let revived: Vec<bool> = stream::iter(overdue.iter())
         .map(|lab| async move {
             match fleet.call(lab, Request::Poke).await {
-                Ok((_, body)) => body["revived"].as_bool().unwrap_or(false),
+                Ok(Answer::Poked { revived }) => revived,
+                Ok(_) => false,
                 Err(e) => {
                     fleet.log(
                         Level::Error,
                         &format!(
                             "Sweep: lab {lab} did not answer its poke: {}",
-                            safe(&e, 200)
+                            safe(&e.to_string(), 200)
                         ),
                     );
                     false
@@ -82,7 +84,7 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
     config: &Config,
     pages: usize,
     now_ms: i64,
-) -> Result<Counts, String> {
+) -> Result<Counts, ServiceError> {
     let mut cursor = match fleet.state(CURSOR_KEY).await? {
         Some(stored) if stored.len() > MAX_CURSOR_BYTES => {
             fleet.log(
@@ -139,7 +141,7 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
                 continue;
             }
             Err(e) => {
-                failure = Some(e.to_string());
+                failure = Some(ServiceError::Failed(e.to_string()));
                 break;
             }
         };
@@ -275,7 +277,7 @@ pub async fn run<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
                 Level::Error,
                 &format!(
                     "Inventory: the pull stopped: {}; the next run goes on from where it stopped",
-                    safe(&e, 300)
+                    safe(&e.to_string(), 300)
                 ),
             ),
         }
@@ -287,7 +289,10 @@ pub async fn run<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
         }
         Err(e) => fleet.log(
             Level::Error,
-            &format!("Sweep: the index did not answer: {}", safe(&e, 300)),
+            &format!(
+                "Sweep: the index did not answer: {}",
+                safe(&e.to_string(), 300)
+            ),
         ),
     }
     fleet.record(&record);

@@ -2,12 +2,14 @@
 
 use futures::stream::{self, StreamExt};
 
-use crate::lab::ports::{RecordStore, StoreError, Stored};
-use crate::lab::procedures::record::Found;
+use crate::lab::error::ServiceError;
+use crate::lab::ports::{RecordStore, StoreError};
+use crate::lab::procedures::record::{Found, Held};
 use crate::lab::procedures::{Lab, Platform, Reply};
-use crate::lab::protocol::{ClaimAnswer, OwnsAnswer, Request};
+use crate::lab::protocol::{Answer, ClaimAnswer, OwnsAnswer, Request};
+use crate::lab::refusal::Refusal;
 use crate::lab::session::claim::Claim;
-use crate::lab::session::{Origin, Refusal, Session};
+use crate::lab::session::{Origin, Session};
 use crate::lab::text::{rfc3339, safe};
 
 /// Worker VMs' objects a create claims at once (the platform's outbound connection limit).
@@ -44,23 +46,6 @@ impl<P: RecordStore> Drop for Claiming<'_, P> {
     }
 }
 
-/// What the object held when a procedure read it, to see before it writes that nothing changed
-/// while it waited on another object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Held {
-    Nothing,
-    Text(String),
-}
-
-impl Held {
-    pub(crate) fn of(stored: &Stored) -> Held {
-        match stored {
-            Stored::Record(text) | Stored::Claim(text) => Held::Text(text.clone()),
-            Stored::Legacy(_) | Stored::Empty => Held::Nothing,
-        }
-    }
-}
-
 /// Why an orphan cleanup that started cannot be undone, in words.
 pub(crate) fn orphan_started(orphan: &Session) -> String {
     format!(
@@ -76,22 +61,17 @@ pub(crate) fn orphan_started(orphan: &Session) -> String {
 }
 
 impl<P: Platform> Lab<'_, P> {
-    /// Whether the object still holds what `held` says (read again, right before a write).
-    pub(crate) async fn still(&self, held: &Held) -> Result<bool, StoreError> {
-        Ok(Held::of(&self.platform.load().await?) == *held)
-    }
-
     /// Asks lab `lab` whether it lists VM `vm`.
     pub(crate) async fn owner(&self, lab: &str, vm: &str) -> Owner {
         let request = Request::Owns { vm: vm.to_string() };
         match self.platform.call(lab, request).await {
-            Ok((200, body)) => match serde_json::from_value::<OwnsAnswer>(body) {
-                Ok(OwnsAnswer { owns: true }) => Owner::Lists,
-                Ok(OwnsAnswer { owns: false }) => Owner::DoesNot,
-                Err(e) => Owner::Unreachable(format!("an unreadable answer: {e}")),
-            },
-            Ok((status, _)) => Owner::Unreachable(format!("it answered {status}")),
-            Err(e) => Owner::Unreachable(safe(&e, 200)),
+            Ok(Answer::Owns(OwnsAnswer { owns: true })) => Owner::Lists,
+            Ok(Answer::Owns(OwnsAnswer { owns: false })) => Owner::DoesNot,
+            Ok(Answer::Refused { status, .. }) | Err(ServiceError::Answered(status)) => {
+                Owner::Unreachable(format!("it answered {status}"))
+            }
+            Ok(other) => Owner::Unreachable(format!("an unreadable answer: {other:?}")),
+            Err(e) => Owner::Unreachable(safe(&e.to_string(), 200)),
         }
     }
 
@@ -242,18 +222,24 @@ impl<P: Platform> Lab<'_, P> {
             vm: vm.to_string(),
         };
         match self.platform.call(vm, request).await {
-            Ok((200, body)) => {
-                serde_json::from_value(body).unwrap_or_else(|e| ClaimAnswer::Unavailable {
-                    reason: format!("the object of worker VM {vm} answered unreadably ({e})"),
-                })
+            Ok(Answer::Claim(answer)) => answer,
+            Ok(Answer::Refused { status, .. }) | Err(ServiceError::Answered(status)) => {
+                ClaimAnswer::Unavailable {
+                    reason: format!("the object of worker VM {vm} answered {status}"),
+                }
             }
-            Ok((status, _)) => ClaimAnswer::Unavailable {
-                reason: format!("the object of worker VM {vm} answered {status}"),
+            Ok(other) => ClaimAnswer::Unavailable {
+                reason: format!("the object of worker VM {vm} answered unreadably ({other:?})"),
             },
+            Err(ServiceError::Failed(e)) if e.starts_with("an unreadable answer") => {
+                ClaimAnswer::Unavailable {
+                    reason: format!("the object of worker VM {vm} answered unreadably ({e})"),
+                }
+            }
             Err(e) => ClaimAnswer::Unavailable {
                 reason: format!(
                     "the object of worker VM {vm} did not answer ({})",
-                    safe(&e, 200)
+                    safe(&e.to_string(), 200)
                 ),
             },
         }
@@ -289,7 +275,7 @@ impl<P: Platform> Lab<'_, P> {
                 self.warn(format!(
                     "The index row of the cancelled orphan cleanup of VM {} could not be deleted ({}); trying again at {}",
                     claim.vm,
-                    safe(&e, 200),
+                    safe(&e.to_string(), 200),
                     rfc3339(again)
                 ));
                 self.platform.set_alarm(again).await

@@ -75,11 +75,12 @@ impl<P: Platform> Lab<'_, P> {
                 }
             })
             .collect();
-        let results: Vec<(String, Result<u16, String>)> = stream::iter(deliveries.iter())
-            .map(|d| async move { (d.id.clone(), p.send(d).await) })
-            .buffer_unordered(DELIVERY_CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(String, Result<u16, crate::lab::error::ServiceError>)> =
+            stream::iter(deliveries.iter())
+                .map(|d| async move { (d.id.clone(), p.send(d).await) })
+                .buffer_unordered(DELIVERY_CONCURRENCY)
+                .collect()
+                .await;
 
         let Some(mut session) = self.load().await? else {
             return Ok(());

@@ -16,7 +16,8 @@ use crate::lab::ports::{
     WebhookSender,
 };
 use crate::lab::protocol::{ClaimAnswer, OwnsAnswer};
-use crate::lab::session::{Refusal, Session};
+use crate::lab::refusal::Refusal;
+use crate::lab::session::Session;
 
 pub use crate::lab::protocol::Request;
 pub use alarm::{AlarmDone, Woke};

@@ -3,13 +3,29 @@
 use crate::lab::index;
 use crate::lab::legacy::LegacyProblem;
 use crate::lab::ports::{Level, StoreError, Stored};
-use crate::lab::procedures::claims::Held;
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::session::bound::{self, Dropped};
 use crate::lab::session::claim::Claim;
 use crate::lab::session::Session;
 use crate::lab::text::rfc3339;
 use crate::lab::wake;
+
+/// What the object held when a procedure read it, to see before it writes that nothing changed
+/// while it waited on another object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Held {
+    Nothing,
+    Text(String),
+}
+
+impl Held {
+    pub(crate) fn of(stored: &Stored) -> Held {
+        match stored {
+            Stored::Record(text) | Stored::Claim(text) => Held::Text(text.clone()),
+            Stored::Legacy(_) | Stored::Empty => Held::Nothing,
+        }
+    }
+}
 
 /// What a request or an alarm finds in the object, once a legacy record has been adopted.
 pub(crate) enum Found {
@@ -26,6 +42,11 @@ fn decode(text: &str) -> Result<Session, StoreError> {
 }
 
 impl<P: Platform> Lab<'_, P> {
+    /// Whether the object still holds what `held` says (read again, right before a write).
+    pub(crate) async fn still(&self, held: &Held) -> Result<bool, StoreError> {
+        Ok(Held::of(&self.platform.load().await?) == *held)
+    }
+
     pub(crate) fn info(&self, line: String) {
         self.platform.log(Level::Info, &line);
     }

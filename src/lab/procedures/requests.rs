@@ -7,10 +7,11 @@ use crate::lab::procedures::claims::{orphan_started, Claiming, Owner};
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::Request;
 use crate::lab::procedures::{Lab, Platform, Reply};
+use crate::lab::refusal::Refusal;
 use crate::lab::retry;
 use crate::lab::session::timeline::EventsPage;
 use crate::lab::session::{
-    By, EndReason, Event, Kind, LabType, NewSession, Origin, Refusal, Session, Status,
+    By, EndReason, Event, Kind, LabType, NewSession, Origin, Session, Status,
 };
 use crate::lab::text::rfc3339;
 

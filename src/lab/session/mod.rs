@@ -14,6 +14,7 @@ pub mod view;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lab::refusal::Refusal;
 pub use crate::lab::status::{LabType, Role, Status};
 pub use crate::lab::text::rfc3339;
 pub use outbox::{OutboxEvent, Snapshot};
@@ -206,22 +207,6 @@ pub struct Notices {
     pub stuck_notified: bool,
     /// Webhook events not yet delivered: at most one per event type (`bound`).
     pub outbox: Vec<OutboxEvent>,
-}
-
-/// Why a request was refused: the one list every procedure answers from, turned into an API
-/// error in one place (`api::error`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// No lab with this id.
-    NotFound,
-    /// The lab is past the state where the change makes sense (409).
-    Conflict(String),
-    /// The change itself is out of bounds (400).
-    Invalid(String),
-    /// The previous worker left this lab's record unreadable; it is kept as it is (500).
-    Unreadable(Vec<crate::lab::legacy::LegacyProblem>),
-    /// Another object the answer depends on did not answer: nothing changed, try again (503).
-    Unavailable(String),
 }
 
 impl Session {

@@ -85,7 +85,10 @@ impl crate::lab::ports::Allowance for Fake {
 }
 
 impl FleetStore for Fake {
-    async fn lookup(&self, vm_ids: &[String]) -> Result<Vec<KnownVm>, String> {
+    async fn lookup(
+        &self,
+        vm_ids: &[String],
+    ) -> Result<Vec<KnownVm>, crate::lab::error::ServiceError> {
         self.d1(1)?;
         // What the labs' objects did shows in the index (their rows follow their answers):
         // an orphan is a lab of its own being cleaned up, a VM deleted again is pending.
@@ -107,7 +110,10 @@ impl FleetStore for Fake {
             })
             .collect())
     }
-    async fn first_seen(&self, vm_ids: &[String]) -> Result<Vec<(String, i64)>, String> {
+    async fn first_seen(
+        &self,
+        vm_ids: &[String],
+    ) -> Result<Vec<(String, i64)>, crate::lab::error::ServiceError> {
         self.d1(1)?;
         let seen = self.seen.borrow();
         Ok(vm_ids
@@ -115,7 +121,11 @@ impl FleetStore for Fake {
             .filter_map(|id| seen.get(id).map(|at| (id.clone(), *at)))
             .collect())
     }
-    async fn remember_seen(&self, vm_ids: &[String], now_ms: i64) -> Result<(), String> {
+    async fn remember_seen(
+        &self,
+        vm_ids: &[String],
+        now_ms: i64,
+    ) -> Result<(), crate::lab::error::ServiceError> {
         if !vm_ids.is_empty() {
             self.d1(1)?;
         }
@@ -128,27 +138,38 @@ impl FleetStore for Fake {
         }
         Ok(())
     }
-    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, String> {
+    async fn tidy_seen(&self, now_ms: i64) -> Result<u64, crate::lab::error::ServiceError> {
         self.d1(2)?;
         let mut seen = self.seen.borrow_mut();
         seen.retain(|_, at| *at >= now_ms - crate::lab::index::SEEN_KEPT_MS);
         self.tidied.set(self.tidied.get() + 1);
         Ok(seen.len() as u64 + self.seen_padding.get())
     }
-    async fn save_reconciliation(&self, r: &Reconciliation) -> Result<(), String> {
+    async fn save_reconciliation(
+        &self,
+        r: &Reconciliation,
+    ) -> Result<(), crate::lab::error::ServiceError> {
         self.d1(2)?;
         self.saved.borrow_mut().push(r.clone());
         Ok(())
     }
-    async fn overdue(&self, _: i64, limit: u32) -> Result<Vec<String>, String> {
+    async fn overdue(
+        &self,
+        _: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, crate::lab::error::ServiceError> {
         self.d1(1)?;
         Ok(self.overdue.iter().take(limit as usize).cloned().collect())
     }
-    async fn state(&self, key: &str) -> Result<Option<String>, String> {
+    async fn state(&self, key: &str) -> Result<Option<String>, crate::lab::error::ServiceError> {
         self.d1(1)?;
         Ok(self.state.borrow().get(key).cloned())
     }
-    async fn set_state(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+    async fn set_state(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), crate::lab::error::ServiceError> {
         self.d1(1)?;
         let mut state = self.state.borrow_mut();
         match value {
@@ -173,7 +194,23 @@ impl InventorySource for Fake {
 }
 
 impl Labs for Fake {
-    async fn call(&self, lab: &str, request: Request) -> Result<(u16, serde_json::Value), String> {
+    async fn call(
+        &self,
+        lab: &str,
+        request: Request,
+    ) -> Result<crate::lab::protocol::Answer, crate::lab::error::ServiceError> {
+        let sent = request.clone();
+        let (status, body) = self.call_wire(lab, request).await?;
+        crate::lab::protocol::Answer::read(&sent, status, &body.to_string())
+    }
+}
+
+impl Fake {
+    async fn call_wire(
+        &self,
+        lab: &str,
+        request: Request,
+    ) -> Result<(u16, serde_json::Value), String> {
         self.charge(crate::lab::invocation::Meter::Service, 1)?;
         match request {
             Request::Orphan(vm) if self.taken.contains(&vm.lab_request_id) => {

@@ -6,8 +6,9 @@ use futures::executor::block_on;
 
 use super::*;
 use crate::lab::fleet::report::ReportedVm;
+use crate::lab::refusal::Refusal;
 use crate::lab::session::claim::Claim;
-use crate::lab::session::{Origin, Refusal};
+use crate::lab::session::Origin;
 use crate::lab::text::rfc3339;
 
 const HOUR: i64 = 60 * MINUTE;

@@ -313,7 +313,7 @@ fn legacy_records_are_adopted_or_kept() {
     assert!(world
         .log_has("is unreadable: key `lab_request_id` is a string holding the character U+000A"));
     match world.request(Request::Status).unwrap() {
-        Reply::Refused(crate::lab::session::Refusal::Unreadable(problems)) => {
+        Reply::Refused(crate::lab::refusal::Refusal::Unreadable(problems)) => {
             assert_eq!(problems.len(), 1)
         }
         other => panic!("{other:?}"),

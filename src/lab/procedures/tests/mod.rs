@@ -553,7 +553,11 @@ impl RecordStore for World {
 }
 
 impl FleetIndex for World {
-    async fn upsert(&self, row: &IndexRow, vms: &[crate::lab::index::VmRow]) -> Result<(), String> {
+    async fn upsert(
+        &self,
+        row: &IndexRow,
+        vms: &[crate::lab::index::VmRow],
+    ) -> Result<(), crate::lab::error::ServiceError> {
         self.charge(crate::lab::invocation::Meter::Service, 1)?;
         self.charge(
             crate::lab::invocation::Meter::D1Query,
@@ -576,7 +580,11 @@ impl FleetIndex for World {
         Ok(())
     }
 
-    async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), String> {
+    async fn delete(
+        &self,
+        lab_request_id: &str,
+        revision: u64,
+    ) -> Result<(), crate::lab::error::ServiceError> {
         self.charge(crate::lab::invocation::Meter::Service, 1)?;
         self.charge(
             crate::lab::invocation::Meter::D1Query,
@@ -600,7 +608,7 @@ impl FleetIndex for World {
 }
 
 impl WebhookSender for World {
-    async fn send(&self, delivery: &Delivery) -> Result<u16, String> {
+    async fn send(&self, delivery: &Delivery) -> Result<u16, crate::lab::error::ServiceError> {
         self.charge(crate::lab::invocation::Meter::External, 1)?;
         if self.receiver_down.get() {
             return Err("network error: connection refused".into());
@@ -689,6 +697,19 @@ impl crate::lab::ports::Labs for World {
         &self,
         lab_request_id: &str,
         request: Request,
+    ) -> Result<crate::lab::protocol::Answer, crate::lab::error::ServiceError> {
+        let sent = request.clone();
+        let (status, body) = self.call_wire(lab_request_id, request).await?;
+        crate::lab::protocol::Answer::read(&sent, status, &body.to_string())
+    }
+}
+
+impl World {
+    /// A request to a peer, answered as the object's adapter answers it on the wire.
+    async fn call_wire(
+        &self,
+        lab_request_id: &str,
+        request: Request,
     ) -> Result<(u16, serde_json::Value), String> {
         self.charge(crate::lab::invocation::Meter::Service, 1)?;
         self.sent
@@ -719,7 +740,7 @@ impl crate::lab::ports::Labs for World {
 
 /// A reply as the object's adapter answers it: its status and JSON body.
 pub fn wire(reply: &Reply) -> (u16, serde_json::Value) {
-    use crate::lab::session::Refusal;
+    use crate::lab::refusal::Refusal;
     match reply {
         Reply::Lab {
             status, session, ..

@@ -1,7 +1,7 @@
 //! The requests' procedures: their answers, their refusals, and what they store.
 
 use super::*;
-use crate::lab::session::Refusal;
+use crate::lab::refusal::Refusal;
 
 fn status_of(reply: Reply) -> u16 {
     match reply {

@@ -245,7 +245,7 @@ fn activity_keeps_a_lab_alive_until_its_hard_expiry_with_few_writes() {
     // Ended: activity is refused.
     assert!(matches!(
         world.request(Request::Activity).unwrap(),
-        Reply::Refused(crate::lab::session::Refusal::Conflict(_))
+        Reply::Refused(crate::lab::refusal::Refusal::Conflict(_))
     ));
 }
 
@@ -304,11 +304,11 @@ fn idle_timeout_defaults_to_the_setting_and_activity_needs_a_lab() {
     let empty = World::new(config(&[]));
     assert!(matches!(
         empty.request(Request::Activity).unwrap(),
-        Reply::Refused(crate::lab::session::Refusal::NotFound)
+        Reply::Refused(crate::lab::refusal::Refusal::NotFound)
     ));
     assert!(matches!(
         empty.request(Request::Events(Default::default())).unwrap(),
-        Reply::Refused(crate::lab::session::Refusal::NotFound)
+        Reply::Refused(crate::lab::refusal::Refusal::NotFound)
     ));
 }
 
