@@ -138,6 +138,55 @@ impl std::ops::Deref for WouldRefuse {
     }
 }
 
+/// What a bulk request begins: a dry run's preview, or the job to start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begun {
+    /// The labs the selector matches and what each would get (`preview`).
+    Preview(Vec<Value>),
+    /// The job, ready for its object (`Job::to_value`).
+    Start(Box<Job>),
+}
+
+/// Why a bulk request begins nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotBegun {
+    #[error(
+        "the selector matches {0} labs; a bulk action takes at most {MAX_BULK_LABS}: narrow it"
+    )]
+    TooMany(u64),
+    #[error(transparent)]
+    Index(#[from] ServiceError),
+}
+
+/// A bulk request (`POST /api/v1/labs/bulk`) at `now_ms`: the labs `plan` matches counted in the
+/// index (at most `MAX_BULK_LABS`), then the dry run's preview, or the job `job_id` to start
+/// (its `fingerprint` says which request it was, for `Idempotency-Key`).
+pub async fn begin(
+    index: &impl Candidates,
+    plan: Plan,
+    dry_run: bool,
+    (job_id, fingerprint): (String, String),
+    (unit_ms, max_minutes): (i64, u64),
+    now_ms: i64,
+) -> Result<Begun, NotBegun> {
+    let matched = index.count(&plan.selector).await?;
+    if matched > MAX_BULK_LABS {
+        return Err(NotBegun::TooMany(matched));
+    }
+    if dry_run {
+        return Ok(Begun::Preview(
+            preview(index, &plan, unit_ms, max_minutes).await?,
+        ));
+    }
+    Ok(Begun::Start(Box::new(Job::new(
+        job_id,
+        plan,
+        fingerprint,
+        matched,
+        now_ms,
+    ))))
+}
+
 /// What the action would do to `c`, from the index's copy of it (a dry run: the lab's object
 /// decides for real, under the same rules). `Err`: why it would be refused.
 pub fn would(
@@ -780,6 +829,36 @@ mod tests {
         assert_eq!(
             would(&c(Status::Retrying), Action::Retry, unit, 80),
             Ok("retry now".into())
+        );
+    }
+
+    #[test]
+    fn a_request_begins_a_preview_a_job_or_nothing() {
+        let f = fleet(30);
+        let plan = job(Action::End).plan;
+        let ids = || ("job-1".to_string(), "print".to_string());
+        let preview = block_on(begin(&f, plan.clone(), true, ids(), (60_000, 600), 5)).unwrap();
+        let Begun::Preview(labs) = preview else {
+            panic!("a dry run previews")
+        };
+        assert_eq!(labs.len(), 30);
+        assert_eq!(labs[0]["would"], "nothing: it is being cleaned up");
+        assert_eq!(labs[1]["would"], "end now");
+        assert!(f.got.borrow().is_empty(), "a dry run changes nothing");
+        let Begun::Start(job) =
+            block_on(begin(&f, plan.clone(), false, ids(), (60_000, 600), 5)).unwrap()
+        else {
+            panic!("a real run starts a job")
+        };
+        assert_eq!(
+            (job.id.as_str(), job.matched, job.visited),
+            ("job-1", 30, 0)
+        );
+        assert_eq!(job.fingerprint, "print");
+        let big = fleet(MAX_BULK_LABS as usize + 1);
+        assert_eq!(
+            block_on(begin(&big, plan, true, ids(), (60_000, 600), 5)),
+            Err(NotBegun::TooMany(MAX_BULK_LABS + 1))
         );
     }
 
