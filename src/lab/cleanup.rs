@@ -251,9 +251,6 @@ pub async fn run_attempt(
     plan: AttemptPlan,
     progress: &impl Progress,
 ) -> AttemptResult {
-    let info = |m: String| log.log(Level::Info, &m);
-    let master = session.lab_request_id.as_str();
-    let total = session.vm_count();
     let pending = session.pending();
     let calls = Calls {
         backend,
@@ -272,10 +269,53 @@ pub async fn run_attempt(
         timeouts: Cell::new(0),
         vms_left: Cell::new(pending.len()),
     };
+    announce(session, pending.len(), log);
+    let services = if pending.iter().any(|vm| vm.role == Role::Master) {
+        delete_services(&session.lab_request_id, &calls, log).await
+    } else {
+        None
+    };
+    let refusal = match &services {
+        Some(Deletion::Refused { retry_after_ms, .. }) => Some(*retry_after_ms),
+        _ => None,
+    };
+    let results = delete_vms(session, &pending, &calls, log, progress).await;
+    let mut tally = Tally::of(results, refusal);
+    if plan.policy == Policy::Fixed {
+        tally.refusal = None;
+    }
+    // The budget had no permit: like a refusal with its word on when to come back, whatever
+    // the retry policy (the budget is the fleet's, not one lab's guess).
+    if let Some(wait) = calls.budget_wait.get() {
+        tally.refusal = Some(Some(
+            tally.refusal.flatten().map_or(wait, |ra| ra.max(wait)),
+        ));
+    }
+    let ending = tally.ending(pending.len(), calls.capped.get());
+    report(session, &pending, &tally, &calls, ending, log);
+    AttemptResult {
+        outcome: Outcome {
+            successful_deletions: tally.deleted.len() + tally.already_gone.len(),
+            failed_deletions: tally.errors.len(),
+            errors: tally.errors,
+            not_tried: tally.not_tried,
+        },
+        deleted: tally.deleted,
+        already_gone: tally.already_gone,
+        services,
+        ending,
+        calls: calls.made.get(),
+        timeouts: calls.timeouts.get(),
+    }
+}
 
+/// The attempt's opening lines: which lab, what kind, how many VMs (the seed's words).
+fn announce(session: &Session, pending: usize, log: &impl Logger) {
+    let info = |m: String| log.log(Level::Info, &m);
+    let total = session.vm_count();
     info(format!(
-        "Alarm triggered for user {}, lab {master}",
-        session.user_id
+        "Alarm triggered for user {}, lab {}",
+        session.user_id, session.lab_request_id
     ));
     match session.lab_type() {
         LabType::MultiNode => {
@@ -291,151 +331,199 @@ pub async fn run_attempt(
     info(format!("Total VMs to delete: {total}"));
     if session.cleanup.attempts > 1 {
         info(format!(
-            "Attempt {}: {} of {total} VM{} still to delete",
+            "Attempt {}: {pending} of {total} VM{} still to delete",
             session.cleanup.attempts,
-            pending.len(),
             plural(total)
         ));
     }
+}
 
-    let services = if pending.iter().any(|vm| vm.role == Role::Master) {
-        delete_services(master, &calls, log).await
-    } else {
-        None
-    };
-    let mut refusal = match &services {
-        Some(Deletion::Refused { retry_after_ms, .. }) => Some(*retry_after_ms),
-        _ => None,
-    };
-
-    let results: Vec<(Vm<'_>, Option<Deletion>)> = stream::iter(pending.iter().copied())
-        .map(|vm| {
-            let calls = &calls;
-            async move {
-                // After a refusal the backend is overloaded: start no further call.
-                if calls.refused.get() {
-                    return (vm, None);
-                }
-                let left = calls.vms_left.get();
-                calls.vms_left.set(left.saturating_sub(1));
-                let Some(permit) = calls.permit(left.min(calls.plan.concurrency)).await else {
-                    return (vm, None);
-                };
-                info(format!(
-                    "Deleting {} VM for lab {}",
-                    vm.role.as_str(),
-                    vm.id
-                ));
-                let result = calls
-                    .make(permit, || calls.backend.delete_vm(vm.id, &session.user_id))
-                    .await;
-                match &result {
-                    Deletion::Deleted => {
-                        info(format!(
-                            "✅ {} VM deleted successfully ({})",
-                            vm.role.as_str(),
-                            vm.id
-                        ));
-                        progress.confirmed(vm.id, false).await;
-                    }
-                    Deletion::AlreadyGone => {
-                        info(format!(
-                            "✅ {} VM already deleted, backend answered 404 ({})",
-                            vm.role.as_str(),
-                            vm.id
-                        ));
-                        progress.confirmed(vm.id, true).await;
-                    }
-                    Deletion::Refused { error, .. } | Deletion::Failed(error) => log.log(
-                        Level::Error,
-                        &format!(
-                            "❌ Failed to delete {} VM {} (attempt {}): {error}",
-                            vm.role.as_str(),
-                            vm.id,
-                            session.cleanup.attempts
-                        ),
-                    ),
-                }
-                (vm, Some(result))
+/// Deletes the pending VMs, `plan.concurrency` at once; each with its result (`None`: not
+/// tried, after a refusal or past the invocation's limits).
+async fn delete_vms<'s, B: LabBackend, R: Runtime, G: Budget>(
+    session: &'s Session,
+    pending: &[Vm<'s>],
+    calls: &Calls<'_, B, R, G>,
+    log: &impl Logger,
+    progress: &impl Progress,
+) -> Vec<(Vm<'s>, Option<Deletion>)> {
+    stream::iter(pending.iter().copied())
+        .map(|vm| async move {
+            // After a refusal the backend is overloaded: start no further call.
+            if calls.refused.get() {
+                return (vm, None);
             }
+            let left = calls.vms_left.get();
+            calls.vms_left.set(left.saturating_sub(1));
+            let Some(permit) = calls.permit(left.min(calls.plan.concurrency)).await else {
+                return (vm, None);
+            };
+            (
+                vm,
+                Some(delete_one(session, vm, permit, calls, log, progress).await),
+            )
         })
-        .buffer_unordered(plan.concurrency.max(1))
+        .buffer_unordered(calls.plan.concurrency.max(1))
         .collect()
-        .await;
+        .await
+}
 
-    let mut deleted = Vec::new();
-    let mut already_gone = Vec::new();
-    let mut errors = Vec::new();
-    let mut not_tried = 0;
-    for (vm, result) in results {
-        match result {
-            None => not_tried += 1,
-            Some(Deletion::Deleted) => deleted.push(vm.id.to_string()),
-            Some(Deletion::AlreadyGone) => already_gone.push(vm.id.to_string()),
-            Some(Deletion::Refused {
-                retry_after_ms,
-                error,
-            }) => {
-                // The longest wait any refusal asked for; a refusal without one counts as none.
-                refusal = Some(match refusal {
-                    Some(Some(a)) => Some(retry_after_ms.map_or(a, |b| a.max(b))),
-                    Some(None) | None => retry_after_ms,
-                });
-                errors.push(DeletionError {
-                    lab_request_id: vm.id.to_string(),
+/// One VM's deletion with its permit, logged; a VM confirmed gone is reported to `progress`.
+async fn delete_one<B: LabBackend, R: Runtime, G: Budget>(
+    session: &Session,
+    vm: Vm<'_>,
+    permit: Permit,
+    calls: &Calls<'_, B, R, G>,
+    log: &impl Logger,
+    progress: &impl Progress,
+) -> Deletion {
+    let role = vm.role.as_str();
+    log.log(
+        Level::Info,
+        &format!("Deleting {role} VM for lab {}", vm.id),
+    );
+    let result = calls
+        .make(permit, || calls.backend.delete_vm(vm.id, &session.user_id))
+        .await;
+    match &result {
+        Deletion::Deleted => {
+            log.log(
+                Level::Info,
+                &format!("✅ {role} VM deleted successfully ({})", vm.id),
+            );
+            progress.confirmed(vm.id, false).await;
+        }
+        Deletion::AlreadyGone => {
+            log.log(
+                Level::Info,
+                &format!(
+                    "✅ {role} VM already deleted, backend answered 404 ({})",
+                    vm.id
+                ),
+            );
+            progress.confirmed(vm.id, true).await;
+        }
+        Deletion::Refused { error, .. } | Deletion::Failed(error) => log.log(
+            Level::Error,
+            &format!(
+                "❌ Failed to delete {role} VM {} (attempt {}): {error}",
+                vm.id, session.cleanup.attempts
+            ),
+        ),
+    }
+    result
+}
+
+/// The VMs' results, sorted: deleted, already gone, failed (with their errors), not tried; and
+/// the refusal, if any (`Some(retry_after)`: the longest wait a refusal asked for).
+struct Tally {
+    deleted: Vec<String>,
+    already_gone: Vec<String>,
+    errors: Vec<DeletionError>,
+    not_tried: usize,
+    refusal: Option<Option<i64>>,
+}
+
+impl Tally {
+    fn of(results: Vec<(Vm<'_>, Option<Deletion>)>, refusal: Option<Option<i64>>) -> Tally {
+        let mut t = Tally {
+            deleted: Vec::new(),
+            already_gone: Vec::new(),
+            errors: Vec::new(),
+            not_tried: 0,
+            refusal,
+        };
+        for (vm, result) in results {
+            let id = vm.id.to_string();
+            match result {
+                None => t.not_tried += 1,
+                Some(Deletion::Deleted) => t.deleted.push(id),
+                Some(Deletion::AlreadyGone) => t.already_gone.push(id),
+                Some(Deletion::Refused {
+                    retry_after_ms,
                     error,
-                })
+                }) => {
+                    // The longest wait any refusal asked for; one without counts as none.
+                    t.refusal = Some(match t.refusal {
+                        Some(Some(a)) => Some(retry_after_ms.map_or(a, |b| a.max(b))),
+                        Some(None) | None => retry_after_ms,
+                    });
+                    t.errors.push(DeletionError {
+                        lab_request_id: id,
+                        error,
+                    })
+                }
+                Some(Deletion::Failed(error)) => t.errors.push(DeletionError {
+                    lab_request_id: id,
+                    error,
+                }),
             }
-            Some(Deletion::Failed(error)) => errors.push(DeletionError {
-                lab_request_id: vm.id.to_string(),
-                error,
-            }),
+        }
+        t
+    }
+
+    /// VMs of the `pending` still undeleted.
+    fn left(&self, pending: usize) -> usize {
+        pending - self.deleted.len() - self.already_gone.len()
+    }
+
+    /// How the attempt ended; `capped`: the invocation's limits kept a call from starting.
+    fn ending(&self, pending: usize, capped: bool) -> Ending {
+        match (self.left(pending), self.refusal) {
+            (0, _) => Ending::Done,
+            (_, Some(retry_after_ms)) => Ending::Refused { retry_after_ms },
+            (_, None) if capped && self.not_tried > 0 => Ending::Continued,
+            (_, None) => Ending::Failed,
         }
     }
-    if plan.policy == Policy::Fixed {
-        refusal = None;
-    }
-    let outcome = Outcome {
-        successful_deletions: deleted.len() + already_gone.len(),
-        failed_deletions: errors.len(),
-        errors,
-        not_tried,
-    };
-    let left = pending.len() - outcome.successful_deletions;
+}
 
-    // The budget had no permit: like a refusal with its word on when to come back, whatever
-    // the retry policy (the budget is the fleet's, not one lab's guess).
-    let budget_wait = calls.budget_wait.get();
-    if let Some(wait) = budget_wait {
-        refusal = Some(Some(refusal.flatten().map_or(wait, |ra| ra.max(wait))));
+/// The attempt's closing lines: why calls stopped (the budget, a refusal, the limits), and
+/// what is deleted or left (the seed's words).
+fn report<B: LabBackend, R: Runtime, G: Budget>(
+    session: &Session,
+    pending: &[Vm<'_>],
+    tally: &Tally,
+    calls: &Calls<'_, B, R, G>,
+    ending: Ending,
+    log: &impl Logger,
+) {
+    let (attempt, not_tried, total) = (
+        session.cleanup.attempts,
+        tally.not_tried,
+        session.vm_count(),
+    );
+    if let Some(wait) = calls.budget_wait.get() {
         log.log(
             Level::Warn,
             &format!(
-                "⏸ The fleet's budget of backend calls is taken: no further call in attempt {}; {not_tried} VM{} not tried, back in {}",
-                session.cleanup.attempts,
+                "⏸ The fleet's budget of backend calls is taken: no further call in attempt {attempt}; {not_tried} VM{} not tried, back in {}",
                 plural(not_tried),
                 seconds(wait)
             ),
         );
-    } else if let Some(retry_after_ms) = refusal {
+    } else if let Some(retry_after_ms) = tally.refusal {
         log.log(
             Level::Warn,
             &format!(
-                "⏸ The backend is overloaded (429/503{}): no further call in attempt {}; {not_tried} VM{} not tried",
+                "⏸ The backend is overloaded (429/503{}): no further call in attempt {attempt}; {not_tried} VM{} not tried",
                 retry_after_ms
                     .map(|ms| format!(", Retry-After {}", seconds(ms)))
                     .unwrap_or_default(),
-                session.cleanup.attempts,
                 plural(not_tried)
             ),
         );
     }
+    let left = tally.left(pending.len());
     if left == 0 {
         // The seed's exact line, "all 1 VMs" included: dashboards and alerts match on it.
-        info(format!("✅ Successfully deleted all {total} VMs"));
+        log.log(
+            Level::Info,
+            &format!("✅ Successfully deleted all {total} VMs"),
+        );
     } else {
         // In the lab's order: the master first, then the workers as the create listed them.
-        let done: Vec<&String> = deleted.iter().chain(&already_gone).collect();
+        let done: Vec<&String> = tally.deleted.iter().chain(&tally.already_gone).collect();
         let still: Vec<&str> = pending
             .iter()
             .map(|vm| vm.id)
@@ -444,41 +532,23 @@ pub async fn run_attempt(
         log.log(
             Level::Warn,
             &format!(
-                "⚠️ {left} of {total} VM{} not deleted after attempt {} ({})",
+                "⚠️ {left} of {total} VM{} not deleted after attempt {attempt} ({})",
                 plural(total),
-                session.cleanup.attempts,
                 still.join(", "),
             ),
         );
     }
-
-    let ending = match (left, refusal) {
-        (0, _) => Ending::Done,
-        (_, Some(retry_after_ms)) => Ending::Refused { retry_after_ms },
-        (_, None) if calls.capped.get() && not_tried > 0 => Ending::Continued,
-        (_, None) => Ending::Failed,
-    };
     if ending == Ending::Continued {
         log.log(
             Level::Info,
             &format!(
-                "⏩ Attempt {} reached the invocation's limits ({} backend call{}, or its deadline); {not_tried} VM{} go on in the next attempt, in {}",
-                session.cleanup.attempts,
+                "⏩ Attempt {attempt} reached the invocation's limits ({} backend call{}, or its deadline); {not_tried} VM{} go on in the next attempt, in {}",
                 calls.granted.get(),
                 plural(calls.granted.get()),
                 plural(not_tried),
                 seconds(retry::CONTINUE_MS)
             ),
         );
-    }
-    AttemptResult {
-        deleted,
-        already_gone,
-        outcome,
-        services,
-        ending,
-        calls: calls.made.get(),
-        timeouts: calls.timeouts.get(),
     }
 }
 
