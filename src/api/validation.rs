@@ -127,7 +127,15 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
 /// is refused: two parsers that keep different copies are a known way to carry a value past a
 /// check.
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Strict>(body) {
+    // Read as text, as every other JSON of the worker is (one instance of the parser in the
+    // wasm, not two): bytes that are not UTF-8 are refused as the parser would refuse them.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        invalid(format!(
+            "request body is not valid JSON: invalid unicode code point at byte {}",
+            e.valid_up_to()
+        ))
+    })?;
+    match serde_json::from_str::<Strict>(text) {
         Ok(Strict(Value::Object(obj))) => Ok(obj),
         Ok(_) => Err(invalid("request body must be a JSON object")),
         Err(e) => {

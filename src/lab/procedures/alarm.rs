@@ -347,8 +347,19 @@ impl<P: Platform> Lab<'_, P> {
             attempts: session.cleanup.attempts,
             saved_at: std::cell::Cell::new(now),
             confirmed: std::cell::RefCell::new(Vec::new()),
+            saving: std::cell::Cell::new(false),
         };
-        let result = cleanup::run_attempt(&session, p, p, p, p, plan, &saver).await;
+        let result = {
+            // The attempt, and beside it a save of what it confirmed every `PROGRESS_SAVE_MS`
+            // while it waits (for a permit, a slow answer): a confirmation is never left unsaved
+            // for longer, whatever comes after it.
+            let attempt = std::pin::pin!(cleanup::run_attempt(&session, p, p, p, p, plan, &saver));
+            let flusher = std::pin::pin!(saver.every_few_seconds());
+            match futures::future::select(attempt, flusher).await {
+                futures::future::Either::Left((result, _)) => result,
+                futures::future::Either::Right((never, _)) => match never {},
+            }
+        };
         let done_at = p.now_ms();
         let mut next = retry::next_attempt_at(
             config.retry_policy,
@@ -544,6 +555,40 @@ struct Saver<'l, 'a, P: Platform> {
     attempts: u32,
     saved_at: std::cell::Cell<i64>,
     confirmed: std::cell::RefCell<Vec<(String, bool)>>,
+    /// A save is under way (the two callers never save over each other).
+    saving: std::cell::Cell<bool>,
+}
+
+impl<P: Platform> Saver<'_, '_, P> {
+    /// Saves what was confirmed and not saved yet, if `PROGRESS_SAVE_MS` has passed since the
+    /// last save. The attempt's end saves everything anyway: a failure here loses nothing.
+    async fn flush(&self) {
+        let now = self.lab.platform.now_ms();
+        if self.saving.get()
+            || self.confirmed.borrow().is_empty()
+            || now.saturating_sub(self.saved_at.get()) < PROGRESS_SAVE_MS
+        {
+            return;
+        }
+        self.saving.set(true);
+        self.saved_at.set(now);
+        let confirmed = self.confirmed.take();
+        if let Ok(Some(mut latest)) = self.lab.load().await {
+            if latest.cleanup.attempts == self.attempts && latest.add_confirmed(&confirmed) {
+                let _ = self.lab.save(&mut latest).await;
+            }
+        }
+        self.saving.set(false);
+    }
+
+    /// Flushes every `PROGRESS_SAVE_MS` for as long as the attempt runs (it never ends by
+    /// itself: the attempt's end drops it).
+    async fn every_few_seconds(&self) -> std::convert::Infallible {
+        loop {
+            self.lab.platform.sleep(PROGRESS_SAVE_MS as u64).await;
+            self.flush().await;
+        }
+    }
 }
 
 impl<P: Platform> cleanup::Progress for Saver<'_, '_, P> {
@@ -551,18 +596,7 @@ impl<P: Platform> cleanup::Progress for Saver<'_, '_, P> {
         self.confirmed
             .borrow_mut()
             .push((vm.to_string(), already_gone));
-        let now = self.lab.platform.now_ms();
-        if now.saturating_sub(self.saved_at.get()) < PROGRESS_SAVE_MS {
-            return;
-        }
-        self.saved_at.set(now);
-        let confirmed = self.confirmed.take();
-        // The attempt's end saves everything anyway: a failure here loses nothing.
-        if let Ok(Some(mut latest)) = self.lab.load().await {
-            if latest.cleanup.attempts == self.attempts && latest.add_confirmed(&confirmed) {
-                let _ = self.lab.save(&mut latest).await;
-            }
-        }
+        self.flush().await;
     }
 }
 

@@ -370,3 +370,48 @@ fn an_attempt_late_after_a_pause_is_spread_then_runs() {
     assert_eq!(block_on(world.lab().alarm()).unwrap().woke, Woke::Attempt);
     assert_eq!(status(&world), Some(Status::Completed));
 }
+
+/// A VM confirmed gone, then a long wait in the same attempt (a slow answer, a permit): the
+/// confirmation is saved within `PROGRESS_SAVE_MS` anyway, so an attempt cut short during the
+/// wait deletes it no second time.
+#[test]
+fn a_confirmation_before_a_long_wait_is_saved_within_seconds() {
+    use std::future::Future;
+    use std::task::Context;
+    let world = World::new(config(&[("CLEANUP_CONCURRENCY", "1")]));
+    let s = world.create(lab("m", &["w1", "w2"], 30));
+    // w1's answer takes a minute; m (deleted first) is confirmed just before.
+    world
+        .answer_at
+        .borrow_mut()
+        .insert("w1".into(), s.expires_at_ms + 60 * SECOND);
+    world.now.set(s.expires_at_ms);
+    world.alarm.set(None);
+    world.invocation();
+    {
+        let lab = world.lab();
+        let mut alarm = std::pin::pin!(lab.alarm());
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        // The runtime stops 10 s into the wait: the invocation is gone, unfinished. (Nothing
+        // but the attempt's own saving moves the clock while it waits.)
+        for _ in 0..10_000 {
+            if world.now.get() >= s.expires_at_ms + 10 * SECOND {
+                break;
+            }
+            assert!(alarm.as_mut().poll(&mut cx).is_pending(), "still waiting");
+        }
+    }
+    assert_eq!(world.vm_calls("m").len(), 1);
+    let saved = world.session().unwrap();
+    assert!(
+        saved.cleanup.deleted.iter().any(|d| d == "m"),
+        "m was saved while the attempt waited: {:?}",
+        saved.cleanup.deleted
+    );
+    // The next attempt (the alarm the attempt's start set) does not delete m again.
+    world.answer_at.borrow_mut().clear();
+    world.alarm.set(Some(world.now.get()));
+    world.run(T0 + 30 * 86_400_000);
+    assert_eq!(world.vm_calls("m").len(), 1, "m deleted once");
+    assert!(world.deleted().contains_key("w1") && world.deleted().contains_key("w2"));
+}

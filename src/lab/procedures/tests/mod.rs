@@ -112,6 +112,9 @@ pub struct World {
     /// How long each backend call takes (the clock moves by it), and one that times out.
     pub call_ms: Cell<i64>,
     pub timeout_ms: Cell<i64>,
+    /// VMs whose deletion gets no answer until the clock reaches this time (the call waits,
+    /// letting the rest of the invocation run meanwhile).
+    pub answer_at: RefCell<HashMap<String, i64>>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -188,6 +191,7 @@ impl World {
             exceeded: Cell::new(0),
             call_ms: Cell::new(0),
             timeout_ms: Cell::new(0),
+            answer_at: RefCell::new(HashMap::new()),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -628,6 +632,12 @@ impl LabBackend for World {
         lab_request_id: &str,
         _user_id: &str,
     ) -> Result<BackendReply, BackendError> {
+        let answer_at = self.answer_at.borrow().get(lab_request_id).copied();
+        if let Some(at) = answer_at {
+            while self.now.get() < at {
+                Yield(false).await;
+            }
+        }
         if self.deliver_during_delete.replace(false) {
             // Another event of the object runs while this call waits for the backend.
             self.lab().deliver_due().await.expect("the delivery");
@@ -783,6 +793,8 @@ impl Runtime for World {
 
     async fn sleep(&self, ms: u64) {
         self.now.set(self.now.get() + ms as i64);
+        // Other futures of the invocation run meanwhile (an attempt waiting for an answer).
+        Yield(false).await;
     }
 }
 
@@ -801,4 +813,22 @@ impl Logger for World {
 /// The status of the stored lab.
 pub fn status(world: &World) -> Option<Status> {
     world.session().map(|s| s.status())
+}
+
+/// Gives way once: `Pending` (waking itself at once), then `Ready`.
+pub struct Yield(pub bool);
+
+impl std::future::Future for Yield {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
