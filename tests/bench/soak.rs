@@ -30,8 +30,8 @@ impl Draw {
 }
 
 /// One status request of the prober: when it was sent (epoch ms) and how long it took to be
-/// answered with a 200 (`None`: an error or another status).
-type Probe = (u64, Option<u64>);
+/// answered (`Err`: why not: a 5xx, or the error).
+type Probe = (u64, Result<u64, String>);
 
 /// Asks for a lab's status every 250 ms, one at a time, until `stop`: the API must answer
 /// throughout the soak, whatever the cleanups do.
@@ -42,17 +42,19 @@ fn probe(addr: String, labs: Vec<String>, stop: Arc<AtomicBool>, out: Arc<Mutex<
         let lab = &labs[draw.below(labs.len() as u64) as usize];
         let sent = now_ms();
         let t = Instant::now();
-        let answered = mock_backend::http::request(
+        let answered = match mock_backend::http::request(
             &addr,
             "GET",
             &format!("/api/v1/labs/sessions/{lab}"),
             &[("Authorization", bearer.as_str())],
             b"",
             Duration::from_secs(10),
-        )
-        .ok()
-        .filter(|r| r.status == 200)
-        .map(|_| t.elapsed().as_millis() as u64);
+        ) {
+            // Any answer but a failure: a lab purged after its retention answers 404.
+            Ok(r) if r.status < 500 => Ok(t.elapsed().as_millis() as u64),
+            Ok(r) => Err(format!("{} {}", r.status, r.text())),
+            Err(e) => Err(e.kind().to_string()),
+        };
         out.lock().unwrap().push((sent, answered));
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -224,11 +226,23 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
         .lock()
         .unwrap()
         .iter()
-        .copied()
         .filter(|(at, _)| !down_windows.iter().any(|(a, b)| at >= a && at <= b))
+        .cloned()
         .collect();
-    let unanswered = up.iter().filter(|(_, ms)| ms.is_none()).count();
-    let mut latencies: Vec<u64> = up.iter().filter_map(|(_, ms)| *ms).collect();
+    let mut why: HashMap<String, usize> = HashMap::new();
+    for (_, answer) in &up {
+        if let Err(reason) = answer {
+            *why.entry(reason.chars().take(120).collect()).or_default() += 1;
+        }
+    }
+    for (reason, n) in &why {
+        eprintln!("soak: status unanswered {n} times: {reason}");
+    }
+    let unanswered = up.iter().filter(|(_, answer)| answer.is_err()).count();
+    let mut latencies: Vec<u64> = up
+        .iter()
+        .filter_map(|(_, answer)| answer.as_ref().ok().copied())
+        .collect();
     latencies.sort_unstable();
     let pct = |p: f64| -> u64 {
         latencies

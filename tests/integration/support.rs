@@ -330,7 +330,15 @@ impl Worker {
             ),
         ];
         vars.extend(self.extra_vars.iter().cloned());
-        let mut command = Command::new(root.join("node_modules/.bin/wrangler"));
+        // The local runtime keeps the SQLite files of every Durable Object it has touched open
+        // (three descriptors each): thousands of labs, each with an object per worker VM (its
+        // claim), pass a limit of 20,000 descriptors that the platform, which spreads objects
+        // over machines, does not have. Raised for the runtime where the system allows it.
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("ulimit -n 262144 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"")
+            .arg(root.join("node_modules/.bin/wrangler"));
         // The project's worker is built once per process: the code does not change under it.
         if self.skip_build || (self.config.is_none() && BUILT.load(Ordering::Relaxed)) {
             command.env("LABS_CLEANUP_SKIP_BUILD", "1");
