@@ -231,230 +231,60 @@ impl Config {
     /// reported missing where there is none).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-
+        let s = Settings(&get);
         let backend_url = get("BACKEND_URL").ok_or(ConfigError::Missing("BACKEND_URL"))?;
         let backend_url = http_url("BACKEND_URL", backend_url.trim().trim_end_matches('/'))?;
-        let number = |name, default, min, max| whole_number(&get, name, default, min, max);
-
-        use crate::lab::invocation::Plan;
-        let plan = match get("PLAN") {
-            None => Plan::Free,
-            Some(raw) => Plan::parse(&raw).ok_or(ConfigError::Invalid {
-                name: "PLAN",
-                expected: "\"free\" or \"paid\" (the account's Workers plan)".into(),
-                value: Some(raw),
-            })?,
-        };
-        let plan_external = plan.limits().external;
-        let subrequest_limit = number(
-            "SUBREQUEST_LIMIT",
-            plan_external,
-            CALLS_BESIDES_WORKERS + 1,
-            10_000_000,
-        )?;
-        if plan == Plan::Free && subrequest_limit > plan_external {
-            return Err(ConfigError::Invalid {
-                name: "SUBREQUEST_LIMIT",
-                expected: format!(
-                    "at most {plan_external} with PLAN=free (the Workers Free plan's subrequests per invocation); on Workers Paid set PLAN=paid"
-                ),
-                value: Some(subrequest_limit.to_string()),
-            });
-        }
-        let backend_timeout_seconds = number(
-            "BACKEND_TIMEOUT_SECONDS",
-            DEFAULT_BACKEND_TIMEOUT_SECONDS,
-            1,
-            600,
-        )?;
-        // The last call of an attempt must end within the alarm's wall time.
-        let wall_room = MAX_ATTEMPT_WALL_SECONDS.saturating_sub(backend_timeout_seconds);
-        let attempt_deadline_seconds = number(
-            "ATTEMPT_DEADLINE_SECONDS",
-            DEFAULT_ATTEMPT_DEADLINE_SECONDS.min(wall_room),
-            1,
-            MAX_ATTEMPT_DEADLINE_SECONDS,
-        )?;
-        if attempt_deadline_seconds > wall_room {
-            return Err(ConfigError::Invalid {
-                name: "ATTEMPT_DEADLINE_SECONDS",
-                expected: format!(
-                    "at most {wall_room} with BACKEND_TIMEOUT_SECONDS={backend_timeout_seconds}: the sum must stay within {MAX_ATTEMPT_WALL_SECONDS} s (an alarm has 15 minutes of wall time)"
-                ),
-                value: Some(attempt_deadline_seconds.to_string()),
-            });
-        }
-        // At most what a lab's record can hold (`session::bound`).
-        let max_worker_nodes = number(
-            "MAX_WORKER_NODES",
-            DEFAULT_MAX_WORKER_NODES as u64,
-            0,
-            MAX_WORKERS as u64,
-        )?;
-        // One attempt calls the backend once per VM plus once for the services: it must fit in
-        // one invocation's subrequests, or the last calls of a large lab would always fail.
-        if max_worker_nodes + CALLS_BESIDES_WORKERS > subrequest_limit {
-            return Err(ConfigError::Invalid {
-                name: "MAX_WORKER_NODES",
-                expected: format!(
-                    "at most SUBREQUEST_LIMIT minus {CALLS_BESIDES_WORKERS} ({}): one cleanup attempt makes a call per VM plus the services call",
-                    subrequest_limit - CALLS_BESIDES_WORKERS
-                ),
-                value: Some(max_worker_nodes.to_string()),
-            });
-        }
-
-        let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") => Ok(true),
-            Some(other) => Err(ConfigError::Invalid {
-                name,
-                expected: "\"true\" or \"false\"".into(),
-                value: Some(other.to_string()),
-            }),
-        };
-
-        let api_token = get("API_TOKEN");
-        let operator_token = get("OPERATOR_TOKEN");
-        // One token per role: with the same value, the frontend's server would hold every fleet
-        // route (every user's labs, retry now).
-        if api_token.is_some() && api_token == operator_token {
-            return Err(ConfigError::Invalid {
-                name: "OPERATOR_TOKEN",
-                expected: "different from API_TOKEN (one token per role)".into(),
-                value: None,
-            });
-        }
-
+        let calls = Calls::read(&s)?;
+        let (api_token, operator_token) = tokens(&s)?;
         Ok(Config {
             backend_url,
             backend_api_token: get("BACKEND_API_TOKEN"),
             api_token,
             operator_token,
-            stuck_after_attempts: number(
-                "STUCK_AFTER_ATTEMPTS",
-                DEFAULT_STUCK_AFTER_ATTEMPTS,
-                1,
-                1_000_000,
-            )? as u32,
-            dry_run: flag("DRY_RUN")?,
-            cleanup_retry_seconds: number(
-                "CLEANUP_RETRY_SECONDS",
-                DEFAULT_CLEANUP_RETRY_SECONDS,
-                1,
-                86_400,
-            )?,
-            duration_unit_seconds: number(
-                "DURATION_UNIT_SECONDS",
-                DEFAULT_DURATION_UNIT_SECONDS,
-                1,
-                3_600,
-            )?,
-            max_duration_minutes: number(
-                "MAX_DURATION_MINUTES",
-                DEFAULT_MAX_DURATION_MINUTES,
-                1,
-                525_600,
-            )?,
-            max_worker_nodes: max_worker_nodes as usize,
-            cleanup_concurrency: number(
-                "CLEANUP_CONCURRENCY",
-                MAX_CONCURRENT_CONNECTIONS as u64,
-                1,
-                MAX_CONCURRENT_CONNECTIONS as u64,
-            )? as usize,
-            backend_timeout_seconds,
-            retention_days: number("RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 0, 3_650)?,
-            retention_unit_seconds: number(
-                "RETENTION_UNIT_SECONDS",
-                DEFAULT_RETENTION_UNIT_SECONDS,
-                1,
-                86_400,
-            )?,
-            plan,
-            subrequest_limit,
-            enforce_plan_limits: flag("ENFORCE_PLAN_LIMITS")?,
-            attempt_deadline_seconds,
-            retry_policy: match get("RETRY_POLICY") {
-                None => Policy::Adaptive,
-                Some(raw) => Policy::parse(&raw).ok_or(ConfigError::Invalid {
-                    name: "RETRY_POLICY",
-                    expected: "\"adaptive\" or \"fixed\"".into(),
-                    value: Some(raw),
-                })?,
-            },
+            stuck_after_attempts: s.number(STUCK_AFTER_ATTEMPTS)? as u32,
+            dry_run: s.flag("DRY_RUN")?,
+            cleanup_retry_seconds: s.number(CLEANUP_RETRY_SECONDS)?,
+            duration_unit_seconds: s.number(DURATION_UNIT_SECONDS)?,
+            max_duration_minutes: s.number(MAX_DURATION_MINUTES)?,
+            max_worker_nodes: calls.max_worker_nodes as usize,
+            cleanup_concurrency: s.number(CLEANUP_CONCURRENCY)? as usize,
+            backend_timeout_seconds: calls.backend_timeout_seconds,
+            retention_days: s.number(RETENTION_DAYS)?,
+            retention_unit_seconds: s.number(RETENTION_UNIT_SECONDS)?,
+            plan: calls.plan,
+            subrequest_limit: calls.subrequest_limit,
+            enforce_plan_limits: s.flag("ENFORCE_PLAN_LIMITS")?,
+            attempt_deadline_seconds: calls.attempt_deadline_seconds,
+            retry_policy: s
+                .choice("RETRY_POLICY", Policy::parse, "\"adaptive\" or \"fixed\"")?
+                .unwrap_or(Policy::Adaptive),
             // With the fleet-wide budget, the budget paces a class expiring at once: no spread
             // unless one is asked for.
-            expiry_spread_seconds: number(
-                "EXPIRY_SPREAD_SECONDS",
-                if get("BACKEND_MAX_CONCURRENCY").is_some() {
+            expiry_spread_seconds: s.number(Number {
+                default: if get("BACKEND_MAX_CONCURRENCY").is_some() {
                     0
                 } else {
                     DEFAULT_EXPIRY_SPREAD_SECONDS
                 },
-                0,
-                3_600,
+                ..EXPIRY_SPREAD_SECONDS
+            })?,
+            log_storage_ops: s.flag("LOG_STORAGE_OPS")?,
+            orphan_grace_minutes: s.number(ORPHAN_GRACE_MINUTES)?,
+            orphan_confirm_minutes: s.number(ORPHAN_CONFIRM_MINUTES)?,
+            inventory_path: s.choice(
+                "INVENTORY_PATH",
+                backend_path,
+                "a path on the backend starting with /",
             )?,
-            log_storage_ops: flag("LOG_STORAGE_OPS")?,
-            orphan_grace_minutes: number(
-                "ORPHAN_GRACE_MINUTES",
-                DEFAULT_ORPHAN_GRACE_MINUTES,
-                0,
-                525_600,
-            )?,
-            orphan_confirm_minutes: number(
-                "ORPHAN_CONFIRM_MINUTES",
-                DEFAULT_ORPHAN_CONFIRM_MINUTES,
-                0,
-                10_080,
-            )?,
-            inventory_path: match get("INVENTORY_PATH") {
-                None => None,
-                Some(path) => {
-                    let path = path.trim();
-                    if !path.starts_with('/') || path.contains(char::is_whitespace) {
-                        return Err(ConfigError::Invalid {
-                            name: "INVENTORY_PATH",
-                            expected: "a path on the backend starting with /".into(),
-                            value: Some(path.to_string()),
-                        });
-                    }
-                    Some(path.to_string())
-                }
-            },
-            reconcile_act: flag("RECONCILE_ACT")?,
-            backend_max_concurrency: match get("BACKEND_MAX_CONCURRENCY") {
-                None => None,
-                Some(_) => Some(number("BACKEND_MAX_CONCURRENCY", 0, 1, 10_000)? as u32),
-            },
-            sweep_grace_seconds: number(
-                "SWEEP_GRACE_SECONDS",
-                DEFAULT_SWEEP_GRACE_SECONDS,
-                0,
-                86_400,
-            )?,
-            idle_timeout_minutes: match get("IDLE_TIMEOUT_MINUTES") {
-                None => None,
-                Some(_) => Some(number("IDLE_TIMEOUT_MINUTES", 0, 1, 525_600)?),
-            },
-            activity_write_seconds: number(
-                "ACTIVITY_WRITE_SECONDS",
-                DEFAULT_ACTIVITY_WRITE_SECONDS,
-                1,
-                3_600,
-            )?,
+            reconcile_act: s.flag("RECONCILE_ACT")?,
+            backend_max_concurrency: s.optional(BACKEND_MAX_CONCURRENCY)?.map(|n| n as u32),
+            sweep_grace_seconds: s.number(SWEEP_GRACE_SECONDS)?,
+            idle_timeout_minutes: s.optional(IDLE_TIMEOUT_MINUTES)?,
+            activity_write_seconds: s.number(ACTIVITY_WRITE_SECONDS)?,
             webhooks: webhooks(&get),
-            fleet_index: match get("FLEET_INDEX").as_deref().map(str::trim) {
-                None | Some("on") => true,
-                Some("off") => false,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        name: "FLEET_INDEX",
-                        expected: "\"on\" or \"off\"".into(),
-                        value: Some(other.to_string()),
-                    })
-                }
-            },
+            fleet_index: s
+                .choice("FLEET_INDEX", on_off, "\"on\" or \"off\"")?
+                .unwrap_or(true),
         })
     }
 
@@ -597,6 +427,274 @@ fn whole_number(
             }),
         },
     }
+}
+
+/// A whole-number setting: its name, default and bounds.
+#[derive(Debug, Clone, Copy)]
+struct Number {
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+}
+
+const fn num(name: &'static str, default: u64, min: u64, max: u64) -> Number {
+    Number {
+        name,
+        default,
+        min,
+        max,
+    }
+}
+
+const STUCK_AFTER_ATTEMPTS: Number = num(
+    "STUCK_AFTER_ATTEMPTS",
+    DEFAULT_STUCK_AFTER_ATTEMPTS,
+    1,
+    1_000_000,
+);
+const CLEANUP_RETRY_SECONDS: Number = num(
+    "CLEANUP_RETRY_SECONDS",
+    DEFAULT_CLEANUP_RETRY_SECONDS,
+    1,
+    86_400,
+);
+const DURATION_UNIT_SECONDS: Number = num(
+    "DURATION_UNIT_SECONDS",
+    DEFAULT_DURATION_UNIT_SECONDS,
+    1,
+    3_600,
+);
+const MAX_DURATION_MINUTES: Number = num(
+    "MAX_DURATION_MINUTES",
+    DEFAULT_MAX_DURATION_MINUTES,
+    1,
+    525_600,
+);
+const CLEANUP_CONCURRENCY: Number = num(
+    "CLEANUP_CONCURRENCY",
+    MAX_CONCURRENT_CONNECTIONS as u64,
+    1,
+    MAX_CONCURRENT_CONNECTIONS as u64,
+);
+const RETENTION_DAYS: Number = num("RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 0, 3_650);
+const RETENTION_UNIT_SECONDS: Number = num(
+    "RETENTION_UNIT_SECONDS",
+    DEFAULT_RETENTION_UNIT_SECONDS,
+    1,
+    86_400,
+);
+const EXPIRY_SPREAD_SECONDS: Number = num(
+    "EXPIRY_SPREAD_SECONDS",
+    DEFAULT_EXPIRY_SPREAD_SECONDS,
+    0,
+    3_600,
+);
+const ORPHAN_GRACE_MINUTES: Number = num(
+    "ORPHAN_GRACE_MINUTES",
+    DEFAULT_ORPHAN_GRACE_MINUTES,
+    0,
+    525_600,
+);
+const ORPHAN_CONFIRM_MINUTES: Number = num(
+    "ORPHAN_CONFIRM_MINUTES",
+    DEFAULT_ORPHAN_CONFIRM_MINUTES,
+    0,
+    10_080,
+);
+const BACKEND_MAX_CONCURRENCY: Number = num("BACKEND_MAX_CONCURRENCY", 0, 1, 10_000);
+const SWEEP_GRACE_SECONDS: Number = num(
+    "SWEEP_GRACE_SECONDS",
+    DEFAULT_SWEEP_GRACE_SECONDS,
+    0,
+    86_400,
+);
+const IDLE_TIMEOUT_MINUTES: Number = num("IDLE_TIMEOUT_MINUTES", 0, 1, 525_600);
+const ACTIVITY_WRITE_SECONDS: Number = num(
+    "ACTIVITY_WRITE_SECONDS",
+    DEFAULT_ACTIVITY_WRITE_SECONDS,
+    1,
+    3_600,
+);
+const BACKEND_TIMEOUT_SECONDS: Number = num(
+    "BACKEND_TIMEOUT_SECONDS",
+    DEFAULT_BACKEND_TIMEOUT_SECONDS,
+    1,
+    600,
+);
+
+/// The settings as set (a value of only white space counts as unset), read by kind.
+struct Settings<'g, G: Fn(&str) -> Option<String>>(&'g G);
+
+impl<G: Fn(&str) -> Option<String>> Settings<'_, G> {
+    fn number(&self, n: Number) -> Result<u64, ConfigError> {
+        whole_number(self.0, n.name, n.default, n.min, n.max)
+    }
+
+    /// A number that has no default: unset, `None`.
+    fn optional(&self, n: Number) -> Result<Option<u64>, ConfigError> {
+        match (self.0)(n.name) {
+            None => Ok(None),
+            Some(_) => self.number(n).map(Some),
+        }
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match (self.0)(name).as_deref().map(str::trim) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(ConfigError::Invalid {
+                name,
+                expected: "\"true\" or \"false\"".into(),
+                value: Some(other.to_string()),
+            }),
+        }
+    }
+
+    /// A setting read by `parse` (`None`: not one it takes, so `expected` says what is).
+    fn choice<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+        expected: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        match (self.0)(name) {
+            None => Ok(None),
+            Some(raw) => match parse(raw.trim()) {
+                Some(value) => Ok(Some(value)),
+                None => Err(ConfigError::Invalid {
+                    name,
+                    expected: expected.into(),
+                    value: Some(raw.trim().to_string()),
+                }),
+            },
+        }
+    }
+}
+
+fn on_off(raw: &str) -> Option<bool> {
+    match raw {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn backend_path(raw: &str) -> Option<String> {
+    (raw.starts_with('/') && !raw.contains(char::is_whitespace)).then(|| raw.to_string())
+}
+
+/// The settings that bound one invocation's calls, checked together: the plan, its
+/// subrequests, the per-call timeout, the attempt's deadline and the largest lab.
+struct Calls {
+    plan: crate::lab::invocation::Plan,
+    subrequest_limit: u64,
+    backend_timeout_seconds: u64,
+    attempt_deadline_seconds: u64,
+    max_worker_nodes: u64,
+}
+
+impl Calls {
+    fn read<G: Fn(&str) -> Option<String>>(s: &Settings<'_, G>) -> Result<Calls, ConfigError> {
+        use crate::lab::invocation::Plan;
+        let plan = s
+            .choice(
+                "PLAN",
+                Plan::parse,
+                "\"free\" or \"paid\" (the account's Workers plan)",
+            )?
+            .unwrap_or(Plan::Free);
+        let plan_external = plan.limits().external;
+        let subrequest_limit = s.number(num(
+            "SUBREQUEST_LIMIT",
+            plan_external,
+            CALLS_BESIDES_WORKERS + 1,
+            10_000_000,
+        ))?;
+        if plan == Plan::Free && subrequest_limit > plan_external {
+            return Err(ConfigError::Invalid {
+                name: "SUBREQUEST_LIMIT",
+                expected: format!(
+                    "at most {plan_external} with PLAN=free (the Workers Free plan's subrequests per invocation); on Workers Paid set PLAN=paid"
+                ),
+                value: Some(subrequest_limit.to_string()),
+            });
+        }
+        let backend_timeout_seconds = s.number(BACKEND_TIMEOUT_SECONDS)?;
+        Ok(Calls {
+            plan,
+            subrequest_limit,
+            backend_timeout_seconds,
+            attempt_deadline_seconds: attempt_deadline(s, backend_timeout_seconds)?,
+            max_worker_nodes: max_worker_nodes(s, subrequest_limit)?,
+        })
+    }
+}
+
+/// `ATTEMPT_DEADLINE_SECONDS`: the last call of an attempt must end within the alarm's wall time.
+fn attempt_deadline<G: Fn(&str) -> Option<String>>(
+    s: &Settings<'_, G>,
+    backend_timeout_seconds: u64,
+) -> Result<u64, ConfigError> {
+    let wall_room = MAX_ATTEMPT_WALL_SECONDS.saturating_sub(backend_timeout_seconds);
+    let deadline = s.number(num(
+        "ATTEMPT_DEADLINE_SECONDS",
+        DEFAULT_ATTEMPT_DEADLINE_SECONDS.min(wall_room),
+        1,
+        MAX_ATTEMPT_DEADLINE_SECONDS,
+    ))?;
+    if deadline > wall_room {
+        return Err(ConfigError::Invalid {
+            name: "ATTEMPT_DEADLINE_SECONDS",
+            expected: format!(
+                "at most {wall_room} with BACKEND_TIMEOUT_SECONDS={backend_timeout_seconds}: the sum must stay within {MAX_ATTEMPT_WALL_SECONDS} s (an alarm has 15 minutes of wall time)"
+            ),
+            value: Some(deadline.to_string()),
+        });
+    }
+    Ok(deadline)
+}
+
+/// `MAX_WORKER_NODES`: at most what a lab's record can hold (`session::bound`), and one
+/// attempt (a call per VM plus the services call) within one invocation's subrequests, or the
+/// last calls of a large lab would always fail.
+fn max_worker_nodes<G: Fn(&str) -> Option<String>>(
+    s: &Settings<'_, G>,
+    subrequest_limit: u64,
+) -> Result<u64, ConfigError> {
+    let workers = s.number(num(
+        "MAX_WORKER_NODES",
+        DEFAULT_MAX_WORKER_NODES as u64,
+        0,
+        MAX_WORKERS as u64,
+    ))?;
+    if workers + CALLS_BESIDES_WORKERS > subrequest_limit {
+        return Err(ConfigError::Invalid {
+            name: "MAX_WORKER_NODES",
+            expected: format!(
+                "at most SUBREQUEST_LIMIT minus {CALLS_BESIDES_WORKERS} ({}): one cleanup attempt makes a call per VM plus the services call",
+                subrequest_limit - CALLS_BESIDES_WORKERS
+            ),
+            value: Some(workers.to_string()),
+        });
+    }
+    Ok(workers)
+}
+
+/// `API_TOKEN` and `OPERATOR_TOKEN`: one token per role (with the same value, the frontend's
+/// server would hold every fleet route: every user's labs, retry now).
+fn tokens<G: Fn(&str) -> Option<String>>(
+    s: &Settings<'_, G>,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let (api_token, operator_token) = ((s.0)("API_TOKEN"), (s.0)("OPERATOR_TOKEN"));
+    if api_token.is_some() && api_token == operator_token {
+        return Err(ConfigError::Invalid {
+            name: "OPERATOR_TOKEN",
+            expected: "different from API_TOKEN (one token per role)".into(),
+            value: None,
+        });
+    }
+    Ok((api_token, operator_token))
 }
 
 /// `WARN_BEFORE_MINUTES` as stages: whole minutes, largest first, repeats dropped.
