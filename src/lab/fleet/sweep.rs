@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use crate::lab::error::ServiceError;
 use crate::lab::fleet::inventory::{self, Counts, Reconciliation, Run, Source};
-use crate::lab::fleet::report::{PageError, ReportedVm, MAX_CURSOR_BYTES};
+use crate::lab::fleet::report::{Page, PageError, ReportedVm, MAX_CURSOR_BYTES};
 use crate::lab::fleet::{FleetStore, InventorySource, Labs, RunRecord};
 use crate::lab::invocation::Meter;
 use crate::lab::ports::{Allowance, Level, Logger};
@@ -85,7 +85,54 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
     pages: usize,
     now_ms: i64,
 ) -> Result<Counts, ServiceError> {
-    let mut cursor = match fleet.state(CURSOR_KEY).await? {
+    let mut pull = Pull {
+        cursor: stored_cursor(fleet).await?,
+        run: Run::keeping(RESERVED_SERVICES),
+        counts: Counts::default(),
+        asked: HashSet::new(),
+        contents: HashSet::new(),
+        restarted: false,
+        read: 0,
+    };
+    let mut failure = None;
+    while pull.read < pages.max(1) {
+        match pull.next_page(fleet, config, now_ms).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_none() && pull.cursor.is_none() {
+        // The pass ended (or looped): the next run starts from the first page.
+        if let Err(e) = fleet.set_state(CURSOR_KEY, None).await {
+            failure = Some(e);
+        }
+    }
+    if pull.read > 0 {
+        let saved = fleet
+            .save_reconciliation(&Reconciliation {
+                at_ms: now_ms,
+                source: Source::Pull,
+                act: config.reconcile_act,
+                counts: pull.counts.clone(),
+            })
+            .await;
+        if let (Err(e), None) = (saved, &failure) {
+            failure = Some(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(pull.counts),
+    }
+}
+
+/// Where the last run stopped, unless it is longer than any cursor this worker sends back.
+async fn stored_cursor<F: FleetStore + Logger>(fleet: &F) -> Result<Option<String>, ServiceError> {
+    Ok(match fleet.state(CURSOR_KEY).await? {
         Some(stored) if stored.len() > MAX_CURSOR_BYTES => {
             fleet.log(
                 Level::Warn,
@@ -96,56 +143,85 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
             None
         }
         stored => stored,
-    };
-    let mut run = Run::keeping(RESERVED_SERVICES);
-    let mut counts = Counts::default();
-    let mut asked: HashSet<Option<String>> = HashSet::new();
-    let mut contents: HashSet<u64> = HashSet::new();
-    let mut restarted = false;
-    let mut read = 0;
-    let mut failure = None;
-    while read < pages.max(1) {
+    })
+}
+
+/// A pull in progress: where it is, what it read and counted, and what it has seen (each
+/// cursor and each page's VMs once in a run).
+struct Pull {
+    cursor: Option<String>,
+    run: Run,
+    counts: Counts,
+    asked: HashSet<Option<String>>,
+    contents: HashSet<u64>,
+    restarted: bool,
+    read: usize,
+}
+
+impl Pull {
+    /// Reads and reconciles the next page and keeps the place after it. `Ok(false)`: the run
+    /// stops here (its limits, the pass's end, a loop).
+    async fn next_page<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
+        &mut self,
+        fleet: &F,
+        config: &Config,
+        now_ms: i64,
+    ) -> Result<bool, ServiceError> {
         if !page_fits(fleet, config, now_ms) {
             fleet.log(
                 Level::Info,
                 &format!(
-                    "Inventory: the run read {read} page{} within its invocation's limits; the next run goes on from here",
-                    if read == 1 { "" } else { "s" }
+                    "Inventory: the run read {} page{} within its invocation's limits; the next run goes on from here",
+                    self.read,
+                    if self.read == 1 { "" } else { "s" }
                 ),
             );
-            break;
+            return Ok(false);
         }
-        if !asked.insert(cursor.clone()) {
+        if !self.asked.insert(self.cursor.clone()) {
             fleet.log(
                 Level::Warn,
                 &format!(
                     "Inventory: the backend's next_cursor {} leads back to a page this run read already; the pass ends here",
-                    quoted(cursor.as_deref())
+                    quoted(self.cursor.as_deref())
                 ),
             );
-            cursor = None;
-            break;
+            self.cursor = None;
+            return Ok(false);
         }
-        let page = match fleet.page(cursor.as_deref()).await {
+        let page = match fleet.page(self.cursor.as_deref()).await {
             Ok(page) => page,
-            Err(PageError::Refused(status)) if cursor.is_some() && !restarted => {
+            Err(PageError::Refused(status)) if self.cursor.is_some() && !self.restarted => {
                 fleet.log(
                     Level::Warn,
                     &format!(
                         "Inventory: the backend refused the cursor {} ({status}); starting again from the first page",
-                        quoted(cursor.as_deref())
+                        quoted(self.cursor.as_deref())
                     ),
                 );
-                restarted = true;
-                cursor = None;
-                continue;
+                self.restarted = true;
+                self.cursor = None;
+                return Ok(true);
             }
-            Err(e) => {
-                failure = Some(ServiceError::Failed(e.to_string()));
-                break;
-            }
+            Err(e) => return Err(ServiceError::Failed(e.to_string())),
         };
-        read += 1;
+        self.read += 1;
+        let next = page.next_cursor.clone();
+        let Some(vms) = self.distinct_vms(fleet, page) else {
+            self.cursor = None;
+            return Ok(false);
+        };
+        let act = config.reconcile_act;
+        let answer = inventory::reconcile_in(fleet, config, &vms, act, now_ms, &mut self.run);
+        self.counts.add(&answer.await?.counts());
+        self.cursor = next;
+        fleet.set_state(CURSOR_KEY, self.cursor.as_deref()).await?;
+        Ok(self.cursor.is_some())
+    }
+
+    /// The page's VMs, each once, in id order, with a line for what is wrong with the page;
+    /// `None` when a page of this run held the same VMs already (the pass ends).
+    fn distinct_vms<F: Logger>(&mut self, fleet: &F, page: Page) -> Option<Vec<ReportedVm>> {
         if page.skipped > 0 {
             fleet.log(
                 Level::Error,
@@ -166,54 +242,14 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
         let mut vms = page.vms;
         vms.sort_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
         vms.dedup_by(|a, b| a.lab_request_id == b.lab_request_id);
-        if !vms.is_empty() && !contents.insert(fingerprint(&vms)) {
+        if !vms.is_empty() && !self.contents.insert(fingerprint(&vms)) {
             fleet.log(
                 Level::Warn,
                 "Inventory: a page holds the same VMs as a page this run read already; the pass ends here",
             );
-            cursor = None;
-            break;
+            return None;
         }
-        match inventory::reconcile_in(fleet, config, &vms, config.reconcile_act, now_ms, &mut run)
-            .await
-        {
-            Ok(answer) => counts.add(&answer.counts()),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-        cursor = page.next_cursor;
-        if let Err(e) = fleet.set_state(CURSOR_KEY, cursor.as_deref()).await {
-            failure = Some(e);
-            break;
-        }
-        if cursor.is_none() {
-            break;
-        }
-    }
-    if failure.is_none() && cursor.is_none() {
-        // The pass ended (or looped): the next run starts from the first page.
-        if let Err(e) = fleet.set_state(CURSOR_KEY, None).await {
-            failure = Some(e);
-        }
-    }
-    if read > 0 {
-        let saved = fleet
-            .save_reconciliation(&Reconciliation {
-                at_ms: now_ms,
-                source: Source::Pull,
-                act: config.reconcile_act,
-                counts,
-            })
-            .await;
-        if let (Err(e), None) = (saved, &failure) {
-            failure = Some(e);
-        }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(counts),
+        Some(vms)
     }
 }
 
