@@ -113,72 +113,91 @@ impl<P: Platform> Lab<'_, P> {
                 session.lab_request_id
             ));
         }
-        // Activity noted in memory and not written yet moves the idle deadline: it counts
-        // before anything is decided, and is written now if it matters.
-        let noted = self.platform.noted_activity();
-        let written = session.idle.last_activity_ms.unwrap_or(i64::MIN);
         let timing = self.config.timing();
-        if let Some(noted) = noted.filter(|&n| n > written) {
-            let before = wake::due(&session, now, &timing);
-            if (before.idle_end || before.idle_warn) && session.status() == Status::Scheduled {
-                session.idle.last_activity_ms = Some(noted);
-                session.record(Kind::Activity, noted);
-                if !wake::due(&session, now, &timing).any() {
-                    self.save(&mut session).await?;
-                    return Ok(AlarmDone::only(Woke::ActivityWritten));
-                }
-            }
+        if self.activity_first(&mut session, now, &timing).await? {
+            return Ok(AlarmDone::only(Woke::ActivityWritten));
         }
         let due = wake::due(&session, now, &timing);
         if due.purge {
             return self.purge(session).await.map(AlarmDone::only);
         }
         if !due.any() {
-            let Some(at_ms) = self.alarm_at(&session) else {
-                return Ok(AlarmDone::only(Woke::NothingLeft));
-            };
-            if session.status() != Status::Completed {
-                self.warn(format!(
-                    "Alarm for lab {} fired before anything was due; nothing deleted, re-armed for {}",
-                    session.lab_request_id,
-                    rfc3339(at_ms)
-                ));
-            }
-            self.platform.set_alarm(at_ms).await?;
-            return Ok(AlarmDone::only(Woke::NothingDue));
+            return self.rearm(&session).await;
         }
+        self.run_due(session, due, now, &timing).await
+    }
+
+    /// Activity noted in memory and not written yet moves the idle deadline: it counts before
+    /// anything is decided, and is written now if it matters. `true`: written, and then
+    /// nothing else is due.
+    async fn activity_first(
+        &self,
+        session: &mut Session,
+        now: i64,
+        timing: &wake::Timing,
+    ) -> Result<bool, StoreError> {
+        let noted = self.platform.noted_activity();
+        let written = session.idle.last_activity_ms.unwrap_or(i64::MIN);
+        let Some(noted) = noted.filter(|&n| n > written) else {
+            return Ok(false);
+        };
+        let before = wake::due(session, now, timing);
+        if !(before.idle_end || before.idle_warn) || session.status() != Status::Scheduled {
+            return Ok(false);
+        }
+        session.idle.last_activity_ms = Some(noted);
+        session.record(Kind::Activity, noted);
+        if wake::due(session, now, timing).any() {
+            return Ok(false);
+        }
+        self.save(session).await?;
+        Ok(true)
+    }
+
+    /// Nothing is due yet (the alarm fired early, or a second time): set again for when
+    /// something is.
+    async fn rearm(&self, session: &Session) -> Result<AlarmDone, StoreError> {
+        let Some(at_ms) = self.alarm_at(session) else {
+            return Ok(AlarmDone::only(Woke::NothingLeft));
+        };
+        if session.status() != Status::Completed {
+            self.warn(format!(
+                "Alarm for lab {} fired before anything was due; nothing deleted, re-armed for {}",
+                session.lab_request_id,
+                rfc3339(at_ms)
+            ));
+        }
+        self.platform.set_alarm(at_ms).await?;
+        Ok(AlarmDone::only(Woke::NothingDue))
+    }
+
+    /// What is due, in order: the warnings, an idle end, the attempt (put off when it fires
+    /// late) or the index row, and the deliveries.
+    async fn run_due(
+        &self,
+        mut session: Session,
+        mut due: wake::Due,
+        now: i64,
+        timing: &wake::Timing,
+    ) -> Result<AlarmDone, StoreError> {
         let mut woke = Woke::Deliveries;
         if due.warn || due.idle_warn {
             if due.warn {
-                self.warn_stages(&mut session, now, &timing);
+                self.warn_stages(&mut session, now, timing);
             }
             if due.idle_warn {
-                self.warn_idle(&mut session, now, &timing);
+                self.warn_idle(&mut session, now, timing);
             }
             self.save(&mut session).await?;
             woke = Woke::Warned;
         }
-        let mut due = due;
         if due.idle_end {
-            let idle_for = session
-                .idle
-                .timeout_minutes
-                .map(|m| format!("{m} minute{}", if m == 1 { "" } else { "s" }))
-                .unwrap_or_default();
-            session.end_now(now);
-            session.mark_ended(EndReason::Idle, now);
-            self.info(format!(
-                "Lab {} ended: no activity for {idle_for} (idle timeout); cleanup starts now",
-                session.lab_request_id
-            ));
-            self.persist(&mut session).await?;
+            self.end_idle(&mut session, now).await?;
             due.attempt = true;
-        }
-        if due.attempt && !due.idle_end {
+        } else if due.attempt {
             let late = wake::attempt_at(&session).map_or(0, |at| now.saturating_sub(at));
-            if let Some(delay) =
-                retry::late_start_delay(self.config.retry_policy, late, self.platform.random())
-            {
+            let random = self.platform.random();
+            if let Some(delay) = retry::late_start_delay(self.config.retry_policy, late, random) {
                 self.put_off(&mut session, now, late, delay).await?;
                 return Ok(AlarmDone {
                     woke: Woke::PutOff,
@@ -206,6 +225,22 @@ impl<P: Platform> Lab<'_, P> {
             woke,
             deliver: due.deliver || due.warn || due.idle_warn || due.attempt,
         })
+    }
+
+    /// The lab saw no activity for its idle timeout: it ends now, and its cleanup starts.
+    async fn end_idle(&self, session: &mut Session, now: i64) -> Result<(), StoreError> {
+        let idle_for = session
+            .idle
+            .timeout_minutes
+            .map(|m| format!("{m} minute{}", if m == 1 { "" } else { "s" }))
+            .unwrap_or_default();
+        session.end_now(now);
+        session.mark_ended(EndReason::Idle, now);
+        self.info(format!(
+            "Lab {} ended: no activity for {idle_for} (idle timeout); cleanup starts now",
+            session.lab_request_id
+        ));
+        self.persist(session).await
     }
 
     /// Puts off an attempt that fired `late` ms past its time by `delay` (see
