@@ -165,26 +165,59 @@ pub struct Gauges {
 /// are only this worker's own words (statuses, classes), never text from outside.
 pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-        out.push_str(&format!("# HELP labs_cleanup_{name} {help}\n"));
-        out.push_str(&format!("# TYPE labs_cleanup_{name} {kind}\n"));
-        for (labels_and_suffix, value) in samples {
-            out.push_str(&format!("labs_cleanup_{name}{labels_and_suffix} {value}\n"));
-        }
-    };
     let by_status: Vec<(String, String)> = gauges
         .by_status
         .iter()
         .map(|(s, n)| (format!("{{status=\"{s}\"}}"), n.to_string()))
         .collect();
+    let labs = "Labs in the fleet index, by status.";
+    family(&mut out, "labs", "gauge", labs, &by_status);
+    for (name, help, n) in single_gauges(gauges, levels) {
+        family(
+            &mut out,
+            name,
+            "gauge",
+            help,
+            &[(String::new(), n.to_string())],
+        );
+    }
     family(
-        "labs",
-        "gauge",
-        "Labs in the fleet index, by status.",
-        &by_status,
+        &mut out,
+        "cleanup_lag_seconds",
+        "histogram",
+        "How long VMs outlived their labs (completed_at - expires_at), labs completed in the last 24 hours.",
+        &lag_histogram(&levels.lags_ms),
     );
-    // The single gauges: name, help, value.
-    for (name, help, n) in [
+    if let Some((at, counts)) = &gauges.reconciliation {
+        let samples: Vec<(String, String)> = counts
+            .iter()
+            .map(|(class, n)| (format!("{{class=\"{class}\"}}"), n.to_string()))
+            .collect();
+        let vms = "The last inventory reconciliation's VMs, by class.";
+        family(&mut out, "reconciliation_vms", "gauge", vms, &samples);
+        family(
+            &mut out,
+            "reconciliation_timestamp_seconds",
+            "gauge",
+            "When the last inventory reconciliation ran (Unix seconds).",
+            &[(String::new(), seconds(*at))],
+        );
+    }
+    out
+}
+
+/// One metric family: its help and type lines, then its samples (labels or suffix, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+    out.push_str(&format!("# HELP labs_cleanup_{name} {help}\n"));
+    out.push_str(&format!("# TYPE labs_cleanup_{name} {kind}\n"));
+    for (labels_and_suffix, value) in samples {
+        out.push_str(&format!("labs_cleanup_{name}{labels_and_suffix} {value}\n"));
+    }
+}
+
+/// The gauges of one sample each: name, help, value.
+fn single_gauges(gauges: &Gauges, levels: &Levels) -> [(&'static str, &'static str, u64); 6] {
+    [
         (
             "stuck_labs",
             "Labs not completed after STUCK_AFTER_ATTEMPTS attempts.",
@@ -215,58 +248,24 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
             "Labs completed in the last 24 hours.",
             levels.completed_24h,
         ),
-    ] {
-        family(name, "gauge", help, &[(String::new(), n.to_string())]);
-    }
-    // The histogram of the last 24 hours' lags: a window, not a running total (read its buckets
-    // with histogram_quantile as they are; rate() does not apply).
+    ]
+}
+
+/// The histogram of the last 24 hours' lags: a window, not a running total (read its buckets
+/// with histogram_quantile as they are; rate() does not apply).
+fn lag_histogram(lags_ms: &[i64]) -> Vec<(String, String)> {
     let mut buckets: Vec<(String, String)> = LAG_BUCKETS_SECONDS
         .iter()
         .map(|le| {
-            let n = levels.lags_ms.iter().filter(|l| **l <= le * 1000).count();
+            let n = lags_ms.iter().filter(|l| **l <= le * 1000).count();
             (format!("_bucket{{le=\"{le}\"}}"), n.to_string())
         })
         .collect();
-    buckets.push((
-        "_bucket{le=\"+Inf\"}".into(),
-        levels.lags_ms.len().to_string(),
-    ));
-    buckets.push(("_count".into(), levels.lags_ms.len().to_string()));
-    buckets.push((
-        "_sum".into(),
-        seconds(
-            levels
-                .lags_ms
-                .iter()
-                .copied()
-                .fold(0i64, i64::saturating_add),
-        ),
-    ));
-    family(
-        "cleanup_lag_seconds",
-        "histogram",
-        "How long VMs outlived their labs (completed_at - expires_at), labs completed in the last 24 hours.",
-        &buckets,
-    );
-    if let Some((at, counts)) = &gauges.reconciliation {
-        let samples: Vec<(String, String)> = counts
-            .iter()
-            .map(|(class, n)| (format!("{{class=\"{class}\"}}"), n.to_string()))
-            .collect();
-        family(
-            "reconciliation_vms",
-            "gauge",
-            "The last inventory reconciliation's VMs, by class.",
-            &samples,
-        );
-        family(
-            "reconciliation_timestamp_seconds",
-            "gauge",
-            "When the last inventory reconciliation ran (Unix seconds).",
-            &[(String::new(), seconds(*at))],
-        );
-    }
-    out
+    buckets.push(("_bucket{le=\"+Inf\"}".into(), lags_ms.len().to_string()));
+    buckets.push(("_count".into(), lags_ms.len().to_string()));
+    let sum = lags_ms.iter().copied().fold(0i64, i64::saturating_add);
+    buckets.push(("_sum".into(), seconds(sum)));
+    buckets
 }
 
 #[cfg(test)]

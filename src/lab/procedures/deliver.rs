@@ -5,7 +5,7 @@ use futures::stream::{self, StreamExt};
 use crate::lab::config::Webhooks;
 use crate::lab::ports::{Delivery, StoreError};
 use crate::lab::procedures::{Lab, Platform};
-use crate::lab::session::OutboxEvent;
+use crate::lab::session::{OutboxEvent, Session};
 use crate::lab::text::rfc3339;
 use crate::lab::webhook::{self, AfterDelivery};
 
@@ -29,26 +29,7 @@ impl<P: Platform> Lab<'_, P> {
         };
         let p = self.platform;
         let now = p.now_ms();
-        // Within what the invocation has left: its subrequests, and time for a delivery to end
-        // within the alarm's wall time. The rest is due still: the next alarm delivers it.
-        let last_start = p
-            .invocation_started_ms()
-            .saturating_add(self.config.limits().wall_ms)
-            .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
-            .saturating_sub(self.config.webhook_timeout_ms());
-        let room = if now > last_start {
-            0
-        } else {
-            usize::try_from(p.left(crate::lab::invocation::Meter::External)).unwrap_or(usize::MAX)
-        };
-        let due: Vec<OutboxEvent> = session
-            .notices
-            .outbox
-            .iter()
-            .filter(|e| e.next_at_ms <= now)
-            .take(MAX_DELIVERIES_PER_WAKE.min(room))
-            .cloned()
-            .collect();
+        let due = self.due_within_limits(&session, now);
         if due.is_empty() {
             return Ok(());
         }
@@ -87,38 +68,76 @@ impl<P: Platform> Lab<'_, P> {
         };
         let at = p.now_ms();
         for (id, result) in results {
-            let Some(position) = session.notices.outbox.iter().position(|e| e.id == id) else {
-                continue;
-            };
-            let lab = session.lab_request_id.clone();
-            let event = &mut session.notices.outbox[position];
-            match webhook::after_delivery(event, result, at, &hooks.schedule) {
-                AfterDelivery::Delivered => {
-                    self.info(format!(
-                        "Event {} ({id}) for lab {lab} delivered (delivery {})",
-                        event.event_type, event.attempts
-                    ));
-                    session.notices.outbox.remove(position);
-                }
-                AfterDelivery::RetryAt(next) => self.warn(format!(
-                    "Event {} ({id}) for lab {lab} not delivered ({}); delivery {} at {}",
-                    event.event_type,
-                    event.last_error.as_deref().unwrap_or("?"),
-                    event.attempts.saturating_add(1),
-                    rfc3339(next)
-                )),
-                AfterDelivery::Dropped => {
-                    self.error(format!(
-                        "❌ Event {} ({id}) for lab {lab} dropped: not delivered in {} attempts over {} s (last: {})",
-                        event.event_type,
-                        event.attempts,
-                        hooks.schedule.max_age_ms / 1000,
-                        event.last_error.as_deref().unwrap_or("?")
-                    ));
-                    session.notices.outbox.remove(position);
-                }
-            }
+            self.after_delivery(&mut session, &id, result, at, &hooks.schedule);
         }
         self.save(&mut session).await
+    }
+
+    /// The events due at `now`, within what the invocation has left: its subrequests, and time
+    /// for a delivery to end within the alarm's wall time. The rest is due still: the next
+    /// alarm delivers it.
+    fn due_within_limits(&self, session: &Session, now: i64) -> Vec<OutboxEvent> {
+        let p = self.platform;
+        let last_start = p
+            .invocation_started_ms()
+            .saturating_add(self.config.limits().wall_ms)
+            .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
+            .saturating_sub(self.config.webhook_timeout_ms());
+        let room = if now > last_start {
+            0
+        } else {
+            usize::try_from(p.left(crate::lab::invocation::Meter::External)).unwrap_or(usize::MAX)
+        };
+        session
+            .notices
+            .outbox
+            .iter()
+            .filter(|e| e.next_at_ms <= now)
+            .take(MAX_DELIVERIES_PER_WAKE.min(room))
+            .cloned()
+            .collect()
+    }
+
+    /// The event `id` after its delivery at `at` got `result`: gone when delivered or too old,
+    /// else due again later; each with its line.
+    fn after_delivery(
+        &self,
+        session: &mut Session,
+        id: &str,
+        result: Result<u16, crate::lab::error::ServiceError>,
+        at: i64,
+        schedule: &webhook::Schedule,
+    ) {
+        let Some(position) = session.notices.outbox.iter().position(|e| e.id == id) else {
+            return;
+        };
+        let lab = session.lab_request_id.clone();
+        let event = &mut session.notices.outbox[position];
+        match webhook::after_delivery(event, result, at, schedule) {
+            AfterDelivery::Delivered => {
+                self.info(format!(
+                    "Event {} ({id}) for lab {lab} delivered (delivery {})",
+                    event.event_type, event.attempts
+                ));
+                session.notices.outbox.remove(position);
+            }
+            AfterDelivery::RetryAt(next) => self.warn(format!(
+                "Event {} ({id}) for lab {lab} not delivered ({}); delivery {} at {}",
+                event.event_type,
+                event.last_error.as_deref().unwrap_or("?"),
+                event.attempts.saturating_add(1),
+                rfc3339(next)
+            )),
+            AfterDelivery::Dropped => {
+                self.error(format!(
+                    "❌ Event {} ({id}) for lab {lab} dropped: not delivered in {} attempts over {} s (last: {})",
+                    event.event_type,
+                    event.attempts,
+                    schedule.max_age_ms / 1000,
+                    event.last_error.as_deref().unwrap_or("?")
+                ));
+                session.notices.outbox.remove(position);
+            }
+        }
     }
 }
