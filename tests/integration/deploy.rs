@@ -87,9 +87,11 @@ pub fn deploy_checks_refuse_a_configuration_that_would_not_work(_ctx: &crate::su
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("✘ secret API_TOKEN is not set"), "{out}");
 
+    // A bare deploy is refused by the build, before anything is uploaded. (A dry run is let
+    // through: it uploads nothing, and `wrangler check startup` builds through one.)
     let bare = Command::new(root().join("node_modules/.bin/wrangler"))
         .current_dir(root())
-        .args(["deploy", "--dry-run", "--env", "production"])
+        .args(["deploy", "--env", "production"])
         .env("WRANGLER_SEND_METRICS", "false")
         .env("CI", "true")
         .env_remove("LABS_CLEANUP_DEPLOY_CHECKED")
