@@ -371,11 +371,13 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
             sticky: false,
         });
     }
+    // On the Paid plan a run reads several pages (on Free, one: see the limits test).
     ctx.worker.restart_with(
         &[
             ("INVENTORY_PATH", "/api/v1/labs/inventory"),
             ("RECONCILE_ACT", "true"),
             ("SWEEP_GRACE_SECONDS", "1"),
+            ("PLAN", "paid"),
         ],
         &[],
     );
@@ -450,6 +452,7 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
             ("INVENTORY_PATH", ""),
             ("RECONCILE_ACT", "false"),
             ("SWEEP_GRACE_SECONDS", "300"),
+            ("PLAN", ""),
         ],
         &[],
     );

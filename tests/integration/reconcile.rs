@@ -178,10 +178,12 @@ pub fn creates_racing_acting_pushes_never_lose_a_vm(ctx: &Ctx) {
 /// make a run read a page twice, stop for good, or read a page whole.
 pub fn the_pull_races_no_create_and_survives_a_hostile_backend(ctx: &mut Ctx) {
     const N: usize = 100;
+    // On the Paid plan a run reads several pages (a loop within a run needs two).
     ctx.worker.restart_with(
         &[
             ("INVENTORY_PATH", "/api/v1/labs/inventory"),
             ("RECONCILE_ACT", "true"),
+            ("PLAN", "paid"),
         ],
         &[],
     );
@@ -330,8 +332,14 @@ pub fn the_pull_races_no_create_and_survives_a_hostile_backend(ctx: &mut Ctx) {
     assert_eq!(health.status, 200);
     ctx.mock.script_inventory(None);
     // Back to the shared settings.
-    ctx.worker
-        .restart_with(&[("INVENTORY_PATH", ""), ("RECONCILE_ACT", "false")], &[]);
+    ctx.worker.restart_with(
+        &[
+            ("INVENTORY_PATH", ""),
+            ("RECONCILE_ACT", "false"),
+            ("PLAN", ""),
+        ],
+        &[],
+    );
 }
 
 /// An operator's typo changes nothing: unknown fields of operator bodies are refused naming

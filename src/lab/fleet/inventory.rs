@@ -180,8 +180,42 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
         ..Answer::default()
     };
     let confirm_ms = config.duration_ms(config.orphan_confirm_minutes);
-    let mut unknown: Vec<&ReportedVm> = Vec::new();
-    let mut actions: Vec<Action> = Vec::new();
+    let (unknown, mut actions) = sort_out(vms, &known, confirm_ms, now_ms, &mut answer);
+    let seen = sightings(fleet, &unknown, act, now_ms, run).await?;
+    let grace_ms = config.duration_ms(config.orphan_grace_minutes);
+    for vm in unknown {
+        let first = seen.get(&vm.lab_request_id).copied();
+        // A creation time ahead of now says nothing: the first report counts instead.
+        let created = vm.created_at_ms.filter(|&at| at <= now_ms);
+        let since = created.or(first).unwrap_or(now_ms);
+        if now_ms.saturating_sub(since) < grace_ms {
+            continue;
+        }
+        match first {
+            Some(first) if now_ms.saturating_sub(first) >= confirm_ms && first < now_ms => {
+                actions.push(Action::Orphan(vm.clone()))
+            }
+            _ => answer.unconfirmed += 1,
+        }
+    }
+    if act {
+        act_within(fleet, actions, now_ms, run, &mut answer).await;
+    }
+    Ok(answer)
+}
+
+/// Each reported VM into its class in `answer`; the unknown ones (to be confirmed against
+/// their first reports), and the finished ones to delete again (their lab unchanged for
+/// `confirm_ms`).
+fn sort_out<'v>(
+    vms: &'v [ReportedVm],
+    known: &HashMap<String, KnownVm>,
+    confirm_ms: i64,
+    now_ms: i64,
+    answer: &mut Answer,
+) -> (Vec<&'v ReportedVm>, Vec<Action>) {
+    let mut unknown = Vec::new();
+    let mut actions = Vec::new();
     for vm in vms {
         let k = known.get(&vm.lab_request_id);
         let entry = Entry {
@@ -208,47 +242,38 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
             }
         }
     }
-    let seen = sightings(fleet, &unknown, act, now_ms, run).await?;
-    let grace_ms = config.duration_ms(config.orphan_grace_minutes);
-    for vm in unknown {
-        let first = seen.get(&vm.lab_request_id).copied();
-        // A creation time ahead of now says nothing: the first report counts instead.
-        let created = vm.created_at_ms.filter(|&at| at <= now_ms);
-        let since = created.or(first).unwrap_or(now_ms);
-        if now_ms.saturating_sub(since) < grace_ms {
-            continue;
-        }
-        match first {
-            Some(first) if now_ms.saturating_sub(first) >= confirm_ms && first < now_ms => {
-                actions.push(Action::Orphan(vm.clone()))
-            }
-            _ => answer.unconfirmed += 1,
-        }
-    }
-    if act {
-        actions.retain(|a| !run.acted.contains(a.vm()));
-        // Within the run's cap and what the invocation has left of its calls to services.
-        let services = fleet
-            .left(Meter::Service)
-            .saturating_sub(run.reserve_services);
-        let room = MAX_ACTIONS_PER_RUN
-            .saturating_sub(run.actions)
-            .min(usize::try_from(services).unwrap_or(usize::MAX));
-        answer.deferred = actions.len().saturating_sub(room);
-        actions.truncate(room);
-        run.actions += actions.len();
-        run.acted.extend(actions.iter().map(|a| a.vm().to_string()));
-        let done: Vec<Option<Scheduled>> = stream::iter(actions)
-            .map(|action| perform(fleet, action, now_ms))
-            .buffer_unordered(LAB_CALLS_AT_ONCE)
-            .collect()
-            .await;
-        answer.scheduled = done.into_iter().flatten().collect();
-        answer
-            .scheduled
-            .sort_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
-    }
-    Ok(answer)
+    (unknown, actions)
+}
+
+/// Takes `actions` not taken already in this run, within the run's cap and what the invocation
+/// has left of its calls to services; what they scheduled goes into `answer`.
+async fn act_within<F: Labs + Allowance + Logger>(
+    fleet: &F,
+    mut actions: Vec<Action>,
+    now_ms: i64,
+    run: &mut Run,
+    answer: &mut Answer,
+) {
+    actions.retain(|a| !run.acted.contains(a.vm()));
+    let services = fleet
+        .left(Meter::Service)
+        .saturating_sub(run.reserve_services);
+    let room = MAX_ACTIONS_PER_RUN
+        .saturating_sub(run.actions)
+        .min(usize::try_from(services).unwrap_or(usize::MAX));
+    answer.deferred = actions.len().saturating_sub(room);
+    actions.truncate(room);
+    run.actions += actions.len();
+    run.acted.extend(actions.iter().map(|a| a.vm().to_string()));
+    let done: Vec<Option<Scheduled>> = stream::iter(actions)
+        .map(|action| perform(fleet, action, now_ms))
+        .buffer_unordered(LAB_CALLS_AT_ONCE)
+        .collect()
+        .await;
+    answer.scheduled = done.into_iter().flatten().collect();
+    answer
+        .scheduled
+        .sort_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
 }
 
 /// When each unknown VM was first reported; an acting run remembers now for those reported for

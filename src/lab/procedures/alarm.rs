@@ -8,7 +8,7 @@ use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::retry;
-use crate::lab::session::{EndReason, Ending, Event, Kind, Session, Status};
+use crate::lab::session::{AttemptResult, EndReason, Ending, Event, Kind, Session, Status};
 use crate::lab::text::rfc3339;
 use crate::lab::wake;
 use crate::lab::webhook::{self, EventType};
@@ -362,20 +362,7 @@ impl<P: Platform> Lab<'_, P> {
         }
         self.persist(&mut session).await?;
 
-        let plan = AttemptPlan {
-            policy: config.retry_policy,
-            // After a refusal, one deletion at a time: the backend is behind.
-            concurrency: if session.cleanup.refused_last_attempt
-                && config.retry_policy == retry::Policy::Adaptive
-            {
-                1
-            } else {
-                config.cleanup_concurrency
-            },
-            spare_calls: spare_calls(&session, self.platform.left(Meter::External)),
-            max_calls: usize::try_from(self.platform.left(Meter::External)).unwrap_or(usize::MAX),
-            deadline_ms: self.attempt_deadline(now),
-        };
+        let plan = self.attempt_plan(&session, now);
         let p = self.platform;
         let saver = Saver {
             lab: self,
@@ -396,29 +383,7 @@ impl<P: Platform> Lab<'_, P> {
             }
         };
         let done_at = p.now_ms();
-        let mut next = retry::next_attempt_at(
-            config.retry_policy,
-            result.ending,
-            done_at,
-            config.retry_ms(),
-            p.random(),
-        );
-        // With the fleet's budget on, a lab whose calls keep timing out waits longer: timeouts
-        // are overload too, and a backend that slows down sends no Retry-After.
-        let streak = if result.timeouts > 0 && result.ending == Ending::Failed {
-            session.cleanup.timeout_streak.saturating_add(1)
-        } else {
-            0
-        };
-        if config.backend_max_concurrency.is_some() && streak > 0 {
-            next = next.map(|at| {
-                at.max(done_at.saturating_add(retry::timeout_backoff_ms(
-                    config.retry_ms(),
-                    streak,
-                    p.random(),
-                )))
-            });
-        }
+        let (next, streak) = self.next_attempt(&session, &result, done_at);
         // While the backend answered, a webhook delivery or an index write may have saved the
         // record: their results stay, the attempt's are added to them.
         let mut latest = match self.load().await? {
@@ -444,6 +409,58 @@ impl<P: Platform> Lab<'_, P> {
         self.persist(&mut latest).await?;
         // The row after the deletions, never before them: the index never holds up a cleanup.
         self.sync_index().await
+    }
+
+    /// How the attempt starting at `now` runs: its concurrency (one at a time after a refusal:
+    /// the backend is behind), its reconnects, and its calls and deadline within the plan.
+    fn attempt_plan(&self, session: &Session, now: i64) -> AttemptPlan {
+        let config = self.config;
+        let adaptive = config.retry_policy == retry::Policy::Adaptive;
+        let external_left = self.platform.left(Meter::External);
+        AttemptPlan {
+            policy: config.retry_policy,
+            concurrency: if session.cleanup.refused_last_attempt && adaptive {
+                1
+            } else {
+                config.cleanup_concurrency
+            },
+            spare_calls: spare_calls(session, external_left),
+            max_calls: usize::try_from(external_left).unwrap_or(usize::MAX),
+            deadline_ms: self.attempt_deadline(now),
+        }
+    }
+
+    /// When the attempt after `result` (ended at `done_at`) starts, if one is needed, and the
+    /// streak of attempts whose calls timed out: with the fleet's budget on, a lab whose calls
+    /// keep timing out waits longer (timeouts are overload too, and a backend that slows down
+    /// sends no Retry-After).
+    fn next_attempt(
+        &self,
+        session: &Session,
+        result: &AttemptResult,
+        done_at: i64,
+    ) -> (Option<i64>, u32) {
+        let (config, p) = (self.config, self.platform);
+        let next = retry::next_attempt_at(
+            config.retry_policy,
+            result.ending,
+            done_at,
+            config.retry_ms(),
+            p.random(),
+        );
+        let streak = if result.timeouts > 0 && result.ending == Ending::Failed {
+            session.cleanup.timeout_streak.saturating_add(1)
+        } else {
+            0
+        };
+        if config.backend_max_concurrency.is_none() || streak == 0 {
+            return (next, streak);
+        }
+        let backoff = retry::timeout_backoff_ms(config.retry_ms(), streak, p.random());
+        (
+            next.map(|at| at.max(done_at.saturating_add(backoff))),
+            streak,
+        )
     }
 
     /// When an attempt starting at `now` starts its last call: `ATTEMPT_DEADLINE_SECONDS` after

@@ -4,7 +4,7 @@ use crate::lab::fleet::report::ReportedVm;
 use crate::lab::ports::Level;
 use crate::lab::ports::StoreError;
 use crate::lab::procedures::claims::{orphan_started, Claiming, Owner};
-use crate::lab::procedures::record::Found;
+use crate::lab::procedures::record::{Found, Held};
 use crate::lab::procedures::Request;
 use crate::lab::procedures::{Lab, Platform, Reply};
 use crate::lab::refusal::Refusal;
@@ -104,83 +104,108 @@ impl<P: Platform> Lab<'_, P> {
     async fn try_create(&self, new: NewSession) -> Result<Option<Reply>, StoreError> {
         self.after_other_creates().await;
         let (found, held) = self.find_held().await?;
-        let mut waited = false;
-        let mut replaces = None;
-        let existing = match found {
+        let there = match self.what_is_there(found, &new).await {
+            Ok(there) => there,
+            Err(refusal) => return Ok(Some(Reply::Refused(refusal))),
+        };
+        match there.existing {
+            Some(existing) => Ok(Some(Self::again(existing, &new))),
+            None => {
+                self.schedule_new(new, &held, there.waited, there.replaces)
+                    .await
+            }
+        }
+    }
+
+    /// What the object holds for a create of `new`: a lab already (the same create again, or
+    /// another), an orphan cleanup that has not started (the lab replaces it), nothing, or a
+    /// claim of another lab that may no longer hold. `Err`: the create is refused.
+    async fn what_is_there(&self, found: Found, new: &NewSession) -> Result<There, Refusal> {
+        let mut there = There {
+            existing: None,
+            replaces: None,
+            waited: false,
+        };
+        match found {
             Found::Session(orphan)
                 if orphan.origin() == Origin::Inventory && orphan.cleanup.attempts == 0 =>
             {
-                replaces = Some(*orphan);
-                None
+                there.replaces = Some(*orphan);
             }
             Found::Session(orphan) if orphan.origin() == Origin::Inventory => {
-                return Ok(Some(Reply::Refused(Refusal::Conflict(orphan_started(
-                    &orphan,
-                )))))
+                return Err(Refusal::Conflict(orphan_started(&orphan)))
             }
-            Found::Session(existing) => Some(*existing),
-            Found::Nothing => None,
+            Found::Session(existing) => there.existing = Some(*existing),
+            Found::Nothing => {}
             Found::Claimed(_, claim) => {
-                waited = true;
+                there.waited = true;
                 match self.owner(&claim.lab, &new.lab_request_id).await {
-                    Owner::Lists => {
-                        return Ok(Some(Reply::Refused(Refusal::Conflict(format!(
-                            "VM {} is a worker VM of lab {}; it cannot be the master VM of another lab",
-                            new.lab_request_id, claim.lab
-                        )))))
-                    }
-                    Owner::Unreachable(e) => {
-                        return Ok(Some(Reply::Refused(Refusal::Unavailable(format!(
-                            "lab {}, which claimed VM {} as a worker VM, did not answer whether it still does ({e}); nothing was changed, try again",
-                            claim.lab, new.lab_request_id
-                        )))))
-                    }
-                    Owner::DoesNot => None,
+                    Owner::Lists => return Err(Refusal::Conflict(format!(
+                        "VM {} is a worker VM of lab {}; it cannot be the master VM of another lab",
+                        new.lab_request_id, claim.lab
+                    ))),
+                    Owner::Unreachable(e) => return Err(Refusal::Unavailable(format!(
+                        "lab {}, which claimed VM {} as a worker VM, did not answer whether it still does ({e}); nothing was changed, try again",
+                        claim.lab, new.lab_request_id
+                    ))),
+                    Owner::DoesNot => {}
                 }
             }
-            Found::Unreadable(problems) => {
-                return Ok(Some(Reply::Refused(Refusal::Unreadable(problems))))
+            Found::Unreadable(problems) => return Err(Refusal::Unreadable(problems)),
+        }
+        Ok(there)
+    }
+
+    /// Schedules the new lab: its workers claimed first, then written only over what was read
+    /// (`None`: the object changed meanwhile; the create runs again).
+    async fn schedule_new(
+        &self,
+        new: NewSession,
+        held: &Held,
+        mut waited: bool,
+        replaces: Option<Session>,
+    ) -> Result<Option<Reply>, StoreError> {
+        let mut session = self.scheduled(new);
+        let _claiming = Claiming::start(self.platform, &session.worker_lab_request_ids);
+        if !session.worker_lab_request_ids.is_empty() {
+            waited = true;
+            if let Err(refusal) = self.claim_workers(&session).await {
+                return Ok(Some(Reply::Refused(refusal)));
             }
-        };
-        let Some(existing) = existing else {
-            let mut session = self.scheduled(new);
-            let _claiming = Claiming::start(self.platform, &session.worker_lab_request_ids);
-            if !session.worker_lab_request_ids.is_empty() {
-                waited = true;
-                if let Err(refusal) = self.claim_workers(&session).await {
-                    return Ok(Some(Reply::Refused(refusal)));
-                }
-            }
-            // Waiting on other objects let other requests in: write only over what was read.
-            if waited && !self.still(&held).await? {
-                return Ok(None);
-            }
-            if let Some(orphan) = replaces {
-                // Its index row is this lab's from now on: the revisions go on from its.
-                session.sync.revision = orphan.sync.revision;
-                self.warn(format!(
-                    "The orphan cleanup of VM {} was cancelled before it started: lab {} was created for it",
-                    orphan.lab_request_id, session.lab_request_id
-                ));
-            }
-            let line = format!(
-                "Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
-                match session.lab_type() {
-                    LabType::SingleVm => "single VM",
-                    LabType::MultiNode => "multi-node",
-                },
-                session.lab_request_id,
-                session.user_id,
-                session.vm_count(),
-                if session.vm_count() == 1 { "" } else { "s" },
-                rfc3339(session.expires_at_ms)
-            );
-            return self.changed(session, 201, line).await.map(Some);
-        };
-        Ok(Some(match existing.status() {
+        }
+        // Waiting on other objects let other requests in: write only over what was read.
+        if waited && !self.still(held).await? {
+            return Ok(None);
+        }
+        if let Some(orphan) = replaces {
+            // Its index row is this lab's from now on: the revisions go on from its.
+            session.sync.revision = orphan.sync.revision;
+            self.warn(format!(
+                "The orphan cleanup of VM {} was cancelled before it started: lab {} was created for it",
+                orphan.lab_request_id, session.lab_request_id
+            ));
+        }
+        let line = format!(
+            "Scheduled cleanup of {} lab {} for user {} ({} VM{}) at {}",
+            match session.lab_type() {
+                LabType::SingleVm => "single VM",
+                LabType::MultiNode => "multi-node",
+            },
+            session.lab_request_id,
+            session.user_id,
+            session.vm_count(),
+            if session.vm_count() == 1 { "" } else { "s" },
+            rfc3339(session.expires_at_ms)
+        );
+        self.changed(session, 201, line).await.map(Some)
+    }
+
+    /// A create of a lab the object has already.
+    fn again(existing: Session, new: &NewSession) -> Reply {
+        match existing.status() {
             // A retried POST of the same lab: answer with the current state, change nothing (in
             // particular, do not push the expiry back).
-            Status::Scheduled if existing.same_request(&new) => Self::unchanged(200, existing),
+            Status::Scheduled if existing.same_request(new) => Self::unchanged(200, existing),
             Status::Scheduled => Reply::Refused(Refusal::Conflict(format!(
                 "lab {} is already scheduled with a different user_id, worker_nodes or duration",
                 existing.lab_request_id
@@ -190,7 +215,7 @@ impl<P: Platform> Lab<'_, P> {
                 existing.lab_request_id,
                 status.describe()
             ))),
-        }))
+        }
     }
 
     /// The session a create schedules now, not saved yet.
@@ -519,4 +544,12 @@ impl<P: Platform> Lab<'_, P> {
         ));
         Ok(Reply::Poked { revived: true })
     }
+}
+
+/// What a create found in the object (`Lab::what_is_there`).
+struct There {
+    existing: Option<Session>,
+    replaces: Option<Session>,
+    /// The answer waited on another object (the object may have changed meanwhile).
+    waited: bool,
 }
