@@ -117,7 +117,7 @@ pub async fn pull<F: FleetStore + Labs + InventorySource + Allowance + Logger>(
                 at_ms: now_ms,
                 source: Source::Pull,
                 act: config.reconcile_act,
-                counts: pull.counts.clone(),
+                counts: pull.counts,
             })
             .await;
         if let (Err(e), None) = (saved, &failure) {
