@@ -49,6 +49,49 @@ pub struct LegacyRecord {
     pub duration: LegacyValue,
 }
 
+/// The value, or `None` with its problem noted.
+fn keep<T>(problems: &mut Vec<LegacyProblem>, checked: Result<T, LegacyProblem>) -> Option<T> {
+    checked.map_err(|problem| problems.push(problem)).ok()
+}
+
+/// A legacy id key's value, checked as a create's.
+fn legacy_id(key: &'static str, value: &LegacyValue) -> Result<String, LegacyProblem> {
+    match value {
+        LegacyValue::Text(s) => match id_problem(s) {
+            None => Ok(s.clone()),
+            Some(problem) => Err(LegacyProblem {
+                key,
+                found: describe_bad_id(problem),
+                expected: EXPECTED_ID,
+            }),
+        },
+        other => Err(LegacyProblem {
+            key,
+            found: other.type_name().into(),
+            expected: EXPECTED_ID,
+        }),
+    }
+}
+
+/// The legacy `duration`: whole minutes from 1 to `max_minutes`.
+fn legacy_duration(value: &LegacyValue, max_minutes: u64) -> Result<u64, LegacyProblem> {
+    match value {
+        LegacyValue::Number(n)
+            if n.is_finite() && *n >= 1.0 && n.fract() == 0.0 && *n <= max_minutes as f64 =>
+        {
+            Ok(*n as u64)
+        }
+        other => Err(LegacyProblem {
+            key: "duration",
+            found: match other {
+                LegacyValue::Number(n) => format!("the number {}", decimal(*n)),
+                other => other.type_name().into(),
+            },
+            expected: EXPECTED_DURATION,
+        }),
+    }
+}
+
 impl LegacyRecord {
     /// Whether any legacy key is present at all (an object that holds none is not a legacy lab).
     pub fn is_present(&self) -> bool {
@@ -76,61 +119,21 @@ impl LegacyRecord {
         rules: &Rules,
     ) -> Result<Session, Vec<LegacyProblem>> {
         let mut problems = Vec::new();
-        let mut id = |key: &'static str, value: &LegacyValue| match value {
-            LegacyValue::Text(s) => match id_problem(s) {
-                None => Some(s.clone()),
-                Some(problem) => {
-                    problems.push(LegacyProblem {
-                        key,
-                        found: describe_bad_id(problem),
-                        expected: EXPECTED_ID,
-                    });
-                    None
-                }
-            },
-            other => {
-                problems.push(LegacyProblem {
-                    key,
-                    found: other.type_name().into(),
-                    expected: EXPECTED_ID,
-                });
-                None
-            }
-        };
-        let master = id("lab_request_id", &self.lab_request_id);
-        let user = id("user_id", &self.user_id);
-        let workers = match parse_worker_ids(
-            &self.worker_lab_request_ids,
-            master.as_deref(),
-            rules.max_workers,
-        ) {
-            Ok(ids) => Some(ids),
-            Err(problem) => {
-                problems.push(problem);
-                None
-            }
-        };
-        let duration = match self.duration {
-            LegacyValue::Number(n)
-                if n.is_finite()
-                    && n >= 1.0
-                    && n.fract() == 0.0
-                    && n <= rules.max_duration_minutes as f64 =>
-            {
-                Some(n as u64)
-            }
-            ref other => {
-                problems.push(LegacyProblem {
-                    key: "duration",
-                    found: match other {
-                        LegacyValue::Number(n) => format!("the number {}", decimal(*n)),
-                        other => other.type_name().into(),
-                    },
-                    expected: EXPECTED_DURATION,
-                });
-                None
-            }
-        };
+        let p = &mut problems;
+        let master = keep(p, legacy_id("lab_request_id", &self.lab_request_id));
+        let user = keep(p, legacy_id("user_id", &self.user_id));
+        let workers = keep(
+            p,
+            parse_worker_ids(
+                &self.worker_lab_request_ids,
+                master.as_deref(),
+                rules.max_workers,
+            ),
+        );
+        let duration = keep(
+            p,
+            legacy_duration(&self.duration, rules.max_duration_minutes),
+        );
         let (Some(lab_request_id), Some(user_id), Some(worker_lab_request_ids), Some(duration)) =
             (master, user, workers, duration)
         else {
