@@ -168,7 +168,7 @@ fn internal_requests_round_trip() {
             Ok(request)
         );
     }
-    assert!(Request::decode("POST", "/create", "{").is_err());
+    assert!(Request::decode("POST", "/create", "not json").is_err());
     assert!(Request::decode("PUT", "/end", "").is_err());
 }
 

@@ -70,6 +70,14 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         timeout_streak: u32::MAX,
         failing: true,
     };
+    fill_state(&mut s, workers);
+    fill_outbox(&mut s, workers);
+    s
+}
+
+/// Every other part of the record at its largest: the sync and notices state, the end reason,
+/// the idle state, the timeline's kept events, the jobs, the labels.
+fn fill_state(s: &mut Session, workers: usize) {
     s.extended_minutes = 525_600;
     s.adoption.adopted_at_ms = Some(BIG_I64);
     s.sync = Sync {
@@ -119,11 +127,15 @@ fn worst_case(workers: usize, failing: usize) -> Session {
             (key, costly(MAX_LABEL_VALUE_LEN))
         })
         .collect();
+}
+
+/// One event of every type in the outbox, each with its largest snapshot.
+fn fill_outbox(s: &mut Session, workers: usize) {
     // One event of every type, each with the snapshot its type can have at its largest:
     // `lab.expiring` is created while the lab is scheduled (no attempt, no outcome);
     // `lab.cleanup_completed` when every VM is done (no error left: errors are kept for pending
     // VMs only); `lab.cleanup_stuck` mid-cleanup, with the errors.
-    let stuck = Snapshot::of(&s);
+    let stuck = Snapshot::of(s);
     let scheduled = Snapshot {
         status: Status::Scheduled,
         attempts: 0,
@@ -154,14 +166,13 @@ fn worst_case(workers: usize, failing: usize) -> Session {
         (EventType::CleanupStuck, stuck),
     ] {
         let mut event =
-            OutboxEvent::new(kind.name(), &s, BIG_I64, format!("msg_{}", "f".repeat(32)));
+            OutboxEvent::new(kind.name(), s, BIG_I64, format!("msg_{}", "f".repeat(32)));
         event.attempts = u32::MAX;
         event.next_at_ms = BIG_I64;
         event.last_error = Some(costly(MAX_DELIVERY_ERROR_CHARS));
         event.snapshot = Some(snapshot);
         s.queue_event(event);
     }
-    s
 }
 
 fn size(s: &Session) -> usize {
