@@ -15,7 +15,7 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, web_sys, DurableObject, Env, Request, Response, Result, State};
 
 use crate::lab::config::Config;
-use crate::lab::fleet::budget::{Allocator, Asker, CallOutcome, Lease};
+use crate::lab::fleet::budget::{Allocator, Answered, Asker, CallOutcome, Lease, Then, Waiting};
 use crate::lab::ports::Permit;
 use crate::platform::runtime::{now_ms, within};
 use crate::platform::usage::{add, Usage};
@@ -29,12 +29,6 @@ const COORDINATOR: &str = "fleet";
 const MAX_WAIT_MS: i64 = 4_000;
 /// What "come back later" says.
 const COME_BACK_MS: i64 = 2_000;
-/// How long a lab's attempt keeps asking again after "come back later" before it ends and comes
-/// back as after a `Retry-After`. Asking again keeps its place (oldest expiry first) at the cost
-/// of one round trip per `MAX_WAIT_MS`; ending the attempt costs a save, an index write and a
-/// new alarm each time: 1,000 labs expiring together against a budget of 20 made 2,773 attempts
-/// that way, and the work starved the coordinator's answers on the local runtime.
-const WAIT_IN_ATTEMPT_MS: i64 = 60_000;
 /// How long a lab waits for the coordinator to answer at all before it calls without a permit:
 /// well past `MAX_WAIT_MS`, so a coordinator busy with a thousand waiting labs (each answered
 /// within `MAX_WAIT_MS` of its own turn) still counts as reachable. Measured with 1,000 labs
@@ -282,8 +276,8 @@ pub struct Permits {
     asking: RefCell<Option<Vec<oneshot::Sender<Asked>>>>,
     /// Counts the round trips to the coordinator.
     usage: Rc<Usage>,
-    /// Since when this invocation has been told to come back later, without a grant since.
-    waiting_since: std::cell::Cell<Option<i64>>,
+    /// Since when this invocation has been told to come back later (`lab::fleet::budget`).
+    waiting: std::cell::Cell<Waiting>,
 }
 
 impl Permits {
@@ -301,7 +295,7 @@ impl Permits {
             timeout_ms: (config.backend_timeout_seconds * 1000) as i64,
             spare: Rc::new(RefCell::new(Vec::new())),
             asking: RefCell::new(None),
-            waiting_since: std::cell::Cell::new(None),
+            waiting: std::cell::Cell::new(Waiting::default()),
         }
     }
 
@@ -372,26 +366,28 @@ impl Permits {
                     asked
                 }
             };
-            match asked {
-                Ok(None) => {
-                    self.waiting_since.set(None);
-                    continue;
-                }
-                Ok(Some(come_back)) => {
-                    let now = now_ms();
-                    let since = self.waiting_since.get().unwrap_or(now);
-                    self.waiting_since.set(Some(since));
-                    if now.saturating_sub(since) < WAIT_IN_ATTEMPT_MS {
-                        if come_back.retry_in_ms > 0 {
-                            let pause = come_back.retry_in_ms.min(WAIT_IN_ATTEMPT_MS) as u64;
-                            worker::Delay::from(Duration::from_millis(pause)).await;
-                        }
-                        continue;
+            let answered = match &asked {
+                Ok(None) => Answered::Granted,
+                Ok(Some(come_back)) => Answered::ComeBack {
+                    wait_ms: come_back.wait_ms,
+                    retry_in_ms: come_back.retry_in_ms,
+                },
+                Err(_) => Answered::Unreachable,
+            };
+            let mut waiting = self.waiting.get();
+            let then = waiting.after(answered, now_ms());
+            self.waiting.set(waiting);
+            match then {
+                Then::Go => continue,
+                Then::AskAgain { after_ms } => {
+                    if after_ms > 0 {
+                        worker::Delay::from(Duration::from_millis(after_ms as u64)).await;
                     }
-                    self.waiting_since.set(None);
-                    return Ok(Permit::Wait(come_back.wait_ms));
                 }
-                Err(e) => return Err(e),
+                Then::GiveUp { come_back_ms } => return Ok(Permit::Wait(come_back_ms)),
+                Then::CallAnyway => {
+                    return Err(asked.err().unwrap_or_else(|| "unreachable".into()))
+                }
             }
         }
     }

@@ -289,8 +289,115 @@ impl Allocator {
     }
 }
 
+/// How long a lab's attempt keeps asking the coordinator again after "come back later" before
+/// it ends and comes back as after a `Retry-After`. Asking again keeps its place (oldest expiry
+/// first) at the cost of one round trip per wait; ending the attempt costs a save, an index
+/// write and a new alarm each time: 1,000 labs expiring together against a budget of 20 made
+/// 2,773 attempts that way, and the work starved the coordinator's answers on the local runtime.
+pub const WAIT_IN_ATTEMPT_MS: i64 = 60_000;
+
+/// What a lab's attempt does after the coordinator's answer (`Waiting::after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Use the permits granted.
+    Go,
+    /// Ask again after this pause (0: at once; the coordinator held the request already).
+    AskAgain { after_ms: i64 },
+    /// Make no call in this attempt; the next one comes back after this long.
+    GiveUp { come_back_ms: i64 },
+    /// The coordinator did not answer: call without a permit (the budget may never stop a
+    /// cleanup).
+    CallAnyway,
+}
+
+/// The coordinator's answer to a request for permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Granted,
+    /// Come back later: `wait_ms` if the attempt gives up, after `retry_in_ms` if it asks again.
+    ComeBack {
+        wait_ms: i64,
+        retry_in_ms: i64,
+    },
+    Unreachable,
+}
+
+/// A lab's attempt waiting for permits: since when it has been told to come back, without a
+/// grant since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waiting {
+    since_ms: Option<i64>,
+}
+
+impl Waiting {
+    /// What to do after `answer` at `now_ms`.
+    pub fn after(&mut self, answer: Answered, now_ms: i64) -> Then {
+        match answer {
+            Answered::Granted => {
+                self.since_ms = None;
+                Then::Go
+            }
+            Answered::Unreachable => Then::CallAnyway,
+            Answered::ComeBack {
+                wait_ms,
+                retry_in_ms,
+            } => {
+                let since = *self.since_ms.get_or_insert(now_ms);
+                if now_ms.saturating_sub(since) < WAIT_IN_ATTEMPT_MS {
+                    Then::AskAgain {
+                        after_ms: retry_in_ms.clamp(0, WAIT_IN_ATTEMPT_MS),
+                    }
+                } else {
+                    self.since_ms = None;
+                    Then::GiveUp {
+                        come_back_ms: wait_ms,
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_asks_again_for_a_minute_then_comes_back_later() {
+        let mut w = Waiting::default();
+        let back = |retry_in_ms| Answered::ComeBack {
+            wait_ms: 2_000,
+            retry_in_ms,
+        };
+        assert_eq!(w.after(Answered::Granted, 0), Then::Go);
+        assert_eq!(w.after(back(0), 1_000), Then::AskAgain { after_ms: 0 });
+        // A full queue's pause is kept, within the minute.
+        assert_eq!(
+            w.after(back(6_000), 5_000),
+            Then::AskAgain { after_ms: 6_000 }
+        );
+        assert_eq!(
+            w.after(back(600_000), 9_000),
+            Then::AskAgain {
+                after_ms: WAIT_IN_ATTEMPT_MS
+            }
+        );
+        assert_eq!(w.after(back(-5), 9_000), Then::AskAgain { after_ms: 0 });
+        // A minute after the first "come back": the attempt ends, back in `wait_ms`.
+        assert_eq!(
+            w.after(back(0), 1_000 + WAIT_IN_ATTEMPT_MS),
+            Then::GiveUp {
+                come_back_ms: 2_000
+            }
+        );
+        // The next attempt waits its own minute; a grant in between starts it again.
+        assert_eq!(w.after(back(0), 100_000), Then::AskAgain { after_ms: 0 });
+        assert_eq!(w.after(Answered::Granted, 150_000), Then::Go);
+        assert_eq!(w.after(back(0), 170_000), Then::AskAgain { after_ms: 0 });
+        assert_eq!(w.after(back(0), 229_999), Then::AskAgain { after_ms: 0 });
+        // A coordinator that does not answer never holds a cleanup.
+        assert_eq!(w.after(Answered::Unreachable, 230_000), Then::CallAnyway);
+    }
     use super::*;
 
     const T: i64 = 1_000_000;
