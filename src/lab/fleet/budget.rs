@@ -398,7 +398,6 @@ mod tests {
         // A coordinator that does not answer never holds a cleanup.
         assert_eq!(w.after(Answered::Unreachable, 230_000), Then::CallAnyway);
     }
-    use super::*;
 
     const T: i64 = 1_000_000;
     const LAB: Asker = Asker {
