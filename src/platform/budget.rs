@@ -105,9 +105,11 @@ impl BackendBudget {
                 .get_or_insert_with(|| Allocator::new(ask.max, ask.lease_ms, ask.window_ms));
             // A full queue: ask again after a pause (spread), not one more connection held.
             if let Some(pause) = a.shed(now, crate::platform::runtime::random()) {
-                return Response::from_json(
-                    &serde_json::json!({ "wait_ms": COME_BACK_MS, "retry_in_ms": pause }),
-                );
+                return Response::from_json(&AcquireAnswer {
+                    wait_ms: Some(COME_BACK_MS),
+                    retry_in_ms: pause,
+                    ..AcquireAnswer::default()
+                });
             }
             let asker = Asker {
                 lab: &ask.lab,
@@ -149,7 +151,10 @@ impl BackendBudget {
         if let Some(a) = self.allocator.borrow_mut().as_mut() {
             a.cancel(ticket);
         }
-        Response::from_json(&serde_json::json!({ "wait_ms": COME_BACK_MS }))
+        Response::from_json(&AcquireAnswer {
+            wait_ms: Some(COME_BACK_MS),
+            ..AcquireAnswer::default()
+        })
     }
 
     fn state(&self) -> serde_json::Value {
@@ -164,8 +169,27 @@ impl BackendBudget {
 
 /// The answer to a request that got permits: their lease ids.
 fn granted(leases: &[Lease]) -> Result<Response> {
-    let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
-    Response::from_json(&serde_json::json!({ "leases": ids }))
+    Response::from_json(&AcquireAnswer {
+        leases: leases.iter().map(|l| l.id).collect(),
+        ..AcquireAnswer::default()
+    })
+}
+
+/// The coordinator's answer to `/acquire`, as it sends it and a lab reads it: the leases
+/// granted, or (none) when to come back: `wait_ms` if the attempt gives up, after
+/// `retry_in_ms` if it asks again (0: at once).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AcquireAnswer {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    leases: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    retry_in_ms: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl DurableObject for BackendBudget {
@@ -447,19 +471,21 @@ impl Drop for Permits {
 async fn ask_for(env: Env, ask: Acquire, spare: Rc<RefCell<Vec<(u64, i64)>>>) -> Asked {
     let body = serde_json::to_string(&ask).unwrap_or_default();
     match within(UNREACHABLE_AFTER, call(&env, "/acquire", body)).await {
-        Some(Ok(answer)) => match answer["leases"].as_array() {
-            Some(leases) if !leases.is_empty() => {
-                let now = now_ms();
-                spare
-                    .borrow_mut()
-                    .extend(leases.iter().filter_map(|l| l.as_u64()).map(|id| (id, now)));
-                Ok(None)
+        Some(Ok(answer)) => {
+            let answer: AcquireAnswer = serde_json::from_value(answer)
+                .map_err(|e| ServiceError::Failed(format!("an unreadable answer: {e}")))?;
+            if answer.leases.is_empty() {
+                return Ok(Some(ComeBack {
+                    wait_ms: answer.wait_ms.unwrap_or(COME_BACK_MS),
+                    retry_in_ms: answer.retry_in_ms.clamp(0, 60_000),
+                }));
             }
-            _ => Ok(Some(ComeBack {
-                wait_ms: answer["wait_ms"].as_i64().unwrap_or(COME_BACK_MS),
-                retry_in_ms: answer["retry_in_ms"].as_i64().unwrap_or(0).clamp(0, 60_000),
-            })),
-        },
+            let now = now_ms();
+            spare
+                .borrow_mut()
+                .extend(answer.leases.into_iter().map(|id| (id, now)));
+            Ok(None)
+        }
         Some(Err(e)) => Err(e),
         None => Err(ServiceError::Failed(format!(
             "no answer within {} s",
