@@ -1,6 +1,6 @@
 //! The protocol between the worker and a lab's object: every request the object understands, as the caller sends it and the object reads it, and the answers of the internal ones.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::lab::error::{Malformed, ServiceError};
 use crate::lab::fleet::report::ReportedVm;
@@ -52,7 +52,7 @@ pub enum Request {
 }
 
 /// The body of an internal orphan request.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct OrphanVm {
     lab_request_id: String,
     user_id: String,
@@ -60,20 +60,20 @@ struct OrphanVm {
 }
 
 /// The body of an internal claim request.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct ClaimFor {
     lab: String,
     vm: String,
 }
 
 /// The body of an internal delete-again request.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct AgainVm {
     vm: String,
 }
 
 /// The body of an internal extend request.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct ExtendBy {
     minutes: u64,
     by: By,
@@ -82,7 +82,7 @@ struct ExtendBy {
 }
 
 /// The body of an internal end request.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct EndBy {
     by: By,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,7 +90,7 @@ struct EndBy {
 }
 
 /// The body of an internal retry request (none from the single-lab route).
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct RetryFor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     job: Option<String>,
@@ -163,71 +163,95 @@ impl Request {
     }
 
     /// The request `encode` made, from its method, path and body; a reason when it is not one.
+    /// The small bodies are read from a JSON value (a derived deserializer each would cost the
+    /// wasm more than their few fields); a create and a page of events by their own types.
     pub fn decode(method: &str, path: &str, body: &str) -> Result<Request, Malformed> {
-        fn read<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, Malformed> {
-            serde_json::from_str(body)
-                .map_err(|e| Malformed(format!("unreadable internal request {path}: {e}")))
-        }
+        let bad = |why: String| Malformed(format!("unreadable internal request {path}: {why}"));
+        let json = || -> Result<serde_json::Value, Malformed> {
+            serde_json::from_str(body).map_err(|e| bad(e.to_string()))
+        };
         Ok(match (method, path) {
-            ("POST", "/create") => Request::Create(read(path, body)?),
+            ("POST", "/create") => {
+                Request::Create(serde_json::from_str(body).map_err(|e| bad(e.to_string()))?)
+            }
             ("GET", "/status") => Request::Status,
             ("GET", "/events") => Request::Events(EventsPage::default()),
-            ("POST", "/events") => Request::Events(read(path, body)?),
+            ("POST", "/events") => {
+                Request::Events(serde_json::from_str(body).map_err(|e| bad(e.to_string()))?)
+            }
             ("POST", "/end") => {
-                let end: EndBy = read(path, body)?;
+                let v = json()?;
                 Request::End {
-                    by: end.by,
-                    job: end.job,
+                    by: by(&v).ok_or_else(|| bad("by".into()))?,
+                    job: job(&v).map_err(bad)?,
                 }
             }
             ("POST", "/extend") => {
-                let by: ExtendBy = read(path, body)?;
+                let v = json()?;
                 Request::Extend {
-                    minutes: by.minutes,
-                    by: by.by,
-                    job: by.job,
+                    minutes: v["minutes"].as_u64().ok_or_else(|| bad("minutes".into()))?,
+                    by: by(&v).ok_or_else(|| bad("by".into()))?,
+                    job: job(&v).map_err(bad)?,
                 }
             }
-            ("POST", "/retry") => {
-                let retry: RetryFor = if body.is_empty() {
-                    RetryFor { job: None }
-                } else {
-                    read(path, body)?
-                };
-                Request::Retry { job: retry.job }
-            }
+            ("POST", "/retry") if body.is_empty() => Request::Retry { job: None },
+            ("POST", "/retry") => Request::Retry {
+                job: job(&json()?).map_err(bad)?,
+            },
             ("POST", "/activity") => Request::Activity,
             ("POST", "/orphan") => {
-                let vm: OrphanVm = read(path, body)?;
+                let v = json()?;
                 Request::Orphan(ReportedVm {
-                    lab_request_id: vm.lab_request_id,
-                    user_id: vm.user_id,
-                    created_at_ms: vm.created_at_ms,
+                    lab_request_id: text(&v, "lab_request_id").map_err(bad)?,
+                    user_id: text(&v, "user_id").map_err(bad)?,
+                    created_at_ms: v["created_at_ms"].as_i64(),
                 })
             }
-            ("POST", "/delete-again") => {
-                let again: AgainVm = read(path, body)?;
-                Request::DeleteAgain { vm: again.vm }
-            }
+            ("POST", "/delete-again") => Request::DeleteAgain {
+                vm: text(&json()?, "vm").map_err(bad)?,
+            },
             ("POST", "/poke") => Request::Poke,
             ("POST", "/claim") => {
-                let claim: ClaimFor = read(path, body)?;
+                let v = json()?;
                 Request::Claim {
-                    lab: claim.lab,
-                    vm: claim.vm,
+                    lab: text(&v, "lab").map_err(bad)?,
+                    vm: text(&v, "vm").map_err(bad)?,
                 }
             }
-            ("POST", "/owns") => {
-                let vm: AgainVm = read(path, body)?;
-                Request::Owns { vm: vm.vm }
-            }
+            ("POST", "/owns") => Request::Owns {
+                vm: text(&json()?, "vm").map_err(bad)?,
+            },
             _ => return Err(Malformed(format!("no internal route for {method} {path}"))),
         })
     }
 }
 
+/// A body's string field `key`.
+fn text(v: &serde_json::Value, key: &str) -> Result<String, String> {
+    v[key]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{key} must be a string"))
+}
+
+/// A body's `by`.
+fn by(v: &serde_json::Value) -> Option<By> {
+    v["by"].as_str().and_then(By::parse)
+}
+
+/// A body's `job`, if any.
+fn job(v: &serde_json::Value) -> Result<Option<String>, String> {
+    match &v["job"] {
+        serde_json::Value::Null => Ok(None),
+        other => other
+            .as_str()
+            .map(|j| Some(j.to_string()))
+            .ok_or_else(|| "job must be a string".into()),
+    }
+}
+
 /// A worker VM's object, asked by a create to claim the VM for its lab.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClaimAnswer {
     /// The VM is the lab's now (or was already). `cancelled_orphan`: an orphan cleanup of this
@@ -243,7 +267,7 @@ pub enum ClaimAnswer {
 }
 
 /// A lab's object, asked whether it lists a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct OwnsAnswer {
     pub owns: bool,
 }
@@ -274,20 +298,38 @@ pub enum Answer {
 }
 
 /// The body of a poke's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PokeAnswer {
     pub revived: bool,
 }
 
-/// The body of a refusal, as `api::error` writes it.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorMessage,
+/// The answers' bodies are read from a JSON value, not by derived deserializers: a derived
+/// one per answer costs the wasm more than the few fields they hold (docs/PERFORMANCE.md,
+/// "Size").
+fn text_of<'v>(v: &'v serde_json::Value, outer: &str, inner: &str) -> Option<&'v str> {
+    v.get(outer)?.get(inner)?.as_str()
 }
 
-#[derive(Deserialize)]
-struct ErrorMessage {
-    message: String,
+impl ClaimAnswer {
+    /// The answer as `Serialize` writes it: `{"claimed": {"cancelled_orphan": ..}}`,
+    /// `{"refused": {"reason": ..}}` or `{"unavailable": {"reason": ..}}`.
+    fn from_value(v: &serde_json::Value) -> Option<ClaimAnswer> {
+        if let Some(claimed) = v.get("claimed") {
+            let cancelled_orphan = match claimed.get("cancelled_orphan") {
+                None => false,
+                Some(b) => b.as_bool()?,
+            };
+            return Some(ClaimAnswer::Claimed { cancelled_orphan });
+        }
+        if let Some(reason) = text_of(v, "refused", "reason") {
+            return Some(ClaimAnswer::Refused {
+                reason: reason.to_string(),
+            });
+        }
+        text_of(v, "unavailable", "reason").map(|reason| ClaimAnswer::Unavailable {
+            reason: reason.to_string(),
+        })
+    }
 }
 
 impl Answer {
@@ -295,25 +337,34 @@ impl Answer {
     /// failed (5xx) or answered what the request cannot have (an object of a version that
     /// does not know it).
     pub fn read(request: &Request, status: u16, body: &str) -> Result<Answer, ServiceError> {
-        fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ServiceError> {
-            serde_json::from_str(body)
-                .map_err(|e| ServiceError::Failed(format!("an unreadable answer: {e}")))
-        }
+        let parsed = || serde_json::from_str::<serde_json::Value>(body);
+        let unreadable =
+            |what: String| ServiceError::Failed(format!("an unreadable answer: {what}"));
+        let read = |pick: fn(&serde_json::Value) -> Option<Answer>| match parsed() {
+            Ok(v) => pick(&v).ok_or_else(|| unreadable(crate::lab::text::safe(body, 100))),
+            Err(e) => Err(unreadable(e.to_string())),
+        };
         match status {
-            200..=299 => Ok(match request {
-                Request::Poke => Answer::Poked {
-                    revived: parse::<PokeAnswer>(body)?.revived,
-                },
-                Request::Claim { .. } => Answer::Claim(parse(body)?),
-                Request::Owns { .. } => Answer::Owns(parse(body)?),
-                _ if status == 201 => Answer::Created,
-                _ if status == 202 => Answer::Scheduled,
-                _ => Answer::Done,
-            }),
+            200..=299 => match request {
+                Request::Poke => read(|v| {
+                    let revived = v.get("revived")?.as_bool()?;
+                    Some(Answer::Poked { revived })
+                }),
+                Request::Claim { .. } => read(|v| ClaimAnswer::from_value(v).map(Answer::Claim)),
+                Request::Owns { .. } => read(|v| {
+                    let owns = v.get("owns")?.as_bool()?;
+                    Some(Answer::Owns(OwnsAnswer { owns }))
+                }),
+                _ if status == 201 => Ok(Answer::Created),
+                _ if status == 202 => Ok(Answer::Scheduled),
+                _ => Ok(Answer::Done),
+            },
             400..=499 => Ok(Answer::Refused {
                 status,
-                message: serde_json::from_str::<ErrorBody>(body)
-                    .map_or_else(|_| format!("answered {status}"), |b| b.error.message),
+                message: parsed()
+                    .ok()
+                    .and_then(|v| text_of(&v, "error", "message").map(str::to_string))
+                    .unwrap_or_else(|| format!("answered {status}")),
             }),
             _ => Err(ServiceError::Answered(status)),
         }
