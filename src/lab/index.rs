@@ -316,7 +316,7 @@ fn in_set(select: &str, ids: &[String]) -> Vec<(String, Vec<Bind>)> {
 }
 
 /// A row of `lookup`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct LookupRow {
     pub vm_id: String,
     pub lab_request_id: String,

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Env};
 
@@ -223,12 +222,13 @@ pub async fn counts(
     .await
 }
 
-/// Runs reading statements in one batch and deserializes every row as `T`.
-async fn rows<T: for<'de> Deserialize<'de>>(
+/// Runs reading statements in one batch; every row as a JSON value (one deserializer for every
+/// row shape: a derived one each costs the wasm more than reading the few columns).
+async fn rows(
     env: &Env,
     statements: Vec<(String, Vec<Bind>)>,
     timeout: Duration,
-) -> Result<Vec<T>, IndexError> {
+) -> Result<Vec<serde_json::Value>, IndexError> {
     if statements.is_empty() {
         return Ok(Vec::new());
     }
@@ -249,7 +249,7 @@ async fn rows<T: for<'de> Deserialize<'de>>(
             }
             all.extend(
                 result
-                    .results::<T>()
+                    .results::<serde_json::Value>()
                     .map_err(|e| IndexError::from(e.to_string()))?,
             );
         }
@@ -264,17 +264,21 @@ pub async fn lookup(
     vm_ids: &[String],
     timeout: Duration,
 ) -> Result<Vec<KnownVm>, IndexError> {
-    let found: Vec<index::LookupRow> = rows(env, index::lookup(vm_ids), timeout).await?;
+    let found = rows(env, index::lookup(vm_ids), timeout).await?;
     Ok(found
-        .into_iter()
-        .filter_map(index::LookupRow::known)
+        .iter()
+        .filter_map(|r| {
+            index::LookupRow {
+                vm_id: r["vm_id"].as_str()?.to_string(),
+                lab_request_id: r["lab_request_id"].as_str()?.to_string(),
+                state: r["state"].as_str()?.to_string(),
+                status: crate::lab::status::Status::from_name(r["status"].as_str()?)?,
+                expires_at: int(r, "expires_at")?,
+                updated_at: int(r, "updated_at")?,
+            }
+            .known()
+        })
         .collect())
-}
-
-#[derive(Deserialize)]
-struct Seen {
-    vm_id: String,
-    first_seen_at: i64,
 }
 
 /// When these VMs were first reported (those seen before).
@@ -283,10 +287,10 @@ pub async fn first_seen(
     vm_ids: &[String],
     timeout: Duration,
 ) -> Result<Vec<(String, i64)>, IndexError> {
-    let seen: Vec<Seen> = rows(env, index::first_seen(vm_ids), timeout).await?;
+    let seen = rows(env, index::first_seen(vm_ids), timeout).await?;
     Ok(seen
-        .into_iter()
-        .map(|s| (s.vm_id, s.first_seen_at))
+        .iter()
+        .filter_map(|r| Some((r["vm_id"].as_str()?.to_string(), int(r, "first_seen_at")?)))
         .collect())
 }
 
@@ -305,15 +309,10 @@ pub async fn remember_seen(
         .map(|_| ())
 }
 
-#[derive(Deserialize)]
-struct N {
-    n: u64,
-}
-
 /// Forgets old sightings; the sightings left (counted up to `MAX_SEEN_ROWS` and one).
 pub async fn tidy_seen(env: &Env, now_ms: i64, timeout: Duration) -> Result<u64, IndexError> {
-    let left: Vec<N> = rows(env, index::tidy_seen(now_ms), timeout).await?;
-    Ok(left.first().map_or(0, |l| l.n))
+    let left = rows(env, index::tidy_seen(now_ms), timeout).await?;
+    Ok(left.first().map_or(0, |r| count(r, "n")))
 }
 
 pub async fn save_reconciliation(
@@ -326,29 +325,24 @@ pub async fn save_reconciliation(
         .map(|_| ())
 }
 
-#[derive(Deserialize)]
-struct LabId {
-    lab_request_id: String,
-}
-
 pub async fn overdue(
     env: &Env,
     before_ms: i64,
     limit: u32,
     timeout: Duration,
 ) -> Result<Vec<String>, IndexError> {
-    let ids: Vec<LabId> = rows(env, vec![index::overdue(before_ms, limit)], timeout).await?;
-    Ok(ids.into_iter().map(|l| l.lab_request_id).collect())
-}
-
-#[derive(Deserialize)]
-struct Value {
-    value: String,
+    let ids = rows(env, vec![index::overdue(before_ms, limit)], timeout).await?;
+    Ok(ids
+        .iter()
+        .filter_map(|r| Some(r["lab_request_id"].as_str()?.to_string()))
+        .collect())
 }
 
 pub async fn state(env: &Env, key: &str, timeout: Duration) -> Result<Option<String>, IndexError> {
-    let found: Vec<Value> = rows(env, vec![index::get_state(key)], timeout).await?;
-    Ok(found.into_iter().next().map(|v| v.value))
+    let found = rows(env, vec![index::get_state(key)], timeout).await?;
+    Ok(found
+        .first()
+        .and_then(|r| Some(r["value"].as_str()?.to_string())))
 }
 
 pub async fn set_state(
@@ -370,8 +364,7 @@ pub async fn bulk_page(
     limit: u32,
     timeout: Duration,
 ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, IndexError> {
-    let found: Vec<serde_json::Value> =
-        rows(env, vec![index::bulk_page(selector, after, limit)], timeout).await?;
+    let found = rows(env, vec![index::bulk_page(selector, after, limit)], timeout).await?;
     Ok(found
         .iter()
         .filter_map(|r| {
@@ -391,7 +384,6 @@ pub async fn bulk_count(
     selector: &crate::lab::fleet::bulk::Selector,
     timeout: Duration,
 ) -> Result<u64, IndexError> {
-    let found: Vec<serde_json::Value> =
-        rows(env, vec![index::bulk_count(selector)], timeout).await?;
+    let found = rows(env, vec![index::bulk_count(selector)], timeout).await?;
     Ok(found.first().map_or(0, |r| count(r, "n")))
 }
