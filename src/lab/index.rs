@@ -7,7 +7,7 @@
 //! `CLEANUP_RETRY_SECONDS` at the latest (see `lab::wake`). The platform side
 //! (`platform::fleet_db`) only runs the statements built here.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation, VmState};
 use crate::lab::session::{EndReason, Labels, Origin, Session};
@@ -44,7 +44,7 @@ pub fn write_failed(session: &mut Session, now_ms: i64, retry_ms: i64) {
 }
 
 /// The lab's row, as the index stores it (times in epoch milliseconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IndexRow {
     pub lab_request_id: String,
     pub user_id: String,
@@ -64,19 +64,43 @@ pub struct IndexRow {
     pub revision: u64,
     pub origin: Origin,
     /// Why the lab ended (`None` while scheduled).
-    #[serde(default)]
     pub end_reason: Option<EndReason>,
     /// The lab's labels: written to `labels` (its own table), read back as one JSON object.
-    #[serde(default, deserialize_with = "labels_json")]
     pub labels: Labels,
 }
 
-/// The labels of a list row: the JSON object `json_group_object` made (`null` without labels).
-fn labels_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
-    let text: Option<String> = Option::deserialize(d)?;
-    Ok(text
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default())
+impl IndexRow {
+    /// A row of the list query, as D1 answers it (a JSON object per row; read by hand: a
+    /// derived deserializer costs the wasm more than these columns). `None`: not a row of ours.
+    pub fn from_value(r: &serde_json::Value) -> Option<IndexRow> {
+        let text = |k: &str| r[k].as_str().map(str::to_string);
+        let int = |k: &str| r[k].as_i64();
+        let small = |k: &str| r[k].as_u64().and_then(|n| u32::try_from(n).ok());
+        Some(IndexRow {
+            lab_request_id: text("lab_request_id")?,
+            user_id: text("user_id")?,
+            lab_type: text("lab_type")?,
+            vm_count: small("vm_count")?,
+            status: Status::from_name(r["status"].as_str()?)?,
+            created_at: int("created_at")?,
+            expires_at: int("expires_at")?,
+            attempts: small("attempts")?,
+            next_attempt_at: int("next_attempt_at"),
+            pending_count: small("pending_count")?,
+            already_gone_count: small("already_gone_count")?,
+            last_error: text("last_error"),
+            completed_at: int("completed_at"),
+            updated_at: int("updated_at")?,
+            revision: r["revision"].as_u64()?,
+            origin: Origin::parse(r["origin"].as_str()?)?,
+            end_reason: r["end_reason"].as_str().and_then(EndReason::parse),
+            // The JSON object `json_group_object` made (`null` without labels).
+            labels: r["labels"]
+                .as_str()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or_default(),
+        })
+    }
 }
 
 /// A VM's row in `vms`: which lab lists it, and how far its deletion got.
@@ -761,6 +785,23 @@ mod tests {
             T0,
             60_000,
         )
+    }
+
+    #[test]
+    fn a_list_row_reads_back_as_written() {
+        let mut s = session();
+        s.labels.insert("class".into(), "c1".into());
+        s.mark_ended(crate::lab::session::EndReason::Operator, T0);
+        touch(&mut s, T0, 2_000);
+        let row = row(&s, T0 + 1);
+        // As D1 answers the list query: the labels as the text `json_group_object` made.
+        let mut v = serde_json::to_value(&row).unwrap();
+        v["labels"] = serde_json::Value::String(serde_json::to_string(&row.labels).unwrap());
+        assert_eq!(IndexRow::from_value(&v), Some(row.clone()));
+        v["labels"] = serde_json::Value::Null;
+        assert!(IndexRow::from_value(&v).unwrap().labels.is_empty());
+        v["status"] = "gone".into();
+        assert_eq!(IndexRow::from_value(&v), None, "not a row of ours");
     }
 
     #[test]

@@ -126,9 +126,10 @@ pub async fn list(
         if let Some(error) = result.error() {
             return Err(error.into());
         }
-        let rows = result
-            .results::<IndexRow>()
-            .map_err(|e| IndexError::from(e.to_string()))?;
+        let rows = values(&result)?
+            .iter()
+            .filter_map(IndexRow::from_value)
+            .collect();
         Ok((rows, Rows::of(std::slice::from_ref(&result))))
     })
     .await
