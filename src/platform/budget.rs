@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, web_sys, DurableObject, Env, Request, Response, Result, State};
@@ -35,34 +35,59 @@ const COME_BACK_MS: i64 = 2_000;
 /// expiring together on this machine: 12 s against a 10 s wait made 854 of them fall back.
 const UNREACHABLE_AFTER: Duration = Duration::from_millis(20_000);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Acquire {
     /// The lab asking (labs are served fairly), and whether its last attempt failed; neither
     /// from a lab of the previous version.
-    #[serde(default)]
     lab: String,
-    #[serde(default)]
     failing: bool,
     priority: i64,
     max: u32,
     lease_ms: i64,
     window_ms: i64,
     /// Permits wanted at once (the calls the lab's attempt can start now).
-    #[serde(default = "one")]
     wanted: u32,
 }
 
-fn one() -> u32 {
-    1
+impl Acquire {
+    /// The request as `Serialize` writes it; `lab`, `failing` and `wanted` may be missing (a
+    /// lab of the previous version). Read from a JSON value: a derived deserializer costs the
+    /// wasm more than these fields.
+    fn from_json(text: &str) -> Option<Acquire> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(Acquire {
+            lab: v["lab"].as_str().unwrap_or_default().to_string(),
+            failing: v["failing"].as_bool().unwrap_or(false),
+            priority: v["priority"].as_i64()?,
+            max: u32::try_from(v["max"].as_u64()?).ok()?,
+            lease_ms: v["lease_ms"].as_i64()?,
+            window_ms: v["window_ms"].as_i64()?,
+            wanted: v["wanted"]
+                .as_u64()
+                .map_or(Some(1), |n| u32::try_from(n).ok())?,
+        })
+    }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Release {
     lease: u64,
     overloaded: bool,
     /// Never used for a call: the limit stays as it is.
-    #[serde(default)]
     unused: bool,
+}
+
+impl Release {
+    /// The release as `Serialize` writes it (`unused` missing from a lab of the previous
+    /// version).
+    fn from_json(text: &str) -> Option<Release> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(Release {
+            lease: v["lease"].as_u64()?,
+            overloaded: v["overloaded"].as_bool()?,
+            unused: v["unused"].as_bool().unwrap_or(false),
+        })
+    }
 }
 
 /// The coordinator: one allocator in memory (a restart starts it afresh; leases are short), and
@@ -219,12 +244,12 @@ impl DurableObject for BackendBudget {
         let path = request.path();
         let body = request.text().await.unwrap_or_default();
         match path.as_str() {
-            "/acquire" => match serde_json::from_str::<Acquire>(&body) {
-                Ok(ask) => self.acquire(ask).await,
-                Err(e) => Response::error(format!("bad acquire: {e}"), 400),
+            "/acquire" => match Acquire::from_json(&body) {
+                Some(ask) => self.acquire(ask).await,
+                None => Response::error("bad acquire", 400),
             },
-            "/release" => match serde_json::from_str::<Release>(&body) {
-                Ok(r) => {
+            "/release" => match Release::from_json(&body) {
+                Some(r) => {
                     let now = now_ms();
                     if let Some(a) = self.allocator.borrow_mut().as_mut() {
                         if r.unused {
@@ -241,7 +266,7 @@ impl DurableObject for BackendBudget {
                     self.dispatch(now);
                     Response::empty()
                 }
-                Err(e) => Response::error(format!("bad release: {e}"), 400),
+                None => Response::error("bad release", 400),
             },
             "/state" => Response::from_json(&self.state()),
             _ => Response::error("no such budget route", 404),
@@ -512,4 +537,52 @@ async fn ask_for(env: Env, ask: Acquire, spare: Rc<RefCell<Vec<(u64, i64)>>>) ->
 /// waiting.
 pub async fn state(env: &Env) -> std::result::Result<serde_json::Value, ServiceError> {
     call(env, "/state", String::new()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coordinators_messages_read_back_as_written_and_as_the_previous_version_wrote_them() {
+        let ask = Acquire {
+            lab: "m".into(),
+            failing: true,
+            priority: 7,
+            max: 20,
+            lease_ms: 17_000,
+            window_ms: 15_000,
+            wanted: 6,
+        };
+        let back = Acquire::from_json(&serde_json::to_string(&ask).unwrap()).unwrap();
+        assert_eq!(
+            (back.lab, back.failing, back.priority, back.max, back.wanted),
+            ("m".to_string(), true, 7, 20, 6)
+        );
+        let old = Acquire::from_json(r#"{"priority":1,"max":5,"lease_ms":3000,"window_ms":1000}"#)
+            .unwrap();
+        assert_eq!((old.lab.as_str(), old.failing, old.wanted), ("", false, 1));
+        assert!(Acquire::from_json(r#"{"priority":1}"#).is_none());
+        let release = Release {
+            lease: 9,
+            overloaded: true,
+            unused: false,
+        };
+        let back = Release::from_json(&serde_json::to_string(&release).unwrap()).unwrap();
+        assert_eq!((back.lease, back.overloaded, back.unused), (9, true, false));
+        let old = Release::from_json(r#"{"lease":3,"overloaded":false}"#).unwrap();
+        assert!(!old.unused);
+        let granted = AcquireAnswer {
+            leases: vec![1, 2],
+            ..AcquireAnswer::default()
+        };
+        let v = serde_json::to_value(&granted).unwrap();
+        assert_eq!(AcquireAnswer::from_value(&v).leases, vec![1, 2]);
+        let later = serde_json::json!({"wait_ms": 2000});
+        let read = AcquireAnswer::from_value(&later);
+        assert_eq!(
+            (read.leases.len(), read.wait_ms, read.retry_in_ms),
+            (0, Some(2000), 0)
+        );
+    }
 }
