@@ -171,14 +171,14 @@ impl Request {
             serde_json::from_str(body).map_err(|e| bad(e.to_string()))
         };
         Ok(match (method, path) {
-            ("POST", "/create") => {
-                Request::Create(serde_json::from_str(body).map_err(|e| bad(e.to_string()))?)
-            }
+            ("POST", "/create") => Request::Create(
+                NewSession::from_value(&json()?).ok_or_else(|| bad("not a create".into()))?,
+            ),
             ("GET", "/status") => Request::Status,
             ("GET", "/events") => Request::Events(EventsPage::default()),
-            ("POST", "/events") => {
-                Request::Events(serde_json::from_str(body).map_err(|e| bad(e.to_string()))?)
-            }
+            ("POST", "/events") => Request::Events(
+                EventsPage::from_value(&json()?).ok_or_else(|| bad("not a page".into()))?,
+            ),
             ("POST", "/end") => {
                 let v = json()?;
                 Request::End {
@@ -474,6 +474,28 @@ mod tests {
     #[test]
     fn every_request_decodes_as_it_was_encoded() {
         let requests = vec![
+            Request::Create(NewSession {
+                lab_request_id: "m".into(),
+                user_id: "u".into(),
+                worker_lab_request_ids: vec!["w1".into(), "w2".into()],
+                duration: 60,
+                vm_name: Some("k8s \"é\" 😀".into()),
+                idle_timeout: Some(15),
+                labels: [("class".to_string(), "c1".to_string())].into(),
+            }),
+            Request::Create(NewSession {
+                lab_request_id: "s".into(),
+                user_id: "u".into(),
+                worker_lab_request_ids: Vec::new(),
+                duration: 1,
+                vm_name: None,
+                idle_timeout: None,
+                labels: Default::default(),
+            }),
+            Request::Events(EventsPage {
+                after: Some(crate::lab::session::timeline::EventsCursor { at: 5, skip: 2 }),
+                limit: 10,
+            }),
             Request::Status,
             Request::Events(EventsPage::default()),
             Request::End {

@@ -24,7 +24,7 @@ pub use view::SessionView;
 
 /// A validated request to schedule a lab's cleanup: what the router forwards to the
 /// `SessionManager` object named by `lab_request_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewSession {
     pub lab_request_id: String,
     pub user_id: String,
@@ -45,6 +45,42 @@ pub struct NewSession {
 
 /// A lab's labels, sorted by key.
 pub type Labels = std::collections::BTreeMap<String, String>;
+
+impl NewSession {
+    /// A create as `Serialize` writes it (the router's forward to the lab's object), read from
+    /// its JSON value: a derived deserializer costs the wasm more than these fields. `None`:
+    /// not one.
+    pub fn from_value(v: &serde_json::Value) -> Option<NewSession> {
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        let optional = |k: &str| match &v[k] {
+            serde_json::Value::Null => Some(None),
+            other => other.as_str().map(|s| Some(s.to_string())),
+        };
+        Some(NewSession {
+            lab_request_id: text("lab_request_id")?,
+            user_id: text("user_id")?,
+            worker_lab_request_ids: v["worker_lab_request_ids"]
+                .as_array()?
+                .iter()
+                .map(|w| w.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()?,
+            duration: v["duration"].as_u64()?,
+            vm_name: optional("vm_name")?,
+            idle_timeout: match &v["idle_timeout"] {
+                serde_json::Value::Null => None,
+                n => Some(n.as_u64()?),
+            },
+            labels: match &v["labels"] {
+                serde_json::Value::Null => Labels::new(),
+                serde_json::Value::Object(map) => map
+                    .iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect::<Option<Labels>>()?,
+                _ => return None,
+            },
+        })
+    }
+}
 
 /// One VM to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

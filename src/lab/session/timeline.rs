@@ -25,7 +25,7 @@ pub const DEFAULT_EVENTS_PAGE: usize = 100;
 
 /// Where a page of the timeline starts: after the `skip` events at time `at` (events are in
 /// time order; several may share a millisecond). Shown as `"<at>.<skip>"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct EventsCursor {
     pub at: i64,
     pub skip: u32,
@@ -54,11 +54,28 @@ impl EventsCursor {
 }
 
 /// Which page of the timeline is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct EventsPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<EventsCursor>,
     pub limit: usize,
+}
+
+impl EventsPage {
+    /// A page as `Serialize` writes it (the router's forward), read from its JSON value.
+    pub fn from_value(v: &serde_json::Value) -> Option<EventsPage> {
+        let after = match &v["after"] {
+            serde_json::Value::Null => None,
+            a => Some(EventsCursor {
+                at: a["at"].as_i64()?,
+                skip: u32::try_from(a["skip"].as_u64()?).ok()?,
+            }),
+        };
+        Some(EventsPage {
+            after,
+            limit: usize::try_from(v["limit"].as_u64()?).ok()?,
+        })
+    }
 }
 
 impl Default for EventsPage {
