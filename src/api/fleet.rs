@@ -3,7 +3,6 @@
 //! The query string in, a checked query (or a 400 naming the parameter) out; the index
 //! (`lab::index`) builds the SQL from it.
 
-use chrono::DateTime;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -141,13 +140,11 @@ fn truncate(s: &str) -> String {
 }
 
 fn time(key: &str, value: &str) -> Result<i64, ApiError> {
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            invalid(format!(
-                "{key} must be an RFC 3339 time, e.g. 2026-11-27T10:00:00Z"
-            ))
-        })
+    crate::lab::time::parse_rfc3339(value).ok_or_else(|| {
+        invalid(format!(
+            "{key} must be an RFC 3339 time, e.g. 2026-11-27T10:00:00Z"
+        ))
+    })
 }
 
 /// A listed lab: its index row, with fields named as in the status view and times in RFC 3339.

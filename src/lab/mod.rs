@@ -40,5 +40,6 @@ pub mod retry;
 pub mod session;
 pub mod status;
 pub mod text;
+pub mod time;
 pub mod wake;
 pub mod webhook;

@@ -5,8 +5,6 @@
 //! (a fixed pause after every failing attempt, no `Retry-After`, no stop, no jitter) for
 //! comparison in the benchmark.
 
-use chrono::NaiveDate;
-
 pub use crate::lab::config::Policy;
 use crate::lab::session::Ending;
 
@@ -57,15 +55,23 @@ fn http_date_ms(value: &str) -> Option<i64> {
             .then(|| text.parse().ok())
             .flatten()
     };
+    use crate::lab::time::{days_from_civil, days_in_month, epoch_ms, weekday as day_of_week};
     let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
-    let date = NaiveDate::from_ymd_opt(number(year, 4)? as i32, month, number(day, 2)?)?;
+    let (year, day) = (i64::from(number(year, 4)?), number(day, 2)?);
+    if day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
     let [h, m, s] = time.split(':').collect::<Vec<_>>()[..] else {
         return None;
     };
-    let at = date.and_hms_opt(number(h, 2)?, number(m, 2)?, number(s, 2)?)?;
+    let (h, m, s) = (number(h, 2)?, number(m, 2)?, number(s, 2)?);
+    if h > 23 || m > 59 || s > 59 {
+        return None;
+    }
     // The weekday must agree with the date: a mangled date is no date.
-    (DAYS.get(chrono::Datelike::weekday(&date).num_days_from_monday() as usize) == Some(&weekday))
-        .then(|| at.and_utc().timestamp_millis())
+    let days = days_from_civil(year, month, day);
+    (DAYS.get(day_of_week(days) as usize) == Some(&weekday))
+        .then(|| epoch_ms((year, month, day), h, m, s))
 }
 
 /// When the next attempt runs, for an attempt that ended at `end_ms`.

@@ -7,15 +7,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat};
-
-/// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision, e.g.
-/// `2026-11-26T12:00:00.000Z`.
-pub fn rfc3339(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_else(|| format!("invalid-time({ms})"))
-}
+pub use crate::lab::time::rfc3339;
 
 /// Unicode's format characters (general category Cf, Unicode 15.0), as inclusive ranges.
 const FORMAT: [(u32, u32); 21] = [

@@ -1,6 +1,5 @@
 //! What an inventory says and what the index knows of a VM: the reported VMs, a pulled page, how far a VM's deletion got, a reconciliation's counts.
 
-use chrono::DateTime;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -54,9 +53,8 @@ impl ReportedVm {
         let created_at_ms = match entry.get("created_at") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(
-                DateTime::parse_from_rfc3339(s)
-                    .map_err(|_| Malformed("created_at must be an RFC 3339 time".into()))?
-                    .timestamp_millis(),
+                crate::lab::time::parse_rfc3339(s)
+                    .ok_or_else(|| Malformed("created_at must be an RFC 3339 time".into()))?,
             ),
             Some(_) => {
                 return Err(Malformed(
