@@ -387,9 +387,7 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
         .raw("GET", "/api/v1/labs/sessions/sweep-lost", &[], b"");
     assert_eq!(still.json()["status"], "scheduled", "no alarm, no cleanup");
     assert!(ctx.mock.calls_for("sweep-lost").is_empty());
-    let r = ctx
-        .worker
-        .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
+    let r = ctx.worker.cron();
     assert_eq!(r.status, 200, "{}", r.text());
     // The first run remembers the orphans; a run ORPHAN_CONFIRM_MINUTES (10 s here) later acts.
     std::thread::sleep(Duration::from_secs(11));
@@ -397,9 +395,7 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
         .mock
         .calls_for_any(&["pull-orphan-1", "pull-orphan-2", "pull-orphan-3"])
         .is_empty());
-    let r = ctx
-        .worker
-        .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
+    let r = ctx.worker.cron();
     assert_eq!(r.status, 200, "{}", r.text());
     // The lost lab is cleaned up after its poke.
     let done = poll_status(ctx, "sweep-lost", 20, |v| v["status"] == "completed");

@@ -111,9 +111,7 @@ pub fn free_plan_enforced_largest_lab_and_a_large_inventory(ctx: &mut Ctx) {
     }
     let from = ctx.worker.log().len();
     let scheduled = |ctx: &Ctx| {
-        let r = ctx
-            .worker
-            .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
+        let r = ctx.worker.cron();
         assert_eq!(r.status, 200, "{}", r.text());
     };
     scheduled(ctx);

@@ -201,9 +201,7 @@ pub fn the_pull_races_no_create_and_survives_a_hostile_backend(ctx: &mut Ctx) {
         }
     }
     let scheduled = |ctx: &Ctx| {
-        let r = ctx
-            .worker
-            .unauthenticated("GET", "/__scheduled?cron=*/15+*+*+*+*", &[], b"");
+        let r = ctx.worker.cron();
         assert_eq!(r.status, 200, "{}", r.text());
     };
     // The first run reports every VM for the first time: nothing is done.
