@@ -445,6 +445,31 @@ impl Worker {
         self.spawn();
     }
 
+    /// Another worker with this one's settings and secrets, on a state of its own in `work_dir`
+    /// (a test whose thousands of objects the shared runtime should not carry: the local runtime
+    /// keeps each object's files open).
+    #[allow(dead_code)] // the integration tests'
+    pub fn fresh(&self, work_dir: &Path) -> Worker {
+        fs::create_dir_all(work_dir).expect("work dir");
+        let mut worker = Worker {
+            child: None,
+            addr: String::new(),
+            log_path: work_dir.join("wrangler.log"),
+            state_dir: work_dir.join("state"),
+            env_file: work_dir.join("wrangler.log.env"),
+            port: free_port(),
+            backend_url: self.backend_url.clone(),
+            extra_vars: self.extra_vars.clone(),
+            secrets: self.secrets.clone(),
+            config: self.config.clone(),
+            skip_build: true,
+            migrated: false,
+            inspector_port: 0,
+        };
+        worker.spawn();
+        worker
+    }
+
     /// Starts the worker again after `stop`, on the same persisted state, port and build.
     #[allow(dead_code)] // the benchmark's
     pub fn start_again(&mut self) {

@@ -348,6 +348,14 @@ impl MockBackend {
             .insert(vm.lab_request_id.clone(), vm);
     }
 
+    /// Stops every running VM whose id starts with `prefix` (the inventory no longer lists it).
+    pub fn stop_vms_starting_with(&self, prefix: &str) {
+        self.shared
+            .lock()
+            .running
+            .retain(|id, _| !id.starts_with(prefix));
+    }
+
     /// The VMs the inventory lists now.
     pub fn running(&self) -> Vec<RunningVm> {
         self.shared.lock().running.values().cloned().collect()
