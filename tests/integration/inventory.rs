@@ -389,6 +389,11 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
     assert!(ctx.mock.calls_for("sweep-lost").is_empty());
     let r = ctx.worker.cron();
     assert_eq!(r.status, 200, "{}", r.text());
+    // The lost lab is cleaned up after its poke (its record is kept for the retention, 4 s here).
+    let done = poll_status(ctx, "sweep-lost", 20, |v| v["status"] == "completed");
+    assert_eq!(done["attempts"], 1);
+    wait_log(ctx, "Lab sweep-lost had no alarm while work was due", 10);
+    wait_log(ctx, "event: 'sweep'", 10);
     // The first run remembers the orphans; a run ORPHAN_CONFIRM_MINUTES (10 s here) later acts.
     std::thread::sleep(Duration::from_secs(11));
     assert!(ctx
@@ -397,11 +402,6 @@ pub fn the_scheduled_run_pulls_the_inventory_and_revives_a_lab(ctx: &mut Ctx) {
         .is_empty());
     let r = ctx.worker.cron();
     assert_eq!(r.status, 200, "{}", r.text());
-    // The lost lab is cleaned up after its poke.
-    let done = poll_status(ctx, "sweep-lost", 20, |v| v["status"] == "completed");
-    assert_eq!(done["attempts"], 1);
-    wait_log(ctx, "Lab sweep-lost had no alarm while work was due", 10);
-    wait_log(ctx, "event: 'sweep'", 10);
     let log = ctx.worker.log();
     assert!(log.contains("revived: 1"), "{}", tail(&log, 40));
     // The inventory: two runs of two pages, the orphans cleaned up once each (by the second
