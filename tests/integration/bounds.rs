@@ -108,7 +108,10 @@ pub fn the_largest_lab_with_the_receiver_down_stays_bounded(ctx: &Ctx) {
             .worker
             .json("POST", &format!("{path}/extend"), &json!({"minutes": 1}));
         assert_eq!(r.status, 200, "{}", r.text());
-        std::thread::sleep(Duration::from_millis(1_000));
+        // The next extend comes 1.5 s before the new expiry, inside the window: on a loaded
+        // machine a fixed pause plus slow answers would let the lab expire in between.
+        let left = epoch_ms(&r.json()["expires_at"]).saturating_sub(now_ms());
+        std::thread::sleep(Duration::from_millis(left.saturating_sub(1_500).min(1_000)));
     }
     let done = poll_status(ctx, &master, 60, |v| v["status"] == "completed");
     assert_eq!(done["pending"], json!([]));

@@ -113,12 +113,13 @@ impl Receiver {
         Receiver { child, url, addr }
     }
 
-    /// Every delivery received so far.
-    pub fn deliveries(&self) -> Vec<Value> {
+    /// Every delivery received so far for `lab` (the receiver filters: the whole list of a long
+    /// run outgrows a response the client reads).
+    fn deliveries_of(&self, lab: &str) -> Vec<Value> {
         let r = http::request(
             &self.addr,
             "GET",
-            "/__receiver/deliveries",
+            &format!("/__receiver/deliveries?lab={}", percent(lab)),
             &[],
             b"",
             Duration::from_secs(10),
@@ -129,7 +130,7 @@ impl Receiver {
 
     /// The deliveries for one lab.
     pub fn deliveries_for(&self, lab: &str) -> Vec<Value> {
-        self.deliveries()
+        self.deliveries_of(lab)
             .into_iter()
             .filter(|d| d["lab_request_id"] == lab)
             .collect()
@@ -843,4 +844,16 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// `text` as a URL query value: unreserved characters as they are, every other byte `%XX`.
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@ and answers as told per lab: accept, fail N times, or hang.
 
 Usage: python3 receiver.py WHSEC_SECRET   (prints "listening on http://127.0.0.1:PORT")
 Control: GET /__receiver/deliveries   every delivery received, verified or not, as JSON
+         GET /__receiver/deliveries?lab=x   only those for lab x (a long run's list grows large)
          POST /__receiver/mode        {"lab_request_id": "x", "fail": 3} or {"...": "x", "hang": true}
 """
 import base64
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 SECRET = base64.b64decode(sys.argv[1].removeprefix("whsec_"))
 LOCK = threading.Lock()
@@ -46,9 +48,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        if self.path == "/__receiver/deliveries":
+        path, _, query = self.path.partition("?")
+        if path == "/__receiver/deliveries":
+            lab = parse_qs(query).get("lab", [None])[0]
             with LOCK:
-                return self.answer(200, DELIVERIES)
+                found = [d for d in DELIVERIES if lab is None or d.get("lab_request_id") == lab]
+                return self.answer(200, found)
         self.answer(404, {"error": "no such path"})
 
     def do_POST(self):
