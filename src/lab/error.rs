@@ -52,3 +52,9 @@ impl PartialEq<&str> for ServiceError {
         self.to_string().as_str() == *words
     }
 }
+
+impl From<&str> for Malformed {
+    fn from(words: &str) -> Self {
+        Malformed(words.to_string())
+    }
+}

@@ -166,6 +166,18 @@ pub trait RecordStore {
     /// takes its list with it, and answered nobody).
     fn claiming(&self) -> Vec<String>;
     fn set_claiming(&self, vm_ids: Vec<String>);
+    /// Whether this object queued webhook events, with their hold written in the same save, and
+    /// has not started to send them yet (memory only: an object evicted meanwhile leaves them
+    /// to the hold's end, when the alarm delivers them). Their delivery needs no hold of its
+    /// own.
+    fn queued_events(&self) -> bool;
+    fn set_queued_events(&self, queued: bool);
+    /// The newest revision this object wrote to the fleet index and has not saved as written
+    /// yet (memory only): the next save records it, so a confirmed row costs no save of its
+    /// own. An object evicted meanwhile writes the row again at the next wake-up (the same
+    /// revision: the index keeps it as it is).
+    fn index_written(&self) -> u64;
+    fn set_index_written(&self, revision: u64);
 }
 
 /// Other labs' objects, reached by name: one request of the protocol, and its answer as

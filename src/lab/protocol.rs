@@ -166,9 +166,9 @@ impl Request {
     /// The small bodies are read from a JSON value (a derived deserializer each would cost the
     /// wasm more than their few fields); a create and a page of events by their own types.
     pub fn decode(method: &str, path: &str, body: &str) -> Result<Request, Malformed> {
-        let bad = |why: String| Malformed(format!("unreadable internal request {path}: {why}"));
+        let bad = |why: Malformed| Malformed(format!("unreadable internal request {path}: {why}"));
         let json = || -> Result<serde_json::Value, Malformed> {
-            serde_json::from_str(body).map_err(|e| bad(e.to_string()))
+            serde_json::from_str(body).map_err(|e| bad(Malformed(e.to_string())))
         };
         Ok(match (method, path) {
             ("POST", "/create") => Request::Create(
@@ -227,11 +227,11 @@ impl Request {
 }
 
 /// A body's string field `key`.
-fn text(v: &serde_json::Value, key: &str) -> Result<String, String> {
+fn text(v: &serde_json::Value, key: &str) -> Result<String, Malformed> {
     v[key]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| format!("{key} must be a string"))
+        .ok_or_else(|| Malformed(format!("{key} must be a string")))
 }
 
 /// A body's `by`.
@@ -240,13 +240,13 @@ fn by(v: &serde_json::Value) -> Option<By> {
 }
 
 /// A body's `job`, if any.
-fn job(v: &serde_json::Value) -> Result<Option<String>, String> {
+fn job(v: &serde_json::Value) -> Result<Option<String>, Malformed> {
     match &v["job"] {
         serde_json::Value::Null => Ok(None),
         other => other
             .as_str()
             .map(|j| Some(j.to_string()))
-            .ok_or_else(|| "job must be a string".into()),
+            .ok_or_else(|| Malformed("job must be a string".into())),
     }
 }
 

@@ -25,8 +25,7 @@ pub struct Workerd {
     /// Whether this invocation said already that the budget could not be reached.
     budget_warned: Cell<bool>,
     usage: Rc<Usage>,
-    activity: Rc<Cell<Option<i64>>>,
-    claiming: Rc<std::cell::RefCell<Vec<String>>>,
+    memory: Memory,
     permits: budget::Permits,
     store: Store,
     env: Env,
@@ -42,14 +41,12 @@ impl Workerd {
         memory: &Memory,
         usage: Rc<Usage>,
     ) -> Workerd {
-        let (activity, claiming) = (memory.activity.clone(), memory.claiming.clone());
         Workerd {
             budget_warned: Cell::new(false),
             store: Store::new(storage, usage.clone()),
             permits: budget::Permits::new(env, raw, &config, usage.clone()),
             usage,
-            activity,
-            claiming,
+            memory: memory.clone(),
             env: env.clone(),
             config,
         }
@@ -62,12 +59,18 @@ impl Workerd {
 }
 
 /// What a lab's object keeps in memory between its invocations.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Memory {
     /// The latest activity noted and not yet written (see `RecordStore::noted_activity`).
     pub activity: Rc<Cell<Option<i64>>>,
     /// The worker VMs a create is claiming (see `RecordStore::claiming`).
     pub claiming: Rc<std::cell::RefCell<Vec<String>>>,
+    /// Webhook events queued with their hold and not sent yet (see
+    /// `RecordStore::queued_events`).
+    pub queued: Rc<Cell<bool>>,
+    /// The newest index revision written and not yet saved as written (see
+    /// `RecordStore::index_written`).
+    pub index_written: Rc<Cell<u64>>,
 }
 
 /// Logs what the invocation used: its structured `invocation` line (`kind`), and the debug
@@ -114,16 +117,28 @@ impl RecordStore for Workerd {
         self.store.put(record).await
     }
     fn claiming(&self) -> Vec<String> {
-        self.claiming.borrow().clone()
+        self.memory.claiming.borrow().clone()
     }
     fn set_claiming(&self, vm_ids: Vec<String>) {
-        *self.claiming.borrow_mut() = vm_ids;
+        *self.memory.claiming.borrow_mut() = vm_ids;
     }
     fn noted_activity(&self) -> Option<i64> {
-        self.activity.get()
+        self.memory.activity.get()
     }
     fn note_activity(&self, at_ms: i64) {
-        self.activity.set(Some(at_ms));
+        self.memory.activity.set(Some(at_ms));
+    }
+    fn queued_events(&self) -> bool {
+        self.memory.queued.get()
+    }
+    fn set_queued_events(&self, queued: bool) {
+        self.memory.queued.set(queued);
+    }
+    fn index_written(&self) -> u64 {
+        self.memory.index_written.get()
+    }
+    fn set_index_written(&self, revision: u64) {
+        self.memory.index_written.set(revision);
     }
 }
 

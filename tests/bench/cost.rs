@@ -46,7 +46,8 @@ impl Totals {
 
 /// The numbers of one usage line: `storage ops for {what}: R read(s), W write(s); usage: MS ms
 /// wall, RR storage row(s) read, RW written, B D1 batch(es), DR D1 row(s) read, DW written, C
-/// backend call(s), H webhook call(s), P budget call(s)`. `None` for other lines.
+/// backend call(s), H webhook call(s), P budget call(s), O object call(s)`. `None` for other
+/// lines.
 fn parse(line: &str) -> Option<(String, Vec<f64>)> {
     let (_, rest) = line.split_once("storage ops for ")?;
     let (what, rest) = rest.split_once(": ")?;
@@ -55,7 +56,7 @@ fn parse(line: &str) -> Option<(String, Vec<f64>)> {
         .split(", ")
         .filter_map(|part| part.split(' ').next()?.parse().ok())
         .collect();
-    (numbers.len() == 9).then(|| (what.to_string(), numbers))
+    (numbers.len() >= 9).then(|| (what.to_string(), numbers))
 }
 
 /// Adds up the usage lines of `log`, leaving out the status reads the benchmark itself makes.
@@ -81,6 +82,30 @@ fn total(log: &str, creates: usize) -> Totals {
         t.webhook_calls += n[7];
     }
     t
+}
+
+/// Where the rows written go: per invocation (`what`, the lab's id left out), how many there
+/// were, and the storage and D1 rows they wrote, for the benchmark's log.
+fn breakdown(log: &str, ids: &[String]) -> String {
+    let mut by: std::collections::BTreeMap<String, (u32, f64, f64)> = Default::default();
+    for (what, n) in log.lines().filter_map(parse) {
+        if what.starts_with("/status") {
+            continue;
+        }
+        let mut name = what.clone();
+        for id in ids.iter().rev() {
+            name = name.replace(id.as_str(), "{id}");
+        }
+        let e = by.entry(name).or_default();
+        e.0 += 1;
+        e.1 += n[2];
+        e.2 += n[5];
+    }
+    by.iter()
+        .map(|(what, (n, storage, d1))| {
+            format!("    {n} x {what}: {storage} storage rows, {d1} D1 rows written\n")
+        })
+        .collect()
 }
 
 /// Runs `labs` labs of `workers` workers from the create until their records are purged; with
@@ -130,6 +155,7 @@ fn scenario(
     // The work after the purge's answer (the index row's delete) logs its line a moment later.
     std::thread::sleep(Duration::from_secs(3));
     let log = worker.log();
+    eprint!("cost {tag}, every lab:\n{}", breakdown(&log[start..], &ids));
     total(&log[start..], labs).per_lab(labs as f64)
 }
 

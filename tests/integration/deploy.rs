@@ -111,3 +111,21 @@ pub fn deploy_checks_refuse_a_configuration_that_would_not_work(_ctx: &crate::su
         "{all}"
     );
 }
+
+/// The migrations on a database the previous schema wrote (`tests/migrations/upgrade.py`, with
+/// SQLite, the engine of D1): the newest keeps every row, and the counts its triggers keep equal
+/// the rows' before it, right after it and after more writes.
+pub fn migrations_upgrade_a_written_database(_ctx: &crate::support::Ctx) {
+    let out = std::process::Command::new("python3")
+        .arg(root().join("tests/migrations/upgrade.py"))
+        .arg(root().join("migrations"))
+        .output()
+        .expect("python3 tests/migrations/upgrade.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    println!("migrations: {}", text.trim());
+}

@@ -136,6 +136,10 @@ const LAST: &[(&str, MutTestFn)] = &[
 
 const PARALLEL: &[(&str, TestFn)] = &[
     (
+        "migrations_upgrade_a_written_database",
+        deploy::migrations_upgrade_a_written_database,
+    ),
+    (
         "inventory_classes_and_the_dry_run",
         inventory::inventory_classes_and_the_dry_run,
     ),

@@ -209,7 +209,7 @@ impl<P: Platform> Lab<'_, P> {
             self.attempt(session, now).await?;
             woke = Woke::Attempt;
         } else if due.index {
-            self.sync_index().await?;
+            self.sync_index(true).await?;
             if woke == Woke::Deliveries {
                 woke = Woke::IndexRepaired;
             }
@@ -408,7 +408,7 @@ impl<P: Platform> Lab<'_, P> {
         }
         self.persist(&mut latest).await?;
         // The row after the deletions, never before them: the index never holds up a cleanup.
-        self.sync_index().await
+        self.sync_index(false).await
     }
 
     /// How the attempt starting at `now` runs: its concurrency (one at a time after a refusal:
@@ -526,39 +526,57 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// Writes the lab's index row if the index is behind the record, and records how that went:
-    /// a success marks the revision written; a failure is logged and tried again by the alarm
-    /// within `CLEANUP_RETRY_SECONDS`. Only storage errors are returned: the index never fails a
-    /// cleanup or an answer.
-    pub async fn sync_index(&self) -> Result<(), StoreError> {
+    /// a success is kept in the object's memory (the next save records it: a confirmed row
+    /// costs no save of its own, only the alarm when it moves); a failure is logged, saved, and
+    /// tried again by the alarm within `CLEANUP_RETRY_SECONDS`. Only storage errors are
+    /// returned: the index never fails a cleanup or an answer.
+    /// `alarm_spent`: called from the alarm that fired for the row, whose alarm is set no more.
+    pub async fn sync_index(&self, alarm_spent: bool) -> Result<(), StoreError> {
         if !self.config.fleet_index {
             return Ok(());
         }
-        let Some(session) = self.load().await? else {
+        let Some(mut session) = self.load().await? else {
             return Ok(());
         };
-        if !index::owed(&session) {
-            return Ok(());
-        }
-        let row = index::row(&session, self.platform.now_ms());
-        let written = self.platform.upsert(&row, &index::vm_rows(&session)).await;
-        // Read again: a request may have changed the record while the row was being written.
-        let Some(mut latest) = self.load().await? else {
-            return Ok(());
-        };
-        match written {
-            Ok(()) => index::confirmed(&mut latest, row.revision),
-            Err(e) => {
-                let now = self.platform.now_ms();
+        let p = self.platform;
+        let mut was = self.alarm_at(&session);
+        index::confirmed(&mut session, p.index_written());
+        if index::owed(&session) {
+            let row = index::row(&session, p.now_ms());
+            let written = p.upsert(&row, &index::vm_rows(&session)).await;
+            // Read again: a request may have changed the record while the row was written.
+            let Some(latest) = self.load().await? else {
+                return Ok(());
+            };
+            session = latest;
+            if let Err(e) = written {
+                let now = p.now_ms();
                 let again = now.saturating_add(self.config.retry_ms());
                 self.warn(format!(
                     "The index row of lab {} could not be written ({e}); the lab is unaffected, trying again at {}",
-                    latest.lab_request_id,
+                    session.lab_request_id,
                     rfc3339(again)
                 ));
-                index::write_failed(&mut latest, now, self.config.retry_ms());
+                index::write_failed(&mut session, now, self.config.retry_ms());
+                return self.save(&mut session).await;
             }
+            p.set_index_written(p.index_written().max(row.revision));
+            was = self.alarm_at(&session);
+            index::confirmed(&mut session, p.index_written());
         }
-        self.save(&mut latest).await
+        match self.alarm_as_known(was, &session, alarm_spent) {
+            Some(at) => p.set_alarm(at).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The alarm to set once the index row the record owes is known written (`known`: the
+    /// record with what the object's memory knows; not saved: the stored record keeps saying
+    /// the row is owed until its next save): only where it moves from `was`, the alarm the
+    /// stored record calls for (its own wake-ups are unchanged, only the index's retry goes),
+    /// or where the alarm that fired is `spent`. A record always has its purge ahead.
+    fn alarm_as_known(&self, was: Option<i64>, known: &Session, spent: bool) -> Option<i64> {
+        self.alarm_at(known).filter(|&at| was != Some(at) || spent)
     }
 
     /// Adds a new event of `kind` to the lab's outbox, due now; its body is fixed now. An
@@ -586,6 +604,13 @@ impl<P: Platform> Lab<'_, P> {
         if let Some(snapshot) = event.snapshot.as_mut() {
             snapshot.minutes_left = minutes_left;
         }
+        // Held from the start, by the save that queues it: this invocation delivers it right
+        // after (no save of its own to hold it); an object evicted first leaves it to the
+        // alarm at the hold's end.
+        event.next_at_ms = now
+            .saturating_add(self.config.webhook_timeout_ms())
+            .saturating_add(crate::lab::procedures::deliver::QUEUED_HOLD_SLACK_MS);
+        p.set_queued_events(true);
         for replaced in session.queue_event(event) {
             self.warn(format!(
                 "Event {} ({replaced}) for lab {} was not delivered yet; {id} replaces it",

@@ -11,6 +11,10 @@ use crate::lab::webhook::{self, AfterDelivery};
 
 /// Most deliveries one wake-up starts (the rest wait for the next one, a moment later).
 pub const MAX_DELIVERIES_PER_WAKE: usize = 10;
+/// How long an event queued for delivery within the same invocation is held, beyond the
+/// delivery's timeout, by the save that queues it: the work between the queuing and the
+/// sending (the rest of the attempt's steps, the index row).
+pub(crate) const QUEUED_HOLD_SLACK_MS: i64 = 30_000;
 /// Deliveries in flight at once: the platform's limit on simultaneous outbound connections.
 const DELIVERY_CONCURRENCY: usize = crate::lab::config::MAX_CONCURRENT_CONNECTIONS;
 
@@ -29,19 +33,26 @@ impl<P: Platform> Lab<'_, P> {
         };
         let p = self.platform;
         let now = p.now_ms();
-        let due = self.due_within_limits(&session, now);
+        let queued = p.queued_events();
+        let due = self.due_within_limits(&session, now, queued);
         if due.is_empty() {
             return Ok(());
         }
-        let held_until = now
-            .saturating_add(self.config.webhook_timeout_ms())
-            .saturating_add(1_000);
-        for event in session.notices.outbox.iter_mut() {
-            if due.iter().any(|d| d.id == event.id) {
-                event.next_at_ms = held_until;
+        // Those sent now are held by this delivery; any other (past the invocation's room) is
+        // held again by the delivery that takes it.
+        p.set_queued_events(false);
+        // Sending starts now; the events stay held until it ends (at most the timeout). Those
+        // the save that queued them held long enough need no save for it.
+        let sent_by = now.saturating_add(self.config.webhook_timeout_ms());
+        if due.iter().any(|e| e.next_at_ms < sent_by) {
+            let held_until = sent_by.saturating_add(1_000);
+            for event in session.notices.outbox.iter_mut() {
+                if due.iter().any(|d| d.id == event.id) {
+                    event.next_at_ms = held_until;
+                }
             }
+            self.save(&mut session).await?;
         }
-        self.save(&mut session).await?;
 
         let now_secs = now.div_euclid(1000);
         let deliveries: Vec<Delivery> = due
@@ -76,7 +87,9 @@ impl<P: Platform> Lab<'_, P> {
     /// The events due at `now`, within what the invocation has left: its subrequests, and time
     /// for a delivery to end within the alarm's wall time. The rest is due still: the next
     /// alarm delivers it.
-    fn due_within_limits(&self, session: &Session, now: i64) -> Vec<OutboxEvent> {
+    /// The events due at `now`, and with `queued` those never tried (queued by this object for
+    /// delivery now, held by the save that queued them).
+    fn due_within_limits(&self, session: &Session, now: i64, queued: bool) -> Vec<OutboxEvent> {
         let p = self.platform;
         let last_start = p
             .invocation_started_ms()
@@ -92,7 +105,7 @@ impl<P: Platform> Lab<'_, P> {
             .notices
             .outbox
             .iter()
-            .filter(|e| e.next_at_ms <= now)
+            .filter(|e| e.next_at_ms <= now || (queued && e.attempts == 0))
             .take(MAX_DELIVERIES_PER_WAKE.min(room))
             .cloned()
             .collect()

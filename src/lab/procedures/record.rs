@@ -169,6 +169,8 @@ impl<P: Platform> Lab<'_, P> {
     /// events, the texts of the last errors), with an error line: the cleanup's progress is never
     /// lost to a record that grew too large, so no deletion runs twice because of it.
     pub(crate) async fn save(&self, session: &mut Session) -> Result<(), StoreError> {
+        // The index row this object wrote since the last save, known from its memory alone.
+        index::confirmed(session, self.platform.index_written());
         let (text, dropped) = bound::encode(session);
         self.dropped(session, &dropped, "to stay within the record's size bound");
         let alarm = self.alarm_at(session);

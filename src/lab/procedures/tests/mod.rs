@@ -3,6 +3,7 @@
 mod bounds;
 mod budget;
 mod claims;
+mod cost;
 mod faults;
 mod limits;
 mod requests;
@@ -104,6 +105,14 @@ pub struct World {
     /// writes.
     pub noted: Cell<Option<i64>>,
     pub puts: Cell<usize>,
+    /// The object's memory of held webhook events and of the index revision written
+    /// (`evict` forgets them).
+    pub queued: Cell<bool>,
+    pub index_written: Cell<u64>,
+    /// Storage rows written as the platform's store counts them (a key or an alarm written or
+    /// deleted: a row), and the fleet index's writes (an upsert or a delete, each a batch).
+    pub storage_rows: Cell<u64>,
+    pub index_writes: Cell<u64>,
     // the invocation's ledger, and what each invocation used (the latest last)
     pub ledger: RefCell<crate::lab::invocation::Ledger>,
     pub used: RefCell<Vec<crate::lab::invocation::ledger::Used>>,
@@ -186,6 +195,10 @@ impl World {
             permits_wanted: RefCell::new(Vec::new()),
             noted: Cell::new(None),
             puts: Cell::new(0),
+            queued: Cell::new(false),
+            index_written: Cell::new(0),
+            storage_rows: Cell::new(0),
+            index_writes: Cell::new(0),
             ledger: RefCell::new(ledger),
             used: RefCell::new(Vec::new()),
             exceeded: Cell::new(0),
@@ -195,6 +208,19 @@ impl World {
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Counts `rows` storage rows written.
+    fn wrote(&self, rows: u64) {
+        self.storage_rows.set(self.storage_rows.get() + rows);
+    }
+
+    /// The object is evicted: what it kept in memory is gone.
+    pub fn evict(&self) {
+        self.noted.set(None);
+        self.queued.set(false);
+        self.index_written.set(0);
+        self.claiming.borrow_mut().clear();
     }
 
     /// A world that other objects reach as `name` (`Labs`).
@@ -245,7 +271,7 @@ impl World {
         {
             // After the answer: the line, the index row.
             self.log(*level, line);
-            let _ = block_on(self.lab().sync_index());
+            let _ = block_on(self.lab().sync_index(false));
         }
         reply
     }
@@ -485,6 +511,7 @@ impl RecordStore for World {
 
     async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
         let crash = self.op()?;
+        self.wrote(2 + u64::from(self.claim.borrow().is_some()));
         if let Some(max) = self.max_value_bytes.get() {
             let bytes = record.encode_utf16().count() * 2;
             if bytes > max {
@@ -502,6 +529,7 @@ impl RecordStore for World {
 
     async fn save_claim(&self, claim: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
         let crash = self.op()?;
+        self.wrote(2 + u64::from(self.record.borrow().is_some()));
         *self.claim.borrow_mut() = Some(claim.to_string());
         *self.record.borrow_mut() = None;
         self.alarm.set(alarm_at_ms);
@@ -516,8 +544,25 @@ impl RecordStore for World {
         *self.claiming.borrow_mut() = vm_ids;
     }
 
+    fn queued_events(&self) -> bool {
+        self.queued.get()
+    }
+
+    fn set_queued_events(&self, queued: bool) {
+        self.queued.set(queued);
+    }
+
+    fn index_written(&self) -> u64 {
+        self.index_written.get()
+    }
+
+    fn set_index_written(&self, revision: u64) {
+        self.index_written.set(revision);
+    }
+
     async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError> {
         let crash = self.op()?;
+        self.wrote(2 + crate::lab::legacy::LEGACY_KEYS.len() as u64);
         *self.record.borrow_mut() = Some(record.to_string());
         *self.legacy.borrow_mut() = None;
         self.alarm.set(Some(alarm_at_ms));
@@ -526,12 +571,14 @@ impl RecordStore for World {
 
     async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError> {
         let crash = self.op()?;
+        self.wrote(1);
         self.alarm.set(Some(at_ms));
         Self::after(crash)
     }
 
     async fn put(&self, record: &str) -> Result<(), StoreError> {
         let crash = self.op()?;
+        self.wrote(1);
         *self.record.borrow_mut() = Some(record.to_string());
         self.saved.borrow_mut().push(record.to_string());
         self.puts.set(self.puts.get() + 1);
@@ -548,6 +595,7 @@ impl RecordStore for World {
 
     async fn delete_all(&self) -> Result<(), StoreError> {
         let crash = self.op()?;
+        self.wrote(2);
         *self.record.borrow_mut() = None;
         *self.legacy.borrow_mut() = None;
         *self.claim.borrow_mut() = None;
@@ -570,6 +618,7 @@ impl FleetIndex for World {
         if self.index_down.get() {
             return Err("D1_ERROR: no such table: sessions".into());
         }
+        self.index_writes.set(self.index_writes.get() + 1);
         let mut rows = self.rows.borrow_mut();
         match rows.get(&row.lab_request_id) {
             Some(existing) if existing.revision >= row.revision => {}
@@ -597,6 +646,7 @@ impl FleetIndex for World {
         if self.index_down.get() {
             return Err("D1_ERROR: no such table: sessions".into());
         }
+        self.index_writes.set(self.index_writes.get() + 1);
         let mut rows = self.rows.borrow_mut();
         if rows
             .get(lab_request_id)
