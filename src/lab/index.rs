@@ -138,8 +138,13 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
     }
 }
 
-/// The rows of `session`'s VMs in `vms`.
+/// The rows of `session`'s VMs in `vms`: none for a single-VM lab, whose VM is its id and
+/// whose row in `sessions` says how far its deletion got (`lookup` reads it there), which saves
+/// the lab's rows in `vms` and their index entries.
 pub fn vm_rows(session: &Session) -> Vec<VmRow> {
+    if session.vm_count() == 1 {
+        return Vec::new();
+    }
     let c = &session.cleanup;
     session
         .vms()
@@ -316,11 +321,19 @@ pub fn delete(lab_request_id: &str, revision: u64) -> Vec<(String, Vec<Bind>)> {
 pub const LABELS_TABLE: &str = "labels";
 
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
+/// The VMs of labs of several VMs from `vms`; a single-VM lab's VM (its id) from its row in
+/// `sessions`, its state from the counts there (a row in `vms` that an older version wrote for
+/// it is left aside). One statement, the ids bound once.
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
-    in_set(
-        &format!("SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN"),
-        vm_ids,
-    )
+    if vm_ids.is_empty() {
+        return Vec::new();
+    }
+    vec![(
+        format!("WITH ids(id) AS (SELECT value FROM json_each(?)) SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN (SELECT id FROM ids) AND s.vm_count != 1 UNION ALL SELECT s.lab_request_id AS vm_id, s.lab_request_id AS lab_request_id, CASE WHEN s.pending_count > 0 THEN 'pending' WHEN s.already_gone_count > 0 THEN 'already_gone' ELSE 'deleted' END AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM {TABLE} s WHERE s.lab_request_id IN (SELECT id FROM ids) AND s.vm_count = 1"),
+        vec![Bind::Text(
+            serde_json::to_string(vm_ids).unwrap_or_else(|_| "[]".into()),
+        )],
+    )]
 }
 
 /// `select` followed by a set of `ids`, in one statement whatever their number: the ids are
@@ -979,7 +992,7 @@ mod tests {
         assert_eq!(lookups.len(), 1);
         assert!(lookups[0]
             .0
-            .ends_with("IN (SELECT value FROM json_each(?))"));
+            .starts_with("WITH ids(id) AS (SELECT value FROM json_each(?))"));
         assert_eq!(
             lookups[0].1,
             vec![Bind::Text(serde_json::to_string(&ids).unwrap())]

@@ -80,10 +80,24 @@ pub fn inventory_classes_and_the_dry_run(ctx: &Ctx) {
     ));
     create_lab(ctx, "inv-late", user, 1, &["inv-late-w"]);
     create_lab(ctx, "inv-done", user, 1, &["inv-done-w"]);
+    // Single-VM labs too: their VM is known from their row in `sessions` alone.
+    create_lab(ctx, "inv-solo", user, 600, &[]);
+    ctx.mock.add_fault(Fault::on(
+        "inv-solo-late",
+        Endpoint::DeleteVm,
+        Action::Status { status: 500 },
+    ));
+    create_lab(ctx, "inv-solo-late", user, 1, &[]);
+    create_lab(ctx, "inv-solo-done", user, 1, &[]);
     poll_status(ctx, "inv-done", 20, |v| v["status"] == "completed");
     poll_status(ctx, "inv-late", 20, |v| v["status"] == "retrying");
+    poll_status(ctx, "inv-solo-done", 20, |v| v["status"] == "completed");
+    poll_status(ctx, "inv-solo-late", 20, |v| v["status"] == "retrying");
     wait_row(ctx, "inv-done", user, "completed");
     wait_row(ctx, "inv-late", user, "retrying");
+    wait_row(ctx, "inv-solo", user, "scheduled");
+    wait_row(ctx, "inv-solo-done", user, "completed");
+    wait_row(ctx, "inv-solo-late", user, "retrying");
     let calls_before = ctx.mock.calls().len();
     let answer = push(
         ctx,
@@ -93,12 +107,18 @@ pub fn inventory_classes_and_the_dry_run(ctx: &Ctx) {
             vm("inv-late-w", user, None),
             vm("inv-done-w", user, None),
             vm("inv-stray", "inv-user-9", Some(ago(3_600))),
+            vm("inv-solo", user, Some(ago(3_600))),
+            vm("inv-solo-late", user, None),
+            vm("inv-solo-done", user, None),
         ]),
         false,
     );
-    assert_eq!(ids(&answer["tracked"]), ["inv-live", "inv-live-w"]);
-    assert_eq!(ids(&answer["overdue"]), ["inv-late-w"]);
-    assert_eq!(ids(&answer["finished"]), ["inv-done-w"]);
+    assert_eq!(
+        ids(&answer["tracked"]),
+        ["inv-live", "inv-live-w", "inv-solo"]
+    );
+    assert_eq!(ids(&answer["overdue"]), ["inv-late-w", "inv-solo-late"]);
+    assert_eq!(ids(&answer["finished"]), ["inv-done-w", "inv-solo-done"]);
     assert_eq!(ids(&answer["unknown"]), ["inv-stray"]);
     assert_eq!(answer["tracked"][1]["lab"], "inv-live");
     assert_eq!(answer["scheduled"], json!([]));
@@ -114,6 +134,7 @@ pub fn inventory_classes_and_the_dry_run(ctx: &Ctx) {
         .raw("GET", "/api/v1/labs/sessions/inv-stray", &[], b"");
     assert_eq!(r.status, 404, "{}", r.text());
     ctx.mock.clear_faults("inv-late-w");
+    ctx.mock.clear_faults("inv-solo-late");
 }
 
 /// Acting: an old unknown VM is cleaned up once as a lab of its own (services first, its events

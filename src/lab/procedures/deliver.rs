@@ -34,17 +34,30 @@ impl<P: Platform> Lab<'_, P> {
         let p = self.platform;
         let now = p.now_ms();
         let queued = p.queued_events();
-        let due = self.due_within_limits(&session, now, queued);
-        if due.is_empty() {
-            return Ok(());
-        }
-        // Those sent now are held by this delivery; any other (past the invocation's room) is
-        // held again by the delivery that takes it.
         p.set_queued_events(false);
+        let due = self.due_within_limits(&session, now, queued);
+        // Events queued to be sent now that this invocation has no room left for (its
+        // subrequests, its wall time): due at once, so that the alarm sends them from an
+        // invocation of its own rather than at their hold's end.
+        let mut left = false;
+        for e in session.notices.outbox.iter_mut() {
+            if queued && e.attempts == 0 && e.next_at_ms > now && !due.iter().any(|d| d.id == e.id)
+            {
+                e.next_at_ms = now;
+                left = true;
+            }
+        }
+        if due.is_empty() {
+            return if left {
+                self.save(&mut session).await
+            } else {
+                Ok(())
+            };
+        }
         // Sending starts now; the events stay held until it ends (at most the timeout). Those
         // the save that queued them held long enough need no save for it.
         let sent_by = now.saturating_add(self.config.webhook_timeout_ms());
-        if due.iter().any(|e| e.next_at_ms < sent_by) {
+        if left || due.iter().any(|e| e.next_at_ms < sent_by) {
             let held_until = sent_by.saturating_add(1_000);
             for event in session.notices.outbox.iter_mut() {
                 if due.iter().any(|d| d.id == event.id) {

@@ -70,6 +70,21 @@ fn the_largest_lab_stays_within_each_plan_clean_or_failing() {
                     && types.contains(&"lab.cleanup_completed".to_string()),
                 "{case}: {types:?}"
             );
+            // The completion goes out at once, from an invocation of its own where the
+            // attempt's used up its subrequests, not at the end of its hold.
+            let completed_at = s.cleanup.completed_at_ms.expect("completed");
+            let sent_at = world
+                .deliveries
+                .borrow()
+                .iter()
+                .find(|d| d.body.contains("\"lab.cleanup_completed\""))
+                .map(|d| d.timestamp * 1000)
+                .expect("the completion");
+            assert!(
+                sent_at - completed_at <= 5_000,
+                "{case}: sent {} ms after the completion",
+                sent_at - completed_at
+            );
             within(&world, limits, &case);
         }
     }
