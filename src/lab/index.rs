@@ -1025,7 +1025,7 @@ mod tests {
         let (sql, binds) = list(&q, 3);
         assert_eq!(
             sql,
-            format!("SELECT {}, (SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1 AND lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?) AND status IN (?, ?) AND user_id = ? AND status != 'completed' AND attempts >= ? AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", COLUMNS.join(", "))
+            format!("SELECT {}, (SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1 AND lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?) AND status IN (?, ?) AND user_id = ? AND status != 'completed' AND attempts >= ? AND attempts > 0 AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", COLUMNS.join(", "))
         );
         assert_eq!(
             binds,
@@ -1140,7 +1140,7 @@ mod tests {
         );
         assert_eq!(
             statements[1].0,
-            "SELECT COUNT(*) AS n FROM sessions WHERE status != 'completed' AND attempts >= ?"
+            "SELECT COUNT(*) AS n FROM sessions WHERE status != 'completed' AND attempts >= ? AND attempts > 0"
         );
         assert_eq!(statements[1].1, vec![Bind::Int(3)]);
         assert!(statements[2]

@@ -67,7 +67,9 @@ pub fn stuck_sql(negated: bool) -> String {
     if negated {
         format!("(status = '{done}' OR attempts < ?)")
     } else {
-        format!("status != '{done}' AND attempts >= ?")
+        // `attempts > 0` follows from `STUCK_AFTER_ATTEMPTS` >= 1; said, it lets SQLite use
+        // the partial index of labs with attempts (`migrations/0008_narrow_indexes.sql`).
+        format!("status != '{done}' AND attempts >= ? AND attempts > 0")
     }
 }
 
@@ -142,7 +144,10 @@ mod tests {
         assert!(is_stuck(Status::CleaningUp, 7, 3));
         assert!(!is_stuck(Status::Completed, 9, 3));
         assert!(!is_stuck(Status::Scheduled, 0, 3));
-        assert_eq!(stuck_sql(false), "status != 'completed' AND attempts >= ?");
+        assert_eq!(
+            stuck_sql(false),
+            "status != 'completed' AND attempts >= ? AND attempts > 0"
+        );
         assert_eq!(stuck_sql(true), "(status = 'completed' OR attempts < ?)");
         assert_eq!(in_cleanup_sql(), "('cleaning_up', 'retrying')");
     }
