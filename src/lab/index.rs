@@ -321,19 +321,22 @@ pub fn delete(lab_request_id: &str, revision: u64) -> Vec<(String, Vec<Bind>)> {
 pub const LABELS_TABLE: &str = "labels";
 
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
-/// The VMs of labs of several VMs from `vms`; a single-VM lab's VM (its id) from its row in
-/// `sessions`, its state from the counts there (a row in `vms` that an older version wrote for
-/// it is left aside). One statement, the ids bound once.
+/// A VM of a lab of several VMs is read from `vms`; a single-VM lab's VM (its id) from the
+/// lab's row in `sessions`, its state from the counts there (a row in `vms` that an older
+/// version wrote for it is left aside). One statement, the ids bound once (`id_set`).
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     if vm_ids.is_empty() {
         return Vec::new();
     }
     vec![(
         format!("WITH ids(id) AS (SELECT value FROM json_each(?)) SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN (SELECT id FROM ids) AND s.vm_count != 1 UNION ALL SELECT s.lab_request_id AS vm_id, s.lab_request_id AS lab_request_id, CASE WHEN s.pending_count > 0 THEN 'pending' WHEN s.already_gone_count > 0 THEN 'already_gone' ELSE 'deleted' END AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM {TABLE} s WHERE s.lab_request_id IN (SELECT id FROM ids) AND s.vm_count = 1"),
-        vec![Bind::Text(
-            serde_json::to_string(vm_ids).unwrap_or_else(|_| "[]".into()),
-        )],
+        vec![id_set(vm_ids)],
     )]
+}
+
+/// A set of ids bound once, as a JSON array that `json_each(?)` reads.
+fn id_set(ids: &[String]) -> Bind {
+    Bind::Text(serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()))
 }
 
 /// `select` followed by a set of `ids`, in one statement whatever their number: the ids are
@@ -346,9 +349,7 @@ fn in_set(select: &str, ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     }
     vec![(
         format!("{select} (SELECT value FROM json_each(?))"),
-        vec![Bind::Text(
-            serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()),
-        )],
+        vec![id_set(ids)],
     )]
 }
 
@@ -400,7 +401,7 @@ pub fn record_seen(vm_ids: &[String], now_ms: i64) -> Vec<(String, Vec<Bind>)> {
         "INSERT OR IGNORE INTO inventory_seen (vm_id, first_seen_at) SELECT value, ? FROM json_each(?)".into(),
         vec![
             Bind::Int(now_ms),
-            Bind::Text(serde_json::to_string(vm_ids).unwrap_or_else(|_| "[]".into())),
+            id_set(vm_ids),
         ],
     )]
 }
