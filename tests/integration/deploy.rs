@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::output_text;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -97,11 +99,7 @@ pub fn deploy_checks_refuse_a_configuration_that_would_not_work(_ctx: &crate::su
         .env_remove("LABS_CLEANUP_DEPLOY_CHECKED")
         .output()
         .expect("wrangler");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&bare.stdout),
-        String::from_utf8_lossy(&bare.stderr)
-    );
+    let all = output_text(&bare);
     assert!(
         !bare.status.success(),
         "a bare wrangler deploy went through:\n{all}"
@@ -116,16 +114,12 @@ pub fn deploy_checks_refuse_a_configuration_that_would_not_work(_ctx: &crate::su
 /// SQLite, the engine of D1): the newest keeps every row, and the counts its triggers keep equal
 /// the rows' before it, right after it and after more writes.
 pub fn migrations_upgrade_a_written_database(_ctx: &crate::support::Ctx) {
-    let out = std::process::Command::new("python3")
+    let out = Command::new("python3")
         .arg(root().join("tests/migrations/upgrade.py"))
         .arg(root().join("migrations"))
         .output()
         .expect("python3 tests/migrations/upgrade.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     println!("migrations: {}", text.trim());
 }

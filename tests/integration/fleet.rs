@@ -656,11 +656,7 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         .env("CHROMIUM", &chromium)
         .output()
         .expect("node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     println!("{}", text.trim_end());
     assert!(out.status.success(), "the browser test failed:\n{text}");
     let v = poll_status(ctx, stuck, 5, |v| v["status"] == "completed");

@@ -815,8 +815,7 @@ pub fn schemathesis_fuzz(ctx: &mut Ctx) {
         ])
         .output()
         .expect("run schemathesis");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let text = output_text(&output);
     let summary = text
         .lines()
         .rev()

@@ -31,6 +31,15 @@ pub const OPERATOR_TOKEN: &str = "itest-operator-token-31b8aa";
 /// Longest wait for `wrangler dev` to build and start.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// What a finished process printed: its standard output, then its standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 /// Whether this process has built the project's worker already (`build/`).
 static BUILT: AtomicBool = AtomicBool::new(false);
@@ -251,9 +260,8 @@ impl Worker {
             .expect("wrangler d1 migrations apply");
         assert!(
             out.status.success(),
-            "applying the D1 migrations failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "applying the D1 migrations failed:\n{}",
+            output_text(&out)
         );
         self.migrated = true;
     }
@@ -277,11 +285,7 @@ impl Worker {
                 .env("WRANGLER_SEND_METRICS", "false")
                 .output()
                 .expect("wrangler d1 execute");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let text = output_text(&out);
             if out.status.success() {
                 return text;
             }

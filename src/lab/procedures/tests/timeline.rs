@@ -288,7 +288,7 @@ fn an_evicted_object_forgets_unwritten_activity_and_ends_at_most_that_much_early
     world.request(Request::Activity).unwrap(); // written (2 minutes since the creation)
     world.now.set(T0 + 2 * MINUTE + 30 * SECOND);
     world.request(Request::Activity).unwrap(); // noted only
-    world.noted.set(None); // evicted
+    world.evict();
     world.run(T0 + 60 * MINUTE);
     let first = world.calls.borrow()[0].at;
     assert_eq!(first, T0 + 12 * MINUTE, "from the activity written");
