@@ -97,11 +97,10 @@ impl<P: Platform> Lab<'_, P> {
         self.save(&mut session).await
     }
 
-    /// The events due at `now`, within what the invocation has left: its subrequests, and time
-    /// for a delivery to end within the alarm's wall time. The rest is due still: the next
-    /// alarm delivers it.
-    /// The events due at `now`, and with `queued` those never tried (queued by this object for
-    /// delivery now, held by the save that queued them).
+    /// The events due at `now` (with `queued`, also those never tried: queued by this object
+    /// for delivery now, held by the save that queued them), within what the invocation has
+    /// left: its subrequests, and time for a delivery to end within the alarm's wall time. The
+    /// rest is due still: the next alarm delivers it.
     fn due_within_limits(&self, session: &Session, now: i64, queued: bool) -> Vec<OutboxEvent> {
         let p = self.platform;
         let last_start = p
