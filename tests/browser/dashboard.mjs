@@ -180,11 +180,14 @@ try {
   await page.click("#apply");
   await page.click(`button[data-open="${SCHEDULED}"]`);
   await page.waitForSelector('#detail [data-status="scheduled"]');
-  // Retry now is disabled for a scheduled lab; ask the API anyway, as a stale page would.
+  // Retry now is disabled for a scheduled lab; ask the API anyway, as a stale page would. Enabled
+  // and clicked in one turn of the page: its periodic refresh re-renders the detail (disabling
+  // the button again) between two steps of the test.
   await page.evaluate(() => {
-    document.querySelector("#retry-now").disabled = false;
+    const button = document.querySelector("#retry-now");
+    button.disabled = false;
+    button.click();
   });
-  await page.click("#retry-now");
   await page.waitForFunction(() => document.querySelector("#message").textContent.includes("409"));
   const conflict = await page.textContent("#message");
   if (!conflict.includes("Retry now failed") || !conflict.includes("DELETE")) fail(`the conflict reads: ${conflict}`);
