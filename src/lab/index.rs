@@ -218,7 +218,7 @@ fn optional(n: Option<i64>) -> Bind {
 /// The statements that write a lab's rows in one batch: its row in `sessions` and its VMs' rows
 /// in `vms`, each unless the index holds a newer revision.
 pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
-    let mut statements = vec![upsert(row)];
+    let mut statements = Vec::from(upsert(row));
     // The labels never change: written once (an existing row is left as it is, and costs no
     // write).
     if !row.labels.is_empty() {
@@ -241,6 +241,15 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
             binds,
         ));
     }
+    if !vms.is_empty() {
+        // A VM whose row names another lab moves first, so that the upserts below set only its
+        // state: `vms_by_lab` is written again only for a VM that moves.
+        let ids: Vec<String> = vms.iter().map(|vm| vm.vm_id.clone()).collect();
+        statements.push((
+            "UPDATE vms SET lab_request_id = ?1 WHERE vm_id IN (SELECT value FROM json_each(?2)) AND lab_request_id != ?1 AND revision < ?3".into(),
+            vec![Bind::Text(row.lab_request_id.clone()), id_set(&ids), int(row.revision)],
+        ));
+    }
     for chunk in vms.chunks(MAX_BINDS / 4) {
         let marks = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
         let mut binds = Vec::with_capacity(chunk.len() * 4);
@@ -252,7 +261,7 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
         }
         statements.push((
             format!(
-                "INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES {marks} ON CONFLICT (vm_id) DO UPDATE SET lab_request_id = excluded.lab_request_id, state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision"
+                "INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES {marks} ON CONFLICT (vm_id) DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision"
             ),
             binds,
         ));
@@ -260,19 +269,23 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
     statements
 }
 
-/// The upsert of `row`, unless the index holds a newer revision of it.
-pub fn upsert(row: &IndexRow) -> (String, Vec<Bind>) {
-    let marks: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
-    let updates: Vec<String> = COLUMNS[1..]
-        .iter()
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {TABLE} ({}) VALUES ({}) ON CONFLICT (lab_request_id) DO UPDATE SET {} WHERE excluded.revision > {TABLE}.revision",
-        COLUMNS.join(", "),
-        marks.join(", "),
-        updates.join(", ")
-    );
+/// The upsert of a lab's row, unless the index holds a newer revision of it. Every index that
+/// holds a column an update sets is written again, changed or not (a D1 row written each), and
+/// nearly all of them hold `expires_at`: it sets only what an attempt changes, and `UPSERT_FIXED`
+/// the columns a row keeps from its create on where they differ (an extend moves the expiry).
+/// Literals (checked against `COLUMNS` by the tests): no code builds them.
+const UPSERT: &str = "INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin, end_reason) \
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT (lab_request_id) DO UPDATE SET \
+status = excluded.status, attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, pending_count = excluded.pending_count, already_gone_count = excluded.already_gone_count, last_error = excluded.last_error, completed_at = excluded.completed_at, updated_at = excluded.updated_at, revision = excluded.revision, end_reason = excluded.end_reason \
+WHERE excluded.revision > sessions.revision";
+
+/// After `UPSERT`, with its first 16 binds: the columns it leaves alone, where they differ.
+const UPSERT_FIXED: &str = "UPDATE sessions SET user_id = ?2, lab_type = ?3, vm_count = ?4, created_at = ?6, expires_at = ?7, origin = ?16 \
+WHERE lab_request_id = ?1 AND revision = ?15 \
+AND (user_id, lab_type, vm_count, created_at, expires_at, origin) IS NOT (?2, ?3, ?4, ?6, ?7, ?16)";
+
+/// The two statements that write `row` (`UPSERT`, then `UPSERT_FIXED`).
+pub fn upsert(row: &IndexRow) -> [(String, Vec<Bind>); 2] {
     let binds = vec![
         Bind::Text(row.lab_request_id.clone()),
         Bind::Text(row.user_id.clone()),
@@ -293,7 +306,8 @@ pub fn upsert(row: &IndexRow) -> (String, Vec<Bind>) {
         row.end_reason
             .map_or(Bind::Null, |r| Bind::Text(r.name().into())),
     ];
-    (sql, binds)
+    let fixed = binds[..16].to_vec();
+    [(UPSERT.into(), binds), (UPSERT_FIXED.into(), fixed)]
 }
 
 /// The deletes of a lab's rows (its row and its VMs'), unless the index holds a revision newer
@@ -576,20 +590,20 @@ impl Default for ListQuery {
     }
 }
 
+/// The start of the list's statement: every column of `COLUMNS` (a literal, checked by the
+/// tests), and the lab's labels as one JSON object.
+const LIST_SELECT: &str = "SELECT lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin, end_reason, \
+(SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1";
+
 /// The list's statement: its SQL and its bound values, one row more than the page (which says
 /// whether another page follows). Paging is by key (`expires_at`, then `lab_request_id`), so a
 /// lab is listed once however many labs are added while paging.
 pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
-    let mut sql = format!(
-        "SELECT {}, (SELECT json_group_object(key, value) FROM {LABELS_TABLE} l WHERE l.lab_request_id = {TABLE}.lab_request_id) AS labels FROM {TABLE} WHERE 1 = 1",
-        COLUMNS.join(", ")
-    );
+    let mut sql = String::from(LIST_SELECT);
     let mut binds = Vec::new();
     // Each label: the labs that carry it, from its index (SQLite probes the sessions by key).
     for (key, value) in &q.labels {
-        sql.push_str(&format!(
-            " AND lab_request_id IN (SELECT lab_request_id FROM {LABELS_TABLE} WHERE key = ? AND value = ?)"
-        ));
+        sql.push_str(" AND lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?)");
         binds.push(Bind::Text(key.clone()));
         binds.push(Bind::Text(value.clone()));
     }
@@ -928,13 +942,51 @@ mod tests {
     fn the_upsert_never_overwrites_a_newer_row() {
         let mut s = session();
         touch(&mut s, T0, 2_000);
-        let (sql, binds) = upsert(&row(&s, T0));
-        assert!(sql.starts_with("INSERT INTO sessions (lab_request_id, user_id, lab_type"));
-        assert!(sql.ends_with("WHERE excluded.revision > sessions.revision"));
-        assert!(sql.contains("status = excluded.status"));
+        let [(sql, binds), (fixed, fixed_binds)] = upsert(&row(&s, T0));
+        // The literals are what `COLUMNS` makes: the insert takes every column, the update on
+        // conflict sets all but the lab's id and the fixed ones, which the second sets.
+        let fixed_columns = [1, 2, 3, 5, 6, 15];
+        let marks: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
+        let sets: Vec<String> = (1..COLUMNS.len())
+            .filter(|i| !fixed_columns.contains(i))
+            .map(|i| format!("{c} = excluded.{c}", c = COLUMNS[i]))
+            .collect();
+        assert_eq!(
+            sql,
+            format!(
+                "INSERT INTO sessions ({}) VALUES ({}) ON CONFLICT (lab_request_id) DO UPDATE SET {} WHERE excluded.revision > sessions.revision",
+                COLUMNS.join(", "),
+                marks.join(", "),
+                sets.join(", ")
+            )
+        );
+        let each = |f: &dyn Fn(usize) -> String| -> String {
+            fixed_columns
+                .iter()
+                .map(|&i| f(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert_eq!(
+            fixed,
+            format!(
+                "UPDATE sessions SET {} WHERE lab_request_id = ?1 AND revision = ?15 AND ({}) IS NOT ({})",
+                each(&|i| format!("{} = ?{}", COLUMNS[i], i + 1)),
+                each(&|i| COLUMNS[i].into()),
+                each(&|i| format!("?{}", i + 1)),
+            )
+        );
+        assert_eq!(COLUMNS[14], "revision");
+        assert!(LIST_SELECT.starts_with(&format!("SELECT {}, (SELECT", COLUMNS.join(", "))));
+        // An attempt's update leaves the indexes of the columns it does not change alone.
+        for unchanged in ["user_id", "expires_at", "origin", "created_at"] {
+            assert!(!sql.contains(&format!("{unchanged} = ")), "{sql}");
+        }
+        assert_eq!(fixed_binds[..], binds[..16]);
         assert_eq!(binds.len(), COLUMNS.len());
         assert_eq!(binds[4], Bind::Text("scheduled".into()));
         assert_eq!(binds[8], Bind::Null);
+        assert_eq!(binds[14], Bind::Int(s.sync.revision as i64));
         let deletes = delete("m", 7);
         assert_eq!(
             deletes[0].0,
@@ -980,13 +1032,20 @@ mod tests {
         assert_eq!(vms[4].state, VmState::AlreadyGone);
         assert_eq!(vms[5].state, VmState::Pending);
         let statements = upsert_all(&row(&s, T0), &vms);
-        assert_eq!(statements.len(), 3, "the row, then 25 + 24 VMs");
+        assert_eq!(
+            statements.len(),
+            5,
+            "the row and its fixed columns, the VMs that move, then 25 + 24 VMs"
+        );
         for (sql, binds) in &statements {
             assert!(binds.len() <= MAX_BINDS, "{sql}");
         }
-        assert!(statements[1]
+        assert!(statements[2]
             .0
-            .ends_with("WHERE excluded.revision > vms.revision"));
+            .starts_with("UPDATE vms SET lab_request_id = ?1"));
+        assert!(statements[3]
+            .0
+            .ends_with("DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision"));
         // A set of ids is one query however large, bound once as a JSON array.
         let ids: Vec<String> = (0..1_000).map(|n| format!("v{n}")).collect();
         let lookups = lookup(&ids);

@@ -135,13 +135,33 @@ impl Store {
     /// Writes the record and its alarm (`None`: no alarm) in one atomic batch, removing the
     /// claim the last read found.
     pub async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
-        let mut batch = vec![self.put_record(record)?, self.write_alarm(alarm_at_ms)?];
-        if self.seen.get() == Seen::Claim {
-            batch.push(self.storage.delete(CLAIM_KEY).map_err(js)?);
+        self.write(Some(record), alarm_at_ms).await
+    }
+
+    /// The record (if any) and the alarm in one atomic batch. An alarm already set for that
+    /// time is not written again (a row written fewer: a save of a delivery or a warning keeps
+    /// the wake-up it had); the read and the batch are one step for the object, whose input
+    /// gate holds other events back while storage answers.
+    async fn write(
+        &self,
+        record: Option<&str>,
+        alarm_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = Vec::new();
+        if let Some(record) = record {
+            batch.push(self.put_record(record)?);
+            if self.seen.get() == Seen::Claim {
+                batch.push(self.storage.delete(CLAIM_KEY).map_err(js)?);
+            }
+        }
+        if self.alarm().await? != alarm_at_ms {
+            batch.push(self.write_alarm(alarm_at_ms)?);
         }
         self.wrote(batch.len() as u64, batch.len() as u64);
         all(&batch).await?;
-        self.seen.set(Seen::Record);
+        if record.is_some() {
+            self.seen.set(Seen::Record);
+        }
         Ok(())
     }
 
@@ -186,9 +206,9 @@ impl Store {
         all(&[self.put_record(record)?]).await
     }
 
+    /// Sets the alarm, unless it is set for that time already.
     pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError> {
-        self.wrote(1, 1);
-        all(&[self.write_alarm(Some(at_ms))?]).await
+        self.write(None, Some(at_ms)).await
     }
 
     /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
