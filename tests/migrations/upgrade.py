@@ -14,24 +14,46 @@ import sys
 
 COLUMNS = ("lab_request_id,user_id,lab_type,vm_count,status,created_at,expires_at,attempts,"
            "next_attempt_at,pending_count,already_gone_count,last_error,completed_at,updated_at,"
-           "revision,origin,end_reason")
-UPSERT = (f"INSERT INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 17)}) "
+           "revision,origin,end_reason").split(",")
+# The worker's upsert (`index::upsert`): the columns an attempt changes, then the ones a row keeps
+# from its create (an extend moves the expiry) where they differ.
+FIXED = [1, 2, 3, 5, 6, 15]
+UPSERT = (f"INSERT INTO sessions ({', '.join(COLUMNS)}) VALUES ({', '.join(f'?{i}' for i in range(1, 18))}) "
           "ON CONFLICT (lab_request_id) DO UPDATE SET "
-          + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(",")[1:])
+          + ", ".join(f"{c} = excluded.{c}" for i, c in enumerate(COLUMNS) if i and i not in FIXED)
           + " WHERE excluded.revision > sessions.revision")
+UPSERT_FIXED = ("UPDATE sessions SET " + ", ".join(f"{COLUMNS[i]} = ?{i + 1}" for i in FIXED)
+                + " WHERE lab_request_id = ?1 AND revision = ?15 AND ("
+                + ", ".join(COLUMNS[i] for i in FIXED) + ") IS NOT ("
+                + ", ".join(f"?{i + 1}" for i in FIXED) + ")")
 STATUSES = ["scheduled", "cleaning_up", "retrying", "completed"]
+ORIGINS = ["api", "api", "api", "inventory", "legacy"]
 
 draw = random.Random(7)
 revision = {}
+# What each lab's row must hold: the values of its newest revision written.
+want = {}
+written = {}
 
 
 def upsert(db, n):
     lab = f"lab-{n}"
     revision[lab] = revision.get(lab, 0) + draw.choice([1, 1, 1, -1])  # now and then an old one
     status = draw.choice(STATUSES)
-    db.execute(UPSERT, (lab, "u", "single", 1, status, 1, 100 + n, 1, None, 1,
-                        draw.choice([0, 0, 1, 2]), None, 200 if status == "completed" else None,
-                        1, revision[lab], "api", None))
+    # A revision is one content (the worker's revision moves with every change of the record).
+    row = written.setdefault((lab, revision[lab]), (lab, "u", "single", 1, status, 1, 100 + n + draw.choice([0, 0, 0, 60]), 1, None, 1,
+           draw.choice([0, 0, 1, 2]), None, 200 if status == "completed" else None,
+           1, revision[lab], ORIGINS[n % len(ORIGINS)], None))
+    db.execute(UPSERT, row)
+    db.execute(UPSERT_FIXED, row[:16])
+    if lab not in want or row[14] > want[lab][14]:
+        want[lab] = row
+
+
+def delete(db, n):
+    lab = f"lab-{n}"
+    db.execute("DELETE FROM sessions WHERE lab_request_id = ?", (lab,))
+    want.pop(lab, None)
 
 
 def check(db, step):
@@ -43,7 +65,17 @@ def check(db, step):
     for name, n in kept.items():
         if real.get(name, 0) != n:
             sys.exit(f"{step}: {name} counted {n}, the rows say {real.get(name, 0)}")
-    return db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    rows = {r[0]: r for r in db.execute(f"SELECT {', '.join(COLUMNS)} FROM sessions")}
+    if rows != want:
+        sys.exit(f"{step}: the rows are not the newest revisions written")
+    # The list's origin filter, through the index it uses, finds every lab of that origin.
+    for origin in ORIGINS[3:]:
+        indexed = db.execute("SELECT COUNT(*) FROM sessions INDEXED BY sessions_by_origin "
+                             "WHERE origin = ? AND origin != 'api'", (origin,)).fetchone()[0]
+        scanned = sum(1 for r in rows.values() if r[15] == origin)
+        if indexed != scanned:
+            sys.exit(f"{step}: origin {origin}: {indexed} through the index, {scanned} rows")
+    return len(rows)
 
 
 def main():
@@ -54,7 +86,7 @@ def main():
     for n in range(400):
         upsert(db, draw.randrange(300))
     for n in draw.sample(range(300), 40):
-        db.execute("DELETE FROM sessions WHERE lab_request_id = ?", (f"lab-{n}",))
+        delete(db, n)
     before = check(db, "before the newest migration")
     rows = db.execute("SELECT * FROM sessions ORDER BY lab_request_id").fetchall()
     db.executescript(open(files[-1]).read())
@@ -64,7 +96,7 @@ def main():
     for n in range(600):
         upsert(db, draw.randrange(400))
     for n in draw.sample(range(400), 60):
-        db.execute("DELETE FROM sessions WHERE lab_request_id = ?", (f"lab-{n}",))
+        delete(db, n)
     after = check(db, "after more writes")
     print(f"ok: {len(files)} migrations, {before} labs kept across the newest, {after} after more writes, counts exact")
 
