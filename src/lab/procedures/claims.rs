@@ -70,7 +70,7 @@ impl<P: Platform> Lab<'_, P> {
             Ok(Answer::Refused { status, .. }) | Err(ServiceError::Answered(status)) => {
                 Owner::Unreachable(format!("it answered {status}"))
             }
-            Ok(other) => Owner::Unreachable(format!("an unreadable answer: {other:?}")),
+            Ok(_) => Owner::Unreachable("an answer to another request".into()),
             Err(e) => Owner::Unreachable(safe(&e.to_string(), 200)),
         }
     }
@@ -228,8 +228,8 @@ impl<P: Platform> Lab<'_, P> {
                     reason: format!("the object of worker VM {vm} answered {status}"),
                 }
             }
-            Ok(other) => ClaimAnswer::Unavailable {
-                reason: format!("the object of worker VM {vm} answered unreadably ({other:?})"),
+            Ok(_) => ClaimAnswer::Unavailable {
+                reason: format!("the object of worker VM {vm} answered another request"),
             },
             Err(ServiceError::Failed(e)) if e.starts_with("an unreadable answer") => {
                 ClaimAnswer::Unavailable {
