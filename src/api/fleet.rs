@@ -358,6 +358,7 @@ mod tests {
             origin: Origin::Api,
             end_reason: None,
             labels: Default::default(),
+            first: false,
         }
     }
 

@@ -67,6 +67,10 @@ pub struct IndexRow {
     pub end_reason: Option<EndReason>,
     /// The lab's labels: written to `labels` (its own table), read back as one JSON object.
     pub labels: Labels,
+    /// No row of the lab confirmed written yet: its VMs' rows may still name another lab (see
+    /// `upsert_all`). Not a column.
+    #[serde(skip)]
+    pub first: bool,
 }
 
 impl IndexRow {
@@ -99,6 +103,7 @@ impl IndexRow {
                 .as_str()
                 .and_then(|t| serde_json::from_str(t).ok())
                 .unwrap_or_default(),
+            first: false,
         })
     }
 }
@@ -135,6 +140,7 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
         origin: session.origin(),
         end_reason: session.end_reason,
         labels: session.labels.clone(),
+        first: session.sync.index.written == 0,
     }
 }
 
@@ -241,9 +247,11 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
             binds,
         ));
     }
-    if !vms.is_empty() {
-        // A VM whose row names another lab moves first, so that the upserts below set only its
-        // state: `vms_by_lab` is written again only for a VM that moves.
+    if row.first && !vms.is_empty() {
+        // A VM whose row names another lab (one in retention that listed a VM of the same id)
+        // moves first, at the lab's first row, so that the upserts below set only its state:
+        // `vms_by_lab` is written again only for a VM that moves, and the VMs are read again
+        // only then.
         let ids: Vec<String> = vms.iter().map(|vm| vm.vm_id.clone()).collect();
         statements.push((
             "UPDATE vms SET lab_request_id = ?1 WHERE vm_id IN (SELECT value FROM json_each(?2)) AND lab_request_id != ?1 AND revision < ?3".into(),
@@ -261,7 +269,7 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
         }
         statements.push((
             format!(
-                "INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES {marks} ON CONFLICT (vm_id) DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision"
+                "INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES {marks} ON CONFLICT (vm_id) DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision AND vms.lab_request_id = excluded.lab_request_id"
             ),
             binds,
         ));
@@ -855,7 +863,15 @@ mod tests {
         // As D1 answers the list query: the labels as the text `json_group_object` made.
         let mut v = serde_json::to_value(&row).unwrap();
         v["labels"] = serde_json::Value::String(serde_json::to_string(&row.labels).unwrap());
-        assert_eq!(IndexRow::from_value(&v), Some(row.clone()));
+        // Whether the row is the lab's first is the object's to know, not a column.
+        assert!(row.first);
+        assert_eq!(
+            IndexRow::from_value(&v),
+            Some(IndexRow {
+                first: false,
+                ..row.clone()
+            })
+        );
         v["labels"] = serde_json::Value::Null;
         assert!(IndexRow::from_value(&v).unwrap().labels.is_empty());
         v["status"] = "gone".into();
@@ -1073,9 +1089,15 @@ mod tests {
         assert!(statements[2]
             .0
             .starts_with("UPDATE vms SET lab_request_id = ?1"));
+        // Once a row of the lab is confirmed, its VMs' rows are its own: no move.
+        let mut confirmed = s.clone();
+        crate::lab::index::confirmed(&mut confirmed, 1);
+        let later = upsert_all(&row(&confirmed, T0), &vms);
+        assert_eq!(later.len(), 4);
+        assert!(!later.iter().any(|(sql, _)| sql.starts_with("UPDATE vms")));
         assert!(statements[3]
             .0
-            .ends_with("DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision"));
+            .ends_with("DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision AND vms.lab_request_id = excluded.lab_request_id"));
         // A set of ids is one query however large, bound once as a JSON array.
         let ids: Vec<String> = (0..1_000).map(|n| format!("v{n}")).collect();
         let lookups = lookup(&ids);

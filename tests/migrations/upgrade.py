@@ -8,6 +8,7 @@ are the ones in src/lab/index.rs (upsert by revision, delete).
 Usage: python3 upgrade.py MIGRATIONS_DIR   (prints "ok: ..." or fails with the difference)
 """
 import glob
+import json
 import random
 import sqlite3
 import sys
@@ -48,12 +49,56 @@ def upsert(db, n):
     db.execute(UPSERT_FIXED, row[:16])
     if lab not in want or row[14] > want[lab][14]:
         want[lab] = row
+    if n % 3 == 0:
+        write_vms(db, lab, revision[lab])
+
+
+# The VMs of a lab of several VMs (`index::upsert_all`): at the lab's first row, a VM whose row
+# names another lab moves to it (when that row is older); then each VM's state is set, unless
+# the index holds a newer revision or the row is another lab's.
+MOVE = ("UPDATE vms SET lab_request_id = ?1 WHERE vm_id IN (SELECT value FROM json_each(?2)) "
+        "AND lab_request_id != ?1 AND revision < ?3")
+VM_UPSERT = ("INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES (?, ?, ?, ?) "
+             "ON CONFLICT (vm_id) DO UPDATE SET state = excluded.state, "
+             "revision = excluded.revision WHERE excluded.revision > vms.revision "
+             "AND vms.lab_request_id = excluded.lab_request_id")
+want_vms = {}
+first_done = set()
+
+
+def write_vms(db, lab, rev):
+    # Now and then a VM another lab's row named.
+    vms = [f"{lab}-w{k}" for k in range(2)] + [f"shared-{draw.randrange(5)}"]
+    first = lab not in first_done
+    first_done.add(lab)
+    if first:
+        db.execute(MOVE, (lab, json.dumps(vms), rev))
+        for vm in vms:
+            w = want_vms.get(vm)
+            if w and w[1] != lab and w[3] < rev:
+                want_vms[vm] = (vm, lab, w[2], w[3])
+    for vm in vms:
+        state = draw.choice(["pending", "deleted", "already_gone"])
+        db.execute(VM_UPSERT, (vm, lab, state, rev))
+        w = want_vms.get(vm)
+        if w is None or (rev > w[3] and w[1] == lab):
+            want_vms[vm] = (vm, lab, state, rev)
+
+
+def check_vms(db, step):
+    rows = {r[0]: r for r in db.execute("SELECT vm_id, lab_request_id, state, revision FROM vms")}
+    if rows != want_vms:
+        sys.exit(f"{step}: the VM rows are not the newest revisions written")
+    by_lab = db.execute("SELECT COUNT(*) FROM vms INDEXED BY vms_by_lab WHERE lab_request_id > ''").fetchone()[0]
+    if by_lab != len(rows):
+        sys.exit(f"{step}: {by_lab} VM rows through the lab's index, {len(rows)} rows")
 
 
 def delete(db, n):
     lab = f"lab-{n}"
     db.execute("DELETE FROM sessions WHERE lab_request_id = ?", (lab,))
     want.pop(lab, None)
+    first_done.discard(lab)
 
 
 def check(db, step):
@@ -65,6 +110,7 @@ def check(db, step):
     for name, n in kept.items():
         if real.get(name, 0) != n:
             sys.exit(f"{step}: {name} counted {n}, the rows say {real.get(name, 0)}")
+    check_vms(db, step)
     rows = {r[0]: r for r in db.execute(f"SELECT {', '.join(COLUMNS)} FROM sessions")}
     if rows != want:
         sys.exit(f"{step}: the rows are not the newest revisions written")
@@ -89,16 +135,20 @@ def main():
         delete(db, n)
     before = check(db, "before the newest migration")
     rows = db.execute("SELECT * FROM sessions ORDER BY lab_request_id").fetchall()
+    vms = db.execute("SELECT * FROM vms ORDER BY vm_id").fetchall()
     db.executescript(open(files[-1]).read())
     if db.execute("SELECT * FROM sessions ORDER BY lab_request_id").fetchall() != rows:
         sys.exit("the newest migration changed the rows")
+    if db.execute("SELECT * FROM vms ORDER BY vm_id").fetchall() != vms:
+        sys.exit("the newest migration changed the VM rows")
     check(db, "right after the newest migration")
     for n in range(600):
         upsert(db, draw.randrange(400))
     for n in draw.sample(range(400), 60):
         delete(db, n)
     after = check(db, "after more writes")
-    print(f"ok: {len(files)} migrations, {before} labs kept across the newest, {after} after more writes, counts exact")
+    print(f"ok: {len(files)} migrations, {before} labs and {len(vms)} VMs kept across the newest, "
+          f"{after} labs after more writes, counts exact")
 
 
 main()
