@@ -663,7 +663,8 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
 }
 
 /// The counts the index keeps up to date as rows change (`migrations/0003_fleet_counts.sql`):
-/// `status:<name>` per status, and `already_gone`.
+/// `status:<name>` per status, `move:<from>><to>` per status change (0011), and
+/// `already_gone`.
 pub const COUNTS_TABLE: &str = "fleet_counts";
 
 /// The `FROM ... WHERE` of a bulk selector (`lab::fleet::bulk::Selector`) and its binds: driven
@@ -784,11 +785,26 @@ pub fn kept(counts: &[(String, i64)], name: &str) -> u64 {
         .map_or(0, |(_, v)| (*v).max(0) as u64)
 }
 
-/// The labs by status, from the kept counts.
+/// The labs by status, from the kept counts: `status:<name>`, the labs inserted with that status
+/// less those deleted with it, plus the moves into it (`move:<from>><to>`) less the moves out of
+/// it (`migrations/0011_moves_counted.sql`).
 pub fn by_status(counts: &[(String, i64)]) -> Vec<(Status, u64)> {
     Status::ALL
         .iter()
-        .map(|s| (*s, kept(counts, &format!("status:{}", s.name()))))
+        .map(|s| {
+            let name = s.name();
+            let mut n = 0i64;
+            for (count, v) in counts {
+                if count.strip_prefix("status:") == Some(name) {
+                    n += v;
+                } else if let Some((from, to)) =
+                    count.strip_prefix("move:").and_then(|m| m.split_once('>'))
+                {
+                    n += i64::from(to == name) * v - i64::from(from == name) * v;
+                }
+            }
+            (*s, n.max(0) as u64)
+        })
         .collect()
 }
 
@@ -1250,6 +1266,27 @@ mod tests {
                 (Status::Completed, 7)
             ]
         );
+        // Since 0011 a status change counts its move: 5 labs inserted scheduled, 4 of them
+        // completed (3 of those after a retry), 1 completed lab deleted.
+        let moved = vec![
+            ("status:scheduled".to_string(), 5),
+            ("status:completed".to_string(), -1),
+            ("move:scheduled>retrying".to_string(), 3),
+            ("move:scheduled>completed".to_string(), 1),
+            ("move:retrying>completed".to_string(), 3),
+            ("already_gone".to_string(), 0),
+        ];
+        assert_eq!(
+            by_status(&moved),
+            vec![
+                (Status::Scheduled, 1),
+                (Status::CleaningUp, 0),
+                (Status::Retrying, 0),
+                (Status::Completed, 3)
+            ]
+        );
+        let migration = include_str!("../../migrations/0011_moves_counted.sql");
+        assert!(migration.contains("'move:' || OLD.status || '>' || NEW.status"));
         assert_eq!(
             statements[1].0,
             "SELECT COUNT(*) AS n FROM sessions WHERE status != 'completed' AND attempts >= ? AND attempts > 0"

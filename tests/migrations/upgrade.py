@@ -102,7 +102,15 @@ def delete(db, n):
 
 
 def check(db, step):
-    kept = dict(db.execute("SELECT name, n FROM fleet_counts"))
+    rows = dict(db.execute("SELECT name, n FROM fleet_counts"))
+    # As `lab::index::by_status` reads them: `status:<s>` plus the moves into s less those out
+    # of it (`move:<from>><to>`, since 0011).
+    kept = {name: n for name, n in rows.items() if not name.startswith("move:")}
+    for name, n in rows.items():
+        if name.startswith("move:"):
+            old, new = name[len("move:"):].split(">")
+            kept[f"status:{old}"] = kept.get(f"status:{old}", 0) - n
+            kept[f"status:{new}"] = kept.get(f"status:{new}", 0) + n
     real = {f"status:{s}": n for s, n in
             db.execute("SELECT status, COUNT(*) FROM sessions GROUP BY status")}
     real["already_gone"] = db.execute(
