@@ -10,6 +10,7 @@ mod bounds;
 mod budget;
 mod bulk;
 mod cleanup;
+mod cost;
 mod deploy;
 mod fleet;
 mod inventory;
@@ -41,6 +42,9 @@ const LAST: &[(&str, MutTestFn)] = &[
     // A worker of its own: started while nothing else starts one.
     ("service_levels_and_metrics", |ctx| {
         fleet::service_levels_and_metrics(ctx)
+    }),
+    ("rows_written_per_lab_stay_within_their_bounds", |ctx| {
+        cost::rows_written_per_lab_stay_within_their_bounds(ctx)
     }),
     ("budget_unreachable_falls_back_to_no_budget", |ctx| {
         budget::budget_unreachable_falls_back_to_no_budget(ctx)
