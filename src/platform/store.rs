@@ -141,12 +141,14 @@ impl Store {
     /// The record (if any) and the alarm in one atomic batch. An alarm already set for that
     /// time is not written again (a row written fewer: a save of a delivery or a warning keeps
     /// the wake-up it had); the read and the batch are one step for the object, whose input
-    /// gate holds other events back while storage answers.
+    /// gate holds other events back while storage answers. The alarm is read before any write
+    /// is issued, so that the batch's writes are all issued in one turn (one atomic write).
     async fn write(
         &self,
         record: Option<&str>,
         alarm_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
+        let alarm_moves = self.alarm().await? != alarm_at_ms;
         let mut batch = Vec::new();
         if let Some(record) = record {
             batch.push(self.put_record(record)?);
@@ -154,7 +156,7 @@ impl Store {
                 batch.push(self.storage.delete(CLAIM_KEY).map_err(js)?);
             }
         }
-        if self.alarm().await? != alarm_at_ms {
+        if alarm_moves {
             batch.push(self.write_alarm(alarm_at_ms)?);
         }
         self.wrote(batch.len() as u64, batch.len() as u64);
