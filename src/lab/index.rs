@@ -800,7 +800,12 @@ pub fn by_status(counts: &[(String, i64)]) -> Vec<(Status, u64)> {
                 } else if let Some((from, to)) =
                     count.strip_prefix("move:").and_then(|m| m.split_once('>'))
                 {
-                    n += i64::from(to == name) * v - i64::from(from == name) * v;
+                    if to == name {
+                        n += v;
+                    }
+                    if from == name {
+                        n -= v;
+                    }
                 }
             }
             (*s, n.max(0) as u64)

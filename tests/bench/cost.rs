@@ -4,13 +4,13 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mock_backend::{Action, Endpoint, Fault, MockBackend};
 use serde_json::json;
 
 use crate::env_or;
-use crate::support::{Receiver, Spec, Worker, WEBHOOK_SECRET};
+use crate::support::{usage_line, Receiver, Spec, Worker, WEBHOOK_SECRET};
 
 /// Totals of the usage lines of one scenario's labs.
 #[derive(Default, Clone, Copy)]
@@ -44,28 +44,13 @@ impl Totals {
     }
 }
 
-/// The numbers of one usage line: `storage ops for {what}: R read(s), W write(s); usage: MS ms
-/// wall, RR storage row(s) read, RW written, B D1 batch(es), DR D1 row(s) read, DW written, C
-/// backend call(s), H webhook call(s), P budget call(s), O object call(s)`. `None` for other
-/// lines.
-fn parse(line: &str) -> Option<(String, Vec<f64>)> {
-    let (_, rest) = line.split_once("storage ops for ")?;
-    let (what, rest) = rest.split_once(": ")?;
-    let (_, usage) = rest.split_once("; usage: ")?;
-    let numbers: Vec<f64> = usage
-        .split(", ")
-        .filter_map(|part| part.split(' ').next()?.parse().ok())
-        .collect();
-    (numbers.len() >= 9).then(|| (what.to_string(), numbers))
-}
-
 /// Adds up the usage lines of `log`, leaving out the status reads the benchmark itself makes.
 fn total(log: &str, creates: usize) -> Totals {
     let mut t = Totals {
         worker_requests: creates as f64,
         ..Totals::default()
     };
-    for (what, n) in log.lines().filter_map(parse) {
+    for (what, n) in log.lines().filter_map(usage_line) {
         if what.starts_with("/status") {
             continue;
         }
@@ -87,7 +72,7 @@ fn total(log: &str, creates: usize) -> Totals {
 /// were, and the storage and D1 rows they wrote, for the benchmark's log.
 fn breakdown(log: &str, ids: &[String]) -> String {
     let mut by: std::collections::BTreeMap<String, (u32, f64, f64)> = Default::default();
-    for (what, n) in log.lines().filter_map(parse) {
+    for (what, n) in log.lines().filter_map(usage_line) {
         if what.starts_with("/status") {
             continue;
         }
@@ -138,16 +123,8 @@ fn scenario(
         assert_eq!(r.status, 201, "{}", r.text());
     }
     // Purged: the status answers 404 once the retention is over.
-    let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
-        loop {
-            let r = worker.json("GET", &format!("/api/v1/labs/sessions/{id}"), &json!({}));
-            if r.status == 404 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never purged: {}", r.text());
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        worker.wait_purged(id, 120);
         let delivered = receiver.deliveries_for(id).len();
         assert!(delivered >= 2, "{id}: {delivered} webhook deliveries");
     }

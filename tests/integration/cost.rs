@@ -4,40 +4,32 @@
 //! the bounds are this round's measurements (docs/PERFORMANCE.md, "Rows written per lab"), with
 //! the slack the scenario's timing leaves.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mock_backend::{Action, Endpoint, Fault};
 use serde_json::json;
 
-use crate::support::{Ctx, Spec, Worker, WEBHOOK_SECRET};
+use crate::support::{usage_line, Ctx, Spec, Worker, WEBHOOK_SECRET};
 
-/// `(storage rows written, D1 rows written)` in the usage lines of `log` that name `lab`
-/// (`storage ops for {what}: …; usage: MS ms wall, RR storage row(s) read, RW written, B D1
-/// batch(es), DR D1 row(s) read, DW written, …`), status reads left out.
+/// `(storage rows written, D1 rows written)` in the usage lines of `log` that name `lab`,
+/// status reads left out.
 fn written(log: &str, lab: &str) -> (f64, f64) {
-    let mut rows = (0.0, 0.0);
-    for line in log.lines() {
-        let Some((_, rest)) = line.split_once("storage ops for ") else {
-            continue;
-        };
-        let Some((what, rest)) = rest.split_once(": ") else {
-            continue;
-        };
-        let Some((_, usage)) = rest.split_once("; usage: ") else {
-            continue;
-        };
-        if !what.contains(lab) || what.starts_with("/status") {
-            continue;
-        }
-        let n: Vec<f64> = usage
-            .split(", ")
-            .filter_map(|part| part.split(' ').next()?.parse().ok())
-            .collect();
-        assert!(n.len() >= 6, "a usage line without its numbers: {line}");
-        rows.0 += n[2];
-        rows.1 += n[5];
-    }
-    rows
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("storage ops for ") && l.contains(lab))
+        .collect();
+    let usage: Vec<(String, Vec<f64>)> = lines.iter().filter_map(|l| usage_line(l)).collect();
+    assert_eq!(
+        usage.len(),
+        lines.len(),
+        "a usage line without its numbers: {lines:?}"
+    );
+    usage
+        .iter()
+        .filter(|(what, _)| what.contains(lab) && !what.starts_with("/status"))
+        .fold((0.0, 0.0), |(storage, d1), (_, n)| {
+            (storage + n[2], d1 + n[5])
+        })
 }
 
 /// Runs lab `id` (with `workers`, the last failing its first deletion with `retry`) until its
@@ -56,15 +48,7 @@ fn whole_life(worker: &Worker, ctx: &Ctx, id: &str, workers: &[&str], retry: boo
         "lab_request_id": id, "user_id": "cost-user", "duration": 4, "worker_nodes": nodes,
     }));
     assert_eq!(r.status, 201, "{}", r.text());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let r = worker.json("GET", &format!("/api/v1/labs/sessions/{id}"), &json!({}));
-        if r.status == 404 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{id} never purged: {}", r.text());
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    worker.wait_purged(id, 90);
     assert!(ctx.receiver.deliveries_for(id).len() >= 2, "both webhooks");
     // The work after the purge's answer (the index row's delete) logs its line a moment later.
     std::thread::sleep(Duration::from_secs(3));

@@ -501,6 +501,20 @@ impl Worker {
     }
 
     /// The worker's output so far (ANSI colour codes removed).
+    /// Waits until lab `id`'s record is purged (its status answers 404), at most `secs`.
+    #[allow(dead_code)] // the benchmark's and the cost test's
+    pub fn wait_purged(&self, id: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.json("GET", &format!("/api/v1/labs/sessions/{id}"), &json!({}));
+            if r.status == 404 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} never purged: {}", r.text());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     pub fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = fs::File::open(&self.log_path) {
@@ -626,6 +640,22 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// The numbers of one usage line (`LOG_STORAGE_OPS`): `storage ops for {what}: R read(s), W
+/// write(s); usage: MS ms wall, RR storage row(s) read, RW written, B D1 batch(es), DR D1 row(s)
+/// read, DW written, C backend call(s), H webhook call(s), P budget call(s), O object call(s)`.
+/// `None` for other lines.
+#[allow(dead_code)] // the benchmark's and the cost test's
+pub fn usage_line(line: &str) -> Option<(String, Vec<f64>)> {
+    let (_, rest) = line.split_once("storage ops for ")?;
+    let (what, rest) = rest.split_once(": ")?;
+    let (_, usage) = rest.split_once("; usage: ")?;
+    let numbers: Vec<f64> = usage
+        .split(", ")
+        .filter_map(|part| part.split(' ').next()?.parse().ok())
+        .collect();
+    (numbers.len() >= 9).then(|| (what.to_string(), numbers))
 }
 
 pub fn tail(text: &str, lines: usize) -> String {
