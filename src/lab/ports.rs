@@ -152,6 +152,8 @@ pub trait RecordStore {
     /// Writes an adopted record with its alarm and removes the legacy keys, in one batch: the
     /// lab is never in both formats, or in none.
     async fn adopt(&self, record: &str, alarm_at_ms: i64) -> Result<(), StoreError>;
+    /// Sets the alarm. An alarm set for that time already is not written again (a row fewer);
+    /// the alarm that fired, while its handler runs, is set no more (written again).
     async fn set_alarm(&self, at_ms: i64) -> Result<(), StoreError>;
     /// Forgets everything, the alarm included.
     async fn delete_all(&self) -> Result<(), StoreError>;

@@ -117,7 +117,7 @@ impl DurableObject for SessionManager {
                         (kind, path),
                         move |ports, config| async move {
                             ports.log(level, &line);
-                            Lab::new(&*ports, &config).sync_index(false).await
+                            Lab::new(&*ports, &config).sync_index().await
                         },
                     );
                 }

@@ -209,7 +209,7 @@ impl<P: Platform> Lab<'_, P> {
             self.attempt(session, now).await?;
             woke = Woke::Attempt;
         } else if due.index {
-            self.sync_index(true).await?;
+            self.sync_index().await?;
             if woke == Woke::Deliveries {
                 woke = Woke::IndexRepaired;
             }
@@ -408,7 +408,7 @@ impl<P: Platform> Lab<'_, P> {
         }
         self.persist(&mut latest).await?;
         // The row after the deletions, never before them: the index never holds up a cleanup.
-        self.sync_index(false).await
+        self.sync_index().await
     }
 
     /// How the attempt starting at `now` runs: its concurrency (one at a time after a refusal:
@@ -530,8 +530,7 @@ impl<P: Platform> Lab<'_, P> {
     /// costs no save of its own, only the alarm when it moves); a failure is logged, saved, and
     /// tried again by the alarm within `CLEANUP_RETRY_SECONDS`. Only storage errors are
     /// returned: the index never fails a cleanup or an answer.
-    /// `alarm_spent`: called from the alarm that fired for the row, whose alarm is set no more.
-    pub async fn sync_index(&self, alarm_spent: bool) -> Result<(), StoreError> {
+    pub async fn sync_index(&self) -> Result<(), StoreError> {
         if !self.config.fleet_index {
             return Ok(());
         }
@@ -539,7 +538,6 @@ impl<P: Platform> Lab<'_, P> {
             return Ok(());
         };
         let p = self.platform;
-        let mut was = self.alarm_at(&session);
         index::confirmed(&mut session, p.index_written());
         if index::owed(&session) {
             let row = index::row(&session, p.now_ms());
@@ -561,22 +559,16 @@ impl<P: Platform> Lab<'_, P> {
                 return self.save(&mut session).await;
             }
             p.set_index_written(p.index_written().max(row.revision));
-            was = self.alarm_at(&session);
             index::confirmed(&mut session, p.index_written());
         }
-        match self.alarm_as_known(was, &session, alarm_spent) {
+        // The alarm the record calls for with what the object's memory knows (not saved: the
+        // stored record keeps saying the row is owed until its next save; its own wake-ups are
+        // unchanged, only the index's retry goes). The store writes it only where it moves, or
+        // where the alarm that fired is spent. A record always has its purge ahead.
+        match self.alarm_at(&session) {
             Some(at) => p.set_alarm(at).await,
             None => Ok(()),
         }
-    }
-
-    /// The alarm to set once the index row the record owes is known written (`known`: the
-    /// record with what the object's memory knows; not saved: the stored record keeps saying
-    /// the row is owed until its next save): only where it moves from `was`, the alarm the
-    /// stored record calls for (its own wake-ups are unchanged, only the index's retry goes),
-    /// or where the alarm that fired is `spent`. A record always has its purge ahead.
-    fn alarm_as_known(&self, was: Option<i64>, known: &Session, spent: bool) -> Option<i64> {
-        self.alarm_at(known).filter(|&at| was != Some(at) || spent)
     }
 
     /// Adds a new event of `kind` to the lab's outbox, due now; its body is fixed now. An

@@ -271,7 +271,7 @@ impl World {
         {
             // After the answer: the line, the index row.
             self.log(*level, line);
-            let _ = block_on(self.lab().sync_index(false));
+            let _ = block_on(self.lab().sync_index());
         }
         reply
     }
