@@ -212,11 +212,34 @@ proptest! {
 
     #[test]
     fn stored_and_internal_values_answer_anything(value in text(), body in json()) {
-        let _ = serde_json::from_str::<Session>(&value);
-        let _ = serde_json::from_str::<Session>(&body.to_string());
+        let _ = Session::decode(&value);
+        let _ = Session::decode(&body.to_string());
         for (method, path) in [("POST", "/create"), ("POST", "/extend"), ("GET", "/status"), ("POST", value.as_str())] {
             let _ = Request::decode(method, path, &body.to_string());
             let _ = Request::decode(method, path, &value);
+        }
+    }
+
+    #[test]
+    fn a_record_with_any_field_replaced_is_read_or_refused_with_a_safe_reason(
+        key in 0usize..64, nested in 0usize..8, body in json(),
+    ) {
+        // A record with every part (a retry, an outbox event, a timeline), one field at the top
+        // or in a part replaced by anything: read, or refused with a reason free of control
+        // characters (it reaches a log line).
+        let mut v: serde_json::Value =
+            serde_json::from_str(include_str!("lab/session/fixtures/retrying.json")).unwrap();
+        let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        let top = &keys[key % keys.len()];
+        match v[top.as_str()].as_object_mut() {
+            Some(part) if nested > 0 && !part.is_empty() => {
+                let inner: Vec<String> = part.keys().cloned().collect();
+                part.insert(inner[nested % inner.len()].clone(), body);
+            }
+            _ => v[top.as_str()] = body,
+        }
+        if let Err(e) = Session::decode(&v.to_string()) {
+            prop_assert!(!e.to_string().chars().any(text::is_unsafe), "{}", e);
         }
     }
 

@@ -38,7 +38,7 @@ pub(crate) enum Found {
 }
 
 fn decode(text: &str) -> Result<Session, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError(format!("stored session is unreadable: {e}")))
+    Session::decode(text).map_err(|e| StoreError(format!("stored session is unreadable: {e}")))
 }
 
 impl<P: Platform> Lab<'_, P> {

@@ -12,7 +12,7 @@ mod stored;
 pub mod timeline;
 pub mod view;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::lab::refusal::Refusal;
 pub use crate::lab::status::{LabType, Role, Status};
@@ -35,11 +35,11 @@ pub struct NewSession {
     pub vm_name: Option<String>,
     /// Minutes (`duration` units) without activity after which the lab ends early; `None`:
     /// `IDLE_TIMEOUT_MINUTES` if set, else never.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u64>,
     /// Labels (`{"class": "cka-2026-11-30"}`), at most `limits::MAX_LABELS`; part of the create's
     /// identity.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
 }
 
@@ -215,16 +215,15 @@ pub struct Sync {
 }
 
 /// The index's side of `Sync`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IndexSync {
     /// The record's revision the index last confirmed (0: never written).
-    #[serde(default)]
     pub written: u64,
     /// When to write the row again if it is still owed then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at_ms: Option<i64>,
     /// When to try deleting the row again, after a failed delete at the end of retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_retry_at_ms: Option<i64>,
 }
 

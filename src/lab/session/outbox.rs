@@ -6,66 +6,65 @@
 //! for 48 workers where a copy of the view is 30 KB) and the body is rebuilt from them and the
 //! lab's fixed fields, the same bytes on every delivery.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::lab::session::{Cleanup, DeletionError, EndReason, Outcome, Session, Status};
 use crate::lab::text::rfc3339;
 
 /// An event waiting in the lab's outbox until its receiver accepts it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxEvent {
     /// `webhook-id`: unique per event, the same on every redelivery.
     pub id: String,
     #[serde(rename = "type")]
     pub event_type: String,
     /// The body as an earlier version stored it (a whole copy); new events have a `snapshot`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// What the status view said when the event was created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
     pub created_at_ms: i64,
     /// Deliveries tried so far.
     pub attempts: u32,
     /// When to deliver (again).
     pub next_at_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
 
 /// The changing part of a lab's status view at one moment; VMs by their position in the lab's
 /// VM list (the master is 0, the workers follow in request order).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     pub status: Status,
     pub expires_at_ms: i64,
     pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<u16>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub already_gone: Vec<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<SnapshotOutcome>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at_ms: Option<i64>,
-    #[serde(default)]
     pub dry_run: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
     /// A warning's minutes (`duration` units) left, in its `data.minutes_left`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub minutes_left: Option<u64>,
 }
 
 /// `last_outcome` at the moment, its errors by VM position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotOutcome {
     pub successful: usize,
     pub failed: usize,
     pub not_tried: usize,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<(u16, String)>,
 }
 

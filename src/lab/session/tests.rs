@@ -241,7 +241,7 @@ fn record_round_trips_through_json() {
     let mut s = Session::schedule(new_session(&["w1"]), T0, 1);
     s.begin_attempt(T0, 5);
     let text = serde_json::to_string(&s).unwrap();
-    assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), s);
+    assert_eq!(Session::decode(&text).unwrap(), s);
 }
 
 #[test]
@@ -252,10 +252,10 @@ fn records_of_the_previous_version_round_trip() {
         include_str!("fixtures/retrying.json"),
         include_str!("fixtures/adopted.json"),
     ] {
-        let s: Session = serde_json::from_str(fixture).unwrap();
+        let s = Session::decode(fixture).unwrap();
         assert_eq!(serde_json::to_string(&s).unwrap(), fixture.trim_end());
     }
-    let s: Session = serde_json::from_str(include_str!("fixtures/retrying.json")).unwrap();
+    let s = Session::decode(include_str!("fixtures/retrying.json")).unwrap();
     assert_eq!(s.status(), Status::Retrying);
     assert_eq!(s.cleanup.already_gone, vec!["k8s-worker-2-ghi-789"]);
     assert!(s.notices.stuck_notified);
@@ -266,7 +266,7 @@ fn records_of_the_previous_version_round_trip() {
         *event.body.as_ref().unwrap(),
         "sent as it was stored"
     );
-    let adopted: Session = serde_json::from_str(include_str!("fixtures/adopted.json")).unwrap();
+    let adopted = Session::decode(include_str!("fixtures/adopted.json")).unwrap();
     assert_eq!(adopted.adoption.adopted_at_ms, Some(1_796_083_200_010));
     assert_eq!(
         adopted.sync.index.delete_retry_at_ms,
@@ -278,7 +278,7 @@ fn records_of_the_previous_version_round_trip() {
 fn a_record_of_the_first_version_loads_with_defaults() {
     // Before `already_gone`, the index, the webhooks and adoption existed.
     let first = r#"{"lab_request_id":"m","user_id":"u","vm_name":null,"worker_lab_request_ids":["w"],"duration":1,"created_at_ms":0,"expires_at_ms":60000,"status":"retrying","attempts":2,"deleted":["m"],"next_attempt_at_ms":400000,"last_outcome":null,"completed_at_ms":null}"#;
-    let s: Session = serde_json::from_str(first).unwrap();
+    let s = Session::decode(first).unwrap();
     assert_eq!(
         s.pending().iter().map(|v| v.id).collect::<Vec<_>>(),
         vec!["w"]

@@ -7,7 +7,7 @@
 //! bytes when the record is saved (`bound::encode` drops the oldest events after the first
 //! ones before anything else). Whatever is dropped is counted in `truncated`.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::lab::text::rfc3339;
 
@@ -56,7 +56,7 @@ impl EventsCursor {
 /// Which page of the timeline is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct EventsPage {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<EventsCursor>,
     pub limit: usize,
 }
@@ -208,43 +208,43 @@ crate::lab::named_enum!(By, By::parse);
 crate::lab::named_enum!(EndReason, EndReason::parse);
 
 /// One event as stored: its time, its kind, and the fields of its kind (the others absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
     pub at: i64,
     #[serde(rename = "type")]
     pub kind: Kind,
     /// `extended`: the expiry before and after, and who asked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<By>,
     /// `warned`, `idle_warned`: minutes (`duration` units) left.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub left: Option<u64>,
     /// `ended`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<EndReason>,
     /// `attempt`: its number; `stuck`: the attempts so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
     /// `attempt`: how long it took, in ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<i64>,
     /// `attempt`: the VMs (by position) deleted, already gone, failed (with the status code or
     /// the error's class), and how many were not tried (the backend was overloaded).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<u16>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<u16>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<(u16, String)>,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero")]
     pub not_tried: u32,
     /// `reconciled`: the VM (by position) an inventory still listed, deleted again; absent for
     /// an orphan (the lab's own VM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<u16>,
 }
 
@@ -551,6 +551,7 @@ mod tests {
             text,
             r#"{"at":2100000,"type":"attempt","n":7,"ms":400,"failed":[[1,"500"],[2,"timeout"]]}"#
         );
-        assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), e);
+        let read = crate::lab::session::stored::event(&serde_json::from_str(&text).unwrap());
+        assert_eq!(read.unwrap(), e);
     }
 }

@@ -44,7 +44,7 @@ pub fn assert_no_event_lost(world: &World, what: &str) {
         .collect();
     let mut stored: Vec<(String, String)> = Vec::new();
     for text in world.saved.borrow().iter() {
-        let s: Session = serde_json::from_str(text).unwrap();
+        let s = Session::decode(text).unwrap();
         for e in &s.notices.outbox {
             if !stored.iter().any(|(id, _)| *id == e.id) {
                 stored.push((e.id.clone(), e.event_type.clone()));

@@ -258,7 +258,7 @@ impl World {
         self.record
             .borrow()
             .as_ref()
-            .map(|text| serde_json::from_str(text).expect("a readable record"))
+            .map(|text| Session::decode(text).expect("a readable record"))
     }
 
     pub fn request(&self, request: Request) -> Result<Reply, StoreError> {
