@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::js_sys::{self, Array, Reflect};
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::{D1Database, D1PreparedStatement, Env};
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation};
@@ -68,13 +70,80 @@ pub struct Rows {
 
 impl Rows {
     /// What a batch's results report.
-    fn of(results: &[worker::D1Result]) -> Rows {
+    fn of(results: &[JsValue]) -> Rows {
+        let meta = |result: &JsValue, name: &str| -> u64 {
+            Reflect::get(result, &"meta".into())
+                .and_then(|meta| Reflect::get(&meta, &name.into()))
+                .ok()
+                .and_then(|n| n.as_f64())
+                .map_or(0, |n| n as u64)
+        };
         let mut rows = Rows::default();
-        for meta in results.iter().filter_map(|r| r.meta().ok().flatten()) {
-            rows.read += meta.rows_read.unwrap_or(0) as u64;
-            rows.written += meta.rows_written.unwrap_or(0) as u64;
+        for result in results {
+            rows.read += meta(result, "rows_read");
+            rows.written += meta(result, "rows_written");
         }
         rows
+    }
+}
+
+/// What a failed D1 call says: its message and, for D1's own errors, their cause.
+fn failure(e: JsValue) -> IndexError {
+    let Some(error) = e.dyn_ref::<js_sys::Error>() else {
+        return IndexError::Failed(format!(
+            "D1 failed: {}",
+            String::from(js_sys::JsString::from(e))
+        ));
+    };
+    let message = String::from(error.message());
+    let cause = error.cause();
+    IndexError::Failed(match cause.dyn_ref::<js_sys::Error>() {
+        Some(cause) if cause.message() != message.as_str() => {
+            format!("{message} ({})", String::from(cause.message()))
+        }
+        _ => message,
+    })
+}
+
+/// Runs `statements` as one D1 batch (one transaction) and answers its results as the runtime
+/// gives them (`{results, meta, ...}` each). Called through the binding directly, rather than
+/// through `worker`'s `D1Result`, whose readers deserialize JavaScript values with serde: the
+/// rows are read as the runtime's own JSON of them (`rows_of`), one JSON parser for everything.
+async fn batch(
+    db: &D1Database,
+    statements: Vec<D1PreparedStatement>,
+) -> Result<Vec<JsValue>, IndexError> {
+    let statements: Array = statements
+        .iter()
+        .map(|s| JsValue::from(s.inner().clone()))
+        .collect();
+    let db: &JsValue = db.as_ref();
+    let call = Reflect::get(db, &"batch".into())
+        .and_then(|f| f.dyn_into::<js_sys::Function>())
+        .and_then(|f| f.call1(db, &statements))
+        .map_err(failure)?;
+    let results = JsFuture::from(js_sys::Promise::from(call))
+        .await
+        .map_err(failure)?;
+    Ok(results.dyn_into::<Array>().map_err(failure)?.to_vec())
+}
+
+/// The rows of one result as JSON values: one parser for every row shape (each typed row
+/// struct would add its own deserializer to the worker).
+fn values(result: &JsValue) -> Result<Vec<serde_json::Value>, IndexError> {
+    let rows = Reflect::get(result, &"results".into()).map_err(failure)?;
+    if rows.is_null_or_undefined() {
+        return Ok(Vec::new());
+    }
+    let text = js_sys::JSON::stringify(&rows).map_err(failure)?;
+    match serde_json::from_str(&String::from(text)) {
+        Ok(serde_json::Value::Array(rows)) => Ok(rows),
+        Ok(_) => Err(IndexError::Failed(
+            "D1 answered rows that are not a list".into(),
+        )),
+        Err(e) => Err(IndexError::Failed(format!(
+            "D1 answered unreadable rows: {e}"
+        ))),
     }
 }
 
@@ -90,11 +159,7 @@ async fn run(
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        let results = db
-            .batch(prepared)
-            .await
-            .map_err(|e| IndexError::from(e.to_string()))?;
-        Ok(Rows::of(&results))
+        Ok(Rows::of(&batch(&db, prepared).await?))
     })
     .await
 }
@@ -117,30 +182,20 @@ pub async fn list(
     stuck_after: u32,
     timeout: Duration,
 ) -> Result<(Vec<IndexRow>, Rows), IndexError> {
-    let statement = prepare(&database(env)?, index::list(query, stuck_after))?;
+    let db = database(env)?;
+    let statement = prepare(&db, index::list(query, stuck_after))?;
     bounded(timeout, async {
-        let result = statement
-            .all()
-            .await
-            .map_err(|e| IndexError::from(e.to_string()))?;
-        if let Some(error) = result.error() {
-            return Err(error.into());
-        }
-        let rows = values(&result)?
-            .iter()
-            .filter_map(IndexRow::from_value)
-            .collect();
-        Ok((rows, Rows::of(std::slice::from_ref(&result))))
+        let results = batch(&db, vec![statement]).await?;
+        let rows = match results.first() {
+            Some(result) => values(result)?
+                .iter()
+                .filter_map(IndexRow::from_value)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((rows, Rows::of(&results)))
     })
     .await
-}
-
-/// The rows of one result as JSON values (one deserializer for every shape: each typed row
-/// struct would add its own to the worker).
-fn values(result: &worker::D1Result) -> Result<Vec<serde_json::Value>, IndexError> {
-    result
-        .results::<serde_json::Value>()
-        .map_err(|e| IndexError::from(e.to_string()))
 }
 
 fn int(row: &serde_json::Value, name: &str) -> Option<i64> {
@@ -165,10 +220,7 @@ pub async fn counts(
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        let results = db
-            .batch(statements)
-            .await
-            .map_err(|e| IndexError::from(e.to_string()))?;
+        let results = batch(&db, statements).await?;
         let [kept, stuck, pending, last, completions, overdue] = results.as_slice() else {
             return Err(IndexError::Failed(format!(
                 "the index answered {} results for 6 queries",
@@ -239,20 +291,9 @@ async fn rows(
         .map(|statement| prepare(&db, statement))
         .collect::<Result<Vec<_>, _>>()?;
     bounded(timeout, async {
-        let results = db
-            .batch(prepared)
-            .await
-            .map_err(|e| IndexError::from(e.to_string()))?;
         let mut all = Vec::new();
-        for result in results {
-            if let Some(error) = result.error() {
-                return Err(error.into());
-            }
-            all.extend(
-                result
-                    .results::<serde_json::Value>()
-                    .map_err(|e| IndexError::from(e.to_string()))?,
-            );
+        for result in batch(&db, prepared).await? {
+            all.extend(values(&result)?);
         }
         Ok(all)
     })
