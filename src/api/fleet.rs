@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "by_status": {"scheduled": 0, "cleaning_up": 0, "retrying": 2, "completed": 5},
+                "by_status": {"scheduled": 0, "stopped": 0, "cleaning_up": 0, "retrying": 2, "completed": 5},
                 "stuck": 1,
                 "vms_pending": 3,
                 "oldest_pending_expiry": "1970-01-01T00:00:01.000Z",

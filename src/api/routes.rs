@@ -60,6 +60,8 @@ pub enum LabRoute {
     Events,
     /// `POST /api/v1/labs/sessions/{lab_request_id}/activity`: the student is active.
     Activity,
+    /// `POST /api/v1/labs/sessions/{lab_request_id}/resume`: a stopped lab active again.
+    Resume,
 }
 
 impl LabRoute {
@@ -70,7 +72,8 @@ impl LabRoute {
             | LabRoute::End
             | LabRoute::Extend
             | LabRoute::Events
-            | LabRoute::Activity => Access::PerLab,
+            | LabRoute::Activity
+            | LabRoute::Resume => Access::PerLab,
         }
     }
 
@@ -79,7 +82,7 @@ impl LabRoute {
     pub fn has_body(self) -> bool {
         matches!(
             self,
-            LabRoute::Extend | LabRoute::Retry | LabRoute::Activity
+            LabRoute::Extend | LabRoute::Retry | LabRoute::Activity | LabRoute::Resume
         )
     }
 
@@ -113,6 +116,15 @@ impl LabRoute {
                 validation::parse_empty(body)?;
                 LabRequest::Activity
             }
+            LabRoute::Resume => {
+                let minutes = validation::parse_resume(body, config.max_duration_minutes)?;
+                if config.start_path.is_none() {
+                    return Err(ApiError::NotConfigured(
+                        "START_PATH is not set: this worker cannot start a stopped lab's VMs, so it cannot resume one".into(),
+                    ));
+                }
+                LabRequest::Resume { minutes, by }
+            }
         })
     }
 }
@@ -126,6 +138,7 @@ enum Template {
     Retry,
     Events,
     Activity,
+    Resume,
     Stats,
     Inventory,
     Budget,
@@ -136,13 +149,14 @@ enum Template {
 }
 
 impl Template {
-    const ALL: [Template; 13] = [
+    const ALL: [Template; 14] = [
         Template::Sessions,
         Template::Session,
         Template::Extend,
         Template::Retry,
         Template::Events,
         Template::Activity,
+        Template::Resume,
         Template::Stats,
         Template::Inventory,
         Template::Budget,
@@ -161,6 +175,7 @@ impl Template {
             Template::Retry => "/api/v1/labs/sessions/{lab_request_id}/retry",
             Template::Events => "/api/v1/labs/sessions/{lab_request_id}/events",
             Template::Activity => "/api/v1/labs/sessions/{lab_request_id}/activity",
+            Template::Resume => "/api/v1/labs/sessions/{lab_request_id}/resume",
             Template::Stats => "/api/v1/labs/stats",
             Template::Inventory => "/api/v1/labs/inventory",
             Template::Budget => "/api/v1/labs/budget",
@@ -178,6 +193,7 @@ impl Template {
             Template::Extend
             | Template::Retry
             | Template::Activity
+            | Template::Resume
             | Template::Inventory
             | Template::Bulk => &["POST"],
             Template::Stats
@@ -257,6 +273,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             [segment, "activity"] if !segment.is_empty() => {
                 (Template::Activity, Some(id(segment)?))
             }
+            [segment, "resume"] if !segment.is_empty() => (Template::Resume, Some(id(segment)?)),
             _ => return Err(not_found()),
         }
     };
@@ -269,6 +286,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (Template::Retry, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Retry)),
         (Template::Events, "GET", Some(id)) => Ok(Route::Lab(id, LabRoute::Events)),
         (Template::Activity, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Activity)),
+        (Template::Resume, "POST", Some(id)) => Ok(Route::Lab(id, LabRoute::Resume)),
         (Template::Stats, "GET", None) => Ok(Route::Stats),
         (Template::Inventory, "POST", None) => Ok(Route::Inventory),
         (Template::Budget, "GET", None) => Ok(Route::Budget),

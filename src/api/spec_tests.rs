@@ -43,6 +43,7 @@ fn view_keys() -> BTreeSet<String> {
             vm_name: None,
             idle_timeout: None,
             labels: Default::default(),
+            keep_stopped_minutes: None,
         },
         0,
         1,
@@ -143,7 +144,10 @@ fn the_session_schema_is_the_status_view() {
         .collect();
     let view = view_keys();
     assert_eq!(required, view, "Session.required");
-    assert_eq!(properties, view, "Session.properties");
+    // A stopped lab's view says when its VMs are deleted (the grace stage); no other does.
+    let mut stopped = view.clone();
+    stopped.insert("delete_at".into());
+    assert_eq!(properties, stopped, "Session.properties");
 }
 
 #[test]
@@ -244,6 +248,8 @@ fn the_webhooks_are_the_events_the_code_sends() {
         EventType::IdleWarning,
         EventType::CleanupCompleted,
         EventType::CleanupStuck,
+        EventType::Stopped,
+        EventType::Resumed,
     ]
     .iter()
     .map(|e| e.name().to_string())

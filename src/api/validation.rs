@@ -111,6 +111,7 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
     };
 
     let labels = labels(obj.get("labels"))?;
+    let keep_stopped_minutes = keep_stopped(obj.get("keep_stopped_minutes"))?;
 
     Ok(NewSession {
         lab_request_id,
@@ -120,6 +121,7 @@ pub fn parse_new_session(body: &[u8], limits: Limits) -> Result<NewSession, ApiE
         vm_name,
         idle_timeout,
         labels,
+        keep_stopped_minutes,
     })
 }
 
@@ -316,6 +318,7 @@ pub const CREATE_FIELDS: &[&str] = &[
     "worker_nodes",
     "labels",
     "idle_timeout",
+    "keep_stopped_minutes",
 ];
 const VM_FIELDS: &[&str] = &["name"];
 const WORKER_FIELDS: &[&str] = &["worker_lab_request_id"];
@@ -379,6 +382,27 @@ pub fn duration(value: Option<&Value>, field: &str, max: u64) -> Result<u64, Api
     }
 }
 
+/// A create's `keep_stopped_minutes`: optional (`null` as absent), 0 (deleted at once) to
+/// `MAX_KEEP_STOPPED_MINUTES`.
+fn keep_stopped(value: Option<&Value>) -> Result<Option<u64>, ApiError> {
+    const FIELD: &str = "keep_stopped_minutes";
+    let max = crate::lab::config::MAX_KEEP_STOPPED_MINUTES;
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(m) if m <= max => Ok(Some(m)),
+            Some(_) => Err(invalid(format!("{FIELD} must be at most {max} minutes"))),
+            None => Err(invalid(format!(
+                "{FIELD} must be a whole number of minutes from 0, got {n}"
+            ))),
+        },
+        Some(other) => Err(invalid(format!(
+            "{FIELD} must be a whole number of minutes, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
 /// Parses the body of `POST /api/v1/labs/sessions/{id}/extend`: `{"minutes": N}`, N a whole
 /// number from 1 to `max_minutes` (the total lifetime cap is checked against the session).
 /// An inventory push: `{"vms": [{"lab_request_id", "user_id", "created_at"?}, ...], "act"?}`,
@@ -434,6 +458,14 @@ pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
     let obj = json_object(body)?;
     only_fields(&obj, &["minutes"], "")?;
     duration(obj.get("minutes"), "minutes", max_minutes)
+}
+
+/// Parses the body of `POST /api/v1/labs/sessions/{id}/resume`: `{"duration": N}`, N a whole
+/// number of minutes from 1 to `max_minutes` (the lifetime cap is checked against the session).
+pub fn parse_resume(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
+    let obj = json_object(body)?;
+    only_fields(&obj, &["duration"], "")?;
+    duration(obj.get("duration"), "duration", max_minutes)
 }
 
 /// The query string of `GET .../events` (without `?`): `limit` (1 to `MAX_EVENTS_PAGE`, default
@@ -745,6 +777,7 @@ mod tests {
                 vm_name: Some("k8s-master-1".into()),
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             }
         );
     }

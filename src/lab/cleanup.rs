@@ -10,7 +10,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::lab::fleet::budget::{Asker, CallOutcome};
 pub use crate::lab::ports::{
-    BackendError, BackendReply, Budget, LabBackend, Level, Logger, Permit, Runtime,
+    BackendError, BackendReply, Budget, LabBackend, Level, Logger, Permit, Power, Runtime,
 };
 use crate::lab::retry::{self, Policy};
 use crate::lab::session::{
@@ -38,9 +38,50 @@ impl Progress for NoProgress {
     async fn confirmed(&self, _: &str, _: bool) {}
 }
 
+/// What an attempt does to the lab's VMs: delete them, or (the grace stage, `lab::session::stage`) stop
+/// them. A stop attempt makes its calls as a deletion does: the same permits, concurrency,
+/// limits, refusals and reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Delete,
+    Stop,
+}
+
+impl Action {
+    fn ing(self) -> &'static str {
+        match self {
+            Action::Delete => "Deleting",
+            Action::Stop => "Stopping",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Delete => "delete",
+            Action::Stop => "stop",
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Action::Delete => "deleted",
+            Action::Stop => "stopped",
+        }
+    }
+
+    /// The attempt's number, as its lines say it.
+    fn attempt(self, session: &Session) -> String {
+        match self {
+            Action::Delete => format!("attempt {}", session.cleanup.attempts),
+            Action::Stop => format!("stop attempt {}", session.stop.attempts),
+        }
+    }
+}
+
 /// How an attempt is to be run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptPlan {
+    pub action: Action,
     pub policy: Policy,
     /// VM deletions in flight at once.
     pub concurrency: usize,
@@ -251,7 +292,10 @@ pub async fn run_attempt(
     plan: AttemptPlan,
     progress: &impl Progress,
 ) -> AttemptResult {
-    let pending = session.pending();
+    let pending = match plan.action {
+        Action::Delete => session.pending(),
+        Action::Stop => session.to_stop(),
+    };
     let calls = Calls {
         backend,
         runtime,
@@ -269,7 +313,7 @@ pub async fn run_attempt(
         timeouts: Cell::new(0),
         vms_left: Cell::new(pending.len()),
     };
-    announce(session, pending.len(), log);
+    announce(session, pending.len(), plan.action, log);
     let services = if pending.iter().any(|vm| vm.role == Role::Master) {
         delete_services(&session.lab_request_id, &calls, log).await
     } else {
@@ -310,7 +354,7 @@ pub async fn run_attempt(
 }
 
 /// The attempt's opening lines: which lab, what kind, how many VMs (the seed's words).
-fn announce(session: &Session, pending: usize, log: &impl Logger) {
+fn announce(session: &Session, pending: usize, action: Action, log: &impl Logger) {
     let info = |m: String| log.log(Level::Info, &m);
     let total = session.vm_count();
     info(format!(
@@ -324,15 +368,27 @@ fn announce(session: &Session, pending: usize, log: &impl Logger) {
                 "Worker nodes detected: {workers} worker{}",
                 plural(workers)
             ));
-            info("Cleaning up multi-node Kubernetes lab".into());
+            info(match action {
+                Action::Delete => "Cleaning up multi-node Kubernetes lab".into(),
+                Action::Stop => "Stopping multi-node Kubernetes lab (deleted later)".into(),
+            });
         }
-        LabType::SingleVm => info("Cleaning up single VM lab".into()),
+        LabType::SingleVm => info(match action {
+            Action::Delete => "Cleaning up single VM lab".into(),
+            Action::Stop => "Stopping single VM lab (deleted later)".into(),
+        }),
     }
-    info(format!("Total VMs to delete: {total}"));
-    if session.cleanup.attempts > 1 {
+    let verb = action.verb();
+    info(format!("Total VMs to {verb}: {total}"));
+    let n = match action {
+        Action::Delete => session.cleanup.attempts,
+        Action::Stop => session.stop.attempts,
+    };
+    if n > 1 {
+        let mut attempt = action.attempt(session);
+        attempt[..1].make_ascii_uppercase();
         info(format!(
-            "Attempt {}: {pending} of {total} VM{} still to delete",
-            session.cleanup.attempts,
+            "{attempt}: {pending} of {total} VM{} still to {verb}",
             plural(total)
         ));
     }
@@ -378,36 +434,57 @@ async fn delete_one<B: LabBackend, R: Runtime, G: Budget>(
     progress: &impl Progress,
 ) -> Deletion {
     let role = vm.role.as_str();
+    let action = calls.plan.action;
     log.log(
         Level::Info,
-        &format!("Deleting {role} VM for lab {}", vm.id),
+        &format!("{} {role} VM for lab {}", action.ing(), vm.id),
     );
     let result = calls
-        .make(permit, || calls.backend.delete_vm(vm.id, &session.user_id))
+        .make(permit, || async move {
+            match action {
+                Action::Delete => calls.backend.delete_vm(vm.id, &session.user_id).await,
+                Action::Stop => calls.backend.power(Power::Stop, vm.id).await,
+            }
+        })
         .await;
+    let done = action.done();
     match &result {
         Deletion::Deleted => {
             log.log(
                 Level::Info,
-                &format!("✅ {role} VM deleted successfully ({})", vm.id),
+                &format!("✅ {role} VM {done} successfully ({})", vm.id),
             );
-            progress.confirmed(vm.id, false).await;
+            // A stop is saved with the attempt's end, not as it happens: repeated, it is
+            // harmless.
+            if action == Action::Delete {
+                progress.confirmed(vm.id, false).await;
+            }
         }
         Deletion::AlreadyGone => {
             log.log(
                 Level::Info,
-                &format!(
-                    "✅ {role} VM already deleted, backend answered 404 ({})",
-                    vm.id
-                ),
+                &match action {
+                    Action::Delete => format!(
+                        "✅ {role} VM already deleted, backend answered 404 ({})",
+                        vm.id
+                    ),
+                    Action::Stop => format!(
+                        "✅ {role} VM already gone, backend answered 404 ({}); nothing to stop",
+                        vm.id
+                    ),
+                },
             );
-            progress.confirmed(vm.id, true).await;
+            if action == Action::Delete {
+                progress.confirmed(vm.id, true).await;
+            }
         }
         Deletion::Refused { error, .. } | Deletion::Failed(error) => log.log(
             Level::Error,
             &format!(
-                "❌ Failed to delete {role} VM {} (attempt {}): {error}",
-                vm.id, session.cleanup.attempts
+                "❌ Failed to {} {role} VM {} ({}): {error}",
+                action.verb(),
+                vm.id,
+                action.attempt(session)
             ),
         ),
     }
@@ -488,16 +565,14 @@ fn report<B: LabBackend, R: Runtime, G: Budget>(
     ending: Ending,
     log: &impl Logger,
 ) {
-    let (attempt, not_tried, total) = (
-        session.cleanup.attempts,
-        tally.not_tried,
-        session.vm_count(),
-    );
+    let action = calls.plan.action;
+    let (attempt, not_tried, total) =
+        (action.attempt(session), tally.not_tried, session.vm_count());
     if let Some(wait) = calls.budget_wait.get() {
         log.log(
             Level::Warn,
             &format!(
-                "⏸ The fleet's budget of backend calls is taken: no further call in attempt {attempt}; {not_tried} VM{} not tried, back in {}",
+                "⏸ The fleet's budget of backend calls is taken: no further call in {attempt}; {not_tried} VM{} not tried, back in {}",
                 plural(not_tried),
                 seconds(wait)
             ),
@@ -506,7 +581,7 @@ fn report<B: LabBackend, R: Runtime, G: Budget>(
         log.log(
             Level::Warn,
             &format!(
-                "⏸ The backend is overloaded (429/503{}): no further call in attempt {attempt}; {not_tried} VM{} not tried",
+                "⏸ The backend is overloaded (429/503{}): no further call in {attempt}; {not_tried} VM{} not tried",
                 retry_after_ms
                     .map(|ms| format!(", Retry-After {}", seconds(ms)))
                     .unwrap_or_default(),
@@ -519,7 +594,7 @@ fn report<B: LabBackend, R: Runtime, G: Budget>(
         // The seed's exact line, "all 1 VMs" included: dashboards and alerts match on it.
         log.log(
             Level::Info,
-            &format!("✅ Successfully deleted all {total} VMs"),
+            &format!("✅ Successfully {} all {total} VMs", action.done()),
         );
     } else {
         // In the lab's order: the master first, then the workers as the create listed them.
@@ -532,17 +607,20 @@ fn report<B: LabBackend, R: Runtime, G: Budget>(
         log.log(
             Level::Warn,
             &format!(
-                "⚠️ {left} of {total} VM{} not deleted after attempt {attempt} ({})",
+                "⚠️ {left} of {total} VM{} not {} after {attempt} ({})",
                 plural(total),
+                action.done(),
                 still.join(", "),
             ),
         );
     }
     if ending == Ending::Continued {
+        let mut attempt = attempt;
+        attempt[..1].make_ascii_uppercase();
         log.log(
             Level::Info,
             &format!(
-                "⏩ Attempt {attempt} reached the invocation's limits ({} backend call{}, or its deadline); {not_tried} VM{} go on in the next attempt, in {}",
+                "⏩ {attempt} reached the invocation's limits ({} backend call{}, or its deadline); {not_tried} VM{} go on in the next attempt, in {}",
                 calls.granted.get(),
                 plural(calls.granted.get()),
                 plural(not_tried),
@@ -761,6 +839,7 @@ mod tests {
 
     fn plan(policy: Policy, concurrency: usize) -> AttemptPlan {
         AttemptPlan {
+            action: Action::Delete,
             policy,
             concurrency,
             spare_calls: 10,
@@ -807,6 +886,16 @@ mod tests {
     }
 
     impl LabBackend for FakeBackend {
+        async fn power(&self, power: Power, id: &str) -> Result<BackendReply, BackendError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{} {id}", power.name()));
+            let mut scripts = self.vm_scripts.borrow_mut();
+            match scripts.get_mut(id) {
+                Some(script) if !script.is_empty() => script.remove(0),
+                _ => reply(200),
+            }
+        }
         async fn delete_exposed_services(
             &self,
             master: &str,
@@ -867,6 +956,7 @@ mod tests {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             0,
             60_000,

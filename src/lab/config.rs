@@ -47,6 +47,12 @@ pub const DEFAULT_STUCK_AFTER_ATTEMPTS: u64 = 3;
 /// Default age, in `duration` units, an unknown VM an inventory reports must reach before a
 /// reconciliation that acts schedules it for cleanup.
 pub const DEFAULT_ORPHAN_GRACE_MINUTES: u64 = 60;
+/// How long a stopped lab's VMs are kept before they are deleted, in `duration` units
+/// (`KEEP_STOPPED_MINUTES`, and a create's `keep_stopped_minutes`): a day by default, 30 at most.
+pub const DEFAULT_KEEP_STOPPED_MINUTES: u64 = 1_440;
+pub const MAX_KEEP_STOPPED_MINUTES: u64 = 43_200;
+/// Stop attempts before a lab whose VMs do not stop is deleted as without the stage.
+pub const DEFAULT_STOP_ATTEMPTS: u64 = 3;
 /// Default least time, in `duration` units, between the two reports of an unknown VM that
 /// confirm it an orphan (and after a VM's deletion before an inventory that still lists it has
 /// it deleted again): more than one Cron Trigger interval (15 minutes), so that two runs confirm.
@@ -196,6 +202,24 @@ pub struct Config {
     pub idle_timeout_minutes: Option<u64>,
     /// `ACTIVITY_WRITE_SECONDS`: a lab writes its activity at most once in this long.
     pub activity_write_seconds: u64,
+    /// `STOP_PATH` and the stage's settings: at its end a lab's VMs are stopped, and deleted
+    /// `KEEP_STOPPED_MINUTES` later (unset: deleted at once, the stage off).
+    pub stop: Option<StopStage>,
+    /// `START_PATH`: where a stopped lab's VMs are started again by a resume (unset: resume is
+    /// refused).
+    pub start_path: Option<String>,
+}
+
+/// The grace stage between a lab's end and its deletion (see `lab::session::stage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopStage {
+    /// `STOP_PATH`: `POST {BACKEND_URL}{STOP_PATH}` with `{"lab_request_id": ...}` stops a VM.
+    pub stop_path: String,
+    /// `KEEP_STOPPED_MINUTES`: how long the VMs stay stopped, in `duration` units, for a lab
+    /// created without its own `keep_stopped_minutes`.
+    pub keep_stopped_minutes: u64,
+    /// `STOP_ATTEMPTS`: stop attempts before the lab is deleted as without the stage.
+    pub stop_attempts: u32,
 }
 
 /// Whether the worker sends webhooks.
@@ -271,16 +295,21 @@ impl Config {
             log_storage_ops: s.flag("LOG_STORAGE_OPS")?,
             orphan_grace_minutes: s.number(ORPHAN_GRACE_MINUTES)?,
             orphan_confirm_minutes: s.number(ORPHAN_CONFIRM_MINUTES)?,
-            inventory_path: s.choice(
-                "INVENTORY_PATH",
-                backend_path,
-                "a path on the backend starting with /",
-            )?,
+            inventory_path: s.choice("INVENTORY_PATH", backend_path, BACKEND_PATH)?,
             reconcile_act: s.flag("RECONCILE_ACT")?,
             backend_max_concurrency: s.optional(BACKEND_MAX_CONCURRENCY)?.map(|n| n as u32),
             sweep_grace_seconds: s.number(SWEEP_GRACE_SECONDS)?,
             idle_timeout_minutes: s.optional(IDLE_TIMEOUT_MINUTES)?,
             activity_write_seconds: s.number(ACTIVITY_WRITE_SECONDS)?,
+            stop: match s.choice("STOP_PATH", backend_path, BACKEND_PATH)? {
+                Some(stop_path) => Some(StopStage {
+                    stop_path,
+                    keep_stopped_minutes: s.number(KEEP_STOPPED_MINUTES)?,
+                    stop_attempts: s.number(STOP_ATTEMPTS)? as u32,
+                }),
+                None => None,
+            },
+            start_path: s.choice("START_PATH", backend_path, BACKEND_PATH)?,
             webhooks: webhooks(&get),
             fleet_index: s
                 .choice("FLEET_INDEX", on_off, "\"on\" or \"off\"")?
@@ -510,6 +539,13 @@ const SWEEP_GRACE_SECONDS: Number = num(
     86_400,
 );
 const IDLE_TIMEOUT_MINUTES: Number = num("IDLE_TIMEOUT_MINUTES", 0, 1, 525_600);
+const KEEP_STOPPED_MINUTES: Number = num(
+    "KEEP_STOPPED_MINUTES",
+    DEFAULT_KEEP_STOPPED_MINUTES,
+    0,
+    MAX_KEEP_STOPPED_MINUTES,
+);
+const STOP_ATTEMPTS: Number = num("STOP_ATTEMPTS", DEFAULT_STOP_ATTEMPTS, 1, 10);
 const ACTIVITY_WRITE_SECONDS: Number = num(
     "ACTIVITY_WRITE_SECONDS",
     DEFAULT_ACTIVITY_WRITE_SECONDS,
@@ -579,6 +615,8 @@ fn on_off(raw: &str) -> Option<bool> {
         _ => None,
     }
 }
+
+const BACKEND_PATH: &str = "a path on the backend starting with /";
 
 fn backend_path(raw: &str) -> Option<String> {
     (raw.starts_with('/') && !raw.contains(char::is_whitespace)).then(|| raw.to_string())

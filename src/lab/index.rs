@@ -130,7 +130,8 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
         created_at: session.created_at_ms,
         expires_at: session.expires_at_ms,
         attempts: c.attempts,
-        next_attempt_at: c.next_attempt_at_ms,
+        // A stopped lab's next step is its deletion at `delete_at` (the sweep reads this).
+        next_attempt_at: session.stopped_until().or(c.next_attempt_at_ms),
         pending_count: session.pending().len() as u32,
         already_gone_count: c.already_gone.len() as u32,
         last_error: last_error(session),
@@ -844,6 +845,7 @@ mod tests {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             T0,
             60_000,
@@ -1078,6 +1080,7 @@ mod tests {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             T0,
             60_000,
@@ -1266,6 +1269,7 @@ mod tests {
             by_status(&kept_rows),
             vec![
                 (Status::Scheduled, 0),
+                (Status::Stopped, 0),
                 (Status::CleaningUp, 0),
                 (Status::Retrying, 2),
                 (Status::Completed, 7)
@@ -1280,11 +1284,15 @@ mod tests {
             ("move:scheduled>completed".to_string(), 1),
             ("move:retrying>completed".to_string(), 3),
             ("already_gone".to_string(), 0),
+            // The grace stage: a lab stopped (its moves through `stopped` count like any).
+            ("status:scheduled".to_string(), 1),
+            ("move:scheduled>stopped".to_string(), 1),
         ];
         assert_eq!(
             by_status(&moved),
             vec![
                 (Status::Scheduled, 1),
+                (Status::Stopped, 1),
                 (Status::CleaningUp, 0),
                 (Status::Retrying, 0),
                 (Status::Completed, 3)

@@ -151,6 +151,7 @@ impl LegacyRecord {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             created_at_ms,
             expires_at_ms.saturating_sub(created_at_ms),

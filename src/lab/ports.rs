@@ -33,7 +33,25 @@ pub enum BackendError {
 
 pub use crate::lab::error::ServiceError;
 
-/// The two calls the cleanup makes on the lab backend.
+/// A VM's power, for the grace stage (`lab::session::stage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// `POST {STOP_PATH}`: at a lab's end, before its deletion.
+    Stop,
+    /// `POST {START_PATH}`: a stopped lab resumed.
+    Start,
+}
+
+impl Power {
+    pub fn name(self) -> &'static str {
+        match self {
+            Power::Stop => "stop",
+            Power::Start => "start",
+        }
+    }
+}
+
+/// The calls the cleanup makes on the lab backend.
 pub trait LabBackend {
     /// `DELETE /api/v1/expose/` with `{"lab_request_id": master_id}`.
     async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError>;
@@ -43,6 +61,9 @@ pub trait LabBackend {
         lab_request_id: &str,
         user_id: &str,
     ) -> Result<BackendReply, BackendError>;
+    /// `POST {STOP_PATH}` or `POST {START_PATH}` with `{"lab_request_id": ...}`.
+    async fn power(&self, power: Power, lab_request_id: &str)
+        -> Result<BackendReply, BackendError>;
 }
 
 /// A permit for one backend call, from the fleet-wide budget (`BACKEND_MAX_CONCURRENCY`).

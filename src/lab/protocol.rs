@@ -29,6 +29,11 @@ pub enum Request {
     Retry {
         job: Option<String>,
     },
+    /// A stopped lab's VMs started again, the lab active for `minutes` more (`lab::session::stage`).
+    Resume {
+        minutes: u64,
+        by: By,
+    },
     /// The student is active (an idle end moves later).
     Activity,
     /// A VM an inventory reported and no lab lists: cleaned up now as a lab of its own.
@@ -128,6 +133,16 @@ impl Request {
                 "/retry",
                 serde_json::to_string(&RetryFor { job: job.clone() }).ok(),
             ),
+            Request::Resume { minutes, by } => (
+                "POST",
+                "/resume",
+                serde_json::to_string(&ExtendBy {
+                    minutes: *minutes,
+                    by: *by,
+                    job: None,
+                })
+                .ok(),
+            ),
             Request::Activity => ("POST", "/activity", None),
             Request::Orphan(vm) => (
                 "POST",
@@ -198,6 +213,13 @@ impl Request {
             ("POST", "/retry") => Request::Retry {
                 job: job(&json()?).map_err(bad)?,
             },
+            ("POST", "/resume") => {
+                let v = json()?;
+                Request::Resume {
+                    minutes: v["minutes"].as_u64().ok_or_else(|| bad("minutes".into()))?,
+                    by: by(&v).ok_or_else(|| bad("by".into()))?,
+                }
+            }
             ("POST", "/activity") => Request::Activity,
             ("POST", "/orphan") => {
                 let v = json()?;
@@ -482,6 +504,7 @@ mod tests {
                 vm_name: Some("k8s \"é\" 😀".into()),
                 idle_timeout: Some(15),
                 labels: [("class".to_string(), "c1".to_string())].into(),
+                keep_stopped_minutes: None,
             }),
             Request::Create(NewSession {
                 lab_request_id: "s".into(),
@@ -491,6 +514,7 @@ mod tests {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             }),
             Request::Events(EventsPage {
                 after: Some(crate::lab::session::timeline::EventsCursor { at: 5, skip: 2 }),

@@ -10,6 +10,8 @@ use serde::Serialize;
 pub enum Status {
     /// Waiting for the lab to expire.
     Scheduled,
+    /// Ended, its VMs stopped and kept until `delete_at` (the grace stage, `STOP_PATH`).
+    Stopped,
     /// A cleanup attempt is running (or was interrupted and will be resumed by the alarm).
     CleaningUp,
     /// An attempt left VMs undeleted; the next attempt is scheduled.
@@ -20,8 +22,9 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of a lab's life.
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Scheduled,
+        Status::Stopped,
         Status::CleaningUp,
         Status::Retrying,
         Status::Completed,
@@ -31,6 +34,7 @@ impl Status {
     pub fn name(self) -> &'static str {
         match self {
             Status::Scheduled => "scheduled",
+            Status::Stopped => "stopped",
             Status::CleaningUp => "cleaning_up",
             Status::Retrying => "retrying",
             Status::Completed => "completed",
@@ -46,6 +50,7 @@ impl Status {
     pub fn describe(self) -> &'static str {
         match self {
             Status::Scheduled => "scheduled",
+            Status::Stopped => "stopped",
             Status::CleaningUp => "being cleaned up",
             Status::Retrying => "being cleaned up (retrying)",
             Status::Completed => "already cleaned up",

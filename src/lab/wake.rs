@@ -115,6 +115,8 @@ pub fn attempt_at(session: &Session) -> Option<i64> {
         Status::CleaningUp | Status::Retrying => {
             c.next_attempt_at_ms.map(|at| at.max(session.expires_at_ms))
         }
+        // Its VMs stopped: deleted at `delete_at` (a resume's hold puts that off).
+        Status::Stopped => session.delete_due_at(),
         Status::Completed => None,
     }
 }
@@ -207,6 +209,7 @@ mod tests {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             T0,
             60_000,

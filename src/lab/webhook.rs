@@ -24,6 +24,10 @@ pub enum EventType {
     CleanupStuck,
     /// `IDLE_WARN_MINUTES` before an idle end (once per idle deadline).
     IdleWarning,
+    /// The grace stage: every VM stopped, deleted at `delete_at`.
+    Stopped,
+    /// A stopped lab started again.
+    Resumed,
 }
 
 impl EventType {
@@ -33,6 +37,8 @@ impl EventType {
             EventType::CleanupCompleted => "lab.cleanup_completed",
             EventType::CleanupStuck => "lab.cleanup_stuck",
             EventType::IdleWarning => "lab.idle_warning",
+            EventType::Stopped => "lab.stopped",
+            EventType::Resumed => "lab.resumed",
         }
     }
 }
@@ -204,6 +210,7 @@ mod tests {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             T0,
             duration_minutes * MINUTE,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::lab::config::Config;
-use crate::lab::ports::{BackendError, BackendReply, LabBackend, Level, Logger};
+use crate::lab::ports::{BackendError, BackendReply, LabBackend, Level, Logger, Power};
 use crate::platform::http::{self, Failure};
 
 /// Path of the exposed-services deletion (`DELETE`, body `{"lab_request_id"}`).
@@ -18,6 +18,27 @@ pub struct HttpLabBackend {
     base_url: String,
     token: Option<String>,
     timeout: Duration,
+    stop_path: Option<String>,
+    start_path: Option<String>,
+}
+
+/// The path of a power call, from the settings (`None`: not configured).
+pub fn power_path(config: &Config, power: Power) -> Option<&str> {
+    match power {
+        Power::Stop => config.stop.as_ref().map(|s| s.stop_path.as_str()),
+        Power::Start => config.start_path.as_deref(),
+    }
+}
+
+fn unconfigured(power: Power) -> BackendError {
+    let setting = match power {
+        Power::Stop => "STOP_PATH",
+        Power::Start => "START_PATH",
+    };
+    BackendError::Network(format!(
+        "no {setting} is set; no {} call made",
+        power.name()
+    ))
 }
 
 impl HttpLabBackend {
@@ -26,6 +47,8 @@ impl HttpLabBackend {
             base_url: config.backend_url.clone(),
             token: config.backend_api_token.clone(),
             timeout: config.backend_timeout(),
+            stop_path: power_path(config, Power::Stop).map(str::to_string),
+            start_path: power_path(config, Power::Start).map(str::to_string),
         }
     }
 
@@ -92,6 +115,20 @@ impl LabBackend for HttpLabBackend {
         )
         .await
     }
+
+    async fn power(
+        &self,
+        power: Power,
+        lab_request_id: &str,
+    ) -> Result<BackendReply, BackendError> {
+        let path = match power {
+            Power::Stop => &self.stop_path,
+            Power::Start => &self.start_path,
+        };
+        let path = path.as_deref().ok_or_else(|| unconfigured(power))?;
+        self.call("POST", path, json!({ "lab_request_id": lab_request_id }))
+            .await
+    }
 }
 
 /// `DRY_RUN`: logs each call the cleanup would make and answers as if it succeeded, so a staging
@@ -99,11 +136,25 @@ impl LabBackend for HttpLabBackend {
 pub struct DryRunBackend<'a, L: Logger> {
     base_url: &'a str,
     log: &'a L,
+    config: Option<&'a Config>,
 }
 
 impl<'a, L: Logger> DryRunBackend<'a, L> {
     pub fn new(base_url: &'a str, log: &'a L) -> Self {
-        Self { base_url, log }
+        Self {
+            base_url,
+            log,
+            config: None,
+        }
+    }
+
+    /// With the settings' stop and start paths.
+    pub fn with(config: &'a Config, log: &'a L) -> Self {
+        Self {
+            base_url: &config.backend_url,
+            log,
+            config: Some(config),
+        }
     }
 
     fn would(&self, method: &str, path: &str, body: serde_json::Value) -> BackendReply {
@@ -140,6 +191,18 @@ impl<L: Logger> LabBackend for DryRunBackend<'_, L> {
             DELETE_VM_PATH,
             json!({ "lab_request_id": lab_request_id, "user_id": user_id }),
         ))
+    }
+
+    async fn power(
+        &self,
+        power: Power,
+        lab_request_id: &str,
+    ) -> Result<BackendReply, BackendError> {
+        let path = self
+            .config
+            .and_then(|c| power_path(c, power))
+            .ok_or_else(|| unconfigured(power))?;
+        Ok(self.would("POST", path, json!({ "lab_request_id": lab_request_id })))
     }
 }
 

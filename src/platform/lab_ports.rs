@@ -12,7 +12,7 @@ use crate::lab::index::{IndexRow, VmRow};
 use crate::lab::invocation::{Exceeded, Meter};
 use crate::lab::ports::{
     Allowance, BackendError, BackendReply, Budget, Delivery, FleetIndex, LabBackend, Labs, Level,
-    Logger, Permit, RecordStore, Runtime, StoreError, Stored, WebhookSender,
+    Logger, Permit, Power, RecordStore, Runtime, StoreError, Stored, WebhookSender,
 };
 use crate::platform::backend::{DryRunBackend, HttpLabBackend};
 use crate::platform::runtime::{ConsoleLogger, WorkersRuntime};
@@ -215,6 +215,21 @@ impl LabBackend for Workerd {
             .map_err(|e| BackendError::Network(refused(e)))?;
         add(&self.usage.backend_calls, 1);
         HttpLabBackend::new(&self.config).delete_vm(id, user).await
+    }
+    async fn power(
+        &self,
+        power: Power,
+        id: &str,
+    ) -> std::result::Result<BackendReply, BackendError> {
+        if self.config.dry_run {
+            let dry = DryRunBackend::with(&self.config, &ConsoleLogger);
+            return dry.power(power, id).await;
+        }
+        self.usage
+            .charge(Meter::External, 1)
+            .map_err(|e| BackendError::Network(refused(e)))?;
+        add(&self.usage.backend_calls, 1);
+        HttpLabBackend::new(&self.config).power(power, id).await
     }
 }
 

@@ -69,6 +69,8 @@ pub fn classify(known: Option<&KnownVm>, now_ms: i64) -> Class {
         None => Class::Unknown,
         Some(k) if k.state != VmState::Pending => Class::Finished,
         Some(k) if k.lab_status == Status::Scheduled && now_ms < k.expires_at_ms => Class::Tracked,
+        // Stopped and kept until its `delete_at` (the grace stage): on purpose.
+        Some(k) if k.lab_status == Status::Stopped => Class::Tracked,
         Some(_) => Class::Overdue,
     }
 }

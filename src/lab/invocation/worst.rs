@@ -85,6 +85,7 @@ fn largest_lab(config: &Config) -> Session {
             vm_name: None,
             idle_timeout: None,
             labels,
+            keep_stopped_minutes: Some(crate::lab::config::MAX_KEEP_STOPPED_MINUTES),
         },
         0,
         60_000,

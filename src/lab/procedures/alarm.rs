@@ -1,6 +1,6 @@
 //! The object's alarm: what is due (the planner in `lab::wake` says), then the warning, the cleanup attempt, the index repair or the purge.
 
-use crate::lab::cleanup::{self, AttemptPlan};
+use crate::lab::cleanup::{self, Action, AttemptPlan};
 use crate::lab::config::{ConfigError, Webhooks};
 use crate::lab::index;
 use crate::lab::invocation::Meter;
@@ -8,7 +8,9 @@ use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::Found;
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::retry;
-use crate::lab::session::{AttemptResult, EndReason, Ending, Event, Kind, Session, Status};
+use crate::lab::session::{
+    AttemptResult, EndReason, Ending, Event, Kind, Session, Status, StopEnd,
+};
 use crate::lab::text::rfc3339;
 use crate::lab::wake;
 use crate::lab::webhook::{self, EventType};
@@ -352,6 +354,9 @@ impl<P: Platform> Lab<'_, P> {
     /// reports it, and the events it calls for.
     async fn attempt(&self, mut session: Session, now: i64) -> Result<(), StoreError> {
         let config = self.config;
+        if session.stop_due(config.stop.as_ref(), config.duration_unit_ms()) {
+            return self.stop_attempt(session, now).await;
+        }
         // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
         // is resumed by that alarm; a finished attempt replaces it below.
         session.begin_attempt(now, config.retry_ms());
@@ -362,7 +367,7 @@ impl<P: Platform> Lab<'_, P> {
         }
         self.persist(&mut session).await?;
 
-        let plan = self.attempt_plan(&session, now);
+        let plan = self.attempt_plan(&session, now, Action::Delete);
         let p = self.platform;
         let saver = Saver {
             lab: self,
@@ -411,13 +416,80 @@ impl<P: Platform> Lab<'_, P> {
         self.sync_index().await
     }
 
+    /// The grace stage (`lab::session::stage`): one attempt at stopping the lab's VMs instead of deleting
+    /// them, its calls made as a deletion's are. Every VM stopped: the lab is `stopped` until
+    /// its `delete_at`; otherwise the next stop attempt, or after `STOP_ATTEMPTS` the deletion
+    /// at once.
+    async fn stop_attempt(&self, mut session: Session, now: i64) -> Result<(), StoreError> {
+        let config = self.config;
+        let Some(stage) = config.stop.as_ref() else {
+            return Ok(());
+        };
+        session.begin_stop(now, config.retry_ms());
+        session.mark_ended(EndReason::Expired, session.expires_at_ms.min(now));
+        if config.dry_run {
+            session.dry_run = true;
+        }
+        self.persist(&mut session).await?;
+        let plan = self.attempt_plan(&session, now, Action::Stop);
+        let p = self.platform;
+        let result = cleanup::run_attempt(&session, p, p, p, p, plan, &cleanup::NoProgress).await;
+        let done_at = p.now_ms();
+        let (next, _) = self.next_attempt(&session, &result, done_at);
+        let mut latest = match self.load().await? {
+            Some(latest) if latest.stop.attempts == session.stop.attempts => latest,
+            _ => session,
+        };
+        let keep = latest.keep_stopped_ms(stage, config.duration_unit_ms());
+        let end = latest.finish_stop(
+            &result,
+            done_at,
+            keep,
+            next.unwrap_or(done_at),
+            stage.stop_attempts,
+        );
+        let id = latest.lab_request_id.clone();
+        match end {
+            StopEnd::Stopped => {
+                self.info(format!(
+                    "⏸ Lab {id} stopped: its {} VM{} are kept until {}, then deleted",
+                    latest.vm_count(),
+                    if latest.vm_count() == 1 { "" } else { "s" },
+                    latest.delete_due_at().map(rfc3339).unwrap_or_default()
+                ));
+                if matches!(config.webhooks, Webhooks::On(_)) {
+                    self.queue(&mut latest, EventType::Stopped, done_at);
+                }
+            }
+            StopEnd::Again => self.warn(format!(
+                "Lab {id}: {} VM{} not stopped after stop attempt {} of {}; next stop attempt at {}",
+                latest.to_stop().len(),
+                if latest.to_stop().len() == 1 { "" } else { "s" },
+                latest.stop.attempts,
+                stage.stop_attempts,
+                latest
+                    .cleanup
+                    .next_attempt_at_ms
+                    .map(rfc3339)
+                    .unwrap_or_default()
+            )),
+            StopEnd::GaveUp => self.warn(format!(
+                "Lab {id}: its VMs did not all stop in {} stop attempts; deleting them now, as without the stage",
+                latest.stop.attempts
+            )),
+        }
+        self.persist(&mut latest).await?;
+        self.sync_index().await
+    }
+
     /// How the attempt starting at `now` runs: its concurrency (one at a time after a refusal:
     /// the backend is behind), its reconnects, and its calls and deadline within the plan.
-    fn attempt_plan(&self, session: &Session, now: i64) -> AttemptPlan {
+    fn attempt_plan(&self, session: &Session, now: i64, action: Action) -> AttemptPlan {
         let config = self.config;
         let adaptive = config.retry_policy == retry::Policy::Adaptive;
         let external_left = self.platform.left(Meter::External);
         AttemptPlan {
+            action,
             policy: config.retry_policy,
             concurrency: if session.cleanup.refused_last_attempt && adaptive {
                 1

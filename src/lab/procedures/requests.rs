@@ -1,8 +1,10 @@
 //! The requests a lab's object answers: create, status, events, end now, extend, retry now, activity, and the fleet's (orphan, delete again, poke).
 
+use crate::lab::cleanup;
+use crate::lab::config::Webhooks;
 use crate::lab::fleet::report::ReportedVm;
-use crate::lab::ports::Level;
 use crate::lab::ports::StoreError;
+use crate::lab::ports::{Level, Power};
 use crate::lab::procedures::claims::{orphan_started, Claiming, Owner};
 use crate::lab::procedures::record::{Found, Held};
 use crate::lab::procedures::Request;
@@ -11,9 +13,10 @@ use crate::lab::refusal::Refusal;
 use crate::lab::retry;
 use crate::lab::session::timeline::EventsPage;
 use crate::lab::session::{
-    By, EndReason, Event, Kind, LabType, NewSession, Origin, Session, Status,
+    By, Deletion, EndReason, Event, Kind, LabType, NewSession, Origin, Session, Status,
 };
 use crate::lab::text::rfc3339;
+use crate::lab::webhook::EventType;
 
 /// How often a create looks again when its object changed while it claimed its workers.
 const CREATE_TRIES: usize = 3;
@@ -28,6 +31,7 @@ impl<P: Platform> Lab<'_, P> {
             Request::End { by, job } => self.end(by, job).await,
             Request::Extend { minutes, by, job } => self.extend(minutes, by, job).await,
             Request::Retry { job } => self.retry(job).await,
+            Request::Resume { minutes, by } => self.resume(minutes, by).await,
             Request::Activity => self.activity().await,
             Request::Orphan(vm) => self.orphan(vm).await,
             Request::DeleteAgain { vm } => self.delete_again(&vm).await,
@@ -383,6 +387,95 @@ impl<P: Platform> Lab<'_, P> {
         }
     }
 
+    /// `POST .../{id}/resume`: a stopped lab's VMs started again (`START_PATH`, every VM at
+    /// once up to `CLEANUP_CONCURRENCY`), then the lab scheduled to expire `minutes` from now,
+    /// within the lifetime cap an extend has (200). While the calls run the lab is held: no
+    /// deletion starts. A VM that does not start leaves the lab stopped, its deletion at its
+    /// `delete_at` (503: resume again). A lab a resume already made active answers 200
+    /// unchanged; any other lab is refused (409).
+    pub async fn resume(&self, minutes: u64, by: By) -> Result<Reply, StoreError> {
+        use futures::stream::{self, StreamExt};
+        let mut session = match self.lab().await? {
+            Ok(session) => session,
+            Err(refusal) => return Ok(Reply::Refused(refusal)),
+        };
+        let (p, config) = (self.platform, self.config);
+        if let Err(refusal) = session.resume_fits(minutes, config.max_duration_minutes) {
+            return Ok(Reply::Refused(refusal));
+        }
+        let concurrency = config.cleanup_concurrency.max(1);
+        let rounds = session.vm_count().div_ceil(concurrency) as i64 + 1;
+        let hold = p
+            .now_ms()
+            .saturating_add(config.backend_timeout().as_millis() as i64 * rounds);
+        match session.begin_resume(hold) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Self::unchanged(200, session)),
+            Err(refusal) => return Ok(Reply::Refused(refusal)),
+        }
+        self.save(&mut session).await?;
+        let ids: Vec<String> = session.vms().map(|vm| vm.id.to_string()).collect();
+        let failed: Vec<String> = stream::iter(ids)
+            .map(|id| async move {
+                let answer = p.power(Power::Start, &id).await;
+                match cleanup::classify_deletion(answer, p.now_ms()) {
+                    Deletion::Deleted => None,
+                    Deletion::AlreadyGone => {
+                        Some(format!("{id} (backend answered 404: the VM is gone)"))
+                    }
+                    Deletion::Refused { error, .. } | Deletion::Failed(error) => {
+                        Some(format!("{id} ({error})"))
+                    }
+                }
+            })
+            .buffer_unordered(concurrency)
+            .filter_map(|f| async move { f })
+            .collect()
+            .await;
+        let Some(mut latest) = self.load().await? else {
+            return Ok(Reply::Refused(Refusal::NotFound));
+        };
+        let now = p.now_ms();
+        if !failed.is_empty() || latest.status() != Status::Stopped || latest.stop.over {
+            latest.resume_failed();
+            self.save(&mut latest).await?;
+            if failed.is_empty() {
+                return Ok(Reply::Refused(Refusal::Conflict(format!(
+                    "lab {} was ended while it was being resumed; its VMs are deleted",
+                    latest.lab_request_id
+                ))));
+            }
+            self.warn(format!(
+                "Lab {} could not be resumed: {} VM{} did not start: {}; it stays stopped, deleted at {}",
+                latest.lab_request_id,
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                failed.join(", "),
+                latest.delete_due_at().map(rfc3339).unwrap_or_default()
+            ));
+            return Ok(Reply::Refused(Refusal::Unavailable(format!(
+                "lab {} could not be resumed: {} of its VMs did not start; it stays stopped until its delete_at, resume it again",
+                latest.lab_request_id,
+                failed.len()
+            ))));
+        }
+        latest.finish_resume(now, minutes, config.duration_unit_ms());
+        if let Some(Event { by: b, .. }) = latest.timeline.events.last_mut() {
+            *b = Some(by);
+        }
+        if matches!(config.webhooks, Webhooks::On(_)) {
+            self.queue(&mut latest, EventType::Resumed, now);
+        }
+        let line = format!(
+            "▶ Lab {} resumed: its {} VM{} started again; now expires at {}",
+            latest.lab_request_id,
+            latest.vm_count(),
+            if latest.vm_count() == 1 { "" } else { "s" },
+            rfc3339(latest.expires_at_ms)
+        );
+        self.changed(latest, 200, line).await
+    }
+
     /// An orphan VM (an inventory reported it, no lab lists it): a lab of its own, expired now,
     /// cleaned up at once by the alarm (201). Reported again, it answers 200 and changes nothing;
     /// a lab of the same id that is not an orphan is never touched (409), nor a worker VM that
@@ -448,6 +541,7 @@ impl<P: Platform> Lab<'_, P> {
                 vm_name: None,
                 idle_timeout: None,
                 labels: Default::default(),
+                keep_stopped_minutes: None,
             },
             created,
             now.saturating_sub(created),

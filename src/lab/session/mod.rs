@@ -8,6 +8,7 @@ pub mod bound;
 pub mod claim;
 pub mod outbox;
 pub mod outcome;
+pub mod stage;
 mod stored;
 pub mod timeline;
 pub mod view;
@@ -19,6 +20,7 @@ pub use crate::lab::status::{LabType, Role, Status};
 pub use crate::lab::text::rfc3339;
 pub use outbox::{OutboxEvent, Snapshot};
 pub use outcome::{AttemptResult, Deletion, DeletionError, Ending, Outcome};
+pub use stage::{Stop, StopEnd};
 pub use timeline::{By, EndReason, Event, Kind, Timeline};
 pub use view::SessionView;
 
@@ -41,6 +43,10 @@ pub struct NewSession {
     /// identity.
     #[serde(skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// Minutes (`duration` units) its VMs stay stopped after its end, with the grace stage on
+    /// (`STOP_PATH`); 0: deleted at once; `None`: `KEEP_STOPPED_MINUTES`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_stopped_minutes: Option<u64>,
 }
 
 /// A lab's labels, sorted by key.
@@ -67,6 +73,10 @@ impl NewSession {
             duration: v["duration"].as_u64()?,
             vm_name: optional("vm_name")?,
             idle_timeout: match &v["idle_timeout"] {
+                serde_json::Value::Null => None,
+                n => Some(n.as_u64()?),
+            },
+            keep_stopped_minutes: match &v["keep_stopped_minutes"] {
                 serde_json::Value::Null => None,
                 n => Some(n.as_u64()?),
             },
@@ -121,6 +131,8 @@ pub struct Session {
     /// The bulk jobs that changed this lab, latest last (at most `MAX_JOBS_KEPT`): a job asking
     /// again (a retried batch) changes nothing.
     pub jobs: Vec<String>,
+    /// The grace stage (`lab::session::stage`): its VMs stopped before they are deleted.
+    pub stop: Stop,
 }
 
 /// Bulk jobs a lab remembers (a job retries a lab within minutes; eight is plenty).
@@ -279,6 +291,10 @@ impl Session {
             timeline: Timeline::default(),
             labels: new.labels,
             jobs: Vec::new(),
+            stop: Stop {
+                keep_minutes: new.keep_stopped_minutes,
+                ..Stop::default()
+            },
         }
     }
 
@@ -551,9 +567,12 @@ impl Session {
                 true
             }
             Status::Retrying => {
+                // A lab being stopped is deleted at once instead.
+                self.end_stage(now_ms);
                 self.cleanup.next_attempt_at_ms = Some(now_ms);
                 true
             }
+            Status::Stopped => self.end_stage(now_ms),
             Status::CleaningUp | Status::Completed => false,
         }
     }
@@ -568,6 +587,11 @@ impl Session {
                 Ok(true)
             }
             Status::CleaningUp => Ok(false),
+            Status::Stopped => Err(Refusal::Conflict(format!(
+                "lab {} is stopped; its VMs are deleted at {} (end it with DELETE to delete them now, or resume it)",
+                self.lab_request_id,
+                self.delete_due_at().map(rfc3339).unwrap_or_default()
+            ))),
             Status::Scheduled => Err(Refusal::Conflict(format!(
                 "lab {} is scheduled; its cleanup has not started (end it with DELETE)",
                 self.lab_request_id

@@ -56,6 +56,9 @@ pub struct Snapshot {
     /// A warning's minutes (`duration` units) left, in its `data.minutes_left`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minutes_left: Option<u64>,
+    /// A stopped lab's `delete_at`, in its `data.delete_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_at_ms: Option<i64>,
 }
 
 /// `last_outcome` at the moment, its errors by VM position.
@@ -102,6 +105,7 @@ impl Snapshot {
             dry_run: session.dry_run,
             end_reason: session.end_reason,
             minutes_left: None,
+            delete_at_ms: session.stopped_until(),
         }
     }
 
@@ -171,8 +175,13 @@ impl OutboxEvent {
                     snapshot.end_reason,
                 ))
                 .unwrap_or_default();
-                if let (Some(left), Some(map)) = (snapshot.minutes_left, data.as_object_mut()) {
-                    map.insert("minutes_left".into(), left.into());
+                if let Some(map) = data.as_object_mut() {
+                    if let Some(left) = snapshot.minutes_left {
+                        map.insert("minutes_left".into(), left.into());
+                    }
+                    if let Some(at) = snapshot.delete_at_ms {
+                        map.insert("delete_at".into(), rfc3339(at).into());
+                    }
                 }
                 data
             }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::lab::session::outbox::SnapshotOutcome;
 use crate::lab::session::{
     Adoption, By, Cleanup, DeletionError, EndReason, Event, Idle, IndexSync, Kind, Labels, Notices,
-    OutboxEvent, Outcome, Session, Snapshot, Status, Sync, Timeline,
+    OutboxEvent, Outcome, Session, Snapshot, Status, Stop, Sync, Timeline,
 };
 
 #[derive(Serialize)]
@@ -72,6 +72,20 @@ struct Flat<'a> {
     labels: &'a Labels,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     jobs: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_stopped_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    stop_attempts: u32,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stopped: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delete_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_until_ms: Option<i64>,
+    #[serde(skip_serializing_if = "is_false")]
+    stop_over: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed_at_ms: Option<i64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -124,6 +138,13 @@ impl Serialize for Session {
             timeline_truncated: self.timeline.truncated,
             labels: &self.labels,
             jobs: &self.jobs,
+            keep_stopped_minutes: self.stop.keep_minutes,
+            stop_attempts: self.stop.attempts,
+            stopped: &self.stop.stopped,
+            delete_at_ms: self.stop.delete_at_ms,
+            hold_until_ms: self.stop.hold_until_ms,
+            stop_over: self.stop.over,
+            resumed_at_ms: self.stop.resumed_at_ms,
         }
         .serialize(serializer)
     }
@@ -188,6 +209,15 @@ impl Session {
             },
             labels: o.or_default("labels", labels)?,
             jobs: o.or_default("jobs", strings)?,
+            stop: Stop {
+                keep_minutes: o.opt("keep_stopped_minutes", u64_of)?,
+                attempts: o.or_default("stop_attempts", u32_of)?,
+                stopped: o.or_default("stopped", strings)?,
+                delete_at_ms: o.opt("delete_at_ms", i64_of)?,
+                hold_until_ms: o.opt("hold_until_ms", i64_of)?,
+                over: o.or_default("stop_over", boolean)?,
+                resumed_at_ms: o.opt("resumed_at_ms", i64_of)?,
+            },
         })
     }
 }
@@ -401,6 +431,7 @@ fn snapshot(v: &Value) -> Read<Snapshot> {
         dry_run: o.or_default("dry_run", boolean)?,
         end_reason: o.opt("end_reason", end_reason)?,
         minutes_left: o.opt("minutes_left", u64_of)?,
+        delete_at_ms: o.opt("delete_at_ms", i64_of)?,
     })
 }
 

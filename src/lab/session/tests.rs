@@ -21,6 +21,7 @@ fn new_session(workers: &[&str]) -> NewSession {
         vm_name: Some("k8s-master-1".into()),
         idle_timeout: None,
         labels: Default::default(),
+        keep_stopped_minutes: None,
     }
 }
 

@@ -102,6 +102,13 @@ pub enum Kind {
     RetryNow,
     Adopted,
     Reconciled,
+    /// The grace stage: every VM stopped (`to`: when they are deleted).
+    Stopped,
+    /// The grace stage: `n` stop attempts did not stop every VM (`not_tried`: how many were
+    /// left); the lab is deleted now.
+    StopFailed,
+    /// A stopped lab started again (`to`: its new expiry).
+    Resumed,
 }
 
 /// Why a lab ended (its cleanup started).
@@ -166,7 +173,7 @@ impl By {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Created,
         Kind::Extended,
         Kind::Warned,
@@ -179,6 +186,9 @@ impl Kind {
         Kind::RetryNow,
         Kind::Adopted,
         Kind::Reconciled,
+        Kind::Stopped,
+        Kind::StopFailed,
+        Kind::Resumed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -195,6 +205,9 @@ impl Kind {
             Kind::RetryNow => "retry_now",
             Kind::Adopted => "adopted",
             Kind::Reconciled => "reconciled",
+            Kind::Stopped => "stopped",
+            Kind::StopFailed => "stop_failed",
+            Kind::Resumed => "resumed",
         }
     }
 
@@ -376,6 +389,12 @@ impl Event {
             Kind::Warned | Kind::IdleWarned => put("minutes_left", json!(self.left)),
             Kind::Ended => put("reason", json!(self.reason)),
             Kind::Stuck => put("attempts", json!(self.n)),
+            Kind::Stopped => put("delete_at", json!(self.to.map(rfc3339))),
+            Kind::StopFailed => {
+                put("attempts", json!(self.n));
+                put("not_stopped", json!(self.not_tried));
+            }
+            Kind::Resumed => put("expires_at", json!(self.to.map(rfc3339))),
             Kind::Attempt => {
                 put("number", json!(self.n));
                 put("duration_ms", json!(self.ms));

@@ -41,6 +41,9 @@ pub struct SessionView<'a> {
     pub last_activity_at: Option<String>,
     /// The lab's labels (`{}` for none).
     pub labels: &'a Labels,
+    /// A stopped lab's: when its VMs are deleted (the grace stage; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_at: Option<String>,
 }
 
 impl Session {
@@ -48,6 +51,7 @@ impl Session {
     pub fn view(&self) -> SessionView<'_> {
         SessionView {
             last_activity_at: self.idle.last_activity_ms.map(rfc3339),
+            delete_at: self.stopped_until().map(rfc3339),
             ..self.view_now()
         }
     }
@@ -100,6 +104,7 @@ impl Session {
             idle_timeout: self.idle_timeout_units(),
             last_activity_at: None,
             labels: &self.labels,
+            delete_at: None,
         }
     }
 }

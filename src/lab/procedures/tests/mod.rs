@@ -7,6 +7,7 @@ mod cost;
 mod faults;
 mod limits;
 mod requests;
+mod stage;
 mod timeline;
 
 use std::cell::{Cell, RefCell};
@@ -18,6 +19,7 @@ use futures::executor::block_on;
 use crate::lab::config::Config;
 use crate::lab::index::IndexRow;
 use crate::lab::legacy::LegacyRecord;
+use crate::lab::ports::Power;
 use crate::lab::ports::{
     BackendError, BackendReply, Delivery, FleetIndex, LabBackend, Level, Logger, RecordStore,
     Runtime, StoreError, Stored, WebhookSender,
@@ -124,6 +126,10 @@ pub struct World {
     /// VMs whose deletion gets no answer until the clock reaches this time (the call waits,
     /// letting the rest of the invocation run meanwhile).
     pub answer_at: RefCell<HashMap<String, i64>>,
+    /// Stop and start calls (the grace stage): each with its VM, time and answer; and the
+    /// statuses each VM's power calls answer, in turn (then 200).
+    pub powers: RefCell<Vec<(Power, String, i64, u16)>>,
+    pub power_scripts: RefCell<HashMap<String, VecDeque<u16>>>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -155,6 +161,7 @@ pub fn lab(id: &str, workers: &[&str], duration: u64) -> NewSession {
         vm_name: Some("k8s-master".into()),
         idle_timeout: None,
         labels: Default::default(),
+        keep_stopped_minutes: None,
     }
 }
 
@@ -205,6 +212,8 @@ impl World {
             call_ms: Cell::new(0),
             timeout_ms: Cell::new(0),
             answer_at: RefCell::new(HashMap::new()),
+            powers: RefCell::new(Vec::new()),
+            power_scripts: RefCell::new(HashMap::new()),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -675,6 +684,32 @@ impl WebhookSender for World {
 }
 
 impl LabBackend for World {
+    async fn power(&self, power: Power, id: &str) -> Result<BackendReply, BackendError> {
+        if self.dead.get() {
+            return Err(BackendError::Network("the invocation is gone".into()));
+        }
+        self.charge(crate::lab::invocation::Meter::External, 1)
+            .map_err(BackendError::Network)?;
+        let status = if self.gone.borrow().contains_key(id) {
+            404
+        } else {
+            self.power_scripts
+                .borrow_mut()
+                .get_mut(id)
+                .and_then(|s| s.pop_front())
+                .unwrap_or(200)
+        };
+        self.now.set(self.now.get() + self.call_ms.get());
+        self.powers
+            .borrow_mut()
+            .push((power, id.into(), self.now.get(), status));
+        Ok(BackendReply {
+            status,
+            body: String::new(),
+            retry_after: None,
+        })
+    }
+
     async fn delete_exposed_services(&self, master_id: &str) -> Result<BackendReply, BackendError> {
         self.backend_call(true, master_id)
     }

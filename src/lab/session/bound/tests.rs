@@ -36,6 +36,7 @@ fn worst_case(workers: usize, failing: usize) -> Session {
             vm_name: Some("😀".repeat(MAX_VM_NAME_LEN)),
             idle_timeout: None,
             labels: Default::default(),
+            keep_stopped_minutes: None,
         },
         BIG_I64,
         0,
