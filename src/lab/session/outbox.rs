@@ -198,17 +198,28 @@ impl OutboxEvent {
 
 impl Session {
     /// Queues `event` in the outbox. An undelivered event of the same type is replaced (a newer
-    /// `lab.expiring` says all an older one did): the outbox holds at most one event per type,
-    /// which is what bounds it. Returns the ids of the events replaced.
+    /// `lab.expiring` says all an older one did), and so are the grace stage's two events each
+    /// other (`lab.resumed` says the lab runs again, whatever `lab.stopped` said): the outbox
+    /// holds at most one event per slot, which is what bounds it. Returns the ids of the events
+    /// replaced.
     pub fn queue_event(&mut self, event: OutboxEvent) -> Vec<String> {
         let outbox = &mut self.notices.outbox;
+        let slot = slot(&event.event_type);
         let replaced: Vec<String> = outbox
             .iter()
-            .filter(|e| e.event_type == event.event_type)
+            .filter(|e| self::slot(&e.event_type) == slot)
             .map(|e| e.id.clone())
             .collect();
-        outbox.retain(|e| e.event_type != event.event_type);
+        outbox.retain(|e| self::slot(&e.event_type) != slot);
         outbox.push(event);
         replaced
+    }
+}
+
+/// The outbox slot of an event type: its own, but one for the grace stage's two.
+fn slot(event_type: &str) -> &str {
+    match event_type {
+        "lab.resumed" => "lab.stopped",
+        other => other,
     }
 }

@@ -16,8 +16,10 @@ pub struct Stop {
     pub keep_minutes: Option<u64>,
     /// Stop attempts started for the lab's current end.
     pub attempts: u32,
-    /// VMs the backend confirmed stopped (2xx), or gone (404: not running either).
-    pub stopped: Vec<String>,
+    /// VMs (by position: the master is 0, the workers follow in request order, as the
+    /// timeline keeps them) the backend confirmed stopped (2xx), or gone (404: not running
+    /// either).
+    pub stopped: Vec<u16>,
     /// When a stopped lab's VMs are deleted.
     pub delete_at_ms: Option<i64>,
     /// A resume's start calls are in flight: no deletion starts before this.
@@ -78,7 +80,11 @@ impl Session {
     /// The VMs a stop attempt calls: those neither stopped nor deleted, master first.
     pub fn to_stop(&self) -> Vec<crate::lab::session::Vm<'_>> {
         self.vms()
-            .filter(|vm| !self.is_done(vm.id) && !self.stop.stopped.iter().any(|s| s == vm.id))
+            .enumerate()
+            .filter(|(p, vm)| {
+                !self.is_done(vm.id) && !self.stop.stopped.iter().any(|s| usize::from(*s) == *p)
+            })
+            .map(|(_, vm)| vm)
             .collect()
     }
 
@@ -102,8 +108,9 @@ impl Session {
         max_attempts: u32,
     ) -> StopEnd {
         for id in result.deleted.iter().chain(&result.already_gone) {
-            if self.position(id).is_some() && !self.stop.stopped.contains(id) {
-                self.stop.stopped.push(id.clone());
+            let position = self.position(id).and_then(|p| u16::try_from(p).ok());
+            if let Some(p) = position.filter(|p| !self.stop.stopped.contains(p)) {
+                self.stop.stopped.push(p);
             }
         }
         let attempt = self.stop.attempts;

@@ -76,8 +76,8 @@ struct Flat<'a> {
     keep_stopped_minutes: Option<u64>,
     #[serde(skip_serializing_if = "is_zero")]
     stop_attempts: u32,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stopped: &'a [String],
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    stopped: &'a [u16],
     #[serde(skip_serializing_if = "Option::is_none")]
     delete_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,7 +212,7 @@ impl Session {
             stop: Stop {
                 keep_minutes: o.opt("keep_stopped_minutes", u64_of)?,
                 attempts: o.or_default("stop_attempts", u32_of)?,
-                stopped: o.or_default("stopped", strings)?,
+                stopped: o.or_default("stopped", u16s)?,
                 delete_at_ms: o.opt("delete_at_ms", i64_of)?,
                 hold_until_ms: o.opt("hold_until_ms", i64_of)?,
                 over: o.or_default("stop_over", boolean)?,

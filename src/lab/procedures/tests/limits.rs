@@ -171,3 +171,49 @@ fn an_attempt_cut_short_repeats_no_deletion_it_had_saved() {
         "some crash falls between a deletion and its save"
     );
 }
+
+#[test]
+fn the_largest_lab_stops_resumes_and_deletes_within_each_plan() {
+    let stage = [
+        ("STOP_PATH", "/api/v1/labs/stop"),
+        ("START_PATH", "/api/v1/labs/start"),
+        ("KEEP_STOPPED_MINUTES", "60"),
+    ];
+    for (plan, limits) in [("free", FREE), ("paid", PAID)] {
+        for failing in [false, true] {
+            let case = format!("{plan}, stops failing {failing}");
+            let world = enforced(plan, &stage);
+            let ids = workers(48);
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            world.create(lab("m", &refs, 30));
+            if failing {
+                // Every VM's stop fails until the stage gives up: deleted as without it.
+                for id in std::iter::once("m").chain(refs.iter().copied()) {
+                    world
+                        .power_scripts
+                        .borrow_mut()
+                        .insert(id.into(), [500, 500, 500].into_iter().collect());
+                }
+            } else {
+                world.run(T0 + 40 * MINUTE);
+                assert_eq!(status(&world), Some(Status::Stopped), "{case}");
+                // A resume starts all 49 VMs in one request, within the plan.
+                world.now.set(T0 + 45 * MINUTE);
+                let reply = world.request(Request::Resume {
+                    minutes: 30,
+                    by: crate::lab::session::By::Api,
+                });
+                assert!(
+                    matches!(reply, Ok(Reply::Lab { status: 200, .. })),
+                    "{case}: {reply:?}"
+                );
+                within(&world, limits, &format!("{case}, resume"));
+            }
+            world.run(T0 + 12 * 60 * MINUTE);
+            let s = world.session().expect("kept for its retention");
+            assert_eq!(s.status(), Status::Completed, "{case}");
+            assert_eq!(world.deleted().len(), 49, "{case}");
+            within(&world, limits, &case);
+        }
+    }
+}

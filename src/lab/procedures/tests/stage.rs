@@ -338,3 +338,22 @@ fn a_crash_at_any_step_of_the_stage_deletes_nothing_early_and_leaks_nothing() {
         }
     }
 }
+
+#[test]
+fn an_undelivered_stopped_gives_way_to_resumed() {
+    let world = World::new(staged(&[]));
+    world.receiver_down.set(true);
+    world.create(lab("m", &[], 10));
+    world.run(T0 + 15 * MINUTE);
+    world.now.set(T0 + 16 * MINUTE);
+    resume(&world, 30).unwrap();
+    let s = world.session().unwrap();
+    let types: Vec<&str> = s
+        .notices
+        .outbox
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert!(types.contains(&"lab.resumed"), "{types:?}");
+    assert!(!types.contains(&"lab.stopped"), "{types:?}");
+}

@@ -120,6 +120,16 @@ fn fill_state(s: &mut Session, workers: usize) {
     s.jobs = (0..crate::lab::session::MAX_JOBS_KEPT)
         .map(|n| format!("{n:032x}"))
         .collect();
+    // The grace stage at its largest: every VM stopped (ids listed), every time set.
+    s.stop = crate::lab::session::Stop {
+        keep_minutes: Some(crate::lab::config::MAX_KEEP_STOPPED_MINUTES),
+        attempts: u32::MAX,
+        stopped: (0..=workers as u16).collect(),
+        delete_at_ms: Some(BIG_I64),
+        hold_until_ms: Some(BIG_I64),
+        over: true,
+        resumed_at_ms: Some(BIG_I64),
+    };
     // Every label at its longest, each value costing two UTF-16 units a character.
     use crate::lab::limits::{MAX_LABELS, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN};
     s.labels = (0..MAX_LABELS)
@@ -160,9 +170,16 @@ fn fill_outbox(s: &mut Session, workers: usize) {
         minutes_left: Some(BIG_U64),
         ..scheduled.clone()
     };
+    // The grace stage's: `lab.stopped` with its `delete_at` (`lab.resumed` takes its slot).
+    let stopped = Snapshot {
+        status: Status::Stopped,
+        delete_at_ms: Some(BIG_I64),
+        ..scheduled.clone()
+    };
     for (kind, snapshot) in [
         (EventType::Expiring, warning.clone()),
         (EventType::IdleWarning, warning),
+        (EventType::Stopped, stopped),
         (EventType::CleanupCompleted, completed),
         (EventType::CleanupStuck, stuck),
     ] {
@@ -263,8 +280,8 @@ fn an_old_record_too_large_sheds_its_events_oldest_first() {
 fn a_failed_save_sheds_everything_expendable() {
     let mut s = worst_case(MAX_WORKERS, 5);
     let dropped = shed(&mut s);
-    // One event of each of the four types, then the errors' texts.
-    assert_eq!(dropped.len(), 5, "{dropped:?}");
+    // One event of each of the five slots, then the errors' texts.
+    assert_eq!(dropped.len(), 6, "{dropped:?}");
     assert!(s.notices.outbox.is_empty());
     let outcome = s.cleanup.last_outcome.as_ref().unwrap();
     assert_eq!(outcome.errors.len(), 5, "which VMs failed is kept");
