@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod reconcile;
 mod security;
+mod stage;
 mod support;
 mod timeline;
 mod webhooks;
@@ -139,6 +140,18 @@ const LAST: &[(&str, MutTestFn)] = &[
 ];
 
 const PARALLEL: &[(&str, TestFn)] = &[
+    (
+        "grace_stage_stop_then_delete_at_delete_at",
+        stage::stop_then_delete_at_delete_at,
+    ),
+    (
+        "grace_stage_a_resumed_lab_is_started_and_not_deleted_at_the_old_delete_at",
+        stage::a_resumed_lab_is_started_and_not_deleted_at_the_old_delete_at,
+    ),
+    (
+        "grace_stage_stops_that_keep_failing_fall_back_to_the_deletion",
+        stage::stops_that_keep_failing_fall_back_to_the_deletion,
+    ),
     (
         "migrations_upgrade_a_written_database",
         deploy::migrations_upgrade_a_written_database,

@@ -329,6 +329,14 @@ impl Worker {
             // No spread of first attempts: tests wait for a cleanup right after the expiry (the
             // spread is measured by the benchmark and unit-tested in `lab::retry`).
             ("EXPIRY_SPREAD_SECONDS".to_string(), "0".to_string()),
+            // The grace stage on, keeping no VM unless a create asks (`stage`'s tests): every
+            // other lab is deleted at once, as without it.
+            ("STOP_PATH".to_string(), mock_backend::STOP_PATH.to_string()),
+            (
+                "START_PATH".to_string(),
+                mock_backend::START_PATH.to_string(),
+            ),
+            ("KEEP_STOPPED_MINUTES".to_string(), "0".to_string()),
             (
                 "RETENTION_UNIT_SECONDS".to_string(),
                 RETENTION_UNIT_SECONDS.to_string(),

@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 pub const EXPOSE_PATH: &str = "/api/v1/expose/";
 /// Path of the VM deletion.
 pub const DELETE_VM_PATH: &str = "/api/v1/labs/delete";
+/// Paths of a VM's stop and start (the grace stage: the worker's `STOP_PATH` and `START_PATH`
+/// point here in the tests and `scripts/dev.sh`).
+pub const STOP_PATH: &str = "/api/v1/labs/stop";
+pub const START_PATH: &str = "/api/v1/labs/start";
 /// Path of the inventory of running VMs (`GET`, paged by `?cursor=`), the contract of
 /// docs/OPERATIONS.md.
 pub const INVENTORY_PATH: &str = "/api/v1/labs/inventory";
@@ -44,6 +48,10 @@ pub enum Endpoint {
     Expose,
     /// `POST /api/v1/labs/delete`
     DeleteVm,
+    /// `POST /api/v1/labs/stop`
+    Stop,
+    /// `POST /api/v1/labs/start`
+    Start,
 }
 
 /// What the mock does instead of answering 200.
@@ -77,7 +85,7 @@ pub const LANDING_PATH: &str = "/__mock/landing";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     pub lab_request_id: String,
-    /// `None`: both endpoints.
+    /// `None`: every endpoint.
     #[serde(default)]
     pub endpoint: Option<Endpoint>,
     pub action: Action,
@@ -515,6 +523,8 @@ fn handle_request(request: &http::Message, writer: &mut TcpStream, shared: &Shar
     let endpoint = match (method.as_str(), path.as_str()) {
         ("DELETE", EXPOSE_PATH) => Some(Endpoint::Expose),
         ("POST", DELETE_VM_PATH) => Some(Endpoint::DeleteVm),
+        ("POST", STOP_PATH) => Some(Endpoint::Stop),
+        ("POST", START_PATH) => Some(Endpoint::Start),
         _ => None,
     };
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
@@ -717,6 +727,8 @@ fn ok_plan(endpoint: Endpoint, id: Option<&str>, latency: u64) -> Plan {
         Endpoint::DeleteVm => {
             json!({"status": "ok", "message": "lab deleted", "lab_request_id": id})
         }
+        Endpoint::Stop => json!({"status": "ok", "message": "vm stopped", "lab_request_id": id}),
+        Endpoint::Start => json!({"status": "ok", "message": "vm started", "lab_request_id": id}),
     };
     Plan::Answer {
         status: 200,

@@ -8,7 +8,8 @@ const USAGE: &str =
     "usage: mock-backend [--listen 127.0.0.1:8788] [--latency-ms N] [--token T] [--quiet]
                     [--capacity N [--refuse-status 429|503] [--retry-after SECONDS]]
 
-Serves DELETE /api/v1/expose/ and POST /api/v1/labs/delete, answering 200 unless a fault says
+Serves DELETE /api/v1/expose/, POST /api/v1/labs/delete, and (the grace stage) POST
+/api/v1/labs/stop and POST /api/v1/labs/start, answering 200 unless a fault says
 otherwise, and prints one line per call. Control endpoints:
   GET  /__mock/calls    every call received, as JSON
   GET  /__mock/faults   the faults still pending
@@ -17,7 +18,7 @@ otherwise, and prints one line per call. Control endpoints:
         \"action\": {\"kind\": \"status\", \"status\": 500}, \"times\": 2}
        kinds: status{status}, delay{ms}, hang{ms}, reset, redirect{status, location}
        (location /__mock/landing answers 200 and is recorded); endpoint: expose | delete_vm |
-       null (both)
+       stop | start | null (every one)
   POST /__mock/faults/clear {\"lab_request_id\": \"...\"}: remove that id's faults
   GET  /__mock/stats    calls in flight now, the peak, calls refused by --capacity
   POST /__mock/capacity {\"max_in_flight\": 20, \"status\": 429, \"retry_after\": \"2\"} (null: no limit)
