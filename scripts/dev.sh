@@ -4,6 +4,8 @@
 # on Ctrl-C. Durations are real minutes unless DURATION_UNIT_SECONDS is set, e.g.
 #   DURATION_UNIT_SECONDS=1 CLEANUP_RETRY_SECONDS=10 bash scripts/dev.sh
 # Sessions start from an empty state each run; KEEP_STATE=1 keeps the previous run's.
+# STAGE=1 turns the grace stage on (STOP_PATH/START_PATH at the mock's stop and start): a lab's
+# VMs are stopped at its end and deleted KEEP_STOPPED_MINUTES (default 5) units later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -12,6 +14,11 @@ WORKER_PORT="${WORKER_PORT:-8787}"
 MOCK_PORT="${MOCK_PORT:-8788}"
 DURATION_UNIT_SECONDS="${DURATION_UNIT_SECONDS:-60}"
 CLEANUP_RETRY_SECONDS="${CLEANUP_RETRY_SECONDS:-300}"
+stage=()
+if [ "${STAGE:-0}" = 1 ]; then
+  stage=(--var "STOP_PATH:/api/v1/labs/stop" --var "START_PATH:/api/v1/labs/start"
+         --var "KEEP_STOPPED_MINUTES:${KEEP_STOPPED_MINUTES:-5}")
+fi
 # Durable Object state of the local run; starts empty unless KEEP_STATE=1.
 STATE_DIR=.wrangler/dev-state
 if [ "${KEEP_STATE:-0}" != 1 ]; then rm -rf "$STATE_DIR"; fi
@@ -65,6 +72,9 @@ cat <<MSG
     export API_TOKEN=$API_TOKEN
     curl -s http://127.0.0.1:$WORKER_PORT/api/v1/labs/sessions -H "Authorization: Bearer \$API_TOKEN" \\
       -H 'Content-Type: application/json' -d @docs/examples/multi-node.json
+  With STAGE=1 it is stopped at its end, then deleted; resume it while it is stopped:
+    curl -s http://127.0.0.1:$WORKER_PORT/api/v1/labs/sessions/k8s-master-abc-123/resume \\
+      -H "Authorization: Bearer \$API_TOKEN" -d '{"duration": 30}'
 
 MSG
 
@@ -73,6 +83,6 @@ CI=true WRANGLER_SEND_METRICS=false setsid node_modules/.bin/wrangler dev \
   --var "BACKEND_URL:http://127.0.0.1:$MOCK_PORT" \
   --var "DURATION_UNIT_SECONDS:$DURATION_UNIT_SECONDS" \
   --var "CLEANUP_RETRY_SECONDS:$CLEANUP_RETRY_SECONDS" \
-  --var "INVENTORY_PATH:/api/v1/labs/inventory" --test-scheduled &
+  --var "INVENTORY_PATH:/api/v1/labs/inventory" "${stage[@]}" --test-scheduled &
 pids+=($!)
 wait -n || true
