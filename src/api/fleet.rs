@@ -231,6 +231,8 @@ pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>, now_ms: i64
         "stuck": counts.stuck,
         "vms_pending": counts.vms_pending,
         "oldest_pending_expiry": counts.oldest_pending_expiry.map(rfc3339),
+        "vms_stopped": counts.vms_stopped,
+        "oldest_stopped_expiry": counts.oldest_stopped_expiry.map(rfc3339),
         "vms_already_gone": counts.vms_already_gone,
         "reconcile": reconcile.map(|r| json!({
             "at": rfc3339(r.at),
@@ -278,6 +280,7 @@ pub fn metrics(counts: &Counts, now_ms: i64) -> String {
         by_status: every_status(counts),
         stuck: counts.stuck,
         vms_pending: counts.vms_pending,
+        vms_stopped: counts.vms_stopped,
         vms_already_gone: counts.vms_already_gone,
         reconciliation: counts.last_reconciliation.as_ref().map(|r| {
             (
@@ -401,6 +404,8 @@ mod tests {
                 stuck: 1,
                 vms_pending: 3,
                 oldest_pending_expiry: Some(1_000),
+                vms_stopped: 2,
+                oldest_stopped_expiry: Some(2_000),
                 vms_already_gone: 4,
                 last_reconciliation: None,
                 completions: vec![crate::lab::fleet::levels::Completion {
@@ -440,6 +445,8 @@ mod tests {
                 "stuck": 1,
                 "vms_pending": 3,
                 "oldest_pending_expiry": "1970-01-01T00:00:01.000Z",
+                "vms_stopped": 2,
+                "oldest_stopped_expiry": "1970-01-01T00:00:02.000Z",
                 "vms_already_gone": 4,
                 "reconcile": {"at": "1970-01-01T00:00:02.000Z", "source": "pull", "act": true,
                     "tracked": 5, "overdue": 1, "finished": 0, "unknown": 2, "scheduled": 2},

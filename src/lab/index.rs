@@ -766,9 +766,16 @@ pub fn stats(stuck_after: u32, now_ms: i64) -> Vec<(String, Vec<Bind>)> {
             vec![int(stuck_after)],
         ),
         (
+            // The VMs being cleaned up and the oldest such lab's expiry; the same of the labs
+            // stopped (the grace stage), in the one pass over the status index.
             format!(
-                "SELECT SUM(pending_count) AS vms_pending, MIN(expires_at) AS oldest FROM {TABLE} WHERE status IN {}",
-                in_cleanup_sql()
+                "SELECT SUM(CASE WHEN status = '{stopped}' THEN 0 ELSE pending_count END) AS vms_pending, \
+MIN(CASE WHEN status = '{stopped}' THEN NULL ELSE expires_at END) AS oldest, \
+SUM(CASE WHEN status = '{stopped}' THEN pending_count ELSE 0 END) AS vms_stopped, \
+MIN(CASE WHEN status = '{stopped}' THEN expires_at END) AS oldest_stopped \
+FROM {TABLE} WHERE status IN {}",
+                in_cleanup_sql().replace(')', &format!(", '{}')", Status::Stopped.name())),
+                stopped = Status::Stopped.name()
             ),
             vec![],
         ),
@@ -821,6 +828,9 @@ pub struct Counts {
     pub stuck: u64,
     pub vms_pending: u64,
     pub oldest_pending_expiry: Option<i64>,
+    /// The grace stage: the VMs of stopped labs, and the earliest expiry among those labs.
+    pub vms_stopped: u64,
+    pub oldest_stopped_expiry: Option<i64>,
     pub vms_already_gone: u64,
     pub last_reconciliation: Option<ReconciliationRow>,
     /// The labs completed in the service levels' window, and the backlog now.
@@ -1307,6 +1317,6 @@ mod tests {
         assert_eq!(statements[1].1, vec![Bind::Int(3)]);
         assert!(statements[2]
             .0
-            .ends_with("WHERE status IN ('cleaning_up', 'retrying')"));
+            .ends_with("WHERE status IN ('cleaning_up', 'retrying', 'stopped')"));
     }
 }

@@ -242,6 +242,8 @@ pub async fn counts(
             stuck: values(stuck)?.first().map_or(0, |r| count(r, "n")),
             vms_pending: count(&pending, "vms_pending"),
             oldest_pending_expiry: int(&pending, "oldest"),
+            vms_stopped: count(&pending, "vms_stopped"),
+            oldest_stopped_expiry: int(&pending, "oldest_stopped"),
             vms_already_gone: index::kept(&kept, "already_gone"),
             last_reconciliation: values(last)?.first().map(|r| index::ReconciliationRow {
                 at: int(r, "at").unwrap_or(0),

@@ -156,6 +156,8 @@ pub struct Gauges {
     pub by_status: Vec<(&'static str, u64)>,
     pub stuck: u64,
     pub vms_pending: u64,
+    /// VMs of stopped labs (the grace stage), kept until their `delete_at`.
+    pub vms_stopped: u64,
     pub vms_already_gone: u64,
     /// The last reconciliation: when (ms), and its counts by class.
     pub reconciliation: Option<(i64, Vec<(&'static str, u64)>)>,
@@ -216,7 +218,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 }
 
 /// The gauges of one sample each: name, help, value.
-fn single_gauges(gauges: &Gauges, levels: &Levels) -> [(&'static str, &'static str, u64); 6] {
+fn single_gauges(gauges: &Gauges, levels: &Levels) -> [(&'static str, &'static str, u64); 7] {
     [
         (
             "stuck_labs",
@@ -227,6 +229,11 @@ fn single_gauges(gauges: &Gauges, levels: &Levels) -> [(&'static str, &'static s
             "vms_pending",
             "VMs of labs being cleaned up, not yet deleted.",
             gauges.vms_pending,
+        ),
+        (
+            "vms_stopped",
+            "VMs of stopped labs (the grace stage), kept until their delete_at.",
+            gauges.vms_stopped,
         ),
         (
             "overdue_vms",
@@ -344,10 +351,12 @@ mod tests {
             by_status: vec![("scheduled", 2), ("completed", 3)],
             stuck: 1,
             vms_pending: 4,
+            vms_stopped: 6,
             vms_already_gone: 0,
             reconciliation: Some((NOW, vec![("tracked", 5), ("unknown", 1)])),
         };
         let text = prometheus(&gauges, &levels(NOW, &c, &[]));
+        assert!(text.contains("labs_cleanup_vms_stopped 6\n"));
         assert!(text.contains("labs_cleanup_labs{status=\"scheduled\"} 2\n"));
         assert!(text.contains("labs_cleanup_cleanup_lag_seconds_bucket{le=\"30\"} 1\n"));
         assert!(text.contains("labs_cleanup_cleanup_lag_seconds_bucket{le=\"60\"} 3\n"));
