@@ -117,11 +117,13 @@ async function loadStats() {
   const s = await api("GET", "/api/v1/labs/stats");
   const cards = [
     ["Scheduled", s.by_status.scheduled],
+    ["Stopped", s.by_status.stopped],
     ["Cleaning up", s.by_status.cleaning_up],
     ["Retrying", s.by_status.retrying],
     ["Completed", s.by_status.completed],
     ["Stuck", s.stuck, s.stuck > 0 ? "alert" : ""],
     ["VMs still to delete", s.vms_pending],
+    ["VMs stopped, kept", s.vms_stopped],
     ["Oldest pending expiry", s.oldest_pending_expiry ? time(s.oldest_pending_expiry) : "none", "date"],
     ["VMs already gone (404)", s.vms_already_gone],
   ];
@@ -164,9 +166,9 @@ function svg(tag, attrs = {}, text = null) {
  * point per hour. Drawn with the page's own SVG, no library.
  */
 function plot(id, title, hourly, bars, line) {
-  const W = 560, H = 190, L = 44, R = 52, T = 36, B = 26;
+  const W = 560, H = 204, L = 44, R = 52, T = 50, B = 26;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title, id });
-  root.append(svg("text", { x: L, y: 14, class: "plot-title" }, title));
+  root.append(svg("text", { x: L, y: 16, class: "plot-title" }, title));
   const n = hourly.length || 1;
   const step = (W - L - R) / n;
   const maxBar = Math.max(1, ...hourly.map((h) => h[bars.key] || 0));
@@ -195,7 +197,7 @@ function plot(id, title, hourly, bars, line) {
     .filter(([v]) => v !== null && v !== undefined)
     .map(([v, i]) => `${(L + (i + 0.5) * step).toFixed(1)},${y(v, maxLine).toFixed(1)}`);
   if (points.length) root.append(svg("polyline", { points: points.join(" "), class: "line" }));
-  root.append(svg("text", { x: L, y: 28, class: "tick" },
+  root.append(svg("text", { x: L, y: 34, class: "tick plot-legend" },
     bars.key === line.key ? `bars: ${bars.label}` : `bars: ${bars.label} · line: ${line.label}`));
   return root;
 }
@@ -310,6 +312,7 @@ async function openLab(id, scroll = true) {
     ["Type", lab.lab_type === "multi_node" ? "multi-node" : "single VM"],
     ["Created", time(lab.created_at)],
     ["Expires", time(lab.expires_at)],
+    ...(lab.delete_at ? [["VMs deleted at", time(lab.delete_at)]] : []),
     ["Attempts", lab.attempts],
     ["Next attempt", time(lab.next_attempt_at)],
     ["Completed", time(lab.completed_at)],

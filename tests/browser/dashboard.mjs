@@ -59,6 +59,11 @@ try {
   await page.waitForSelector(`#labs tr[data-lab="${SCHEDULED}"]`);
   const stats = await page.textContent("#stats");
   if (!stats.includes("Stuck") || !stats.includes("Retrying")) fail(`stats read: ${stats}`);
+  if (process.env.STOPPED_LAB) {
+    // The grace stage: a stopped lab is counted, and listed with its own badge.
+    if (!stats.includes("Stopped") || !stats.includes("VMs stopped, kept")) fail(`stats read: ${stats}`);
+    await page.waitForSelector('#labs [data-status="stopped"]');
+  }
   const stored = await page.evaluate(() => Object.keys(sessionStorage));
   if (!stored.some((k) => k.includes("operator-token"))) fail("the token is not in sessionStorage");
   if (requests.some((u) => u.includes(TOKEN))) fail("the token went into a URL");

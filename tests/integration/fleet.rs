@@ -312,7 +312,13 @@ pub fn stats_summarize_the_fleet(ctx: &Ctx) {
         }
         let again = list_all(ctx, "limit=200");
         let mut expected: HashMap<&str, u64> = HashMap::new();
-        for s in ["scheduled", "cleaning_up", "retrying", "completed"] {
+        for s in [
+            "scheduled",
+            "stopped",
+            "cleaning_up",
+            "retrying",
+            "completed",
+        ] {
             expected.insert(s, 0);
         }
         for r in &rows {
@@ -326,11 +332,18 @@ pub fn stats_summarize_the_fleet(ctx: &Ctx) {
             .iter()
             .map(|r| r["expires_at"].as_str().unwrap().to_string())
             .min_by_key(|t| epoch_ms(&json!(t)));
+        let stopped: Vec<&Value> = rows.iter().filter(|r| r["status"] == "stopped").collect();
+        let oldest_stopped = stopped
+            .iter()
+            .map(|r| r["expires_at"].as_str().unwrap().to_string())
+            .min_by_key(|t| epoch_ms(&json!(t)));
         let computed = json!({
             "by_status": expected,
             "stuck": rows.iter().filter(|r| r["stuck"] == true).count(),
             "vms_pending": active.iter().map(|r| r["pending_count"].as_u64().unwrap()).sum::<u64>(),
             "oldest_pending_expiry": oldest,
+            "vms_stopped": stopped.iter().map(|r| r["pending_count"].as_u64().unwrap()).sum::<u64>(),
+            "oldest_stopped_expiry": oldest_stopped,
             "vms_already_gone": rows.iter().map(|r| r["already_gone_count"].as_u64().unwrap()).sum::<u64>(),
         });
         if rows == again && stats == computed {
@@ -618,12 +631,22 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         assert_eq!(r.status, 201, "{}", r.text());
     }
     create_lab(ctx, "dash-done", "dash-user-2", 1, &[]);
+    // The grace stage: a lab stopped at its end, its VM kept 100 minutes (of seconds here).
+    let r = ctx.worker.create(&json!({
+        "lab_request_id": "dash-stopped", "user_id": "dash-user-5", "duration": 1,
+        "keep_stopped_minutes": 6000,
+    }));
+    assert_eq!(r.status, 201, "{}", r.text());
     // Three failed attempts, then parked for an hour by the Retry-After: stuck, and waiting.
     poll_status(ctx, stuck, 30, |v| {
         v["attempts"].as_u64() >= Some(4) && v["status"] == "retrying"
     });
     wait_row(ctx, "dash-user", stuck, 10, |r| r["stuck"] == true);
     poll_status(ctx, "dash-done", 15, |v| v["status"] == "completed");
+    poll_status(ctx, "dash-stopped", 15, |v| v["status"] == "stopped");
+    wait_row(ctx, "dash-user-5", "dash-stopped", 10, |r| {
+        r["status"] == "stopped"
+    });
     // An orphan VM a reconciliation found: listed with its origin; the stats show the
     // reconciliation.
     std::thread::sleep(std::time::Duration::from_secs(11).saturating_sub(first_report.elapsed()));
@@ -650,6 +673,7 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         .env("MOCK_URL", ctx.mock.url())
         .env("STUCK_LAB", stuck)
         .env("SCHEDULED_LAB", "dash-scheduled")
+        .env("STOPPED_LAB", "dash-stopped")
         .env("ORPHAN_LAB", "dash-orphan")
         .env("CLASS_LABEL", "class:dash-class")
         .env("SCREENSHOTS", root.join("docs/screenshots"))
@@ -791,6 +815,11 @@ print(json.dumps(out))
     assert_eq!(
         sample("labs_cleanup_overdue_vms", "labs_cleanup_overdue_vms", None),
         2.0
+    );
+    assert_eq!(
+        sample("labs_cleanup_vms_stopped", "labs_cleanup_vms_stopped", None),
+        0.0,
+        "no lab is stopped here"
     );
     assert_eq!(
         sample(
