@@ -14,7 +14,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// The body: `{"selector": {"labels": {...}, "status": [...], "user_id": ...}, "action":
-/// "end" | "extend" | "retry", "minutes": N (extend only), "dry_run": bool}`. The selector must
+/// "end" | "extend" | "retry" | "resume", "minutes": N (extend and resume only), "dry_run": bool}`. The selector must
 /// name at least a label or a user. Returns the plan and whether it is a dry run.
 pub fn parse(body: &[u8], max_minutes: u64) -> Result<(Plan, bool), ApiError> {
     let obj = validation::json_object(body)?;
@@ -32,14 +32,19 @@ pub fn parse(body: &[u8], max_minutes: u64) -> Result<(Plan, bool), ApiError> {
     let minutes = obj.get("minutes").filter(|v| !v.is_null());
     let action = match obj.get("action").and_then(Value::as_str) {
         Some("end") | Some("retry") if minutes.is_some() => {
-            return Err(invalid("minutes goes with the extend action only"))
+            return Err(invalid(
+                "minutes goes with the extend and resume actions only",
+            ))
         }
         Some("end") => Action::End,
         Some("retry") => Action::Retry,
         Some("extend") => Action::Extend {
             minutes: validation::duration(minutes, "minutes", max_minutes)?,
         },
-        _ => return Err(invalid("action must be end, extend or retry")),
+        Some("resume") => Action::Resume {
+            minutes: validation::duration(minutes, "minutes", max_minutes)?,
+        },
+        _ => return Err(invalid("action must be end, extend, retry or resume")),
     };
     let dry_run = match obj.get("dry_run") {
         None | Some(Value::Null) => false,
@@ -177,7 +182,11 @@ mod tests {
             ),
             (
                 json!({"selector": {"user_id": "u"}, "action": "end", "minutes": 5}),
-                "extend action only",
+                "extend and resume actions only",
+            ),
+            (
+                json!({"selector": {"user_id": "u"}, "action": "resume"}),
+                "minutes is required",
             ),
             (
                 json!({"selector": {"labels": {"Bad": "x"}}, "action": "end"}),

@@ -35,7 +35,7 @@ pub enum Route {
     Budget,
     /// `GET /metrics`: the stats and service levels as Prometheus text (operator).
     Metrics,
-    /// `POST /api/v1/labs/bulk`: end, extend or retry the labs a selector matches (operator).
+    /// `POST /api/v1/labs/bulk`: end, extend, retry or resume the labs a selector matches (operator).
     Bulk,
     /// `GET /api/v1/labs/bulk/{job_id}`: a bulk job's progress (operator).
     BulkJob(String),
@@ -123,7 +123,11 @@ impl LabRoute {
                         "START_PATH is not set: this worker cannot start a stopped lab's VMs, so it cannot resume one".into(),
                     ));
                 }
-                LabRequest::Resume { minutes, by }
+                LabRequest::Resume {
+                    minutes,
+                    by,
+                    job: None,
+                }
             }
         })
     }

@@ -33,6 +33,7 @@ pub enum Request {
     Resume {
         minutes: u64,
         by: By,
+        job: Option<String>,
     },
     /// The student is active (an idle end moves later).
     Activity,
@@ -133,13 +134,13 @@ impl Request {
                 "/retry",
                 serde_json::to_string(&RetryFor { job: job.clone() }).ok(),
             ),
-            Request::Resume { minutes, by } => (
+            Request::Resume { minutes, by, job } => (
                 "POST",
                 "/resume",
                 serde_json::to_string(&ExtendBy {
                     minutes: *minutes,
                     by: *by,
-                    job: None,
+                    job: job.clone(),
                 })
                 .ok(),
             ),
@@ -218,6 +219,7 @@ impl Request {
                 Request::Resume {
                     minutes: v["minutes"].as_u64().ok_or_else(|| bad("minutes".into()))?,
                     by: by(&v).ok_or_else(|| bad("by".into()))?,
+                    job: job(&v).map_err(bad)?,
                 }
             }
             ("POST", "/activity") => Request::Activity,
@@ -532,6 +534,16 @@ mod tests {
                 job: Some("j".into()),
             },
             Request::Retry { job: None },
+            Request::Resume {
+                minutes: 30,
+                by: By::Api,
+                job: None,
+            },
+            Request::Resume {
+                minutes: 5,
+                by: By::Operator,
+                job: Some("j".into()),
+            },
             Request::Activity,
             Request::Orphan(ReportedVm {
                 lab_request_id: vm(),

@@ -1,4 +1,4 @@
-//! Bulk actions over a class of labs: end, extend or retry every lab a selector matches, after a preview, as a job that works through them in batches.
+//! Bulk actions over a class of labs: end, extend, retry or resume every lab a selector matches, after a preview, as a job that works through them in batches.
 //!
 //! Pure: the labs are found in the fleet index (`Candidates`), in lab id order so that a lab is
 //! visited once however the action changes it, and each is changed through its own object
@@ -39,8 +39,14 @@ pub fn batch(allowance: &impl crate::lab::ports::Allowance) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     End,
-    Extend { minutes: u64 },
+    Extend {
+        minutes: u64,
+    },
     Retry,
+    /// The grace stage: a stopped lab's VMs started, the lab active `minutes` more.
+    Resume {
+        minutes: u64,
+    },
 }
 
 impl Action {
@@ -49,6 +55,7 @@ impl Action {
             Action::End => "end",
             Action::Extend { .. } => "extend",
             Action::Retry => "retry",
+            Action::Resume { .. } => "resume",
         }
     }
 
@@ -66,6 +73,11 @@ impl Action {
                 job,
             },
             Action::Retry => Request::Retry { job },
+            Action::Resume { minutes } => Request::Resume {
+                minutes,
+                by: By::Operator,
+                job,
+            },
         }
     }
 }
@@ -83,7 +95,7 @@ impl Plan {
     /// The plan in one line, the same for the same request (its fingerprint's input).
     pub fn canonical(&self) -> String {
         let minutes = match self.action {
-            Action::Extend { minutes } => minutes.to_string(),
+            Action::Extend { minutes } | Action::Resume { minutes } => minutes.to_string(),
             _ => String::new(),
         };
         let s = &self.selector;
@@ -199,6 +211,7 @@ pub fn would(
     match (action, c.status) {
         (Action::End, Status::Scheduled) => Ok("end now".into()),
         (Action::End, Status::Retrying) => Ok("retry now (its cleanup has started)".into()),
+        (Action::End, Status::Stopped) => Ok("delete its stopped VMs now".into()),
         (Action::End, _) => Ok(format!("nothing: it is {status}")),
         (Action::Extend { minutes }, Status::Scheduled) => {
             let unit = unit_ms.max(1);
@@ -222,6 +235,12 @@ pub fn would(
         (Action::Retry, Status::CleaningUp) => Ok("nothing: an attempt is under way".into()),
         (Action::Retry, _) => Err(WouldRefuse(format!(
             "it is {status}; only a retrying lab can be retried"
+        ))),
+        (Action::Resume { minutes }, Status::Stopped) => {
+            Ok(format!("start its VMs, then {minutes} minutes more"))
+        }
+        (Action::Resume { .. }, _) => Err(WouldRefuse(format!(
+            "it is {status}; only a stopped lab can be resumed"
         ))),
     }
 }
@@ -319,7 +338,7 @@ impl Job {
     /// The job as stored (and as the router hands it to its object).
     pub fn to_value(&self) -> Value {
         let minutes = match self.plan.action {
-            Action::Extend { minutes } => Some(minutes),
+            Action::Extend { minutes } | Action::Resume { minutes } => Some(minutes),
             _ => None,
         };
         let selector = &self.plan.selector;
@@ -352,6 +371,9 @@ impl Job {
             "end" => Action::End,
             "retry" => Action::Retry,
             "extend" => Action::Extend {
+                minutes: v["minutes"].as_u64()?,
+            },
+            "resume" => Action::Resume {
                 minutes: v["minutes"].as_u64()?,
             },
             _ => return None,
@@ -829,6 +851,31 @@ mod tests {
         assert_eq!(
             would(&c(Status::Retrying), Action::Retry, unit, 80),
             Ok("retry now".into())
+        );
+        // The grace stage: a stopped lab is resumed, or ended (its VMs deleted at once).
+        let resume = Action::Resume { minutes: 30 };
+        assert_eq!(
+            would(&c(Status::Stopped), resume, unit, 80),
+            Ok("start its VMs, then 30 minutes more".into())
+        );
+        assert!(would(&c(Status::Scheduled), resume, unit, 80)
+            .unwrap_err()
+            .0
+            .contains("only a stopped lab"));
+        assert_eq!(
+            would(&c(Status::Stopped), Action::End, unit, 80),
+            Ok("delete its stopped VMs now".into())
+        );
+        let mut j = job(resume);
+        j.id = "job-resume".into();
+        assert_eq!(Job::from_value(&j.to_value()), Some(j.clone()));
+        assert_eq!(
+            resume.request("job-resume"),
+            Request::Resume {
+                minutes: 30,
+                by: By::Operator,
+                job: Some("job-resume".into())
+            }
         );
     }
 

@@ -31,7 +31,7 @@ impl<P: Platform> Lab<'_, P> {
             Request::End { by, job } => self.end(by, job).await,
             Request::Extend { minutes, by, job } => self.extend(minutes, by, job).await,
             Request::Retry { job } => self.retry(job).await,
-            Request::Resume { minutes, by } => self.resume(minutes, by).await,
+            Request::Resume { minutes, by, job } => self.resume(minutes, by, job).await,
             Request::Activity => self.activity().await,
             Request::Orphan(vm) => self.orphan(vm).await,
             Request::DeleteAgain { vm } => self.delete_again(&vm).await,
@@ -393,12 +393,20 @@ impl<P: Platform> Lab<'_, P> {
     /// deletion starts. A VM that does not start leaves the lab stopped, its deletion at its
     /// `delete_at` (503: resume again). A lab a resume already made active answers 200
     /// unchanged; any other lab is refused (409).
-    pub async fn resume(&self, minutes: u64, by: By) -> Result<Reply, StoreError> {
+    pub async fn resume(
+        &self,
+        minutes: u64,
+        by: By,
+        job: Option<String>,
+    ) -> Result<Reply, StoreError> {
         use futures::stream::{self, StreamExt};
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         };
+        if session.applied(job.as_deref()) {
+            return Ok(Self::unchanged(200, session));
+        }
         let (p, config) = (self.platform, self.config);
         if let Err(refusal) = session.resume_fits(minutes, config.max_duration_minutes) {
             return Ok(Reply::Refused(refusal));
@@ -460,6 +468,7 @@ impl<P: Platform> Lab<'_, P> {
             ))));
         }
         latest.finish_resume(now, minutes, config.duration_unit_ms());
+        latest.remember_job(job);
         if let Some(Event { by: b, .. }) = latest.timeline.events.last_mut() {
             *b = Some(by);
         }

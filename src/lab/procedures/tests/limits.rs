@@ -202,6 +202,7 @@ fn the_largest_lab_stops_resumes_and_deletes_within_each_plan() {
                 let reply = world.request(Request::Resume {
                     minutes: 30,
                     by: crate::lab::session::By::Api,
+                    job: None,
                 });
                 assert!(
                     matches!(reply, Ok(Reply::Lab { status: 200, .. })),

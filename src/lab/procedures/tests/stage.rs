@@ -39,6 +39,7 @@ fn resume(world: &World, minutes: u64) -> Result<Reply, StoreError> {
     world.request(Request::Resume {
         minutes,
         by: By::Api,
+        job: None,
     })
 }
 
