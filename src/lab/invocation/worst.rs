@@ -125,6 +125,17 @@ pub fn change(config: &Config) -> Worst {
     adoption(config).plus(index_write(config))
 }
 
+/// A resume (the grace stage): every VM started, then as a change; the deliveries after the
+/// answer take what the plan leaves (`deliver`), so the starts cap it.
+pub fn resume(config: &Config) -> Worst {
+    let starts = config.max_worker_nodes as u64 + 1;
+    Worst {
+        external: (starts + MAX_DELIVERIES_PER_WAKE as u64).min(config.limits().external),
+        ..Worst::default()
+    }
+    .plus(change(config))
+}
+
 /// A request that reads only (status, events) or asks (owns, claim: one lab asked).
 pub fn read(config: &Config) -> Worst {
     adoption(config).plus(Worst {
@@ -210,6 +221,7 @@ pub fn all(config: &Config) -> Vec<(&'static str, Worst)> {
     vec![
         ("create", create(config)),
         ("change", change(config)),
+        ("resume", resume(config)),
         ("read", read(config)),
         ("alarm", alarm(config)),
         ("cron", cron(config)),
@@ -301,6 +313,9 @@ mod tests {
         assert_eq!(index_write(&free), d1(6));
         // A 48-worker attempt: 50 calls, each reconnected at most once: capped at Free's 50.
         assert_eq!(alarm(&free).external, 50);
+        // A 48-worker resume: 49 starts, its deliveries in what is left.
+        assert_eq!(resume(&free).external, 50);
+        assert!(49 <= free.limits().external);
         assert_eq!(
             alarm(&free).wall_ms,
             Some(600_000 + 15_000 + WALL_MARGIN_MS)

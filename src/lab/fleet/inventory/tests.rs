@@ -884,3 +884,12 @@ fn five_thousand_overdue_labs_are_poked_over_runs_each_within_the_plan() {
     }
     assert_eq!(runs, 25, "200 labs a run");
 }
+
+#[test]
+fn a_stopped_labs_vms_are_tracked_not_overdue() {
+    // The grace stage keeps a stopped lab's VMs on purpose until its delete_at, past its expiry.
+    let stopped = known_vm("w1", "m", VmState::Pending, Status::Stopped, NOW - 60_000);
+    assert_eq!(classify(Some(&stopped), NOW), Class::Tracked);
+    let retrying = known_vm("w1", "m", VmState::Pending, Status::Retrying, NOW - 60_000);
+    assert_eq!(classify(Some(&retrying), NOW), Class::Overdue);
+}
