@@ -169,6 +169,9 @@ pub struct ListedLab<'a> {
     pub origin: Origin,
     pub end_reason: Option<EndReason>,
     pub labels: &'a crate::lab::session::Labels,
+    /// A stopped lab's (the grace stage): when its VMs are deleted (its row's next step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_at: Option<String>,
 }
 
 /// A lab of the list, as answered.
@@ -192,6 +195,10 @@ pub fn listed(row: &IndexRow, stuck_after: u32) -> ListedLab<'_> {
         origin: row.origin,
         end_reason: row.end_reason,
         labels: &row.labels,
+        delete_at: row
+            .next_attempt_at
+            .filter(|_| row.status == Status::Stopped)
+            .map(rfc3339),
     }
 }
 
@@ -281,6 +288,7 @@ pub fn metrics(counts: &Counts, now_ms: i64) -> String {
         stuck: counts.stuck,
         vms_pending: counts.vms_pending,
         vms_stopped: counts.vms_stopped,
+        oldest_stopped_expiry_ms: counts.oldest_stopped_expiry,
         vms_already_gone: counts.vms_already_gone,
         reconciliation: counts.last_reconciliation.as_ref().map(|r| {
             (

@@ -212,7 +212,14 @@ fn the_fleet_schemas_are_what_the_code_answers() {
     let (required, properties) =
         required_and_properties(get(&spec, &["components", "schemas", "ListedLab"]));
     assert_eq!(required, keys(&listed), "ListedLab.required");
-    assert_eq!(properties, keys(&listed), "ListedLab.properties");
+    // A stopped lab's row adds when its VMs are deleted (the grace stage).
+    let stopped = IndexRow {
+        status: crate::lab::status::Status::Stopped,
+        ..row.clone()
+    };
+    let stopped = serde_json::to_value(fleet::listed(&stopped, 3)).unwrap();
+    assert_eq!(stopped["delete_at"], "1970-01-01T00:00:00.002Z");
+    assert_eq!(properties, keys(&stopped), "ListedLab.properties");
 
     let stats = fleet::stats(
         &crate::lab::index::Counts::default(),

@@ -156,8 +156,10 @@ pub struct Gauges {
     pub by_status: Vec<(&'static str, u64)>,
     pub stuck: u64,
     pub vms_pending: u64,
-    /// VMs of stopped labs (the grace stage), kept until their `delete_at`.
+    /// VMs of stopped labs (the grace stage), kept until their `delete_at`; the earliest
+    /// expiry among those labs (ms).
     pub vms_stopped: u64,
+    pub oldest_stopped_expiry_ms: Option<i64>,
     pub vms_already_gone: u64,
     /// The last reconciliation: when (ms), and its counts by class.
     pub reconciliation: Option<(i64, Vec<(&'static str, u64)>)>,
@@ -190,6 +192,15 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
         "How long VMs outlived their labs (completed_at - expires_at), labs completed in the last 24 hours.",
         &lag_histogram(&levels.lags_ms),
     );
+    if let Some(at) = gauges.oldest_stopped_expiry_ms {
+        family(
+            &mut out,
+            "oldest_stopped_expiry_timestamp_seconds",
+            "gauge",
+            "The earliest expiry among the stopped labs (the grace stage; Unix seconds).",
+            &[(String::new(), seconds(at))],
+        );
+    }
     if let Some((at, counts)) = &gauges.reconciliation {
         let samples: Vec<(String, String)> = counts
             .iter()
@@ -352,11 +363,15 @@ mod tests {
             stuck: 1,
             vms_pending: 4,
             vms_stopped: 6,
+            oldest_stopped_expiry_ms: Some(NOW),
             vms_already_gone: 0,
             reconciliation: Some((NOW, vec![("tracked", 5), ("unknown", 1)])),
         };
         let text = prometheus(&gauges, &levels(NOW, &c, &[]));
         assert!(text.contains("labs_cleanup_vms_stopped 6\n"));
+        assert!(
+            text.contains("labs_cleanup_oldest_stopped_expiry_timestamp_seconds 1796083200.000\n")
+        );
         assert!(text.contains("labs_cleanup_labs{status=\"scheduled\"} 2\n"));
         assert!(text.contains("labs_cleanup_cleanup_lag_seconds_bucket{le=\"30\"} 1\n"));
         assert!(text.contains("labs_cleanup_cleanup_lag_seconds_bucket{le=\"60\"} 3\n"));
