@@ -473,6 +473,9 @@ impl<P: Platform> Lab<'_, P> {
                     .map(rfc3339)
                     .unwrap_or_default()
             )),
+            StopEnd::Ended => self.info(format!(
+                "Lab {id} was ended while its VMs were being stopped; deleting them now"
+            )),
             StopEnd::GaveUp => self.warn(format!(
                 "Lab {id}: its VMs did not all stop in {} stop attempts; deleting them now, as without the stage",
                 latest.stop.attempts

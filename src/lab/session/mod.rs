@@ -573,6 +573,11 @@ impl Session {
                 true
             }
             Status::Stopped => self.end_stage(now_ms),
+            // A stop attempt in flight: the deletion follows it at once.
+            Status::CleaningUp if self.stop_in_flight() => {
+                self.stop.over = true;
+                true
+            }
             Status::CleaningUp | Status::Completed => false,
         }
     }

@@ -41,6 +41,8 @@ pub enum StopEnd {
     /// `STOP_ATTEMPTS` attempts did not stop every VM: the lab is deleted now, as without the
     /// stage.
     GaveUp,
+    /// The lab was ended (by request) while its VMs were being stopped: deleted now.
+    Ended,
 }
 
 /// `minutes` of `unit_ms` each, in ms (saturating).
@@ -88,6 +90,15 @@ impl Session {
             .collect()
     }
 
+    /// Whether a stop attempt is under way (or was cut short): the lab is being cleaned up, its
+    /// VMs stopped, none deleted yet.
+    pub fn stop_in_flight(&self) -> bool {
+        self.status() == Status::CleaningUp
+            && self.stop.attempts > 0
+            && self.cleanup.attempts == 0
+            && !self.stop.over
+    }
+
     /// Marks the start of a stop attempt; like `begin_attempt`, the next one is planned
     /// `retry_ms` later right away, so that an attempt cut short is resumed by that alarm.
     pub fn begin_stop(&mut self, now_ms: i64, retry_ms: i64) {
@@ -115,6 +126,12 @@ impl Session {
         }
         let attempt = self.stop.attempts;
         let left = self.to_stop().len();
+        if self.stop.over {
+            // Ended while it was being stopped: no stage any more, the deletion at once.
+            self.cleanup.status = Status::Retrying;
+            self.cleanup.next_attempt_at_ms = Some(now_ms);
+            return StopEnd::Ended;
+        }
         if left == 0 {
             let c = &mut self.cleanup;
             c.status = Status::Stopped;

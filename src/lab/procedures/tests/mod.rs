@@ -130,6 +130,8 @@ pub struct World {
     /// statuses each VM's power calls answer, in turn (then 200).
     pub powers: RefCell<Vec<(Power, String, i64, u16)>>,
     pub power_scripts: RefCell<HashMap<String, VecDeque<u16>>>,
+    /// A request the object answers in the middle of the next power call (another event).
+    pub request_during_power: RefCell<Option<Request>>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -214,6 +216,7 @@ impl World {
             answer_at: RefCell::new(HashMap::new()),
             powers: RefCell::new(Vec::new()),
             power_scripts: RefCell::new(HashMap::new()),
+            request_during_power: RefCell::new(None),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -690,6 +693,13 @@ impl LabBackend for World {
         }
         self.charge(crate::lab::invocation::Meter::External, 1)
             .map_err(BackendError::Network)?;
+        let meanwhile = self.request_during_power.borrow_mut().take();
+        if let Some(request) = meanwhile {
+            self.lab()
+                .answer(request)
+                .await
+                .expect("the request meanwhile");
+        }
         let status = if self.gone.borrow().contains_key(id) {
             404
         } else {

@@ -358,3 +358,24 @@ fn an_undelivered_stopped_gives_way_to_resumed() {
     assert!(types.contains(&"lab.resumed"), "{types:?}");
     assert!(!types.contains(&"lab.stopped"), "{types:?}");
 }
+
+#[test]
+fn an_end_during_a_stop_attempt_deletes_right_after_it() {
+    let world = World::new(staged(&[]));
+    world.create(lab("m", &["w1"], 10));
+    // The student ends the lab while its VMs are being stopped.
+    *world.request_during_power.borrow_mut() = Some(Request::End {
+        by: By::Api,
+        job: None,
+    });
+    world.run(T0 + 11 * MINUTE);
+    assert_eq!(powers(&world, Power::Stop), vec!["m", "w1"]);
+    assert_eq!(
+        world.deleted().len(),
+        2,
+        "deleted right after the stop attempt"
+    );
+    assert_eq!(status(&world), Some(Status::Completed));
+    assert!(world.log_has("was ended while its VMs were being stopped; deleting them now"));
+    assert!(!kinds(&world).contains(&Kind::Stopped));
+}
