@@ -1,4 +1,4 @@
-//! The requests a lab's object answers: create, status, events, end now, extend, retry now, activity, and the fleet's (orphan, delete again, poke).
+//! The requests a lab's object answers: create, status, events, end now, extend, retry now, resume, activity, and the fleet's (orphan, delete again, poke).
 
 use crate::lab::cleanup;
 use crate::lab::config::Webhooks;
