@@ -117,7 +117,11 @@ impl LabRoute {
                 LabRequest::Activity
             }
             LabRoute::Resume => {
-                let minutes = validation::parse_resume(body, config.max_duration_minutes)?;
+                // `{"duration": N}`, whole minutes from 1 (the lifetime cap is the lab's to check).
+                let obj = validation::json_object(body)?;
+                validation::only_fields(&obj, &["duration"], "")?;
+                let max = config.max_duration_minutes;
+                let minutes = validation::duration(obj.get("duration"), "duration", max)?;
                 if config.start_path.is_none() {
                     return Err(ApiError::NotConfigured(
                         "START_PATH is not set: this worker cannot start a stopped lab's VMs, so it cannot resume one".into(),

@@ -460,14 +460,6 @@ pub fn parse_extend(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
     duration(obj.get("minutes"), "minutes", max_minutes)
 }
 
-/// Parses the body of `POST /api/v1/labs/sessions/{id}/resume`: `{"duration": N}`, N a whole
-/// number of minutes from 1 to `max_minutes` (the lifetime cap is checked against the session).
-pub fn parse_resume(body: &[u8], max_minutes: u64) -> Result<u64, ApiError> {
-    let obj = json_object(body)?;
-    only_fields(&obj, &["duration"], "")?;
-    duration(obj.get("duration"), "duration", max_minutes)
-}
-
 /// The query string of `GET .../events` (without `?`): `limit` (1 to `MAX_EVENTS_PAGE`, default
 /// `DEFAULT_EVENTS_PAGE`) and `cursor` (a page's `next_cursor`), each at most once; nothing
 /// else.
