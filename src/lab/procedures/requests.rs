@@ -399,7 +399,6 @@ impl<P: Platform> Lab<'_, P> {
         by: By,
         job: Option<String>,
     ) -> Result<Reply, StoreError> {
-        use futures::stream::{self, StreamExt};
         let mut session = match self.lab().await? {
             Ok(session) => session,
             Err(refusal) => return Ok(Reply::Refused(refusal)),
@@ -422,24 +421,7 @@ impl<P: Platform> Lab<'_, P> {
             Err(refusal) => return Ok(Reply::Refused(refusal)),
         }
         self.save(&mut session).await?;
-        let ids: Vec<String> = session.vms().map(|vm| vm.id.to_string()).collect();
-        let failed: Vec<String> = stream::iter(ids)
-            .map(|id| async move {
-                let answer = p.power(Power::Start, &id).await;
-                match cleanup::classify_deletion(answer, p.now_ms()) {
-                    Deletion::Deleted => None,
-                    Deletion::AlreadyGone => {
-                        Some(format!("{id} (backend answered 404: the VM is gone)"))
-                    }
-                    Deletion::Refused { error, .. } | Deletion::Failed(error) => {
-                        Some(format!("{id} ({error})"))
-                    }
-                }
-            })
-            .buffer_unordered(concurrency)
-            .filter_map(|f| async move { f })
-            .collect()
-            .await;
+        let failed = self.start_all(&session, concurrency).await;
         let Some(mut latest) = self.load().await? else {
             return Ok(Reply::Refused(Refusal::NotFound));
         };
@@ -483,6 +465,31 @@ impl<P: Platform> Lab<'_, P> {
             rfc3339(latest.expires_at_ms)
         );
         self.changed(latest, 200, line).await
+    }
+
+    /// Starts every VM of `session` (`START_PATH`), `concurrency` at once: the VMs that did not
+    /// start, each with why (a 404 included: a VM gone cannot be resumed).
+    async fn start_all(&self, session: &Session, concurrency: usize) -> Vec<String> {
+        use futures::stream::{self, StreamExt};
+        let p = self.platform;
+        let ids: Vec<String> = session.vms().map(|vm| vm.id.to_string()).collect();
+        stream::iter(ids)
+            .map(|id| async move {
+                let answer = p.power(Power::Start, &id).await;
+                match cleanup::classify_deletion(answer, p.now_ms()) {
+                    Deletion::Deleted => None,
+                    Deletion::AlreadyGone => {
+                        Some(format!("{id} (backend answered 404: the VM is gone)"))
+                    }
+                    Deletion::Refused { error, .. } | Deletion::Failed(error) => {
+                        Some(format!("{id} ({error})"))
+                    }
+                }
+            })
+            .buffer_unordered(concurrency)
+            .filter_map(|f| async move { f })
+            .collect()
+            .await
     }
 
     /// An orphan VM (an inventory reported it, no lab lists it): a lab of its own, expired now,
