@@ -426,6 +426,13 @@ impl<P: Platform> Lab<'_, P> {
             return Ok(Reply::Refused(Refusal::NotFound));
         };
         let now = p.now_ms();
+        if failed.is_empty()
+            && latest.status() == Status::Scheduled
+            && latest.stop.resumed_at_ms.is_some()
+        {
+            // Another resume of the same lab finished while these starts ran: as a repeat.
+            return Ok(Self::unchanged(200, latest));
+        }
         if !failed.is_empty() || latest.status() != Status::Stopped || latest.stop.over {
             latest.resume_failed();
             self.save(&mut latest).await?;

@@ -379,3 +379,26 @@ fn an_end_during_a_stop_attempt_deletes_right_after_it() {
     assert!(world.log_has("was ended while its VMs were being stopped; deleting them now"));
     assert!(!kinds(&world).contains(&Kind::Stopped));
 }
+
+#[test]
+fn two_resumes_at_once_both_answer_the_resumed_lab() {
+    let world = World::new(staged(&[]));
+    world.create(lab("m", &["w1"], 10));
+    world.run(T0 + 15 * MINUTE);
+    world.now.set(T0 + 16 * MINUTE);
+    // A second resume arrives while the first one's starts run (and finishes first).
+    *world.request_during_power.borrow_mut() = Some(Request::Resume {
+        minutes: 30,
+        by: By::Api,
+        job: None,
+    });
+    let (code, view) = wire(&resume(&world, 30).unwrap());
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(view["status"], "scheduled");
+    assert_eq!(status(&world), Some(Status::Scheduled));
+    let resumed = kinds(&world)
+        .iter()
+        .filter(|k| **k == Kind::Resumed)
+        .count();
+    assert_eq!(resumed, 1, "resumed once");
+}
