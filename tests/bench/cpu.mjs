@@ -1,7 +1,9 @@
 // Samples the CPU of the worker's isolate through the inspector of `wrangler dev` (the Chrome
 // DevTools protocol's Profiler) while the benchmark drives it: started, it prints "ready"; a line
-// "stop" on stdin stops the profile and prints {"busy_us": ..., "span_us": ...}: the sampled time
-// the isolate ran code (everything but "(idle)"), and the profile's length.
+// "stop" on stdin stops the profile and prints {"busy_us": ..., "span_us": ..., "top": [...]}: the
+// sampled time the isolate ran code (everything but "(idle)"), the profile's length, and the
+// functions that ran longest themselves ([name, µs], at most 10; wasm functions by name when the
+// worker was built with KEEP_WASM_NAMES=1).
 // Usage: node --experimental-websocket tests/bench/cpu.mjs <inspector port>
 import { createInterface } from "node:readline";
 
@@ -39,12 +41,18 @@ for await (const line of lines) {
   if (line.trim() !== "stop") continue;
   const { result } = await send("Profiler.stop");
   const p = result.profile;
-  const names = new Map(p.nodes.map((n) => [n.id, n.callFrame.functionName]));
+  const names = new Map(p.nodes.map((n) => [n.id, n.callFrame.functionName || `(anonymous ${n.callFrame.url})`]));
   let busy = 0;
+  const self = new Map();
   p.samples.forEach((s, i) => {
-    if (names.get(s) !== "(idle)") busy += p.timeDeltas[i] ?? 0;
+    const name = names.get(s);
+    if (name === "(idle)") return;
+    const dt = p.timeDeltas[i] ?? 0;
+    busy += dt;
+    self.set(name, (self.get(name) ?? 0) + dt);
   });
-  console.log(JSON.stringify({ busy_us: busy, span_us: p.endTime - p.startTime }));
+  const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10);
+  console.log(JSON.stringify({ busy_us: busy, span_us: p.endTime - p.startTime, top }));
   ws.close();
   process.exit(0);
 }
