@@ -79,7 +79,10 @@ pub fn section(work_dir: &Path, mock: &MockBackend) -> String {
     let mut rows: Vec<(String, f64)> = Vec::new();
     let mut measure = |what: &str, per: usize, busy: u64| {
         // Closes the lines `busy_us` printed of where its time went.
-        println!("cpu: ^ {what}: {:.2} ms in all, {per} operation(s)", busy as f64 / 1000.0);
+        println!(
+            "cpu: ^ {what}: {:.2} ms in all, {per} operation(s)",
+            busy as f64 / 1000.0
+        );
         rows.push((what.to_string(), busy as f64 / 1000.0 / per.max(1) as f64));
     };
     // Warm the isolate (its first request compiles and instantiates the module).
