@@ -90,9 +90,10 @@ impl Rows {
 /// What a failed D1 call says: its message and, for D1's own errors, their cause.
 fn failure(e: JsValue) -> IndexError {
     let Some(error) = e.dyn_ref::<js_sys::Error>() else {
+        // Not an Error (a string, or anything else thrown): said as it is, never unwrapped.
         return IndexError::Failed(format!(
             "D1 failed: {}",
-            String::from(js_sys::JsString::from(e))
+            e.as_string().unwrap_or_else(|| format!("{e:?}"))
         ));
     };
     let message = String::from(error.message());
@@ -108,7 +109,7 @@ fn failure(e: JsValue) -> IndexError {
 /// Runs `statements` as one D1 batch (one transaction) and answers its results as the runtime
 /// gives them (`{results, meta, ...}` each). Called through the binding directly, rather than
 /// through `worker`'s `D1Result`, whose readers deserialize JavaScript values with serde: the
-/// rows are read as the runtime's own JSON of them (`rows_of`), one JSON parser for everything.
+/// rows are read as the runtime's own JSON of them (`values`), one JSON parser for everything.
 async fn batch(
     db: &D1Database,
     statements: Vec<D1PreparedStatement>,
