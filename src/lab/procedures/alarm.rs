@@ -449,6 +449,7 @@ impl<P: Platform> Lab<'_, P> {
             stage.stop_attempts,
         );
         let id = latest.lab_request_id.clone();
+        let left = latest.to_stop().len();
         match end {
             StopEnd::Stopped => {
                 self.info(format!(
@@ -462,9 +463,8 @@ impl<P: Platform> Lab<'_, P> {
                 }
             }
             StopEnd::Again => self.warn(format!(
-                "Lab {id}: {} VM{} not stopped after stop attempt {} of {}; next stop attempt at {}",
-                latest.to_stop().len(),
-                if latest.to_stop().len() == 1 { "" } else { "s" },
+                "Lab {id}: {left} VM{} not stopped after stop attempt {} of {}; next stop attempt at {}",
+                if left == 1 { "" } else { "s" },
                 latest.stop.attempts,
                 stage.stop_attempts,
                 latest

@@ -407,7 +407,9 @@ impl<P: Platform> Lab<'_, P> {
             return Ok(Self::unchanged(200, session));
         }
         let (p, config) = (self.platform, self.config);
-        if let Err(refusal) = session.resume_fits(minutes, config.max_duration_minutes) {
+        if let Err(refusal) =
+            session.lifetime_within(minutes, config.max_duration_minutes, "resuming for")
+        {
             return Ok(Reply::Refused(refusal));
         }
         let concurrency = config.cleanup_concurrency.max(1);
@@ -456,11 +458,8 @@ impl<P: Platform> Lab<'_, P> {
                 failed.len()
             ))));
         }
-        latest.finish_resume(now, minutes, config.duration_unit_ms());
+        latest.finish_resume(now, minutes, config.duration_unit_ms(), by);
         latest.remember_job(job);
-        if let Some(Event { by: b, .. }) = latest.timeline.events.last_mut() {
-            *b = Some(by);
-        }
         if matches!(config.webhooks, Webhooks::On(_)) {
             self.queue(&mut latest, EventType::Resumed, now);
         }

@@ -618,21 +618,7 @@ impl Session {
                 self.cleanup.status.describe()
             )));
         }
-        // Checked: an adopted record may hold any duration.
-        let lifetime = self
-            .duration
-            .checked_add(self.extended_minutes)
-            .and_then(|sum| sum.checked_add(minutes));
-        match lifetime {
-            Some(lifetime) if lifetime <= max_minutes => {}
-            _ => {
-                return Err(Refusal::Invalid(format!(
-                    "extending by {minutes} minutes would make the lab's lifetime {} minutes; \
-                     the maximum is {max_minutes}",
-                    lifetime.map_or("more than 2^64".into(), |l| l.to_string())
-                )))
-            }
-        }
+        self.lifetime_within(minutes, max_minutes, "extending by")?;
         self.extended_minutes = self.extended_minutes.saturating_add(minutes);
         self.expires_at_ms = self.expires_at_ms.saturating_add(
             i64::try_from(minutes)
@@ -640,6 +626,29 @@ impl Session {
                 .saturating_mul(unit_ms),
         );
         Ok(())
+    }
+
+    /// Whether `minutes` more (`doing`: "extending by", "resuming for") keep the lab's whole
+    /// lifetime (`duration` plus every extension) within `max_minutes`.
+    pub fn lifetime_within(
+        &self,
+        minutes: u64,
+        max_minutes: u64,
+        doing: &str,
+    ) -> Result<(), Refusal> {
+        // Checked: an adopted record may hold any duration.
+        let lifetime = self
+            .duration
+            .checked_add(self.extended_minutes)
+            .and_then(|sum| sum.checked_add(minutes));
+        match lifetime {
+            Some(lifetime) if lifetime <= max_minutes => Ok(()),
+            _ => Err(Refusal::Invalid(format!(
+                "{doing} {minutes} minutes would make the lab's lifetime {} minutes; \
+                 the maximum is {max_minutes}",
+                lifetime.map_or("more than 2^64".into(), |l| l.to_string())
+            ))),
+        }
     }
 
     /// Takes VM `id` back from deleted (or already gone) to pending, its next attempt at `now_ms`:

@@ -7,7 +7,7 @@
 
 use crate::lab::config::StopStage;
 use crate::lab::refusal::Refusal;
-use crate::lab::session::{AttemptResult, EndReason, Event, Kind, Session, Status};
+use crate::lab::session::{AttemptResult, By, EndReason, Event, Kind, Session, Status};
 
 /// The stage's part of the record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -190,25 +190,9 @@ impl Session {
         }
     }
 
-    /// Whether a resume for `minutes` more keeps the lab's lifetime within `max_minutes` (the
-    /// cap an extend has): the minutes the lab would then have lived in all.
-    pub fn resume_fits(&self, minutes: u64, max_minutes: u64) -> Result<(), Refusal> {
-        let lifetime = self
-            .duration
-            .checked_add(self.extended_minutes)
-            .and_then(|sum| sum.checked_add(minutes));
-        match lifetime {
-            Some(lifetime) if lifetime <= max_minutes => Ok(()),
-            _ => Err(Refusal::Invalid(format!(
-                "resuming for {minutes} minutes would make the lab's lifetime {} minutes; the maximum is {max_minutes}",
-                lifetime.map_or("more than 2^64".into(), |l| l.to_string())
-            ))),
-        }
-    }
-
-    /// Every VM started again: the lab is scheduled, expiring `minutes` after `now_ms` (counted
-    /// as extended), its stage and end forgotten (its next end stops it again).
-    pub fn finish_resume(&mut self, now_ms: i64, minutes: u64, unit_ms: i64) {
+    /// Every VM started again (asked `by`): the lab is scheduled, expiring `minutes` after
+    /// `now_ms` (counted as extended), its stage and end forgotten (its next end stops it again).
+    pub fn finish_resume(&mut self, now_ms: i64, minutes: u64, unit_ms: i64, by: By) {
         self.extended_minutes = self.extended_minutes.saturating_add(minutes);
         self.expires_at_ms = now_ms.saturating_add(minutes_ms(minutes, unit_ms));
         self.stop = Stop {
@@ -224,6 +208,7 @@ impl Session {
         c.last_outcome = None;
         self.timeline.push(Event {
             to: Some(self.expires_at_ms),
+            by: Some(by),
             ..Event::new(Kind::Resumed, now_ms)
         });
     }
