@@ -369,6 +369,7 @@ mod tests {
             origin: Origin::Api,
             end_reason: None,
             labels: Default::default(),
+            vms_done: None,
             first: false,
         }
     }

@@ -206,6 +206,7 @@ fn the_fleet_schemas_are_what_the_code_answers() {
         origin: crate::lab::session::Origin::Inventory,
         end_reason: None,
         labels: Default::default(),
+        vms_done: None,
         first: false,
     };
     let listed = serde_json::to_value(fleet::listed(&row, 3)).unwrap();

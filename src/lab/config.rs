@@ -383,6 +383,13 @@ impl Config {
         self.backend_timeout()
     }
 
+    /// How long a call to a lab's object may take when another object, a Cron Trigger run or a
+    /// bulk job makes it: the request makes at most one call to another lab's object and one
+    /// write of the index, each within the backend's timeout, and its storage in the third.
+    pub fn lab_call_timeout_ms(&self) -> u32 {
+        self.backend_timeout_seconds.saturating_mul(3_000) as u32
+    }
+
     /// Milliseconds between cleanup attempts.
     pub fn retry_ms(&self) -> i64 {
         (self.cleanup_retry_seconds * 1000) as i64

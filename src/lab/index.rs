@@ -24,6 +24,18 @@ pub fn touch(session: &mut Session, now_ms: i64, retry_ms: i64) {
     sync.index.retry_at_ms = Some(now_ms.saturating_add(retry_ms));
 }
 
+/// `touch` for a change a request saves and writes the row of right after its answer: the row
+/// gets no wake-up of its own while the lab is live (a save writes the alarm once, not again
+/// when the row is confirmed). Only an object evicted between the save and the row's write
+/// leaves it owed: the lab's next wake-up writes it (its warning or expiry at the latest); a
+/// completed lab, whose next wake-up may be its purge, keeps the retry.
+pub fn answered(session: &mut Session, now_ms: i64, retry_ms: i64) {
+    touch(session, now_ms, retry_ms);
+    if session.status() != Status::Completed {
+        session.sync.index.retry_at_ms = None;
+    }
+}
+
 /// Whether the index is behind the record.
 pub fn owed(session: &Session) -> bool {
     session.sync.index.written < session.sync.revision
@@ -67,6 +79,13 @@ pub struct IndexRow {
     pub end_reason: Option<EndReason>,
     /// The lab's labels: written to `labels` (its own table), read back as one JSON object.
     pub labels: Labels,
+    /// For a lab of several VMs, how far each VM's deletion got, as a JSON object of the VMs
+    /// deleted or already gone (`{"w1":"deleted"}`; a VM not in it is pending): the inventory's
+    /// lookup reads a VM's state here rather than from a row of its own in `vms`, which each
+    /// attempt wrote again (`migrations/0015_vm_states_in_the_lab_row.sql`). `None` for a
+    /// single-VM lab (its counts say it). Not in the API's answers.
+    #[serde(skip)]
+    pub vms_done: Option<String>,
     /// No row of the lab confirmed written yet: its VMs' rows may still name another lab (see
     /// `upsert_all`). Not a column.
     #[serde(skip)]
@@ -98,6 +117,8 @@ impl IndexRow {
             revision: r["revision"].as_u64()?,
             origin: Origin::parse(r["origin"].as_str()?)?,
             end_reason: r["end_reason"].as_str().and_then(EndReason::parse),
+            // Not read by the list (`LIST_SELECT`).
+            vms_done: None,
             // The JSON object `json_group_object` made (`null` without labels).
             labels: r["labels"]
                 .as_str()
@@ -108,11 +129,11 @@ impl IndexRow {
     }
 }
 
-/// A VM's row in `vms`: which lab lists it, and how far its deletion got.
+/// A worker VM's row in `vms`: which lab lists it (written once, at the lab's first row; its
+/// state is in the lab's row: `IndexRow::vms_done`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRow {
     pub vm_id: String,
-    pub state: VmState,
 }
 
 /// Longest `last_error` in a row.
@@ -141,30 +162,52 @@ pub fn row(session: &Session, now_ms: i64) -> IndexRow {
         origin: session.origin(),
         end_reason: session.end_reason,
         labels: session.labels.clone(),
+        vms_done: vms_done(session),
         first: session.sync.index.written == 0,
     }
 }
 
-/// The rows of `session`'s VMs in `vms`: none for a single-VM lab, whose VM is its id and
-/// whose row in `sessions` says how far its deletion got (`lookup` reads it there), which saves
-/// the lab's rows in `vms` and their index entries.
-pub fn vm_rows(session: &Session) -> Vec<VmRow> {
+/// D1's largest row (and string): 2,000,000 bytes
+/// (<https://developers.cloudflare.com/d1/platform/limits/>). A lab's row stays far below it,
+/// its VMs' states at most about 7 KB (`MAX_WORKERS` + 1 ids of `MAX_ID_LEN` characters).
+pub const D1_MAX_ROW_BYTES: usize = 2_000_000;
+
+/// `IndexRow::vms_done`: the VMs of a lab of several VMs that are deleted or already gone, each
+/// with its state, in the order of the lab's VMs; `None` for a single-VM lab.
+fn vms_done(session: &Session) -> Option<String> {
     if session.vm_count() == 1 {
-        return Vec::new();
+        return None;
     }
-    let c = &session.cleanup;
+    let mut done = String::from("{");
+    for vm in session.vms() {
+        if !session.is_done(vm.id) {
+            continue;
+        }
+        let state = if session.cleanup.deleted.iter().any(|d| d == vm.id) {
+            VmState::Deleted
+        } else {
+            VmState::AlreadyGone
+        };
+        if done.len() > 1 {
+            done.push(',');
+        }
+        done.push_str(&serde_json::to_string(vm.id).unwrap_or_default());
+        done.push_str(":\"");
+        done.push_str(state.name());
+        done.push('"');
+    }
+    done.push('}');
+    Some(done)
+}
+
+/// The rows of `session`'s worker VMs in `vms`, which find a worker's lab by the worker's id.
+/// None for the master, whose id is its lab's (`lookup` finds it in `sessions`, as a
+/// single-VM lab's VM), and no state: the lab's row holds them all (`IndexRow::vms_done`).
+pub fn vm_rows(session: &Session) -> Vec<VmRow> {
     session
-        .vms()
-        .map(|vm| VmRow {
-            vm_id: vm.id.to_string(),
-            state: if c.deleted.iter().any(|d| d == vm.id) {
-                VmState::Deleted
-            } else if c.already_gone.iter().any(|d| d == vm.id) {
-                VmState::AlreadyGone
-            } else {
-                VmState::Pending
-            },
-        })
+        .worker_lab_request_ids
+        .iter()
+        .map(|id| VmRow { vm_id: id.clone() })
         .collect()
 }
 
@@ -182,7 +225,7 @@ pub fn last_error(session: &Session) -> Option<String> {
 /// The index table and its columns, in the order of `migrations/` (0001's table, then the
 /// columns later migrations add).
 pub const TABLE: &str = "sessions";
-pub const COLUMNS: [&str; 17] = [
+pub const COLUMNS: [&str; 18] = [
     "lab_request_id",
     "user_id",
     "lab_type",
@@ -200,6 +243,7 @@ pub const COLUMNS: [&str; 17] = [
     "revision",
     "origin",
     "end_reason",
+    "vms_done",
 ];
 
 /// D1 binds at most 100 parameters per statement.
@@ -222,12 +266,15 @@ fn optional(n: Option<i64>) -> Bind {
     n.map_or(Bind::Null, Bind::Int)
 }
 
-/// The statements that write a lab's rows in one batch: its row in `sessions` and its VMs' rows
-/// in `vms`, each unless the index holds a newer revision.
+/// The statements that write a lab's rows in one batch: its row in `sessions`, unless the index
+/// holds a newer revision, and at the lab's first row its labels and its worker VMs' rows in
+/// `vms` (neither changes later: a VM's state is in the lab's row).
 pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
     let mut statements = Vec::from(upsert(row));
-    // The labels never change: written once (an existing row is left as it is, and costs no
-    // write).
+    if !row.first {
+        return statements;
+    }
+    // An existing label is left as it is, and costs no write.
     if !row.labels.is_empty() {
         let marks = vec!["(?, ?, ?)"; row.labels.len()].join(", ");
         let binds = row
@@ -248,30 +295,22 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
             binds,
         ));
     }
-    if row.first && !vms.is_empty() {
-        // A VM whose row names another lab (one in retention that listed a VM of the same id)
-        // moves first, at the lab's first row, so that the upserts below set only its state:
-        // `vms_by_lab` is written again only for a VM that moves, and the VMs are read again
-        // only then.
+    if !vms.is_empty() {
         let ids: Vec<String> = vms.iter().map(|vm| vm.vm_id.clone()).collect();
+        let binds = vec![
+            Bind::Text(row.lab_request_id.clone()),
+            id_set(&ids),
+            int(row.revision),
+        ];
+        // A VM whose row names another lab (one in retention that listed a VM of the same id)
+        // moves to this one, unless that row is newer; then the rows this lab lacks. Each id
+        // set bound once: one statement each, whatever the lab's size.
         statements.push((
             "UPDATE vms SET lab_request_id = ?1 WHERE vm_id IN (SELECT value FROM json_each(?2)) AND lab_request_id != ?1 AND revision < ?3".into(),
-            vec![Bind::Text(row.lab_request_id.clone()), id_set(&ids), int(row.revision)],
+            binds.clone(),
         ));
-    }
-    for chunk in vms.chunks(MAX_BINDS / 4) {
-        let marks = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-        let mut binds = Vec::with_capacity(chunk.len() * 4);
-        for vm in chunk {
-            binds.push(Bind::Text(vm.vm_id.clone()));
-            binds.push(Bind::Text(row.lab_request_id.clone()));
-            binds.push(Bind::Text(vm.state.name().into()));
-            binds.push(int(row.revision));
-        }
         statements.push((
-            format!(
-                "INSERT INTO vms (vm_id, lab_request_id, state, revision) VALUES {marks} ON CONFLICT (vm_id) DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision AND vms.lab_request_id = excluded.lab_request_id"
-            ),
+            "INSERT INTO vms (vm_id, lab_request_id, state, revision) SELECT value, ?1, 'pending', ?3 FROM json_each(?2) WHERE 1 ON CONFLICT (vm_id) DO NOTHING".into(),
             binds,
         ));
     }
@@ -283,9 +322,9 @@ pub fn upsert_all(row: &IndexRow, vms: &[VmRow]) -> Vec<(String, Vec<Bind>)> {
 /// nearly all of them hold `expires_at`: it sets only what an attempt changes, and `UPSERT_FIXED`
 /// the columns a row keeps from its create on where they differ (an extend moves the expiry).
 /// Literals (checked against `COLUMNS` by the tests): no code builds them.
-const UPSERT: &str = "INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin, end_reason) \
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT (lab_request_id) DO UPDATE SET \
-status = excluded.status, attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, pending_count = excluded.pending_count, already_gone_count = excluded.already_gone_count, last_error = excluded.last_error, completed_at = excluded.completed_at, updated_at = excluded.updated_at, revision = excluded.revision, end_reason = excluded.end_reason \
+const UPSERT: &str = "INSERT INTO sessions (lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin, end_reason, vms_done) \
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) ON CONFLICT (lab_request_id) DO UPDATE SET \
+status = excluded.status, attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, pending_count = excluded.pending_count, already_gone_count = excluded.already_gone_count, last_error = excluded.last_error, completed_at = excluded.completed_at, updated_at = excluded.updated_at, revision = excluded.revision, end_reason = excluded.end_reason, vms_done = excluded.vms_done \
 WHERE excluded.revision > sessions.revision";
 
 /// After `UPSERT`, with its first 16 binds: the columns it leaves alone, where they differ.
@@ -314,23 +353,36 @@ pub fn upsert(row: &IndexRow) -> [(String, Vec<Bind>); 2] {
         Bind::Text(row.origin.name().into()),
         row.end_reason
             .map_or(Bind::Null, |r| Bind::Text(r.name().into())),
+        row.vms_done.clone().map_or(Bind::Null, Bind::Text),
     ];
     let fixed = binds[..16].to_vec();
     [(UPSERT.into(), binds), (UPSERT_FIXED.into(), fixed)]
 }
 
-/// The deletes of a lab's rows (its row and its VMs'), unless the index holds a revision newer
-/// than `revision` (a lab created again under the same id after this one was forgotten).
-pub fn delete(lab_request_id: &str, revision: u64) -> Vec<(String, Vec<Bind>)> {
+/// The deletes of a lab's rows (its row and its VMs', `vm_ids`), unless the index holds a
+/// revision newer than `revision` (a lab created again under the same id after this one was
+/// forgotten). The VMs' rows are found by their ids, not through an index of the lab's (which
+/// every VM's row would write: `migrations/0014_vms_by_id_only.sql`).
+pub fn delete(lab_request_id: &str, vm_ids: &[&str], revision: u64) -> Vec<(String, Vec<Bind>)> {
     let binds = vec![Bind::Text(lab_request_id.into()), int(revision)];
+    // Each id bound on its own (a lab has at most `MAX_WORKERS` + 1 VMs, within `MAX_BINDS`):
+    // SQLite seeks each, and reads no row of a `json_each` (D1 counts those as rows read).
+    let ids = &vm_ids[..vm_ids.len().min(MAX_BINDS - 2)];
+    // Unnumbered, after `?2`: SQLite numbers them `?3`, `?4`, ...
+    let marks = vec!["?"; ids.len()];
+    let mut vm_binds = binds.clone();
+    vm_binds.extend(ids.iter().map(|id| Bind::Text((*id).into())));
     vec![
         (
             format!("DELETE FROM {TABLE} WHERE lab_request_id = ?1 AND revision <= ?2"),
             binds.clone(),
         ),
         (
-            "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2".into(),
-            binds.clone(),
+            format!(
+                "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2 AND vm_id IN ({})",
+                marks.join(", ")
+            ),
+            vm_binds,
         ),
         // Only when the lab's row went (no newer lab of the same id holds it).
         (
@@ -344,18 +396,32 @@ pub fn delete(lab_request_id: &str, revision: u64) -> Vec<(String, Vec<Bind>)> {
 pub const LABELS_TABLE: &str = "labels";
 
 /// The lookups of reported VMs: their lab, its status and expiry, how far their deletion got.
-/// A VM of a lab of several VMs is read from `vms`; a single-VM lab's VM (its id) from the
-/// lab's row in `sessions`, its state from the counts there (a row in `vms` that an older
-/// version wrote for it is left aside). One statement, the ids bound once (`id_set`).
+/// A worker VM's lab is found through `vms`; a master (and a single-VM lab's VM) is its lab,
+/// its id the lab's: every VM whose id is a lab's is known while the lab's row is there. The
+/// state is in the lab's row: a single-VM lab's from its counts, a VM of a lab of several VMs
+/// from `vms_done` (pending unless it is there). A row an older version wrote without
+/// `vms_done` reads its VMs' states from `vms`, as that version kept them (pending without
+/// one). One statement, the ids bound once (`id_set`); a VM two labs list answers twice (the
+/// inventory keeps the lab that needs it).
 pub fn lookup(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     if vm_ids.is_empty() {
         return Vec::new();
     }
     vec![(
-        format!("WITH ids(id) AS (SELECT value FROM json_each(?)) SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, v.state AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN (SELECT id FROM ids) AND s.vm_count != 1 UNION ALL SELECT s.lab_request_id AS vm_id, s.lab_request_id AS lab_request_id, CASE WHEN s.pending_count > 0 THEN 'pending' WHEN s.already_gone_count > 0 THEN 'already_gone' ELSE 'deleted' END AS state, s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at FROM {TABLE} s WHERE s.lab_request_id IN (SELECT id FROM ids) AND s.vm_count = 1"),
+        format!("{LOOKUP_IDS} SELECT v.vm_id AS vm_id, v.lab_request_id AS lab_request_id, {LOOKUP_WORKER_STATE} AS state, {LOOKUP_LAB} FROM vms v JOIN {TABLE} s ON s.lab_request_id = v.lab_request_id WHERE v.vm_id IN (SELECT id FROM ids) AND v.vm_id != v.lab_request_id AND s.vm_count != 1 \
+UNION ALL SELECT s.lab_request_id AS vm_id, s.lab_request_id AS lab_request_id, {LOOKUP_OWN_STATE} AS state, {LOOKUP_LAB} FROM {TABLE} s WHERE s.lab_request_id IN (SELECT id FROM ids)"),
         vec![id_set(vm_ids)],
     )]
 }
+
+const LOOKUP_IDS: &str = "WITH ids(id) AS (SELECT value FROM json_each(?))";
+const LOOKUP_LAB: &str =
+    "s.status AS status, s.expires_at AS expires_at, COALESCE(s.completed_at, s.updated_at) AS updated_at";
+/// A worker's state: `vms_done`'s, or the row's own where the lab's row has no `vms_done`.
+const LOOKUP_WORKER_STATE: &str = "CASE WHEN s.vms_done IS NULL THEN v.state ELSE COALESCE((SELECT d.value FROM json_each(s.vms_done) d WHERE d.key = v.vm_id), 'pending') END";
+/// A lab's own VM's state: a master's from `vms_done` (or its row in `vms` where the lab's row
+/// has none), a single VM's from the counts.
+const LOOKUP_OWN_STATE: &str = "CASE WHEN s.vm_count != 1 THEN COALESCE((SELECT d.value FROM json_each(s.vms_done) d WHERE d.key = s.lab_request_id), (SELECT m.state FROM vms m WHERE s.vms_done IS NULL AND m.vm_id = s.lab_request_id AND m.lab_request_id = s.lab_request_id), 'pending') WHEN s.pending_count > 0 THEN 'pending' WHEN s.already_gone_count > 0 THEN 'already_gone' ELSE 'deleted' END";
 
 /// A set of ids bound once, as a JSON array that `json_each(?)` reads.
 fn id_set(ids: &[String]) -> Bind {
@@ -599,8 +665,9 @@ impl Default for ListQuery {
     }
 }
 
-/// The start of the list's statement: every column of `COLUMNS` (a literal, checked by the
-/// tests), and the lab's labels as one JSON object.
+/// The start of the list's statement: every column of `COLUMNS` but `vms_done`, the last, which
+/// the list does not answer (a literal, checked by the tests), and the lab's labels as one JSON
+/// object.
 const LIST_SELECT: &str = "SELECT lab_request_id, user_id, lab_type, vm_count, status, created_at, expires_at, attempts, next_attempt_at, pending_count, already_gone_count, last_error, completed_at, updated_at, revision, origin, end_reason, \
 (SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1";
 
@@ -620,6 +687,11 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
         let marks = vec!["?"; q.statuses.len()].join(", ");
         sql.push_str(&format!(" AND status IN ({marks})"));
         binds.extend(q.statuses.iter().map(|s| Bind::Text(s.name().into())));
+        // Beside the values, what the partial index that holds them says, so that SQLite uses
+        // it (migration 0013): the rare statuses have an index of their own; the scheduled
+        // labs are among the active labs'; the completed ones are nearly every row, paged in
+        // the expiry index.
+        sql.push_str(status_scope(&q.statuses));
     }
     if let Some(origin) = q.origin {
         // Beside the value, what `sessions_by_origin` holds (migration 0009), so that SQLite
@@ -634,6 +706,10 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
     if let Some(reason) = q.end_reason {
         sql.push_str(" AND end_reason = ?");
         binds.push(Bind::Text(reason.name().into()));
+        // `sessions_by_end_reason` leaves out the labs whose time was up (migration 0013).
+        if reason != EndReason::Expired {
+            sql.push_str(" AND end_reason != 'expired'");
+        }
     }
     if let Some(user) = &q.user_id {
         sql.push_str(" AND user_id = ?");
@@ -661,6 +737,19 @@ pub fn list(q: &ListQuery, stuck_after: u32) -> (String, Vec<Bind>) {
     sql.push_str(" ORDER BY expires_at, lab_request_id LIMIT ?");
     binds.push(int(i64::from(q.limit) + 1));
     (sql, binds)
+}
+
+/// The term that lets SQLite use the partial index holding every lab in `statuses`: the one of
+/// the rare statuses, or the active labs' (by expiry); none when completed labs are asked for.
+fn status_scope(statuses: &[Status]) -> &'static str {
+    let rare = |s: &Status| matches!(s, Status::CleaningUp | Status::Retrying | Status::Stopped);
+    if statuses.iter().all(rare) {
+        " AND status IN ('cleaning_up', 'retrying', 'stopped')"
+    } else if !statuses.contains(&Status::Completed) {
+        " AND status != 'completed'"
+    } else {
+        ""
+    }
 }
 
 /// The counts the index keeps up to date as rows change (`migrations/0003_fleet_counts.sql`):
@@ -844,6 +933,8 @@ mod tests {
     use crate::lab::session::{AttemptResult, DeletionError, NewSession, Outcome};
 
     const T0: i64 = 1_795_000_000_000;
+    /// The columns the list reads: all but `vms_done`.
+    const LISTED: &[&str] = COLUMNS.split_last().unwrap().1;
 
     fn session() -> Session {
         Session::schedule(
@@ -902,6 +993,7 @@ mod tests {
             IndexRow::from_value(&v),
             Some(IndexRow {
                 first: false,
+                vms_done: None,
                 ..row.clone()
             })
         );
@@ -1007,6 +1099,7 @@ mod tests {
         for later in [
             include_str!("../../migrations/0002_inventory.sql"),
             include_str!("../../migrations/0004_end_reason.sql"),
+            include_str!("../../migrations/0015_vm_states_in_the_lab_row.sql"),
         ] {
             for line in later.lines() {
                 if let Some(rest) = line.strip_prefix("ALTER TABLE sessions ADD COLUMN ") {
@@ -1056,7 +1149,7 @@ mod tests {
             )
         );
         assert_eq!(COLUMNS[14], "revision");
-        assert!(LIST_SELECT.starts_with(&format!("SELECT {}, (SELECT", COLUMNS.join(", "))));
+        assert!(LIST_SELECT.starts_with(&format!("SELECT {}, (SELECT", LISTED.join(", "))));
         // An attempt's update leaves the indexes of the columns it does not change alone.
         for unchanged in ["user_id", "expires_at", "origin", "created_at"] {
             assert!(!sql.contains(&format!("{unchanged} = ")), "{sql}");
@@ -1066,20 +1159,37 @@ mod tests {
         assert_eq!(binds[4], Bind::Text("scheduled".into()));
         assert_eq!(binds[8], Bind::Null);
         assert_eq!(binds[14], Bind::Int(s.sync.revision as i64));
-        let deletes = delete("m", 7);
+        let deletes = delete("m", &["m", "w1"], 7);
         assert_eq!(
             deletes[0].0,
             "DELETE FROM sessions WHERE lab_request_id = ?1 AND revision <= ?2"
         );
         assert_eq!(
             deletes[1].0,
-            "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2"
+            "DELETE FROM vms WHERE lab_request_id = ?1 AND revision <= ?2 AND vm_id IN (?, ?)"
         );
         assert_eq!(deletes[0].1, vec![Bind::Text("m".into()), Bind::Int(7)]);
+        assert_eq!(
+            deletes[1].1,
+            vec![
+                Bind::Text("m".into()),
+                Bind::Int(7),
+                Bind::Text("m".into()),
+                Bind::Text("w1".into())
+            ]
+        );
+        // The largest lab's VMs, each bound: within D1's binds.
+        let most: Vec<String> = (0..=crate::lab::session::bound::MAX_WORKERS)
+            .map(|n| format!("v{n}"))
+            .collect();
+        let most: Vec<&str> = most.iter().map(String::as_str).collect();
+        let deletes = delete("m", &most, 7);
+        assert_eq!(deletes[1].1.len(), 2 + most.len());
+        assert!(deletes[1].1.len() <= MAX_BINDS);
     }
 
     #[test]
-    fn a_labs_vms_are_written_with_its_row_in_chunks_d1_takes() {
+    fn a_labs_workers_are_written_once_and_their_states_go_in_its_row() {
         let workers: Vec<String> = (0..48).map(|n| format!("w{n}")).collect();
         let mut s = Session::schedule(
             crate::lab::session::NewSession {
@@ -1096,26 +1206,34 @@ mod tests {
             60_000,
         );
         touch(&mut s, T0, 2_000);
+        assert_eq!(row(&s, T0).vms_done.as_deref(), Some("{}"), "all pending");
         s.begin_attempt(T0 + 60_000, 5_000);
         s.finish_attempt(
             &AttemptResult {
-                deleted: vec!["m".into()],
+                deleted: vec!["w7".into(), "m".into()],
                 already_gone: vec!["w3".into()],
                 ..AttemptResult::default()
             },
             T0 + 61_000,
             T0 + 66_000,
         );
+        // In the order of the lab's VMs, the master first; the pending ones left out.
+        assert_eq!(
+            row(&s, T0).vms_done.as_deref(),
+            Some(r#"{"m":"deleted","w3":"already_gone","w7":"deleted"}"#)
+        );
         let vms = vm_rows(&s);
-        assert_eq!(vms.len(), 49);
-        assert_eq!(vms[0].state, VmState::Deleted);
-        assert_eq!(vms[4].state, VmState::AlreadyGone);
-        assert_eq!(vms[5].state, VmState::Pending);
+        assert_eq!(
+            vms.len(),
+            48,
+            "the workers; the master is found by its lab's id"
+        );
+        assert_eq!(vms[0].vm_id, "w0");
         let statements = upsert_all(&row(&s, T0), &vms);
         assert_eq!(
             statements.len(),
-            5,
-            "the row and its fixed columns, the VMs that move, then 25 + 24 VMs"
+            4,
+            "the row and its fixed columns, the VMs that move, the VMs' rows: one each"
         );
         for (sql, binds) in &statements {
             assert!(binds.len() <= MAX_BINDS, "{sql}");
@@ -1123,15 +1241,46 @@ mod tests {
         assert!(statements[2]
             .0
             .starts_with("UPDATE vms SET lab_request_id = ?1"));
-        // Once a row of the lab is confirmed, its VMs' rows are its own: no move.
+        assert!(statements[3]
+            .0
+            .ends_with("FROM json_each(?2) WHERE 1 ON CONFLICT (vm_id) DO NOTHING"));
+        // Once a row of the lab is confirmed, its VMs' rows are written: the row alone.
         let mut confirmed = s.clone();
         crate::lab::index::confirmed(&mut confirmed, 1);
         let later = upsert_all(&row(&confirmed, T0), &vms);
-        assert_eq!(later.len(), 4);
-        assert!(!later.iter().any(|(sql, _)| sql.starts_with("UPDATE vms")));
-        assert!(statements[3]
-            .0
-            .ends_with("DO UPDATE SET state = excluded.state, revision = excluded.revision WHERE excluded.revision > vms.revision AND vms.lab_request_id = excluded.lab_request_id"));
+        assert_eq!(later.len(), 2);
+        assert!(!later.iter().any(|(sql, _)| sql.contains(" vms ")));
+        // The largest lab, its longest ids, every VM done: its row within D1's.
+        let long = |n: usize| format!("{n:0>width$}", width = crate::lab::limits::MAX_ID_LEN);
+        let mut largest = Session {
+            lab_request_id: long(999),
+            worker_lab_request_ids: (0..crate::lab::session::bound::MAX_WORKERS)
+                .map(long)
+                .collect(),
+            ..s.clone()
+        };
+        largest.cleanup.deleted = largest.vms().map(|vm| vm.id.to_string()).collect();
+        let full = row(&largest, T0);
+        let done = full.vms_done.clone().unwrap();
+        assert_eq!(done.matches("deleted").count(), 49);
+        let bytes: usize = upsert(&full)[0]
+            .1
+            .iter()
+            .map(|b| match b {
+                Bind::Text(t) => t.len(),
+                _ => 8,
+            })
+            .sum();
+        assert!(
+            bytes < D1_MAX_ROW_BYTES / 200,
+            "{bytes} bytes: 10,000 at most"
+        );
+        // A single-VM lab has neither rows in `vms` nor states in its row.
+        let single = Session {
+            worker_lab_request_ids: Vec::new(),
+            ..s.clone()
+        };
+        assert!(vm_rows(&single).is_empty() && row(&single, T0).vms_done.is_none());
         // A set of ids is one query however large, bound once as a JSON array.
         let ids: Vec<String> = (0..1_000).map(|n| format!("v{n}")).collect();
         let lookups = lookup(&ids);
@@ -1145,6 +1294,19 @@ mod tests {
         );
         assert_eq!(record_seen(&ids, T0).len(), 1);
         assert!(lookup(&[]).is_empty() && record_seen(&[], T0).is_empty());
+    }
+
+    /// `tests/migrations/upgrade.py` checks the lookup and the VMs' rows on SQLite across
+    /// migration 0015: with the statements the worker makes.
+    #[test]
+    fn the_migration_test_runs_the_statements_the_worker_makes() {
+        let script = include_str!("../../tests/migrations/upgrade.py");
+        let (sql, _) = &lookup(&["v".into()])[0];
+        assert!(script.contains(&format!("\nLOOKUP = \"{sql}\"\n")), "{sql}");
+        let mut s = session();
+        touch(&mut s, T0, 2_000);
+        let statements = upsert_all(&row(&s, T0), &vm_rows(&s));
+        assert!(script.contains(&format!("\nVM_INSERT = \"{}\"\n", statements[3].0)));
     }
 
     #[test]
@@ -1171,7 +1333,7 @@ mod tests {
         let (sql, binds) = list(&q, 3);
         assert_eq!(
             sql,
-            format!("SELECT {}, (SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1 AND lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?) AND status IN (?, ?) AND user_id = ? AND status != 'completed' AND attempts >= ? AND attempts > 0 AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", COLUMNS.join(", "))
+            format!("SELECT {}, (SELECT json_group_object(key, value) FROM labels l WHERE l.lab_request_id = sessions.lab_request_id) AS labels FROM sessions WHERE 1 = 1 AND lab_request_id IN (SELECT lab_request_id FROM labels WHERE key = ? AND value = ?) AND status IN (?, ?) AND status IN ('cleaning_up', 'retrying', 'stopped') AND user_id = ? AND status != 'completed' AND attempts >= ? AND attempts > 0 AND expires_at < ? AND expires_at > ? ORDER BY expires_at, lab_request_id LIMIT ?", LISTED.join(", "))
         );
         assert_eq!(
             binds,
@@ -1318,5 +1480,32 @@ mod tests {
         assert!(statements[2]
             .0
             .ends_with("WHERE status IN ('cleaning_up', 'retrying', 'stopped')"));
+    }
+
+    #[test]
+    fn a_status_or_end_reason_filter_says_what_its_partial_index_holds() {
+        // SQLite uses a partial index only for a statement whose terms say its `WHERE`
+        // (migration 0013): the stats' and the list's terms are the index's, word for word.
+        let migration = include_str!("../../migrations/0013_fewer_index_rows.sql");
+        let rare = "status IN ('cleaning_up', 'retrying', 'stopped')";
+        assert!(migration.contains(&format!("WHERE {rare};")));
+        assert!(stats(3, 0)[2].0.ends_with(&format!("WHERE {rare}")));
+        assert!(migration.contains("WHERE end_reason IS NOT NULL AND end_reason != 'expired';"));
+        let sql = |statuses: &[Status], end_reason: Option<EndReason>| {
+            let q = ListQuery {
+                statuses: statuses.to_vec(),
+                end_reason,
+                ..ListQuery::default()
+            };
+            list(&q, 3).0
+        };
+        assert!(sql(&[Status::Retrying, Status::Stopped], None).contains(&format!(" AND {rare} ")));
+        let active = sql(&[Status::Scheduled, Status::Retrying], None);
+        assert!(active.contains(" AND status != 'completed' ") && !active.contains(rare));
+        let all = sql(&[Status::Completed, Status::Retrying], None);
+        assert!(!all.contains("status != 'completed'") && !all.contains(rare));
+        assert!(sql(&[], Some(EndReason::Idle))
+            .contains(" AND end_reason = ? AND end_reason != 'expired' "));
+        assert!(!sql(&[], Some(EndReason::Expired)).contains("!= 'expired'"));
     }
 }

@@ -204,7 +204,8 @@ pub trait RecordStore {
 }
 
 /// Other labs' objects, reached by name: one request of the protocol, and its answer as
-/// `protocol::Answer::read` decodes it.
+/// `protocol::Answer::read` decodes it; a failure after `Config::lab_call_timeout_ms` (an
+/// object that does not answer holds no run and no create).
 pub trait Labs {
     async fn call(
         &self,
@@ -222,7 +223,13 @@ pub trait FleetIndex {
         row: &crate::lab::index::IndexRow,
         vms: &[crate::lab::index::VmRow],
     ) -> Result<(), ServiceError>;
-    async fn delete(&self, lab_request_id: &str, revision: u64) -> Result<(), ServiceError>;
+    /// Deletes a lab's rows: its own, and its VMs' (`vm_ids`).
+    async fn delete(
+        &self,
+        lab_request_id: &str,
+        vm_ids: &[&str],
+        revision: u64,
+    ) -> Result<(), ServiceError>;
 }
 
 /// One signed webhook delivery, ready to send.

@@ -167,7 +167,9 @@ pub fn due(session: &Session, now_ms: i64, timing: &Timing) -> Due {
     Due {
         attempt: session.is_expired(now_ms) && attempt_at(session).is_some_and(|at| now_ms >= at),
         purge: purge_at(session, timing).is_some_and(|at| now_ms >= at),
-        index: index_at(session).is_some_and(|at| now_ms >= at),
+        // Owed with no wake-up of its own (`index::answered`): at any wake-up.
+        index: index_at(session).is_some_and(|at| now_ms >= at)
+            || (index::owed(session) && session.sync.index.retry_at_ms.is_none()),
         warn: warn_at(session, timing).is_some_and(|at| now_ms >= at),
         deliver: deliver_at(session, timing).is_some_and(|at| now_ms >= at),
         idle_warn: idle_warn_at(session, timing).is_some_and(|at| now_ms >= at),

@@ -75,6 +75,25 @@ pub fn event_id(random: [f64; 4]) -> String {
     )
 }
 
+/// The `webhook-id` of a warning: the same for the same lab, event, deadline and stage (`msg_`
+/// and 32 hex digits of an HMAC-SHA256 keyed with the lab's id), so that a warning sent again
+/// (an invocation cut short after sending it, before the save that records it) keeps its id,
+/// and a receiver that deduplicates by id, as Standard Webhooks asks, takes it once.
+pub fn warning_id(lab: &str, kind: EventType, deadline_ms: i64, stage: u64) -> String {
+    // The signature's HMAC-SHA256 (its code is there already), keyed with the lab's id.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(lab.as_bytes()).expect("any key length");
+    for part in [kind.name(), &deadline_ms.to_string(), &stage.to_string()] {
+        mac.update(part.as_bytes());
+        mac.update(b"/");
+    }
+    let digest = mac.finalize().into_bytes();
+    let mut id = String::from("msg_");
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
 /// The events an attempt that `finish_attempt` has just recorded calls for: completed when
 /// every VM is gone; stuck, once, when `stuck_after` attempts have left VMs pending. Marks the
 /// stuck one sent on the session.
@@ -199,6 +218,24 @@ mod tests {
 
     const T0: i64 = 1_795_000_000_000;
     const MINUTE: i64 = 60_000;
+
+    #[test]
+    fn a_warning_keeps_its_id_and_another_warning_has_another() {
+        let id = warning_id("lab-1", EventType::Expiring, T0, 10);
+        assert_eq!(id, warning_id("lab-1", EventType::Expiring, T0, 10));
+        assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+        assert!(id[4..].chars().all(|c| c.is_ascii_hexdigit()));
+        for other in [
+            warning_id("lab-2", EventType::Expiring, T0, 10),
+            warning_id("lab-1", EventType::IdleWarning, T0, 10),
+            warning_id("lab-1", EventType::Expiring, T0 + 1, 10),
+            warning_id("lab-1", EventType::Expiring, T0, 5),
+            // The parts are kept apart: no two splits of the same text meet.
+            warning_id("lab-11", EventType::Expiring, 0, 10),
+        ] {
+            assert_ne!(id, other);
+        }
+    }
 
     fn session(duration_minutes: i64) -> Session {
         Session::schedule(

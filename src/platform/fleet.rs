@@ -28,6 +28,7 @@ pub async fn call_lab(
     env: &Env,
     lab_request_id: &str,
     request: &Request,
+    timeout_ms: Option<u32>,
 ) -> Result<web_sys::Response, ServiceError> {
     let js = |e: JsValue| ServiceError::Failed(worker::Error::from(e).to_string());
     let stub: worker::worker_sys::DurableObject = env
@@ -40,6 +41,11 @@ pub async fn call_lab(
     init.set_method(method);
     if let Some(body) = body {
         init.set_body(&JsValue::from_str(&body));
+    }
+    // The runtime aborts the call when the signal fires: the promise fails with a
+    // `TimeoutError`, and the object's work goes on without a caller.
+    if let Some(ms) = timeout_ms {
+        init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(ms)));
     }
     let request =
         web_sys::Request::new_with_str_and_init(&format!("https://session-manager{path}"), &init)
@@ -170,7 +176,8 @@ impl Labs for WorkerdFleet<'_> {
             .charge(Meter::Service, 1)
             .map_err(|e| ServiceError::Failed(e.to_string()))?;
         add(&self.usage.object_calls, 1);
-        send(self.env, lab_request_id, &request).await
+        let timeout_ms = self.config.lab_call_timeout_ms();
+        send(self.env, lab_request_id, &request, Some(timeout_ms)).await
     }
 }
 
@@ -189,8 +196,9 @@ pub async fn send(
     env: &Env,
     lab_request_id: &str,
     request: &Request,
+    timeout_ms: Option<u32>,
 ) -> Result<Answer, ServiceError> {
-    let answer = call_lab(env, lab_request_id, request).await?;
+    let answer = call_lab(env, lab_request_id, request, timeout_ms).await?;
     let status = answer.status();
     let text = match answer.text() {
         Ok(promise) => JsFuture::from(promise)

@@ -165,8 +165,14 @@ impl FleetIndex for Workerd {
     async fn upsert(&self, row: &IndexRow, vms: &[VmRow]) -> std::result::Result<(), ServiceError> {
         self.d1(crate::lab::index::upsert_all(row, vms)).await
     }
-    async fn delete(&self, id: &str, revision: u64) -> std::result::Result<(), ServiceError> {
-        self.d1(crate::lab::index::delete(id, revision)).await
+    async fn delete(
+        &self,
+        id: &str,
+        vm_ids: &[&str],
+        revision: u64,
+    ) -> std::result::Result<(), ServiceError> {
+        self.d1(crate::lab::index::delete(id, vm_ids, revision))
+            .await
     }
 }
 
@@ -265,7 +271,8 @@ impl Labs for Workerd {
             .charge(Meter::Service, 1)
             .map_err(ServiceError::from)?;
         add(&self.usage.object_calls, 1);
-        crate::platform::fleet::send(&self.env, lab_request_id, &request).await
+        let timeout_ms = self.config.lab_call_timeout_ms();
+        crate::platform::fleet::send(&self.env, lab_request_id, &request, Some(timeout_ms)).await
     }
 }
 

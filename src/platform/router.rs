@@ -386,7 +386,8 @@ async fn forward(
     lab_request_id: &str,
     lab_request: LabRequest,
 ) -> Result<web_sys::Response, ApiError> {
-    platform::fleet::call_lab(env, lab_request_id, &lab_request)
+    // No timeout of its own: the caller's request has one.
+    platform::fleet::call_lab(env, lab_request_id, &lab_request, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))
 }

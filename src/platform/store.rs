@@ -135,25 +135,31 @@ impl Store {
     /// Writes the record and its alarm (`None`: no alarm) in one atomic batch, removing the
     /// claim the last read found.
     pub async fn save(&self, record: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
-        self.write(Some(record), alarm_at_ms).await
+        self.write(Some((Seen::Record, record)), alarm_at_ms).await
     }
 
-    /// The record (if any) and the alarm in one atomic batch. An alarm already set for that
-    /// time is not written again (a row written fewer: a save of a delivery or a warning keeps
-    /// the wake-up it had); the read and the batch are one step for the object, whose input
-    /// gate holds other events back while storage answers. The alarm is read before any write
-    /// is issued, so that the batch's writes are all issued in one turn (one atomic write).
+    /// A value (`Seen::Record` or `Seen::Claim`, its text; `None`: the alarm alone) and the
+    /// alarm in one atomic batch, removing the other of the two keys the last read found. An
+    /// alarm already set for that time is not written again (a row written fewer: a save of a
+    /// delivery or a warning keeps the wake-up it had; a fresh claim owes none); the read and
+    /// the batch are one step for the object, whose input gate holds other events back while
+    /// storage answers. The alarm is read before any write is issued, so that the batch's
+    /// writes are all issued in one turn (one atomic write).
     async fn write(
         &self,
-        record: Option<&str>,
+        value: Option<(Seen, &str)>,
         alarm_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
         let alarm_moves = self.alarm().await? != alarm_at_ms;
         let mut batch = Vec::new();
-        if let Some(record) = record {
-            batch.push(self.put_record(record)?);
-            if self.seen.get() == Seen::Claim {
-                batch.push(self.storage.delete(CLAIM_KEY).map_err(js)?);
+        if let Some((kind, text)) = value {
+            let (key, other, other_key) = match kind {
+                Seen::Claim => (CLAIM_KEY, Seen::Record, SESSION_KEY),
+                Seen::Record | Seen::Neither => (SESSION_KEY, Seen::Claim, CLAIM_KEY),
+            };
+            batch.push(self.storage.put(key, JsValue::from_str(text)).map_err(js)?);
+            if self.seen.get() == other {
+                batch.push(self.storage.delete(other_key).map_err(js)?);
             }
         }
         if alarm_moves {
@@ -161,8 +167,8 @@ impl Store {
         }
         self.wrote(batch.len() as u64, batch.len() as u64);
         all(&batch).await?;
-        if record.is_some() {
-            self.seen.set(Seen::Record);
+        if let Some((kind, _)) = value {
+            self.seen.set(kind);
         }
         Ok(())
     }
@@ -174,19 +180,7 @@ impl Store {
         claim: &str,
         alarm_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut batch = vec![
-            self.storage
-                .put(CLAIM_KEY, JsValue::from_str(claim))
-                .map_err(js)?,
-            self.write_alarm(alarm_at_ms)?,
-        ];
-        if self.seen.get() == Seen::Record {
-            batch.push(self.storage.delete(SESSION_KEY).map_err(js)?);
-        }
-        self.wrote(batch.len() as u64, batch.len() as u64);
-        all(&batch).await?;
-        self.seen.set(Seen::Claim);
-        Ok(())
+        self.write(Some((Seen::Claim, claim)), alarm_at_ms).await
     }
 
     /// Writes an adopted legacy lab in this worker's format with its alarm, and removes the
@@ -216,8 +210,10 @@ impl Store {
     /// Forgets everything, alarm included (`deleteAll()` removes the alarm too for compatibility
     /// dates from 2026-02-24).
     pub async fn delete_all(&self) -> Result<(), StoreError> {
-        // The record and the alarm: the only rows a lab's object holds.
-        self.wrote(1, 2);
+        // The record, and the alarm if one is set (it is not while the alarm handler that
+        // purges runs): the only rows a lab's object holds.
+        let alarm = u64::from(self.alarm().await?.is_some());
+        self.wrote(1, 1 + alarm);
         all(&[self.storage.delete_all().map_err(js)?]).await
     }
 }

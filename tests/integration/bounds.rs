@@ -18,9 +18,10 @@ pub fn a_malformed_cursor_is_a_400_and_stops_no_cleanup(ctx: &Ctx) {
     let (m, w) = ("cursor-lab", "cursor-lab-w");
     let v = create_lab(ctx, m, "cursor-user", 2, &[w]);
     let expires = epoch_ms(&v["expires_at"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Ask until the lab's cleanup has had two seconds to run, however slow each answer is
+    // under load (a count of answers within a fixed time failed a loaded CI run).
     let mut asked = 0;
-    while Instant::now() < deadline {
+    while now_ms() < expires + 2_000 || asked < 10 {
         for cursor in ["a%C3%A9b", "%C3%A9", "aé", "%F0%9F%98%80x", "7%C3%A9"] {
             let r = ctx.worker.operator(
                 "GET",
@@ -32,7 +33,6 @@ pub fn a_malformed_cursor_is_a_400_and_stops_no_cleanup(ctx: &Ctx) {
             asked += 1;
         }
     }
-    assert!(asked > 20);
     let done = poll_status(ctx, m, 20, |v| v["status"] == "completed");
     assert_eq!(done["attempts"], 1, "{done}");
     let calls = ctx.mock.calls_for_any(&[m, w]);

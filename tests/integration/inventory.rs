@@ -105,7 +105,11 @@ pub fn inventory_classes_and_the_dry_run(ctx: &Ctx) {
             vm("inv-live", user, None),
             vm("inv-live-w", user, Some(ago(60))),
             vm("inv-late-w", user, None),
+            // Masters are found by their lab's id, their state in its row: deleted, while
+            // the lab retries its worker, and in the completed lab.
+            vm("inv-late", user, None),
             vm("inv-done-w", user, None),
+            vm("inv-done", user, None),
             vm("inv-stray", "inv-user-9", Some(ago(3_600))),
             vm("inv-solo", user, Some(ago(3_600))),
             vm("inv-solo-late", user, None),
@@ -118,7 +122,20 @@ pub fn inventory_classes_and_the_dry_run(ctx: &Ctx) {
         ["inv-live", "inv-live-w", "inv-solo"]
     );
     assert_eq!(ids(&answer["overdue"]), ["inv-late-w", "inv-solo-late"]);
-    assert_eq!(ids(&answer["finished"]), ["inv-done-w", "inv-solo-done"]);
+    assert_eq!(
+        ids(&answer["finished"]),
+        ["inv-done", "inv-done-w", "inv-late", "inv-solo-done"]
+    );
+    // A master's lab is itself.
+    for master in ["inv-late", "inv-done"] {
+        let entry = answer["finished"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["lab_request_id"] == master)
+            .unwrap();
+        assert_eq!(entry["lab"], master);
+    }
     assert_eq!(ids(&answer["unknown"]), ["inv-stray"]);
     assert_eq!(answer["tracked"][1]["lab"], "inv-live");
     assert_eq!(answer["scheduled"], json!([]));

@@ -105,13 +105,12 @@ fn largest_lab_and_inventory(ctx: &mut Ctx) {
         d.iter().any(|e| e["type"] == "lab.expiring")
             && d.iter().any(|e| e["type"] == "lab.cleanup_completed")
     });
-    wait_log(ctx, "kind: 'alarm'", 10);
-    let log = ctx.worker.log();
-    assert!(
-        within_free(&log, log_from, "alarm") >= 2,
-        "{}",
-        tail(&log, 40)
-    );
+    // The alarms' ledger lines reach the log file after the calls and the deliveries they
+    // made (wrangler writes the runtime's output as it comes): wait for both, the warning's and
+    // the attempt's.
+    let log = wait_log_until(ctx, "two alarms' ledger lines", 30, |log| {
+        within_free(log, log_from, "alarm") >= 2
+    });
     assert!(!log[log_from..].contains("Too many subrequests"));
 
     // 2. An inventory of 5,000 VMs no lab knows, long past their grace: read and confirmed
@@ -161,8 +160,10 @@ fn largest_lab_and_inventory(ctx: &mut Ctx) {
         if left == 0 {
             break;
         }
+        // A guard against a run that never ends, not a speed claim: about 3 minutes on an idle
+        // machine, more than 9 with both cores busy besides.
         assert!(
-            started.elapsed() < Duration::from_secs(900),
+            started.elapsed() < Duration::from_secs(1_800),
             "{left} VMs still run after {runs} runs"
         );
     }

@@ -31,6 +31,18 @@ pub const OPERATOR_TOKEN: &str = "itest-operator-token-31b8aa";
 /// Longest wait for `wrangler dev` to build and start.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Runs `command` to its end; fails with what it printed unless it succeeded (`what` names it).
+fn run_ok(command: &mut Command, what: &str) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        output_text(&out)
+    );
+}
+
 /// What a finished process printed: its standard output, then its standard error.
 pub fn output_text(out: &std::process::Output) -> String {
     format!(
@@ -40,10 +52,43 @@ pub fn output_text(out: &std::process::Output) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
 /// Whether this process has built the project's worker already (`build/`).
 static BUILT: AtomicBool = AtomicBool::new(false);
 
+/// The project's `wrangler.toml` without its `[build]` table, written once per process beside it
+/// (the paths in it are relative to its folder; `.gitignore` lists it). The harness builds the
+/// worker itself, once: with a custom build, wrangler builds it again and reloads it when its file
+/// watcher is ready, and under load that reload came while the first runtime was still starting,
+/// which then failed to bind its port ("Address already in use").
+pub fn project_config() -> PathBuf {
+    static WRITTEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WRITTEN
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let text = fs::read_to_string(root.join("wrangler.toml")).expect("wrangler.toml");
+            let mut kept = String::new();
+            let mut in_build = false;
+            for line in text.lines() {
+                let trimmed = line.trim();
+                if trimmed.starts_with('[') {
+                    in_build = trimmed == "[build]";
+                }
+                if !in_build {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            assert!(kept.contains("main = "), "wrangler.toml has no main");
+            let path = root.join(".wrangler.integration.toml");
+            let part = root.join(format!(".wrangler.integration.toml.{}", std::process::id()));
+            fs::write(&part, kept).expect("write the test configuration");
+            fs::rename(&part, &path).expect("write the test configuration");
+            path
+        })
+        .clone()
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -250,18 +295,14 @@ impl Worker {
             return;
         }
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("node_modules/.bin/wrangler"))
-            .current_dir(root)
-            .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
-            .arg(&self.state_dir)
-            .env("CI", "true")
-            .env("WRANGLER_SEND_METRICS", "false")
-            .output()
-            .expect("wrangler d1 migrations apply");
-        assert!(
-            out.status.success(),
-            "applying the D1 migrations failed:\n{}",
-            output_text(&out)
+        run_ok(
+            Command::new(root.join("node_modules/.bin/wrangler"))
+                .current_dir(root)
+                .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
+                .arg(&self.state_dir)
+                .env("CI", "true")
+                .env("WRANGLER_SEND_METRICS", "false"),
+            "applying the D1 migrations",
         );
         self.migrated = true;
     }
@@ -352,8 +393,19 @@ impl Worker {
             .arg("-c")
             .arg("ulimit -n 262144 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"")
             .arg(root.join("node_modules/.bin/wrangler"));
-        // The project's worker is built once per process: the code does not change under it.
-        if self.skip_build || (self.config.is_none() && BUILT.load(Ordering::Relaxed)) {
+        // The project's worker is built once per process, here rather than by wrangler (it runs
+        // `project_config`, which has no custom build): the code does not change under the tests.
+        if self.config.is_none() && !self.skip_build && !BUILT.load(Ordering::Relaxed) {
+            run_ok(
+                Command::new("bash")
+                    .current_dir(root)
+                    .arg("scripts/build-worker.sh"),
+                "the build",
+            );
+            BUILT.store(true, Ordering::Relaxed);
+        }
+        // A configuration of the spec's with a custom build reuses `build/`.
+        if self.skip_build {
             command.env("LABS_CLEANUP_SKIP_BUILD", "1");
         }
         command
@@ -383,25 +435,43 @@ impl Worker {
         for (k, v) in &vars {
             command.arg("--var").arg(format!("{k}:{v}"));
         }
-        if let Some(config) = &self.config {
-            command.arg("--config").arg(config);
-        }
+        command.arg("--config").arg(self.config_path());
+        let log_from = self.log().len();
         let child = command
             .spawn()
             .expect("cannot start wrangler dev; run scripts/setup.sh");
         self.addr = format!("127.0.0.1:{}", self.port);
         self.child = Some(child);
-        self.wait_ready();
-        if self.config.is_none() {
-            BUILT.store(true, Ordering::Relaxed);
+        self.wait_ready(log_from);
+    }
+
+    /// The configuration `wrangler dev` runs: the spec's, or for the project's worker its
+    /// `wrangler.toml` without the custom build (`project_config`).
+    fn config_path(&self) -> PathBuf {
+        match &self.config {
+            Some(config) => config.clone(),
+            None => project_config(),
         }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the worker answers, and, for a configuration with a custom build, until the
+    /// rebuild its file watcher starts once it has scanned the watched folder has reloaded it:
+    /// wrangler runs the build again on the watcher's `ready` event, which can come after the
+    /// server first answers (a slow first scan), and the reload then cuts short every request
+    /// in flight ("Your worker restarted mid-request").
+    fn wait_ready(&mut self, log_from: usize) {
         let started = Instant::now();
+        let custom_build = fs::read_to_string(self.config_path())
+            .map(|text| text.lines().any(|l| l.trim() == "[build]"))
+            .unwrap_or(false);
+        let reloaded = |log: &str| {
+            let log = log.get(log_from..).unwrap_or("");
+            log.find("changed, restarting build...")
+                .is_some_and(|at| log[at..].contains("Ready on "))
+        };
         loop {
             if let Ok(r) = http::request(&self.addr, "GET", "/", &[], b"", Duration::from_secs(5)) {
-                if r.status == 404 {
+                if r.status == 404 && (!custom_build || reloaded(&self.log())) {
                     eprintln!(
                         "worker ready on {} after {:.1} s",
                         self.addr,
@@ -495,6 +565,19 @@ impl Worker {
         self.secrets.retain(|(n, _)| n != name);
         self.secrets.push((name.to_string(), value.to_string()));
         self.restart();
+    }
+
+    /// Restarts with `vars` unless it runs with them already (a test that needs a setting an
+    /// earlier test may have set, and must pass alone too).
+    pub fn ensure_vars(&mut self, vars: &[(&str, &str)]) {
+        let set = |(k, v): &(&str, &str)| {
+            self.extra_vars
+                .iter()
+                .any(|(name, value)| name == k && value == v)
+        };
+        if !vars.iter().all(set) {
+            self.restart_with(vars, &[]);
+        }
     }
 
     /// Restarts with `vars` added (or replaced) and the secrets named in `drop_secrets` removed.
@@ -606,8 +689,9 @@ impl Worker {
     }
 
     /// Runs the Cron Trigger's handler once (`GET /__scheduled`, wrangler's `--test-scheduled`)
-    /// and waits for its end: a run may take its wall time (15 minutes on the platform), far
-    /// longer than a request's 30 s on a loaded machine.
+    /// and waits for its end, as long as the platform lets a run last (its wall time, 15
+    /// minutes): a run of the largest inventory took more than 5 minutes here with the machine's
+    /// two cores busy besides.
     pub fn cron(&self) -> Response {
         http::request(
             &self.addr,
@@ -615,7 +699,7 @@ impl Worker {
             "/__scheduled?cron=*/15+*+*+*+*",
             &[],
             b"",
-            Duration::from_secs(300),
+            Duration::from_secs(900),
         )
         .unwrap_or_else(|e| panic!("the scheduled run failed: {e}"))
     }
@@ -764,12 +848,23 @@ pub fn wait_exactly(ctx: &Ctx, ids: &[&str], n: usize, secs: u64, settle: u64) -
 
 /// Waits until the worker's log contains `needle`.
 pub fn wait_log(ctx: &Ctx, needle: &str, secs: u64) {
+    wait_log_until(ctx, &format!("log line {needle:?}"), secs, |log| {
+        log.contains(needle)
+    });
+}
+
+/// Waits until `done` holds for the worker's log (`what` names it in the failure); the log.
+pub fn wait_log_until(ctx: &Ctx, what: &str, secs: u64, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ctx.worker.log().contains(needle) {
+    loop {
+        let log = ctx.worker.log();
+        if done(&log) {
+            return log;
+        }
         assert!(
             Instant::now() < deadline,
-            "log line {needle:?} did not come in {secs} s:\n{}",
-            tail(&ctx.worker.log(), 40)
+            "{what} did not come in {secs} s:\n{}",
+            tail(&log, 40)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -170,12 +170,7 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
     run: &mut Run,
 ) -> Result<Answer, ServiceError> {
     let ids: Vec<String> = vms.iter().map(|v| v.lab_request_id.clone()).collect();
-    let known: HashMap<String, KnownVm> = fleet
-        .lookup(&ids)
-        .await?
-        .into_iter()
-        .map(|k| (k.vm_id.clone(), k))
-        .collect();
+    let known = by_vm(fleet.lookup(&ids).await?);
     let mut answer = Answer {
         act,
         checked_at: rfc3339(now_ms),
@@ -204,6 +199,21 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
         act_within(fleet, actions, now_ms, run, &mut answer).await;
     }
     Ok(answer)
+}
+
+/// What the index knows of each VM, one answer a VM. An id several labs list (a lab in its
+/// retention that listed it, and the lab that lists it now) is read as the lab that still
+/// needs the VM: one that counts it pending first, then the one that changed last. A VM that any
+/// lab counts pending is never deleted again for another lab that counts it deleted.
+fn by_vm(rows: Vec<KnownVm>) -> HashMap<String, KnownVm> {
+    let rank = |k: &KnownVm| (k.state == VmState::Pending, k.changed_at_ms);
+    let mut known: HashMap<String, KnownVm> = HashMap::new();
+    for k in rows {
+        if known.get(&k.vm_id).is_none_or(|held| rank(&k) > rank(held)) {
+            known.insert(k.vm_id.clone(), k);
+        }
+    }
+    known
 }
 
 /// Each reported VM into its class in `answer`; the unknown ones (to be confirmed against
@@ -275,7 +285,7 @@ async fn act_within<F: Labs + Allowance + Logger>(
     answer.scheduled = done.into_iter().flatten().collect();
     answer
         .scheduled
-        .sort_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
+        .sort_unstable_by(|a, b| a.lab_request_id.cmp(&b.lab_request_id));
 }
 
 /// When each unknown VM was first reported; an acting run remembers now for those reported for

@@ -5,7 +5,7 @@ use crate::lab::config::{ConfigError, Webhooks};
 use crate::lab::index;
 use crate::lab::invocation::Meter;
 use crate::lab::ports::StoreError;
-use crate::lab::procedures::record::Found;
+use crate::lab::procedures::record::{Found, Held};
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::retry;
 use crate::lab::session::{
@@ -96,8 +96,8 @@ impl<P: Platform> Lab<'_, P> {
     /// returned, so that the platform runs the alarm again.
     pub async fn alarm(&self) -> Result<AlarmDone, StoreError> {
         let now = self.platform.now_ms();
-        let mut session = match self.found_for_alarm().await? {
-            Ok(session) => session,
+        let (mut session, held) = match self.found_for_alarm().await? {
+            Ok(found) => found,
             Err(done) => return Ok(done),
         };
         // A create is claiming its workers in this object (it is replacing an orphan cleanup
@@ -115,6 +115,9 @@ impl<P: Platform> Lab<'_, P> {
                 session.lab_request_id
             ));
         }
+        // The index row this object wrote since the last save, known from its memory alone: not
+        // owed (the next save records it).
+        index::confirmed(&mut session, self.platform.index_written());
         let timing = self.config.timing();
         if self.activity_first(&mut session, now, &timing).await? {
             return Ok(AlarmDone::only(Woke::ActivityWritten));
@@ -126,7 +129,67 @@ impl<P: Platform> Lab<'_, P> {
         if !due.any() {
             return self.rearm(&session).await;
         }
+        if self.warns_first(due, now) {
+            return self.warned_first(session, &held, due, now, &timing).await;
+        }
         self.run_due(session, due, now, &timing).await
+    }
+
+    /// Whether warnings are all that is due at `now`, with webhooks on and room for their
+    /// deliveries: then they are sent before the one save that records them (`warned_first`).
+    fn warns_first(&self, due: wake::Due, now: i64) -> bool {
+        let only_warnings = wake::Due {
+            warn: due.warn,
+            idle_warn: due.idle_warn,
+            ..wake::Due::default()
+        };
+        matches!(self.config.webhooks, Webhooks::On(_))
+            && only_warnings.any()
+            && due == only_warnings
+            && self.delivery_room(now) >= 2
+    }
+
+    /// Warnings alone: sent before the one save that records them, rather than queued in a save
+    /// and their delivery recorded in another (2 storage rows a warning instead of 4;
+    /// docs/PERFORMANCE.md, "Rows written per lab"). The alarm is set first for the wake-up
+    /// after them: an invocation cut short while they are sent finds them due again there, and
+    /// sends them with the same ids (`webhook::warning_id`). A request answered meanwhile (an
+    /// extend, an end) saved the record: it is kept as that request left it, and a warning
+    /// still due there is sent again by the alarm that request set, with its id.
+    async fn warned_first(
+        &self,
+        mut session: Session,
+        held: &Held,
+        due: wake::Due,
+        now: i64,
+        timing: &wake::Timing,
+    ) -> Result<AlarmDone, StoreError> {
+        let Webhooks::On(hooks) = &self.config.webhooks else {
+            return Ok(AlarmDone::only(Woke::Warned));
+        };
+        let p = self.platform;
+        let queued = self.warn_due(&mut session, due, now, timing);
+        p.set_queued_events(false);
+        // The events this warning queued, out while the next wake-up is chosen as if they were
+        // delivered.
+        let (new, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut session.notices.outbox)
+            .into_iter()
+            .partition(|e| queued.contains(&e.id));
+        session.notices.outbox = kept;
+        if let Some(wake_at) = self.alarm_at(&session) {
+            p.set_alarm(wake_at).await?;
+        }
+        let results = self.send_all(&session, &new, &hooks.secret, now).await;
+        if !self.still(held).await? {
+            return Ok(AlarmDone::only(Woke::Warned));
+        }
+        session.notices.outbox.extend(new);
+        let done_at = p.now_ms();
+        for (id, result) in results {
+            self.after_delivery(&mut session, &id, result, done_at, &hooks.schedule);
+        }
+        self.save(&mut session).await?;
+        Ok(AlarmDone::only(Woke::Warned))
     }
 
     /// Activity noted in memory and not written yet moves the idle deadline: it counts before
@@ -184,12 +247,7 @@ impl<P: Platform> Lab<'_, P> {
     ) -> Result<AlarmDone, StoreError> {
         let mut woke = Woke::Deliveries;
         if due.warn || due.idle_warn {
-            if due.warn {
-                self.warn_stages(&mut session, now, timing);
-            }
-            if due.idle_warn {
-                self.warn_idle(&mut session, now, timing);
-            }
+            self.warn_due(&mut session, due, now, timing);
             self.save(&mut session).await?;
             woke = Woke::Warned;
         }
@@ -271,44 +329,75 @@ impl<P: Platform> Lab<'_, P> {
         self.save(session).await
     }
 
+    /// The warnings `due` says: `lab.expiring`'s stages, `lab.idle_warning`.
+    /// The ids of the events queued.
+    fn warn_due(
+        &self,
+        session: &mut Session,
+        due: wake::Due,
+        now: i64,
+        timing: &wake::Timing,
+    ) -> Vec<String> {
+        let mut queued = Vec::new();
+        if due.warn {
+            queued.extend(self.warn_stages(session, now, timing));
+        }
+        if due.idle_warn {
+            queued.extend(self.warn_idle(session, now, timing));
+        }
+        queued
+    }
+
     /// The stages of `lab.expiring` due now: all marked sent for this expiry, and one event
     /// queued (several due at once, after a pause or an extend, say the same thing: the most
     /// urgent counts), with the minutes left.
-    fn warn_stages(&self, session: &mut Session, now: i64, timing: &wake::Timing) {
+    fn warn_stages(
+        &self,
+        session: &mut Session,
+        now: i64,
+        timing: &wake::Timing,
+    ) -> Option<String> {
         let due: Vec<u64> = wake::stages_ahead(session, timing)
             .into_iter()
             .filter(|&(_, at)| now >= at)
             .map(|(stage, _)| stage)
             .collect();
         if due.is_empty() {
-            return;
+            return None;
         }
         let n = &mut session.notices;
         if n.warned_for_expiry_ms != Some(session.expires_at_ms) {
             n.warned_for_expiry_ms = Some(session.expires_at_ms);
             n.warned_stages.clear();
         }
-        n.warned_stages.extend(due);
+        n.warned_stages.extend(due.iter().copied());
         let left = minutes_left(session.expires_at_ms, now, timing.unit_ms);
         session.timeline.push(Event {
             left: Some(left),
             ..Event::new(Kind::Warned, now)
         });
-        self.queue_with(session, EventType::Expiring, now, Some(left));
+        // The most urgent stage due names the warning.
+        let stage = due.iter().copied().min().unwrap_or(0);
+        let id = webhook::warning_id(
+            &session.lab_request_id,
+            EventType::Expiring,
+            session.expires_at_ms,
+            stage,
+        );
+        Some(self.queue_with(session, EventType::Expiring, now, Some((left, id))))
     }
 
     /// `lab.idle_warning` for the idle deadline now ahead, once.
-    fn warn_idle(&self, session: &mut Session, now: i64, timing: &wake::Timing) {
-        let Some(deadline) = wake::idle_at(session) else {
-            return;
-        };
+    fn warn_idle(&self, session: &mut Session, now: i64, timing: &wake::Timing) -> Option<String> {
+        let deadline = wake::idle_at(session)?;
         session.notices.idle_warned_for_ms = Some(deadline);
         let left = minutes_left(deadline, now, timing.unit_ms);
         session.timeline.push(Event {
             left: Some(left),
             ..Event::new(Kind::IdleWarned, now)
         });
-        self.queue_with(session, EventType::IdleWarning, now, Some(left));
+        let id = webhook::warning_id(&session.lab_request_id, EventType::IdleWarning, deadline, 0);
+        Some(self.queue_with(session, EventType::IdleWarning, now, Some((left, id))))
     }
 
     /// The alarm when the settings are broken (`self.config` is then the defaults): a legacy
@@ -316,7 +405,7 @@ impl<P: Platform> Lab<'_, P> {
     /// `CLEANUP_RETRY_SECONDS` (by default) later. It never drops a lab.
     pub async fn alarm_misconfigured(&self, error: &ConfigError) -> Result<AlarmDone, StoreError> {
         let session = match self.found_for_alarm().await? {
-            Ok(session) => session,
+            Ok((session, _)) => session,
             Err(done) => return Ok(done),
         };
         let retry_at = self
@@ -333,9 +422,12 @@ impl<P: Platform> Lab<'_, P> {
         Ok(AlarmDone::only(Woke::ConfigError))
     }
 
-    async fn found_for_alarm(&self) -> Result<Result<Session, AlarmDone>, StoreError> {
-        Ok(match self.find().await? {
-            Found::Session(session) => Ok(*session),
+    /// The session the alarm is for, with what the object held (to see, after a wait on the
+    /// outside world, whether a request changed it meanwhile).
+    async fn found_for_alarm(&self) -> Result<Result<(Session, Held), AlarmDone>, StoreError> {
+        let (found, held) = self.find_held().await?;
+        Ok(match found {
+            Found::Session(session) => Ok((*session, held)),
             Found::Unreadable(_) => Err(AlarmDone::only(Woke::Unreadable)),
             Found::Claimed(text, claim) => {
                 self.claim_alarm(text, claim).await?;
@@ -388,6 +480,7 @@ impl<P: Platform> Lab<'_, P> {
             }
         };
         let done_at = p.now_ms();
+        let planned = session.cleanup.next_attempt_at_ms;
         let (next, streak) = self.next_attempt(&session, &result, done_at);
         // While the backend answered, a webhook delivery or an index write may have saved the
         // record: their results stay, the attempt's are added to them.
@@ -407,8 +500,20 @@ impl<P: Platform> Lab<'_, P> {
             self.warn(cleanup::retry_line(&latest, done_at, result.ending));
         }
         if matches!(config.webhooks, Webhooks::On(_)) {
-            for kind in webhook::after_attempt(&mut latest, config.stuck_after_attempts) {
-                self.queue(&mut latest, kind, done_at);
+            let kinds = webhook::after_attempt(&mut latest, config.stuck_after_attempts);
+            let queued: Vec<String> = kinds
+                .into_iter()
+                .map(|kind| self.queue(&mut latest, kind, done_at))
+                .collect();
+            // Held until the alarm the attempt's first save set (its successor's time), when
+            // that is later than the hold: the outcome's save then leaves that alarm as it is (a
+            // row fewer); an object evicted before the delivery sends them at that alarm.
+            if let Some(set) = planned {
+                for event in latest.notices.outbox.iter_mut() {
+                    if queued.contains(&event.id) {
+                        event.next_at_ms = event.next_at_ms.max(set);
+                    }
+                }
             }
         }
         self.persist(&mut latest).await?;
@@ -572,7 +677,11 @@ impl<P: Platform> Lab<'_, P> {
         }
         match self
             .platform
-            .delete(&session.lab_request_id, session.sync.revision)
+            .delete(
+                &session.lab_request_id,
+                &session.vm_ids(),
+                session.sync.revision,
+            )
             .await
         {
             Ok(()) => {
@@ -648,20 +757,28 @@ impl<P: Platform> Lab<'_, P> {
 
     /// Adds a new event of `kind` to the lab's outbox, due now; its body is fixed now. An
     /// undelivered event of the same kind gives way to it.
-    pub(crate) fn queue(&self, session: &mut Session, kind: EventType, now: i64) {
+    /// The event's id.
+    pub(crate) fn queue(&self, session: &mut Session, kind: EventType, now: i64) -> String {
         self.queue_with(session, kind, now, None)
     }
 
-    /// `queue`, with the minutes left a warning tells (`data.minutes_left`).
+    /// `queue`, for a warning: with the minutes left it tells (`data.minutes_left`) and its id
+    /// (`webhook::warning_id`).
     fn queue_with(
         &self,
         session: &mut Session,
         kind: EventType,
         now: i64,
-        minutes_left: Option<u64>,
-    ) {
+        warning: Option<(u64, String)>,
+    ) -> String {
         let p = self.platform;
-        let id = webhook::event_id([p.random(), p.random(), p.random(), p.random()]);
+        let (minutes_left, id) = match warning {
+            Some((left, id)) => (Some(left), id),
+            None => (
+                None,
+                webhook::event_id([p.random(), p.random(), p.random(), p.random()]),
+            ),
+        };
         self.info(format!(
             "Event {} ({id}) for lab {} queued for delivery",
             kind.name(),
@@ -685,6 +802,7 @@ impl<P: Platform> Lab<'_, P> {
                 session.lab_request_id
             ));
         }
+        id
     }
 }
 

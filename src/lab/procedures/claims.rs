@@ -265,7 +265,12 @@ impl<P: Platform> Lab<'_, P> {
         if !self.config.fleet_index {
             return self.forget_row(text, claim).await;
         }
-        match self.platform.delete(&claim.vm, revision).await {
+        // The orphan cleanup's lab: its one VM, the claimed one.
+        match self
+            .platform
+            .delete(&claim.vm, &[claim.vm.as_str()], revision)
+            .await
+        {
             Ok(()) => self.forget_row(text, claim).await,
             Err(e) => {
                 let again = self

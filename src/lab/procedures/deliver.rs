@@ -3,6 +3,7 @@
 use futures::stream::{self, StreamExt};
 
 use crate::lab::config::Webhooks;
+use crate::lab::error::ServiceError;
 use crate::lab::ports::{Delivery, StoreError};
 use crate::lab::procedures::{Lab, Platform};
 use crate::lab::session::{OutboxEvent, Session};
@@ -67,25 +68,7 @@ impl<P: Platform> Lab<'_, P> {
             self.save(&mut session).await?;
         }
 
-        let now_secs = now.div_euclid(1000);
-        let deliveries: Vec<Delivery> = due
-            .iter()
-            .map(|event| {
-                let body = event.body(&session);
-                Delivery {
-                    id: event.id.clone(),
-                    timestamp: now_secs,
-                    signature: webhook::sign(&hooks.secret, &event.id, now_secs, &body),
-                    body,
-                }
-            })
-            .collect();
-        let results: Vec<(String, Result<u16, crate::lab::error::ServiceError>)> =
-            stream::iter(deliveries.iter())
-                .map(|d| async move { (d.id.clone(), p.send(d).await) })
-                .buffer_unordered(DELIVERY_CONCURRENCY)
-                .collect()
-                .await;
+        let results = self.send_all(&session, &due, &hooks.secret, now).await;
 
         let Some(mut session) = self.load().await? else {
             return Ok(());
@@ -97,22 +80,58 @@ impl<P: Platform> Lab<'_, P> {
         self.save(&mut session).await
     }
 
-    /// The events due at `now` (with `queued`, also those never tried: queued by this object
-    /// for delivery now, held by the save that queued them), within what the invocation has
-    /// left: its subrequests, and time for a delivery to end within the alarm's wall time. The
-    /// rest is due still: the next alarm delivers it.
-    fn due_within_limits(&self, session: &Session, now: i64, queued: bool) -> Vec<OutboxEvent> {
+    /// Sends `events` of `session`, signed at `now`, `DELIVERY_CONCURRENCY` at once: each
+    /// event's id with how its delivery went.
+    pub(crate) async fn send_all(
+        &self,
+        session: &Session,
+        events: &[OutboxEvent],
+        secret: &[u8],
+        now: i64,
+    ) -> Vec<(String, Result<u16, ServiceError>)> {
+        let p = self.platform;
+        let now_secs = now.div_euclid(1000);
+        let deliveries: Vec<Delivery> = events
+            .iter()
+            .map(|event| {
+                let body = event.body(session);
+                Delivery {
+                    id: event.id.clone(),
+                    timestamp: now_secs,
+                    signature: webhook::sign(secret, &event.id, now_secs, &body),
+                    body,
+                }
+            })
+            .collect();
+        stream::iter(deliveries.iter())
+            .map(|d| async move { (d.id.clone(), p.send(d).await) })
+            .buffer_unordered(DELIVERY_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// How many deliveries the invocation has room for at `now`: its subrequests left, and none
+    /// once a delivery starting now could not end within the alarm's wall time.
+    pub(crate) fn delivery_room(&self, now: i64) -> usize {
         let p = self.platform;
         let last_start = p
             .invocation_started_ms()
             .saturating_add(self.config.limits().wall_ms)
             .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
             .saturating_sub(self.config.webhook_timeout_ms());
-        let room = if now > last_start {
+        if now > last_start {
             0
         } else {
             usize::try_from(p.left(crate::lab::invocation::Meter::External)).unwrap_or(usize::MAX)
-        };
+        }
+    }
+
+    /// The events due at `now` (with `queued`, also those never tried: queued by this object
+    /// for delivery now, held by the save that queued them), within what the invocation has
+    /// left: its subrequests, and time for a delivery to end within the alarm's wall time. The
+    /// rest is due still: the next alarm delivers it.
+    fn due_within_limits(&self, session: &Session, now: i64, queued: bool) -> Vec<OutboxEvent> {
+        let room = self.delivery_room(now);
         session
             .notices
             .outbox
@@ -125,11 +144,11 @@ impl<P: Platform> Lab<'_, P> {
 
     /// The event `id` after its delivery at `at` got `result`: gone when delivered or too old,
     /// else due again later; each with its line.
-    fn after_delivery(
+    pub(crate) fn after_delivery(
         &self,
         session: &mut Session,
         id: &str,
-        result: Result<u16, crate::lab::error::ServiceError>,
+        result: Result<u16, ServiceError>,
         at: i64,
         schedule: &webhook::Schedule,
     ) {

@@ -164,6 +164,15 @@ impl<P: Platform> Lab<'_, P> {
         self.save(session).await
     }
 
+    /// `persist` for a request whose answer is followed by the index row's write
+    /// (`index::answered`: no wake-up of the row's own while the lab is live).
+    pub(crate) async fn persist_answered(&self, session: &mut Session) -> Result<(), StoreError> {
+        if self.config.fleet_index {
+            index::answered(session, self.platform.now_ms(), self.config.retry_ms());
+        }
+        self.save(session).await
+    }
+
     /// Writes the record with its alarm, within the record's bound (`session::bound`). A save
     /// that fails is tried once more as it is, then without what is expendable (undelivered
     /// events, the texts of the last errors), with an error line: the cleanup's progress is never

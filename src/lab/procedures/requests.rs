@@ -69,7 +69,8 @@ impl<P: Platform> Lab<'_, P> {
         level: Level,
         line: String,
     ) -> Result<Reply, StoreError> {
-        self.persist(&mut session).await?;
+        // The index row is written right after the answer (`Reply::Lab` with its line).
+        self.persist_answered(&mut session).await?;
         Ok(Reply::Lab {
             status,
             session: Box::new(session),
@@ -478,10 +479,9 @@ impl<P: Platform> Lab<'_, P> {
     async fn start_all(&self, session: &Session, concurrency: usize) -> Vec<String> {
         use futures::stream::{self, StreamExt};
         let p = self.platform;
-        let ids: Vec<String> = session.vms().map(|vm| vm.id.to_string()).collect();
-        stream::iter(ids)
+        stream::iter(session.vm_ids())
             .map(|id| async move {
-                let answer = p.power(Power::Start, &id).await;
+                let answer = p.power(Power::Start, id).await;
                 match cleanup::classify_deletion(answer, p.now_ms()) {
                     Deletion::Deleted => None,
                     Deletion::AlreadyGone => {

@@ -82,10 +82,14 @@ impl NewSession {
             },
             labels: match &v["labels"] {
                 serde_json::Value::Null => Labels::new(),
-                serde_json::Value::Object(map) => map
-                    .iter()
-                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect::<Option<Labels>>()?,
+                serde_json::Value::Object(map) => {
+                    // One by one: collecting into a map sorts first, with code of its own.
+                    let mut labels = Labels::new();
+                    for (k, v) in map {
+                        labels.insert(k.clone(), v.as_str()?.to_string());
+                    }
+                    labels
+                }
                 _ => return None,
             },
         })

@@ -94,21 +94,25 @@ impl FleetStore for Fake {
         // an orphan is a lab of its own being cleaned up, a VM deleted again is pending.
         let orphans = self.orphan_set.borrow();
         let again = self.again.borrow();
-        Ok(vm_ids
-            .iter()
-            .filter_map(|id| match self.known.iter().find(|k| &k.vm_id == id) {
-                Some(k) if again.iter().any(|(_, vm)| vm == id) => Some(KnownVm {
-                    state: VmState::Pending,
-                    lab_status: Status::Retrying,
-                    ..k.clone()
-                }),
-                Some(k) => Some(k.clone()),
-                None if orphans.contains(id) => {
-                    Some(known_vm(id, id, VmState::Pending, Status::CleaningUp, NOW))
-                }
-                None => None,
-            })
-            .collect())
+        // Every lab that lists a VM answers a row, as the index's lookup does.
+        let mut rows = Vec::new();
+        for id in vm_ids {
+            let listed: Vec<&KnownVm> = self.known.iter().filter(|k| &k.vm_id == id).collect();
+            if listed.is_empty() && orphans.contains(id) {
+                rows.push(known_vm(id, id, VmState::Pending, Status::CleaningUp, NOW));
+            }
+            for k in listed {
+                rows.push(match again.iter().any(|(_, vm)| vm == id) {
+                    true => KnownVm {
+                        state: VmState::Pending,
+                        lab_status: Status::Retrying,
+                        ..k.clone()
+                    },
+                    false => k.clone(),
+                });
+            }
+        }
+        Ok(rows)
     }
     async fn first_seen(
         &self,
@@ -469,6 +473,47 @@ fn a_finished_vm_is_deleted_again_only_after_its_lab_settled() {
     assert!(a.scheduled.is_empty() && a.unconfirmed == 1);
     let b = block_on(reconcile(&fake, &config(), &report, true, NOW + 9 * MINUTE)).unwrap();
     assert_eq!(b.scheduled.len(), 1);
+}
+
+/// A VM id two labs list: a lab in its retention that deleted it, and the lab that runs it now
+/// (ids the backend reuses). Whatever the order of the index's rows, the VM is the live lab's,
+/// and is never deleted again for the other, however long it settled.
+#[test]
+fn a_vm_a_finished_lab_listed_is_never_deleted_again_while_a_live_lab_lists_it() {
+    let done = KnownVm {
+        changed_at_ms: NOW - 600 * MINUTE,
+        ..known_vm(
+            "reused",
+            "done-m",
+            VmState::Deleted,
+            Status::Completed,
+            NOW - 601 * MINUTE,
+        )
+    };
+    let live = known_vm(
+        "reused",
+        "live-m",
+        VmState::Pending,
+        Status::Scheduled,
+        NOW + 60 * MINUTE,
+    );
+    for known in [
+        vec![done.clone(), live.clone()],
+        vec![live.clone(), done.clone()],
+    ] {
+        let fake = Fake {
+            known,
+            ..Fake::default()
+        };
+        let report = vec![vm("reused", Some(30))];
+        for at in [NOW, NOW + 20 * MINUTE] {
+            let a = block_on(reconcile(&fake, &config(), &report, true, at)).unwrap();
+            assert_eq!(ids(&a.tracked), vec!["reused"]);
+            assert_eq!(a.tracked[0].lab.as_deref(), Some("live-m"));
+            assert!(a.scheduled.is_empty() && a.finished.is_empty());
+        }
+        assert!(fake.again.borrow().is_empty());
+    }
 }
 
 #[test]

@@ -85,7 +85,6 @@ pub struct World {
     pub max_value_bytes: Cell<Option<usize>>,
     // index
     pub rows: RefCell<HashMap<String, IndexRow>>,
-    pub vm_rows: RefCell<HashMap<String, (String, crate::lab::fleet::inventory::VmState)>>,
     pub index_down: Cell<bool>,
     // webhooks
     pub deliveries: RefCell<Vec<Delivery>>,
@@ -132,6 +131,13 @@ pub struct World {
     pub power_scripts: RefCell<HashMap<String, VecDeque<u16>>>,
     /// A request the object answers in the middle of the next power call (another event).
     pub request_during_power: RefCell<Option<Request>>,
+    /// A request the object answers while a webhook is being sent (once).
+    pub request_during_send: RefCell<Option<Request>>,
+    /// The invocation is cut short right after a webhook is sent (once).
+    pub die_after_send: Cell<bool>,
+    /// The object is evicted right after a request's answer, before its index row is written
+    /// (once).
+    pub evict_after_answer: Cell<bool>,
     // log
     pub lines: RefCell<Vec<(Level, String)>>,
     pub records: RefCell<Vec<serde_json::Value>>,
@@ -190,7 +196,6 @@ impl World {
             dead: Cell::new(false),
             max_value_bytes: Cell::new(None),
             rows: RefCell::new(HashMap::new()),
-            vm_rows: RefCell::new(HashMap::new()),
             index_down: Cell::new(false),
             deliveries: RefCell::new(Vec::new()),
             receiver_down: Cell::new(false),
@@ -217,6 +222,9 @@ impl World {
             powers: RefCell::new(Vec::new()),
             power_scripts: RefCell::new(HashMap::new()),
             request_during_power: RefCell::new(None),
+            request_during_send: RefCell::new(None),
+            die_after_send: Cell::new(false),
+            evict_after_answer: Cell::new(false),
             lines: RefCell::new(Vec::new()),
             records: RefCell::new(Vec::new()),
         }
@@ -225,6 +233,18 @@ impl World {
     /// Counts `rows` storage rows written.
     fn wrote(&self, rows: u64) {
         self.storage_rows.set(self.storage_rows.get() + rows);
+    }
+
+    /// Answers the request waiting in `slot` (once), as the object would while a call of its
+    /// own is in flight.
+    async fn answer_meanwhile(&self, slot: &RefCell<Option<Request>>) {
+        let meanwhile = slot.borrow_mut().take();
+        if let Some(request) = meanwhile {
+            self.lab()
+                .answer(request)
+                .await
+                .expect("the request meanwhile");
+        }
     }
 
     /// The object is evicted: what it kept in memory is gone.
@@ -283,7 +303,11 @@ impl World {
         {
             // After the answer: the line, the index row.
             self.log(*level, line);
-            let _ = block_on(self.lab().sync_index());
+            if self.evict_after_answer.replace(false) {
+                self.evict();
+            } else {
+                let _ = block_on(self.lab().sync_index());
+            }
         }
         reply
     }
@@ -543,7 +567,9 @@ impl RecordStore for World {
 
     async fn save_claim(&self, claim: &str, alarm_at_ms: Option<i64>) -> Result<(), StoreError> {
         let crash = self.op()?;
-        self.wrote(2 + u64::from(self.record.borrow().is_some()));
+        // As `platform::store` counts: the alarm only where it moves.
+        let alarm = u64::from(self.alarm.get() != alarm_at_ms);
+        self.wrote(1 + alarm + u64::from(self.record.borrow().is_some()));
         *self.claim.borrow_mut() = Some(claim.to_string());
         *self.record.borrow_mut() = None;
         self.alarm.set(alarm_at_ms);
@@ -609,7 +635,8 @@ impl RecordStore for World {
 
     async fn delete_all(&self) -> Result<(), StoreError> {
         let crash = self.op()?;
-        self.wrote(2);
+        // As `platform::store` counts: the record, and the alarm if one is set.
+        self.wrote(1 + u64::from(self.alarm.get().is_some()));
         *self.record.borrow_mut() = None;
         *self.legacy.borrow_mut() = None;
         *self.claim.borrow_mut() = None;
@@ -634,15 +661,11 @@ impl FleetIndex for World {
         }
         self.index_writes.set(self.index_writes.get() + 1);
         let mut rows = self.rows.borrow_mut();
-        match rows.get(&row.lab_request_id) {
-            Some(existing) if existing.revision >= row.revision => {}
-            _ => {
-                rows.insert(row.lab_request_id.clone(), row.clone());
-                let mut known = self.vm_rows.borrow_mut();
-                for vm in vms {
-                    known.insert(vm.vm_id.clone(), (row.lab_request_id.clone(), vm.state));
-                }
-            }
+        if rows
+            .get(&row.lab_request_id)
+            .is_none_or(|existing| existing.revision < row.revision)
+        {
+            rows.insert(row.lab_request_id.clone(), row.clone());
         }
         Ok(())
     }
@@ -650,12 +673,13 @@ impl FleetIndex for World {
     async fn delete(
         &self,
         lab_request_id: &str,
+        vm_ids: &[&str],
         revision: u64,
     ) -> Result<(), crate::lab::error::ServiceError> {
         self.charge(crate::lab::invocation::Meter::Service, 1)?;
         self.charge(
             crate::lab::invocation::Meter::D1Query,
-            crate::lab::index::delete(lab_request_id, revision).len() as u64,
+            crate::lab::index::delete(lab_request_id, vm_ids, revision).len() as u64,
         )?;
         if self.index_down.get() {
             return Err("D1_ERROR: no such table: sessions".into());
@@ -667,9 +691,6 @@ impl FleetIndex for World {
             .is_some_and(|r| r.revision <= revision)
         {
             rows.remove(lab_request_id);
-            self.vm_rows
-                .borrow_mut()
-                .retain(|_, (lab, _)| lab != lab_request_id);
         }
         Ok(())
     }
@@ -681,7 +702,11 @@ impl WebhookSender for World {
         if self.receiver_down.get() {
             return Err("network error: connection refused".into());
         }
+        self.answer_meanwhile(&self.request_during_send).await;
         self.deliveries.borrow_mut().push(delivery.clone());
+        if self.die_after_send.replace(false) {
+            self.dead.set(true);
+        }
         Ok(204)
     }
 }
@@ -693,13 +718,7 @@ impl LabBackend for World {
         }
         self.charge(crate::lab::invocation::Meter::External, 1)
             .map_err(BackendError::Network)?;
-        let meanwhile = self.request_during_power.borrow_mut().take();
-        if let Some(request) = meanwhile {
-            self.lab()
-                .answer(request)
-                .await
-                .expect("the request meanwhile");
-        }
+        self.answer_meanwhile(&self.request_during_power).await;
         let status = if self.gone.borrow().contains_key(id) {
             404
         } else {

@@ -20,6 +20,14 @@ fn staged(extra: &[(&str, &str)]) -> Config {
     config(&pairs)
 }
 
+/// Lab `m` of one worker VM, 10 minutes, stopped by the stage at its expiry (at 15 minutes).
+fn stopped() -> World {
+    let world = World::new(staged(&[]));
+    world.create(lab("m", &["w1"], 10));
+    world.run(T0 + 15 * MINUTE);
+    world
+}
+
 fn powers(world: &World, power: Power) -> Vec<String> {
     world
         .powers
@@ -163,9 +171,7 @@ fn stops_that_keep_failing_fall_back_to_the_deletion() {
 
 #[test]
 fn a_resumed_lab_runs_again_and_is_not_deleted_at_the_old_delete_at() {
-    let world = World::new(staged(&[]));
-    world.create(lab("m", &["w1"], 10));
-    world.run(T0 + 15 * MINUTE);
+    let world = stopped();
     let delete_at = world.session().unwrap().stop.delete_at_ms.unwrap();
     world.now.set(T0 + 20 * MINUTE);
     let (code, view) = wire(&resume(&world, 120).unwrap());
@@ -195,9 +201,7 @@ fn a_resumed_lab_runs_again_and_is_not_deleted_at_the_old_delete_at() {
 
 #[test]
 fn a_resume_whose_vm_does_not_start_leaves_the_lab_stopped() {
-    let world = World::new(staged(&[]));
-    world.create(lab("m", &["w1"], 10));
-    world.run(T0 + 15 * MINUTE);
+    let world = stopped();
     let delete_at = world.session().unwrap().stop.delete_at_ms.unwrap();
     world
         .power_scripts
@@ -245,9 +249,7 @@ fn only_a_stopped_lab_resumes_and_a_stopped_lab_refuses_extend_and_retry() {
 
 #[test]
 fn ending_a_stopped_lab_deletes_it_at_once() {
-    let world = World::new(staged(&[]));
-    world.create(lab("m", &["w1"], 10));
-    world.run(T0 + 15 * MINUTE);
+    let world = stopped();
     world.now.set(T0 + 16 * MINUTE);
     let (code, _) = wire(
         &world
@@ -382,9 +384,7 @@ fn an_end_during_a_stop_attempt_deletes_right_after_it() {
 
 #[test]
 fn two_resumes_at_once_both_answer_the_resumed_lab() {
-    let world = World::new(staged(&[]));
-    world.create(lab("m", &["w1"], 10));
-    world.run(T0 + 15 * MINUTE);
+    let world = stopped();
     world.now.set(T0 + 16 * MINUTE);
     // A second resume arrives while the first one's starts run (and finishes first).
     *world.request_during_power.borrow_mut() = Some(Request::Resume {

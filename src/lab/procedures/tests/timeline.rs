@@ -22,16 +22,24 @@ fn idle_lab(id: &str, idle: u64, duration: u64) -> NewSession {
     }
 }
 
-fn warnings(world: &World) -> Vec<(String, u64)> {
+/// Every delivery: its type, its id and the minutes left it tells (warnings only).
+fn delivered(world: &World) -> Vec<(String, String, Option<u64>)> {
     world
         .deliveries
         .borrow()
         .iter()
-        .filter_map(|d| {
+        .map(|d| {
             let v: serde_json::Value = serde_json::from_str(&d.body).unwrap();
-            let left = v["data"]["minutes_left"].as_u64()?;
-            Some((v["type"].as_str().unwrap().to_string(), left))
+            let kind = v["type"].as_str().unwrap().to_string();
+            (kind, d.id.clone(), v["data"]["minutes_left"].as_u64())
         })
+        .collect()
+}
+
+fn warnings(world: &World) -> Vec<(String, u64)> {
+    delivered(world)
+        .into_iter()
+        .filter_map(|(kind, _, left)| Some((kind, left?)))
         .collect()
 }
 
@@ -441,4 +449,108 @@ fn the_timeline_pages_through_every_kept_event_once_while_it_grows() {
     for e in kept_now.iter().filter(|e| at(e) <= last_seen) {
         assert!(text.contains(&e.to_string()), "missed {e}");
     }
+}
+
+/// The ids and minutes left of the `lab.expiring` deliveries.
+fn expiring(world: &World) -> Vec<(String, u64)> {
+    delivered(world)
+        .into_iter()
+        .filter(|(kind, _, _)| kind == "lab.expiring")
+        .map(|(_, id, left)| (id, left.expect("lab.expiring tells the minutes left")))
+        .collect()
+}
+
+#[test]
+fn a_warning_is_sent_before_the_one_save_that_records_it() {
+    let world = World::new(config(&[("WARN_BEFORE_MINUTES", "10")]));
+    world.create(lab("m", &[], 60));
+    let before = world.storage_rows.get();
+    world.run(T0 + 55 * MINUTE);
+    let id = crate::lab::webhook::warning_id(
+        "m",
+        crate::lab::webhook::EventType::Expiring,
+        T0 + 60 * MINUTE,
+        10,
+    );
+    assert_eq!(expiring(&world), vec![(id, 10)]);
+    let s = world.session().unwrap();
+    assert!(s.notices.outbox.is_empty(), "delivered, off the outbox");
+    assert_eq!(world.alarm.get(), Some(T0 + 60 * MINUTE), "the expiry next");
+    // The create's index confirmation moved its alarm (1 row); the warning: its alarm set
+    // before the send, the record after it.
+    assert!(
+        world.storage_rows.get() - before <= 3,
+        "{}",
+        world.storage_rows.get() - before
+    );
+}
+
+#[test]
+fn a_warning_cut_short_after_its_send_is_sent_again_with_its_id() {
+    let world = World::new(config(&[("WARN_BEFORE_MINUTES", "10")]));
+    world.create(lab("m", &[], 60));
+    world.die_after_send.set(true);
+    world.run(T0 + 55 * MINUTE);
+    // Sent, not recorded: the alarm set before the send is the expiry's.
+    assert_eq!(expiring(&world).len(), 1);
+    assert_eq!(world.alarm.get(), Some(T0 + 60 * MINUTE));
+    world.run(T0 + 70 * MINUTE);
+    let sent = expiring(&world);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[0].0, sent[1].0,
+        "the same id: a receiver takes it once"
+    );
+    assert_eq!(status(&world), Some(Status::Completed));
+    assert_eq!(world.deleted().len(), 1);
+}
+
+#[test]
+fn a_request_answered_while_a_warning_is_sent_is_kept() {
+    let world = World::new(config(&[("WARN_BEFORE_MINUTES", "10")]));
+    world.create(lab("m", &[], 60));
+    *world.request_during_send.borrow_mut() = Some(Request::Extend {
+        minutes: 30,
+        by: By::Api,
+        job: None,
+    });
+    world.run(T0 + 55 * MINUTE);
+    let s = world.session().unwrap();
+    assert_eq!(s.expires_at_ms, T0 + 90 * MINUTE, "the extend stays");
+    assert!(s.notices.outbox.is_empty());
+    assert_eq!(expiring(&world).len(), 1);
+    // The stage is ahead of the new expiry: it warns again then, with another id.
+    world.run(T0 + 100 * MINUTE);
+    let sent = expiring(&world);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_ne!(sent[0].0, sent[1].0);
+    assert_eq!(status(&world), Some(Status::Completed));
+}
+
+#[test]
+fn a_warning_sent_first_replaces_an_older_one_still_waiting() {
+    // The 30-minute warning is not delivered (the receiver is down) and waits for its next
+    // delivery when the 5-minute one falls due: that one replaces it, and is sent first.
+    let world = World::new(config(&[("WARN_BEFORE_MINUTES", "30,5")]));
+    world.create(lab("m", &[], 60));
+    world.receiver_down.set(true);
+    world.run(T0 + 50 * MINUTE);
+    assert!(expiring(&world).is_empty());
+    assert_eq!(world.session().unwrap().notices.outbox.len(), 1);
+    world.receiver_down.set(false);
+    let rows = world.storage_rows.get();
+    world.run(T0 + 56 * MINUTE);
+    let sent = expiring(&world);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(world
+        .lines
+        .borrow()
+        .iter()
+        .any(|(_, l)| l.contains("was not delivered yet;") && l.contains("replaces it")));
+    // Sent first: the alarm and the record, nothing more.
+    assert_eq!(world.storage_rows.get() - rows, 2);
+    assert_eq!(sent[0].1, 5);
+    assert!(world.session().unwrap().notices.outbox.is_empty());
+    world.run(T0 + 70 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Completed));
 }
