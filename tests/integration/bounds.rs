@@ -100,18 +100,19 @@ pub fn the_largest_lab_with_the_receiver_down_stays_bounded(ctx: &Ctx) {
     let r = ctx.worker.create(&body);
     assert_eq!(r.status, 201, "{}", r.text());
     let path = format!("/api/v1/labs/sessions/{master}");
-    // Inside the warning window (3 s before the expiry) each extend by 1 unit calls for a new
-    // warning at once: the receiver refuses them all.
-    std::thread::sleep(Duration::from_millis(2_000));
+    // An extend by 1 unit that reaches the lab less than 2 s before its expiry leaves it inside
+    // the warning window (3 s) and calls for a new warning at once: the receiver refuses them
+    // all. Each extend is sent 1.8 s before the expiry the last answer gave, never after a fixed
+    // pause: on a loaded machine a fixed pause plus slow answers would let the lab expire first.
+    let mut expires = epoch_ms(&r.json()["expires_at"]);
     for _ in 0..12 {
+        let wait = expires.saturating_sub(now_ms()).saturating_sub(1_800);
+        std::thread::sleep(Duration::from_millis(wait));
         let r = ctx
             .worker
             .json("POST", &format!("{path}/extend"), &json!({"minutes": 1}));
         assert_eq!(r.status, 200, "{}", r.text());
-        // The next extend comes 1.5 s before the new expiry, inside the window: on a loaded
-        // machine a fixed pause plus slow answers would let the lab expire in between.
-        let left = epoch_ms(&r.json()["expires_at"]).saturating_sub(now_ms());
-        std::thread::sleep(Duration::from_millis(left.saturating_sub(1_500).min(1_000)));
+        expires = epoch_ms(&r.json()["expires_at"]);
     }
     let done = poll_status(ctx, &master, 60, |v| v["status"] == "completed");
     assert_eq!(done["pending"], json!([]));

@@ -40,6 +40,13 @@ const SERIAL: &[(&str, TestFn)] = &[
 
 /// Tests that restart the worker run last, alone.
 const LAST: &[(&str, MutTestFn)] = &[
+    // Its extends must each reach the lab inside a 2-second window before its expiry: in the
+    // parallel wave's first seconds (forty tests and their labs starting on two cores) one
+    // answer took longer than that on a CI run and the lab expired between two extends.
+    (
+        "the_largest_lab_with_the_receiver_down_stays_bounded",
+        |ctx| bounds::the_largest_lab_with_the_receiver_down_stays_bounded(ctx),
+    ),
     // A worker of its own: started while nothing else starts one.
     ("service_levels_and_metrics", |ctx| {
         fleet::service_levels_and_metrics(ctx)
@@ -170,10 +177,6 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "a_malformed_cursor_is_a_400_and_stops_no_cleanup",
         bounds::a_malformed_cursor_is_a_400_and_stops_no_cleanup,
-    ),
-    (
-        "the_largest_lab_with_the_receiver_down_stays_bounded",
-        bounds::the_largest_lab_with_the_receiver_down_stays_bounded,
     ),
     (
         "worker_nodes_missing_null_or_empty",
