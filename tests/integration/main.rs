@@ -2,7 +2,8 @@
 //!
 //! A custom harness (`harness = false`): it starts the mock backend and one `wrangler dev`, runs
 //! the serial tests (those that read the shared log) one by one, then the rest in parallel (each
-//! uses its own lab ids), stops every process it started, and prints `N passed, M failed`.
+//! uses its own lab ids; started 100 ms apart), then those that restart the worker or must run
+//! alone, one by one; it stops every process it started, and prints `N passed, M failed`.
 //! Arguments that do not start with `-` filter tests by name.
 
 mod api;
@@ -30,6 +31,9 @@ use std::time::Instant;
 use support::Ctx;
 
 type TestFn = fn(&Ctx);
+
+/// How far apart the parallel tests start.
+const STAGGER: std::time::Duration = std::time::Duration::from_millis(100);
 type MutTestFn = fn(&mut Ctx);
 
 /// Tests that read the worker's log as a whole run alone, before the parallel ones.
@@ -343,9 +347,21 @@ fn main() {
     }
     let shared = &ctx;
     let results: Vec<(&str, bool)> = std::thread::scope(|scope| {
+        // Started 100 ms apart rather than all at once: forty tests' first requests together on
+        // two cores made single answers take seconds, longer than a test's lab lives.
         let handles: Vec<_> = parallel
             .iter()
-            .map(|(name, test)| (*name, scope.spawn(move || run_one(name, || test(shared)))))
+            .enumerate()
+            .map(|(n, (name, test))| {
+                let start = STAGGER * n as u32;
+                (
+                    *name,
+                    scope.spawn(move || {
+                        std::thread::sleep(start);
+                        run_one(name, || test(shared))
+                    }),
+                )
+            })
             .collect();
         handles
             .into_iter()
