@@ -696,7 +696,8 @@ impl Worker {
     /// (it compares the whole URL with the runtime's origin), and only the next request takes
     /// it out again, answering `500 Cannot reconstruct a Request with a used body`. Both are
     /// sent again (at most three times): the platform's next tick would run again too, and a
-    /// run cut short goes on where it stopped.
+    /// run cut short goes on where it stopped. (wrangler 4.86.0's `ProxyWorker.ts`; later
+    /// versions retry the forward themselves, cloudflare/workers-sdk#15252.)
     pub fn cron(&self) -> Response {
         const USED_BODY: &str = "Cannot reconstruct a Request with a used body";
         let mut lost = Vec::new();
