@@ -31,10 +31,10 @@ use std::time::Instant;
 use support::Ctx;
 
 type TestFn = fn(&Ctx);
+type MutTestFn = fn(&mut Ctx);
 
 /// How far apart the parallel tests start.
 const STAGGER: std::time::Duration = std::time::Duration::from_millis(100);
-type MutTestFn = fn(&mut Ctx);
 
 /// Tests that read the worker's log as a whole run alone, before the parallel ones.
 const SERIAL: &[(&str, TestFn)] = &[
@@ -42,7 +42,8 @@ const SERIAL: &[(&str, TestFn)] = &[
     ("multi_node_example", cleanup::multi_node_example),
 ];
 
-/// Tests that restart the worker run last, alone.
+/// Tests that restart the worker, or must not share the machine with the parallel wave, run
+/// last, one by one.
 const LAST: &[(&str, MutTestFn)] = &[
     // Its extends must each reach the lab inside a 2-second window before its expiry: in the
     // parallel wave's first seconds (forty tests and their labs starting on two cores) one
@@ -348,7 +349,7 @@ fn main() {
     let shared = &ctx;
     let results: Vec<(&str, bool)> = std::thread::scope(|scope| {
         // Started 100 ms apart rather than all at once: forty tests' first requests together on
-        // two cores made single answers take seconds, longer than a test's lab lives.
+        // two cores made single answers take over a second and a half on a CI run.
         let handles: Vec<_> = parallel
             .iter()
             .enumerate()
