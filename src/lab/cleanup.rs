@@ -338,6 +338,7 @@ pub async fn run_attempt(
     let ending = tally.ending(pending.len(), calls.capped.get());
     report(session, &pending, &tally, &calls, ending, log);
     AttemptResult {
+        refused: tally.refused,
         outcome: Outcome {
             successful_deletions: tally.deleted.len() + tally.already_gone.len(),
             failed_deletions: tally.errors.len(),
@@ -499,6 +500,8 @@ struct Tally {
     errors: Vec<DeletionError>,
     not_tried: usize,
     refusal: Option<Option<i64>>,
+    /// Calls refused (429, 503).
+    refused: usize,
 }
 
 impl Tally {
@@ -509,6 +512,7 @@ impl Tally {
             errors: Vec::new(),
             not_tried: 0,
             refusal,
+            refused: 0,
         };
         for (vm, result) in results {
             let id = vm.id.to_string();
@@ -525,6 +529,7 @@ impl Tally {
                         Some(Some(a)) => Some(retry_after_ms.map_or(a, |b| a.max(b))),
                         Some(None) | None => retry_after_ms,
                     });
+                    t.refused += 1;
                     t.errors.push(DeletionError {
                         lab_request_id: id,
                         error,

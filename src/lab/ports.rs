@@ -110,6 +110,9 @@ pub trait Allowance {
     fn left(&self, meter: crate::lab::invocation::Meter) -> u64;
     /// When the invocation started.
     fn invocation_started_ms(&self) -> i64;
+    /// How long the invocation has run so far, by the runtime's clock now (not a time fixed at
+    /// its start: a slow page or call shows here).
+    fn elapsed_ms(&self) -> i64;
 }
 
 /// The clock, randomness and sleeping.

@@ -115,8 +115,11 @@ pub fn attempt_at(session: &Session) -> Option<i64> {
         Status::CleaningUp | Status::Retrying => {
             c.next_attempt_at_ms.map(|at| at.max(session.expires_at_ms))
         }
-        // Its VMs stopped: deleted at `delete_at` (a resume's hold puts that off).
-        Status::Stopped => session.delete_due_at(),
+        // Its VMs stopped: deleted at `delete_at` (a resume's hold, or a late alarm put off,
+        // puts that off).
+        Status::Stopped => session
+            .delete_due_at()
+            .map(|at| at.max(c.next_attempt_at_ms.unwrap_or(i64::MIN))),
         Status::Completed => None,
     }
 }

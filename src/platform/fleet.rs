@@ -188,6 +188,11 @@ impl Allowance for WorkerdFleet<'_> {
     fn invocation_started_ms(&self) -> i64 {
         self.usage.started_ms()
     }
+    fn elapsed_ms(&self) -> i64 {
+        crate::platform::runtime::now_ms()
+            .saturating_sub(self.usage.started_ms())
+            .max(0)
+    }
 }
 
 /// Sends `request` to the `SessionManager` named `lab_request_id`: its answer, as

@@ -283,6 +283,11 @@ impl Allowance for Workerd {
     fn invocation_started_ms(&self) -> i64 {
         self.usage.started_ms()
     }
+    fn elapsed_ms(&self) -> i64 {
+        crate::platform::runtime::now_ms()
+            .saturating_sub(self.usage.started_ms())
+            .max(0)
+    }
 }
 
 impl Runtime for Workerd {

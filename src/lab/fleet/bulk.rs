@@ -550,6 +550,9 @@ mod tests {
         fn invocation_started_ms(&self) -> i64 {
             0
         }
+        fn elapsed_ms(&self) -> i64 {
+            0
+        }
     }
 
     impl Candidates for Fleet {

@@ -196,7 +196,7 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
         }
     }
     if act {
-        act_within(fleet, actions, now_ms, run, &mut answer).await;
+        act_within(fleet, config, actions, now_ms, run, &mut answer).await;
     }
     Ok(answer)
 }
@@ -261,6 +261,7 @@ fn sort_out<'v>(
 /// has left of its calls to services; what they scheduled goes into `answer`.
 async fn act_within<F: Labs + Allowance + Logger>(
     fleet: &F,
+    config: &Config,
     mut actions: Vec<Action>,
     now_ms: i64,
     run: &mut Run,
@@ -277,11 +278,25 @@ async fn act_within<F: Labs + Allowance + Logger>(
     actions.truncate(room);
     run.actions += actions.len();
     run.acted.extend(actions.iter().map(|a| a.vm().to_string()));
+    // Each started only while it can end within the run's time for the pull (a Cron Trigger
+    // run's wall time: `fleet::clock`); the rest is deferred, taken when reported again.
+    let clock = crate::lab::fleet::clock::Clock::of(config);
+    let late = std::cell::Cell::new(0usize);
     let done: Vec<Option<Scheduled>> = stream::iter(actions)
-        .map(|action| perform(fleet, action, now_ms))
+        .map(|action| {
+            let late = &late;
+            async move {
+                if !clock.call_fits(fleet.elapsed_ms(), clock.pull_ends_ms) {
+                    late.set(late.get() + 1);
+                    return None;
+                }
+                perform(fleet, action, now_ms).await
+            }
+        })
         .buffer_unordered(LAB_CALLS_AT_ONCE)
         .collect()
         .await;
+    answer.deferred += late.get();
     answer.scheduled = done.into_iter().flatten().collect();
     answer
         .scheduled

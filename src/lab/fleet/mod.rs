@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod bulk;
+pub mod clock;
 pub mod inventory;
 pub mod levels;
 pub mod report;

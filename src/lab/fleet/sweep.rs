@@ -6,6 +6,7 @@ use crate::lab::config::Config;
 use std::collections::HashSet;
 
 use crate::lab::error::ServiceError;
+use crate::lab::fleet::clock::Clock;
 use crate::lab::fleet::inventory::{self, Counts, Reconciliation, Run, Source};
 use crate::lab::fleet::report::{Page, PageError, ReportedVm, MAX_CURSOR_BYTES};
 use crate::lab::fleet::{FleetStore, InventorySource, Labs, RunRecord};
@@ -49,8 +50,13 @@ pub async fn sweep<F: FleetStore + Labs + Allowance + Logger>(
         return Ok((0, 0));
     }
     let overdue = fleet.overdue(before, pokes as u32).await?;
+    let clock = Clock::of(config);
     let revived: Vec<bool> = stream::iter(overdue.iter())
         .map(|lab| async move {
+            // Past the run's time for pokes: the next run pokes it (it is still overdue).
+            if !clock.call_fits(fleet.elapsed_ms(), clock.sweep_ends_ms) {
+                return false;
+            }
             match fleet.call(lab, Request::Poke).await {
                 Ok(Answer::Poked { revived }) => revived,
                 Ok(_) => false,
@@ -167,7 +173,7 @@ impl Pull {
         config: &Config,
         now_ms: i64,
     ) -> Result<bool, ServiceError> {
-        if !page_fits(fleet, config, now_ms) {
+        if !page_fits(fleet, config) {
             fleet.log(
                 Level::Info,
                 &format!(
@@ -262,19 +268,18 @@ pub const PAGE_D1_QUERIES: u64 = 4;
 pub const RESERVED_D1_QUERIES: u64 = 5;
 pub const RESERVED_SERVICES: u64 = 3 + MAX_POKES_PER_RUN as u64;
 
-/// Whether the invocation has what one more page needs, and time for it within the wall time
-/// of a Cron Trigger run.
-fn page_fits<F: Allowance>(fleet: &F, config: &Config, now_ms: i64) -> bool {
-    let last_start = fleet
-        .invocation_started_ms()
-        .saturating_add(config.limits().wall_ms)
-        .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
-        .saturating_sub((config.backend_timeout_seconds * 1000) as i64);
+/// Whether the invocation has what one more page needs, and time for it: its fetch (one
+/// backend timeout at most) must end by the time the pull stops (`Clock::pull_ends_ms`), read
+/// on the runtime's clock now.
+fn page_fits<F: Allowance>(fleet: &F, config: &Config) -> bool {
+    let timeout =
+        i64::try_from(config.backend_timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let clock = Clock::of(config);
     fleet.left(Meter::External) >= 1
         && fleet.left(Meter::D1Query) >= PAGE_D1_QUERIES + RESERVED_D1_QUERIES
         && fleet.left(Meter::Service)
             >= PAGE_D1_QUERIES + inventory::SERVICES_BESIDES_ACTIONS + RESERVED_SERVICES
-        && now_ms <= last_start
+        && fleet.elapsed_ms() <= clock.pull_ends_ms.saturating_sub(timeout)
 }
 
 /// A cursor as a log line shows it: quoted, escaped and shortened.

@@ -174,7 +174,9 @@ pub fn alarm(config: &Config) -> Worst {
 
 /// A Cron Trigger run: its pages (each a fetch and its queries), its actions, its end (the
 /// counts, the first reports' tidying), the sweep; capped by construction at what the plan
-/// leaves (`sweep::pull` reads a page only while one fits).
+/// leaves (`sweep::pull` reads a page only while one fits). Its wall time is kept by
+/// `fleet::clock`: a page, an action or a poke starts only while it can end in its part of the
+/// run, on the runtime's clock (tested with a slow backend in `fleet::inventory::tests`).
 pub fn cron(config: &Config) -> Worst {
     let limits = config.limits();
     let per_page = sweep::PAGE_D1_QUERIES;

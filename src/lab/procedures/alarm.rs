@@ -258,11 +258,12 @@ impl<P: Platform> Lab<'_, P> {
             let late = wake::attempt_at(&session).map_or(0, |at| now.saturating_sub(at));
             let random = self.platform.random();
             if let Some(delay) = retry::late_start_delay(self.config.retry_policy, late, random) {
-                self.put_off(&mut session, now, late, delay).await?;
-                return Ok(AlarmDone {
-                    woke: Woke::PutOff,
-                    deliver: due.deliver || due.warn || due.idle_warn,
-                });
+                if self.put_off(&mut session, now, late, delay).await? {
+                    return Ok(AlarmDone {
+                        woke: Woke::PutOff,
+                        deliver: due.deliver || due.warn || due.idle_warn,
+                    });
+                }
             }
         }
         if due.attempt {
@@ -305,28 +306,37 @@ impl<P: Platform> Lab<'_, P> {
 
     /// Puts off an attempt that fired `late` ms past its time by `delay` (see
     /// `retry::late_start_delay`): the labs that fell due during a pause of the runtime start
-    /// spread out, not in one burst.
+    /// spread out, not in one burst. Whatever the lab's status, the planner's due time moves to
+    /// the new time (`Session::put_off_attempt`); `false` when it could not (nothing saved):
+    /// the attempt then runs now, so a late alarm is never put off in a loop.
     async fn put_off(
         &self,
         session: &mut Session,
         now: i64,
         late: i64,
         delay: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let at = now.saturating_add(delay);
-        match session.status() {
-            Status::Scheduled => {
-                session.cleanup.start_delay_ms = at.saturating_sub(session.expires_at_ms).max(0);
-            }
-            _ => session.cleanup.next_attempt_at_ms = Some(at),
+        let mut later = session.clone();
+        later.put_off_attempt(at);
+        if wake::attempt_at(&later) != Some(at) {
+            self.error(format!(
+                "Cleanup of lab {} was due {} s ago and could not be put off (the lab is {}); it starts now",
+                session.lab_request_id,
+                late / 1000,
+                session.status().describe()
+            ));
+            return Ok(false);
         }
+        *session = later;
         self.info(format!(
             "⏸ Cleanup of lab {} was due {} s ago (the runtime was paused): it starts at {}, spread with the labs that fell due meanwhile",
             session.lab_request_id,
             late / 1000,
             rfc3339(at)
         ));
-        self.save(session).await
+        self.save(session).await?;
+        Ok(true)
     }
 
     /// The warnings `due` says: `lab.expiring`'s stages, `lab.idle_warning`.
@@ -584,6 +594,9 @@ impl<P: Platform> Lab<'_, P> {
             StopEnd::GaveUp => self.warn(format!(
                 "Lab {id}: its VMs did not all stop in {} stop attempts; deleting them now, as without the stage",
                 latest.stop.attempts
+            )),
+            StopEnd::OutOfTime => self.warn(format!(
+                "Lab {id}: the backend refused to stop its VMs for as long as they would have been kept stopped; deleting them now, as without the stage"
             )),
         }
         self.persist(&mut latest).await?;

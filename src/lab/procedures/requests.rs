@@ -644,7 +644,10 @@ impl<P: Platform> Lab<'_, P> {
         let now = self.platform.now_ms();
         let at = want.max(now);
         let current = self.platform.alarm().await?;
-        if current.is_some_and(|current| current <= at) {
+        // An alarm whose time passed long ago is not going to fire (the runtime ran it and
+        // gave up on it, or lost it): no alarm at all.
+        let lost = current.is_some_and(|c| c < now.saturating_sub(LOST_ALARM_AFTER_MS));
+        if !lost && current.is_some_and(|current| current <= at) {
             return Ok(Reply::Poked { revived: false });
         }
         self.platform.set_alarm(at).await?;
@@ -652,8 +655,13 @@ impl<P: Platform> Lab<'_, P> {
             "Lab {} had {} while work was due at {}: alarm set for {} (the sweep)",
             session.lab_request_id,
             current.map_or("no alarm".to_string(), |c| format!(
-                "its alarm at {}",
-                rfc3339(c)
+                "its alarm at {}{}",
+                rfc3339(c),
+                if lost {
+                    ", long past and not run (lost)"
+                } else {
+                    ""
+                }
             )),
             rfc3339(want),
             rfc3339(at)
@@ -661,6 +669,13 @@ impl<P: Platform> Lab<'_, P> {
         Ok(Reply::Poked { revived: true })
     }
 }
+
+/// How long past its time a stored alarm is taken for lost by the sweep's poke: the platform
+/// runs an alarm at its time and retries a failed one at most six times, from 2 s doubling
+/// (2 + 4 + ... + 64 = 126 s; `../shared/TOOLCHAIN.md`, workers-rs API traps, and
+/// <https://developers.cloudflare.com/durable-objects/api/alarms/>), so an alarm still stored
+/// this long after its time will not fire by itself.
+pub const LOST_ALARM_AFTER_MS: i64 = 150_000;
 
 /// What a create found in the object (`Lab::what_is_there`).
 struct There {

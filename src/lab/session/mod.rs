@@ -481,6 +481,23 @@ impl Session {
         now_ms >= self.expires_at_ms
     }
 
+    /// Puts the lab's next attempt off to `at_ms` (a late alarm spread out, see
+    /// `retry::late_start_delay`), in the field the planner (`wake::attempt_at`) reads for the
+    /// lab's status: the start delay while scheduled, the planned attempt otherwise (a stopped
+    /// lab's deletion never before it). A completed lab has no attempt to put off.
+    pub fn put_off_attempt(&mut self, at_ms: i64) {
+        let c = &mut self.cleanup;
+        match c.status {
+            Status::Scheduled => {
+                c.start_delay_ms = at_ms.saturating_sub(self.expires_at_ms).max(0);
+            }
+            Status::CleaningUp | Status::Retrying | Status::Stopped => {
+                c.next_attempt_at_ms = Some(at_ms);
+            }
+            Status::Completed => {}
+        }
+    }
+
     /// Marks the start of a cleanup attempt. The next attempt is planned `retry_ms` later right
     /// away, so that an attempt cut short (eviction, crash) is resumed by that alarm.
     pub fn begin_attempt(&mut self, now_ms: i64, retry_ms: i64) {

@@ -72,6 +72,16 @@ pub struct AttemptResult {
     pub calls: usize,
     /// Calls that got no answer in time.
     pub timeouts: usize,
+    /// Calls the backend refused ("not now": 429 or 503), among the failed ones.
+    pub refused: usize,
+}
+
+impl AttemptResult {
+    /// Whether some call failed for a reason other than a refusal (a 5xx but 503, a timeout,
+    /// a reset): the backend did not merely say "not now".
+    pub fn failed_otherwise(&self) -> bool {
+        self.outcome.failed_deletions > self.refused
+    }
 }
 
 impl Default for AttemptResult {
@@ -84,6 +94,7 @@ impl Default for AttemptResult {
             ending: Ending::Failed,
             calls: 0,
             timeouts: 0,
+            refused: 0,
         }
     }
 }

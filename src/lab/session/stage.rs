@@ -41,6 +41,9 @@ pub enum StopEnd {
     /// `STOP_ATTEMPTS` attempts did not stop every VM: the lab is deleted now, as without the
     /// stage.
     GaveUp,
+    /// The backend refused the stops (attempts that do not count) until the lab's VMs would
+    /// have been deleted anyway (its end plus `keep_stopped_minutes`): deleted now.
+    OutOfTime,
     /// The lab was ended (by request) while its VMs were being stopped: deleted now.
     Ended,
 }
@@ -109,7 +112,8 @@ impl Session {
 
     /// Records what a stop attempt stopped, and moves to `Stopped` (its VMs deleted `keep_ms`
     /// after `now_ms`) once every VM is, to the next stop attempt at `next_attempt_at_ms`, or,
-    /// after `max_attempts`, to the deletion at once.
+    /// after `max_attempts` counted (a refused attempt is not), or once the lab's end is
+    /// `keep_ms` past, to the deletion at once.
     pub fn finish_stop(
         &mut self,
         result: &AttemptResult,
@@ -124,8 +128,16 @@ impl Session {
                 self.stop.stopped.push(p);
             }
         }
-        let attempt = self.stop.attempts;
         let left = self.to_stop().len();
+        // An attempt that left VMs running and in which no stop call failed but by a refusal
+        // ("not now": a 429 or 503, or the fleet's budget said wait, or the invocation's limits
+        // left calls untried) does not count toward `max_attempts`: the backend did not say
+        // the VMs cannot stop. Counted at its start (an attempt cut short by a crash counts),
+        // given back here.
+        if left > 0 && !result.failed_otherwise() {
+            self.stop.attempts = self.stop.attempts.saturating_sub(1);
+        }
+        let attempt = self.stop.attempts;
         if self.stop.over {
             // Ended while it was being stopped: no stage any more, the deletion at once.
             self.cleanup.status = Status::Retrying;
@@ -143,9 +155,12 @@ impl Session {
             });
             return StopEnd::Stopped;
         }
+        // Stops refused for as long as the VMs would have been kept stopped: deleting them now
+        // is no earlier than a lab stopped at its end and deleted at its `delete_at`.
+        let out_of_time = now_ms >= self.expires_at_ms.saturating_add(keep_ms);
         let c = &mut self.cleanup;
         c.status = Status::Retrying;
-        if attempt >= max_attempts {
+        if attempt >= max_attempts || out_of_time {
             c.next_attempt_at_ms = Some(now_ms);
             self.stop.over = true;
             self.timeline.push(Event {
@@ -153,7 +168,11 @@ impl Session {
                 not_tried: u32::try_from(left).unwrap_or(u32::MAX),
                 ..Event::new(Kind::StopFailed, now_ms)
             });
-            return StopEnd::GaveUp;
+            return if attempt >= max_attempts {
+                StopEnd::GaveUp
+            } else {
+                StopEnd::OutOfTime
+            };
         }
         c.next_attempt_at_ms = Some(next_attempt_at_ms);
         StopEnd::Again
@@ -191,7 +210,8 @@ impl Session {
     }
 
     /// Every VM started again (asked `by`): the lab is scheduled, expiring `minutes` after
-    /// `now_ms` (counted as extended), its stage and end forgotten (its next end stops it again).
+    /// `now_ms` (counted as extended), its idle timeout counted from `now_ms`, its stage and end
+    /// forgotten (its next end stops it again).
     pub fn finish_resume(&mut self, now_ms: i64, minutes: u64, unit_ms: i64, by: By) {
         self.extended_minutes = self.extended_minutes.saturating_add(minutes);
         self.expires_at_ms = now_ms.saturating_add(minutes_ms(minutes, unit_ms));
@@ -201,6 +221,11 @@ impl Session {
             ..Stop::default()
         };
         self.end_reason = None;
+        // A resume is the student's activity: the idle timeout runs whole again from now (the
+        // deadline before the stop is long past; `/activity` is refused while stopped).
+        if self.idle.timeout_ms.is_some() {
+            self.idle.last_activity_ms = Some(now_ms);
+        }
         let c = &mut self.cleanup;
         c.status = Status::Scheduled;
         c.next_attempt_at_ms = None;
@@ -225,6 +250,8 @@ impl Session {
         match self.status() {
             Status::Stopped => {
                 self.stop.delete_at_ms = Some(now_ms);
+                // Ended now: not later, whatever a late alarm had put off.
+                self.cleanup.next_attempt_at_ms = None;
                 self.stop.over = true;
                 true
             }

@@ -40,6 +40,11 @@ struct Fake {
     ledger: RefCell<Option<crate::lab::invocation::Ledger>>,
     used: RefCell<Vec<crate::lab::invocation::ledger::Used>>,
     exceeded: std::cell::Cell<usize>,
+    /// The run's clock: how long it has run, moved by each page read (`page_ms`) and each call
+    /// to a lab's object (`call_ms`).
+    clock: std::cell::Cell<i64>,
+    page_ms: std::cell::Cell<i64>,
+    call_ms: std::cell::Cell<i64>,
 }
 
 impl Fake {
@@ -81,6 +86,9 @@ impl crate::lab::ports::Allowance for Fake {
             .borrow()
             .as_ref()
             .map_or(NOW, |l| l.started_ms())
+    }
+    fn elapsed_ms(&self) -> i64 {
+        self.clock.get()
     }
 }
 
@@ -189,6 +197,7 @@ impl InventorySource for Fake {
         self.charge(crate::lab::invocation::Meter::External, 1)
             .map_err(PageError::Failed)?;
         self.asked.borrow_mut().push(cursor.map(str::to_string));
+        self.clock.set(self.clock.get() + self.page_ms.get());
         self.pages
             .borrow()
             .get(&cursor.map(str::to_string))
@@ -204,6 +213,7 @@ impl Labs for Fake {
         request: Request,
     ) -> Result<crate::lab::protocol::Answer, crate::lab::error::ServiceError> {
         let sent = request.clone();
+        self.clock.set(self.clock.get() + self.call_ms.get());
         let (status, body) = self.call_wire(lab, request).await?;
         crate::lab::protocol::Answer::read(&sent, status, &body.to_string())
     }
@@ -937,4 +947,58 @@ fn a_stopped_labs_vms_are_tracked_not_overdue() {
     assert_eq!(classify(Some(&stopped), NOW), Class::Tracked);
     let retrying = known_vm("w1", "m", VmState::Pending, Status::Retrying, NOW - 60_000);
     assert_eq!(classify(Some(&retrying), NOW), Class::Overdue);
+}
+
+/// Issue 36, 5: a slow backend and slow objects on the Paid plan (each page takes the backend's
+/// whole timeout, each call to a lab's object 10 s, one after another): the run reads pages and acts only while they can end in its wall time,
+/// then saves the counts and sweeps, and ends within the platform's 15 minutes. (The check
+/// measured against a time fixed at the run's start: 20 pages and 100 actions, 20 minutes.)
+#[test]
+fn a_slow_inventory_keeps_the_runs_wall_time_and_leaves_time_for_the_sweep() {
+    use crate::lab::invocation::plan::PAID;
+    let fake = Fake {
+        overdue: (0..50).map(|n| format!("late-{n:02}")).collect(),
+        ..Fake::default()
+    };
+    big_inventory(&fake, 20, 30);
+    let config = Config::from_lookup(|name| match name {
+        "BACKEND_URL" => Some("https://backend.test".into()),
+        "RECONCILE_ACT" => Some("true".into()),
+        "INVENTORY_PATH" => Some("/inventory".into()),
+        "PLAN" => Some("paid".into()),
+        _ => None,
+    })
+    .unwrap();
+    // The first pass, quick, records the first reports.
+    fake.invocation(PAID, NOW);
+    block_on(crate::lab::fleet::sweep::run(&fake, &config, NOW));
+    fake.pokes.borrow_mut().clear();
+    let saved = fake.saved.borrow().len();
+    // The second, slow: it would act on every orphan it reads.
+    let now = NOW + 15 * MINUTE;
+    fake.invocation(PAID, now);
+    fake.clock.set(0);
+    fake.page_ms.set(15_000);
+    fake.call_ms.set(10_000);
+    let record = block_on(crate::lab::fleet::sweep::run(&fake, &config, now));
+    let wall = config.limits().wall_ms;
+    assert!(
+        fake.clock.get() <= wall - crate::lab::invocation::plan::WALL_MARGIN_MS,
+        "the run took {} ms of its {wall}",
+        fake.clock.get()
+    );
+    assert!(
+        fake.asked.borrow().len() < 20 + 20,
+        "it stopped reading pages"
+    );
+    assert!(fake.logged("within its invocation's limits; the next run goes on from here"));
+    assert_eq!(fake.saved.borrow().len(), saved + 1, "the counts saved");
+    assert!(record.inventory.is_some());
+    assert!(
+        !fake.pokes.borrow().is_empty(),
+        "the sweep ran ({} ms, asked {})",
+        fake.clock.get(),
+        fake.asked.borrow().len()
+    );
+    assert_eq!(record.overdue, 50);
 }

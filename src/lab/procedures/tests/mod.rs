@@ -31,6 +31,8 @@ use crate::lab::session::{NewSession, Session, Status};
 pub const T0: i64 = 1_796_083_200_000;
 pub const SECOND: i64 = 1_000;
 pub const MINUTE: i64 = 60_000;
+/// Alarms in a row that may fire at once without progress before `World::run` calls it a loop.
+pub const LOOP_LIMIT: usize = 5;
 
 /// Other events, run while a request to another object waits for its answer.
 pub type Meanwhile = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
@@ -328,17 +330,22 @@ impl World {
 
     /// Runs the object as the platform would until nothing is left to do or `until` passes:
     /// the alarm fires when due (a failed alarm is run again 2 s later), the deliveries run
-    /// after it, the clock moves. After every invocation, the alarm is set whenever work remains.
-    pub fn run(&self, until: i64) {
-        for _ in 0..100_000 {
+    /// after it, the clock moves. After every invocation, the alarm is set whenever work remains,
+    /// and the object makes progress: an alarm that sets the next one at or before its own time
+    /// without a backend call, a change of status or a new attempt is a loop, and fails the
+    /// test within `LOOP_LIMIT` alarms (it never hangs). The alarms that fired.
+    pub fn run(&self, until: i64) -> usize {
+        let mut stalled = 0;
+        for fired in 0..100_000 {
             let Some(at) = self.alarm.get() else {
-                return;
+                return fired;
             };
             if at > until {
-                return;
+                return fired;
             }
             self.now.set(self.now.get().max(at));
             self.alarm.set(None);
+            let before = self.progress();
             self.invocation();
             match block_on(self.lab().alarm()) {
                 Ok(done) => {
@@ -355,8 +362,33 @@ impl World {
                 }
             }
             self.check_alarm_while_work_remains();
+            let again_now = self.alarm.get().is_some_and(|next| next <= self.now.get());
+            stalled = if again_now && self.progress() == before {
+                stalled + 1
+            } else {
+                0
+            };
+            assert!(
+                stalled < LOOP_LIMIT,
+                "alarm loop: {stalled} alarms at {} set the next one at once and changed nothing ({:?})",
+                self.now.get(),
+                self.session().map(|s| s.status())
+            );
         }
         panic!("the object never went quiet");
+    }
+
+    /// What an alarm's progress is measured by: backend calls made, the lab's status, its
+    /// attempts (cleanup and stop).
+    fn progress(&self) -> (usize, usize, Option<Status>, u32, u32) {
+        let s = self.session();
+        (
+            self.calls.borrow().len(),
+            self.powers.borrow().len(),
+            s.as_ref().map(|s| s.status()),
+            s.as_ref().map_or(0, |s| s.cleanup.attempts),
+            s.as_ref().map_or(0, |s| s.stop.attempts),
+        )
     }
 
     /// The one invariant after any invocation: while the lab has work left (a VM to delete, an
@@ -895,6 +927,11 @@ impl crate::lab::ports::Allowance for World {
     }
     fn invocation_started_ms(&self) -> i64 {
         self.ledger.borrow().started_ms()
+    }
+    fn elapsed_ms(&self) -> i64 {
+        self.now
+            .get()
+            .saturating_sub(self.ledger.borrow().started_ms())
     }
 }
 

@@ -283,3 +283,26 @@ fn a_poke_gives_a_lab_its_alarm_back() {
     assert_eq!(status(&world), Some(Status::Completed));
     assert!(world.log_has("had no alarm while work was due"));
 }
+
+/// Issue 36, 1: an alarm stored long in the past and never run (the runtime gave up on it)
+/// counts as no alarm for the sweep's poke; one only a little past does not.
+#[test]
+fn a_poke_revives_an_alarm_long_past() {
+    let world = World::new(config(&[]));
+    world.create(lab("m", &[], 1));
+    let due = world.alarm.get().unwrap();
+    world.now.set(due + 60 * SECOND);
+    assert!(matches!(
+        world.request(Request::Poke).unwrap(),
+        Reply::Poked { revived: false }
+    ));
+    world.now.set(due + 10 * MINUTE);
+    assert!(matches!(
+        world.request(Request::Poke).unwrap(),
+        Reply::Poked { revived: true }
+    ));
+    assert_eq!(world.alarm.get(), Some(due + 10 * MINUTE));
+    assert!(world.log_has("long past and not run (lost)"));
+    world.run(world.now.get() + MINUTE);
+    assert_eq!(status(&world), Some(Status::Completed));
+}

@@ -402,3 +402,149 @@ fn two_resumes_at_once_both_answer_the_resumed_lab() {
         .count();
     assert_eq!(resumed, 1, "resumed once");
 }
+
+/// Issue 36, 1: the runtime is down across a stopped lab's `delete_at` and back 48 s after
+/// it. The late alarm is put off a little (spread with the others), then deletes: a few alarms,
+/// never a loop, and within a minute or two of the restart.
+#[test]
+fn a_stopped_lab_whose_alarm_fires_late_is_deleted_soon_after() {
+    for (seed, late) in [(1, 48 * SECOND), (2, 10 * MINUTE), (3, 3 * 86_400_000)] {
+        let world = stopped();
+        world.seed.set(seed);
+        let delete_at = world.session().unwrap().stop.delete_at_ms.unwrap();
+        let back = delete_at + late;
+        world.now.set(back);
+        let alarms = world.run(back + 5 * MINUTE);
+        let what = format!("back {late} ms after delete_at");
+        assert_eq!(world.deleted().len(), 2, "{what}: every VM deleted");
+        assert!(alarms <= 4, "{what}: {alarms} alarms");
+        assert!(
+            world
+                .deleted()
+                .values()
+                .all(|&at| at >= back && at < back + 2 * MINUTE),
+            "{what}: {:?}",
+            world.deleted()
+        );
+        assert_eq!(status(&world), Some(Status::Completed), "{what}");
+    }
+}
+
+/// A late alarm's put-off moves the due time of every status that has an attempt (the planner
+/// and the put-off agree), so no late alarm is ever put off twice in a row.
+#[test]
+fn a_put_off_moves_the_due_time_of_every_status() {
+    use crate::lab::wake;
+    let world = stopped();
+    let stopped_lab = world.session().unwrap();
+    let world = World::new(config(&[]));
+    let scheduled = world.create(lab("x", &["y"], 10));
+    let mut retrying = scheduled.clone();
+    retrying.begin_attempt(T0 + 10 * MINUTE, 5 * MINUTE);
+    retrying.cleanup.status = Status::Retrying;
+    let mut cleaning = scheduled.clone();
+    cleaning.begin_attempt(T0 + 10 * MINUTE, 5 * MINUTE);
+    for mut lab in [stopped_lab, scheduled, retrying, cleaning] {
+        let due = wake::attempt_at(&lab).unwrap();
+        let later = due + 3 * 86_400_000;
+        lab.put_off_attempt(later);
+        assert_eq!(
+            wake::attempt_at(&lab),
+            Some(later),
+            "{:?}: the planner sees the put-off",
+            lab.status()
+        );
+    }
+}
+
+/// Issue 36, 2: a resumed lab with an idle timeout runs its whole timeout again (it was
+/// stopped again at once: its last activity was before the stop).
+#[test]
+fn a_resumed_lab_with_an_idle_timeout_runs_its_whole_timeout_again() {
+    let world = World::new(staged(&[]));
+    world.create(NewSession {
+        idle_timeout: Some(5),
+        ..lab("m", &["w1"], 60)
+    });
+    world.run(T0 + 10 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Stopped));
+    let resumed_at = T0 + 20 * MINUTE;
+    world.now.set(resumed_at);
+    let (code, view) = wire(&resume(&world, 30).unwrap());
+    assert_eq!(code, 200, "{view}");
+    let stops = powers(&world, Power::Stop).len();
+    world.run(resumed_at + 5 * MINUTE - SECOND);
+    assert_eq!(
+        status(&world),
+        Some(Status::Scheduled),
+        "not stopped again at once"
+    );
+    assert_eq!(powers(&world, Power::Stop).len(), stops, "no stop call");
+    // Idle for its whole timeout after the resume: stopped again, then.
+    world.run(resumed_at + 6 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Stopped));
+    let again = world
+        .powers
+        .borrow()
+        .iter()
+        .filter(|(p, ..)| *p == Power::Stop)
+        .map(|(_, _, at, _)| *at)
+        .max()
+        .unwrap();
+    assert!(again >= resumed_at + 5 * MINUTE, "{again}");
+    assert_eq!(world.session().unwrap().end_reason, Some(EndReason::Idle));
+}
+
+/// Issue 36, 3: stop calls the backend refuses (429, 503) do not use up the grace: once the
+/// backend takes them, the lab is stopped and kept its whole time, not deleted.
+#[test]
+fn refused_stops_do_not_use_up_the_grace() {
+    let world = World::new(staged(&[("STOP_ATTEMPTS", "3")]));
+    world.create(lab("m", &["w1"], 10));
+    // Ten stop attempts refused (more than STOP_ATTEMPTS), then the backend takes them.
+    world.power_scripts.borrow_mut().insert(
+        "m".into(),
+        [429, 503, 429, 429, 503, 429, 429, 429, 503, 429].into(),
+    );
+    world.run(T0 + 100 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Stopped), "stopped at last");
+    assert!(
+        world.deleted().is_empty(),
+        "nothing deleted: the grace is whole"
+    );
+    assert!(!kinds(&world).contains(&Kind::StopFailed));
+    // Stops that fail otherwise (500) still count: three of them and the lab is deleted.
+    let world = World::new(staged(&[("STOP_ATTEMPTS", "3")]));
+    world.create(lab("m", &[], 10));
+    world
+        .power_scripts
+        .borrow_mut()
+        .insert("m".into(), [500, 500, 500].into());
+    world.run(T0 + 200 * MINUTE);
+    assert_eq!(world.deleted().len(), 1);
+    assert!(kinds(&world).contains(&Kind::StopFailed));
+    assert_eq!(powers(&world, Power::Stop).len(), 3);
+}
+
+/// Refused stops for as long as the VMs would have been kept: deleted then, as without the
+/// stage; never earlier than the end plus `keep_stopped_minutes`.
+#[test]
+fn stops_refused_for_the_whole_keep_time_end_in_the_deletion_then() {
+    let world = World::new(staged(&[("STOP_ATTEMPTS", "3")]));
+    world.create(lab("m", &[], 10));
+    world
+        .power_scripts
+        .borrow_mut()
+        .insert("m".into(), std::iter::repeat_n(429, 1_000).collect());
+    world.run(T0 + 300 * MINUTE);
+    assert_eq!(status(&world), Some(Status::Completed));
+    let deleted = world.deleted()["m"];
+    assert!(deleted >= T0 + 10 * MINUTE + 60 * MINUTE, "{deleted}");
+    assert!(
+        deleted < T0 + 10 * MINUTE + 60 * MINUTE + 6 * MINUTE,
+        "{deleted}"
+    );
+    assert!(
+        world.log_has("refused to stop its VMs for as long as they would have been kept stopped")
+    );
+}
