@@ -192,6 +192,12 @@ pub struct Config {
     pub inventory_path: Option<String>,
     /// `RECONCILE_ACT`: whether the scheduled pull acts (otherwise it only reports).
     pub reconcile_act: bool,
+    /// `LEGACY_CUTOVER_AT` (RFC 3339): when the previous worker took its last create. Until
+    /// each of its labs could have expired (`MAX_DURATION_MINUTES` later), an unknown VM that
+    /// may be one of theirs (created before it, or of unknown age) is never taken for an
+    /// orphan: its lab is adopted at its expiry at the latest, and claims it then. Unset: no
+    /// previous worker.
+    pub legacy_cutover_at_ms: Option<i64>,
     /// `SWEEP_GRACE_SECONDS`: how long past its due time a lab waits before the sweep pokes it.
     pub sweep_grace_seconds: u64,
     /// `BACKEND_MAX_CONCURRENCY`: the most backend calls the whole fleet has in flight (unset:
@@ -297,6 +303,11 @@ impl Config {
             orphan_confirm_minutes: s.number(ORPHAN_CONFIRM_MINUTES)?,
             inventory_path: s.choice("INVENTORY_PATH", backend_path, BACKEND_PATH)?,
             reconcile_act: s.flag("RECONCILE_ACT")?,
+            legacy_cutover_at_ms: s.choice(
+                "LEGACY_CUTOVER_AT",
+                crate::lab::time::parse_rfc3339,
+                "an RFC 3339 time, e.g. 2026-12-01T09:00:00Z",
+            )?,
             backend_max_concurrency: s.optional(BACKEND_MAX_CONCURRENCY)?.map(|n| n as u32),
             sweep_grace_seconds: s.number(SWEEP_GRACE_SECONDS)?,
             idle_timeout_minutes: s.optional(IDLE_TIMEOUT_MINUTES)?,

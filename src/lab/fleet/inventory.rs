@@ -106,6 +106,9 @@ pub struct Answer {
     pub unconfirmed: usize,
     /// Actions called for beyond `MAX_ACTIONS_PER_RUN`: taken when the VMs are reported again.
     pub deferred: usize,
+    /// Unknown VMs past their grace that may belong to a lab of the previous worker not adopted
+    /// yet (`LEGACY_CUTOVER_AT`): left alone until every such lab has expired.
+    pub legacy: usize,
     pub act: bool,
     pub checked_at: String,
 }
@@ -180,12 +183,20 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
     let (unknown, mut actions) = sort_out(vms, &known, confirm_ms, now_ms, &mut answer);
     let seen = sightings(fleet, &unknown, act, now_ms, run).await?;
     let grace_ms = config.duration_ms(config.orphan_grace_minutes);
+    let mut held_until = i64::MIN;
     for vm in unknown {
         let first = seen.get(&vm.lab_request_id).copied();
         // A creation time ahead of now says nothing: the first report counts instead.
         let created = vm.created_at_ms.filter(|&at| at <= now_ms);
         let since = created.or(first).unwrap_or(now_ms);
         if now_ms.saturating_sub(since) < grace_ms {
+            continue;
+        }
+        if let Some(until) = legacy_until(config, vm, now_ms) {
+            // Possibly a VM of a lab the previous worker scheduled and this one has not adopted
+            // yet (nothing knows it but that lab's object): left alone until that lab expired.
+            answer.legacy += 1;
+            held_until = held_until.max(until);
             continue;
         }
         match first {
@@ -195,10 +206,41 @@ pub async fn reconcile_in<F: FleetStore + Labs + Allowance + Logger>(
             _ => answer.unconfirmed += 1,
         }
     }
+    if answer.legacy > 0 {
+        fleet.log(
+            Level::Info,
+            &format!(
+                "Reconciliation: {} unknown VM{} may belong to labs of the previous worker not adopted yet (LEGACY_CUTOVER_AT); left alone until {} at the latest",
+                answer.legacy,
+                if answer.legacy == 1 { "" } else { "s" },
+                rfc3339(held_until)
+            ),
+        );
+    }
     if act {
         act_within(fleet, config, actions, now_ms, run, &mut answer).await;
     }
     Ok(answer)
+}
+
+/// Until when an unknown VM may belong to a lab of the previous worker that this one has not
+/// adopted yet (`None`: it cannot, or no longer). A lab the previous worker scheduled expires
+/// `MAX_DURATION_MINUTES` after its creation at the latest, and its object adopts it then (its
+/// alarm) and claims its worker VMs; a retry pause more covers an adoption that had to wait. A
+/// VM created before the cutover is held until its own creation plus that; one of unknown age
+/// until the cutover plus that; one created after the cutover is not the previous worker's.
+pub fn legacy_until(config: &Config, vm: &ReportedVm, now_ms: i64) -> Option<i64> {
+    let cutover = config.legacy_cutover_at_ms?;
+    let created = vm.created_at_ms.filter(|&at| at <= now_ms);
+    if created.is_some_and(|at| at > cutover) {
+        return None;
+    }
+    let until = created
+        .unwrap_or(cutover)
+        .min(cutover)
+        .saturating_add(config.duration_ms(config.max_duration_minutes))
+        .saturating_add(config.retry_ms());
+    (now_ms < until).then_some(until)
 }
 
 /// What the index knows of each VM, one answer a VM. An id several labs list (a lab in its

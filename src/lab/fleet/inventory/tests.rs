@@ -1002,3 +1002,54 @@ fn a_slow_inventory_keeps_the_runs_wall_time_and_leaves_time_for_the_sweep() {
     );
     assert_eq!(record.overdue, 50);
 }
+
+/// Issue 36, 4: during the cutover (`LEGACY_CUTOVER_AT`), an acting reconciliation leaves alone
+/// every unknown VM that may be a worker VM of a lab the previous worker scheduled and this one
+/// has not adopted yet; after every such lab could have expired, it is an orphan as any other.
+#[test]
+fn an_acting_inventory_during_the_cutover_deletes_no_vm_of_a_legacy_lab() {
+    let cutover = NOW - 100 * MINUTE;
+    let config = Config::from_lookup(|name| match name {
+        "BACKEND_URL" => Some("https://backend.test".into()),
+        "RECONCILE_ACT" => Some("true".into()),
+        "LEGACY_CUTOVER_AT" => Some(crate::lab::text::rfc3339(cutover)),
+        "MAX_DURATION_MINUTES" => Some("600".into()),
+        _ => None,
+    })
+    .unwrap();
+    let fake = Fake::default();
+    // Two worker VMs of a legacy lab (one created before the cutover, one of unknown age), and
+    // an orphan created after the cutover; all past their grace (60 minutes) by the second run.
+    let vms = vec![
+        vm("legacy-w1", Some(120)),
+        vm("legacy-w2", None),
+        vm("after", Some(70)),
+    ];
+    // Reported twice, 70 minutes apart (confirmed): only the orphan is acted on (the VM of
+    // unknown age is in its grace at its first report).
+    for (at, legacy) in [(NOW, 1), (NOW + 70 * MINUTE, 2)] {
+        let answer = block_on(reconcile(&fake, &config, &vms, true, at)).unwrap();
+        assert_eq!(answer.unknown.len(), 3);
+        assert_eq!(answer.legacy, legacy, "at {at}");
+    }
+    assert_eq!(*fake.orphans.borrow(), vec!["after".to_string()]);
+    assert!(fake.logged("2 unknown VMs may belong to labs of the previous worker not adopted yet"));
+    // legacy-w1 is held until its creation plus MAX_DURATION_MINUTES and a retry pause; the
+    // VM of unknown age until the cutover plus that.
+    let w1_free = NOW - 120 * MINUTE + 600 * MINUTE + config.retry_ms();
+    let answer = block_on(reconcile(&fake, &config, &vms, true, w1_free - 1)).unwrap();
+    assert_eq!(answer.legacy, 2);
+    let answer = block_on(reconcile(&fake, &config, &vms, true, w1_free)).unwrap();
+    assert_eq!(answer.legacy, 1);
+    assert!(fake.orphans.borrow().contains(&"legacy-w1".to_string()));
+    let w2_free = cutover + 600 * MINUTE + config.retry_ms();
+    let answer = block_on(reconcile(&fake, &config, &vms, true, w2_free)).unwrap();
+    assert_eq!(answer.legacy, 0);
+    assert!(fake.orphans.borrow().contains(&"legacy-w2".to_string()));
+    // Without the setting, no previous worker: all three are orphans.
+    let fake = Fake::default();
+    for at in [NOW, NOW + 70 * MINUTE] {
+        block_on(reconcile(&fake, &acting(), &vms, true, at)).unwrap();
+    }
+    assert_eq!(fake.orphans.borrow().len(), 3);
+}
