@@ -223,3 +223,95 @@ pub fn legacy_labs_are_adopted_at_cutover(ctx: &Ctx) {
 
 /// A lab id that, unescaped, would write a forged success line into the log.
 const FORGED: &str = "legacy-forged\n[SessionManager] ✅ Successfully deleted all 9 VMs";
+
+/// Issue 36, 4: during the cutover (`LEGACY_CUTOVER_AT`), two acting inventories 12 s apart
+/// (past `ORPHAN_CONFIRM_MINUTES`) that list the worker VMs of a lab the previous worker
+/// scheduled and this one has not adopted yet delete none of them: the lab is adopted at its
+/// expiry by its own alarm, and then, and only then, every VM is deleted once. (Without the
+/// setting both workers were deleted as orphans 15 minutes before their lab's expiry.)
+pub fn an_acting_inventory_during_the_cutover_deletes_no_legacy_worker_vm(ctx: &Ctx) {
+    let dir = ctx.work_dir.join("cutover-inventory");
+    let mut legacy = Worker::start_spec(
+        &dir,
+        &ctx.mock.url(),
+        &[],
+        Spec {
+            log_name: "legacy-inventory.log",
+            config: Some("tests/legacy/wrangler.toml"),
+            skip_build: false,
+            secrets: &[],
+        },
+    );
+    let (m, w1, w2) = ("lc-inv-m", "lc-inv-w1", "lc-inv-w2");
+    let created = now_ms();
+    let body = json!({"lab_request_id": m, "user_id": "u-lc", "duration": 60,
+        "worker_nodes": [{"worker_lab_request_id": w1}, {"worker_lab_request_id": w2}]});
+    let r = legacy.json("POST", "/api/v1/labs/sessions", &body);
+    assert_eq!(r.status, 200, "legacy schedule: {}", r.text());
+    let expires = epoch_ms(&r.json()["expires_at"]);
+    legacy.stop();
+
+    let cutover = chrono::DateTime::from_timestamp_millis(now_ms() as i64)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ours = Worker::start_spec(
+        &dir,
+        &ctx.mock.url(),
+        &[
+            ("LEGACY_CUTOVER_AT", &cutover),
+            ("ORPHAN_GRACE_MINUTES", "1"),
+            ("MAX_DURATION_MINUTES", "600"),
+        ],
+        Spec {
+            log_name: "cutover-inventory.log",
+            config: None,
+            skip_build: true,
+            secrets: &[],
+        },
+    );
+    // The backend's inventory lists both workers, created when the lab was (before the cutover).
+    let created_at = chrono::DateTime::from_timestamp_millis(created as i64)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let vms = json!([
+        {"lab_request_id": w1, "user_id": "u-lc", "created_at": created_at},
+        {"lab_request_id": w2, "user_id": "u-lc", "created_at": created_at},
+    ]);
+    for pass in 0..2 {
+        if pass == 1 {
+            std::thread::sleep(Duration::from_secs(12));
+        }
+        let body = json!({"vms": vms, "act": true});
+        let r = ours.operator(
+            "POST",
+            "/api/v1/labs/inventory",
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let answer = r.json();
+        assert_eq!(answer["scheduled"], json!([]), "pass {pass}: {answer}");
+        assert_eq!(answer["legacy"], 2, "pass {pass}: {answer}");
+    }
+    assert!(
+        now_ms() < expires,
+        "the lab expired before the second push; the test proves less than it should"
+    );
+    assert!(
+        ctx.mock.calls_for_any(&[m, w1, w2]).is_empty(),
+        "a VM of the legacy lab was touched before its expiry: {}",
+        show(&ctx.mock.calls_for_any(&[m, w1, w2]))
+    );
+    // At its expiry, the lab's own alarm adopts it and deletes its three VMs, once each.
+    let calls = wait_exactly(ctx, &[m, w1, w2], 4, 90, RETRY_SECONDS + 2);
+    assert_not_before(&calls, expires);
+    for vm in [m, w1, w2] {
+        let n = calls
+            .iter()
+            .filter(|c| key(c) == (Endpoint::DeleteVm, vm))
+            .count();
+        assert_eq!(n, 1, "{vm}: {}", show(&calls));
+    }
+    assert!(ours
+        .log()
+        .contains("2 unknown VMs may belong to labs of the previous worker not adopted yet"));
+}

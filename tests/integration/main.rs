@@ -126,6 +126,10 @@ const LAST: &[(&str, MutTestFn)] = &[
         cleanup::restart_resumes_a_pending_retry,
     ),
     (
+        "grace_stage_a_stopped_lab_down_across_its_delete_at_is_deleted_soon_after_the_restart",
+        stage::a_stopped_lab_down_across_its_delete_at_is_deleted_soon_after_the_restart,
+    ),
+    (
         "webhooks_pending_deliveries_survive_a_restart",
         webhooks::pending_deliveries_survive_a_restart,
     ),
@@ -234,6 +238,18 @@ const PARALLEL: &[(&str, TestFn)] = &[
     (
         "legacy_labs_are_adopted_at_cutover",
         legacy::legacy_labs_are_adopted_at_cutover,
+    ),
+    (
+        "legacy_an_acting_inventory_during_the_cutover_deletes_no_legacy_worker_vm",
+        legacy::an_acting_inventory_during_the_cutover_deletes_no_legacy_worker_vm,
+    ),
+    (
+        "grace_stage_a_resumed_lab_with_an_idle_timeout_runs_its_whole_timeout_again",
+        stage::a_resumed_lab_with_an_idle_timeout_runs_its_whole_timeout_again,
+    ),
+    (
+        "grace_stage_stops_refused_with_429_do_not_use_up_the_grace",
+        stage::stops_refused_with_429_do_not_use_up_the_grace,
     ),
     (
         "status_follows_scheduled_retrying_completed",

@@ -155,3 +155,117 @@ pub fn stops_that_keep_failing_fall_back_to_the_deletion(ctx: &Ctx) {
     assert!(types.contains(&"stop_failed".to_string()), "{timeline}");
     assert!(!types.contains(&"stopped".to_string()), "{timeline}");
 }
+
+/// Issue 36, 2: a lab with an idle timeout, stopped by it and resumed, runs its whole idle
+/// timeout again (it was stopped again 35 ms after the resume: its last activity was before the
+/// stop).
+pub fn a_resumed_lab_with_an_idle_timeout_runs_its_whole_timeout_again(ctx: &Ctx) {
+    let m = "gs-idle-resume";
+    let mut body = lab(m, "stage-user", 600, &[]);
+    body["keep_stopped_minutes"] = json!(600);
+    body["idle_timeout"] = json!(6);
+    let r = ctx.worker.create(&body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = poll_status(ctx, m, 30, |v| v["status"] == "stopped");
+    assert_eq!(v["end_reason"], "idle");
+    let path = format!("/api/v1/labs/sessions/{m}/resume");
+    let resumed_at = now_ms();
+    let r = ctx.worker.json("POST", &path, &json!({"duration": 600}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Three seconds on (half its timeout): still running, no stop call since the resume.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let v = poll_status(ctx, m, 5, |v| v["status"] == "scheduled");
+    assert_eq!(v["end_reason"], Value::Null, "{v}");
+    let calls = ctx.mock.calls_for(m);
+    assert_eq!(of(&calls, Endpoint::Stop).len(), 1, "{}", show(&calls));
+    // Idle its whole timeout after the resume: stopped again, not before.
+    poll_status(ctx, m, 30, |v| v["status"] == "stopped");
+    let calls = ctx.mock.calls_for(m);
+    let stops: Vec<_> = calls
+        .iter()
+        .filter(|c| c.endpoint == Some(Endpoint::Stop))
+        .collect();
+    assert_eq!(stops.len(), 2, "{}", show(&calls));
+    assert!(
+        stops[1].at_ms >= resumed_at + 6_000,
+        "stopped again {} ms after the resume",
+        stops[1].at_ms.saturating_sub(resumed_at)
+    );
+    assert_eq!(
+        event_types(&lab_events(ctx, m)),
+        ["created", "ended", "stopped", "resumed", "ended", "stopped"]
+    );
+}
+
+/// Issue 36, 3: stop calls the backend refuses (429, more times than `STOP_ATTEMPTS`) do not
+/// use up the grace: once it takes them, the lab is stopped and kept, nothing deleted.
+pub fn stops_refused_with_429_do_not_use_up_the_grace(ctx: &Ctx) {
+    let (m, w1) = ("gs-refused", "gs-refused-w1");
+    ctx.mock.add_fault(
+        Fault::on(
+            w1,
+            Endpoint::Stop,
+            Action::Refuse {
+                status: 429,
+                retry_after: Some("1".into()),
+            },
+        )
+        .times(5),
+    );
+    staged_lab(ctx, m, 3, 600, &[w1]);
+    let v = poll_status(ctx, m, 60, |v| v["status"] == "stopped");
+    assert_eq!(v["end_reason"], "expired");
+    let calls = ctx.mock.calls_for_any(&[m, w1]);
+    let w1_stops = calls
+        .iter()
+        .filter(|c| key(c) == (Endpoint::Stop, w1))
+        .count();
+    assert_eq!(w1_stops, 6, "five refused, then stopped: {}", show(&calls));
+    assert!(
+        of(&calls, Endpoint::DeleteVm).is_empty(),
+        "{}",
+        show(&calls)
+    );
+    let types = event_types(&lab_events(ctx, m));
+    assert!(!types.contains(&"stop_failed".to_string()), "{types:?}");
+}
+
+/// Issue 36, 1: the runtime is down across a stopped lab's `delete_at` and back more than 30 s
+/// after it (a late alarm): the lab is deleted soon after the restart, its late alarm put off
+/// once, not put off again and again (1,038 alarms in 3 s, then none, and the lab leaked).
+pub fn a_stopped_lab_down_across_its_delete_at_is_deleted_soon_after_the_restart(ctx: &mut Ctx) {
+    let (m, w1) = ("gs-late", "gs-late-w1");
+    staged_lab(ctx, m, 2, 4, &[w1]);
+    let v = poll_status(ctx, m, 30, |v| v["status"] == "stopped");
+    let delete_at = epoch_ms(&v["delete_at"]);
+    ctx.worker.stop();
+    let back = delete_at + 35_000;
+    while now_ms() < back {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let log_before = ctx.worker.log().len();
+    ctx.worker.start_again();
+    let restarted = now_ms();
+    poll_status(ctx, m, 120, |v| v["status"] == "completed");
+    let calls = ctx.mock.calls_for_any(&[m, w1]);
+    assert_eq!(of(&calls, Endpoint::DeleteVm), [m, w1], "{}", show(&calls));
+    let done = calls.iter().map(|c| c.done_ms).max().unwrap();
+    assert!(
+        done < restarted + 90_000,
+        "deleted {} s after the restart",
+        (done - restarted) / 1000
+    );
+    let log = ctx.worker.log();
+    let since = &log[log_before.min(log.len())..];
+    let put_off = since
+        .matches(&format!("Cleanup of lab {m} was due"))
+        .count();
+    assert!(
+        put_off <= 1,
+        "put off {put_off} times:\n{}",
+        tail(since, 40)
+    );
+    // Each invocation's ledger record (a logged object: `kind: 'alarm',` on a line of it).
+    let alarms = since.matches("kind: 'alarm'").count();
+    assert!(alarms < 50, "{alarms} alarm invocations since the restart");
+}
