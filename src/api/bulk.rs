@@ -82,9 +82,11 @@ fn selector(s: &serde_json::Map<String, Value>) -> Result<Selector, ApiError> {
         Some(Value::Array(names)) => {
             for name in names {
                 let status = name.as_str().and_then(Status::from_name).ok_or_else(|| {
-                    invalid(
-                        "selector.status must list scheduled, cleaning_up, retrying or completed",
-                    )
+                    let names: Vec<&str> = Status::ALL.iter().map(|s| s.name()).collect();
+                    invalid(format!(
+                        "selector.status must list statuses among {}",
+                        names.join(", ")
+                    ))
                 })?;
                 if !selector.statuses.contains(&status) {
                     selector.statuses.push(status);
@@ -194,7 +196,7 @@ mod tests {
             ),
             (
                 json!({"selector": {"user_id": "u", "status": ["done"]}, "action": "end"}),
-                "selector.status",
+                "selector.status must list statuses among scheduled, stopped, cleaning_up, retrying, completed",
             ),
             (
                 json!({"selector": {"user_id": "a/b"}, "action": "end"}),
@@ -208,6 +210,17 @@ mod tests {
         for (body, expected) in cases {
             let e = parse_json(body.clone()).unwrap_err();
             assert!(e.contains(expected), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_status_selects_stopped_included() {
+        for status in Status::ALL {
+            let (plan, _) = parse_json(serde_json::json!({
+                "selector": {"user_id": "u", "status": [status.name()]}, "action": "end"
+            }))
+            .unwrap();
+            assert_eq!(plan.selector.statuses, vec![status]);
         }
     }
 

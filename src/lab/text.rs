@@ -74,6 +74,21 @@ pub fn shorten(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// `units` of the API's `duration` (`DURATION_UNIT_SECONDS` each, `unit_ms`) in words for a log
+/// line: minutes where a unit is a minute (production), else the seconds they make (a local
+/// run with short units), never "minutes" that are not.
+pub fn duration_units(units: u64, unit_ms: i64) -> String {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    if unit_ms == 60_000 {
+        return format!("{units} minute{}", plural(units));
+    }
+    let seconds = i64::try_from(units)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(unit_ms)
+        / 1000;
+    format!("{units} duration unit{} ({seconds} s)", plural(units))
+}
+
 /// `text` escaped, then at most `max_chars` characters: what the record and the index keep of an
 /// error from outside.
 pub fn safe(text: &str, max_chars: usize) -> String {
@@ -83,6 +98,18 @@ pub fn safe(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_units_say_minutes_only_where_they_are() {
+        assert_eq!(duration_units(1, 60_000), "1 minute");
+        assert_eq!(duration_units(30, 60_000), "30 minutes");
+        assert_eq!(duration_units(30, 1_000), "30 duration units (30 s)");
+        assert_eq!(duration_units(1, 1_000), "1 duration unit (1 s)");
+        assert_eq!(
+            duration_units(u64::MAX, i64::MAX),
+            format!("{} duration units ({} s)", u64::MAX, i64::MAX / 1000)
+        );
+    }
 
     #[test]
     fn controls_bidi_and_separators_are_escaped() {

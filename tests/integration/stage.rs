@@ -193,7 +193,16 @@ pub fn a_resumed_lab_with_an_idle_timeout_runs_its_whole_timeout_again(ctx: &Ctx
     );
     assert_eq!(
         event_types(&lab_events(ctx, m)),
-        ["created", "ended", "stopped", "resumed", "ended", "stopped"]
+        [
+            "created",
+            "idle_warned",
+            "ended",
+            "stopped",
+            "resumed",
+            "idle_warned",
+            "ended",
+            "stopped"
+        ]
     );
 }
 

@@ -199,6 +199,24 @@ pub async fn begin(
     ))))
 }
 
+/// Whether `minutes` more keep `c`'s lifetime (its expiry less its creation, in `duration`
+/// units, as the index knows them) within `max_minutes`, the cap an extend and a resume share
+/// (`Session::lifetime_within` decides for real).
+fn lifetime_fits(
+    c: &Candidate,
+    minutes: u64,
+    unit_ms: i64,
+    max_minutes: u64,
+) -> Result<(), WouldRefuse> {
+    let lifetime = (c.expires_at.saturating_sub(c.created_at).max(0) / unit_ms.max(1)) as u64;
+    match lifetime.checked_add(minutes) {
+        Some(total) if total <= max_minutes => Ok(()),
+        _ => Err(WouldRefuse(format!(
+            "its lifetime would pass {max_minutes} minutes (MAX_DURATION_MINUTES)"
+        ))),
+    }
+}
+
 /// What the action would do to `c`, from the index's copy of it (a dry run: the lab's object
 /// decides for real, under the same rules). `Err`: why it would be refused.
 pub fn would(
@@ -214,19 +232,11 @@ pub fn would(
         (Action::End, Status::Stopped) => Ok("delete its stopped VMs now".into()),
         (Action::End, _) => Ok(format!("nothing: it is {status}")),
         (Action::Extend { minutes }, Status::Scheduled) => {
-            let unit = unit_ms.max(1);
-            let lifetime = (c.expires_at.saturating_sub(c.created_at).max(0) / unit) as u64;
-            match lifetime.checked_add(minutes) {
-                Some(total) if total <= max_minutes => {
-                    let to = c
-                        .expires_at
-                        .saturating_add((minutes as i64).saturating_mul(unit));
-                    Ok(format!("extend to {}", rfc3339(to)))
-                }
-                _ => Err(WouldRefuse(format!(
-                    "its lifetime would pass {max_minutes} minutes (MAX_DURATION_MINUTES)"
-                ))),
-            }
+            lifetime_fits(c, minutes, unit_ms, max_minutes)?;
+            let to = c
+                .expires_at
+                .saturating_add((minutes as i64).saturating_mul(unit_ms.max(1)));
+            Ok(format!("extend to {}", rfc3339(to)))
         }
         (Action::Extend { .. }, _) => Err(WouldRefuse(format!(
             "it is {status}; only a scheduled lab can be extended"
@@ -237,6 +247,7 @@ pub fn would(
             "it is {status}; only a retrying lab can be retried"
         ))),
         (Action::Resume { minutes }, Status::Stopped) => {
+            lifetime_fits(c, minutes, unit_ms, max_minutes)?;
             Ok(format!("start its VMs, then {minutes} minutes more"))
         }
         (Action::Resume { .. }, _) => Err(WouldRefuse(format!(
@@ -858,9 +869,15 @@ mod tests {
         // The grace stage: a stopped lab is resumed, or ended (its VMs deleted at once).
         let resume = Action::Resume { minutes: 30 };
         assert_eq!(
-            would(&c(Status::Stopped), resume, unit, 80),
+            would(&c(Status::Stopped), resume, unit, 10_080),
             Ok("start its VMs, then 30 minutes more".into())
         );
+        // Within the lifetime cap, as the lab's object checks it (issue 36, 9: the preview
+        // promised what the job then refused).
+        assert!(would(&c(Status::Stopped), resume, unit, 80)
+            .unwrap_err()
+            .0
+            .contains("MAX_DURATION_MINUTES"));
         assert!(would(&c(Status::Scheduled), resume, unit, 80)
             .unwrap_err()
             .0

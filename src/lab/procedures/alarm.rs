@@ -293,7 +293,7 @@ impl<P: Platform> Lab<'_, P> {
         let idle_for = session
             .idle
             .timeout_minutes
-            .map(|m| format!("{m} minute{}", if m == 1 { "" } else { "s" }))
+            .map(|m| crate::lab::text::duration_units(m, self.config.duration_unit_ms()))
             .unwrap_or_default();
         session.end_now(now);
         session.mark_ended(EndReason::Idle, now);
@@ -568,9 +568,11 @@ impl<P: Platform> Lab<'_, P> {
         match end {
             StopEnd::Stopped => {
                 self.info(format!(
-                    "⏸ Lab {id} stopped: its {} VM{} are kept until {}, then deleted",
-                    latest.vm_count(),
-                    if latest.vm_count() == 1 { "" } else { "s" },
+                    "⏸ Lab {id} stopped: its {} kept until {}, then deleted",
+                    match latest.vm_count() {
+                        1 => "1 VM is".to_string(),
+                        n => format!("{n} VMs are"),
+                    },
                     latest.delete_due_at().map(rfc3339).unwrap_or_default()
                 ));
                 if matches!(config.webhooks, Webhooks::On(_)) {

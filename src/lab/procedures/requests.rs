@@ -114,7 +114,11 @@ impl<P: Platform> Lab<'_, P> {
             Err(refusal) => return Ok(Some(Reply::Refused(refusal))),
         };
         match there.existing {
-            Some(existing) => Ok(Some(Self::again(existing, &new))),
+            Some(existing) => Ok(Some(Self::again(
+                existing,
+                &new,
+                self.config.idle_timeout_minutes,
+            ))),
             None => {
                 self.schedule_new(new, &held, there.waited, there.replaces)
                     .await
@@ -206,13 +210,15 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// A create of a lab the object has already.
-    fn again(existing: Session, new: &NewSession) -> Reply {
+    fn again(existing: Session, new: &NewSession, default_idle: Option<u64>) -> Reply {
         match existing.status() {
             // A retried POST of the same lab: answer with the current state, change nothing (in
             // particular, do not push the expiry back).
-            Status::Scheduled if existing.same_request(new) => Self::unchanged(200, existing),
+            Status::Scheduled if existing.same_request(new, default_idle) => {
+                Self::unchanged(200, existing)
+            }
             Status::Scheduled => Reply::Refused(Refusal::Conflict(format!(
-                "lab {} is already scheduled with a different user_id, worker_nodes or duration",
+                "lab {} is already scheduled with a different user_id, worker_nodes, duration, labels, idle_timeout or keep_stopped_minutes",
                 existing.lab_request_id
             ))),
             status => Reply::Refused(Refusal::Conflict(format!(
@@ -378,8 +384,9 @@ impl<P: Platform> Lab<'_, P> {
                 });
                 session.remember_job(job);
                 let line = format!(
-                    "Lab {} extended by {minutes} minutes; now expires at {}",
+                    "Lab {} extended by {}; now expires at {}",
                     session.lab_request_id,
+                    crate::lab::text::duration_units(minutes, self.config.duration_unit_ms()),
                     rfc3339(session.expires_at_ms)
                 );
                 self.changed(session, 200, line).await
@@ -412,6 +419,9 @@ impl<P: Platform> Lab<'_, P> {
             session.lifetime_within(minutes, config.max_duration_minutes, "resuming for")
         {
             return Ok(Reply::Refused(refusal));
+        }
+        if let Some(answer) = self.resume_under_way(&mut session).await? {
+            return Ok(answer);
         }
         let concurrency = config.cleanup_concurrency.max(1);
         let rounds = session.vm_count().div_ceil(concurrency) as i64 + 1;
@@ -472,6 +482,47 @@ impl<P: Platform> Lab<'_, P> {
             rfc3339(latest.expires_at_ms)
         );
         self.changed(latest, 200, line).await
+    }
+
+    /// Another resume of this lab is starting its VMs (its hold is ahead): this one waits for
+    /// it, at most until its hold ends, and answers as it did (200 resumed; 503 if its VMs did
+    /// not all start), with no start call of its own. `None`: no resume under way (or the other
+    /// one's invocation is gone and its hold over): this one resumes, `session` as it is now.
+    async fn resume_under_way(&self, session: &mut Session) -> Result<Option<Reply>, StoreError> {
+        let p = self.platform;
+        let held = |s: &Session| {
+            s.status() == Status::Stopped && s.stop.hold_until_ms.is_some_and(|h| h > p.now_ms())
+        };
+        if !held(session) {
+            return Ok(None);
+        }
+        for _ in 0..RESUME_WAIT_STEPS {
+            p.sleep(RESUME_WAIT_STEP_MS).await;
+            let Some(latest) = self.load().await? else {
+                return Ok(Some(Reply::Refused(Refusal::NotFound)));
+            };
+            if latest.status() == Status::Scheduled && latest.stop.resumed_at_ms.is_some() {
+                return Ok(Some(Self::unchanged(200, latest)));
+            }
+            if latest.status() != Status::Stopped {
+                return Ok(Some(Reply::Refused(Refusal::Conflict(format!(
+                    "lab {} was ended while it was being resumed; its VMs are deleted",
+                    latest.lab_request_id
+                )))));
+            }
+            if latest.stop.hold_until_ms.is_none() {
+                return Ok(Some(Reply::Refused(Refusal::Unavailable(format!(
+                    "lab {} could not be resumed: some of its VMs did not start; it stays stopped until its delete_at, resume it again",
+                    latest.lab_request_id
+                )))));
+            }
+            let over = !held(&latest);
+            *session = latest;
+            if over {
+                return Ok(None);
+            }
+        }
+        Ok(None)
     }
 
     /// Starts every VM of `session` (`START_PATH`), `concurrency` at once: the VMs that did not
@@ -669,6 +720,11 @@ impl<P: Platform> Lab<'_, P> {
         Ok(Reply::Poked { revived: true })
     }
 }
+
+/// How often, and how many times at most, a resume looks whether another resume of the same
+/// lab has finished (its hold bounds the wait: its calls' timeouts).
+const RESUME_WAIT_STEP_MS: u64 = 50;
+const RESUME_WAIT_STEPS: u32 = 20_000;
 
 /// How long past its time a stored alarm is taken for lost by the sweep's poke: the platform
 /// runs an alarm at its time and retries a failed one at most six times, from 2 s doubling

@@ -688,12 +688,14 @@ impl Session {
     }
 
     /// Whether `new` asks for exactly this session (a retried create), ignoring the VM name.
-    pub fn same_request(&self, new: &NewSession) -> bool {
+    pub fn same_request(&self, new: &NewSession, default_idle: Option<u64>) -> bool {
         self.lab_request_id == new.lab_request_id
             && self.user_id == new.user_id
             && self.worker_lab_request_ids == new.worker_lab_request_ids
             && self.duration == new.duration
             && self.labels == new.labels
+            && self.idle.timeout_minutes == new.idle_timeout.or(default_idle)
+            && self.stop.keep_minutes == new.keep_stopped_minutes
     }
 }
 

@@ -104,14 +104,31 @@ fn finish_ignores_unknown_and_repeated_ids() {
 #[test]
 fn same_request_compares_what_matters() {
     let s = Session::schedule(new_session(&["w1"]), T0, 1);
-    assert!(s.same_request(&new_session(&["w1"])));
+    assert!(s.same_request(&new_session(&["w1"]), None));
     let mut renamed = new_session(&["w1"]);
     renamed.vm_name = None;
-    assert!(s.same_request(&renamed));
-    assert!(!s.same_request(&new_session(&["w2"])));
+    assert!(s.same_request(&renamed, None));
+    assert!(!s.same_request(&new_session(&["w2"]), None));
     let mut longer = new_session(&["w1"]);
     longer.duration = 61;
-    assert!(!s.same_request(&longer));
+    assert!(!s.same_request(&longer, None));
+    // The grace stage's and the idle end's settings are part of the request (issue 36, 9).
+    let kept = NewSession {
+        keep_stopped_minutes: Some(30),
+        ..new_session(&["w1"])
+    };
+    assert!(!s.same_request(&kept, None));
+    let idle = NewSession {
+        idle_timeout: Some(15),
+        ..new_session(&["w1"])
+    };
+    assert!(!s.same_request(&idle, None));
+    // A lab that took the default idle timeout: the same create without one is the same.
+    let mut defaulted = Session::schedule(new_session(&["w1"]), T0, 1);
+    defaulted.idle.timeout_minutes = Some(15);
+    assert!(defaulted.same_request(&new_session(&["w1"]), Some(15)));
+    assert!(defaulted.same_request(&idle, Some(15)));
+    assert!(!defaulted.same_request(&new_session(&["w1"]), None));
 }
 
 #[test]

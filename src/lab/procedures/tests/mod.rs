@@ -133,6 +133,9 @@ pub struct World {
     pub power_scripts: RefCell<HashMap<String, VecDeque<u16>>>,
     /// A request the object answers in the middle of the next power call (another event).
     pub request_during_power: RefCell<Option<Request>>,
+    /// Each power call gives way once before it answers (other requests of the object run
+    /// meanwhile, as on workerd while a call is in flight).
+    pub power_yields: Cell<bool>,
     /// A request the object answers while a webhook is being sent (once).
     pub request_during_send: RefCell<Option<Request>>,
     /// The invocation is cut short right after a webhook is sent (once).
@@ -224,6 +227,7 @@ impl World {
             powers: RefCell::new(Vec::new()),
             power_scripts: RefCell::new(HashMap::new()),
             request_during_power: RefCell::new(None),
+            power_yields: Cell::new(false),
             request_during_send: RefCell::new(None),
             die_after_send: Cell::new(false),
             evict_after_answer: Cell::new(false),
@@ -751,6 +755,9 @@ impl LabBackend for World {
         self.charge(crate::lab::invocation::Meter::External, 1)
             .map_err(BackendError::Network)?;
         self.answer_meanwhile(&self.request_during_power).await;
+        if self.power_yields.get() {
+            Yield(false).await;
+        }
         let status = if self.gone.borrow().contains_key(id) {
             404
         } else {

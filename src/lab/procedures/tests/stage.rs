@@ -548,3 +548,33 @@ fn stops_refused_for_the_whole_keep_time_end_in_the_deletion_then() {
         world.log_has("refused to stop its VMs for as long as they would have been kept stopped")
     );
 }
+
+/// Issue 36, 9: two resumes of a stopped lab at once (as workerd interleaves them while the
+/// first one's start calls are in flight): one set of start calls, both answered 200 with the
+/// resumed lab.
+#[test]
+fn two_resumes_at_once_start_each_vm_once() {
+    let world = stopped();
+    world.now.set(T0 + 16 * MINUTE);
+    world.power_yields.set(true);
+    world.invocation();
+    let lab = world.lab();
+    let resume = || {
+        lab.answer(Request::Resume {
+            minutes: 30,
+            by: By::Api,
+            job: None,
+        })
+    };
+    let (a, b) = block_on(futures::future::join(resume(), resume()));
+    for reply in [a.unwrap(), b.unwrap()] {
+        let (code, view) = wire(&reply);
+        assert_eq!(code, 200, "{view}");
+        assert_eq!(view["status"], "scheduled");
+    }
+    assert_eq!(
+        powers(&world, Power::Start),
+        vec!["m", "w1"],
+        "each VM started once"
+    );
+}
