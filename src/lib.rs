@@ -68,7 +68,8 @@ async fn scheduled(_event: worker::ScheduledEvent, env: Env, _ctx: worker::Sched
     if !config.fleet_index {
         return;
     }
-    let fleet = platform::fleet::WorkerdFleet::new(&env, &config);
+    let usage = platform::usage::Usage::start(&config);
+    let fleet = platform::fleet::WorkerdFleet::new(&env, &config, &usage);
     lab::fleet::sweep::run(&fleet, &config, platform::runtime::now_ms()).await;
-    fleet.report("cron");
+    usage.record("cron");
 }

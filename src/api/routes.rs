@@ -45,6 +45,34 @@ pub enum Route {
     Health,
 }
 
+impl Route {
+    /// The route's name in its invocation's ledger line (`event: invocation`, `kind: "route
+    /// <name>"`): the router's own call to a lab's object, a job's object or D1 is counted there,
+    /// beside the object's own line.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::CreateSession => "route create",
+            Route::ListSessions => "route list",
+            Route::Stats => "route stats",
+            Route::Inventory => "route inventory",
+            Route::Budget => "route budget",
+            Route::Metrics => "route metrics",
+            Route::Bulk => "route bulk",
+            Route::BulkJob(_) => "route bulk job",
+            Route::Lab(_, op) => match op {
+                LabRoute::Status => "route status",
+                LabRoute::End => "route end",
+                LabRoute::Extend => "route extend",
+                LabRoute::Retry => "route retry",
+                LabRoute::Events => "route events",
+                LabRoute::Activity => "route activity",
+                LabRoute::Resume => "route resume",
+            },
+            Route::Health => "route health",
+        }
+    }
+}
+
 /// An operation on one lab: which token it needs, and the lab request it becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabRoute {

@@ -19,6 +19,10 @@ pub enum ServiceError {
     /// The service failed, answered something unusable or could not be reached, in its words.
     #[error("{0}")]
     Failed(String),
+    /// The fleet index answered a row that does not read as its query's columns
+    /// (`lab::index::rows`): the whole answer is refused, never read as fewer rows.
+    #[error("the index answered a row of {query} that does not read ({detail}); nothing of the answer is used")]
+    Unreadable { query: &'static str, detail: String },
 }
 
 impl From<String> for ServiceError {

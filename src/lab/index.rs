@@ -7,9 +7,9 @@
 //! `CLEANUP_RETRY_SECONDS` at the latest (see `lab::wake`). The platform side
 //! (`platform::fleet_db`) only runs the statements built here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::lab::fleet::report::{KnownVm, Reconciliation, VmState};
+use crate::lab::fleet::report::{Reconciliation, VmState};
 use crate::lab::session::{EndReason, Labels, Origin, Session};
 use crate::lab::status::{in_cleanup_sql, stuck_sql, Status};
 use crate::lab::text;
@@ -55,8 +55,9 @@ pub fn write_failed(session: &mut Session, now_ms: i64, retry_ms: i64) {
     session.sync.index.retry_at_ms = Some(now_ms.saturating_add(retry_ms));
 }
 
-/// The lab's row, as the index stores it (times in epoch milliseconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The lab's row, as the index stores it (times in epoch milliseconds), and as the list query
+/// reads it back (`lab::rows::read`, failing closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRow {
     pub lab_request_id: String,
     pub user_id: String,
@@ -77,7 +78,9 @@ pub struct IndexRow {
     pub origin: Origin,
     /// Why the lab ended (`None` while scheduled).
     pub end_reason: Option<EndReason>,
-    /// The lab's labels: written to `labels` (its own table), read back as one JSON object.
+    /// The lab's labels: written to `labels` (its own table), read back as one JSON object
+    /// (the text `json_group_object` made; `NULL` without labels).
+    #[serde(deserialize_with = "crate::lab::rows::json_text", default)]
     pub labels: Labels,
     /// For a lab of several VMs, how far each VM's deletion got, as a JSON object of the VMs
     /// deleted or already gone (`{"w1":"deleted"}`; a VM not in it is pending): the inventory's
@@ -90,43 +93,6 @@ pub struct IndexRow {
     /// `upsert_all`). Not a column.
     #[serde(skip)]
     pub first: bool,
-}
-
-impl IndexRow {
-    /// A row of the list query, as D1 answers it (a JSON object per row; read by hand: a
-    /// derived deserializer costs the wasm more than these columns). `None`: not a row of ours.
-    pub fn from_value(r: &serde_json::Value) -> Option<IndexRow> {
-        let text = |k: &str| r[k].as_str().map(str::to_string);
-        let int = |k: &str| r[k].as_i64();
-        let small = |k: &str| r[k].as_u64().and_then(|n| u32::try_from(n).ok());
-        Some(IndexRow {
-            lab_request_id: text("lab_request_id")?,
-            user_id: text("user_id")?,
-            lab_type: text("lab_type")?,
-            vm_count: small("vm_count")?,
-            status: Status::from_name(r["status"].as_str()?)?,
-            created_at: int("created_at")?,
-            expires_at: int("expires_at")?,
-            attempts: small("attempts")?,
-            next_attempt_at: int("next_attempt_at"),
-            pending_count: small("pending_count")?,
-            already_gone_count: small("already_gone_count")?,
-            last_error: text("last_error"),
-            completed_at: int("completed_at"),
-            updated_at: int("updated_at")?,
-            revision: r["revision"].as_u64()?,
-            origin: Origin::parse(r["origin"].as_str()?)?,
-            end_reason: r["end_reason"].as_str().and_then(EndReason::parse),
-            // Not read by the list (`LIST_SELECT`).
-            vms_done: None,
-            // The JSON object `json_group_object` made (`null` without labels).
-            labels: r["labels"]
-                .as_str()
-                .and_then(|t| serde_json::from_str(t).ok())
-                .unwrap_or_default(),
-            first: false,
-        })
-    }
 }
 
 /// A worker VM's row in `vms`: which lab lists it (written once, at the lab's first row; its
@@ -442,30 +408,6 @@ fn in_set(select: &str, ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     )]
 }
 
-/// A row of `lookup`.
-#[derive(Debug, Clone)]
-pub struct LookupRow {
-    pub vm_id: String,
-    pub lab_request_id: String,
-    pub state: String,
-    pub status: Status,
-    pub expires_at: i64,
-    pub updated_at: i64,
-}
-
-impl LookupRow {
-    pub fn known(self) -> Option<KnownVm> {
-        Some(KnownVm {
-            vm_id: self.vm_id,
-            lab_request_id: self.lab_request_id,
-            state: VmState::from_name(&self.state)?,
-            lab_status: self.status,
-            expires_at_ms: self.expires_at,
-            changed_at_ms: self.updated_at,
-        })
-    }
-}
-
 /// When these VMs were first reported.
 pub fn first_seen(vm_ids: &[String]) -> Vec<(String, Vec<Bind>)> {
     in_set(
@@ -541,7 +483,7 @@ pub fn save_reconciliation(r: &Reconciliation) -> Vec<(String, Vec<Bind>)> {
 pub const LAST_RECONCILIATION: &str = "SELECT at, source, act, tracked, overdue, finished, unknown, scheduled FROM reconciliations ORDER BY id DESC LIMIT 1";
 
 /// A row of `LAST_RECONCILIATION`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct ReconciliationRow {
     pub at: i64,
     pub source: String,
@@ -989,18 +931,36 @@ mod tests {
         v["labels"] = serde_json::Value::String(serde_json::to_string(&row.labels).unwrap());
         // Whether the row is the lab's first is the object's to know, not a column.
         assert!(row.first);
+        let read = |v: &serde_json::Value| {
+            crate::lab::rows::read::<IndexRow>("list", vec![v.clone()]).map(|mut r| r.remove(0))
+        };
         assert_eq!(
-            IndexRow::from_value(&v),
-            Some(IndexRow {
+            read(&v),
+            Ok(IndexRow {
                 first: false,
                 vms_done: None,
                 ..row.clone()
             })
         );
         v["labels"] = serde_json::Value::Null;
-        assert!(IndexRow::from_value(&v).unwrap().labels.is_empty());
-        v["status"] = "gone".into();
-        assert_eq!(IndexRow::from_value(&v), None, "not a row of ours");
+        assert!(read(&v).unwrap().labels.is_empty());
+        // Not a row of ours: an error, never a row left out (issue 36, 7).
+        for (column, value) in [
+            ("status", serde_json::json!("gone")),
+            ("labels", serde_json::json!("{not json")),
+            ("vm_count", serde_json::json!(-1)),
+            ("revision", serde_json::Value::Null),
+        ] {
+            let mut bad = v.clone();
+            bad[column] = value;
+            assert!(
+                matches!(
+                    read(&bad),
+                    Err(crate::lab::error::ServiceError::Unreadable { query: "list", .. })
+                ),
+                "{column}"
+            );
+        }
     }
 
     #[test]

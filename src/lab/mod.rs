@@ -37,6 +37,7 @@ pub mod procedures;
 pub mod protocol;
 pub mod refusal;
 pub mod retry;
+pub mod rows;
 pub mod session;
 pub mod status;
 pub mod text;

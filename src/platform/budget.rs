@@ -535,7 +535,13 @@ async fn ask_for(env: Env, ask: Acquire, spare: Rc<RefCell<Vec<(u64, i64)>>>) ->
 
 /// The coordinator's state (`GET /api/v1/labs/budget`): the limit now, permits out, requests
 /// waiting.
-pub async fn state(env: &Env) -> std::result::Result<serde_json::Value, ServiceError> {
+pub async fn state(
+    env: &Env,
+    usage: &Usage,
+) -> std::result::Result<serde_json::Value, ServiceError> {
+    usage
+        .object_call()
+        .map_err(|e| ServiceError::Failed(e.to_string()))?;
     call(env, "/state", String::new()).await
 }
 

@@ -14,6 +14,7 @@ use crate::lab::ports::Level;
 use crate::platform::env;
 use crate::platform::fleet::WorkerdFleet;
 use crate::platform::runtime::{console, now_ms};
+use crate::platform::usage::Usage;
 
 /// Name of the jobs' binding in `wrangler.toml`.
 pub const BULK_BINDING: &str = "BULK_JOBS";
@@ -67,14 +68,9 @@ impl BulkJob {
         );
         respond::json(202, &job.view())
     }
-}
 
-impl DurableObject for BulkJob {
-    fn new(state: State, env: Env) -> Self {
-        BulkJob { state, env }
-    }
-
-    async fn fetch(&self, mut request: Request) -> Result<Response> {
+    /// Starts the job, or answers its progress.
+    async fn answer(&self, mut request: Request) -> Result<Response> {
         match (request.method(), request.path().as_str()) {
             (worker::Method::Post, "/start") => {
                 let body = request.text().await.unwrap_or_default();
@@ -92,6 +88,28 @@ impl DurableObject for BulkJob {
             },
             _ => respond::error(&ApiError::NotFound("no such job route".into())),
         }
+    }
+}
+
+impl DurableObject for BulkJob {
+    fn new(state: State, env: Env) -> Self {
+        BulkJob { state, env }
+    }
+
+    /// A request from the router (start a job, its progress), with its own ledger line
+    /// (`kind: "bulk start"`, `"bulk status"`).
+    async fn fetch(&self, request: Request) -> Result<Response> {
+        let kind = match request.path().as_str() {
+            "/start" => "bulk start",
+            "/status" => "bulk status",
+            _ => "bulk fetch",
+        };
+        let usage = env::config(&self.env).ok().map(|c| Usage::start(&c));
+        let answer = self.answer(request).await;
+        if let Some(usage) = usage {
+            usage.record(kind);
+        }
+        answer
     }
 
     /// One batch, then the next alarm (at once, or after a pause when something did not
@@ -118,12 +136,13 @@ impl DurableObject for BulkJob {
                 return Response::empty();
             }
         };
-        let fleet = WorkerdFleet::new(&self.env, &config);
+        let usage = Usage::start(&config);
+        let fleet = WorkerdFleet::new(&self.env, &config, &usage);
         // The index query and the labs' requests within one invocation's calls to services.
         let batch = bulk::batch(&fleet);
         let now = now_ms();
         let next = bulk::step(&fleet, &fleet, &mut job, batch, now).await;
-        fleet.report("bulk");
+        usage.record("bulk");
         self.save(&job).await?;
         match next {
             Next::At(at) => {

@@ -63,16 +63,13 @@ pub async fn call_lab(
 pub struct WorkerdFleet<'a> {
     env: &'a Env,
     config: &'a Config,
-    usage: Usage,
+    usage: &'a Usage,
 }
 
 impl<'a> WorkerdFleet<'a> {
-    pub fn new(env: &'a Env, config: &'a Config) -> Self {
-        WorkerdFleet {
-            env,
-            config,
-            usage: Usage::start(config),
-        }
+    /// The ports, charging `usage` (the invocation's: a route's, a job's alarm, a run's).
+    pub fn new(env: &'a Env, config: &'a Config, usage: &'a Usage) -> Self {
+        WorkerdFleet { env, config, usage }
     }
 
     fn timeout(&self) -> Duration {
@@ -87,11 +84,6 @@ impl<'a> WorkerdFleet<'a> {
             .map_err(|e| ServiceError::Failed(e.to_string()))?;
         add(&self.usage.d1_batches, 1);
         Ok(())
-    }
-
-    /// Logs the invocation's one structured line (`kind`: what it was).
-    pub fn report(&self, kind: &str) {
-        self.usage.record(kind);
     }
 
     /// A page of the list route.

@@ -9,7 +9,9 @@ use worker::{D1Database, D1PreparedStatement, Env};
 
 use crate::lab::fleet::report::{KnownVm, Reconciliation};
 use crate::lab::index::{self, Bind, Counts, IndexRow, ListQuery};
-use crate::platform::runtime::within;
+use crate::lab::ports::Level;
+use crate::lab::rows;
+use crate::platform::runtime::{console, within};
 
 /// Name of the D1 binding in `wrangler.toml`.
 pub const DB_BINDING: &str = "DB";
@@ -129,8 +131,7 @@ async fn batch(
     Ok(results.dyn_into::<Array>().map_err(failure)?.to_vec())
 }
 
-/// The rows of one result as JSON values: one parser for every row shape (each typed row
-/// struct would add its own deserializer to the worker).
+/// The rows of one result as JSON values, each read into its query's struct by `typed`.
 fn values(result: &JsValue) -> Result<Vec<serde_json::Value>, IndexError> {
     let rows = Reflect::get(result, &"results".into()).map_err(failure)?;
     if rows.is_null_or_undefined() {
@@ -188,10 +189,7 @@ pub async fn list(
     bounded(timeout, async {
         let results = batch(&db, vec![statement]).await?;
         let rows = match results.first() {
-            Some(result) => values(result)?
-                .iter()
-                .filter_map(IndexRow::from_value)
-                .collect(),
+            Some(result) => typed("list", values(result)?)?,
             None => Vec::new(),
         };
         Ok((rows, Rows::of(&results)))
@@ -199,12 +197,32 @@ pub async fn list(
     .await
 }
 
-fn int(row: &serde_json::Value, name: &str) -> Option<i64> {
-    row[name].as_i64()
+/// Reads `rows` (one result of `query`) as `T` each, failing closed (`lab::rows::read`); an
+/// unreadable row is logged as an error and as a structured record (`event:
+/// d1_unreadable_row`, counted in Workers Logs), and the whole answer is refused.
+fn typed<T: serde::de::DeserializeOwned>(
+    query: &'static str,
+    rows: Vec<serde_json::Value>,
+) -> Result<Vec<T>, IndexError> {
+    rows::read(query, rows).inspect_err(unreadable)
 }
 
-fn count(row: &serde_json::Value, name: &str) -> u64 {
-    row[name].as_u64().unwrap_or(0)
+/// `typed` for an aggregate's one row.
+fn one<T: serde::de::DeserializeOwned + Default>(
+    query: &'static str,
+    found: Vec<serde_json::Value>,
+) -> Result<T, IndexError> {
+    rows::one(query, found).inspect_err(unreadable)
+}
+
+fn unreadable(e: &IndexError) {
+    if let IndexError::Unreadable { query, .. } = e {
+        console(Level::Error, &format!("[index] {e}"));
+        crate::platform::runtime::log_object(&serde_json::json!({
+            "event": "d1_unreadable_row",
+            "query": query,
+        }));
+    }
 }
 
 /// The stats route's counts, the last reconciliation and the service levels' rows, in one round
@@ -228,58 +246,31 @@ pub async fn counts(
                 results.len()
             )));
         };
-        let kept: Vec<(String, i64)> = values(kept)?
-            .iter()
-            .map(|k| {
-                (
-                    k["name"].as_str().unwrap_or("").to_string(),
-                    int(k, "n").unwrap_or(0),
-                )
-            })
+        let kept: Vec<(String, i64)> = typed::<rows::Kept>("fleet_counts", values(kept)?)?
+            .into_iter()
+            .map(|k| (k.name, k.n))
             .collect();
-        let pending = values(pending)?.into_iter().next().unwrap_or_default();
+        let pending: rows::Pending = one("pending", values(pending)?)?;
         let counts = Counts {
             by_status: index::by_status(&kept),
-            stuck: values(stuck)?.first().map_or(0, |r| count(r, "n")),
-            vms_pending: count(&pending, "vms_pending"),
-            oldest_pending_expiry: int(&pending, "oldest"),
-            vms_stopped: count(&pending, "vms_stopped"),
-            oldest_stopped_expiry: int(&pending, "oldest_stopped"),
+            stuck: one::<rows::Count>("stuck", values(stuck)?)?.n,
+            vms_pending: pending.vms_pending,
+            oldest_pending_expiry: pending.oldest,
+            vms_stopped: pending.vms_stopped,
+            oldest_stopped_expiry: pending.oldest_stopped,
             vms_already_gone: index::kept(&kept, "already_gone"),
-            last_reconciliation: values(last)?.first().map(|r| index::ReconciliationRow {
-                at: int(r, "at").unwrap_or(0),
-                source: r["source"].as_str().unwrap_or("").to_string(),
-                act: int(r, "act").unwrap_or(0),
-                tracked: count(r, "tracked"),
-                overdue: count(r, "overdue"),
-                finished: count(r, "finished"),
-                unknown: count(r, "unknown"),
-                scheduled: count(r, "scheduled"),
-            }),
-            completions: values(completions)?
-                .iter()
-                .map(|r| crate::lab::fleet::levels::Completion {
-                    completed_at: int(r, "completed_at").unwrap_or(0),
-                    expires_at: int(r, "expires_at").unwrap_or(0),
-                    vm_count: count(r, "vm_count") as u32,
-                    already_gone_count: count(r, "already_gone_count") as u32,
-                })
-                .collect(),
-            overdue: values(overdue)?
-                .iter()
-                .map(|r| crate::lab::fleet::levels::Overdue {
-                    expires_at: int(r, "expires_at").unwrap_or(0),
-                    pending_count: count(r, "pending_count") as u32,
-                })
-                .collect(),
+            last_reconciliation: typed("last_reconciliation", values(last)?)?
+                .into_iter()
+                .next(),
+            completions: typed("completions", values(completions)?)?,
+            overdue: typed("backlog", values(overdue)?)?,
         };
         Ok((counts, Rows::of(&results)))
     })
     .await
 }
 
-/// Runs reading statements in one batch; every row as a JSON value (one deserializer for every
-/// row shape: a derived one each costs the wasm more than reading the few columns).
+/// Runs reading statements in one batch; every row as a JSON value (read by `typed`).
 async fn rows(
     env: &Env,
     statements: Vec<(String, Vec<Bind>)>,
@@ -310,20 +301,20 @@ pub async fn lookup(
     timeout: Duration,
 ) -> Result<Vec<KnownVm>, IndexError> {
     let found = rows(env, index::lookup(vm_ids), timeout).await?;
-    Ok(found
-        .iter()
-        .filter_map(|r| {
-            index::LookupRow {
-                vm_id: r["vm_id"].as_str()?.to_string(),
-                lab_request_id: r["lab_request_id"].as_str()?.to_string(),
-                state: r["state"].as_str()?.to_string(),
-                status: crate::lab::status::Status::from_name(r["status"].as_str()?)?,
-                expires_at: int(r, "expires_at")?,
-                updated_at: int(r, "updated_at")?,
-            }
-            .known()
+    typed::<rows::Lookup>("lookup", found)?
+        .into_iter()
+        .map(|row| {
+            let state = row.state.clone();
+            row.known().ok_or_else(|| {
+                let e = IndexError::Unreadable {
+                    query: "lookup",
+                    detail: format!("a VM state {:?}", crate::lab::text::safe(&state, 40)),
+                };
+                unreadable(&e);
+                e
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// When these VMs were first reported (those seen before).
@@ -333,9 +324,9 @@ pub async fn first_seen(
     timeout: Duration,
 ) -> Result<Vec<(String, i64)>, IndexError> {
     let seen = rows(env, index::first_seen(vm_ids), timeout).await?;
-    Ok(seen
-        .iter()
-        .filter_map(|r| Some((r["vm_id"].as_str()?.to_string(), int(r, "first_seen_at")?)))
+    Ok(typed::<rows::Seen>("first_seen", seen)?
+        .into_iter()
+        .map(|r| (r.vm_id, r.first_seen_at))
         .collect())
 }
 
@@ -357,7 +348,7 @@ pub async fn remember_seen(
 /// Forgets old sightings; the sightings left (counted up to `MAX_SEEN_ROWS` and one).
 pub async fn tidy_seen(env: &Env, now_ms: i64, timeout: Duration) -> Result<u64, IndexError> {
     let left = rows(env, index::tidy_seen(now_ms), timeout).await?;
-    Ok(left.first().map_or(0, |r| count(r, "n")))
+    Ok(one::<rows::Count>("tidy_seen", left)?.n)
 }
 
 pub async fn save_reconciliation(
@@ -377,17 +368,18 @@ pub async fn overdue(
     timeout: Duration,
 ) -> Result<Vec<String>, IndexError> {
     let ids = rows(env, vec![index::overdue(before_ms, limit)], timeout).await?;
-    Ok(ids
-        .iter()
-        .filter_map(|r| Some(r["lab_request_id"].as_str()?.to_string()))
+    Ok(typed::<rows::LabId>("overdue", ids)?
+        .into_iter()
+        .map(|r| r.lab_request_id)
         .collect())
 }
 
 pub async fn state(env: &Env, key: &str, timeout: Duration) -> Result<Option<String>, IndexError> {
     let found = rows(env, vec![index::get_state(key)], timeout).await?;
-    Ok(found
-        .first()
-        .and_then(|r| Some(r["value"].as_str()?.to_string())))
+    Ok(typed::<rows::StateValue>("state", found)?
+        .into_iter()
+        .next()
+        .map(|r| r.value))
 }
 
 pub async fn set_state(
@@ -410,17 +402,7 @@ pub async fn bulk_page(
     timeout: Duration,
 ) -> Result<Vec<crate::lab::fleet::bulk::Candidate>, IndexError> {
     let found = rows(env, vec![index::bulk_page(selector, after, limit)], timeout).await?;
-    Ok(found
-        .iter()
-        .filter_map(|r| {
-            Some(crate::lab::fleet::bulk::Candidate {
-                lab_request_id: r["lab_request_id"].as_str()?.to_string(),
-                status: crate::lab::status::Status::from_name(r["status"].as_str()?)?,
-                created_at: int(r, "created_at")?,
-                expires_at: int(r, "expires_at")?,
-            })
-        })
-        .collect())
+    typed("bulk_page", found)
 }
 
 /// How many labs a bulk selector matches.
@@ -430,5 +412,5 @@ pub async fn bulk_count(
     timeout: Duration,
 ) -> Result<u64, IndexError> {
     let found = rows(env, vec![index::bulk_count(selector)], timeout).await?;
-    Ok(found.first().map_or(0, |r| count(r, "n")))
+    Ok(one::<rows::Count>("bulk_count", found)?.n)
 }

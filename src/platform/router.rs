@@ -13,6 +13,7 @@ use crate::lab::protocol::Request as LabRequest;
 use crate::platform;
 use crate::platform::fleet_db;
 use crate::platform::runtime::console;
+use crate::platform::usage::Usage;
 
 fn internal(e: worker::Error) -> ApiError {
     ApiError::Internal(e.to_string())
@@ -37,7 +38,13 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
         let config = ready_config(env)?;
         let route = routes::route(&method, &path)?;
         auth::authorize(caller, route.access(), config.api_token.is_some())?;
-        return api(route, request, env, &config, caller).await;
+        // The route's own invocation line, whatever its answer: what the router called (a lab's
+        // object, a job's object, D1) beside the object's own line.
+        let usage = Usage::start(&config);
+        let kind = route.kind();
+        let answer = api(route, request, env, &config, caller, &usage).await;
+        usage.record(kind);
+        return answer;
     }
     match routes::route(&method, &path)? {
         Route::Health => health(env).map(Into::into),
@@ -107,17 +114,18 @@ async fn api(
     env: &Env,
     config: &Config,
     caller: auth::Caller,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
     match route {
-        Route::CreateSession => create_session(request, env, config).await,
-        Route::Lab(id, op) => lab_route(request, env, config, caller, id, op).await,
-        Route::ListSessions => list(&request, env, config).await,
-        Route::Stats => stats(&request, env, config).await,
-        Route::Metrics => metrics(env, config).await,
-        Route::Bulk => bulk(request, env, config).await,
-        Route::BulkJob(id) => bulk_job(env, &id).await,
-        Route::Inventory => inventory(request, env, config).await,
-        Route::Budget => budget(env, config).await,
+        Route::CreateSession => create_session(request, env, config, usage).await,
+        Route::Lab(id, op) => lab_route(request, env, config, caller, id, op, usage).await,
+        Route::ListSessions => list(&request, env, config, usage).await,
+        Route::Stats => stats(&request, env, config, usage).await,
+        Route::Metrics => metrics(env, config, usage).await,
+        Route::Bulk => bulk(request, env, config, usage).await,
+        Route::BulkJob(id) => bulk_job(env, &id, usage).await,
+        Route::Inventory => inventory(request, env, config, usage).await,
+        Route::Budget => budget(env, config, usage).await,
         Route::Health => Err(ApiError::NotFound("no route for /api/healthz".into())),
     }
 }
@@ -130,6 +138,7 @@ async fn lab_route(
     caller: auth::Caller,
     id: String,
     op: routes::LabRoute,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
     let id = path_id(id)?;
     let query = query_string(&request);
@@ -139,7 +148,7 @@ async fn lab_route(
         routes::LabRoute::Retry | routes::LabRoute::Activity => any_body(request).await?,
         _ => json_body(request).await?,
     };
-    forward(env, &id, op.request(&body, &query, config, caller)?).await
+    forward(env, &id, op.request(&body, &query, config, caller)?, usage).await
 }
 
 /// `GET /api/v1/labs/sessions`: a page of the fleet's labs from the index.
@@ -147,13 +156,12 @@ async fn list(
     request: &Request,
     env: &Env,
     config: &Config,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
     index_on(config)?;
     let query = fleet::parse(&query_string(request))?;
-    let fleet = platform::fleet::WorkerdFleet::new(env, config);
-    let listed = fleet.list(&query).await;
-    fleet.report("list");
-    let (rows, read) = listed.map_err(unavailable)?;
+    let fleet = platform::fleet::WorkerdFleet::new(env, config, usage);
+    let (rows, read) = fleet.list(&query).await.map_err(unavailable)?;
     report_rows(config, "list", read);
     json(200, &fleet::page(rows, &query, config.stuck_after_attempts))
 }
@@ -163,6 +171,7 @@ async fn stats(
     request: &Request,
     env: &Env,
     config: &Config,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
     index_on(config)?;
     if !query_string(request).is_empty() {
@@ -170,7 +179,7 @@ async fn stats(
             "the stats route takes no query parameters".into(),
         ));
     }
-    let (counts, now) = fleet_counts(env, config, "stats").await?;
+    let (counts, now) = fleet_counts(env, config, "stats", usage).await?;
     json(
         200,
         &fleet::stats(&counts, counts.last_reconciliation.as_ref(), now),
@@ -178,9 +187,9 @@ async fn stats(
 }
 
 /// `GET /metrics`: the same, as Prometheus text.
-async fn metrics(env: &Env, config: &Config) -> Result<web_sys::Response, ApiError> {
+async fn metrics(env: &Env, config: &Config, usage: &Usage) -> Result<web_sys::Response, ApiError> {
     index_on(config)?;
-    let (counts, now) = fleet_counts(env, config, "metrics").await?;
+    let (counts, now) = fleet_counts(env, config, "metrics", usage).await?;
     respond::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -191,10 +200,13 @@ async fn metrics(env: &Env, config: &Config) -> Result<web_sys::Response, ApiErr
 }
 
 /// `GET /api/v1/labs/bulk/{job_id}`: the job's progress, from its object.
-async fn bulk_job(env: &Env, id: &str) -> Result<web_sys::Response, ApiError> {
+async fn bulk_job(env: &Env, id: &str, usage: &Usage) -> Result<web_sys::Response, ApiError> {
     if !api::bulk::is_job_id(id) {
         return Err(ApiError::NotFound("no bulk job with that id".into()));
     }
+    usage
+        .object_call()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     platform::bulk::call(env, id, "GET", "/status", None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))
@@ -205,22 +217,22 @@ async fn inventory(
     request: Request,
     env: &Env,
     config: &Config,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
     index_on(config)?;
     let body = json_body_within(request, validation::MAX_INVENTORY_BODY_BYTES).await?;
     let (vms, act) = validation::parse_inventory(&body)?;
-    let fleet = platform::fleet::WorkerdFleet::new(env, config);
+    let fleet = platform::fleet::WorkerdFleet::new(env, config, usage);
     let now = platform::runtime::now_ms();
     let answer = lab::fleet::inventory::push(&fleet, config, &vms, act, now).await;
-    fleet.report("inventory");
     json(200, &answer.map_err(unavailable)?)
 }
 
 /// `GET /api/v1/labs/budget`: the fleet-wide budget's state, from its coordinator.
-async fn budget(env: &Env, config: &Config) -> Result<web_sys::Response, ApiError> {
+async fn budget(env: &Env, config: &Config, usage: &Usage) -> Result<web_sys::Response, ApiError> {
     let mut state = match config.backend_max_concurrency {
         None => serde_json::json!({"limit": null, "in_flight": 0, "waiting": 0}),
-        Some(_) => platform::budget::state(env).await.map_err(|e| {
+        Some(_) => platform::budget::state(env, usage).await.map_err(|e| {
             console(Level::Error, &format!("[budget] {e}"));
             ApiError::Unavailable("the budget's coordinator did not answer; try again".into())
         })?,
@@ -255,12 +267,11 @@ async fn fleet_counts(
     env: &Env,
     config: &Config,
     what: &str,
+    usage: &Usage,
 ) -> Result<(lab::index::Counts, i64), ApiError> {
     let now = platform::runtime::now_ms();
-    let fleet = platform::fleet::WorkerdFleet::new(env, config);
-    let counted = fleet.counts(now).await;
-    fleet.report(what);
-    let (counts, read) = counted.map_err(unavailable)?;
+    let fleet = platform::fleet::WorkerdFleet::new(env, config, usage);
+    let (counts, read) = fleet.counts(now).await.map_err(unavailable)?;
     report_rows(config, what, read);
     Ok((counts, now))
 }
@@ -328,6 +339,7 @@ async fn create_session(
     request: Request,
     env: &Env,
     config: &Config,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
     let body = json_body(request).await?;
     let new = validation::parse_new_session(
@@ -338,12 +350,17 @@ async fn create_session(
         },
     )?;
     let id = new.lab_request_id.clone();
-    forward(env, &id, LabRequest::Create(new)).await
+    forward(env, &id, LabRequest::Create(new), usage).await
 }
 
 /// `POST /api/v1/labs/bulk`: a dry run answers what each matching lab would get; a real run
 /// starts the job (`job_id`: from the `Idempotency-Key`, or random) and answers 202.
-async fn bulk(request: Request, env: &Env, config: &Config) -> Result<web_sys::Response, ApiError> {
+async fn bulk(
+    request: Request,
+    env: &Env,
+    config: &Config,
+    usage: &Usage,
+) -> Result<web_sys::Response, ApiError> {
     index_on(config)?;
     let job_id = request
         .headers()
@@ -360,7 +377,7 @@ async fn bulk(request: Request, env: &Env, config: &Config) -> Result<web_sys::R
         lab::webhook::event_id([r(), r(), r(), r()])[4..].to_string()
     });
     let fingerprint = api::bulk::fingerprint(&plan);
-    let fleet = platform::fleet::WorkerdFleet::new(env, config);
+    let fleet = platform::fleet::WorkerdFleet::new(env, config, usage);
     let limits = (config.duration_unit_ms(), config.max_duration_minutes);
     let now = platform::runtime::now_ms();
     match begin(&fleet, plan, dry_run, (id, fingerprint), limits, now).await {
@@ -370,6 +387,9 @@ async fn bulk(request: Request, env: &Env, config: &Config) -> Result<web_sys::R
         ),
         Ok(Begun::Start(job)) => {
             let body = job.to_value().to_string();
+            usage
+                .object_call()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             platform::bulk::call(env, &job.id, "POST", "/start", Some(body))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))
@@ -385,7 +405,11 @@ async fn forward(
     env: &Env,
     lab_request_id: &str,
     lab_request: LabRequest,
+    usage: &Usage,
 ) -> Result<web_sys::Response, ApiError> {
+    usage
+        .object_call()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     // No timeout of its own: the caller's request has one.
     platform::fleet::call_lab(env, lab_request_id, &lab_request, None)
         .await

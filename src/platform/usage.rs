@@ -70,6 +70,14 @@ impl Usage {
         self.ledger.borrow_mut().charge(meter, n)
     }
 
+    /// Charges one call to another object (a lab's, a job's, the budget's coordinator): a call
+    /// to a service.
+    pub fn object_call(&self) -> Result<(), Exceeded> {
+        self.charge(Meter::Service, 1)?;
+        add(&self.object_calls, 1);
+        Ok(())
+    }
+
     pub fn left(&self, meter: Meter) -> u64 {
         self.ledger.borrow().left(meter)
     }

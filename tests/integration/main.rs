@@ -15,6 +15,7 @@ mod cost;
 mod deploy;
 mod fleet;
 mod inventory;
+mod ledger;
 mod legacy;
 mod lifecycle;
 mod limits;
@@ -40,6 +41,10 @@ const STAGGER: std::time::Duration = std::time::Duration::from_millis(100);
 const SERIAL: &[(&str, TestFn)] = &[
     ("single_vm_example", cleanup::single_vm_example),
     ("multi_node_example", cleanup::multi_node_example),
+    (
+        "ledger_every_route_logs_its_ledger_line",
+        ledger::every_route_logs_its_ledger_line,
+    ),
 ];
 
 /// Tests that restart the worker, or must not share the machine with the parallel wave, run

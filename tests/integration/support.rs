@@ -1018,3 +1018,45 @@ fn percent(text: &str) -> String {
         })
         .collect()
 }
+
+/// The `invocation` records of the worker's log (a logged object, printed over several lines:
+/// `{`, `event: 'invocation',`, `kind: 'cron',`, ..., `}`), as (kind, external, services, d1).
+pub fn invocations(log: &str) -> Vec<(String, u64, u64, u64)> {
+    let mut found = Vec::new();
+    let mut lines = log.lines();
+    while let Some(line) = lines.next() {
+        if !line.contains("event: 'invocation'") {
+            continue;
+        }
+        // The record's fields, up to its closing brace (or on this one line).
+        let mut record = line.to_string();
+        if !line.contains('}') {
+            for next in lines.by_ref() {
+                record.push(' ');
+                record.push_str(next.trim());
+                if next.trim_start().starts_with('}') {
+                    break;
+                }
+            }
+        }
+        let field = |name: &str| -> Option<String> {
+            let at = record.find(&format!(" {name}: "))? + name.len() + 3;
+            let rest = &record[at..];
+            // A string is quoted (and may hold spaces); a number ends at a separator.
+            if let Some(quoted) = rest.strip_prefix('\'') {
+                return Some(quoted[..quoted.find('\'')?].to_string());
+            }
+            let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        };
+        if let (Some(kind), Some(e), Some(s), Some(d)) = (
+            field("kind"),
+            field("external").and_then(|v| v.parse().ok()),
+            field("services").and_then(|v| v.parse().ok()),
+            field("d1").and_then(|v| v.parse().ok()),
+        ) {
+            found.push((kind, e, s, d));
+        }
+    }
+    found
+}

@@ -106,7 +106,7 @@ impl Plan {
 }
 
 /// A lab the selector matches, as the index has it (a row of `index::bulk_page`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Candidate {
     pub lab_request_id: String,
     pub status: Status,

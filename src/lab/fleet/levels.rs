@@ -8,7 +8,7 @@ pub const WINDOW_MS: i64 = 24 * 3_600_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// A lab completed in the window (a row of `index::completions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct Completion {
     pub completed_at: i64,
     /// The expiry, or the end time of a lab ended early (an end sets it).
@@ -25,7 +25,7 @@ impl Completion {
 }
 
 /// A lab past its expiry and not completed (a row of `index::backlog`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct Overdue {
     pub expires_at: i64,
     pub pending_count: u32,
