@@ -159,13 +159,32 @@ impl<P: Platform> Lab<'_, P> {
         })
     }
 
-    /// Saves `claim`, with an alarm now while it owes the deletion of an index row.
+    /// Saves `claim`, with an alarm now while it owes the deletion of an index row, else at
+    /// the time to ask whether its lab still lists the VM (`release_check_at`).
     async fn save_claim(&self, claim: &Claim, now: i64) -> Result<(), StoreError> {
         let alarm = claim
             .stale_row
             .filter(|_| self.config.fleet_index)
-            .map(|_| now);
-        self.platform.save_claim(&claim.encode(), alarm).await
+            .map(|_| now)
+            .unwrap_or_else(|| self.release_check_at(claim.at_ms.max(now)));
+        self.platform.save_claim(&claim.encode(), Some(alarm)).await
+    }
+
+    /// When a claim made (or last found still needed) at `since_ms` next asks its lab whether
+    /// it still lists the VM: once the lab could have lived its longest (`MAX_DURATION_MINUTES`,
+    /// extensions included, and the grace stage's time kept stopped) and been kept its
+    /// retention; a lab still cleaning up then is asked again a retention later.
+    fn release_check_at(&self, since_ms: i64) -> i64 {
+        let config = self.config;
+        let kept = config
+            .stop
+            .as_ref()
+            .map_or(0, |stage| config.duration_ms(stage.keep_stopped_minutes));
+        since_ms
+            .saturating_add(config.duration_ms(config.max_duration_minutes))
+            .saturating_add(kept)
+            .saturating_add(config.retention_ms())
+            .saturating_add(config.retry_ms())
     }
 
     /// Claims every worker VM of `session` for it, a few at once. `Err`: the refusal the create
@@ -257,10 +276,11 @@ impl<P: Platform> Lab<'_, P> {
     }
 
     /// The alarm of an object that holds a claim: the index row of the orphan cleanup it
-    /// cancelled is deleted (again later if the index fails).
+    /// cancelled is deleted (again later if the index fails); otherwise the claim is released
+    /// once its lab no longer lists the VM (`release`).
     pub(crate) async fn claim_alarm(&self, text: String, claim: Claim) -> Result<(), StoreError> {
         let Some(revision) = claim.stale_row else {
-            return Ok(());
+            return self.release(text, claim).await;
         };
         if !self.config.fleet_index {
             return self.forget_row(text, claim).await;
@@ -296,7 +316,47 @@ impl<P: Platform> Lab<'_, P> {
             stale_row: None,
             ..claim
         };
-        self.platform.save_claim(&claim.encode(), None).await
+        let check = self.release_check_at(claim.at_ms);
+        self.platform.save_claim(&claim.encode(), Some(check)).await
+    }
+
+    /// A claim's release (issue 36, 8: claims lived forever): at its check time, the lab it
+    /// names is asked whether it still lists the VM. It does: asked again a retention later.
+    /// It does not (purged, or its create failed): the claim is deleted, unless another claim
+    /// took its place meanwhile (a create claiming the VM again writes a claim of its own,
+    /// which this one never deletes). No answer: asked again a retry pause later.
+    async fn release(&self, text: String, claim: Claim) -> Result<(), StoreError> {
+        let now = self.platform.now_ms();
+        let due = self.release_check_at(claim.at_ms);
+        if now < due {
+            return self.platform.set_alarm(due).await;
+        }
+        match self.owner(&claim.lab, &claim.vm).await {
+            Owner::Lists => {
+                let again = self.release_check_at(now);
+                self.platform.set_alarm(again).await
+            }
+            Owner::Unreachable(e) => {
+                let again = now.saturating_add(self.config.retry_ms());
+                self.warn(format!(
+                    "The claim of VM {} by lab {} is due for release, but the lab did not answer whether it still lists it ({e}); asking again at {}",
+                    claim.vm,
+                    claim.lab,
+                    rfc3339(again)
+                ));
+                self.platform.set_alarm(again).await
+            }
+            Owner::DoesNot => {
+                if !self.still(&Held::Text(text)).await? {
+                    return Ok(());
+                }
+                self.info(format!(
+                    "The claim of VM {} by lab {} is released: the lab no longer lists it",
+                    claim.vm, claim.lab
+                ));
+                self.platform.delete_all().await
+            }
+        }
     }
 }
 

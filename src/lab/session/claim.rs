@@ -1,9 +1,11 @@
 //! A claim: what a multi-node lab's create leaves in the object of each of its worker VMs before it answers, so that nothing but that lab deletes the VM while the lab lives.
 //!
 //! A worker VM's object is the one an inventory's orphan goes to (it is named after the VM), and
-//! it knows nothing else of the lab: the claim tells it whose VM it is. A claim is never released:
-//! one whose lab no longer lists the VM (the create failed, the lab was purged) is stale, and the
-//! object finds that out by asking the lab (`Request::Owns`) before it acts on the VM.
+//! it knows nothing else of the lab: the claim tells it whose VM it is. One whose lab no longer
+//! lists the VM (the create failed, the lab was purged) is stale: the object finds that out by
+//! asking the lab (`Request::Owns`) before it acts on the VM, and its alarm asks once the lab
+//! could have lived its longest and been kept its retention, then deletes it (a claim never
+//! outlives its lab by more than that).
 
 use serde::Serialize;
 

@@ -53,10 +53,10 @@ fn a_create_claims_its_workers_and_their_objects_refuse_an_orphan() {
     for w in ["w1", "w2"] {
         let claim = Claim::decode(m.peer(w).claim.borrow().as_deref().unwrap()).unwrap();
         assert_eq!((claim.lab.as_str(), claim.vm.as_str()), ("m1", w));
-        assert!(
-            m.peer(w).alarm.get().is_none(),
-            "a claim alone sets no alarm"
-        );
+        // Its alarm: when to ask whether the lab still lists it (after the lab's longest life
+        // and its retention).
+        let check = m.peer(w).alarm.get().expect("a claim's release check");
+        assert!(check > T0 + 7 * 24 * HOUR, "{check}");
     }
     // The index knows nothing (down): the worker's object still knows whose VM it is.
     let w1 = m.peer("w1");
@@ -110,7 +110,10 @@ fn an_orphan_cleanup_not_started_gives_way_to_the_claim_of_a_worker() {
     w1.run(T0 + 10 * HOUR);
     assert!(!w1.rows.borrow().contains_key("w1"));
     assert!(w1.calls.borrow().is_empty());
-    assert!(w1.alarm.get().is_none());
+    assert!(
+        w1.alarm.get().is_some_and(|at| at > T0 + 7 * 24 * HOUR),
+        "then the release check"
+    );
     m.run(T0 + 2 * HOUR);
     assert_eq!(
         deletions(&m, "w1"),
@@ -369,4 +372,65 @@ fn an_orphan_cleanup_waits_while_a_create_of_its_vm_claims_workers() {
     assert!(deletions(&m, "m1").is_empty(), "the cleanup waited");
     m.run(T0 + 2 * HOUR);
     assert_eq!(deletions(&m, "m1"), vec![T0 + 60 * MINUTE]);
+}
+
+/// Issue 36, 8: a claim is released once its lab no longer lists the VM (purged after its
+/// retention): the worker's object then holds nothing. A lab still listing it keeps it (asked
+/// again later); a claim another create wrote meanwhile is never deleted by the old one's check.
+#[test]
+fn a_claim_is_released_after_its_labs_purge_and_never_another_labs() {
+    let m = World::named(config(&[("RETENTION_DAYS", "1")]), "m1");
+    m.create(lab("m1", &["w1"], 60));
+    let w1 = m.peer("w1");
+    let check = w1.alarm.get().unwrap();
+    // The lab runs its course and is purged at the end of its retention.
+    m.run(T0 + 3 * 24 * HOUR);
+    assert!(m.record.borrow().is_none(), "the lab was purged");
+    assert!(w1.claim.borrow().is_some(), "the claim is still there");
+    // The claim's check: the lab no longer lists it; released.
+    w1.now.set(check);
+    w1.run(check);
+    assert!(w1.claim.borrow().is_none(), "released");
+    assert!(w1.alarm.get().is_none());
+    assert!(w1.log_has("The claim of VM w1 by lab m1 is released: the lab no longer lists it"));
+
+    // A lab that still lists its VM at the check (its object holds it still): kept, asked
+    // again later.
+    let m = World::named(config(&[("RETENTION_DAYS", "1")]), "m2");
+    m.create(lab("m2", &["w2"], 60));
+    let w2 = m.peer("w2");
+    let check = w2.alarm.get().unwrap();
+    w2.now.set(check);
+    w2.run(check);
+    assert!(w2.claim.borrow().is_some(), "kept while its lab lists it");
+    assert!(w2.alarm.get().unwrap() > check, "asked again later");
+
+    // The old claim's check asks its lab (purged: it does not list the VM), and while it waits
+    // for the answer another lab's create claims the VM: the new claim stays.
+    let m = World::named(config(&[("RETENTION_DAYS", "1")]), "m3");
+    m.create(lab("m3", &["w3"], 60));
+    m.run(T0 + 3 * 24 * HOUR);
+    let w3 = m.peer("w3");
+    let check = w3.alarm.get().unwrap();
+    let other = m.peer("other");
+    *w3.during_send.borrow_mut() = Some((
+        1,
+        Box::new(move || {
+            Box::pin(async move {
+                other.now.set(check);
+                other.invocation();
+                let reply = other
+                    .lab()
+                    .answer(Request::Create(lab("other", &["w3"], 60)))
+                    .await
+                    .expect("the other create");
+                assert_eq!(wire(&reply).0, 201);
+            })
+        }),
+    ));
+    w3.now.set(check);
+    w3.invocation();
+    block_on(w3.lab().alarm()).unwrap();
+    let claim = Claim::decode(w3.claim.borrow().as_deref().expect("a claim")).unwrap();
+    assert_eq!(claim.lab, "other", "the other lab's claim stays");
 }
