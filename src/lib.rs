@@ -12,6 +12,8 @@ pub mod platform;
 mod arch_tests;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod sim;
 
 use worker::{event, web_sys, Context, Env, Request};
 

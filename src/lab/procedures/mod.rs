@@ -81,4 +81,4 @@ impl<'a, P: Platform> Lab<'a, P> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

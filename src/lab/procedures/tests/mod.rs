@@ -87,6 +87,9 @@ pub struct World {
     pub max_value_bytes: Cell<Option<usize>>,
     // index
     pub rows: RefCell<HashMap<String, IndexRow>>,
+    /// The worker VMs' rows (`vms`): which lab lists each, and at which revision (written at a
+    /// lab's first row, as `index::upsert_all` writes them).
+    pub vm_rows: RefCell<HashMap<String, (String, u64)>>,
     pub index_down: Cell<bool>,
     // webhooks
     pub deliveries: RefCell<Vec<Delivery>>,
@@ -101,6 +104,8 @@ pub struct World {
     pub deliver_during_delete: Cell<bool>,
     /// The fleet's budget (`None`: off), and the most permits out at once.
     pub budget: RefCell<Option<crate::lab::fleet::budget::Allocator>>,
+    /// The budget says wait to this many more asks (whatever `budget` says).
+    pub budget_waits: Cell<u32>,
     pub permits_peak: Cell<usize>,
     /// What each `acquire` said it wanted, in order.
     pub permits_wanted: RefCell<Vec<usize>>,
@@ -201,6 +206,7 @@ impl World {
             dead: Cell::new(false),
             max_value_bytes: Cell::new(None),
             rows: RefCell::new(HashMap::new()),
+            vm_rows: RefCell::new(HashMap::new()),
             index_down: Cell::new(false),
             deliveries: RefCell::new(Vec::new()),
             receiver_down: Cell::new(false),
@@ -210,6 +216,7 @@ impl World {
             error_body: RefCell::new("{\"error\":\"busy\"}".into()),
             deliver_during_delete: Cell::new(false),
             budget: RefCell::new(None),
+            budget_waits: Cell::new(0),
             permits_peak: Cell::new(0),
             permits_wanted: RefCell::new(Vec::new()),
             noted: Cell::new(None),
@@ -384,7 +391,7 @@ impl World {
 
     /// What an alarm's progress is measured by: backend calls made, the lab's status, its
     /// attempts (cleanup and stop).
-    fn progress(&self) -> (usize, usize, Option<Status>, u32, u32) {
+    pub(crate) fn progress(&self) -> (usize, usize, Option<Status>, u32, u32) {
         let s = self.session();
         (
             self.calls.borrow().len(),
@@ -703,6 +710,17 @@ impl FleetIndex for World {
         {
             rows.insert(row.lab_request_id.clone(), row.clone());
         }
+        if row.first {
+            let mut vm_rows = self.vm_rows.borrow_mut();
+            for vm in vms {
+                let newer = vm_rows.get(&vm.vm_id).is_none_or(|(lab, revision)| {
+                    lab == &row.lab_request_id || *revision < row.revision
+                });
+                if newer {
+                    vm_rows.insert(vm.vm_id.clone(), (row.lab_request_id.clone(), row.revision));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -727,6 +745,15 @@ impl FleetIndex for World {
             .is_some_and(|r| r.revision <= revision)
         {
             rows.remove(lab_request_id);
+            let mut vm_rows = self.vm_rows.borrow_mut();
+            for vm in vm_ids {
+                if vm_rows
+                    .get(*vm)
+                    .is_some_and(|(lab, _)| lab == lab_request_id)
+                {
+                    vm_rows.remove(*vm);
+                }
+            }
         }
         Ok(())
     }
@@ -809,6 +836,10 @@ impl crate::lab::ports::Budget for World {
         wanted: usize,
     ) -> crate::lab::ports::Permit {
         use crate::lab::ports::Permit;
+        if self.budget_waits.get() > 0 {
+            self.budget_waits.set(self.budget_waits.get() - 1);
+            return Permit::Wait(2_000);
+        }
         if self.budget.borrow().is_some()
             && self
                 .charge(crate::lab::invocation::Meter::Service, 1)

@@ -1,0 +1,73 @@
+//! The simulation in `cargo test`: 500 seeds of 200 steps (more with `SIM_SEEDS`, `SIM_STEPS`), one seed replayed (`SIM_SEED`), and the same seed twice giving the same run.
+
+use super::*;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `SIM_SEEDS` seeds (500) of `SIM_STEPS` steps (200) each, from `SIM_FIRST_SEED` (0): every
+/// invariant after every step, then the drain. A failure prints its seed and its shrunk trace.
+#[test]
+fn seeds() {
+    let (first, seeds, steps) = (
+        env("SIM_FIRST_SEED", 0),
+        env("SIM_SEEDS", 500),
+        env("SIM_STEPS", 200) as usize,
+    );
+    let started = std::time::Instant::now();
+    let mut total = Stats::default();
+    for seed in first..first + seeds {
+        match check_seed(seed, steps) {
+            Ok(stats) => {
+                total.steps += stats.steps;
+                total.alarms += stats.alarms;
+                total.deletions += stats.deletions;
+                total.stops += stats.stops;
+            }
+            Err(report) => panic!("{report}"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "simulation: {seeds} seeds x {steps} steps: {} steps, {} alarms, {} deletions, {} stops in {secs:.1} s ({:.0} steps/s)",
+        total.steps,
+        total.alarms,
+        total.deletions,
+        total.stops,
+        total.steps as f64 / secs
+    );
+}
+
+/// `SIM_SEED=N cargo test --lib sim::tests::replay -- --nocapture`: one seed, its trace printed.
+#[test]
+fn replay() {
+    let seed = env("SIM_SEED", 1);
+    let steps = env("SIM_STEPS", 200) as usize;
+    let (result, trace) = run(seed, &generate(seed, steps));
+    if std::env::var("SIM_SEED").is_ok() {
+        eprintln!("{}", trace.join("\n"));
+    }
+    if let Err(f) = result {
+        panic!(
+            "{}",
+            check_seed(seed, steps).err().unwrap_or(format!("{f:?}"))
+        );
+    }
+}
+
+/// A seed is a run: the same seed twice does the same thing, step for step.
+#[test]
+fn a_seed_replays_step_for_step() {
+    for seed in [3, 17, 42] {
+        let actions = generate(seed, 150);
+        assert_eq!(actions, generate(seed, 150));
+        let (a, trace_a) = run(seed, &actions);
+        let (b, trace_b) = run(seed, &actions);
+        assert_eq!(trace_a, trace_b, "seed {seed}");
+        assert_eq!(a, b, "seed {seed}");
+    }
+}
