@@ -34,7 +34,10 @@ pub struct SimFleet<'a> {
 }
 
 /// VMs a page of the backend's inventory lists (a run reads several).
-pub const PAGE_SIZE: usize = 3;
+pub const PAGE_SIZE: usize = 10;
+/// Calls to labs' objects a fleet-wide run makes at once (the reconciliation's and the
+/// sweep's), and so how much of a call's time each adds to the one clock.
+const CALLS_AT_ONCE: i64 = 6;
 
 impl SimFleet<'_> {
     /// Every lab's row in the index (each object writes its own).
@@ -215,7 +218,11 @@ impl InventorySource for SimFleet<'_> {
 
 impl Labs for SimFleet<'_> {
     async fn call(&self, lab_request_id: &str, request: Request) -> Result<Answer, ServiceError> {
-        self.hub.now.set(self.hub.now.get() + self.call_ms);
+        // The runs make these calls `CALLS_AT_ONCE` at a time, and the one clock moves with
+        // each: a share of the call's time each, so a round of them takes one call's time.
+        self.hub
+            .now
+            .set(self.hub.now.get() + self.call_ms / CALLS_AT_ONCE);
         self.hub.call(lab_request_id, request).await
     }
 }

@@ -105,6 +105,11 @@ pub enum Action {
     Stray {
         vm: u8,
     },
+    /// Many VMs start at once that no lab lists (created 90 minutes ago, past their grace): a
+    /// large inventory.
+    Flood {
+        n: u16,
+    },
     /// The backend's inventory pages and the labs' objects answer the fleet-wide runs this
     /// slowly from now on (0: at once).
     Slow {
@@ -169,6 +174,9 @@ pub fn settings(seed: u64) -> Config {
         ("RECONCILE_ACT".into(), "true".into()),
         ("LEGACY_CUTOVER_AT".into(), rfc3339(T0)),
         ("MAX_WORKER_NODES".into(), "3".into()),
+        // A lifetime cap the run reaches (extends past it are refused), and the previous
+        // worker's labs' hold over within the run.
+        ("MAX_DURATION_MINUTES".into(), "300".into()),
     ];
     if rng.chance(50) {
         pairs.push(("PLAN".into(), "paid".into()));
@@ -255,9 +263,12 @@ pub fn generate(seed: u64, steps: usize) -> Vec<Action> {
             94..=95 => Action::Push {
                 act: rng.chance(70),
             },
+            96 if rng.chance(30) => Action::Flood {
+                n: 50 + rng.below(100) as u16,
+            },
             96 => Action::Slow {
-                page_ms: [0, 2_000, 15_000][rng.below(3) as usize],
-                call_ms: [0, 5_000, 45_000][rng.below(3) as usize],
+                page_ms: [0, 15_000][rng.below(2) as usize],
+                call_ms: [0, 45_000][rng.below(2) as usize],
             },
             _ => Action::Stray {
                 vm: rng.below(u64::from(STRAYS)) as u8,
@@ -723,6 +734,18 @@ impl Sim {
                     record.inventory
                 )
             }
+            Action::Flood { n } => {
+                let created = self.now - 90 * MINUTE;
+                for k in 0..*n {
+                    let vm = format!("flood-{k}");
+                    if !self.model.strays.contains(&vm) {
+                        self.model.strays.push(vm.clone());
+                    }
+                    self.created.insert(vm.clone(), created);
+                    self.gone.remove(&vm);
+                }
+                format!("{n} VMs start that no lab lists")
+            }
             Action::Slow { page_ms, call_ms } => {
                 self.slow = (*page_ms, *call_ms);
                 format!("inventory pages take {page_ms} ms, calls to objects {call_ms} ms")
@@ -873,8 +896,14 @@ impl Sim {
         self.check_calls()?;
         for (name, world) in self.objects() {
             if let Some(text) = world.record.borrow().as_deref() {
-                let bytes = text.encode_utf16().count() * 2;
-                if bytes > crate::lab::session::bound::MAX_RECORD_BYTES {
+                // UTF-16 units are never more than UTF-8 bytes: counted only when it may matter.
+                let max = crate::lab::session::bound::MAX_RECORD_BYTES;
+                let bytes = if text.len() * 2 <= max {
+                    0
+                } else {
+                    text.encode_utf16().count() * 2
+                };
+                if bytes > max {
                     return Err(self.fail(
                         "record within its bound",
                         format!("{name}'s record is {bytes} bytes"),
@@ -918,6 +947,7 @@ impl Sim {
     /// live lab lists deleted by any other object (a reconciliation, an older lab).
     fn check_calls(&mut self) -> Checked<()> {
         let window = self.window();
+        let mut newly_gone = Vec::new();
         for (name, world) in self.objects() {
             let (calls_seen, powers_seen) = self.checked.get(&name).copied().unwrap_or((0, 0));
             let calls: Vec<_> = world.calls.borrow()[calls_seen..].to_vec();
@@ -964,9 +994,10 @@ impl Sim {
                         ),
                     ));
                 }
-                if status == 404 {
+                if status == 404 && !self.gone.contains_key(&vm) {
                     // The backend says it does not run it: gone, for the whole fleet.
-                    self.gone.entry(vm.clone()).or_insert(at);
+                    self.gone.insert(vm.clone(), at);
+                    newly_gone.push((vm.clone(), at));
                 }
                 if what == "stopped" {
                     self.stats.stops += 1;
@@ -978,15 +1009,20 @@ impl Sim {
                     }
                 } else if (200..300).contains(&status) {
                     self.stats.deletions += 1;
-                    self.gone.entry(vm.clone()).or_insert(at);
+                    if !self.gone.contains_key(&vm) {
+                        self.gone.insert(vm.clone(), at);
+                        newly_gone.push((vm.clone(), at));
+                    }
                 }
             }
         }
         // The backend is one: a VM deleted through one object is gone for every other.
-        for (_, world) in self.objects() {
-            let mut gone = world.gone.borrow_mut();
-            for (vm, at) in &self.gone {
-                gone.entry(vm.clone()).or_insert(*at);
+        if !newly_gone.is_empty() {
+            for (_, world) in self.objects() {
+                let mut gone = world.gone.borrow_mut();
+                for (vm, at) in &newly_gone {
+                    gone.entry(vm.clone()).or_insert(*at);
+                }
             }
         }
         Ok(())

@@ -71,3 +71,33 @@ fn a_seed_replays_step_for_step() {
         assert_eq!(a, b, "seed {seed}");
     }
 }
+
+/// A scenario the seeds meet rarely, written out: a large inventory (150 unknown VMs), a slow
+/// backend and slow objects, two Cron Trigger runs 15 minutes apart (the second acts on 100):
+/// each run within its wall time.
+#[test]
+fn a_slow_large_inventory_keeps_each_runs_wall_time() {
+    let actions = vec![
+        // After the previous worker's labs could have expired (their VMs are held till then).
+        Action::Pause {
+            ms: 6 * 60 * MINUTE,
+        },
+        Action::Flood { n: 150 },
+        Action::Slow {
+            page_ms: 15_000,
+            call_ms: 45_000,
+        },
+        Action::Cron,
+        Action::Tick { ms: 15 * MINUTE },
+        Action::Cron,
+        Action::Tick { ms: 15 * MINUTE },
+        Action::Cron,
+    ];
+    for seed in 0..4 {
+        let (result, trace) = run(seed, &actions);
+        if let Err(f) = result {
+            panic!("seed {seed}: {f:?}\n{}", trace.join("\n"));
+        }
+        eprintln!("{}", trace.join("\n"));
+    }
+}
