@@ -101,3 +101,34 @@ fn a_slow_large_inventory_keeps_each_runs_wall_time() {
         eprintln!("{}", trace.join("\n"));
     }
 }
+
+/// The previous worker's labs (not adopted yet) seen by acting inventories past their VMs'
+/// grace: none of their VMs is taken for an orphan before the lab's expiry.
+#[test]
+fn the_previous_workers_labs_are_never_taken_for_orphans() {
+    // Seeds whose previous worker's labs have workers and expire late in the run.
+    let seeds: Vec<u64> = (0..200)
+        .filter(|s| {
+            legacy_labs(*s)
+                .iter()
+                .any(|(_, workers, created, duration)| !workers.is_empty() && created + duration > T0 + 90 * MINUTE)
+        })
+        .take(5)
+        .collect();
+    assert_eq!(seeds.len(), 5);
+    let actions = vec![
+        Action::Tick { ms: 62 * MINUTE },
+        Action::Push { act: true },
+        Action::Tick { ms: 12 * MINUTE },
+        Action::Push { act: true },
+        Action::Cron,
+        Action::Tick { ms: 12 * MINUTE },
+        Action::Cron,
+    ];
+    for seed in seeds {
+        let (result, trace) = run(seed, &actions);
+        if let Err(f) = result {
+            panic!("seed {seed}: {f:?}\n{}", trace.join("\n"));
+        }
+    }
+}
