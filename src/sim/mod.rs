@@ -308,6 +308,7 @@ fn legacy_labs(seed: u64) -> Vec<(String, Vec<String>, i64, i64)> {
 
 /// The simulated fleet.
 pub struct Sim {
+    seed: u64,
     pub config: Config,
     hub: Rc<World>,
     pub now: i64,
@@ -337,6 +338,7 @@ impl Sim {
         let config = settings(seed);
         let hub = World::named(config.clone(), "__fleet");
         let mut sim = Sim {
+            seed,
             config,
             hub,
             now: T0,
@@ -786,8 +788,11 @@ impl Sim {
     }
 
     /// What the backend runs now: every VM a lab or a stray made, not deleted since.
+    /// In the backend's own order (not the labs'): a lab's workers may be listed on a page
+    /// before its master's, or pushed without it.
     fn running(&self) -> Vec<ReportedVm> {
-        self.created
+        let mut running: Vec<ReportedVm> = self
+            .created
             .iter()
             .filter(|(vm, _)| !self.gone.contains_key(*vm))
             .map(|(vm, at)| ReportedVm {
@@ -795,7 +800,15 @@ impl Sim {
                 user_id: "sim-user".into(),
                 created_at_ms: Some(*at),
             })
-            .collect()
+            .collect();
+        let order = |vm: &ReportedVm| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (self.seed, &vm.lab_request_id).hash(&mut h);
+            h.finish()
+        };
+        running.sort_by_key(order);
+        running
     }
 
     /// Runs `f` as one fleet-wide invocation (a push, a Cron Trigger run).
