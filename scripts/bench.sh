@@ -18,3 +18,11 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 cargo bench --bench cleanup
+
+# The simulation's long mode: SIM_SEEDS seeds (100,000 by default here; 500 in `cargo test`) of
+# SIM_STEPS steps, steps per second printed at the end (docs/TESTING.md). BENCH_SIM=0 skips it.
+if [ "${BENCH_SIM:-1}" != 0 ]; then
+  echo "==> the simulation, long mode"
+  SIM_SEEDS="${SIM_SEEDS:-100000}" SIM_STEPS="${SIM_STEPS:-200}" \
+    cargo test --lib sim::tests::seeds -- --nocapture 2>&1 | grep -E "^simulation:|panicked|^seed|^replay|^shrunk|^[+-] "
+fi
