@@ -118,7 +118,6 @@ impl BackendBudget {
                 }
             }
         }
-        let _ = now;
     }
 
     async fn acquire(&self, ask: Acquire) -> Result<Response> {

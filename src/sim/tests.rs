@@ -111,7 +111,9 @@ fn the_previous_workers_labs_are_never_taken_for_orphans() {
         .filter(|s| {
             legacy_labs(*s)
                 .iter()
-                .any(|(_, workers, created, duration)| !workers.is_empty() && created + duration > T0 + 90 * MINUTE)
+                .any(|(_, workers, created, duration)| {
+                    !workers.is_empty() && created + duration > T0 + 90 * MINUTE
+                })
         })
         .take(5)
         .collect();

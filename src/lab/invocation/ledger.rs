@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::lab::invocation::plan::{Limits, WALL_MARGIN_MS};
+use crate::lab::invocation::plan::Limits;
 
 /// What a call uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,15 +100,6 @@ impl Ledger {
     pub fn started_ms(&self) -> i64 {
         self.started_ms
     }
-
-    /// The last moment a call that may take `timeout_ms` can start in an alarm or a Cron
-    /// Trigger run and still end within its wall time (with `WALL_MARGIN_MS` to spare).
-    pub fn last_start_ms(&self, timeout_ms: i64) -> i64 {
-        self.started_ms
-            .saturating_add(self.limits.wall_ms)
-            .saturating_sub(WALL_MARGIN_MS)
-            .saturating_sub(timeout_ms)
-    }
 }
 
 /// The one structured line an invocation logs about what it used (`event: invocation`).
@@ -181,14 +172,5 @@ mod tests {
         counted.charge(Meter::External, 60).unwrap();
         assert_eq!(counted.used().external, 60);
         assert_eq!(counted.left(Meter::External), 0);
-    }
-
-    #[test]
-    fn a_call_starts_only_if_it_ends_within_the_wall_time() {
-        let ledger = Ledger::new(FREE, false, 1_000_000);
-        assert_eq!(
-            ledger.last_start_ms(15_000),
-            1_000_000 + 15 * 60_000 - 30_000 - 15_000
-        );
     }
 }

@@ -45,8 +45,18 @@ pub struct Limits {
     pub cpu_ms: u64,
     /// Wall time of an alarm or a Cron Trigger run, in ms.
     pub wall_ms: i64,
-    /// Startup time (the module's evaluation), in ms.
-    pub startup_ms: u64,
+}
+
+impl Limits {
+    /// The last moment a call that may take `timeout_ms` can start in an alarm or a Cron
+    /// Trigger run that started at `started_ms`, and still end within its wall time with
+    /// `WALL_MARGIN_MS` to spare (an attempt's last backend call, a delivery).
+    pub fn last_start_ms(&self, started_ms: i64, timeout_ms: i64) -> i64 {
+        started_ms
+            .saturating_add(self.wall_ms)
+            .saturating_sub(WALL_MARGIN_MS)
+            .saturating_sub(timeout_ms)
+    }
 }
 
 /// Subrequests per invocation: 50 on Workers Free, 10,000 by default on Workers Paid
@@ -68,9 +78,6 @@ pub const PAID_CPU_MS: u64 = 30_000;
 /// (<https://developers.cloudflare.com/workers/platform/limits/#duration>,
 /// <https://developers.cloudflare.com/durable-objects/api/alarms/>).
 pub const WALL_MS: i64 = 15 * 60 * 1_000;
-/// Worker startup time: 1 second
-/// (<https://developers.cloudflare.com/workers/platform/limits/#worker-startup-time>).
-pub const STARTUP_MS: u64 = 1_000;
 
 pub const FREE: Limits = Limits {
     external: FREE_EXTERNAL,
@@ -78,7 +85,6 @@ pub const FREE: Limits = Limits {
     d1_queries: FREE_D1_QUERIES,
     cpu_ms: FREE_CPU_MS,
     wall_ms: WALL_MS,
-    startup_ms: STARTUP_MS,
 };
 
 pub const PAID: Limits = Limits {
@@ -87,9 +93,21 @@ pub const PAID: Limits = Limits {
     d1_queries: PAID_D1_QUERIES,
     cpu_ms: PAID_CPU_MS,
     wall_ms: WALL_MS,
-    startup_ms: STARTUP_MS,
 };
 
 /// Time kept free at the end of an alarm's or a run's wall time: what an invocation does after
 /// its last call (saving, logging) has this much at least.
 pub const WALL_MARGIN_MS: i64 = 30_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_starts_only_while_it_can_end_within_the_wall_time() {
+        // Started at 1,000,000: 15 minutes of wall time, 30 s kept, a 15 s call.
+        assert_eq!(FREE.last_start_ms(1_000_000, 15_000), 1_000_000 + 855_000);
+        assert_eq!(PAID.last_start_ms(0, 0), 870_000);
+        assert_eq!(FREE.last_start_ms(i64::MAX, 0), i64::MAX - 30_000);
+    }
+}

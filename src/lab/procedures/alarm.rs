@@ -661,14 +661,11 @@ impl<P: Platform> Lab<'_, P> {
     /// When an attempt starting at `now` starts its last call: `ATTEMPT_DEADLINE_SECONDS` after
     /// `now`, and no later than a call can start and still end within the alarm's wall time.
     fn attempt_deadline(&self, now: i64) -> i64 {
-        let wall = self.config.limits().wall_ms;
         let timeout = (self.config.backend_timeout_seconds * 1000) as i64;
         let last_start = self
-            .platform
-            .invocation_started_ms()
-            .saturating_add(wall)
-            .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
-            .saturating_sub(timeout);
+            .config
+            .limits()
+            .last_start_ms(self.platform.invocation_started_ms(), timeout);
         now.saturating_add(self.config.attempt_deadline_ms())
             .min(last_start)
     }

@@ -114,11 +114,10 @@ impl<P: Platform> Lab<'_, P> {
     /// once a delivery starting now could not end within the alarm's wall time.
     pub(crate) fn delivery_room(&self, now: i64) -> usize {
         let p = self.platform;
-        let last_start = p
-            .invocation_started_ms()
-            .saturating_add(self.config.limits().wall_ms)
-            .saturating_sub(crate::lab::invocation::plan::WALL_MARGIN_MS)
-            .saturating_sub(self.config.webhook_timeout_ms());
+        let last_start = self
+            .config
+            .limits()
+            .last_start_ms(p.invocation_started_ms(), self.config.webhook_timeout_ms());
         if now > last_start {
             0
         } else {
