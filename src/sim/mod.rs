@@ -463,7 +463,14 @@ impl Sim {
 
     /// Applies one action, then checks every invariant.
     pub fn apply(&mut self, action: &Action) -> Checked<()> {
-        let line = self.act(action)?;
+        let line = match self.act(action) {
+            Ok(line) => line,
+            Err(failure) => {
+                self.trace
+                    .push(format!("{} {action:?} -> broke", self.at(self.now)));
+                return Err(failure);
+            }
+        };
         self.trace.push(format!("{} {line}", self.at(self.now)));
         self.check()?;
         self.step += 1;
@@ -496,7 +503,18 @@ impl Sim {
                         keep_stopped_minutes: *keep,
                     }),
                 );
-                if code == 201 {
+                // An answer lost (a 5xx) after the create was written: the lab is there, as
+                // the status a client asks again says (created now).
+                let created_anyway = code >= 500 && {
+                    let (status, view) = self.ask(&id, Request::Status);
+                    status == 200 && epoch(&view["created_at"]) == self.now
+                };
+                if code == 201 || created_anyway {
+                    let view = if created_anyway {
+                        self.ask(&id, Request::Status).1
+                    } else {
+                        view
+                    };
                     let keep_ms = match (&self.config.stop, keep) {
                         (None, _) => 0,
                         (Some(_), Some(k)) => *k as i64 * unit,
