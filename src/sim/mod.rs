@@ -1229,8 +1229,21 @@ pub fn shrink(seed: u64, actions: &[Action], kind: &'static str) -> Vec<Action> 
     current
 }
 
+/// A failing seed, as printed: the failure, and the shrunk run's timeline.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub failure: Failure,
+    pub text: String,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Runs one seed of `steps` steps; on a failure, shrinks it and answers the report to print.
-pub fn check_seed(seed: u64, steps: usize) -> Result<Stats, String> {
+pub fn check_seed(seed: u64, steps: usize) -> Result<Stats, Report> {
     let actions = generate(seed, steps);
     let (result, _) = run(seed, &actions);
     match result {
@@ -1239,7 +1252,7 @@ pub fn check_seed(seed: u64, steps: usize) -> Result<Stats, String> {
             let short = shrink(seed, &actions, failure.kind);
             let (again, trace) = run(seed, &short);
             let shown = again.err().unwrap_or(failure.clone());
-            Err(format!(
+            let text = format!(
                 "seed {seed}: {} broken at step {} of {steps}: {}\nreplay: SIM_SEED={seed} SIM_STEPS={steps} cargo test --lib sim::tests::replay -- --nocapture\nshrunk to {} of {} actions; the labs' timeline:\n{}",
                 failure.kind,
                 failure.step,
@@ -1247,7 +1260,8 @@ pub fn check_seed(seed: u64, steps: usize) -> Result<Stats, String> {
                 short.len(),
                 actions.len(),
                 trace.join("\n")
-            ))
+            );
+            Err(Report { failure, text })
         }
     }
 }

@@ -52,10 +52,10 @@ fn replay() {
         eprintln!("{}", trace.join("\n"));
     }
     if let Err(f) = result {
-        panic!(
-            "{}",
-            check_seed(seed, steps).err().unwrap_or(format!("{f:?}"))
-        );
+        match check_seed(seed, steps) {
+            Err(report) => panic!("{report}"),
+            Ok(_) => panic!("{f:?}"),
+        }
     }
 }
 
