@@ -28,7 +28,7 @@ fn seeds() {
                 total.deletions += stats.deletions;
                 total.stops += stats.stops;
             }
-            Err(report) => panic!("{report}"),
+            Err(report) => panic!("{report}\n(invariant broken: {})", report.failure.kind),
         }
     }
     let secs = started.elapsed().as_secs_f64();
