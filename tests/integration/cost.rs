@@ -100,7 +100,9 @@ pub fn rows_written_per_lab_stay_within_their_bounds(ctx: &Ctx) {
     );
     // Measured 18 or 19 and 21 (91 in all before issue 28, 57.4 before its third part, 26 D1
     // rows before the VMs' states went into the lab's row), the
-    // claims its worker VMs' objects write among them (1 row each). The retry's jitter decides
+    // claims its worker VMs' objects write among them (1 row each), and since claims are
+    // released (issue 36, 8) each claim's alarm (1 row each: 20 or 21; its release, a record
+    // and an alarm deleted, comes after the lab's longest life and retention, past this count). The retry's jitter decides
     // whether the next attempt or the index row's retry (both 2 s ahead here) is the earlier
     // wake-up after the failed attempt's save: when it is the row's, its confirmation moves the
     // alarm (1 row).
@@ -112,7 +114,7 @@ pub fn rows_written_per_lab_stay_within_their_bounds(ctx: &Ctx) {
         true,
     );
     assert!(
-        storage <= 19.0 && d1 <= 21.0,
+        storage <= 21.0 && d1 <= 21.0,
         "{storage} storage rows, {d1} D1 rows"
     );
 }
