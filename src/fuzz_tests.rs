@@ -16,7 +16,7 @@ use crate::lab::legacy::{LegacyRecord, LegacyValue, Rules};
 use crate::lab::ports::BackendReply;
 use crate::lab::procedures::Request;
 use crate::lab::session::Session;
-use crate::lab::{retry, text, webhook};
+use crate::lab::{retry, text};
 
 fn cases() -> ProptestConfig {
     ProptestConfig {
@@ -157,9 +157,9 @@ proptest! {
 
     #[test]
     fn secrets_and_base64_answer_anything(value in text()) {
-        let _ = webhook::parse_secret(&value);
-        if let Some(bytes) = webhook::base64_decode(&value) {
-            prop_assert_eq!(webhook::base64_decode(&webhook::base64_encode(&bytes)), Some(bytes));
+        let _ = crate::lab::config::parse_secret(&value);
+        if let Some(bytes) = crate::lab::base64::base64_decode(&value) {
+            prop_assert_eq!(crate::lab::base64::base64_decode(&crate::lab::base64::base64_encode(&bytes)), Some(bytes));
         }
     }
 

@@ -2,8 +2,7 @@
 
 use thiserror::Error;
 
-use crate::lab::session::bound::MAX_WORKERS;
-use crate::lab::webhook::{self, Schedule};
+use crate::lab::limits::MAX_WORKERS;
 
 /// Default seconds between cleanup attempts while any VM is still undeleted.
 pub const DEFAULT_CLEANUP_RETRY_SECONDS: u64 = 300;
@@ -254,6 +253,25 @@ pub struct WebhookConfig {
     pub schedule: Schedule,
 }
 
+/// The webhook settings the timing depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// Pauses after failed deliveries, in ms; the last one repeats.
+    pub pauses_ms: Vec<i64>,
+    /// An event not delivered this long after its creation is dropped.
+    pub max_age_ms: i64,
+}
+
+/// The default pauses: 5 s, 30 s, 2 min, 10 min, 30 min, then hourly; for 24 hours.
+pub const DEFAULT_PAUSES_SECONDS: [u64; 6] = [5, 30, 120, 600, 1800, 3600];
+pub const DEFAULT_MAX_AGE_SECONDS: u64 = 86_400;
+
+/// Reads a `WEBHOOK_SECRET` (`whsec_` + base64 of 24 to 64 bytes) as its key bytes.
+pub fn parse_secret(value: &str) -> Option<Vec<u8>> {
+    let key = crate::lab::base64::base64_decode(value.trim().strip_prefix("whsec_")?)?;
+    (24..=64).contains(&key.len()).then_some(key)
+}
+
 impl Config {
     /// Reads and checks every setting through `get` (a `[vars]`/secret lookup by name).
     ///
@@ -346,15 +364,6 @@ impl Config {
     /// Milliseconds after its start an attempt may start a call.
     pub fn attempt_deadline_ms(&self) -> i64 {
         (self.attempt_deadline_seconds * 1000) as i64
-    }
-
-    /// The rules an adopted legacy record must meet (today's, see `lab::legacy`).
-    pub fn adoption_rules(&self) -> crate::lab::legacy::Rules {
-        crate::lab::legacy::Rules {
-            unit_ms: self.duration_unit_ms(),
-            max_workers: self.max_worker_nodes,
-            max_duration_minutes: self.max_duration_minutes,
-        }
     }
 
     /// The stages of `lab.expiring`, in minutes before the expiry, largest first (none when
@@ -788,7 +797,7 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
             expected: "set (a secret) whenever WEBHOOK_URL is".into(),
             value: None,
         })?;
-        let secret = webhook::parse_secret(&secret).ok_or(ConfigError::Invalid {
+        let secret = parse_secret(&secret).ok_or(ConfigError::Invalid {
             name: "WEBHOOK_SECRET",
             expected: "whsec_ followed by the base64 of 24 to 64 random bytes".into(),
             // A secret: its value is never repeated, not even in the log.
@@ -808,12 +817,12 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
         let idle_warn_minutes = whole("IDLE_WARN_MINUTES", DEFAULT_IDLE_WARN_MINUTES, 1, 525_600)?;
         let max_age_seconds = whole(
             "WEBHOOK_MAX_AGE_SECONDS",
-            webhook::DEFAULT_MAX_AGE_SECONDS,
+            DEFAULT_MAX_AGE_SECONDS,
             1,
             30 * 86_400,
         )?;
         let pauses = match get("WEBHOOK_RETRY_SCHEDULE_SECONDS") {
-            None => webhook::DEFAULT_PAUSES_SECONDS.to_vec(),
+            None => DEFAULT_PAUSES_SECONDS.to_vec(),
             Some(raw) => raw
                 .split(',')
                 .map(|p| {

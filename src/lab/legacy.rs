@@ -181,6 +181,17 @@ pub struct Rules {
     pub max_duration_minutes: u64,
 }
 
+impl Rules {
+    /// Today's rules, from the settings.
+    pub fn of(config: &crate::lab::config::Config) -> Rules {
+        Rules {
+            unit_ms: config.duration_unit_ms(),
+            max_workers: config.max_worker_nodes,
+            max_duration_minutes: config.max_duration_minutes,
+        }
+    }
+}
+
 const EXPECTED_ID: &str = "an id of 1 to 128 characters from A-Z a-z 0-9 . _ : @ + -";
 const EXPECTED_DURATION: &str = "a whole number of minutes from 1 to MAX_DURATION_MINUTES";
 

@@ -1,5 +1,9 @@
 //! What a lab may hold: the id rule and every size bound of the stored record, each with the platform limit it comes from.
 
+/// Most workers a lab may have: what fits the record's bound with every other part at its
+/// largest (`session::bound`'s `the_worst_case_fits`). `MAX_WORKER_NODES` cannot be set higher.
+pub const MAX_WORKERS: usize = 48;
+
 /// Longest id (`lab_request_id`, `user_id`, `worker_lab_request_id`), in characters.
 pub const MAX_ID_LEN: usize = 128;
 /// Longest `vm.name` (kept for logs and the status view), in characters.

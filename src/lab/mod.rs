@@ -24,6 +24,7 @@ macro_rules! named_enum {
 }
 pub(crate) use named_enum;
 
+pub mod base64;
 pub mod cleanup;
 pub mod config;
 pub mod error;

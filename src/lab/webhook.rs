@@ -8,6 +8,8 @@ use hmac::{Hmac, Mac};
 
 use sha2::Sha256;
 
+use crate::lab::base64::base64_encode;
+pub use crate::lab::config::Schedule;
 use crate::lab::session::bound::MAX_DELIVERY_ERROR_CHARS;
 use crate::lab::session::{OutboxEvent, Session, Status};
 use crate::lab::status::is_stuck;
@@ -42,19 +44,6 @@ impl EventType {
         }
     }
 }
-
-/// The webhook settings the timing depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schedule {
-    /// Pauses after failed deliveries, in ms; the last one repeats.
-    pub pauses_ms: Vec<i64>,
-    /// An event not delivered this long after its creation is dropped.
-    pub max_age_ms: i64,
-}
-
-/// The default pauses: 5 s, 30 s, 2 min, 10 min, 30 min, then hourly; for 24 hours.
-pub const DEFAULT_PAUSES_SECONDS: [u64; 6] = [5, 30, 120, 600, 1800, 3600];
-pub const DEFAULT_MAX_AGE_SECONDS: u64 = 86_400;
 
 /// A new event of `kind` for `session` at `now_ms`, due now: its body (`type`, `timestamp`, and
 /// the lab's status view as `data`) is fixed now, so every redelivery carries the same bytes.
@@ -161,58 +150,10 @@ pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", base64_encode(&mac.finalize().into_bytes()))
 }
 
-/// Reads a `WEBHOOK_SECRET` (`whsec_` + base64 of 24 to 64 bytes) as its key bytes.
-pub fn parse_secret(value: &str) -> Option<Vec<u8>> {
-    let key = base64_decode(value.trim().strip_prefix("whsec_")?)?;
-    (24..=64).contains(&key.len()).then_some(key)
-}
-
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Standard base64, padding optional; `None` for anything else.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in text.bytes() {
-        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
-        acc = (acc << 6) | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be zero padding (at most 4 bits).
-    (bits < 6 && acc == 0).then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::config::{parse_secret, DEFAULT_MAX_AGE_SECONDS, DEFAULT_PAUSES_SECONDS};
     use crate::lab::session::{AttemptResult, NewSession};
     use crate::lab::text::rfc3339;
 
@@ -288,19 +229,6 @@ mod tests {
         ] {
             assert_eq!(parse_secret(&bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn base64_round_trips() {
-        for n in 0..70u8 {
-            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
-            let text = base64_encode(&bytes);
-            assert_eq!(base64_decode(&text), Some(bytes), "{text}");
-        }
-        assert_eq!(base64_encode(b"Man"), "TWFu");
-        assert_eq!(base64_encode(b"Ma"), "TWE=");
-        assert_eq!(base64_decode("TWE"), Some(b"Ma".to_vec()));
-        assert_eq!(base64_decode("TWF"), None, "non-zero leftover bits");
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl<P: Platform> Lab<'_, P> {
         let now = self.platform.now_ms();
         let alarm = self.platform.alarm().await?;
         let retry_ms = self.config.retry_ms();
-        match record.adopt(alarm, now, &self.config.adoption_rules()) {
+        match record.adopt(alarm, now, &crate::lab::legacy::Rules::of(self.config)) {
             Ok(mut session) => {
                 session.record(crate::lab::session::Kind::Adopted, now);
                 index::touch(&mut session, now, retry_ms);

@@ -15,9 +15,8 @@ use crate::lab::text;
 pub const STORAGE_VALUE_LIMIT_BYTES: usize = 128 * 1024;
 /// The record's bound: half the storage limit, counted as UTF-16.
 pub const MAX_RECORD_BYTES: usize = STORAGE_VALUE_LIMIT_BYTES / 2;
-/// Most workers a lab may have: what fits the bound with every other part at its largest
-/// (`tests::the_worst_case_fits`). `MAX_WORKER_NODES` cannot be set higher.
-pub const MAX_WORKERS: usize = 48;
+/// Most workers a lab may have (`lab::limits`): what fits the bound (`tests::the_worst_case_fits`).
+pub use crate::lab::limits::MAX_WORKERS;
 /// Longest stored error of one VM, in characters (after escaping, see `lab::text`).
 pub const MAX_ERROR_CHARS: usize = 200;
 /// All error texts of one attempt together, in characters: a lab with many failing VMs keeps a

@@ -257,7 +257,7 @@ fn every_delivery_is_signed_and_its_body_fixed() {
     world.receiver_down.set(false);
     world.run(T0 + 30 * 86_400_000);
     let secret =
-        crate::lab::webhook::parse_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        crate::lab::config::parse_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
     let mut bodies: HashMap<String, String> = HashMap::new();
     for d in world.deliveries.borrow().iter() {
         assert_eq!(
