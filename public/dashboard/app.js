@@ -30,7 +30,8 @@ class ApiError extends Error {
 
 async function api(method, path, body = undefined, extraHeaders = {}) {
   let response;
-  const headers = { Authorization: `Bearer ${token()}`, ...extraHeaders };
+  const sent = token();
+  const headers = { Authorization: `Bearer ${sent}`, ...extraHeaders };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   try {
     response = await fetch(path, {
@@ -50,7 +51,9 @@ async function api(method, path, body = undefined, extraHeaders = {}) {
   }
   if (!response.ok) {
     const error = answer && answer.error;
-    if (response.status === 401) forget();
+    // Only the token this request carried is forgotten: a refusal still on its way for an
+    // earlier token must not log out the one just entered.
+    if (response.status === 401 && token() === sent) forget();
     throw new ApiError(
       response.status,
       error ? error.code : "unexpected_answer",
