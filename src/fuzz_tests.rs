@@ -139,9 +139,18 @@ proptest! {
     #[test]
     fn headers_answer_anything(content_type in text(), authorization in text()) {
         let _ = validation::check_content_type(Some(&content_type));
-        let caller = auth::authenticate(Some("front-1"), Some("ops-2"), Some(&authorization));
-        prop_assert!(caller.is_err() || authorization.contains("front-1") || authorization.contains("ops-2"));
-        let _ = auth::authenticate(None, None, Some(&authorization));
+        let tokens = auth::Tokens {
+            api: Some("front-1"),
+            api_previous: Some("front-0"),
+            operator: Some("ops-2"),
+            operator_previous: Some("ops-1"),
+        };
+        let caller = auth::authenticate(&tokens, Some(&authorization));
+        prop_assert!(
+            caller.is_err()
+                || ["front-1", "front-0", "ops-2", "ops-1"].iter().any(|t| authorization.contains(t))
+        );
+        let _ = auth::authenticate(&auth::Tokens::default(), Some(&authorization));
     }
 
     #[test]

@@ -20,17 +20,43 @@ pub enum Access {
     Fleet,
 }
 
+/// Which of its role's two values a caller presented: the current one, or during a rotation
+/// the previous one (`API_TOKEN_PREVIOUS`, `OPERATOR_TOKEN_PREVIOUS`). Logged by name, never a
+/// value or a part of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Current,
+    Previous,
+}
+
+impl Slot {
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::Current => "current",
+            Slot::Previous => "previous",
+        }
+    }
+}
+
+/// The configured token values, each `None` when unset or blank: per role the current value and,
+/// during a rotation, the previous one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokens<'a> {
+    pub api: Option<&'a str>,
+    pub api_previous: Option<&'a str>,
+    pub operator: Option<&'a str>,
+    pub operator_previous: Option<&'a str>,
+}
+
 /// Identifies the caller from `authorization` (the request's `Authorization` header) against
-/// both configured tokens, each compared in constant time. Authentication comes before anything
-/// else, the configuration's state included: a caller without a valid token learns nothing but
-/// `401` (no token configured at all: nobody has a valid one, so the API never runs open).
+/// every configured token value, each compared in constant time. Authentication comes before
+/// anything else, the configuration's state included: a caller without a valid token learns
+/// nothing but `401` (no token configured at all: nobody has a valid one, so the API never runs
+/// open).
 pub fn authenticate(
-    api_token: Option<&str>,
-    operator_token: Option<&str>,
+    tokens: &Tokens<'_>,
     authorization: Option<&str>,
-) -> Result<Caller, ApiError> {
-    let api_token = api_token.filter(|t| !t.trim().is_empty());
-    let operator_token = operator_token.filter(|t| !t.trim().is_empty());
+) -> Result<(Caller, Slot), ApiError> {
     let presented = authorization
         .and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
@@ -38,18 +64,31 @@ pub fn authenticate(
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-    // Both comparisons always run, so the time says nothing about which token was close.
-    let is_operator =
-        operator_token.is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes()));
-    let is_frontend =
-        api_token.is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes()));
-    match (is_operator, is_frontend) {
-        (true, _) => Ok(Caller::Operator),
-        (false, true) => Ok(Caller::Frontend),
-        (false, false) => Err(ApiError::Unauthorized(
-            "the bearer token is not valid".into(),
-        )),
-    }
+    let matches = |value: Option<&str>| {
+        value
+            .filter(|t| !t.trim().is_empty())
+            .is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes()))
+    };
+    // Every comparison always runs, so the time says nothing about which value was close.
+    let found = [
+        (matches(tokens.operator), Caller::Operator, Slot::Current),
+        (
+            matches(tokens.operator_previous),
+            Caller::Operator,
+            Slot::Previous,
+        ),
+        (matches(tokens.api), Caller::Frontend, Slot::Current),
+        (
+            matches(tokens.api_previous),
+            Caller::Frontend,
+            Slot::Previous,
+        ),
+    ];
+    found
+        .into_iter()
+        .find(|(hit, _, _)| *hit)
+        .map(|(_, caller, slot)| (caller, slot))
+        .ok_or_else(|| ApiError::Unauthorized("the bearer token is not valid".into()))
 }
 
 /// Whether an authenticated `caller` may use a route of `access`. The per-lab routes need
@@ -84,7 +123,21 @@ mod tests {
     use super::*;
 
     fn check(expected: Option<&str>, header: Option<&str>) -> Result<Caller, ApiError> {
-        authenticate(expected, None, header)
+        let tokens = Tokens {
+            api: expected,
+            ..Tokens::default()
+        };
+        authenticate(&tokens, header).map(|(caller, _)| caller)
+    }
+
+    /// The two tokens of the roles, no rotation.
+    fn two(api: Option<&str>, operator: Option<&str>, header: &str) -> Result<Caller, ApiError> {
+        let tokens = Tokens {
+            api,
+            operator,
+            ..Tokens::default()
+        };
+        authenticate(&tokens, Some(header)).map(|(caller, _)| caller)
     }
 
     #[test]
@@ -130,18 +183,67 @@ mod tests {
 
     #[test]
     fn two_tokens_two_callers() {
-        let both = |h: &str| authenticate(Some("front"), Some("ops"), Some(h));
+        let both = |h: &str| two(Some("front"), Some("ops"), h);
         assert_eq!(both("Bearer front"), Ok(Caller::Frontend));
         assert_eq!(both("Bearer ops"), Ok(Caller::Operator));
         assert_eq!(both("Bearer other").unwrap_err().status(), 401);
         // Only the operator token configured: it authenticates; nothing else does, and nobody
         // without it learns what is missing.
-        assert_eq!(
-            authenticate(None, Some("ops"), Some("Bearer ops")),
-            Ok(Caller::Operator)
-        );
-        let e = authenticate(None, Some("ops"), Some("Bearer front")).unwrap_err();
+        assert_eq!(two(None, Some("ops"), "Bearer ops"), Ok(Caller::Operator));
+        let e = two(None, Some("ops"), "Bearer front").unwrap_err();
         assert_eq!((e.status(), e.code()), (401, "unauthorized"));
+    }
+
+    #[test]
+    fn during_a_rotation_both_values_of_a_role_pass_and_name_their_slot() {
+        let tokens = Tokens {
+            api: Some("front-new"),
+            api_previous: Some("front-old"),
+            operator: Some("ops-new"),
+            operator_previous: Some("ops-old"),
+        };
+        let who = |h: &str| authenticate(&tokens, Some(h));
+        assert_eq!(
+            who("Bearer front-new"),
+            Ok((Caller::Frontend, Slot::Current))
+        );
+        assert_eq!(
+            who("Bearer front-old"),
+            Ok((Caller::Frontend, Slot::Previous))
+        );
+        assert_eq!(who("Bearer ops-new"), Ok((Caller::Operator, Slot::Current)));
+        assert_eq!(
+            who("Bearer ops-old"),
+            Ok((Caller::Operator, Slot::Previous))
+        );
+        for wrong in [
+            "Bearer front",
+            "Bearer ops-ol",
+            "Bearer front-old2",
+            "Bearer ",
+        ] {
+            assert_eq!(who(wrong).unwrap_err().status(), 401, "{wrong}");
+        }
+        // The previous value removed: it fails; blank counts as unset.
+        for gone in [None, Some(""), Some("  ")] {
+            let after = Tokens {
+                api_previous: gone,
+                ..tokens
+            };
+            let e = authenticate(&after, Some("Bearer front-old")).unwrap_err();
+            assert_eq!((e.status(), e.code()), (401, "unauthorized"));
+            assert!(!e.to_string().contains("front"), "never echo a token");
+        }
+        // A previous operator value is still the operator, on the fleet routes too.
+        let (caller, _) = who("Bearer ops-old").unwrap();
+        assert_eq!(authorize(caller, Access::Fleet, true), Ok(()));
+        let (caller, _) = who("Bearer front-old").unwrap();
+        assert_eq!(
+            authorize(caller, Access::Fleet, true).unwrap_err().status(),
+            403
+        );
+        assert_eq!(Slot::Previous.name(), "previous");
+        assert_eq!(Slot::Current.name(), "current");
     }
 
     #[test]

@@ -144,6 +144,10 @@ pub struct Config {
     pub api_token: Option<String>,
     /// The operator's token: every route, the fleet-wide ones included; `None` closes those.
     pub operator_token: Option<String>,
+    /// `API_TOKEN_PREVIOUS`: during a rotation, the API token being replaced, still accepted.
+    pub api_token_previous: Option<String>,
+    /// `OPERATOR_TOKEN_PREVIOUS`: during a rotation, the operator token being replaced.
+    pub operator_token_previous: Option<String>,
     /// A lab not completed after this many attempts counts as stuck (fleet view, webhooks).
     pub stuck_after_attempts: u32,
     /// `DRY_RUN = "true"`: the cleanup logs the calls it would make and makes none.
@@ -245,6 +249,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// The key bytes of `WEBHOOK_SECRET` (the base64 after `whsec_`).
     pub secret: Vec<u8>,
+    /// `WEBHOOK_SECRET_PREVIOUS`, during a rotation: every delivery is signed with it too.
+    pub previous_secret: Option<Vec<u8>>,
     /// `lab.expiring` this many `duration` units before the expiry, once per stage; largest
     /// first, no repeats, at most `MAX_WARN_STAGES`.
     pub warn_stages: Vec<u64>,
@@ -283,12 +289,14 @@ impl Config {
         let backend_url = get("BACKEND_URL").ok_or(ConfigError::Missing("BACKEND_URL"))?;
         let backend_url = http_url("BACKEND_URL", backend_url.trim().trim_end_matches('/'))?;
         let calls = Calls::read(&s)?;
-        let (api_token, operator_token) = tokens(&s)?;
+        let tokens = tokens(&s)?;
         Ok(Config {
             backend_url,
             backend_api_token: get("BACKEND_API_TOKEN"),
-            api_token,
-            operator_token,
+            api_token: tokens.api,
+            operator_token: tokens.operator,
+            api_token_previous: tokens.api_previous,
+            operator_token_previous: tokens.operator_previous,
             stuck_after_attempts: s.number(STUCK_AFTER_ATTEMPTS)? as u32,
             dry_run: s.flag("DRY_RUN")?,
             cleanup_retry_seconds: s.number(CLEANUP_RETRY_SECONDS)?,
@@ -746,20 +754,138 @@ fn max_worker_nodes<G: Fn(&str) -> Option<String>>(
     Ok(workers)
 }
 
-/// `API_TOKEN` and `OPERATOR_TOKEN`: one token per role (with the same value, the frontend's
-/// server would hold every fleet route: every user's labs, retry now).
-fn tokens<G: Fn(&str) -> Option<String>>(
-    s: &Settings<'_, G>,
-) -> Result<(Option<String>, Option<String>), ConfigError> {
-    let (api_token, operator_token) = ((s.0)("API_TOKEN"), (s.0)("OPERATOR_TOKEN"));
-    if api_token.is_some() && api_token == operator_token {
-        return Err(ConfigError::Invalid {
-            name: "OPERATOR_TOKEN",
-            expected: "different from API_TOKEN (one token per role)".into(),
-            value: None,
-        });
+/// The four token settings, checked.
+struct Tokens {
+    api: Option<String>,
+    operator: Option<String>,
+    api_previous: Option<String>,
+    operator_previous: Option<String>,
+}
+
+/// `API_TOKEN` and `OPERATOR_TOKEN`, each with its `_PREVIOUS` value during a rotation: one
+/// token per role (with a value shared, the frontend's server would hold every fleet route:
+/// every user's labs, retry now), so no API value equals an operator value; a previous value
+/// only beside a current one (the new value), and never equal to it.
+fn tokens<G: Fn(&str) -> Option<String>>(s: &Settings<'_, G>) -> Result<Tokens, ConfigError> {
+    let t = Tokens {
+        api: (s.0)("API_TOKEN"),
+        operator: (s.0)("OPERATOR_TOKEN"),
+        api_previous: (s.0)(API_TOKEN_PREVIOUS),
+        operator_previous: (s.0)(OPERATOR_TOKEN_PREVIOUS),
+    };
+    let invalid = |name, expected: &str| ConfigError::Invalid {
+        name,
+        expected: expected.into(),
+        // A secret: its value is never repeated, not even in the log.
+        value: None,
+    };
+    for (previous, name, current, current_name) in [
+        (&t.api_previous, API_TOKEN_PREVIOUS, &t.api, "API_TOKEN"),
+        (
+            &t.operator_previous,
+            OPERATOR_TOKEN_PREVIOUS,
+            &t.operator,
+            "OPERATOR_TOKEN",
+        ),
+    ] {
+        match (previous, current) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    name,
+                    &format!("set only during a rotation, beside {current_name} (the new value)"),
+                ))
+            }
+            (Some(p), Some(c)) if p == c => {
+                return Err(invalid(
+                    name,
+                    &format!("different from {current_name} (the value being replaced)"),
+                ))
+            }
+            _ => {}
+        }
     }
-    Ok((api_token, operator_token))
+    let api = [&t.api, &t.api_previous];
+    for (operator, name) in [
+        (&t.operator, "OPERATOR_TOKEN"),
+        (&t.operator_previous, OPERATOR_TOKEN_PREVIOUS),
+    ] {
+        if operator.is_some() && api.contains(&operator) {
+            return Err(invalid(
+                name,
+                "different from API_TOKEN and API_TOKEN_PREVIOUS (one token per role)",
+            ));
+        }
+    }
+    Ok(t)
+}
+
+/// A secret setting that holds, during a rotation, the value being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Previous {
+    ApiToken,
+    OperatorToken,
+    WebhookSecret,
+}
+
+pub const API_TOKEN_PREVIOUS: &str = "API_TOKEN_PREVIOUS";
+pub const OPERATOR_TOKEN_PREVIOUS: &str = "OPERATOR_TOKEN_PREVIOUS";
+pub const WEBHOOK_SECRET_PREVIOUS: &str = "WEBHOOK_SECRET_PREVIOUS";
+
+impl Previous {
+    pub const ALL: [Previous; 3] = [
+        Previous::ApiToken,
+        Previous::OperatorToken,
+        Previous::WebhookSecret,
+    ];
+
+    /// The setting's name.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Previous::ApiToken => API_TOKEN_PREVIOUS,
+            Previous::OperatorToken => OPERATOR_TOKEN_PREVIOUS,
+            Previous::WebhookSecret => WEBHOOK_SECRET_PREVIOUS,
+        }
+    }
+
+    /// The secret it rotates (the `secret` label of the metric).
+    pub fn secret(self) -> &'static str {
+        match self {
+            Previous::ApiToken => "API_TOKEN",
+            Previous::OperatorToken => "OPERATOR_TOKEN",
+            Previous::WebhookSecret => "WEBHOOK_SECRET",
+        }
+    }
+
+    /// What an operator is told while it is set: a rotation left half done.
+    pub fn notice(self) -> &'static str {
+        match self {
+            Previous::ApiToken => "a previous API token is still accepted (API_TOKEN_PREVIOUS is set): remove it once every caller uses the new API_TOKEN",
+            Previous::OperatorToken => "a previous operator token is still accepted (OPERATOR_TOKEN_PREVIOUS is set): remove it once every operator uses the new OPERATOR_TOKEN",
+            Previous::WebhookSecret => "webhooks are still signed with a previous secret too (WEBHOOK_SECRET_PREVIOUS is set): remove it once every receiver verifies with the new WEBHOOK_SECRET",
+        }
+    }
+}
+
+impl Config {
+    /// Whether `previous` is set: a rotation of its secret is under way.
+    pub fn rotating(&self, previous: Previous) -> bool {
+        match previous {
+            Previous::ApiToken => self.api_token_previous.is_some(),
+            Previous::OperatorToken => self.operator_token_previous.is_some(),
+            Previous::WebhookSecret => matches!(
+                &self.webhooks,
+                Webhooks::On(w) if w.previous_secret.is_some()
+            ),
+        }
+    }
+
+    /// The rotations under way, in `Previous::ALL`'s order.
+    pub fn rotations(&self) -> Vec<Previous> {
+        Previous::ALL
+            .into_iter()
+            .filter(|p| self.rotating(*p))
+            .collect()
+    }
 }
 
 /// `WARN_BEFORE_MINUTES` as stages: whole minutes, largest first, repeats dropped.
@@ -803,6 +929,18 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
             // A secret: its value is never repeated, not even in the log.
             value: None,
         })?;
+        let previous_secret = match get(WEBHOOK_SECRET_PREVIOUS) {
+            None => None,
+            Some(raw) => Some(
+                parse_secret(&raw)
+                    .filter(|p| *p != secret)
+                    .ok_or(ConfigError::Invalid {
+                        name: WEBHOOK_SECRET_PREVIOUS,
+                        expected: "whsec_ followed by the base64 of 24 to 64 random bytes, different from WEBHOOK_SECRET (the secret being replaced)".into(),
+                        value: None,
+                    })?,
+            ),
+        };
         let whole = |name, default, min, max| whole_number(get, name, default, min, max);
         let warn_stages = match get("WARN_BEFORE_MINUTES") {
             None => vec![DEFAULT_WARN_BEFORE_MINUTES],
@@ -844,6 +982,7 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
         Ok(WebhookConfig {
             url,
             secret,
+            previous_secret,
             warn_stages,
             idle_warn_minutes,
             schedule: Schedule {
@@ -1195,5 +1334,122 @@ mod tests {
             ("OPERATOR_TOKEN", "b-2"),
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn a_rotation_holds_every_rule_of_the_tokens_for_all_four_values() {
+        let base = [
+            ("BACKEND_URL", "http://x"),
+            ("API_TOKEN", "api-new"),
+            ("OPERATOR_TOKEN", "ops-new"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            config(&all)
+        };
+        let c = with(&[
+            (API_TOKEN_PREVIOUS, "api-old"),
+            (OPERATOR_TOKEN_PREVIOUS, "ops-old"),
+        ])
+        .unwrap();
+        assert_eq!(c.api_token_previous.as_deref(), Some("api-old"));
+        assert_eq!(c.operator_token_previous.as_deref(), Some("ops-old"));
+        assert_eq!(c.rotations(), [Previous::ApiToken, Previous::OperatorToken]);
+        assert!(with(&[]).unwrap().rotations().is_empty());
+        assert!(with(&[(API_TOKEN_PREVIOUS, " ")])
+            .unwrap()
+            .rotations()
+            .is_empty());
+        for (extra, setting, says) in [
+            // A previous value equal to the current one: a rotation that was not done.
+            (
+                vec![(API_TOKEN_PREVIOUS, "api-new")],
+                API_TOKEN_PREVIOUS,
+                "different from API_TOKEN",
+            ),
+            (
+                vec![(OPERATOR_TOKEN_PREVIOUS, "ops-new")],
+                OPERATOR_TOKEN_PREVIOUS,
+                "different from OPERATOR_TOKEN",
+            ),
+            // One token per role, across the four values.
+            (
+                vec![(API_TOKEN_PREVIOUS, "ops-new")],
+                "OPERATOR_TOKEN",
+                "one token per role",
+            ),
+            (
+                vec![(OPERATOR_TOKEN_PREVIOUS, "api-new")],
+                OPERATOR_TOKEN_PREVIOUS,
+                "one token per role",
+            ),
+            (
+                vec![
+                    (API_TOKEN_PREVIOUS, "x-old"),
+                    (OPERATOR_TOKEN_PREVIOUS, "x-old"),
+                ],
+                OPERATOR_TOKEN_PREVIOUS,
+                "one token per role",
+            ),
+        ] {
+            let e = with(&extra).unwrap_err();
+            assert_eq!(e.setting(), setting, "{extra:?}");
+            assert!(e.to_string().contains(says), "{e}");
+            for (_, value) in &extra {
+                assert!(!e.detail().contains(value), "{}", e.detail());
+            }
+        }
+        // A previous value alone: no rotation is under way, only a mistake.
+        let e = config(&[
+            ("BACKEND_URL", "http://x"),
+            ("OPERATOR_TOKEN", "ops-new"),
+            (API_TOKEN_PREVIOUS, "api-old"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting(), API_TOKEN_PREVIOUS);
+        assert!(e.to_string().contains("beside API_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn a_previous_webhook_secret_is_read_checked_and_reported() {
+        let current = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let previous = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let hooks = |extra: Option<&'static str>| {
+            let mut all = vec![
+                ("BACKEND_URL", "http://x"),
+                ("WEBHOOK_URL", "https://h"),
+                ("WEBHOOK_SECRET", current),
+            ];
+            all.extend(extra.map(|p| (WEBHOOK_SECRET_PREVIOUS, p)));
+            config(&all).unwrap()
+        };
+        let c = hooks(Some(previous));
+        let Webhooks::On(w) = &c.webhooks else {
+            panic!("webhooks on: {:?}", c.webhooks)
+        };
+        assert_eq!(w.previous_secret.as_ref().map(Vec::len), Some(24));
+        assert_eq!(c.rotations(), [Previous::WebhookSecret]);
+        assert!(hooks(None).rotations().is_empty());
+        for wrong in [current, "whsec_c2hvcnQ=", "not-a-secret"] {
+            let c = hooks(Some(wrong));
+            let Webhooks::Broken(e) = &c.webhooks else {
+                panic!("{wrong}: {:?}", c.webhooks)
+            };
+            assert_eq!(e.setting(), WEBHOOK_SECRET_PREVIOUS);
+            assert!(
+                !e.detail().contains(wrong),
+                "never the secret: {}",
+                e.detail()
+            );
+        }
+    }
+
+    #[test]
+    fn every_previous_setting_has_its_name_secret_and_notice() {
+        for p in Previous::ALL {
+            assert_eq!(p.setting(), format!("{}_PREVIOUS", p.secret()));
+            assert!(p.notice().contains(p.setting()), "{}", p.notice());
+        }
     }
 }

@@ -150,6 +150,22 @@ pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", base64_encode(&mac.finalize().into_bytes()))
 }
 
+/// The `webhook-signature` header of a delivery: its signature with `WEBHOOK_SECRET`, and
+/// during a rotation a second one with `WEBHOOK_SECRET_PREVIOUS`, space-delimited as the
+/// Standard Webhooks specification allows: a receiver verifying with either secret accepts it.
+pub fn signatures(
+    hooks: &crate::lab::config::WebhookConfig,
+    id: &str,
+    timestamp: i64,
+    body: &str,
+) -> String {
+    let current = sign(&hooks.secret, id, timestamp, body);
+    match &hooks.previous_secret {
+        Some(previous) => format!("{current} {}", sign(previous, id, timestamp, body)),
+        None => current,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,5 +384,36 @@ mod tests {
             AfterDelivery::Delivered
         );
         assert_eq!(e.attempts, 2);
+    }
+
+    #[test]
+    fn during_a_rotation_a_delivery_carries_a_signature_per_secret() {
+        use crate::lab::config::{Schedule, WebhookConfig};
+        let current = parse_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let previous = parse_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let mut hooks = WebhookConfig {
+            url: "https://h".into(),
+            secret: current.clone(),
+            previous_secret: None,
+            warn_stages: vec![10],
+            idle_warn_minutes: 5,
+            schedule: Schedule {
+                pauses_ms: vec![1_000],
+                max_age_ms: 60_000,
+            },
+        };
+        let (id, ts, body) = (
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+            1_649_367_553,
+            r#"{"email":"test@example.com","username":"test_user"}"#,
+        );
+        let one = sign(&current, id, ts, body);
+        assert_eq!(signatures(&hooks, id, ts, body), one);
+        hooks.previous_secret = Some(previous.clone());
+        // The specification's test vector is the previous secret's signature here.
+        assert_eq!(
+            signatures(&hooks, id, ts, body),
+            format!("{one} v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=")
+        );
     }
 }

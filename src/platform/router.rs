@@ -7,7 +7,7 @@ use crate::api::routes::{self, Route};
 use crate::api::validation::{self, Limits};
 use crate::api::{self, auth, fleet, respond};
 use crate::lab;
-use crate::lab::config::{Config, Webhooks};
+use crate::lab::config::{Config, Webhooks, API_TOKEN_PREVIOUS, OPERATOR_TOKEN_PREVIOUS};
 use crate::lab::ports::Level;
 use crate::lab::protocol::Request as LabRequest;
 use crate::platform;
@@ -29,11 +29,19 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
         // learns nothing else (not even that a setting is broken).
         let secret = |name: &str| platform::env::var(env, name);
         let authorization = request.headers().get("Authorization").ok().flatten();
-        let caller = auth::authenticate(
-            secret("API_TOKEN").as_deref(),
-            secret("OPERATOR_TOKEN").as_deref(),
-            authorization.as_deref(),
-        )?;
+        let values = [
+            secret("API_TOKEN"),
+            secret(API_TOKEN_PREVIOUS),
+            secret("OPERATOR_TOKEN"),
+            secret(OPERATOR_TOKEN_PREVIOUS),
+        ];
+        let tokens = auth::Tokens {
+            api: values[0].as_deref(),
+            api_previous: values[1].as_deref(),
+            operator: values[2].as_deref(),
+            operator_previous: values[3].as_deref(),
+        };
+        let (caller, slot) = auth::authenticate(&tokens, authorization.as_deref())?;
         // Only an authenticated caller is told which setting is wrong (never its value).
         let config = ready_config(env)?;
         let route = routes::route(&method, &path)?;
@@ -43,7 +51,7 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
         let usage = Usage::start(&config);
         let kind = route.kind();
         let answer = api(route, request, env, &config, caller, &usage).await;
-        usage.record(kind);
+        usage.record_request(kind, Some(slot.name()));
         return answer;
     }
     match routes::route(&method, &path)? {

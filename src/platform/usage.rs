@@ -88,7 +88,12 @@ impl Usage {
 
     /// Logs the invocation's one structured line (`event: invocation`), `kind` naming it.
     pub fn record(&self, kind: &str) {
-        let record = InvocationRecord::new(
+        self.record_request(kind, None);
+    }
+
+    /// `record` for an API route: `token` says which value of the caller's token was presented.
+    pub fn record_request(&self, kind: &str, token: Option<&'static str>) {
+        let mut record = InvocationRecord::new(
             kind,
             &self.ledger.borrow(),
             self.plan,
@@ -96,6 +101,7 @@ impl Usage {
             self.rows_written.get(),
             self.d1_rows_written.get(),
         );
+        record.token = token;
         crate::platform::runtime::log_object(&record);
     }
 

@@ -115,6 +115,10 @@ pub struct InvocationRecord {
     pub storage_rows_written: u64,
     pub d1_rows_written: u64,
     pub plan: &'static str,
+    /// An API route's: which value of its role's token the caller presented (`current`, or
+    /// `previous` during a rotation); never the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<&'static str>,
 }
 
 impl InvocationRecord {
@@ -137,6 +141,7 @@ impl InvocationRecord {
             storage_rows_written,
             d1_rows_written,
             plan,
+            token: None,
         }
     }
 }

@@ -179,7 +179,7 @@ impl<P: Platform> Lab<'_, P> {
         if let Some(wake_at) = self.alarm_at(&session) {
             p.set_alarm(wake_at).await?;
         }
-        let results = self.send_all(&session, &new, &hooks.secret, now).await;
+        let results = self.send_all(&session, &new, hooks, now).await;
         if !self.still(held).await? {
             return Ok(AlarmDone::only(Woke::Warned));
         }

@@ -2,7 +2,7 @@
 
 use futures::stream::{self, StreamExt};
 
-use crate::lab::config::Webhooks;
+use crate::lab::config::{WebhookConfig, Webhooks};
 use crate::lab::error::ServiceError;
 use crate::lab::ports::{Delivery, StoreError};
 use crate::lab::procedures::{Lab, Platform};
@@ -68,7 +68,7 @@ impl<P: Platform> Lab<'_, P> {
             self.save(&mut session).await?;
         }
 
-        let results = self.send_all(&session, &due, &hooks.secret, now).await;
+        let results = self.send_all(&session, &due, hooks, now).await;
 
         let Some(mut session) = self.load().await? else {
             return Ok(());
@@ -86,7 +86,7 @@ impl<P: Platform> Lab<'_, P> {
         &self,
         session: &Session,
         events: &[OutboxEvent],
-        secret: &[u8],
+        hooks: &WebhookConfig,
         now: i64,
     ) -> Vec<(String, Result<u16, ServiceError>)> {
         let p = self.platform;
@@ -98,7 +98,7 @@ impl<P: Platform> Lab<'_, P> {
                 Delivery {
                     id: event.id.clone(),
                     timestamp: now_secs,
-                    signature: webhook::sign(secret, &event.id, now_secs, &body),
+                    signature: webhook::signatures(hooks, &event.id, now_secs, &body),
                     body,
                 }
             })
