@@ -130,6 +130,10 @@ async function loadStats() {
     ["Oldest pending expiry", s.oldest_pending_expiry ? time(s.oldest_pending_expiry) : "none", "date"],
     ["VMs already gone (404)", s.vms_already_gone],
   ];
+  // A secret rotation left half done: each `_PREVIOUS` secret still set, in the worker's words.
+  const rotations = s.rotations || [];
+  $("#rotations").replaceChildren(...rotations.map((r) => el("p", { "data-setting": r.setting }, r.notice)));
+  $("#rotations").hidden = rotations.length === 0;
   $("#stats").replaceChildren(
     ...cards.map(([label, value, kind]) =>
       el("div", { class: `card ${kind || ""}` }, el("div", { class: "value" }, value), el("div", { class: "label" }, label))),

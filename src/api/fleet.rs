@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
 use crate::api::{percent, validation};
+use crate::lab::config::Previous;
 use crate::lab::fleet::levels;
 use crate::lab::index::{
     Counts, Cursor, IndexRow, ListQuery, ReconciliationRow, DEFAULT_LIMIT, MAX_LIMIT,
@@ -226,7 +227,12 @@ pub fn page(mut rows: Vec<IndexRow>, q: &ListQuery, stuck_after: u32) -> Value {
 /// last reconciliation of an inventory (`null` before the first), and the service levels over
 /// the last 24 hours at `now_ms` (labs completed, their lag's percentiles, the VMs overdue now,
 /// and per hour: labs completed, their p95 lag, the backlog).
-pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>, now_ms: i64) -> Value {
+pub fn stats(
+    counts: &Counts,
+    reconcile: Option<&ReconciliationRow>,
+    now_ms: i64,
+    rotations: &[Previous],
+) -> Value {
     let levels = levels::levels(now_ms, &counts.completions, &counts.overdue);
     let secs = |ms: i64| ms as f64 / 1000.0;
     let by_status: serde_json::Map<String, Value> = every_status(counts)
@@ -256,6 +262,7 @@ pub fn stats(counts: &Counts, reconcile: Option<&ReconciliationRow>, now_ms: i64
             "p50": secs(l.p50), "p95": secs(l.p95), "p99": secs(l.p99), "max": secs(l.max),
         })),
         "overdue_vms": levels.overdue_vms,
+        "rotations": rotation_notices(rotations),
         "hourly": levels.hours.iter().map(|h| json!({
             "hour": rfc3339(h.start),
             "completed": h.completed,
@@ -280,8 +287,21 @@ fn every_status(counts: &Counts) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// The readiness answer for the operator: ready, and the rotations not finished.
+pub fn health_for_operators(rotations: &[Previous]) -> Value {
+    json!({"status": "ok", "rotations": rotation_notices(rotations)})
+}
+
+/// Each `_PREVIOUS` secret still set, with what the operator is to do about it.
+fn rotation_notices(rotations: &[Previous]) -> Vec<Value> {
+    rotations
+        .iter()
+        .map(|p| json!({"setting": p.setting(), "notice": p.notice()}))
+        .collect()
+}
+
 /// `GET /metrics`: the stats as Prometheus text.
-pub fn metrics(counts: &Counts, now_ms: i64) -> String {
+pub fn metrics(counts: &Counts, now_ms: i64, rotations: &[Previous]) -> String {
     let levels = levels::levels(now_ms, &counts.completions, &counts.overdue);
     let gauges = levels::Gauges {
         by_status: every_status(counts),
@@ -302,6 +322,10 @@ pub fn metrics(counts: &Counts, now_ms: i64) -> String {
                 ],
             )
         }),
+        previous_secrets: Previous::ALL
+            .iter()
+            .map(|p| (p.secret(), u64::from(rotations.contains(p))))
+            .collect(),
     };
     levels::prometheus(&gauges, &levels)
 }
@@ -439,6 +463,7 @@ mod tests {
                 scheduled: 2,
             }),
             4_000,
+            &[Previous::WebhookSecret],
         );
         let hourly = v["hourly"].as_array().unwrap();
         assert_eq!(hourly.len(), 24);
@@ -461,10 +486,12 @@ mod tests {
                     "tracked": 5, "overdue": 1, "finished": 0, "unknown": 2, "scheduled": 2},
                 "completed_24h": 1,
                 "cleanup_lag_seconds": {"p50": 1.5, "p95": 1.5, "p99": 1.5, "max": 1.5},
-                "overdue_vms": 2
+                "overdue_vms": 2,
+                "rotations": [{"setting": "WEBHOOK_SECRET_PREVIOUS", "notice": Previous::WebhookSecret.notice()}]
             })
         );
-        let empty = stats(&Counts::default(), None, 4_000);
+        let empty = stats(&Counts::default(), None, 4_000, &[]);
+        assert_eq!(empty["rotations"], json!([]));
         assert_eq!(empty["cleanup_lag_seconds"], Value::Null);
         assert_eq!(empty["oldest_pending_expiry"], Value::Null);
         assert_eq!(empty["reconcile"], Value::Null);

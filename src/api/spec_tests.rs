@@ -226,6 +226,7 @@ fn the_fleet_schemas_are_what_the_code_answers() {
         &crate::lab::index::Counts::default(),
         Some(&crate::lab::index::ReconciliationRow::default()),
         0,
+        &[crate::lab::config::Previous::ApiToken],
     );
     let schema = get(&spec, &["components", "schemas", "Stats"]);
     let (required, properties) = required_and_properties(schema);

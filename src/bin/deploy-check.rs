@@ -50,6 +50,9 @@ const SECRETS: &[&str] = &[
     "BACKEND_API_TOKEN",
     "OPERATOR_TOKEN",
     "WEBHOOK_SECRET",
+    "API_TOKEN_PREVIOUS",
+    "OPERATOR_TOKEN_PREVIOUS",
+    "WEBHOOK_SECRET_PREVIOUS",
 ];
 
 /// Stands in for a secret whose value cannot be read back: the right form, so that the rules
@@ -59,6 +62,7 @@ const SECRETS: &[&str] = &[
 fn stand_in(name: &str) -> String {
     match name {
         "WEBHOOK_SECRET" => "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        "WEBHOOK_SECRET_PREVIOUS" => "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into(),
         _ => format!("set-as-a-secret-{name}"),
     }
 }
@@ -177,6 +181,14 @@ fn check(deployment: &Deployment, secrets: &[String]) -> Report {
                 report
                     .warnings
                     .push("DRY_RUN is not \"true\" in staging: this copy deletes real VMs".into());
+            }
+            // A rotation left half done is not an error, but it is not to be forgotten.
+            for previous in config.rotations() {
+                report.warnings.push(format!(
+                    "{}; when it is done: `npx wrangler secret delete {} --env {env}`",
+                    previous.notice(),
+                    previous.setting()
+                ));
             }
             match &config.webhooks {
                 Webhooks::Off => report.ok.push("webhooks off (no WEBHOOK_URL)".into()),
@@ -297,6 +309,57 @@ mod tests {
         );
         assert!(r.errors.is_empty(), "{r:?}");
         assert!(r.warnings.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_rotation_is_checked_by_the_workers_rules_and_left_as_a_warning() {
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com", "WEBHOOK_URL": "https://hooks.example.com"}),
+        );
+        let all = [
+            "API_TOKEN",
+            "BACKEND_API_TOKEN",
+            "OPERATOR_TOKEN",
+            "WEBHOOK_SECRET",
+            "API_TOKEN_PREVIOUS",
+            "OPERATOR_TOKEN_PREVIOUS",
+            "WEBHOOK_SECRET_PREVIOUS",
+        ];
+        let r = check(&d, &secrets(&all));
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert_eq!(r.warnings.len(), 3, "{r:?}");
+        for (w, setting) in r.warnings.iter().zip(&all[4..]) {
+            assert!(
+                w.contains(&format!(
+                    "npx wrangler secret delete {setting} --env production"
+                )),
+                "{w}"
+            );
+        }
+        // A previous value without the new one: the worker's own rule stops the deploy.
+        let r = check(
+            &d,
+            &secrets(&["API_TOKEN_PREVIOUS", "OPERATOR_TOKEN", "WEBHOOK_SECRET"]),
+        );
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.starts_with("API_TOKEN_PREVIOUS must be set only during a rotation")),
+            "{r:?}"
+        );
+        // In plain text, a previous value is as wrong as a current one.
+        let d = deployment(
+            "production",
+            json!({"BACKEND_URL": "https://labs.example.com", "OPERATOR_TOKEN_PREVIOUS": "oops"}),
+        );
+        let r = check(&d, &secrets(&["API_TOKEN", "OPERATOR_TOKEN"]));
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.starts_with("OPERATOR_TOKEN_PREVIOUS is in [env.production.vars]")),
+            "{r:?}"
+        );
     }
 
     #[test]

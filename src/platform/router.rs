@@ -27,21 +27,7 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
     if path.starts_with("/api/") || path == routes::METRICS_PATH {
         // Authentication first, from the two secrets alone: a caller without a valid token
         // learns nothing else (not even that a setting is broken).
-        let secret = |name: &str| platform::env::var(env, name);
-        let authorization = request.headers().get("Authorization").ok().flatten();
-        let values = [
-            secret("API_TOKEN"),
-            secret(API_TOKEN_PREVIOUS),
-            secret("OPERATOR_TOKEN"),
-            secret(OPERATOR_TOKEN_PREVIOUS),
-        ];
-        let tokens = auth::Tokens {
-            api: values[0].as_deref(),
-            api_previous: values[1].as_deref(),
-            operator: values[2].as_deref(),
-            operator_previous: values[3].as_deref(),
-        };
-        let (caller, slot) = auth::authenticate(&tokens, authorization.as_deref())?;
+        let (caller, slot) = authenticate(&request, env)?;
         // Only an authenticated caller is told which setting is wrong (never its value).
         let config = ready_config(env)?;
         let route = routes::route(&method, &path)?;
@@ -55,9 +41,29 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
         return answer;
     }
     match routes::route(&method, &path)? {
-        Route::Health => health(env).map(Into::into),
+        Route::Health => health(&request, env).map(Into::into),
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
     }
+}
+
+/// Who is calling, from the request's `Authorization` header against the four token secrets
+/// (each role's current value and, during a rotation, its previous one).
+fn authenticate(request: &Request, env: &Env) -> Result<(auth::Caller, auth::Slot), ApiError> {
+    let secret = |name: &str| platform::env::var(env, name);
+    let authorization = request.headers().get("Authorization").ok().flatten();
+    let values = [
+        secret("API_TOKEN"),
+        secret(API_TOKEN_PREVIOUS),
+        secret("OPERATOR_TOKEN"),
+        secret(OPERATOR_TOKEN_PREVIOUS),
+    ];
+    let tokens = auth::Tokens {
+        api: values[0].as_deref(),
+        api_previous: values[1].as_deref(),
+        operator: values[2].as_deref(),
+        operator_previous: values[3].as_deref(),
+    };
+    auth::authenticate(&tokens, authorization.as_deref())
 }
 
 /// The configuration, or the `503 not_configured` error; the error's detail (with the value of
@@ -83,8 +89,12 @@ fn ready_config(env: &Env) -> Result<std::rc::Rc<Config>, ApiError> {
 /// `GET /healthz`: a cheap readiness check for load balancers and smoke tests. `200
 /// {"status":"ok"}` exactly when the API can take calls; `503 {"status":"not_configured"}`
 /// whenever an API route would answer `503 not_configured`, naming nothing (the log says what is
-/// wrong).
-fn health(env: &Env) -> Result<Response, ApiError> {
+/// wrong). With the operator's token, a ready answer also lists the rotations left unfinished
+/// (`rotations`: each `_PREVIOUS` secret still set, with its notice); anyone else gets the
+/// plain answer, whatever token they sent.
+fn health(request: &Request, env: &Env) -> Result<Response, ApiError> {
+    let operator = matches!(authenticate(request, env), Ok((auth::Caller::Operator, _)));
+    let mut rotations = Vec::new();
     let ready = match ready_config(env) {
         Ok(config) if config.fleet_index && !fleet_db::is_bound(env) => {
             console(
@@ -96,7 +106,10 @@ fn health(env: &Env) -> Result<Response, ApiError> {
             );
             false
         }
-        Ok(config) if config.api_token.is_some() => true,
+        Ok(config) if config.api_token.is_some() => {
+            rotations = config.rotations();
+            true
+        }
         Ok(_) => {
             console(
                 Level::Error,
@@ -106,7 +119,9 @@ fn health(env: &Env) -> Result<Response, ApiError> {
         }
         Err(_) => false,
     };
-    let (status, body) = if ready {
+    let (status, body) = if ready && operator {
+        (200, api::fleet::health_for_operators(&rotations))
+    } else if ready {
         (200, serde_json::json!({"status": "ok"}))
     } else {
         (503, serde_json::json!({"status": "not_configured"}))
@@ -190,7 +205,12 @@ async fn stats(
     let (counts, now) = fleet_counts(env, config, "stats", usage).await?;
     json(
         200,
-        &fleet::stats(&counts, counts.last_reconciliation.as_ref(), now),
+        &fleet::stats(
+            &counts,
+            counts.last_reconciliation.as_ref(),
+            now,
+            &config.rotations(),
+        ),
     )
 }
 
@@ -201,7 +221,7 @@ async fn metrics(env: &Env, config: &Config, usage: &Usage) -> Result<web_sys::R
     respond::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
-        &fleet::metrics(&counts, now),
+        &fleet::metrics(&counts, now, &config.rotations()),
     )
     .map(Into::into)
     .map_err(internal)

@@ -163,6 +163,8 @@ pub struct Gauges {
     pub vms_already_gone: u64,
     /// The last reconciliation: when (ms), and its counts by class.
     pub reconciliation: Option<(i64, Vec<(&'static str, u64)>)>,
+    /// Per rotated secret, 1 while its `_PREVIOUS` value is set (a rotation under way).
+    pub previous_secrets: Vec<(&'static str, u64)>,
 }
 
 /// The Prometheus text exposition format (version 0.0.4) of `gauges` and `levels`. Label values
@@ -192,6 +194,13 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
         "How long VMs outlived their labs (completed_at - expires_at), labs completed in the last 24 hours.",
         &lag_histogram(&levels.lags_ms),
     );
+    let previous: Vec<(String, String)> = gauges
+        .previous_secrets
+        .iter()
+        .map(|(secret, n)| (format!("{{secret=\"{secret}\"}}"), n.to_string()))
+        .collect();
+    let help = "1 while a secret's previous value is still accepted or signed with (its _PREVIOUS setting is set): a rotation not finished.";
+    family(&mut out, "previous_secret_set", "gauge", help, &previous);
     if let Some(at) = gauges.oldest_stopped_expiry_ms {
         family(
             &mut out,
@@ -366,9 +375,12 @@ mod tests {
             oldest_stopped_expiry_ms: Some(NOW),
             vms_already_gone: 0,
             reconciliation: Some((NOW, vec![("tracked", 5), ("unknown", 1)])),
+            previous_secrets: vec![("API_TOKEN", 1), ("WEBHOOK_SECRET", 0)],
         };
         let text = prometheus(&gauges, &levels(NOW, &c, &[]));
         assert!(text.contains("labs_cleanup_vms_stopped 6\n"));
+        assert!(text.contains("labs_cleanup_previous_secret_set{secret=\"API_TOKEN\"} 1\n"));
+        assert!(text.contains("labs_cleanup_previous_secret_set{secret=\"WEBHOOK_SECRET\"} 0\n"));
         assert!(
             text.contains("labs_cleanup_oldest_stopped_expiry_timestamp_seconds 1796083200.000\n")
         );
