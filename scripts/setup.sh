@@ -12,6 +12,7 @@ WORKER_BUILD_VERSION=0.8.7
 SCHEMATHESIS_VERSION=4.32.5
 CHECK_JSONSCHEMA_VERSION=0.39.0
 PROMETHEUS_CLIENT_VERSION=0.26.0
+STANDARDWEBHOOKS_VERSION=1.3.0
 # wasm-bindgen-cli must be exactly the wasm-bindgen version that Cargo.lock resolved.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 DEPLOY_ONLY=0
@@ -50,14 +51,15 @@ if [ "$DEPLOY_ONLY" = 1 ]; then
   exit 0
 fi
 
-step "Python test tools in .tools/venv: schemathesis $SCHEMATHESIS_VERSION (API fuzzing), check-jsonschema $CHECK_JSONSCHEMA_VERSION (workflow schema), prometheus-client $PROMETHEUS_CLIENT_VERSION (the reference parser of /metrics)"
+step "Python test tools in .tools/venv: schemathesis $SCHEMATHESIS_VERSION (API fuzzing), check-jsonschema $CHECK_JSONSCHEMA_VERSION (workflow schema), prometheus-client $PROMETHEUS_CLIENT_VERSION (the reference parser of /metrics), standardwebhooks $STANDARDWEBHOOKS_VERSION (the official webhook verifier)"
 if [ "$(.tools/venv/bin/st --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ] ||
    [ "$(.tools/venv/bin/check-jsonschema --version 2>/dev/null | awk '{print $NF}')" != "$CHECK_JSONSCHEMA_VERSION" ] ||
-   [ "$(.tools/venv/bin/pip show prometheus-client 2>/dev/null | awk '/^Version:/ {print $2}')" != "$PROMETHEUS_CLIENT_VERSION" ]; then
+   [ "$(.tools/venv/bin/pip show prometheus-client 2>/dev/null | awk '/^Version:/ {print $2}')" != "$PROMETHEUS_CLIENT_VERSION" ] ||
+   [ "$(.tools/venv/bin/pip show standardwebhooks 2>/dev/null | awk '/^Version:/ {print $2}')" != "$STANDARDWEBHOOKS_VERSION" ]; then
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check \
     "schemathesis==$SCHEMATHESIS_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" \
-    "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION" "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
 else
   echo "already installed"
 fi

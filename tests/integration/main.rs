@@ -20,6 +20,7 @@ mod legacy;
 mod lifecycle;
 mod limits;
 mod reconcile;
+mod rotation;
 mod security;
 mod stage;
 mod support;
@@ -159,6 +160,10 @@ const LAST: &[(&str, MutTestFn)] = &[
     (
         "missing_api_token_fails_closed",
         security::missing_api_token_fails_closed,
+    ),
+    (
+        "rotation_every_secret_without_a_failed_request",
+        rotation::rotation_every_secret_without_a_failed_request,
     ),
     ("secrets_never_in_output", security::secrets_never_in_output),
 ];

@@ -133,11 +133,16 @@ pub struct Spec<'a> {
 /// The webhook secret the shared worker signs with and the test receiver verifies with (the
 /// Standard Webhooks specification's example secret).
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// The secret that replaces it in the rotation test; the receiver knows it too (its index 1 in
+/// `verified_by` and `official_by`).
+pub const WEBHOOK_SECRET_NEXT: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// `lab.expiring` comes this many `duration` units (seconds here) before the expiry.
 pub const WARN_BEFORE: u64 = 3;
 
 /// The webhook receiver of the tests (`tests/webhooks/receiver.py`): verifies every signature
-/// with Python's own hmac, records every delivery, answers as told per lab.
+/// with Python's own hmac and with the official Standard Webhooks library (run by the Python of
+/// `.tools/venv`, where `scripts/setup.sh` installs it), records every delivery, answers as told
+/// per lab.
 pub struct Receiver {
     child: Child,
     pub url: String,
@@ -147,9 +152,15 @@ pub struct Receiver {
 impl Receiver {
     pub fn start() -> Receiver {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut child = Command::new("python3")
+        let venv = root.join(".tools/venv/bin/python3");
+        let python = if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        };
+        let mut child = Command::new(python)
             .arg(root.join("tests/webhooks/receiver.py"))
-            .arg(WEBHOOK_SECRET)
+            .args([WEBHOOK_SECRET, WEBHOOK_SECRET_NEXT])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -558,6 +569,17 @@ impl Worker {
     pub fn start_again(&mut self) {
         self.skip_build = true;
         self.spawn();
+    }
+
+    /// Restarts with each secret of `set` set to its value and those named in `drop` removed.
+    #[allow(dead_code)] // the integration tests'
+    pub fn restart_with_secrets(&mut self, set: &[(&str, &str)], drop: &[&str]) {
+        for (name, value) in set {
+            self.secrets.retain(|(n, _)| n != name);
+            self.secrets.push((name.to_string(), value.to_string()));
+        }
+        self.secrets.retain(|(n, _)| !drop.contains(&n.as_str()));
+        self.restart();
     }
 
     /// Restarts with the secret `name` set to `value`.
@@ -1022,6 +1044,21 @@ fn percent(text: &str) -> String {
 /// The `invocation` records of the worker's log (a logged object, printed over several lines:
 /// `{`, `event: 'invocation',`, `kind: 'cron',`, ..., `}`), as (kind, external, services, d1).
 pub fn invocations(log: &str) -> Vec<(String, u64, u64, u64)> {
+    invocation_records(log)
+        .iter()
+        .filter_map(|record| {
+            Some((
+                record_field(record, "kind")?,
+                record_field(record, "external")?.parse().ok()?,
+                record_field(record, "services")?.parse().ok()?,
+                record_field(record, "d1")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Each `invocation` record of the worker's log as one line of text.
+pub fn invocation_records(log: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut lines = log.lines();
     while let Some(line) = lines.next() {
@@ -1039,24 +1076,19 @@ pub fn invocations(log: &str) -> Vec<(String, u64, u64, u64)> {
                 }
             }
         }
-        let field = |name: &str| -> Option<String> {
-            let at = record.find(&format!(" {name}: "))? + name.len() + 3;
-            let rest = &record[at..];
-            // A string is quoted (and may hold spaces); a number ends at a separator.
-            if let Some(quoted) = rest.strip_prefix('\'') {
-                return Some(quoted[..quoted.find('\'')?].to_string());
-            }
-            let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
-            Some(rest[..end].to_string())
-        };
-        if let (Some(kind), Some(e), Some(s), Some(d)) = (
-            field("kind"),
-            field("external").and_then(|v| v.parse().ok()),
-            field("services").and_then(|v| v.parse().ok()),
-            field("d1").and_then(|v| v.parse().ok()),
-        ) {
-            found.push((kind, e, s, d));
-        }
+        found.push(record);
     }
     found
+}
+
+/// One field of a record of `invocation_records`: a string without its quotes, or a number.
+pub fn record_field(record: &str, name: &str) -> Option<String> {
+    let at = record.find(&format!(" {name}: "))? + name.len() + 3;
+    let rest = &record[at..];
+    // A string is quoted (and may hold spaces); a number ends at a separator.
+    if let Some(quoted) = rest.strip_prefix('\'') {
+        return Some(quoted[..quoted.find('\'')?].to_string());
+    }
+    let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+    Some(rest[..end].to_string())
 }

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """A webhook receiver for the integration tests: verifies every delivery's Standard Webhooks
-signature with Python's own hmac (an implementation independent of the worker's), records it,
-and answers as told per lab: accept, fail N times, or hang.
+signature with Python's own hmac (an implementation independent of the worker's), and with the
+official Standard Webhooks library (`standardwebhooks`, from PyPI) where it is installed, records
+it, and answers as told per lab: accept, fail N times, or hang.
 
-Usage: python3 receiver.py WHSEC_SECRET   (prints "listening on http://127.0.0.1:PORT")
+Usage: python3 receiver.py WHSEC_SECRET [WHSEC_SECRET...]   (prints "listening on http://127.0.0.1:PORT")
+       Each delivery records `verified_by` (the indexes of the secrets whose signature it carries,
+       by Python's hmac) and `official_by` (the same by the official library; null without it);
+       `verified` is whether any secret verifies it. Several secrets: a secret rotation.
 Control: GET /__receiver/deliveries   every delivery received, verified or not, as JSON
          GET /__receiver/deliveries?lab=x   only those for lab x (a long run's list grows large)
          POST /__receiver/mode        {"lab_request_id": "x", "fail": 3} or {"...": "x", "hang": true}
@@ -18,19 +22,34 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-SECRET = base64.b64decode(sys.argv[1].removeprefix("whsec_"))
+SECRETS = sys.argv[1:]
+KEYS = [base64.b64decode(s.removeprefix("whsec_")) for s in SECRETS]
+try:
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    OFFICIAL = [Webhook(s) for s in SECRETS]
+except ImportError:  # not installed: `official_by` is null
+    OFFICIAL = None
 LOCK = threading.Lock()
 DELIVERIES = []
 MODES = {}  # lab_request_id -> {"fail": n} | {"hang": True}
 
 
-def verify(msg_id, timestamp, body, signature_header):
+def verify(key, msg_id, timestamp, body, signature_header):
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    expected = base64.b64encode(hmac.new(SECRET, signed, hashlib.sha256).digest()).decode()
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     return any(
         part.startswith("v1,") and hmac.compare_digest(part[3:], expected)
         for part in signature_header.split(" ")
     )
+
+
+def official(webhook, body, headers):
+    try:
+        webhook.verify(body, headers)
+        return True
+    except WebhookVerificationError:
+        return False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -67,7 +86,12 @@ class Handler(BaseHTTPRequestHandler):
         msg_id = self.headers.get("webhook-id", "")
         timestamp = self.headers.get("webhook-timestamp", "")
         signature = self.headers.get("webhook-signature", "")
-        verified = verify(msg_id, timestamp, body, signature)
+        verified_by = [i for i, key in enumerate(KEYS) if verify(key, msg_id, timestamp, body, signature)]
+        verified = bool(verified_by)
+        headers = {k: v for k, v in self.headers.items()}
+        official_by = None if OFFICIAL is None else [
+            i for i, webhook in enumerate(OFFICIAL) if official(webhook, body, headers)
+        ]
         try:
             event = json.loads(body)
             lab = event["data"]["lab_request_id"]
@@ -88,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
                 "timestamp": timestamp,
                 "signature": signature,
                 "verified": verified,
+                "verified_by": verified_by,
+                "official_by": official_by,
                 "user_agent": self.headers.get("User-Agent", ""),
                 "content_type": self.headers.get("Content-Type", ""),
                 "body": body.decode("utf-8", "replace"),
