@@ -11,12 +11,12 @@ use futures::channel::oneshot;
 use futures::future::{select, Either};
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{durable_object, web_sys, DurableObject, Env, Request, Response, Result, State};
+use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 use crate::lab::config::Config;
 use crate::lab::fleet::budget::{Allocator, Answered, Asker, CallOutcome, Lease, Then, Waiting};
 use crate::lab::ports::Permit;
+use crate::platform::objects;
 use crate::platform::runtime::{now_ms, within};
 use crate::platform::usage::{add, Usage};
 
@@ -279,33 +279,20 @@ async fn call(
     path: &str,
     body: String,
 ) -> std::result::Result<serde_json::Value, ServiceError> {
-    let js = |e: JsValue| worker::Error::from(e).to_string();
-    let stub: worker::worker_sys::DurableObject = env
-        .durable_object(BUDGET_BINDING)
-        .and_then(|ns| ns.id_from_name(COORDINATOR)?.get_stub())
-        .map_err(|e| ServiceError::Failed(e.to_string()))?
-        .into_rpc();
-    let init = web_sys::RequestInit::new();
-    init.set_method("POST");
-    init.set_body(&JsValue::from_str(&body));
-    let request = web_sys::Request::new_with_str_and_init(&format!("https://budget{path}"), &init)
-        .map_err(js)?;
-    let answer: web_sys::Response = JsFuture::from(stub.fetch_with_request(&request).map_err(js)?)
-        .await
-        .map_err(js)?
-        .dyn_into()
-        .map_err(js)?;
+    let call = objects::Call {
+        method: "POST",
+        path,
+        body: Some(body),
+        timeout_ms: None,
+    };
+    let answer = objects::fetch(env, BUDGET_BINDING, COORDINATOR, "budget", call).await?;
     if !answer.ok() {
         return Err(ServiceError::Failed(format!(
             "the budget answered {}",
             answer.status()
         )));
     }
-    let text = JsFuture::from(answer.text().map_err(js)?)
-        .await
-        .map_err(js)?
-        .as_string()
-        .unwrap_or_default();
+    let text = objects::text(&answer).await?;
     serde_json::from_str(&text).or(Ok(serde_json::Value::Null))
 }
 

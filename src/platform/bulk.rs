@@ -3,18 +3,16 @@
 use crate::lab::error::ServiceError;
 use std::time::Duration;
 
-use wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, web_sys, DurableObject, Env, Request, Response, Result, State};
 
 use crate::api::error::ApiError;
 use crate::api::respond;
 use crate::lab::fleet::bulk::{self, Job, Next};
 use crate::lab::ports::Level;
-use crate::platform::env;
 use crate::platform::fleet::WorkerdFleet;
 use crate::platform::runtime::{console, now_ms};
 use crate::platform::usage::Usage;
+use crate::platform::{env, objects};
 
 /// Name of the jobs' binding in `wrangler.toml`.
 pub const BULK_BINDING: &str = "BULK_JOBS";
@@ -182,23 +180,11 @@ pub async fn call(
     path: &str,
     body: Option<String>,
 ) -> std::result::Result<web_sys::Response, ServiceError> {
-    let js = |e: JsValue| ServiceError::Failed(worker::Error::from(e).to_string());
-    let stub: worker::worker_sys::DurableObject = env
-        .durable_object(BULK_BINDING)
-        .and_then(|ns| ns.id_from_name(job_id)?.get_stub())
-        .map_err(|e| ServiceError::Failed(e.to_string()))?
-        .into_rpc();
-    let init = web_sys::RequestInit::new();
-    init.set_method(method);
-    if let Some(body) = body {
-        init.set_body(&JsValue::from_str(&body));
-    }
-    let request =
-        web_sys::Request::new_with_str_and_init(&format!("https://bulk-job{path}"), &init)
-            .map_err(js)?;
-    JsFuture::from(stub.fetch_with_request(&request).map_err(js)?)
-        .await
-        .map_err(js)?
-        .dyn_into::<web_sys::Response>()
-        .map_err(js)
+    let call = objects::Call {
+        method,
+        path,
+        body,
+        timeout_ms: None,
+    };
+    objects::fetch(env, BULK_BINDING, job_id, "bulk-job", call).await
 }

@@ -3,7 +3,6 @@
 use crate::lab::error::ServiceError;
 use std::time::Duration;
 
-use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{web_sys, Env};
 
@@ -18,7 +17,7 @@ use crate::lab::protocol::{Answer, Request};
 use crate::platform::http::{self, Failure};
 use crate::platform::runtime::ConsoleLogger;
 use crate::platform::usage::{add, Usage};
-use crate::platform::{fleet_db, runtime};
+use crate::platform::{fleet_db, objects, runtime};
 
 /// Name of the Durable Object binding in `wrangler.toml`.
 pub const SESSION_MANAGER_BINDING: &str = "SESSION_MANAGER";
@@ -30,32 +29,21 @@ pub async fn call_lab(
     request: &Request,
     timeout_ms: Option<u32>,
 ) -> Result<web_sys::Response, ServiceError> {
-    let js = |e: JsValue| ServiceError::Failed(worker::Error::from(e).to_string());
-    let stub: worker::worker_sys::DurableObject = env
-        .durable_object(SESSION_MANAGER_BINDING)
-        .and_then(|ns| ns.id_from_name(lab_request_id)?.get_stub())
-        .map_err(|e| ServiceError::Failed(e.to_string()))?
-        .into_rpc();
     let (method, path, body) = request.encode();
-    let init = web_sys::RequestInit::new();
-    init.set_method(method);
-    if let Some(body) = body {
-        init.set_body(&JsValue::from_str(&body));
-    }
-    // The runtime aborts the call when the signal fires: the promise fails with a
-    // `TimeoutError`, and the object's work goes on without a caller.
-    if let Some(ms) = timeout_ms {
-        init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(ms)));
-    }
-    let request =
-        web_sys::Request::new_with_str_and_init(&format!("https://session-manager{path}"), &init)
-            .map_err(js)?;
-    let answer = stub.fetch_with_request(&request).map_err(js)?;
-    JsFuture::from(answer)
-        .await
-        .map_err(js)?
-        .dyn_into::<web_sys::Response>()
-        .map_err(js)
+    let call = objects::Call {
+        method,
+        path: &path,
+        body,
+        timeout_ms,
+    };
+    objects::fetch(
+        env,
+        SESSION_MANAGER_BINDING,
+        lab_request_id,
+        "session-manager",
+        call,
+    )
+    .await
 }
 
 /// The fleet's ports for one request or scheduled run, charging what it uses to the

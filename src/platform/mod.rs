@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod fleet_db;
 pub mod http;
 pub mod lab_ports;
+pub mod objects;
 pub mod router;
 pub mod runtime;
 pub mod session_manager;

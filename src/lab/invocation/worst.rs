@@ -292,8 +292,6 @@ mod tests {
                         }
                         let config = config(&pairs);
                         assert_eq!(past_the_plan(&config), None, "{pairs:?}");
-                        // What the native tests measured stays within what this computes.
-                        assert!(alarm(&config).external <= config.limits().external);
                     }
                 }
             }
@@ -317,7 +315,6 @@ mod tests {
         assert_eq!(alarm(&free).external, 50);
         // A 48-worker resume: 49 starts, its deliveries in what is left.
         assert_eq!(resume(&free).external, 50);
-        assert!(49 <= free.limits().external);
         assert_eq!(
             alarm(&free).wall_ms,
             Some(600_000 + 15_000 + WALL_MARGIN_MS)

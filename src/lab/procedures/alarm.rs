@@ -459,17 +459,7 @@ impl<P: Platform> Lab<'_, P> {
         if session.stop_due(config.stop.as_ref(), config.duration_unit_ms()) {
             return self.stop_attempt(session, now).await;
         }
-        // Plan the next attempt before doing anything, so an attempt cut short (eviction, crash)
-        // is resumed by that alarm; a finished attempt replaces it below.
-        session.begin_attempt(now, config.retry_ms());
-        // The first attempt of a lab nobody ended: its time was up.
-        session.mark_ended(EndReason::Expired, session.expires_at_ms.min(now));
-        if config.dry_run {
-            session.dry_run = true;
-        }
-        self.persist(&mut session).await?;
-
-        let plan = self.attempt_plan(&session, now, Action::Delete);
+        let plan = self.begin(&mut session, now, Action::Delete).await?;
         let p = self.platform;
         let saver = Saver {
             lab: self,
@@ -540,13 +530,7 @@ impl<P: Platform> Lab<'_, P> {
         let Some(stage) = config.stop.as_ref() else {
             return Ok(());
         };
-        session.begin_stop(now, config.retry_ms());
-        session.mark_ended(EndReason::Expired, session.expires_at_ms.min(now));
-        if config.dry_run {
-            session.dry_run = true;
-        }
-        self.persist(&mut session).await?;
-        let plan = self.attempt_plan(&session, now, Action::Stop);
+        let plan = self.begin(&mut session, now, Action::Stop).await?;
         let p = self.platform;
         let result = cleanup::run_attempt(&session, p, p, p, p, plan, &cleanup::NoProgress).await;
         let done_at = p.now_ms();
@@ -607,6 +591,29 @@ impl<P: Platform> Lab<'_, P> {
 
     /// How the attempt starting at `now` runs: its concurrency (one at a time after a refusal:
     /// the backend is behind), its reconnects, and its calls and deadline within the plan.
+    /// How an attempt of either kind opens: the next attempt planned before anything is done,
+    /// so that one cut short (an eviction, a crash) is resumed by that alarm (a finished attempt
+    /// replaces it); a lab nobody ended marked ended by its expiry (its time was up); a dry run
+    /// noted; all of it saved; then the attempt's calls planned.
+    async fn begin(
+        &self,
+        session: &mut Session,
+        now: i64,
+        action: Action,
+    ) -> Result<AttemptPlan, StoreError> {
+        let retry_ms = self.config.retry_ms();
+        match action {
+            Action::Delete => session.begin_attempt(now, retry_ms),
+            Action::Stop => session.begin_stop(now, retry_ms),
+        }
+        session.mark_ended(EndReason::Expired, session.expires_at_ms.min(now));
+        if self.config.dry_run {
+            session.dry_run = true;
+        }
+        self.persist(session).await?;
+        Ok(self.attempt_plan(session, now, action))
+    }
+
     fn attempt_plan(&self, session: &Session, now: i64, action: Action) -> AttemptPlan {
         let config = self.config;
         let adaptive = config.retry_policy == retry::Policy::Adaptive;

@@ -23,7 +23,9 @@ fn workers(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("w{i:02}")).collect()
 }
 
-fn within(world: &World, limits: crate::lab::invocation::Limits, case: &str) {
+/// Every invocation so far stayed within `limits`, and within what `invocation::worst` computes
+/// for the kinds the test ran (`kinds`, by `worst::all`'s names).
+fn within(world: &World, limits: crate::lab::invocation::Limits, kinds: &[&str], case: &str) {
     assert_eq!(
         world.exceeded.get(),
         0,
@@ -33,6 +35,25 @@ fn within(world: &World, limits: crate::lab::invocation::Limits, case: &str) {
     assert!(peak.external <= limits.external, "{case}: {peak:?}");
     assert!(peak.services <= limits.services, "{case}: {peak:?}");
     assert!(peak.d1 <= limits.d1_queries, "{case}: {peak:?}");
+    // What the code made stays within what `invocation::worst` computes for these settings
+    // (the largest of the kinds run, per meter): a call the computation forgets fails here.
+    let worst: Vec<_> = crate::lab::invocation::worst::all(&world.config)
+        .into_iter()
+        .filter(|(kind, _)| kinds.contains(kind))
+        .collect();
+    assert_eq!(worst.len(), kinds.len(), "{case}: kinds {kinds:?}");
+    let most = |of: fn(&crate::lab::invocation::worst::Worst) -> u64| {
+        worst.iter().map(|(_, w)| of(w)).max().unwrap_or(0)
+    };
+    assert!(
+        peak.external <= most(|w| w.external),
+        "{case}: {peak:?} {worst:?}"
+    );
+    assert!(
+        peak.services <= most(|w| w.services),
+        "{case}: {peak:?} {worst:?}"
+    );
+    assert!(peak.d1 <= most(|w| w.d1), "{case}: {peak:?} {worst:?}");
 }
 
 #[test]
@@ -85,10 +106,13 @@ fn the_largest_lab_stays_within_each_plan_clean_or_failing() {
                 "{case}: sent {} ms after the completion",
                 sent_at - completed_at
             );
-            within(&world, limits, &case);
+            within(&world, limits, LAB, &case);
         }
     }
 }
+
+/// What a lab's life runs: its create, its alarms, its changes and reads.
+const LAB: &[&str] = &["create", "change", "read", "alarm"];
 
 #[test]
 fn an_attempt_past_its_deadline_starts_no_call_and_the_next_goes_on() {
@@ -127,7 +151,7 @@ fn an_attempt_past_its_deadline_starts_no_call_and_the_next_goes_on() {
     let s = world.session().unwrap();
     assert_eq!(s.status(), Status::Completed);
     assert!(world.log_has("reached the invocation's limits"));
-    within(&world, FREE, "timeouts");
+    within(&world, FREE, LAB, "timeouts");
 }
 
 #[test]
@@ -208,13 +232,15 @@ fn the_largest_lab_stops_resumes_and_deletes_within_each_plan() {
                     matches!(reply, Ok(Reply::Lab { status: 200, .. })),
                     "{case}: {reply:?}"
                 );
-                within(&world, limits, &format!("{case}, resume"));
+                let with_resume = [LAB, &["resume"]].concat();
+                within(&world, limits, &with_resume, &format!("{case}, resume"));
             }
             world.run(T0 + 12 * 60 * MINUTE);
             let s = world.session().expect("kept for its retention");
             assert_eq!(s.status(), Status::Completed, "{case}");
             assert_eq!(world.deleted().len(), 49, "{case}");
-            within(&world, limits, &case);
+            let with_resume = [LAB, &["resume"]].concat();
+            within(&world, limits, &with_resume, &case);
         }
     }
 }
