@@ -32,7 +32,7 @@ pub async fn call_lab(
     let (method, path, body) = request.encode();
     let call = objects::Call {
         method,
-        path: &path,
+        path,
         body,
         timeout_ms,
     };
