@@ -13,7 +13,7 @@ mod stored;
 pub mod timeline;
 pub mod view;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::refusal::Refusal;
 pub use crate::lab::status::{LabType, Role, Status};
@@ -108,8 +108,9 @@ pub struct Vm<'a> {
 /// The lab itself (what the create asked, its lifetime) is at the top; the rest is in
 /// sub-records: `cleanup` (the cleanup's progress), `sync` (the index's copy), `notices` (the
 /// webhooks), `adoption` (where it came from). Stored, they are one flat JSON object
-/// (`stored`); a field missing in a record of an earlier version takes its default.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (`stored`: the sub-records flattened, in this order); a field missing in a record of an
+/// earlier version takes its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub lab_request_id: String,
     pub user_id: String,
@@ -119,23 +120,35 @@ pub struct Session {
     pub duration: u64,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    #[serde(flatten)]
     pub cleanup: Cleanup,
     /// Minutes added by `extend` (the lifetime is `duration + extended_minutes`).
+    #[serde(default)]
     pub extended_minutes: u64,
     /// Whether a cleanup attempt ran with `DRY_RUN` (no backend call was made).
+    #[serde(default)]
     pub dry_run: bool,
+    #[serde(flatten)]
     pub adoption: Adoption,
+    #[serde(flatten)]
     pub sync: Sync,
+    #[serde(flatten)]
     pub notices: Notices,
     /// Why the lab ended (its cleanup started); `None` while it is scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
+    #[serde(flatten)]
     pub idle: Idle,
+    #[serde(flatten)]
     pub timeline: Timeline,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     /// The bulk jobs that changed this lab, latest last (at most `MAX_JOBS_KEPT`): a job asking
     /// again (a retried batch) changes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<String>,
     /// The grace stage (`lab::session::stage`): its VMs stopped before they are deleted.
+    #[serde(flatten)]
     pub stop: Stop,
 }
 
@@ -143,18 +156,29 @@ pub struct Session {
 pub const MAX_JOBS_KEPT: usize = 8;
 
 /// The lab's idle end (`idle_timeout`), when it has one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Idle {
     /// How long without activity ends the lab, in `duration` units as asked, and in ms; `None`:
     /// never.
+    #[serde(
+        rename = "idle_timeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_minutes: Option<u64>,
+    #[serde(
+        rename = "idle_timeout_ms",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_ms: Option<i64>,
     /// The latest activity written to the record (`ACTIVITY_WRITE_SECONDS` apart at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_ms: Option<i64>,
 }
 
 /// The cleanup's progress.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cleanup {
     pub status: Status,
     /// Cleanup attempts started so far.
@@ -163,33 +187,49 @@ pub struct Cleanup {
     pub deleted: Vec<String>,
     /// VM ids the backend answered 404 for: already gone, never asked again. Kept apart from
     /// `deleted` because a backend at the wrong base path answers 404 to everything.
+    #[serde(default)]
     pub already_gone: Vec<String>,
     /// Whether the last services call answered 404 (with every VM gone too: a misconfigured
     /// backend, most likely).
+    #[serde(default)]
     pub services_answered_404: bool,
     /// Whether the backend refused a call (429/503) in the last attempt: the next one deletes
     /// one VM at a time.
+    #[serde(default)]
     pub refused_last_attempt: bool,
     /// How long after `expires_at` the first attempt starts (the spread of a class expiring
     /// together; 0 under the fixed policy or once ended by request).
+    #[serde(default)]
     pub start_delay_ms: i64,
     pub next_attempt_at_ms: Option<i64>,
     pub last_outcome: Option<Outcome>,
     pub completed_at_ms: Option<i64>,
     /// Attempts in a row whose calls timed out (the budget's backoff, see `lab::retry`).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub timeout_streak: u32,
     /// The last attempt that made calls had a deletion fail: the fleet's budget serves this lab
     /// after the labs that did not fail (`lab::cleanup::budget_priority`).
+    #[serde(default, skip_serializing_if = "is_false")]
     pub failing: bool,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Where the lab came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Adoption {
     /// When this session was adopted from the TypeScript worker's storage keys (see `legacy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_at_ms: Option<i64>,
     /// When an inventory reported this VM, known to no lab, and it was scheduled for cleanup as
     /// a lab of its own (see `lab::fleet::inventory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_at_ms: Option<i64>,
 }
 
@@ -223,40 +263,48 @@ impl Origin {
 crate::lab::named_enum!(Origin, Origin::parse);
 
 /// How far the fleet index has caught up with the record (see `lab::index`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sync {
     /// Bumped on every change of the record.
+    #[serde(default)]
     pub revision: u64,
+    #[serde(default)]
     pub index: IndexSync,
 }
 
 /// The index's side of `Sync`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexSync {
     /// The record's revision the index last confirmed (0: never written).
+    #[serde(default)]
     pub written: u64,
     /// When to write the row again if it is still owed then.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_ms: Option<i64>,
     /// When to try deleting the row again, after a failed delete at the end of retention.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_retry_at_ms: Option<i64>,
 }
 
 /// The webhooks' side of the record (see `lab::webhook`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notices {
     /// The expiry `lab.expiring` was created for (a new expiry after an extend warns again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warned_for_expiry_ms: Option<i64>,
     /// The stages of `WARN_BEFORE_MINUTES` (minutes before the expiry) already warned for the
     /// expiry `warned_for_expiry_ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warned_stages: Vec<u64>,
     /// The idle deadline `lab.idle_warning` was created for (activity moves the deadline, and a
     /// new one warns again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_warned_for_ms: Option<i64>,
     /// Whether `lab.cleanup_stuck` was created (it is sent once).
+    #[serde(default)]
     pub stuck_notified: bool,
     /// Webhook events not yet delivered: at most one per event type (`bound`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<OutboxEvent>,
 }
 

@@ -12,7 +12,7 @@ use crate::lab::session::{Cleanup, DeletionError, EndReason, Outcome, Session, S
 use crate::lab::text::rfc3339;
 
 /// An event waiting in the lab's outbox until its receiver accepts it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OutboxEvent {
     /// `webhook-id`: unique per event, the same on every redelivery.
     pub id: String,
@@ -35,21 +35,22 @@ pub struct OutboxEvent {
 
 /// The changing part of a lab's status view at one moment; VMs by their position in the lab's
 /// VM list (the master is 0, the workers follow in request order).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub status: Status,
     pub expires_at_ms: i64,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<u16>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub already_gone: Vec<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<SnapshotOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at_ms: Option<i64>,
+    #[serde(default)]
     pub dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
@@ -62,12 +63,12 @@ pub struct Snapshot {
 }
 
 /// `last_outcome` at the moment, its errors by VM position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SnapshotOutcome {
     pub successful: usize,
     pub failed: usize,
     pub not_tried: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<(u16, String)>,
 }
 

@@ -1,22 +1,23 @@
 //! What a cleanup attempt achieved, as the record keeps it and as the engine reports it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One VM that failed to delete in an attempt, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionError {
     pub lab_request_id: String,
     pub error: String,
 }
 
 /// What one cleanup attempt achieved (kept as the lab's `last_outcome`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub successful_deletions: usize,
     pub failed_deletions: usize,
     pub errors: Vec<DeletionError>,
     /// VMs not tried in the attempt because the backend was overloaded (still pending; not
     /// failures).
+    #[serde(default)]
     pub not_tried: usize,
 }
 

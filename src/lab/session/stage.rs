@@ -10,25 +10,44 @@ use crate::lab::refusal::Refusal;
 use crate::lab::session::{AttemptResult, By, EndReason, Event, Kind, Session, Status};
 
 /// The stage's part of the record.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stop {
     /// `keep_stopped_minutes` as the create asked (`None`: `KEEP_STOPPED_MINUTES` at the end).
+    #[serde(
+        rename = "keep_stopped_minutes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub keep_minutes: Option<u64>,
     /// Stop attempts started for the lab's current end.
+    #[serde(rename = "stop_attempts", default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// VMs (by position: the master is 0, the workers follow in request order, as the
     /// timeline keeps them) the backend confirmed stopped (2xx), or gone (404: not running
     /// either).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<u16>,
     /// When a stopped lab's VMs are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_at_ms: Option<i64>,
     /// A resume's start calls are in flight: no deletion starts before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_until_ms: Option<i64>,
     /// The stage is over for the lab's current end: skipped (ended by request), given up (its
     /// stops failed), or ended early from `stopped`; what is left is the deletion.
+    #[serde(rename = "stop_over", default, skip_serializing_if = "is_false")]
     pub over: bool,
     /// When the lab was last resumed (a repeated resume answers as the first did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_at_ms: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How a stop attempt ended.

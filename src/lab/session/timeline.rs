@@ -221,7 +221,7 @@ crate::lab::named_enum!(By, By::parse);
 crate::lab::named_enum!(EndReason, EndReason::parse);
 
 /// One event as stored: its time, its kind, and the fields of its kind (the others absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Event {
     pub at: i64,
     #[serde(rename = "type")]
@@ -247,13 +247,13 @@ pub struct Event {
     pub ms: Option<i64>,
     /// `attempt`: the VMs (by position) deleted, already gone, failed (with the status code or
     /// the error's class), and how many were not tried (the backend was overloaded).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<u16>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<u16>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<(u16, String)>,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub not_tried: u32,
     /// `reconciled`: the VM (by position) an inventory still listed, deleted again; absent for
     /// an orphan (the lab's own VM).
@@ -288,10 +288,20 @@ impl Event {
 }
 
 /// The lab's events in order, and how many were dropped to keep it bounded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Timeline {
+    #[serde(rename = "timeline", default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    #[serde(
+        rename = "timeline_truncated",
+        default,
+        skip_serializing_if = "is_zero_u64"
+    )]
     pub truncated: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Timeline {
@@ -570,7 +580,7 @@ mod tests {
             text,
             r#"{"at":2100000,"type":"attempt","n":7,"ms":400,"failed":[[1,"500"],[2,"timeout"]]}"#
         );
-        let read = crate::lab::session::stored::event(&serde_json::from_str(&text).unwrap());
-        assert_eq!(read.unwrap(), e);
+        let read: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, e);
     }
 }

@@ -287,3 +287,20 @@ fn a_failed_save_sheds_everything_expendable() {
     assert_eq!(outcome.errors.len(), 5, "which VMs failed is kept");
     assert!(shed(&mut s).is_empty(), "nothing left to shed");
 }
+
+/// The time to read the largest record (48 workers, 5 failing, as `encode` stores it), natively:
+/// a measurement, not a check; `cargo test --release --lib decode_speed -- --ignored --nocapture`
+/// prints it (docs/PERFORMANCE.md).
+#[test]
+#[ignore]
+fn decode_speed() {
+    let mut s = worst_case(MAX_WORKERS, 5);
+    let (text, _) = encode(&mut s);
+    let runs = 2_000;
+    let started = std::time::Instant::now();
+    for _ in 0..runs {
+        std::hint::black_box(Session::decode(std::hint::black_box(&text)).unwrap());
+    }
+    let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(runs);
+    println!("decode of a {} KB record: {per:.1} µs", text.len() / 1000);
+}
