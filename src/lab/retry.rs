@@ -221,6 +221,40 @@ mod tests {
     }
 
     #[test]
+    fn http_dates_at_every_edge_of_a_field() {
+        // The last valid value of each field is read as chrono reads it; one past it is no date.
+        let chrono = |text: &str| {
+            chrono::DateTime::parse_from_rfc2822(text)
+                .ok()
+                .map(|d| d.timestamp_millis())
+        };
+        for good in [
+            "Sat, 31 Jan 2026 23:59:59 GMT",
+            "Sat, 28 Feb 2026 00:00:00 GMT",
+            "Thu, 29 Feb 2024 12:00:00 GMT",
+            "Thu, 30 Apr 2026 23:59:00 GMT",
+            "Thu, 31 Dec 2026 00:59:59 GMT",
+            "Thu, 01 Jan 1970 00:00:00 GMT",
+        ] {
+            assert!(chrono(good).is_some(), "{good}");
+            assert_eq!(http_date_ms(good), chrono(good), "{good}");
+        }
+        for bad in [
+            "Sun, 01 Mar 2026 24:00:00 GMT",
+            "Sat, 28 Feb 2026 23:60:00 GMT",
+            "Sat, 28 Feb 2026 23:59:60 GMT",
+            "Sun, 29 Feb 2026 12:00:00 GMT",
+            "Fri, 31 Apr 2026 12:00:00 GMT",
+            "Sun, 00 Mar 2026 12:00:00 GMT",
+            "Sun, 32 Jan 2026 12:00:00 GMT",
+            "Sat, 28 Feb 2026 23:59 GMT",
+            "Sat, 28 Feb 2026 3:59:59 GMT",
+        ] {
+            assert_eq!(http_date_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn retry_after_as_an_http_date() {
         use chrono::DateTime;
         // NOW is 2026-11-18T...; 90 s later as an IMF-fixdate.

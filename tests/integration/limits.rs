@@ -95,13 +95,19 @@ fn largest_lab_and_inventory(ctx: &mut Ctx) {
     wait_log(ctx, "event: 'sweep'", 30);
     std::thread::sleep(Duration::from_secs(11));
     let orphans = |ctx: &Ctx| {
-        ctx.worker
-            .operator(
+        // A cron run the local proxy lost is answered to the next request, this one, with its
+        // `500 Cannot reconstruct a Request with a used body` (see `Worker::cron`): ask again.
+        for _ in 0..3 {
+            let r = ctx.worker.operator(
                 "GET",
                 "/api/v1/labs/sessions?origin=inventory&user_id=free-user-9&limit=1",
                 b"",
-            )
-            .json()
+            );
+            if !(r.status == 500 && r.text().contains("with a used body")) {
+                return r.json();
+            }
+        }
+        panic!("the local proxy answered every list with its lost request's 500")
     };
     let started = Instant::now();
     let mut runs = 1;
