@@ -25,7 +25,7 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
     // The raw method: `Request::method()` maps every method it does not know (e.g. QUERY) to GET.
     let method = request.inner().method();
     if path.starts_with("/api/") || path == routes::METRICS_PATH {
-        // Authentication first, from the two secrets alone: a caller without a valid token
+        // Authentication first, from the token secrets alone: a caller without a valid token
         // learns nothing else (not even that a setting is broken).
         let (caller, slot) = authenticate(&request, env)?;
         // Only an authenticated caller is told which setting is wrong (never its value).

@@ -20,13 +20,9 @@ fn within_free(log: &str, from: usize, kind: &str) -> usize {
 
 /// On a worker of its own: its 5,000 orphans' objects are not the shared runtime's to carry.
 pub fn free_plan_enforced_largest_lab_and_a_large_inventory(ctx: &mut Ctx) {
-    let fresh = ctx.worker.fresh(&ctx.work_dir.join("free-plan"));
-    let shared = std::mem::replace(&mut ctx.worker, fresh);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        largest_lab_and_inventory(ctx)
+        ctx.on_a_worker_of_its_own("free-plan", largest_lab_and_inventory)
     }));
-    let mut fresh = std::mem::replace(&mut ctx.worker, shared);
-    fresh.stop();
     ctx.mock.set_page_size(0);
     ctx.mock.stop_vms_starting_with("free-inv-");
     if let Err(panic) = outcome {

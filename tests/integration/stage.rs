@@ -246,16 +246,7 @@ pub fn stops_refused_with_429_do_not_use_up_the_grace(ctx: &Ctx) {
 /// shared worker the restart also fires the alarms the earlier tests' labs had pending: 312 on
 /// a CI run).
 pub fn a_stopped_lab_down_across_its_delete_at_is_deleted_soon_after_the_restart(ctx: &mut Ctx) {
-    let fresh = ctx.worker.fresh(&ctx.work_dir.join("late-stopped"));
-    let shared = std::mem::replace(&mut ctx.worker, fresh);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        stopped_lab_down_across_its_delete_at(ctx)
-    }));
-    let mut fresh = std::mem::replace(&mut ctx.worker, shared);
-    fresh.stop();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    ctx.on_a_worker_of_its_own("late-stopped", stopped_lab_down_across_its_delete_at);
 }
 
 fn stopped_lab_down_across_its_delete_at(ctx: &mut Ctx) {

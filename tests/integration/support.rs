@@ -865,6 +865,21 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Runs `test` with `ctx.worker` a worker of its own (`Worker::fresh`, its state in `dir`
+    /// under the work dir), then stops it and puts the shared worker back, whatever the test did.
+    pub fn on_a_worker_of_its_own(&mut self, dir: &str, test: impl FnOnce(&mut Ctx)) {
+        let fresh = self.worker.fresh(&self.work_dir.join(dir));
+        let shared = std::mem::replace(&mut self.worker, fresh);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(self)));
+        let mut fresh = std::mem::replace(&mut self.worker, shared);
+        fresh.stop();
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
 /// Waits until the calls naming `ids` satisfy `done`, or fails with what was seen.
 pub fn wait_calls(ctx: &Ctx, ids: &[&str], secs: u64, done: impl Fn(&[Call]) -> bool) -> Vec<Call> {
     let (calls, ok) = ctx.mock.wait_for(ids, Duration::from_secs(secs), done);

@@ -171,12 +171,8 @@ pub struct Gauges {
 /// are only this worker's own words (statuses, classes), never text from outside.
 pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
     let mut out = String::new();
-    let by_status: Vec<(String, String)> = gauges
-        .by_status
-        .iter()
-        .map(|(s, n)| (format!("{{status=\"{s}\"}}"), n.to_string()))
-        .collect();
     let labs = "Labs in the fleet index, by status.";
+    let by_status = labelled("status", &gauges.by_status);
     family(&mut out, "labs", "gauge", labs, &by_status);
     for (name, help, n) in single_gauges(gauges, levels) {
         family(
@@ -194,11 +190,7 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
         "How long VMs outlived their labs (completed_at - expires_at), labs completed in the last 24 hours.",
         &lag_histogram(&levels.lags_ms),
     );
-    let previous: Vec<(String, String)> = gauges
-        .previous_secrets
-        .iter()
-        .map(|(secret, n)| (format!("{{secret=\"{secret}\"}}"), n.to_string()))
-        .collect();
+    let previous = labelled("secret", &gauges.previous_secrets);
     let help = "1 while a secret's previous value is still accepted or signed with (its _PREVIOUS setting is set): a rotation not finished.";
     family(&mut out, "previous_secret_set", "gauge", help, &previous);
     if let Some(at) = gauges.oldest_stopped_expiry_ms {
@@ -211,10 +203,7 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
         );
     }
     if let Some((at, counts)) = &gauges.reconciliation {
-        let samples: Vec<(String, String)> = counts
-            .iter()
-            .map(|(class, n)| (format!("{{class=\"{class}\"}}"), n.to_string()))
-            .collect();
+        let samples = labelled("class", counts);
         let vms = "The last inventory reconciliation's VMs, by class.";
         family(&mut out, "reconciliation_vms", "gauge", vms, &samples);
         family(
@@ -226,6 +215,14 @@ pub fn prometheus(gauges: &Gauges, levels: &Levels) -> String {
         );
     }
     out
+}
+
+/// Samples with one label each: `{label="value"}` and the count.
+fn labelled(label: &str, counts: &[(&'static str, u64)]) -> Vec<(String, String)> {
+    counts
+        .iter()
+        .map(|(value, n)| (format!("{{{label}=\"{value}\"}}"), n.to_string()))
+        .collect()
 }
 
 /// One metric family: its help and type lines, then its samples (labels or suffix, value).
