@@ -95,6 +95,40 @@ proptest! {
     }
 
     #[test]
+    fn a_link_answers_any_action_and_query(action in text(), query in text(), value in text()) {
+        let config = crate::lab::link::LinkConfig {
+            secret: vec![1; 32],
+            previous_secret: Some(vec![2; 32]),
+            public_url: "https://c.example".into(),
+            extend_minutes: vec![30],
+        };
+        for q in [
+            query.clone(),
+            format!("lab={value}&minutes={value}&warning={value}&until={value}&sig={value}"),
+            format!("lab=a&minutes=30&warning=w&until=1&sig={query}"),
+        ] {
+            for a in [action.as_str(), "extend", "keep_active"] {
+                // Refused, never read: only this service's signature passes.
+                prop_assert!(crate::api::links::check(&config, a, &q).is_err());
+            }
+        }
+        // A link made of any values reads back as made, and verifies.
+        let link = crate::lab::link::Link {
+            lab: value.clone(),
+            action: crate::lab::link::Action::Extend,
+            minutes: 30,
+            warning: query.clone(),
+            until_ms: 7,
+        };
+        let url = crate::lab::link::url(&config, &link);
+        let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+        if !value.is_empty() && !query.is_empty() {
+            prop_assert_eq!(crate::api::links::check(&config, "extend", q), Ok(link));
+        }
+        let _ = crate::api::links::action(&action);
+    }
+
+    #[test]
     fn operator_bodies_answer_any_json(body in json()) {
         let text = body.to_string();
         let _ = validation::parse_inventory(text.as_bytes());

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bulk;
 pub mod error;
 pub mod fleet;
+pub mod links;
 pub mod percent;
 pub mod respond;
 pub mod routes;

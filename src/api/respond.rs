@@ -41,3 +41,17 @@ pub fn text(status: u16, content_type: &str, body: &str) -> worker::Result<Respo
         .with_status(status)
         .with_headers(headers))
 }
+
+/// A page of a signed link (`api::links`), with its headers.
+pub fn page(page: &crate::api::links::Page) -> worker::Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in crate::api::links::headers() {
+        headers.set(name, &value)?;
+    }
+    if let Some(allow) = page.allow {
+        headers.set("Allow", allow)?;
+    }
+    Ok(Response::ok(page.html.as_str())?
+        .with_status(page.status)
+        .with_headers(headers))
+}

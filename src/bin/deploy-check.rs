@@ -53,6 +53,8 @@ const SECRETS: &[&str] = &[
     "API_TOKEN_PREVIOUS",
     "OPERATOR_TOKEN_PREVIOUS",
     "WEBHOOK_SECRET_PREVIOUS",
+    "LINK_SECRET",
+    "LINK_SECRET_PREVIOUS",
 ];
 
 /// Stands in for a secret whose value cannot be read back: the right form, so that the rules
@@ -63,6 +65,8 @@ fn stand_in(name: &str) -> String {
     match name {
         "WEBHOOK_SECRET" => "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
         "WEBHOOK_SECRET_PREVIOUS" => "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into(),
+        // 32 characters or more, as the worker requires of a link secret.
+        "LINK_SECRET" | "LINK_SECRET_PREVIOUS" => format!("set-as-a-secret-{name}-0123456789"),
         _ => format!("set-as-a-secret-{name}"),
     }
 }

@@ -257,6 +257,8 @@ pub struct WebhookConfig {
     /// `lab.idle_warning` this many `duration` units before an idle end.
     pub idle_warn_minutes: u64,
     pub schedule: Schedule,
+    /// The signed links of the warnings (`LINK_SECRET` and `PUBLIC_URL` set), else `None`.
+    pub links: Option<crate::lab::link::signed::LinkConfig>,
 }
 
 /// The webhook settings the timing depends on.
@@ -825,17 +827,26 @@ pub enum Previous {
     ApiToken,
     OperatorToken,
     WebhookSecret,
+    LinkSecret,
 }
 
 pub const API_TOKEN_PREVIOUS: &str = "API_TOKEN_PREVIOUS";
 pub const OPERATOR_TOKEN_PREVIOUS: &str = "OPERATOR_TOKEN_PREVIOUS";
 pub const WEBHOOK_SECRET_PREVIOUS: &str = "WEBHOOK_SECRET_PREVIOUS";
+pub const LINK_SECRET_PREVIOUS: &str = "LINK_SECRET_PREVIOUS";
+/// Shortest `LINK_SECRET`, in bytes (256 bits, as HMAC-SHA256's key).
+pub const MIN_LINK_SECRET_BYTES: usize = 32;
+/// Longest `LINK_SECRET`, in bytes (HMAC-SHA256 hashes a longer key first: no gain).
+pub const MAX_LINK_SECRET_BYTES: usize = 64;
+/// The extend links of `lab.expiring` by default, in `duration` units.
+pub const DEFAULT_EXTEND_LINK_MINUTES: [u64; 2] = [30, 60];
 
 impl Previous {
-    pub const ALL: [Previous; 3] = [
+    pub const ALL: [Previous; 4] = [
         Previous::ApiToken,
         Previous::OperatorToken,
         Previous::WebhookSecret,
+        Previous::LinkSecret,
     ];
 
     /// The setting's name.
@@ -844,6 +855,7 @@ impl Previous {
             Previous::ApiToken => API_TOKEN_PREVIOUS,
             Previous::OperatorToken => OPERATOR_TOKEN_PREVIOUS,
             Previous::WebhookSecret => WEBHOOK_SECRET_PREVIOUS,
+            Previous::LinkSecret => LINK_SECRET_PREVIOUS,
         }
     }
 
@@ -853,6 +865,7 @@ impl Previous {
             Previous::ApiToken => "API_TOKEN",
             Previous::OperatorToken => "OPERATOR_TOKEN",
             Previous::WebhookSecret => "WEBHOOK_SECRET",
+            Previous::LinkSecret => "LINK_SECRET",
         }
     }
 
@@ -862,6 +875,7 @@ impl Previous {
             Previous::ApiToken => "a previous API token is still accepted (API_TOKEN_PREVIOUS is set): remove it once every caller uses the new API_TOKEN",
             Previous::OperatorToken => "a previous operator token is still accepted (OPERATOR_TOKEN_PREVIOUS is set): remove it once every operator uses the new OPERATOR_TOKEN",
             Previous::WebhookSecret => "webhooks are still signed with a previous secret too (WEBHOOK_SECRET_PREVIOUS is set): remove it once every receiver verifies with the new WEBHOOK_SECRET",
+            Previous::LinkSecret => "links signed with a previous secret are still accepted (LINK_SECRET_PREVIOUS is set): remove it once the warnings sent before the rotation have expired",
         }
     }
 }
@@ -875,6 +889,10 @@ impl Config {
             Previous::WebhookSecret => matches!(
                 &self.webhooks,
                 Webhooks::On(w) if w.previous_secret.is_some()
+            ),
+            Previous::LinkSecret => matches!(
+                &self.webhooks,
+                Webhooks::On(WebhookConfig { links: Some(l), .. }) if l.previous_secret.is_some()
             ),
         }
     }
@@ -909,6 +927,107 @@ fn warn_stages(raw: &str) -> Option<Vec<u64>> {
     }
     stages.dedup();
     (!stages.is_empty() && stages.len() <= MAX_WARN_STAGES).then_some(stages)
+}
+
+/// Reads the links' settings (with the webhooks'): on when `LINK_SECRET` and `PUBLIC_URL` are
+/// both set, off when neither is; one without the other is an error naming the missing one.
+fn links(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::lab::link::signed::LinkConfig>, ConfigError> {
+    use crate::lab::link::signed::{LinkConfig, MAX_EXTEND_LINKS, MAX_PUBLIC_URL_CHARS};
+    let (secret, public_url) = match (get("LINK_SECRET"), get("PUBLIC_URL")) {
+        (None, None) => return Ok(None),
+        (Some(secret), Some(url)) => (secret, url),
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                name: "LINK_SECRET",
+                expected: "set (a secret) whenever PUBLIC_URL is: the links of the warnings are signed with it".into(),
+                value: None,
+            })
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                name: "PUBLIC_URL",
+                expected: "set whenever LINK_SECRET is: where this worker answers the links of the warnings, e.g. https://labs-cleanup.example.com".into(),
+                value: None,
+            })
+        }
+    };
+    let secret_bytes = |name: &'static str, raw: &str| {
+        let bytes = raw.trim().as_bytes().to_vec();
+        if (MIN_LINK_SECRET_BYTES..=MAX_LINK_SECRET_BYTES).contains(&bytes.len()) {
+            Ok(bytes)
+        } else {
+            Err(ConfigError::Invalid {
+                name,
+                expected: format!(
+                    "{MIN_LINK_SECRET_BYTES} to {MAX_LINK_SECRET_BYTES} characters (e.g. `openssl rand -base64 32`)"
+                ),
+                // A secret: its value is never repeated, not even in the log.
+                value: None,
+            })
+        }
+    };
+    let secret = secret_bytes("LINK_SECRET", &secret)?;
+    let previous_secret = match get(LINK_SECRET_PREVIOUS) {
+        None => None,
+        Some(raw) => {
+            let previous = secret_bytes(LINK_SECRET_PREVIOUS, &raw)?;
+            if previous == secret {
+                return Err(ConfigError::Invalid {
+                    name: LINK_SECRET_PREVIOUS,
+                    expected: "different from LINK_SECRET (the secret being replaced)".into(),
+                    value: None,
+                });
+            }
+            Some(previous)
+        }
+    };
+    let trimmed = public_url.trim().trim_end_matches('/');
+    let public_url = http_url("PUBLIC_URL", trimmed)?;
+    if public_url.chars().count() > MAX_PUBLIC_URL_CHARS
+        || public_url.contains(['?', '#'])
+        || public_url.split("://").nth(1).is_none_or(str::is_empty)
+    {
+        return Err(ConfigError::Invalid {
+            name: "PUBLIC_URL",
+            expected: format!(
+                "an http:// or https:// URL of at most {MAX_PUBLIC_URL_CHARS} characters, without a query or fragment"
+            ),
+            value: Some(public_url),
+        });
+    }
+    let extend_minutes = match get("EXTEND_LINK_MINUTES") {
+        None => DEFAULT_EXTEND_LINK_MINUTES.to_vec(),
+        Some(raw) => {
+            let mut minutes = raw
+                .split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=525_600).contains(n))
+                })
+                .collect::<Option<Vec<u64>>>()
+                .filter(|m| !m.is_empty() && m.len() <= MAX_EXTEND_LINKS)
+                .ok_or(ConfigError::Invalid {
+                    name: "EXTEND_LINK_MINUTES",
+                    expected: format!(
+                        "minutes to extend by (1 to 525600), comma-separated, at most {MAX_EXTEND_LINKS}, e.g. \"30,60\""
+                    ),
+                    value: Some(raw),
+                })?;
+            minutes.sort_unstable();
+            minutes.dedup();
+            minutes
+        }
+    };
+    Ok(Some(LinkConfig {
+        secret,
+        previous_secret,
+        public_url,
+        extend_minutes,
+    }))
 }
 
 /// Reads the webhook settings (only when `WEBHOOK_URL` is set).
@@ -979,10 +1098,12 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
                     value: Some(raw),
                 })?,
         };
+        let links = links(get)?;
         Ok(WebhookConfig {
             url,
             secret,
             previous_secret,
+            links,
             warn_stages,
             idle_warn_minutes,
             schedule: Schedule {
@@ -1451,5 +1572,112 @@ mod tests {
             assert_eq!(p.setting(), format!("{}_PREVIOUS", p.secret()));
             assert!(p.notice().contains(p.setting()), "{}", p.notice());
         }
+    }
+
+    #[test]
+    fn links_are_on_with_a_secret_and_a_public_url_and_refused_half_set() {
+        const SECRET: &str = "0123456789abcdef0123456789abcdef";
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = vec![
+                ("BACKEND_URL", "https://b.test"),
+                ("WEBHOOK_URL", "https://h.test"),
+                ("WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+            ];
+            all.extend_from_slice(pairs);
+            config(&all).unwrap().webhooks
+        };
+        let links = |w: &Webhooks| match w {
+            Webhooks::On(h) => h.links.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(links(&with(&[])), None);
+        let on = links(&with(&[
+            ("LINK_SECRET", SECRET),
+            ("PUBLIC_URL", "https://cleanup.example.com/ "),
+        ]))
+        .unwrap();
+        assert_eq!(on.public_url, "https://cleanup.example.com");
+        assert_eq!(on.extend_minutes, vec![30, 60]);
+        assert_eq!(on.secret, SECRET.as_bytes());
+        let listed = links(&with(&[
+            ("LINK_SECRET", SECRET),
+            ("PUBLIC_URL", "https://c.example"),
+            ("EXTEND_LINK_MINUTES", " 120, 15,15 "),
+        ]))
+        .unwrap();
+        assert_eq!(listed.extend_minutes, vec![15, 120]);
+        // Each wrong value names its setting, never a secret's value.
+        for (pairs, setting) in [
+            (vec![("LINK_SECRET", SECRET)], "PUBLIC_URL"),
+            (vec![("PUBLIC_URL", "https://c.example")], "LINK_SECRET"),
+            (
+                vec![
+                    ("LINK_SECRET", "too-short"),
+                    ("PUBLIC_URL", "https://c.example"),
+                ],
+                "LINK_SECRET",
+            ),
+            (
+                vec![("LINK_SECRET", SECRET), ("PUBLIC_URL", "ftp://c.example")],
+                "PUBLIC_URL",
+            ),
+            (
+                vec![
+                    ("LINK_SECRET", SECRET),
+                    ("PUBLIC_URL", "https://c.example/?q"),
+                ],
+                "PUBLIC_URL",
+            ),
+            (
+                vec![("LINK_SECRET", SECRET), ("PUBLIC_URL", "https://")],
+                "PUBLIC_URL",
+            ),
+            (
+                vec![
+                    ("LINK_SECRET", SECRET),
+                    ("PUBLIC_URL", "https://c.example"),
+                    ("EXTEND_LINK_MINUTES", "1,2,3,4,5"),
+                ],
+                "EXTEND_LINK_MINUTES",
+            ),
+            (
+                vec![
+                    ("LINK_SECRET", SECRET),
+                    ("PUBLIC_URL", "https://c.example"),
+                    ("EXTEND_LINK_MINUTES", "0"),
+                ],
+                "EXTEND_LINK_MINUTES",
+            ),
+            (
+                vec![
+                    ("LINK_SECRET", SECRET),
+                    ("PUBLIC_URL", "https://c.example"),
+                    (LINK_SECRET_PREVIOUS, SECRET),
+                ],
+                LINK_SECRET_PREVIOUS,
+            ),
+        ] {
+            let Webhooks::Broken(e) = with(&pairs) else {
+                panic!("{pairs:?} refused")
+            };
+            assert_eq!(e.setting(), setting, "{pairs:?}");
+            assert!(!e.detail().contains(SECRET), "{}", e.detail());
+        }
+        // During a rotation: both secrets, and the rotation listed.
+        let previous = "fedcba9876543210fedcba9876543210";
+        let c = config(&[
+            ("BACKEND_URL", "https://b.test"),
+            ("WEBHOOK_URL", "https://h.test"),
+            ("WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+            ("LINK_SECRET", SECRET),
+            ("PUBLIC_URL", "https://c.example"),
+            (LINK_SECRET_PREVIOUS, previous),
+        ])
+        .unwrap();
+        assert_eq!(
+            links(&c.webhooks).unwrap().previous_secret.as_deref(),
+            Some(previous.as_bytes())
+        );
+        assert_eq!(c.rotations(), [Previous::LinkSecret]);
     }
 }

@@ -33,6 +33,7 @@ pub mod index;
 pub mod invocation;
 pub mod legacy;
 pub mod limits;
+pub mod link;
 pub mod ports;
 pub mod procedures;
 pub mod protocol;

@@ -55,6 +55,19 @@ pub enum Request {
     Owns {
         vm: String,
     },
+    /// A signed link of a warning (`lab::link`), checked by the route: what it would do
+    /// (`apply` false: a GET) or done once (`apply` true: a POST).
+    Link {
+        link: crate::lab::link::Link,
+        apply: bool,
+    },
+}
+
+/// The body of an internal link request.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LinkFor {
+    link: crate::lab::link::Link,
+    apply: bool,
 }
 
 /// The body of an internal orphan request.
@@ -175,6 +188,15 @@ impl Request {
                 "/owns",
                 serde_json::to_string(&AgainVm { vm: vm.clone() }).ok(),
             ),
+            Request::Link { link, apply } => (
+                "POST",
+                "/link",
+                serde_json::to_string(&LinkFor {
+                    link: link.clone(),
+                    apply: *apply,
+                })
+                .ok(),
+            ),
         }
     }
 
@@ -245,6 +267,11 @@ impl Request {
             ("POST", "/owns") => Request::Owns {
                 vm: text(&json()?, "vm").map_err(bad)?,
             },
+            ("POST", "/link") => {
+                let LinkFor { link, apply } =
+                    serde_json::from_str(body).map_err(|e| bad(Malformed(e.to_string())))?;
+                Request::Link { link, apply }
+            }
             _ => return Err(Malformed(format!("no internal route for {method} {path}"))),
         })
     }

@@ -252,7 +252,7 @@ mod tests {
         let mut s = session(60);
         let e = new_event(EventType::Expiring, &s, T0 + 50 * MINUTE, "msg_1".into());
         let at_creation = serde_json::to_value(s.view()).unwrap();
-        let body = e.body(&s);
+        let body = e.body(&s, None);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["type"], "lab.expiring");
         assert_eq!(v["timestamp"], rfc3339(T0 + 50 * MINUTE));
@@ -279,7 +279,7 @@ mod tests {
             T0 + 70 * MINUTE,
             T0 + 75 * MINUTE,
         );
-        assert_eq!(e.body(&s), body);
+        assert_eq!(e.body(&s, None), body);
         // A stuck event made now carries this moment, errors included, and keeps it.
         let stuck = new_event(
             EventType::CleanupStuck,
@@ -288,7 +288,7 @@ mod tests {
             "msg_2".into(),
         );
         let now = serde_json::to_value(s.view()).unwrap();
-        let stuck_body = stuck.body(&s);
+        let stuck_body = stuck.body(&s, None);
         let v: serde_json::Value = serde_json::from_str(&stuck_body).unwrap();
         assert_eq!(v["data"], now);
         assert_eq!(
@@ -304,13 +304,13 @@ mod tests {
             T0 + 76 * MINUTE,
             T0 + 80 * MINUTE,
         );
-        assert_eq!(stuck.body(&s), stuck_body);
-        assert_eq!(e.body(&s), body);
+        assert_eq!(stuck.body(&s, None), stuck_body);
+        assert_eq!(e.body(&s, None), body);
         // An event of an earlier version keeps the body it stored.
         let mut old = e.clone();
         old.snapshot = None;
         old.body = Some("{\"stored\":true}".into());
-        assert_eq!(old.body(&s), "{\"stored\":true}");
+        assert_eq!(old.body(&s, None), "{\"stored\":true}");
     }
 
     #[test]
@@ -395,6 +395,7 @@ mod tests {
             url: "https://h".into(),
             secret: current.clone(),
             previous_secret: None,
+            links: None,
             warn_stages: vec![10],
             idle_warn_minutes: 5,
             schedule: Schedule {

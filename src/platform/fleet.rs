@@ -196,6 +196,29 @@ pub async fn send(
     Answer::read(request, status, &text)
 }
 
+/// Sends a signed link (`Request::Link`) to its lab's object: what the link did or would do.
+pub async fn link(
+    env: &Env,
+    link: crate::lab::link::Link,
+    apply: bool,
+) -> Result<crate::lab::link::Answer, ServiceError> {
+    let lab = link.lab.clone();
+    let answer = call_lab(env, &lab, &Request::Link { link, apply }, None).await?;
+    let status = answer.status();
+    let text = match answer.text() {
+        Ok(promise) => JsFuture::from(promise)
+            .await
+            .ok()
+            .and_then(|t| t.as_string())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    if status != 200 {
+        return Err(ServiceError::Answered(status));
+    }
+    serde_json::from_str(&text).map_err(|e| ServiceError::Failed(e.to_string()))
+}
+
 impl crate::lab::fleet::bulk::Candidates for WorkerdFleet<'_> {
     async fn page(
         &self,

@@ -40,6 +40,10 @@ pub async fn handle(request: Request, env: &Env) -> Result<web_sys::Response, Ap
         usage.record_request(kind, Some(slot.name()));
         return answer;
     }
+    if let Some(action) = api::links::action(&path) {
+        let page = link(&request, env, &method, action).await;
+        return respond::page(&page).map(Into::into).map_err(internal);
+    }
     match routes::route(&method, &path)? {
         Route::Health => health(&request, env).map(Into::into),
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
@@ -127,6 +131,54 @@ fn health(request: &Request, env: &Env) -> Result<Response, ApiError> {
         (503, serde_json::json!({"status": "not_configured"}))
     };
     respond::json(status, &body).map_err(internal)
+}
+
+/// `GET|POST /links/{action}?...`: a signed link of a warning, its page. The signature is the
+/// link's authority (no token): checked here before its lab's object is asked; a GET asks only
+/// what a click would do.
+async fn link(request: &Request, env: &Env, method: &str, action: &str) -> api::links::Page {
+    use api::links;
+    if method != "GET" && method != "POST" {
+        return links::wrong_method(method);
+    }
+    let Ok(config) = ready_config(env) else {
+        return links::unavailable();
+    };
+    let Some(link_config) = (match &config.webhooks {
+        Webhooks::On(hooks) => hooks.links.as_ref(),
+        _ => None,
+    }) else {
+        return links::off();
+    };
+    let link = match links::check(link_config, action, &query_string(request)) {
+        Ok(checked) => checked,
+        Err(why) => {
+            console(
+                Level::Warn,
+                &format!("[link] A link was refused ({method}): {why}"),
+            );
+            return links::refused(&why);
+        }
+    };
+    let usage = Usage::start(&config);
+    let answer = match usage.object_call() {
+        Ok(()) => platform::fleet::link(env, link.clone(), method == "POST").await,
+        Err(e) => Err(e.into()),
+    };
+    usage.record_request("route link", None);
+    match answer {
+        Ok(answer) => links::answered(&link, &answer, config.duration_unit_ms()),
+        Err(e) => {
+            console(
+                Level::Error,
+                &format!(
+                    "[link] The object of lab {} did not answer a link: {e}",
+                    link.lab
+                ),
+            );
+            links::unavailable()
+        }
+    }
 }
 
 /// The authenticated API routes: one handler each, that reads the request, calls the

@@ -59,6 +59,23 @@ impl SessionManager {
             report(&usage, &config, &kind, &format!("{what}, after the answer"));
         });
     }
+
+    /// After an answer that changed the record (`line` set): the line logged and the index row
+    /// brought up to date (`Lab::sync_index`), neither awaited by the answer.
+    fn log_and_sync(
+        &self,
+        config: Rc<Config>,
+        usage: Rc<Usage>,
+        what: (String, String),
+        line: Option<(Level, String)>,
+    ) {
+        if let Some((level, line)) = line {
+            self.later(config, usage, what, move |ports, config| async move {
+                ports.log(level, &line);
+                Lab::new(&*ports, &config).sync_index().await
+            });
+        }
+    }
 }
 
 impl DurableObject for SessionManager {
@@ -92,7 +109,10 @@ impl DurableObject for SessionManager {
         let ports = self.ports(config.clone(), usage.clone());
         let reply = Lab::new(&ports, &config).answer(lab_request).await;
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        if !matches!(&reply, Reply::Lab { line: Some(_), .. }) {
+        if !matches!(
+            &reply,
+            Reply::Lab { line: Some(_), .. } | Reply::Link { line: Some(_), .. }
+        ) {
             report(&usage, &config, &kind, &path);
         }
         match reply {
@@ -104,23 +124,18 @@ impl DurableObject for SessionManager {
             }
             Reply::Claim(answer) => respond::json(200, &answer),
             Reply::Owns(answer) => respond::json(200, &answer),
+            Reply::Link { answer, line } => {
+                let answered = respond::json(200, &answer);
+                self.log_and_sync(config, usage, (kind, path), line);
+                answered
+            }
             Reply::Lab {
                 status,
                 session,
                 line,
             } => {
                 let answer = respond::json(status, &session.view());
-                if let Some((level, line)) = line {
-                    self.later(
-                        config,
-                        usage,
-                        (kind, path),
-                        move |ports, config| async move {
-                            ports.log(level, &line);
-                            Lab::new(&*ports, &config).sync_index().await
-                        },
-                    );
-                }
+                self.log_and_sync(config, usage, (kind, path), line);
                 answer
             }
         }

@@ -4,6 +4,7 @@ use crate::lab::cleanup::{self, Action, AttemptPlan};
 use crate::lab::config::{ConfigError, Webhooks};
 use crate::lab::index;
 use crate::lab::invocation::Meter;
+use crate::lab::link;
 use crate::lab::ports::StoreError;
 use crate::lab::procedures::record::{Found, Held};
 use crate::lab::procedures::{Lab, Platform};
@@ -394,7 +395,16 @@ impl<P: Platform> Lab<'_, P> {
             session.expires_at_ms,
             stage,
         );
-        Some(self.queue_with(session, EventType::Expiring, now, Some((left, id))))
+        let links = self.links().map(|config| {
+            let minutes = link::extend_minutes(config, session, self.config.max_duration_minutes);
+            (session.expires_at_ms, minutes)
+        });
+        Some(self.queue_with(
+            session,
+            EventType::Expiring,
+            now,
+            Some(Warning { left, id, links }),
+        ))
     }
 
     /// `lab.idle_warning` for the idle deadline now ahead, once.
@@ -407,7 +417,21 @@ impl<P: Platform> Lab<'_, P> {
             ..Event::new(Kind::IdleWarned, now)
         });
         let id = webhook::warning_id(&session.lab_request_id, EventType::IdleWarning, deadline, 0);
-        Some(self.queue_with(session, EventType::IdleWarning, now, Some((left, id))))
+        let links = self.links().map(|_| (deadline, Vec::new()));
+        Some(self.queue_with(
+            session,
+            EventType::IdleWarning,
+            now,
+            Some(Warning { left, id, links }),
+        ))
+    }
+
+    /// The links' settings, when the warnings carry signed links.
+    fn links(&self) -> Option<&link::LinkConfig> {
+        match &self.config.webhooks {
+            crate::lab::config::Webhooks::On(hooks) => hooks.links.as_ref(),
+            _ => None,
+        }
     }
 
     /// The alarm when the settings are broken (`self.config` is then the defaults): a legacy
@@ -781,21 +805,23 @@ impl<P: Platform> Lab<'_, P> {
         self.queue_with(session, kind, now, None)
     }
 
-    /// `queue`, for a warning: with the minutes left it tells (`data.minutes_left`) and its id
-    /// (`webhook::warning_id`).
+    /// `queue`, for a warning: with the minutes left it tells (`data.minutes_left`), its id
+    /// (`webhook::warning_id`), and with links on, the deadline its links name and the minutes
+    /// of its extend links (`data.links`).
     fn queue_with(
         &self,
         session: &mut Session,
         kind: EventType,
         now: i64,
-        warning: Option<(u64, String)>,
+        warning: Option<Warning>,
     ) -> String {
         let p = self.platform;
-        let (minutes_left, id) = match warning {
-            Some((left, id)) => (Some(left), id),
+        let (minutes_left, id, links) = match warning {
+            Some(Warning { left, id, links }) => (Some(left), id, links),
             None => (
                 None,
                 webhook::event_id([p.random(), p.random(), p.random(), p.random()]),
+                None,
             ),
         };
         self.info(format!(
@@ -806,6 +832,10 @@ impl<P: Platform> Lab<'_, P> {
         let mut event = webhook::new_event(kind, session, now, id.clone());
         if let Some(snapshot) = event.snapshot.as_mut() {
             snapshot.minutes_left = minutes_left;
+            if let Some((until, minutes)) = links {
+                snapshot.link_until_ms = Some(until);
+                snapshot.link_minutes = minutes;
+            }
         }
         // Held from the start, by the save that queues it: this invocation delivers it right
         // after (no save of its own to hold it); an object evicted first leaves it to the
@@ -892,4 +922,12 @@ fn minutes_left(at: i64, now: i64, unit_ms: i64) -> u64 {
 fn spare_calls(session: &Session, external_left: u64) -> usize {
     let planned = session.pending().len() as u64 + 1;
     external_left.saturating_sub(planned) as usize
+}
+
+/// A warning's own parts: the minutes left it tells, its id, and with links on, the deadline its
+/// links name and the minutes of its extend links.
+struct Warning {
+    left: u64,
+    id: String,
+    links: Option<(i64, Vec<u64>)>,
 }

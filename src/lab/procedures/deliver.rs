@@ -94,7 +94,7 @@ impl<P: Platform> Lab<'_, P> {
         let deliveries: Vec<Delivery> = events
             .iter()
             .map(|event| {
-                let body = event.body(session);
+                let body = event.body(session, hooks.links.as_ref());
                 Delivery {
                     id: event.id.clone(),
                     timestamp: now_secs,

@@ -7,6 +7,7 @@
 mod alarm;
 mod claims;
 pub mod deliver;
+mod link;
 mod record;
 mod requests;
 
@@ -72,6 +73,11 @@ pub enum Reply {
     Claim(ClaimAnswer),
     /// A lab's object, asked whether it lists a VM.
     Owns(OwnsAnswer),
+    /// What a signed link did or would do; `line` as in `Lab` (the record changed).
+    Link {
+        answer: crate::lab::link::Answer,
+        line: Option<(Level, String)>,
+    },
 }
 
 impl<'a, P: Platform> Lab<'a, P> {

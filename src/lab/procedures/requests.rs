@@ -38,6 +38,7 @@ impl<P: Platform> Lab<'_, P> {
             Request::Poke => self.poke().await,
             Request::Claim { lab, vm } => self.claim(&lab, &vm).await,
             Request::Owns { vm } => self.owns(&vm).await,
+            Request::Link { link, apply } => self.link(link, apply).await,
         }
     }
 
@@ -281,7 +282,7 @@ impl<P: Platform> Lab<'_, P> {
             return Ok(Self::unchanged(202, session));
         }
         let reason = match by {
-            By::Api => EndReason::Ended,
+            By::Api | By::Link => EndReason::Ended,
             By::Operator => EndReason::Operator,
         };
         session.mark_ended(reason, now);
@@ -292,6 +293,7 @@ impl<P: Platform> Lab<'_, P> {
             match by {
                 By::Api => "the API token",
                 By::Operator => "the operator token",
+                By::Link => "a signed link",
             }
         );
         self.changed(session, 202, line).await

@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::lab::link::signed::{self as link, LinkConfig};
 use crate::lab::session::{Cleanup, DeletionError, EndReason, Outcome, Session, Status};
 use crate::lab::text::rfc3339;
 
@@ -60,6 +61,13 @@ pub struct Snapshot {
     /// A stopped lab's `delete_at`, in its `data.delete_at`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_at_ms: Option<i64>,
+    /// A warning with signed links (`lab::link`): the deadline they name. The links themselves
+    /// are built at each delivery (`data.links`), not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_until_ms: Option<i64>,
+    /// `lab.expiring`'s extend links: their minutes (those the lifetime cap allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_minutes: Vec<u64>,
 }
 
 /// `last_outcome` at the moment, its errors by VM position.
@@ -107,6 +115,8 @@ impl Snapshot {
             end_reason: session.end_reason,
             minutes_left: None,
             delete_at_ms: session.stopped_until(),
+            link_until_ms: None,
+            link_minutes: Vec::new(),
         }
     }
 
@@ -161,8 +171,9 @@ impl OutboxEvent {
     }
 
     /// The exact bytes sent: `{"data", "timestamp", "type"}` with the lab's status view as it
-    /// was when the event was created; the same on every delivery.
-    pub fn body(&self, session: &Session) -> String {
+    /// was when the event was created; the same on every delivery (a warning's `data.links`
+    /// signed with the current `LINK_SECRET` of `links`, and left out when links are off).
+    pub fn body(&self, session: &Session, links: Option<&LinkConfig>) -> String {
         if let Some(body) = &self.body {
             return body.clone();
         }
@@ -182,6 +193,20 @@ impl OutboxEvent {
                     }
                     if let Some(at) = snapshot.delete_at_ms {
                         map.insert("delete_at".into(), rfc3339(at).into());
+                    }
+                    if let (Some(until), Some(config)) = (snapshot.link_until_ms, links) {
+                        let links = link::links(
+                            config,
+                            &session.lab_request_id,
+                            &self.event_type,
+                            &self.id,
+                            until,
+                            &snapshot.link_minutes,
+                        );
+                        map.insert(
+                            "links".into(),
+                            serde_json::to_value(links).unwrap_or_default(),
+                        );
                     }
                 }
                 data

@@ -280,7 +280,7 @@ fn records_of_the_previous_version_round_trip() {
     let event = &s.notices.outbox[0];
     assert!(event.snapshot.is_none() && event.body.is_some());
     assert_eq!(
-        event.body(&s),
+        event.body(&s, None),
         *event.body.as_ref().unwrap(),
         "sent as it was stored"
     );

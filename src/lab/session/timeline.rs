@@ -155,6 +155,8 @@ impl EndReason {
 pub enum By {
     Api,
     Operator,
+    /// A signed link of a warning (`lab::link`), clicked by the student.
+    Link,
 }
 
 impl By {
@@ -162,11 +164,12 @@ impl By {
         match self {
             By::Api => "api",
             By::Operator => "operator",
+            By::Link => "link",
         }
     }
 
     pub fn parse(name: &str) -> Option<By> {
-        [By::Api, By::Operator]
+        [By::Api, By::Operator, By::Link]
             .into_iter()
             .find(|b| b.name() == name)
     }
@@ -226,7 +229,8 @@ pub struct Event {
     pub at: i64,
     #[serde(rename = "type")]
     pub kind: Kind,
-    /// `extended`: the expiry before and after, and who asked.
+    /// `extended`: the expiry before and after, and who asked; `activity` by a signed link: the
+    /// idle deadline before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -397,6 +401,12 @@ impl Event {
                 put("by", json!(self.by));
             }
             Kind::Warned | Kind::IdleWarned => put("minutes_left", json!(self.left)),
+            // Activity by a signed link: the idle deadline before and after it.
+            Kind::Activity if self.by.is_some() => {
+                put("from", json!(self.from.map(rfc3339)));
+                put("to", json!(self.to.map(rfc3339)));
+                put("by", json!(self.by));
+            }
             Kind::Ended => put("reason", json!(self.reason)),
             Kind::Stuck => put("attempts", json!(self.n)),
             Kind::Stopped => put("delete_at", json!(self.to.map(rfc3339))),

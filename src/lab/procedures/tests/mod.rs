@@ -6,6 +6,7 @@ mod claims;
 mod cost;
 mod faults;
 mod limits;
+mod links;
 mod requests;
 mod stage;
 mod timeline;
@@ -956,6 +957,7 @@ pub fn wire(reply: &Reply) -> (u16, serde_json::Value) {
         Reply::Poked { revived } => (200, serde_json::json!({ "revived": revived })),
         Reply::Claim(answer) => (200, serde_json::to_value(answer).unwrap()),
         Reply::Owns(answer) => (200, serde_json::to_value(answer).unwrap()),
+        Reply::Link { answer, .. } => (200, serde_json::to_value(answer).unwrap()),
     }
 }
 

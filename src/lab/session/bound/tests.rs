@@ -168,6 +168,9 @@ fn fill_outbox(s: &mut Session, workers: usize) {
     };
     let warning = Snapshot {
         minutes_left: Some(BIG_U64),
+        // The links' deadline and the most extend links, each of the most minutes.
+        link_until_ms: Some(BIG_I64),
+        link_minutes: vec![525_600; crate::lab::link::MAX_EXTEND_LINKS],
         ..scheduled.clone()
     };
     // The grace stage's: `lab.stopped` with its `delete_at` (`lab.resumed` takes its slot).
