@@ -19,6 +19,7 @@ mod ledger;
 mod legacy;
 mod lifecycle;
 mod limits;
+mod links;
 mod reconcile;
 mod rotation;
 mod security;
@@ -164,6 +165,10 @@ const LAST: &[(&str, MutTestFn)] = &[
     (
         "rotation_every_secret_without_a_failed_request",
         rotation::rotation_every_secret_without_a_failed_request,
+    ),
+    (
+        "links_more_time_in_one_click",
+        links::links_more_time_in_one_click,
     ),
     ("secrets_never_in_output", security::secrets_never_in_output),
 ];

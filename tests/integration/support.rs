@@ -544,17 +544,43 @@ impl Worker {
     /// keeps each object's files open).
     #[allow(dead_code)] // the integration tests'
     pub fn fresh(&self, work_dir: &Path) -> Worker {
+        self.fresh_with(work_dir, &[], &[])
+    }
+
+    /// `fresh`, with `vars` and `secrets` added (or replaced); `{addr}` in a value stands for
+    /// the new worker's own address (`PUBLIC_URL`).
+    pub fn fresh_with(
+        &self,
+        work_dir: &Path,
+        vars: &[(&str, &str)],
+        secrets: &[(&str, &str)],
+    ) -> Worker {
         fs::create_dir_all(work_dir).expect("work dir");
+        let port = free_port();
+        let own = |list: &[(String, String)], more: &[(&str, &str)]| {
+            let mut list: Vec<(String, String)> = list
+                .iter()
+                .filter(|(k, _)| !more.iter().any(|(m, _)| m == k))
+                .cloned()
+                .collect();
+            list.extend(more.iter().map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.replace("{addr}", &format!("127.0.0.1:{port}")),
+                )
+            }));
+            list
+        };
         let mut worker = Worker {
             child: None,
             addr: String::new(),
             log_path: work_dir.join("wrangler.log"),
             state_dir: work_dir.join("state"),
             env_file: work_dir.join("wrangler.log.env"),
-            port: free_port(),
+            port,
             backend_url: self.backend_url.clone(),
-            extra_vars: self.extra_vars.clone(),
-            secrets: self.secrets.clone(),
+            extra_vars: own(&self.extra_vars, vars),
+            secrets: own(&self.secrets, secrets),
             config: self.config.clone(),
             skip_build: true,
             migrated: false,
@@ -869,7 +895,21 @@ impl Ctx {
     /// Runs `test` with `ctx.worker` a worker of its own (`Worker::fresh`, its state in `dir`
     /// under the work dir), then stops it and puts the shared worker back, whatever the test did.
     pub fn on_a_worker_of_its_own(&mut self, dir: &str, test: impl FnOnce(&mut Ctx)) {
-        let fresh = self.worker.fresh(&self.work_dir.join(dir));
+        self.on_a_worker_with(dir, &[], &[], test)
+    }
+
+    /// `on_a_worker_of_its_own`, the worker started with `vars` and `secrets` added
+    /// (`Worker::fresh_with`).
+    pub fn on_a_worker_with(
+        &mut self,
+        dir: &str,
+        vars: &[(&str, &str)],
+        secrets: &[(&str, &str)],
+        test: impl FnOnce(&mut Ctx),
+    ) {
+        let fresh = self
+            .worker
+            .fresh_with(&self.work_dir.join(dir), vars, secrets);
         let shared = std::mem::replace(&mut self.worker, fresh);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(self)));
         let mut fresh = std::mem::replace(&mut self.worker, shared);

@@ -243,20 +243,22 @@ pub fn links(
     };
     if event_type == "lab.idle_warning" {
         Links {
-            extend: Vec::new(),
+            extend: None,
             keep_active: Some(KeepActiveLink {
                 url: url(config, &link(Action::KeepActive, 0)),
             }),
         }
     } else {
         Links {
-            extend: minutes
-                .iter()
-                .map(|&m| ExtendLink {
-                    minutes: m,
-                    url: url(config, &link(Action::Extend, m)),
-                })
-                .collect(),
+            extend: Some(
+                minutes
+                    .iter()
+                    .map(|&m| ExtendLink {
+                        minutes: m,
+                        url: url(config, &link(Action::Extend, m)),
+                    })
+                    .collect(),
+            ),
             keep_active: None,
         }
     }
@@ -265,8 +267,10 @@ pub fn links(
 /// `data.links` of a warning.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Links {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extend: Vec<ExtendLink>,
+    /// `lab.expiring`: one per extension the lifetime cap allows (an empty list: none does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend: Option<Vec<ExtendLink>>,
+    /// `lab.idle_warning`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_active: Option<KeepActiveLink>,
 }

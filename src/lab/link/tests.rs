@@ -346,10 +346,11 @@ fn warnings_offer_what_the_cap_allows_and_links_rebuild_the_same() {
     assert_eq!(extend_minutes(&c, &s, 100), vec![30]);
     assert_eq!(extend_minutes(&c, &s, 60), Vec::<u64>::new());
     let links = links(&c, "lab-1", "lab.expiring", "msg_1", 99, &[30, 60]);
-    assert_eq!(links.extend.len(), 2);
+    let extend = links.extend.clone().unwrap();
+    assert_eq!(extend.len(), 2);
     assert_eq!(links.keep_active, None);
-    assert_eq!(links.extend[1].minutes, 60);
-    assert!(links.extend[1]
+    assert_eq!(extend[1].minutes, 60);
+    assert!(extend[1]
         .url
         .contains("/links/extend?lab=lab-1&minutes=60&warning=msg_1&until=99&sig="));
     assert_eq!(
@@ -357,7 +358,10 @@ fn warnings_offer_what_the_cap_allows_and_links_rebuild_the_same() {
         super::links(&c, "lab-1", "lab.expiring", "msg_1", 99, &[30, 60])
     );
     let idle = super::links(&c, "lab-1", "lab.idle_warning", "msg_2", 77, &[]);
-    assert!(idle.extend.is_empty());
+    assert_eq!(idle.extend, None);
+    // A warning whose lab the cap allows nothing more: an empty list, said as such.
+    let none = super::links(&c, "lab-1", "lab.expiring", "msg_1", 99, &[]);
+    assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"extend":[]}"#);
     let url = idle.keep_active.unwrap().url;
     assert!(url.contains("/links/keep_active?lab=lab-1&warning=msg_2&until=77&sig="));
     let (action, query) = split(&url);
