@@ -119,8 +119,8 @@ pub fn create(config: &Config) -> Worst {
     .plus(index_write(config))
 }
 
-/// A request that changes the record (end, extend, retry now, activity, an orphan, a VM deleted
-/// again): its row written after the answer.
+/// A request that changes the record (end, extend, retry now, activity, a signed link clicked,
+/// an orphan, a VM deleted again): its row written after the answer.
 pub fn change(config: &Config) -> Worst {
     adoption(config).plus(index_write(config))
 }
@@ -136,7 +136,8 @@ pub fn resume(config: &Config) -> Worst {
     .plus(change(config))
 }
 
-/// A request that reads only (status, events) or asks (owns, claim: one lab asked).
+/// A request that reads only (status, events, a signed link opened) or asks (owns, claim: one
+/// lab asked).
 pub fn read(config: &Config) -> Worst {
     adoption(config).plus(Worst {
         services: 1,
