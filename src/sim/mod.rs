@@ -189,7 +189,21 @@ pub fn settings(seed: u64) -> Config {
         pairs.push(("STOP_ATTEMPTS".into(), (1 + rng.below(3)).to_string()));
     }
     if rng.chance(40) {
+        // Webhooks off (the tests' settings have them on).
         pairs.push(("WEBHOOK_URL".into(), String::new()));
+    } else if seed % 4 == 3 {
+        // The warnings' signed links, on a quarter of the seeds with webhooks (by the seed
+        // alone: the draws above and every seed's actions stay what they were). An extend or an
+        // activity of such a run is, at every other step, a click of the link of the lab's last
+        // warning (`Sim::click`).
+        pairs.push((
+            "LINK_SECRET".into(),
+            "sim-link-secret-0123456789abcdef".into(),
+        ));
+        pairs.push(("PUBLIC_URL".into(), "https://sim.test".into()));
+        // Earlier warnings: a longer time in which their links can be clicked.
+        pairs.push(("WARN_BEFORE_MINUTES".into(), "30,10".into()));
+        pairs.push(("IDLE_WARN_MINUTES".into(), "3".into()));
     }
     let refs: Vec<(&str, &str)> = pairs
         .iter()
@@ -461,6 +475,115 @@ impl Sim {
         }
     }
 
+    /// With links on: the student opens the link of lab `id`'s last warning of type `kind` (a
+    /// GET: nothing may change), then clicks it (a POST); one past its deadline only at every
+    /// other step. `None`: no link clicked (the caller acts as without links).
+    fn click(&mut self, id: &str, kind: &str) -> Checked<Option<String>> {
+        let crate::lab::config::Webhooks::On(hooks) = &self.config.webhooks else {
+            return Ok(None);
+        };
+        let Some(config) = hooks.links.clone() else {
+            return Ok(None);
+        };
+        let world = self.object(id);
+        let url = world.deliveries.borrow().iter().rev().find_map(|d| {
+            let v: serde_json::Value = serde_json::from_str(&d.body).ok()?;
+            if v["type"] != kind {
+                return None;
+            }
+            let links = &v["data"]["links"];
+            links["extend"][0]["url"]
+                .as_str()
+                .or(links["keep_active"]["url"].as_str())
+                .map(str::to_string)
+        });
+        let Some(url) = url else {
+            return Ok(None);
+        };
+        let rest = url
+            .strip_prefix("https://sim.test/links/")
+            .unwrap_or_default();
+        let (action, query) = rest.split_once('?').unwrap_or_default();
+        let Ok((link, sig)) = crate::lab::link::parse(action, query, |v| Some(v.to_string()))
+        else {
+            return Err(self.fail("answers", format!("a warning's link does not read: {url}")));
+        };
+        if !crate::lab::link::verify(&config, &link, &sig) {
+            return Err(self.fail(
+                "answers",
+                format!("a warning's link does not verify: {url}"),
+            ));
+        }
+        // A link still within its deadline is clicked; a spent or stale one every other step.
+        if link.until_ms <= self.now && self.step % 2 == 1 {
+            return Ok(None);
+        }
+        // Opened (a mail scanner, a preview): nothing changes.
+        let before = self.object(id).session();
+        let (code, offer) = self.ask(
+            id,
+            Request::Link {
+                link: link.clone(),
+                apply: false,
+            },
+        );
+        if code < 500 && self.object(id).session() != before {
+            return Err(self.fail(
+                "answers",
+                format!("opening a link of {id} changed its record ({offer})"),
+            ));
+        }
+        // Clicked.
+        let (code, answer) = self.ask(
+            id,
+            Request::Link {
+                link: link.clone(),
+                apply: true,
+            },
+        );
+        let outcome = answer["outcome"].as_str().unwrap_or("?").to_string();
+        if code >= 500 {
+            // The answer was lost, maybe after the write: the lab says what it is now.
+            self.resync(id);
+            if link.action == crate::lab::link::Action::KeepActive {
+                let view = self.ask(id, Request::Status).1;
+                if let (Some(m), Some(at)) = (
+                    self.model.labs.get_mut(id),
+                    view["last_activity_at"].as_str(),
+                ) {
+                    m.last_activity = m.last_activity.max(epoch(&serde_json::json!(at)));
+                }
+            }
+        } else if outcome == "applied" {
+            let ends = answer["ends_at_ms"].as_i64().unwrap_or_default();
+            let now = self.now;
+            let unit = self.unit();
+            if let Some(m) = self.model.labs.get_mut(id) {
+                match link.action {
+                    crate::lab::link::Action::Extend => {
+                        let expected = m.expires_at + link.minutes as i64 * unit;
+                        m.expires_at = ends;
+                        if ends != expected {
+                            return Err(self.fail(
+                                "answers",
+                                format!("a link extended {id} to {ends}, expected {expected}"),
+                            ));
+                        }
+                    }
+                    crate::lab::link::Action::KeepActive => {
+                        m.last_activity = m.last_activity.max(now)
+                    }
+                }
+            }
+        }
+        Ok(Some(format!(
+            "click {} link of {id} ({} {}) -> {code} {outcome}",
+            link.action.name(),
+            kind,
+            link.minutes
+        )))
+    }
+
     /// Applies one action, then checks every invariant.
     pub fn apply(&mut self, action: &Action) -> Checked<()> {
         let line = match self.act(action) {
@@ -558,6 +681,9 @@ impl Sim {
             }
             Action::Extend { lab, minutes } => {
                 let id = lab_name(*lab);
+                if let Some(line) = self.click(&id, "lab.expiring")? {
+                    return Ok(line);
+                }
                 let (code, view) = self.ask(
                     &id,
                     Request::Extend {
@@ -607,6 +733,9 @@ impl Sim {
             }
             Action::Activity { lab } => {
                 let id = lab_name(*lab);
+                if let Some(line) = self.click(&id, "lab.idle_warning")? {
+                    return Ok(line);
+                }
                 let (code, _) = self.ask(&id, Request::Activity);
                 if code == 204 {
                     let now = self.now;
