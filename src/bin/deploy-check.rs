@@ -316,15 +316,42 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_is_checked_by_the_workers_rules_and_left_as_a_warning() {
+    fn a_link_secret_without_a_public_url_stops_the_deploy() {
         let d = deployment(
             "production",
             json!({"BACKEND_URL": "https://labs.example.com", "WEBHOOK_URL": "https://hooks.example.com"}),
         );
-        // Every secret set, the three previous values included.
+        let r = check(
+            &d,
+            &secrets(&[
+                "API_TOKEN",
+                "OPERATOR_TOKEN",
+                "WEBHOOK_SECRET",
+                "LINK_SECRET",
+            ]),
+        );
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.starts_with("PUBLIC_URL must be set whenever LINK_SECRET is")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_rotation_is_checked_by_the_workers_rules_and_left_as_a_warning() {
+        let d = deployment(
+            "production",
+            json!({
+                "BACKEND_URL": "https://labs.example.com",
+                "WEBHOOK_URL": "https://hooks.example.com",
+                "PUBLIC_URL": "https://labs-cleanup.example.com",
+            }),
+        );
+        // Every secret set, the four previous values included.
         let r = check(&d, &secrets(SECRETS));
         assert!(r.errors.is_empty(), "{r:?}");
-        assert_eq!(r.warnings.len(), 3, "{r:?}");
+        assert_eq!(r.warnings.len(), 4, "{r:?}");
         let previous = SECRETS.iter().filter(|s| s.ends_with("_PREVIOUS"));
         for (w, setting) in r.warnings.iter().zip(previous) {
             assert!(
