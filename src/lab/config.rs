@@ -906,17 +906,17 @@ impl Config {
     }
 }
 
+/// A comma-separated list of whole numbers, each within `range`; `None` when one is not (the
+/// list is read whole or not at all).
+fn whole_numbers(raw: &str, range: std::ops::RangeInclusive<u64>) -> Option<Vec<u64>> {
+    raw.split(',')
+        .map(|p| p.trim().parse::<u64>().ok().filter(|n| range.contains(n)))
+        .collect()
+}
+
 /// `WARN_BEFORE_MINUTES` as stages: whole minutes, largest first, repeats dropped.
 fn warn_stages(raw: &str) -> Option<Vec<u64>> {
-    let mut stages = raw
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=525_600).contains(n))
-        })
-        .collect::<Option<Vec<u64>>>()?;
+    let mut stages = whole_numbers(raw, 1..=525_600)?;
     // Largest first, by insertion (at most a handful: a sort's code would cost the worker more).
     for i in 1..stages.len() {
         let mut j = i;
@@ -1000,15 +1000,7 @@ fn links(
     let extend_minutes = match get("EXTEND_LINK_MINUTES") {
         None => DEFAULT_EXTEND_LINK_MINUTES.to_vec(),
         Some(raw) => {
-            let mut minutes = raw
-                .split(',')
-                .map(|p| {
-                    p.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| (1..=525_600).contains(n))
-                })
-                .collect::<Option<Vec<u64>>>()
+            let mut minutes = whole_numbers(&raw, 1..=525_600)
                 .filter(|m| !m.is_empty() && m.len() <= MAX_EXTEND_LINKS)
                 .ok_or(ConfigError::Invalid {
                     name: "EXTEND_LINK_MINUTES",
@@ -1080,15 +1072,7 @@ fn webhooks(get: &impl Fn(&str) -> Option<String>) -> Webhooks {
         )?;
         let pauses = match get("WEBHOOK_RETRY_SCHEDULE_SECONDS") {
             None => DEFAULT_PAUSES_SECONDS.to_vec(),
-            Some(raw) => raw
-                .split(',')
-                .map(|p| {
-                    p.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| (1..=86_400).contains(n))
-                })
-                .collect::<Option<Vec<u64>>>()
+            Some(raw) => whole_numbers(&raw, 1..=86_400)
                 .filter(|p| !p.is_empty())
                 .ok_or(ConfigError::Invalid {
                     name: "WEBHOOK_RETRY_SCHEDULE_SECONDS",

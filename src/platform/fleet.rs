@@ -183,8 +183,12 @@ pub async fn send(
     request: &Request,
     timeout_ms: Option<u32>,
 ) -> Result<Answer, ServiceError> {
-    let answer = call_lab(env, lab_request_id, request, timeout_ms).await?;
-    let status = answer.status();
+    let (status, text) = read(call_lab(env, lab_request_id, request, timeout_ms).await?).await;
+    Answer::read(request, status, &text)
+}
+
+/// An object's answer: its status and its body's text (empty when it cannot be read).
+async fn read(answer: web_sys::Response) -> (u16, String) {
     let text = match answer.text() {
         Ok(promise) => JsFuture::from(promise)
             .await
@@ -193,7 +197,7 @@ pub async fn send(
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    Answer::read(request, status, &text)
+    (answer.status(), text)
 }
 
 /// Sends a signed link (`Request::Link`) to its lab's object: what the link did or would do.
@@ -203,16 +207,8 @@ pub async fn link(
     apply: bool,
 ) -> Result<crate::lab::link::Answer, ServiceError> {
     let lab = link.lab.clone();
-    let answer = call_lab(env, &lab, &Request::Link { link, apply }, None).await?;
-    let status = answer.status();
-    let text = match answer.text() {
-        Ok(promise) => JsFuture::from(promise)
-            .await
-            .ok()
-            .and_then(|t| t.as_string())
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
+    let (status, text) =
+        read(call_lab(env, &lab, &Request::Link { link, apply }, None).await?).await;
     if status != 200 {
         return Err(ServiceError::Answered(status));
     }

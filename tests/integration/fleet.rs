@@ -579,20 +579,9 @@ pub fn paging_ten_thousand_labs_while_adding(ctx: &mut Ctx) {
 /// Without Chromium the test says so and skips, unless `REQUIRE_BROWSER=1` (CI) makes that a
 /// failure.
 pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let playwright = root.join("node_modules/playwright-core");
-    if !std::path::Path::new(&chromium).exists() || !playwright.exists() {
-        let why = format!(
-            "SKIPPED: no Chromium at {chromium} or no playwright-core in node_modules; run scripts/setup.sh (it installs Debian's chromium and chromium-driver where apt-get is available)"
-        );
-        assert!(
-            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "REQUIRE_BROWSER=1 but the browser test cannot run: {why}"
-        );
-        println!("the_dashboard_in_a_real_browser: {why}");
+    let Some(chromium) = browser("the_dashboard_in_a_real_browser") else {
         return;
-    }
+    };
     // Completed labs stay listed for the length of the test.
     ctx.worker
         .restart_with(&[("RETENTION_UNIT_SECONDS", "600")], &[]);
@@ -668,24 +657,20 @@ pub fn the_dashboard_in_a_real_browser(ctx: &mut Ctx) {
         r["status"] == "completed"
     });
 
-    let out = std::process::Command::new("node")
-        .current_dir(root)
-        .arg("tests/browser/dashboard.mjs")
-        .env("WORKER_URL", format!("http://{}", ctx.worker.addr))
-        .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
-        .env("MOCK_URL", ctx.mock.url())
-        .env("STUCK_LAB", stuck)
-        .env("SCHEDULED_LAB", "dash-scheduled")
-        .env("STOPPED_LAB", "dash-stopped")
-        .env("ORPHAN_LAB", "dash-orphan")
-        .env("CLASS_LABEL", "class:dash-class")
-        .env("SCREENSHOTS", root.join("docs/screenshots"))
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node");
-    let text = output_text(&out);
-    println!("{}", text.trim_end());
-    assert!(out.status.success(), "the browser test failed:\n{text}");
+    run_browser(
+        "dashboard.mjs",
+        &chromium,
+        &[
+            ("WORKER_URL", format!("http://{}", ctx.worker.addr)),
+            ("OPERATOR_TOKEN", OPERATOR_TOKEN.to_string()),
+            ("MOCK_URL", ctx.mock.url()),
+            ("STUCK_LAB", stuck.to_string()),
+            ("SCHEDULED_LAB", "dash-scheduled".into()),
+            ("STOPPED_LAB", "dash-stopped".into()),
+            ("ORPHAN_LAB", "dash-orphan".into()),
+            ("CLASS_LABEL", "class:dash-class".into()),
+        ],
+    );
     let v = poll_status(ctx, stuck, 5, |v| v["status"] == "completed");
     assert_eq!(v["attempts"], 5, "Retry now made the fifth attempt");
     // The class's labs were extended once, by the job the page started.

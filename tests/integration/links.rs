@@ -92,31 +92,12 @@ fn assert_a_page(r: &Response, status: u16, words: &str) {
 }
 
 /// `tests/browser/links.mjs`: opens `url` in Chromium, reads the page, clicks its button, and
-/// reads the answer. Skips without a browser, unless `REQUIRE_BROWSER=1` (CI).
+/// reads the answer. `false`: no browser here (`support::browser`).
 fn in_a_browser(url: &str) -> bool {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists()
-        || !root.join("node_modules/playwright-core").exists()
-    {
-        assert!(
-            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "REQUIRE_BROWSER=1 but there is no Chromium at {chromium} or no playwright-core"
-        );
-        println!("links: SKIPPED the browser: no browser (scripts/setup.sh)");
+    let Some(chromium) = browser("links_more_time_in_one_click") else {
         return false;
-    }
-    let out = std::process::Command::new("node")
-        .current_dir(root)
-        .arg("tests/browser/links.mjs")
-        .env("LINK_URL", url)
-        .env("SCREENSHOTS", root.join("docs/screenshots"))
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node");
-    let text = output_text(&out);
-    println!("{}", text.trim_end());
-    assert!(out.status.success(), "the link in a browser:\n{text}");
+    };
+    run_browser("links.mjs", &chromium, &[("LINK_URL", url.to_string())]);
     true
 }
 

@@ -63,33 +63,20 @@ fn slots(ctx: &Ctx, mark: usize) -> Vec<(String, String)> {
 /// `tests/browser/rotation.mjs` logs in to the dashboard with `token` and checks that its banner
 /// names exactly `expected`. Skips without a browser, unless `REQUIRE_BROWSER=1` (CI).
 fn dashboard_banner(ctx: &Ctx, token: &str, expected: &[&str], screenshot: Option<&str>) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists()
-        || !root.join("node_modules/playwright-core").exists()
-    {
-        assert!(
-            std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "REQUIRE_BROWSER=1 but there is no Chromium at {chromium} or no playwright-core"
-        );
-        println!("rotation: SKIPPED the dashboard's banner: no browser (scripts/setup.sh)");
+    let Some(chromium) = browser("rotation") else {
         return;
-    }
-    let mut command = std::process::Command::new("node");
-    command
-        .current_dir(root)
-        .arg("tests/browser/rotation.mjs")
-        .env("WORKER_URL", format!("http://{}", ctx.worker.addr))
-        .env("OPERATOR_TOKEN", token)
-        .env("EXPECT", expected.join(","))
-        .env("CHROMIUM", &chromium);
+    };
+    let mut env = vec![
+        ("WORKER_URL", format!("http://{}", ctx.worker.addr)),
+        ("OPERATOR_TOKEN", token.to_string()),
+        ("EXPECT", expected.join(",")),
+    ];
     if let Some(file) = screenshot {
-        command.env("SCREENSHOT", root.join("docs/screenshots").join(file));
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("docs/screenshots").join(file);
+        env.push(("SCREENSHOT", path.display().to_string()));
     }
-    let out = command.output().expect("node");
-    let text = output_text(&out);
-    println!("{}", text.trim_end());
-    assert!(out.status.success(), "the dashboard's banner:\n{text}");
+    run_browser("rotation.mjs", &chromium, &env);
 }
 
 /// The whole rotation as an operator runs it (docs/OPERATIONS.md, "Rotating secrets"): the new

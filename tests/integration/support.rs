@@ -1147,3 +1147,40 @@ pub fn record_field(record: &str, name: &str) -> Option<String> {
     let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
     Some(rest[..end].to_string())
 }
+
+/// Chromium's path when a browser test can run (Debian's `chromium` and playwright-core, both
+/// installed by scripts/setup.sh); `None` after saying that `test` skips its browser part, which
+/// `REQUIRE_BROWSER=1` (CI) makes a failure instead.
+pub fn browser(test: &str) -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if Path::new(&chromium).exists() && root.join("node_modules/playwright-core").exists() {
+        return Some(chromium);
+    }
+    let why = format!(
+        "no Chromium at {chromium} or no playwright-core in node_modules; run scripts/setup.sh (it installs Debian's chromium and chromium-driver where apt-get is available)"
+    );
+    assert!(
+        std::env::var("REQUIRE_BROWSER").as_deref() != Ok("1"),
+        "REQUIRE_BROWSER=1 but the browser test cannot run: {why}"
+    );
+    println!("{test}: SKIPPED the browser: {why}");
+    None
+}
+
+/// Runs the browser script `script` (under tests/browser/) with `chromium` and `env`, prints what
+/// it says, and fails the test if it fails.
+pub fn run_browser(script: &str, chromium: &str, env: &[(&str, String)]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("node")
+        .current_dir(root)
+        .arg(Path::new("tests/browser").join(script))
+        .env("CHROMIUM", chromium)
+        .env("SCREENSHOTS", root.join("docs/screenshots"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("node");
+    let text = output_text(&out);
+    println!("{}", text.trim_end());
+    assert!(out.status.success(), "{script} failed:\n{text}");
+}
