@@ -971,6 +971,17 @@ mod tests {
     }
 
     #[test]
+    fn a_lab_whose_deletions_failed_queues_behind_the_labs_due_before_its_retry() {
+        // Expired at 60 s; the next attempt at 400 s.
+        let mut s = session(&[]);
+        assert_eq!(budget_priority(&s, 400_000), 60_000, "its expiry, by default");
+        s.cleanup.failing = true;
+        assert_eq!(budget_priority(&s, 400_000), 400_000, "the attempt's start");
+        // An attempt before the expiry (an end by request) keeps the expiry.
+        assert_eq!(budget_priority(&s, 30_000), 60_000);
+    }
+
+    #[test]
     fn multi_node_lab_makes_four_calls_and_the_documented_logs() {
         let s = session(&["k8s-worker-1-def-456", "k8s-worker-2-ghi-789"]);
         let backend = FakeBackend::default();
