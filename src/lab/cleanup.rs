@@ -974,7 +974,11 @@ mod tests {
     fn a_lab_whose_deletions_failed_queues_behind_the_labs_due_before_its_retry() {
         // Expired at 60 s; the next attempt at 400 s.
         let mut s = session(&[]);
-        assert_eq!(budget_priority(&s, 400_000), 60_000, "its expiry, by default");
+        assert_eq!(
+            budget_priority(&s, 400_000),
+            60_000,
+            "its expiry, by default"
+        );
         s.cleanup.failing = true;
         assert_eq!(budget_priority(&s, 400_000), 400_000, "the attempt's start");
         // An attempt before the expiry (an end by request) keeps the expiry.

@@ -10,30 +10,68 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 /// `SIM_SEEDS` seeds (500) of `SIM_STEPS` steps (200) each, from `SIM_FIRST_SEED` (0): every
-/// invariant after every step, then the drain. A failure prints its seed and its shrunk trace.
+/// invariant after every step, then the drain. The seeds are shared out over the machine's
+/// cores (`SIM_THREADS`, by default all of them); a failure prints the smallest failing seed
+/// (seeds above one that failed are skipped) and its shrunk trace, whatever the threads' order.
 #[test]
 fn seeds() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
     let (first, seeds, steps) = (
         env("SIM_FIRST_SEED", 0),
         env("SIM_SEEDS", 500),
         env("SIM_STEPS", 200) as usize,
     );
+    let threads = env(
+        "SIM_THREADS",
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+    )
+    .max(1);
     let started = std::time::Instant::now();
-    let mut total = Stats::default();
-    for seed in first..first + seeds {
-        match check_seed(seed, steps) {
-            Ok(stats) => {
-                total.steps += stats.steps;
-                total.alarms += stats.alarms;
-                total.deletions += stats.deletions;
-                total.stops += stats.stops;
-            }
-            Err(report) => panic!("{report}\n(invariant broken: {})", report.failure.kind),
+    let next = AtomicU64::new(first);
+    let lowest_failure = AtomicU64::new(u64::MAX);
+    let failure: Mutex<Option<(u64, Report)>> = Mutex::new(None);
+    let total = Mutex::new(Stats::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut mine = Stats::default();
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= first + seeds || seed > lowest_failure.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match check_seed(seed, steps) {
+                        Ok(stats) => {
+                            mine.steps += stats.steps;
+                            mine.alarms += stats.alarms;
+                            mine.deletions += stats.deletions;
+                            mine.stops += stats.stops;
+                        }
+                        Err(report) => {
+                            lowest_failure.fetch_min(seed, Ordering::Relaxed);
+                            let mut slot = failure.lock().unwrap();
+                            if slot.as_ref().is_none_or(|(s, _)| seed < *s) {
+                                *slot = Some((seed, report));
+                            }
+                        }
+                    }
+                }
+                let mut t = total.lock().unwrap();
+                t.steps += mine.steps;
+                t.alarms += mine.alarms;
+                t.deletions += mine.deletions;
+                t.stops += mine.stops;
+            });
         }
+    });
+    if let Some((_, report)) = failure.into_inner().unwrap() {
+        panic!("{report}\n(invariant broken: {})", report.failure.kind);
     }
+    let total = total.into_inner().unwrap();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "simulation: {seeds} seeds x {steps} steps: {} steps, {} alarms, {} deletions, {} stops in {secs:.1} s ({:.0} steps/s)",
+        "simulation: {seeds} seeds x {steps} steps on {threads} threads: {} steps, {} alarms, {} deletions, {} stops in {secs:.1} s ({:.0} steps/s)",
         total.steps,
         total.alarms,
         total.deletions,
