@@ -1447,6 +1447,49 @@ mod tests {
     }
 
     #[test]
+    fn reconnects_stay_within_the_spare_calls_and_the_attempts_calls() {
+        // Every call is reset before any answer: each may be made once more, while spare calls
+        // are left and the attempt's cap allows; never a call past either.
+        let s = session(&["w1", "w2", "w3"]);
+        let base = 5; // the services call and four VMs
+        for spare in 0..=5 {
+            for max in 1..=12 {
+                let backend = FakeBackend::default();
+                let resets = || {
+                    (0..3)
+                        .map(|_| Err(BackendError::Network("reset".into())))
+                        .collect::<Vec<_>>()
+                };
+                *backend.services.borrow_mut() = resets();
+                for vm in ["k8s-master-abc-123", "w1", "w2", "w3"] {
+                    backend.script(vm, resets());
+                }
+                let r = block_on(run_attempt(
+                    &s,
+                    &backend,
+                    &FakeRuntime::default(),
+                    &Lines::default(),
+                    &crate::lab::ports::NoBudget,
+                    AttemptPlan {
+                        spare_calls: spare,
+                        max_calls: max,
+                        ..plan(Policy::Adaptive, 1)
+                    },
+                    &NoProgress,
+                ));
+                let calls = backend.calls().len();
+                assert_eq!(r.calls, calls, "spare {spare}, max {max}");
+                assert_eq!(
+                    calls,
+                    max.min(base + spare),
+                    "spare {spare}, max {max}: {:?}",
+                    backend.calls()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn no_reconnect_after_an_answer_began_or_a_timeout_or_without_spare_calls() {
         let s = session(&["w1", "w2"]);
         let backend = FakeBackend::default();
