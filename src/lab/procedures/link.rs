@@ -8,9 +8,10 @@ use crate::lab::session::{By, Event, Kind};
 use crate::lab::text::rfc3339;
 
 impl<P: Platform> Lab<'_, P> {
-    /// `link` (checked by the route: its signature is this service's): `apply` false (a GET, which never changes anything) answers what a click would do;
-    /// `apply` true does it, once: the lab's deadline moves, so the same link, or any other of
-    /// the same warning, then no longer applies (`link::decide`), and it answers what it did.
+    /// `link` (checked by the route: its signature is this service's): `apply` false (a GET,
+    /// which never changes anything) answers what a click would do; `apply` true does it, once:
+    /// the lab's deadline moves, so the same link, or any other of the same warning, then no
+    /// longer applies (`link::decide`), and it answers what it did.
     pub async fn link(&self, link: Link, apply: bool) -> Result<Reply, StoreError> {
         let mut session = match self.find().await? {
             Found::Session(session) if session.lab_request_id == link.lab => *session,
