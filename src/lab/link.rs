@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lab::session::{By, Kind, Session, Status};
+use crate::lab::time::units_ms;
 
 pub mod signed;
 
@@ -109,10 +110,9 @@ pub fn decide(
             {
                 return Err(Answer::Capped { max_minutes });
             }
-            let by = i64::try_from(link.minutes)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(unit_ms);
-            Ok(session.expires_at_ms.saturating_add(by))
+            Ok(session
+                .expires_at_ms
+                .saturating_add(units_ms(link.minutes, unit_ms)))
         }
         Action::KeepActive => {
             let deadline = session.idle_deadline(None);
@@ -142,9 +142,7 @@ fn used(session: &Session, link: &Link, unit_ms: i64) -> Option<Answer> {
         .rev()
         .find(|e| e.kind == kind && e.by == Some(By::Link) && e.from == Some(link.until_ms))?;
     let to = event.to?;
-    let moved = i64::try_from(link.minutes)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(unit_ms);
+    let moved = units_ms(link.minutes, unit_ms);
     Some(Answer::Used {
         at_ms: event.at,
         ends_at_ms: to,

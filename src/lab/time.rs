@@ -52,6 +52,13 @@ pub fn epoch_ms(date: (i64, u32, u32), hour: u32, minute: u32, second: u32) -> i
     seconds * 1_000
 }
 
+/// `units` of `unit_ms` each, in ms, saturating (a `duration` in minutes as a span of time).
+pub fn units_ms(units: u64, unit_ms: i64) -> i64 {
+    i64::try_from(units)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(unit_ms)
+}
+
 /// Years this worker writes and reads: four digits, as RFC 3339 has them.
 const YEARS: std::ops::RangeInclusive<i64> = 0..=9_999;
 

@@ -689,11 +689,9 @@ impl Session {
         }
         self.lifetime_within(minutes, max_minutes, "extending by")?;
         self.extended_minutes = self.extended_minutes.saturating_add(minutes);
-        self.expires_at_ms = self.expires_at_ms.saturating_add(
-            i64::try_from(minutes)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(unit_ms),
-        );
+        self.expires_at_ms = self
+            .expires_at_ms
+            .saturating_add(crate::lab::time::units_ms(minutes, unit_ms));
         Ok(())
     }
 
